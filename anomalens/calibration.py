@@ -1,0 +1,209 @@
+"""Choosing the OK/NG threshold from reference (good) images, and applying it to results.
+
+The rule (image level, ``calibrate_threshold``)::
+
+    q         = quantile(reference_scores, quantile)     # numpy "linear" interpolation
+    spread    = q - median(reference_scores)
+    threshold = q + margin * spread
+
+``reference_scores`` should be leave-one-out scores: each good image scored against the
+other references, so that its score is what an unseen good part would get. ``q`` bounds the
+good parts' scores; the margin is a fraction of how far that tail reaches above the typical
+good score, so it scales with the score's units and does not depend on their offset (scores
+of some methods are negative). ``q - median`` rather than ``max - min`` or the IQR because one
+abnormally low reference should not widen the margin, and the IQR of a handful of scores is
+often near zero. If the spread is zero (identical scores, or a single reference) the
+threshold is ``q`` itself.
+
+Pixel level (``pixel_threshold_from_maps``): the same rule over the pixel values pooled from
+the reference images' anomaly maps (again leave-one-out maps, where the method has them). With
+no reference maps, the pixel threshold is the image threshold, which is right for methods
+whose image score is the maximum (or a top-k mean) of their map and a reasonable start for
+the others; pass ``--pixel-threshold`` to set it explicitly.
+
+Decision: a score strictly above the threshold is "NG"; a NaN score is "NG" too, because
+a part that could not be scored must not pass inspection.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+
+from anomalens.results import AnomalyResult
+
+# Pooling every pixel of many large maps would cost gigabytes; a fixed-seed random sample of
+# this many values gives quantiles accurate to well under 0.1 percentile point.
+MAX_CALIBRATION_PIXELS = 2_000_000
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A decision threshold and how it was obtained.
+
+    ``method`` is "given" (set by the user) or "auto" (calibrated). For "auto", ``quantile``,
+    ``margin`` and ``n_images`` (the number of reference images) record the inputs of the rule,
+    ``basis`` what the quantile was taken over, and ``spread`` the ``q - median`` it used.
+    """
+
+    value: float
+    method: Literal["given", "auto"] = "given"
+    quantile: float | None = None
+    margin: float | None = None
+    n_images: int | None = None
+    basis: str = ""
+    spread: float | None = None
+
+    @classmethod
+    def given(cls, value: float) -> Threshold:
+        """A threshold set by the user."""
+        return cls(value=float(value), method="given")
+
+    def description(self) -> str:
+        """Human text for reports, e.g. "auto: 99th percentile of 10 leave-one-out reference
+        scores + 10% of (p99 - median) = 0.4213"."""
+        if self.method == "given":
+            return f"given: {self.value:.6g}"
+        if self.quantile is None:
+            return f"auto: {self.basis} = {self.value:.6g}"
+        pct = _percentile_name(self.quantile)
+        margin_pct = f"{(self.margin or 0.0) * 100:g}%"
+        short = f"p{self.quantile * 100:g}"
+        return (
+            f"auto: {pct} percentile of {self.n_images} {self.basis} "
+            f"+ {margin_pct} of ({short} - median) = {self.value:.6g}"
+        )
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable fields plus the description, for settings.json and reports."""
+        return {**asdict(self), "description": self.description()}
+
+
+def _percentile_name(quantile: float) -> str:
+    """0.99 -> "99th", 0.5 -> "50th", 0.995 -> "99.5th", 0.01 -> "1st"."""
+    pct = round(quantile * 100, 6)
+    text = f"{pct:g}"
+    if pct != int(pct):
+        return f"{text}th"
+    n = int(pct)
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def _quantile_rule(values: np.ndarray, quantile: float, margin: float) -> tuple[float, float]:
+    """Return (threshold, spread) of the rule in the module docstring."""
+    q = float(np.quantile(values, quantile))
+    spread = max(0.0, q - float(np.median(values)))
+    return q + margin * spread, spread
+
+
+def _check_rule_args(quantile: float, margin: float) -> None:
+    if not 0.0 <= quantile <= 1.0:
+        raise ValueError(f"quantile must be within [0, 1], got {quantile}")
+    if not (math.isfinite(margin) and margin >= 0.0):
+        raise ValueError(f"margin must be a finite number >= 0, got {margin}")
+
+
+def calibrate_threshold(
+    reference_scores: Sequence[float] | np.ndarray, quantile: float = 0.99, margin: float = 0.1
+) -> Threshold:
+    """Image threshold from the (leave-one-out) scores of good reference images.
+
+    threshold = q + margin * (q - median), q = the `quantile` of the scores. Raises ValueError
+    for no scores or non-finite scores (a NaN would silently poison the quantile).
+    """
+    _check_rule_args(quantile, margin)
+    scores = np.asarray(reference_scores, dtype=np.float64).ravel()
+    if scores.size == 0:
+        raise ValueError("cannot calibrate a threshold from zero reference scores")
+    if not np.isfinite(scores).all():
+        raise ValueError("reference scores contain NaN or infinite values")
+    value, spread = _quantile_rule(scores, quantile, margin)
+    return Threshold(
+        value=value,
+        method="auto",
+        quantile=float(quantile),
+        margin=float(margin),
+        n_images=int(scores.size),
+        basis="leave-one-out reference scores",
+        spread=spread,
+    )
+
+
+def pixel_threshold_from_maps(
+    reference_maps: Iterable[np.ndarray] | None,
+    image_threshold: Threshold | float | None = None,
+    quantile: float = 0.99,
+    margin: float = 0.1,
+    max_pixels: int = MAX_CALIBRATION_PIXELS,
+    seed: int = 0,
+) -> Threshold:
+    """Pixel threshold for the binary mask: the image rule over pooled reference-map pixels.
+
+    Non-finite pixels are ignored. With no reference maps (None or empty) it falls back to
+    `image_threshold`, and raises ValueError if that is missing too.
+    """
+    _check_rule_args(quantile, margin)
+    maps = [np.asarray(m, dtype=np.float32).ravel() for m in (reference_maps or [])]
+    n_images = len(maps)
+    pixels = np.concatenate(maps) if maps else np.empty(0, dtype=np.float32)
+    pixels = pixels[np.isfinite(pixels)]
+    if pixels.size == 0:
+        if image_threshold is None:
+            raise ValueError("no reference maps and no image threshold to derive a pixel threshold from")
+        value = image_threshold.value if isinstance(image_threshold, Threshold) else float(image_threshold)
+        return Threshold(value=float(value), method="auto", basis="same as the image threshold")
+    if pixels.size > max_pixels:
+        pixels = np.random.default_rng(seed).choice(pixels, size=max_pixels, replace=False)
+    value, spread = _quantile_rule(pixels.astype(np.float64), quantile, margin)
+    return Threshold(
+        value=value,
+        method="auto",
+        quantile=float(quantile),
+        margin=float(margin),
+        n_images=n_images,
+        basis="reference maps' pixels",
+        spread=spread,
+    )
+
+
+def _value(t: Threshold | float | None) -> float | None:
+    if t is None:
+        return None
+    return float(t.value) if isinstance(t, Threshold) else float(t)
+
+
+def apply_decision(
+    result: AnomalyResult,
+    threshold: Threshold | float | None,
+    pixel_threshold: Threshold | float | None = None,
+    empty_mask_when_ok: bool = True,
+) -> AnomalyResult:
+    """Fill `decision`, `threshold`, `pixel_threshold` and `mask` of a result (in place; returned).
+
+    NG when score > threshold (or the score is NaN). The mask is ``anomaly_map > pixel
+    threshold``; the pixel threshold defaults to the image threshold. OK images get an all-False
+    mask by default, so an accepted part shows no "defect" outline. With no threshold the
+    decision, thresholds and mask are cleared (None).
+    """
+    thr = _value(threshold)
+    if thr is None:
+        result.decision, result.threshold, result.pixel_threshold, result.mask = None, None, None, None
+        return result
+    pix = _value(pixel_threshold)
+    pix = thr if pix is None else pix
+    score = float(result.score)
+    result.decision = "NG" if (math.isnan(score) or score > thr) else "OK"
+    result.threshold = thr
+    result.pixel_threshold = pix
+    amap = np.asarray(result.anomaly_map)
+    if result.decision == "OK" and empty_mask_when_ok:
+        result.mask = np.zeros(amap.shape, dtype=bool)
+    else:
+        with np.errstate(invalid="ignore"):
+            result.mask = amap > pix
+    return result

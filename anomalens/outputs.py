@@ -1,0 +1,356 @@
+"""Writing a run's results to disk so that an interrupted run can resume.
+
+Layout of ``out_dir``::
+
+    results.jsonl       one JSON object per input image (status "ok" or "error"), append-only
+    results.csv         the same as a table (rebuilt from results.jsonl when resuming)
+    settings.json       the run's effective settings (older different ones kept as settings.<n>.json)
+    overlays/<name>.png heatmap over the image with the mask contour
+    masks/<name>.png    predicted mask, 0/255 (only when the result has a mask)
+    maps/<name>.npy     raw float32 anomaly map (or maps/<name>.tiff, 32-bit float TIFF)
+
+An image's files are written (each atomically: temporary file, then rename) before its line
+is appended to results.jsonl, and each line is flushed and fsynced; so after Ctrl-C or a kill
+every line in results.jsonl points to complete files, and at worst the last line is truncated,
+which reading ignores.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+from anomalens.overlay import heatmap_overlay, mask_image
+from anomalens.results import AnomalyResult
+
+RESULTS_JSONL = "results.jsonl"
+RESULTS_CSV = "results.csv"
+SETTINGS_JSON = "settings.json"
+REPORT_HTML = "report.html"
+SUBDIRS = ("overlays", "masks", "maps")
+CSV_COLUMNS = ("path", "score", "decision", "threshold", "top_description", "seconds", "status", "error")
+
+MapFormat = Literal["npy", "tiff"]
+
+
+def output_name(path: str | os.PathLike) -> str:
+    """A file-name stem unique per input path: "<stem>-<8 hex of sha1(absolute path)>".
+
+    Two inputs with the same file name in different folders get different names; the stem is
+    kept (shortened, unsafe characters replaced) so a human can still find the file.
+    """
+    p = Path(path)
+    digest = hashlib.sha1(os.path.abspath(p).encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    stem = re.sub(r"[^\w.\-]+", "_", p.stem)[:80] or "image"
+    return f"{stem}-{digest}"
+
+
+def read_records(out_dir: str | os.PathLike) -> list[dict]:
+    """All records of ``out_dir/results.jsonl``, the last one per path winning.
+
+    Lines that are not complete JSON objects (a truncated last line after a kill) are skipped.
+    Returns [] when the file does not exist.
+    """
+    records, _ = _read_jsonl(Path(out_dir) / RESULTS_JSONL)
+    return list(records.values())
+
+
+def _read_jsonl(path: Path) -> tuple[dict[str, dict], int]:
+    """Records keyed by path (in first-seen order) and the byte length of the valid prefix.
+
+    The valid prefix ends after the last newline-terminated line that parses; anything after a
+    broken line is dropped so that appending resumes from a clean line boundary.
+    """
+    records: dict[str, dict] = {}
+    if not path.exists():
+        return records, 0
+    data = path.read_bytes()
+    valid_end = 0
+    pos = 0
+    while pos < len(data):
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            break  # a last line without newline was cut mid-write
+        line = data[pos:nl].strip()
+        pos = nl + 1
+        if not line:
+            valid_end = pos
+            continue
+        try:
+            rec = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            break
+        if not isinstance(rec, dict) or "path" not in rec:
+            break
+        records.pop(str(rec["path"]), None)  # re-insert so order follows the latest write
+        records[str(rec["path"])] = rec
+        valid_end = pos
+    return records, valid_end
+
+
+def _atomic_write(target: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Write through `write(file)` to a temporary file beside `target`, then rename over it."""
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _save_png(array: np.ndarray) -> Callable[[io.BufferedWriter], None]:
+    return lambda f: Image.fromarray(array).save(f, format="PNG", compress_level=6)
+
+
+def _save_npy(array: np.ndarray) -> Callable[[io.BufferedWriter], None]:
+    return lambda f: np.save(f, array, allow_pickle=False)
+
+
+def _save_tiff(array: np.ndarray) -> Callable[[io.BufferedWriter], None]:
+    def write(f: io.BufferedWriter) -> None:
+        img = Image.fromarray(array)  # float32 -> mode "F"
+        try:
+            # Deflate is lossless and shrinks smooth maps a lot; it needs Pillow's libtiff.
+            buf = io.BytesIO()
+            img.save(buf, format="TIFF", compression="tiff_adobe_deflate")
+            f.write(buf.getvalue())
+        except (OSError, ValueError):
+            img.save(f, format="TIFF")
+
+    return write
+
+
+def _json_safe(value: Any) -> Any:
+    """Replace non-finite floats by None, recursively: JSON has no NaN, and a line with one
+    would not parse in strict readers (browsers, jq)."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _csv_row(rec: dict) -> list[Any]:
+    descriptions = rec.get("descriptions") or []
+    top = descriptions[0]["text"] if descriptions else ""
+    return [
+        rec.get("path"),
+        "" if rec.get("score") is None else rec["score"],
+        rec.get("decision") or "",
+        "" if rec.get("threshold") is None else rec["threshold"],
+        top,
+        "" if rec.get("seconds") is None else rec["seconds"],
+        rec.get("status", ""),
+        rec.get("error") or "",
+    ]
+
+
+class OutputWriter:
+    """Writes per-image files and the results table of a run into `out_dir`.
+
+    If `out_dir` already holds a results.jsonl: with `overwrite=True` the previous results
+    (results files, report, settings and the files in overlays/, masks/, maps/) are deleted
+    first; otherwise with `resume=True` the run continues it: ``done_paths()`` tells which inputs
+    to skip; with neither, FileExistsError is raised. Use as a context manager or call close().
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        overwrite: bool = False,
+        map_format: MapFormat = "npy",
+        write_overlays: bool = True,
+        write_masks: bool = True,
+        resume: bool = True,
+        overlay_range: tuple[float, float] | None = None,
+        overlay_alpha: float = 0.5,
+    ):
+        if map_format not in ("npy", "tiff"):
+            raise ValueError(f"map_format must be 'npy' or 'tiff', got {map_format!r}")
+        self.out_dir = Path(out_dir)
+        self.overwrite = overwrite
+        self.map_format = map_format
+        self.write_overlays = write_overlays
+        self.write_masks = write_masks
+        # Same colour scale for every image (e.g. (0, threshold * 1.5)) makes overlays comparable;
+        # None scales each overlay to its own map's range.
+        self.overlay_range = overlay_range
+        self.overlay_alpha = overlay_alpha
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        jsonl = self.out_dir / RESULTS_JSONL
+        if overwrite:
+            self._clear_previous()
+        elif jsonl.exists() and not resume:
+            raise FileExistsError(
+                f"{self.out_dir} already holds results of a previous run ({RESULTS_JSONL}); "
+                "resume it, choose another output directory, or pass overwrite=True (--overwrite)"
+            )
+        for sub in SUBDIRS:
+            (self.out_dir / sub).mkdir(exist_ok=True)
+
+        self._records, valid_end = _read_jsonl(jsonl)
+        if jsonl.exists() and valid_end < jsonl.stat().st_size:
+            # Drop the broken tail (a line cut by a kill) so new lines start on a clean boundary.
+            with open(jsonl, "r+b") as f:
+                f.truncate(valid_end)
+        # Both files stay open for the writer's lifetime (closed by close()/__exit__).
+        self._jsonl = open(jsonl, "a", encoding="utf-8", newline="\n")  # noqa: SIM115
+        # The CSV is derived data: rebuild it from the records so it matches results.jsonl even
+        # if the previous run stopped between the two appends.
+        self._csv_file = open(self.out_dir / RESULTS_CSV, "w", encoding="utf-8", newline="")  # noqa: SIM115
+        self._csv = csv.writer(self._csv_file)
+        self._csv.writerow(CSV_COLUMNS)
+        for rec in self._records.values():
+            self._csv.writerow(_csv_row(rec))
+        self._csv_file.flush()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the results files (idempotent)."""
+        for f in (self._jsonl, self._csv_file):
+            if not f.closed:
+                f.close()
+
+    def __enter__(self) -> OutputWriter:  # noqa: PYI034 (typing.Self needs Python 3.11)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _clear_previous(self) -> None:
+        """Delete what a previous run wrote (only the files this class creates)."""
+        for name in (RESULTS_JSONL, RESULTS_CSV, REPORT_HTML, SETTINGS_JSON):
+            (self.out_dir / name).unlink(missing_ok=True)
+        for old in self.out_dir.glob("settings.*.json"):
+            old.unlink()
+        for sub, pattern in (("overlays", "*.png"), ("masks", "*.png"), ("maps", "*.npy"), ("maps", "*.tiff")):
+            for f in (self.out_dir / sub).glob(pattern):
+                f.unlink()
+
+    # -- queries -----------------------------------------------------------------------------
+
+    def done_paths(self) -> set[str]:
+        """Input paths that already have a record (status "ok" or "error"), to skip on resume."""
+        return set(self._records)
+
+    def records(self) -> list[dict]:
+        """All records of this output directory (previous runs' included), last per path."""
+        return list(self._records.values())
+
+    def summary(self) -> dict[str, int]:
+        """Counts: {"total", "ok", "ng", "undecided", "failed"} ("ok"/"ng" are decisions)."""
+        counts = {"total": 0, "ok": 0, "ng": 0, "undecided": 0, "failed": 0}
+        for rec in self._records.values():
+            counts["total"] += 1
+            if rec.get("status") != "ok":
+                counts["failed"] += 1
+            elif rec.get("decision") == "OK":
+                counts["ok"] += 1
+            elif rec.get("decision") == "NG":
+                counts["ng"] += 1
+            else:
+                counts["undecided"] += 1
+        return counts
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def write(self, result: AnomalyResult, image: np.ndarray | None = None) -> dict:
+        """Write one result's files, then append its record; returns the record.
+
+        `image` is the RGB uint8 image the map belongs to; if None and overlays are on, it is
+        read from `result.path` (with EXIF rotation, as the detector reads it).
+        """
+        previous = self._records.get(str(result.path))
+        if previous is not None and previous.get("status") == "ok":
+            raise FileExistsError(
+                f"{result.path} already has results in {self.out_dir}; skip done_paths() "
+                "or pass overwrite=True (--overwrite)"
+            )
+        name = output_name(result.path)
+        rel: dict[str, str | None] = {"overlay": None, "mask": None, "map": None}
+        amap = np.ascontiguousarray(result.anomaly_map, dtype=np.float32)
+
+        rel["map"] = f"maps/{name}.{self.map_format}"
+        saver = _save_npy if self.map_format == "npy" else _save_tiff
+        _atomic_write(self.out_dir / rel["map"], saver(amap))
+
+        if self.write_masks and result.mask is not None:
+            rel["mask"] = f"masks/{name}.png"
+            _atomic_write(self.out_dir / rel["mask"], _save_png(mask_image(result.mask)))
+
+        if self.write_overlays:
+            if image is None:
+                from anomalens.images import load_image  # lazy: pulls in torch
+
+                image = load_image(result.path).rgb
+            vmin, vmax = self.overlay_range if self.overlay_range else (None, None)
+            over = heatmap_overlay(image, amap, result.mask, vmin, vmax, self.overlay_alpha)
+            rel["overlay"] = f"overlays/{name}.png"
+            _atomic_write(self.out_dir / rel["overlay"], _save_png(over))
+
+        record = {**result.to_record(), **rel, "status": "ok", "error": None}
+        self._append(record)
+        return record
+
+    def record_failure(self, path: str | os.PathLike, error_message: str) -> dict:
+        """Append a status "error" record for an input that could not be processed."""
+        record = {
+            "path": str(path),
+            "score": None,
+            "decision": None,
+            "threshold": None,
+            "pixel_threshold": None,
+            "descriptions": [],
+            "seconds": None,
+            "overlay": None,
+            "mask": None,
+            "map": None,
+            "status": "error",
+            "error": str(error_message),
+        }
+        self._append(record)
+        return record
+
+    def _append(self, record: dict) -> None:
+        clean = _json_safe(record)
+        self._jsonl.write(json.dumps(clean, ensure_ascii=False) + "\n")
+        self._jsonl.flush()
+        os.fsync(self._jsonl.fileno())
+        self._csv.writerow(_csv_row(clean))
+        self._csv_file.flush()
+        self._records.pop(clean["path"], None)
+        self._records[clean["path"]] = clean
+
+    def write_settings(self, settings: dict) -> Path:
+        """Write settings.json; a different existing one is kept as settings.<n>.json."""
+        target = self.out_dir / SETTINGS_JSON
+        text = json.dumps(settings, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"
+        if target.exists():
+            try:
+                same = json.loads(target.read_text(encoding="utf-8")) == json.loads(text)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                same = False
+            if same:
+                return target
+            n = 1
+            while (self.out_dir / f"settings.{n}.json").exists():
+                n += 1
+            os.replace(target, self.out_dir / f"settings.{n}.json")
+        _atomic_write(target, lambda f: f.write(text.encode("utf-8")))
+        return target

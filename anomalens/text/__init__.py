@@ -1,0 +1,43 @@
+"""Text prompts for the language-guided anomaly detectors."""
+
+from anomalens.text.prompts import (
+    ANOMALOUS_STATES,
+    FILO_ABNORMAL_STATES,
+    FILO_NORMAL_STATES,
+    MVTEC_CATEGORIES,
+    NORMAL_STATES,
+    POSITIONS,
+    TEMPLATES,
+    VISA_CATEGORIES,
+    DefectVocabulary,
+    PromptEnsemble,
+    clean_class_name,
+    ensemble_fingerprint,
+    fade_segmentation_prompts,
+    load_defect_vocabulary,
+    load_ensemble,
+    position_word,
+    state_phrase,
+    winclip_prompts,
+)
+
+__all__ = [
+    "ANOMALOUS_STATES",
+    "FILO_ABNORMAL_STATES",
+    "FILO_NORMAL_STATES",
+    "MVTEC_CATEGORIES",
+    "NORMAL_STATES",
+    "POSITIONS",
+    "TEMPLATES",
+    "VISA_CATEGORIES",
+    "DefectVocabulary",
+    "PromptEnsemble",
+    "clean_class_name",
+    "ensemble_fingerprint",
+    "fade_segmentation_prompts",
+    "load_defect_vocabulary",
+    "load_ensemble",
+    "position_word",
+    "state_phrase",
+    "winclip_prompts",
+]
