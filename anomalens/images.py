@@ -54,7 +54,7 @@ def _to_rgb_uint8(img: Image.Image) -> np.ndarray:
         scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo) * 255.0
         grey = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
         return np.repeat(grey[:, :, None], 3, axis=2)
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         # Composite transparency onto white so transparent regions do not read as black defects.
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -90,7 +90,7 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
         reason = str(err) or type(err).__name__
         if "cannot identify image file" in reason:
             reason = "not an image file Pillow can read"
-        elif "truncated" in reason or "broken data stream" in reason:
+        elif "truncated" in reason.lower() or "broken data stream" in reason:
             reason = f"truncated or corrupt image data ({reason})"
         raise ImageLoadError(path, reason) from err
     if rgb.ndim != 3 or rgb.shape[0] < 1 or rgb.shape[1] < 1:
@@ -139,7 +139,7 @@ def to_model_input(
     (top, left, height, width) that the image occupies inside it, to crop maps back.
     """
     h, w = rgb.shape[:2]
-    x = torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255.0).unsqueeze(0)
+    x = torch.tensor(rgb).permute(2, 0, 1).float().div_(255.0).unsqueeze(0)
     if policy == "squash":
         x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
         box = (0, 0, size, size)

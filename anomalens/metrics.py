@@ -97,7 +97,11 @@ def _ranked_counts_exact(
 
 
 def _ranked_counts_at(
-    thresholds: np.ndarray, scores: np.ndarray, anomalous: np.ndarray, pro_weights: np.ndarray, num_regions: int
+    thresholds: np.ndarray,
+    scores: np.ndarray,
+    anomalous: np.ndarray,
+    pro_weights: np.ndarray,
+    num_regions: int,
 ) -> _RankedCounts:
     """Counts at the given thresholds (any order); returned in decreasing threshold order."""
     order = np.argsort(scores, kind="stable")
@@ -392,7 +396,9 @@ class PixelMetricAccumulator:
 
     def _unpacked(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         scores = np.concatenate(self._scores) if self._scores else np.zeros(0, np.float32)
-        masks = [np.unpackbits(p, count=s.size).astype(bool) for p, s in zip(self._packed_masks, self._scores)]
+        masks = [
+            np.unpackbits(p, count=s.size).astype(bool) for p, s in zip(self._packed_masks, self._scores)
+        ]
         anomalous = np.concatenate(masks) if masks else np.zeros(0, bool)
         weights = np.zeros(scores.size, dtype=np.float64)
         if self._anomalous_weights:
@@ -401,7 +407,9 @@ class PixelMetricAccumulator:
 
     def _move_to_bins(self) -> None:
         # Image by image, so the switch itself never needs a second full copy.
-        for scores, packed, anomalous_weights in zip(self._scores, self._packed_masks, self._anomalous_weights):
+        for scores, packed, anomalous_weights in zip(
+            self._scores, self._packed_masks, self._anomalous_weights
+        ):
             anomalous = np.unpackbits(packed, count=scores.size).astype(bool)
             weights = np.zeros(scores.size, dtype=np.float64)
             weights[anomalous] = anomalous_weights

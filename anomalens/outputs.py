@@ -209,10 +209,10 @@ class OutputWriter:
             with open(jsonl, "r+b") as f:
                 f.truncate(valid_end)
         # Both files stay open for the writer's lifetime (closed by close()/__exit__).
-        self._jsonl = open(jsonl, "a", encoding="utf-8", newline="\n")  # noqa: SIM115
+        self._jsonl = open(jsonl, "a", encoding="utf-8", newline="\n")
         # The CSV is derived data: rebuild it from the records so it matches results.jsonl even
         # if the previous run stopped between the two appends.
-        self._csv_file = open(self.out_dir / RESULTS_CSV, "w", encoding="utf-8", newline="")  # noqa: SIM115
+        self._csv_file = open(self.out_dir / RESULTS_CSV, "w", encoding="utf-8", newline="")
         self._csv = csv.writer(self._csv_file)
         self._csv.writerow(CSV_COLUMNS)
         for rec in self._records.values():
@@ -227,7 +227,7 @@ class OutputWriter:
             if not f.closed:
                 f.close()
 
-    def __enter__(self) -> OutputWriter:  # noqa: PYI034 (typing.Self needs Python 3.11)
+    def __enter__(self) -> OutputWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -239,7 +239,12 @@ class OutputWriter:
             (self.out_dir / name).unlink(missing_ok=True)
         for old in self.out_dir.glob("settings.*.json"):
             old.unlink()
-        for sub, pattern in (("overlays", "*.png"), ("masks", "*.png"), ("maps", "*.npy"), ("maps", "*.tiff")):
+        for sub, pattern in (
+            ("overlays", "*.png"),
+            ("masks", "*.png"),
+            ("maps", "*.npy"),
+            ("maps", "*.tiff"),
+        ):
             for f in (self.out_dir / sub).glob(pattern):
                 f.unlink()
 

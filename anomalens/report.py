@@ -31,7 +31,7 @@ _CSS = """
 *{box-sizing:border-box}
 body{margin:0;padding:24px;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;
  color:#1f2328;background:var(--bg)}
-h1{margin:0 0 4px;font-size:22px}h2{font-size:17px;margin:28px 0 10px}
+h1{margin:0 0 4px;font-size:22px}h2{font-size:17px;margin:0 0 10px}
 .meta{color:var(--na);margin:0}
 section{background:#fff;border:1px solid var(--line);border-radius:8px;padding:16px 20px;margin-top:16px}
 .cards{display:flex;gap:12px;flex-wrap:wrap;margin-bottom:12px}
@@ -55,7 +55,8 @@ td img{display:block;border-radius:3px}
 svg text{font:11px system-ui,sans-serif;fill:#444}
 """
 
-# Sorting: numeric columns compare data-v as numbers (empty values last), others as text;
+# Sorting: numeric columns compare data-v as numbers (empty values last), others as text in
+# natural order (img2 before img10);
 # rank breaks ties so sorting is stable. The first click on a header sorts in the direction
 # given by data-first (descending for scores: worst first).
 _JS = """
@@ -72,7 +73,7 @@ _JS = """
     rows.sort(function(a,b){
       var x=val(a,i,num),y=val(b,i,num),r=0;
       if(x===null&&y!==null){return 1;}if(y===null&&x!==null){return -1;}
-      if(x!==null&&y!==null){r=x<y?-1:x>y?1:0;}
+      if(x!==null&&y!==null){r=num?(x<y?-1:x>y?1:0):x.localeCompare(y,undefined,{numeric:true});}
       return r!==0?sign*r:(val(a,0,true)-val(b,0,true));});
     var frag=document.createDocumentFragment();rows.forEach(function(r){frag.appendChild(r);});
     body.appendChild(frag);
@@ -276,7 +277,9 @@ def _summary_html(records: Sequence[dict], summary_info: dict, threshold: float 
     )
     if pix is not None or pix_text:
         value = _fmt_num(getattr(pix, "value", pix), 6) if pix is not None else ""
-        rows.append(("Pixel threshold", f"{value} ({pix_text})" if pix_text and value else value or str(pix_text)))
+        rows.append(
+            ("Pixel threshold", f"{value} ({pix_text})" if pix_text and value else value or str(pix_text))
+        )
     for key, label in (("method", "Method"), ("backbone", "Backbone")):
         if info.get(key) is not None:
             rows.append((label, str(info.pop(key))))
@@ -389,7 +392,7 @@ def write_report(
         f"{_summary_html(records, summary_info, threshold)}"
         f'<section id="score-distribution"><h2>Score distribution</h2>{svg}</section>'
         f'<section id="results"><h2>Results ({len(ok)} images, worst first)</h2>'
-        "<p class=\"meta\">Click a column header to sort.</p>"
+        '<p class="meta">Click a column header to sort.</p>'
         f"{_results_table(ok, thumbs)}</section>"
         f"{_failures_html(failed)}"
         f"<script>{_JS}</script></body></html>\n"

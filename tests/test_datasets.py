@@ -183,7 +183,11 @@ def test_plain_folder(tmp_path: Path):
     write_mask(tmp_path / "gt" / "d_mask.png")
     write_image(tmp_path / "refs" / "r.png")
     split = load_folder_dataset(
-        tmp_path / "ok", tmp_path / "ng", masks_dir=tmp_path / "gt", train_good_dir=tmp_path / "refs", category="pcb"
+        tmp_path / "ok",
+        tmp_path / "ng",
+        masks_dir=tmp_path / "gt",
+        train_good_dir=tmp_path / "refs",
+        category="pcb",
     )
     assert split.category == "pcb" and [p.name for p in split.train_good] == ["r.png"]
     assert [(s.path.name, s.label, s.mask_path and s.mask_path.name) for s in split.test] == [

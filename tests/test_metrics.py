@@ -159,7 +159,10 @@ def test_pixel_metrics_not_applicable():
     only_normal = PixelMetricAccumulator()
     only_normal.update(np.random.default_rng(0).random((5, 5)), np.zeros((5, 5), bool))
     assert only_normal.compute() == {
-        "pixel_auroc": None, "pixel_ap": None, "pixel_f1max": None, "pixel_aupro": None
+        "pixel_auroc": None,
+        "pixel_ap": None,
+        "pixel_f1max": None,
+        "pixel_aupro": None,
     }
     only_anomalous = PixelMetricAccumulator()
     only_anomalous.update(np.random.default_rng(0).random((5, 5)), np.ones((5, 5), bool))

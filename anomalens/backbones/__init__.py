@@ -1,0 +1,62 @@
+"""Backbones: CLIP (open_clip) with dense multi-path features, and the embedded CNN."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .clip import ClipBackbone, ClipFeatures, MissingWeightsError, create_clip, interpolate_pos_embed
+from .cnn import EfficientNetPatchBackbone
+
+EMBEDDED_BACKBONE = "efficientnet-lite0"
+
+
+class ClipPatchBackbone(nn.Module):
+    """CLIP patch tokens of some blocks as generic patch features (for `patchknn`)."""
+
+    def __init__(self, clip: ClipBackbone, layers: tuple[int, ...]):
+        super().__init__()
+        self.clip = clip
+        self.layers = tuple(layers)
+        self.mean, self.std = clip.mean, clip.std
+        self.name = clip.name
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        feats = self.clip(images, layers=self.layers)
+        gh, gw = feats.grid
+        levels = [F.normalize(feats.layers[i][:, 1:], dim=-1) for i in self.layers]
+        out = F.normalize(torch.cat(levels, dim=-1), dim=-1)
+        return out.view(out.shape[0], gh, gw, -1)
+
+
+def create_patch_backbone(
+    name: str = EMBEDDED_BACKBONE,
+    image_size: int = 320,
+    weights: str | None = None,
+    blocks: tuple[int, ...] = (4, 10),
+    neighbourhood: int = 3,
+    clip_layers: tuple[int, ...] = (6, 9),
+) -> nn.Module:
+    """A module mapping (B, 3, S, S) normalised images to (B, h, w, C) unit-norm patch features."""
+    if name == EMBEDDED_BACKBONE:
+        return EfficientNetPatchBackbone(image_size=image_size, blocks=blocks, neighbourhood=neighbourhood)
+    from .clip import is_tiny
+
+    clip = create_clip(name, pretrained=None if is_tiny(name) and weights is None else (weights or "default"))
+    layers = tuple(min(layer, clip.num_layers) for layer in clip_layers)
+    return ClipPatchBackbone(clip, layers)
+
+
+__all__ = [
+    "EMBEDDED_BACKBONE",
+    "ClipBackbone",
+    "ClipFeatures",
+    "ClipPatchBackbone",
+    "EfficientNetPatchBackbone",
+    "MissingWeightsError",
+    "create_clip",
+    "create_patch_backbone",
+    "interpolate_pos_embed",
+]

@@ -26,7 +26,14 @@ import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
-from .attention import gem_attention, gem_inverse_temperature, merge_heads, qk_attention, split_qkv, vv_attention
+from .attention import (
+    gem_attention,
+    gem_inverse_temperature,
+    merge_heads,
+    qk_attention,
+    split_qkv,
+    vv_attention,
+)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -76,7 +83,7 @@ def _weights_hint(arch: str, tag: str | None) -> str:
     if tag:
         try:
             cfg = open_clip.get_pretrained_cfg(arch, tag)
-        except Exception:  # unknown combination: fall through to the generic hint
+        except Exception:
             cfg = {}
         sources = []
         if cfg.get("hf_hub"):
@@ -106,20 +113,34 @@ def _find_checkpoint(path: Path) -> Path:
     return path
 
 
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(n.endswith("constants.pkl") for n in archive.namelist())
+
+
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint without unpickling code: safetensors, weights-only torch, or TorchScript."""
-    if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix.lower() == ".safetensors":
+            from safetensors.torch import load_file
 
-        state = load_file(str(path), device="cpu")
-    elif zipfile.is_zipfile(path) and any(n.endswith("constants.pkl") for n in zipfile.ZipFile(path).namelist()):
-        # OpenAI's original release is a TorchScript archive: TorchScript holds tensors and
-        # TorchScript code, never arbitrary Python objects, so reading its state dict is safe.
-        state = torch.jit.load(str(path), map_location="cpu").state_dict()
-        for key in ("input_resolution", "context_length", "vocab_size"):
-            state.pop(key, None)
-    else:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+            state = load_file(str(path), device="cpu")
+        elif _is_torchscript(path):
+            # OpenAI's original release is a TorchScript archive: TorchScript holds tensors and
+            # TorchScript code, never arbitrary Python objects, so reading its state dict is safe.
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+            for key in ("input_resolution", "context_length", "vocab_size"):
+                state.pop(key, None)
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:
+        detail = str(err).splitlines()[0][:200] if str(err) else ""
+        raise MissingWeightsError(
+            f"{path} is not a readable CLIP checkpoint ({type(err).__name__}: {detail}). Pass a "
+            ".safetensors, .pt/.pth/.bin state dict or OpenAI TorchScript file with --weights PATH."
+        ) from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict) or not state:
@@ -129,16 +150,22 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _uses_quick_gelu(state: dict[str, torch.Tensor], arch: str) -> bool:
-    # OpenAI checkpoints were trained with QuickGELU; their state dicts have no
-    # "logit_bias" and keep "visual.proj" as in open_clip, so decide by the known tag.
-    tag = DEFAULT_TAGS.get(arch)
+def _tag_uses_quick_gelu(arch: str, tag: str | None) -> bool:
     if tag is None:
         return False
     try:
         return bool(open_clip.get_pretrained_cfg(arch, tag).get("quick_gelu", False))
     except Exception:
         return False
+
+
+def _uses_quick_gelu(path: Path, arch: str) -> bool:
+    # OpenAI checkpoints were trained with QuickGELU and their original release is TorchScript;
+    # a plain state dict does not say which activation it was trained with, so decide by the
+    # architecture's default tag.
+    if _is_torchscript(path):
+        return True
+    return _tag_uses_quick_gelu(arch, DEFAULT_TAGS.get(arch))
 
 
 def _load_clip_model(arch: str, pretrained: str | os.PathLike | None, quick_gelu: bool | None) -> nn.Module:
@@ -153,14 +180,33 @@ def _load_clip_model(arch: str, pretrained: str | os.PathLike | None, quick_gelu
             raise MissingWeightsError(f"CLIP weights file {path} does not exist.{_weights_hint(arch, None)}")
         path = _find_checkpoint(path)
         state = _read_state_dict(path)
-        qg = _uses_quick_gelu(state, arch) if quick_gelu is None else quick_gelu
+        qg = _uses_quick_gelu(path, arch) if quick_gelu is None else quick_gelu
         model = open_clip.create_model(arch, pretrained=None, force_quick_gelu=qg)
         from open_clip.factory import resize_pos_embed
 
         if "logit_bias" not in state and getattr(model, "logit_bias", None) is not None:
             state["logit_bias"] = torch.zeros_like(model.logit_bias)
-        resize_pos_embed(state, model)
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        expected = model.state_dict()
+        mismatched = [
+            k
+            for k, v in state.items()
+            if k in expected and k != "visual.positional_embedding" and v.shape != expected[k].shape
+        ]
+        if mismatched:
+            key = mismatched[0]
+            raise MissingWeightsError(
+                f"{path} does not match the {arch} architecture: {len(mismatched)} weights have other "
+                f"shapes (e.g. {key}: {tuple(state[key].shape)} in the file, {tuple(expected[key].shape)} "
+                f"in {arch}). Pass the matching --backbone."
+            )
+        try:
+            resize_pos_embed(state, model)
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except (RuntimeError, ValueError) as err:
+            raise MissingWeightsError(
+                f"{path} does not match the {arch} architecture: {str(err).splitlines()[0][:200]}. "
+                "Pass the matching --backbone."
+            ) from None
         missing = [k for k in missing if not k.endswith("attn_mask")]
         if missing:
             raise MissingWeightsError(
@@ -171,11 +217,15 @@ def _load_clip_model(arch: str, pretrained: str | os.PathLike | None, quick_gelu
     tag = str(pretrained)
     known = [t for a, t in open_clip.list_pretrained() if a == arch]
     if tag not in known:
-        raise MissingWeightsError(f"{tag!r} is neither a file nor a known pretrained tag for {arch}.{_weights_hint(arch, None)}")
+        raise MissingWeightsError(
+            f"{tag!r} is neither a file nor a known pretrained tag for {arch}.{_weights_hint(arch, None)}"
+        )
     try:
-        kwargs = {} if quick_gelu is None else {"force_quick_gelu": quick_gelu}
-        return open_clip.create_model(arch, pretrained=tag, **kwargs)
-    except Exception as err:  # network errors come in many types from hub/urllib
+        # open_clip only warns when a tag trained with QuickGELU (OpenAI's) is built with GELU:
+        # follow the tag unless the caller decided.
+        qg = _tag_uses_quick_gelu(arch, tag) if quick_gelu is None else quick_gelu
+        return open_clip.create_model(arch, pretrained=tag, force_quick_gelu=qg)
+    except Exception as err:
         raise MissingWeightsError(
             f"Could not load CLIP weights {arch}/{tag}: {type(err).__name__}: {str(err).splitlines()[0][:200]}."
             f"{_weights_hint(arch, tag)}"
@@ -189,7 +239,7 @@ def interpolate_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> tor
     untouched when the size matches, so the native resolution gives CLIP's own output.
     """
     n_old = pos_embed.shape[0] - 1
-    side = int(math.isqrt(n_old))
+    side = math.isqrt(n_old)
     if side * side != n_old:
         raise ValueError(f"positional embedding of {n_old} patches is not a square grid")
     if (side, side) == tuple(grid):
@@ -307,7 +357,8 @@ class ClipBackbone(nn.Module):
                     x_vv = x_vv + block.ls_1(merge_heads(vv_attention(v), block.attn))
                 if wants_gem:
                     inv_temp = gem_inverse_temperature(h, q.shape[-1])
-                    x_gem = x_gem + block.ls_1(merge_heads(gem_attention(q, k, v, inv_temp, gem_iterations), block.attn))
+                    gem = gem_attention(q, k, v, inv_temp, gem_iterations)
+                    x_gem = x_gem + block.ls_1(merge_heads(gem, block.attn))
                 x = x + block.ls_1(merge_heads(qk_attention(q, k, v), block.attn))
                 x = x + block.ls_2(block.mlp(block.ln_2(x)))
             if index in layers:

@@ -31,7 +31,12 @@ def load_folder_dataset(
     category: str = "folder",
 ) -> CategorySplit:
     """One category from plain folders; ``good_dir`` or ``bad_dir`` may be None (or missing)."""
-    folders = {"good_dir": good_dir, "bad_dir": bad_dir, "masks_dir": masks_dir, "train_good_dir": train_good_dir}
+    folders = {
+        "good_dir": good_dir,
+        "bad_dir": bad_dir,
+        "masks_dir": masks_dir,
+        "train_good_dir": train_good_dir,
+    }
     for name, folder in folders.items():
         if folder is not None and not Path(folder).is_dir():
             raise FileNotFoundError(f"{name} is not a folder: {folder}")

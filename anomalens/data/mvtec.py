@@ -21,9 +21,7 @@ def mvtec_categories(root: Path) -> list[str]:
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {root}")
     return sorted(
-        entry.name
-        for entry in root.iterdir()
-        if not entry.name.startswith(".") and (entry / "test").is_dir()
+        entry.name for entry in root.iterdir() if not entry.name.startswith(".") and (entry / "test").is_dir()
     )
 
 

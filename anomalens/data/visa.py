@@ -38,7 +38,9 @@ def load_visa(root: Path | str, categories: Iterable[str] | None = None) -> dict
             split = splits.setdefault(category, CategorySplit(category, [], []))
             label_name = row["label"].strip().lower()
             if label_name not in ("normal", "anomaly"):
-                raise ValueError(f"{split_file}:{line}: label must be 'normal' or 'anomaly', got {label_name!r}")
+                raise ValueError(
+                    f"{split_file}:{line}: label must be 'normal' or 'anomaly', got {label_name!r}"
+                )
             image = root / row["image"].strip()
             split_name = row["split"].strip().lower()
             if split_name == "train":

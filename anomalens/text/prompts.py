@@ -251,7 +251,7 @@ def _check_version(data: dict, label: str) -> None:
 def _string_list(value: object, label: str, what: str) -> list[str]:
     """A deduplicated, non-empty list of non-empty strings, or a ValueError saying why not."""
     if not isinstance(value, list):
-        raise ValueError(f"{label}: {what} must be a list of strings, got {type(value).__name__}")  # noqa: TRY004
+        raise ValueError(f"{label}: {what} must be a list of strings, got {type(value).__name__}")
     for i, item in enumerate(value):
         if not isinstance(item, str) or not item.strip():
             raise ValueError(f"{label}: {what}[{i}] must be a non-empty string, got {item!r}")
@@ -283,7 +283,7 @@ def load_ensemble(path: str | Path | None = None) -> PromptEnsemble:
     """
     data, label = _read_json(path, ENSEMBLE_FILE)
     if not isinstance(data, dict):
-        raise ValueError(f"{label}: top level must be a JSON object, got {type(data).__name__}")  # noqa: TRY004
+        raise ValueError(f"{label}: top level must be a JSON object, got {type(data).__name__}")
     _check_version(data, label)
     for key in ("normal", "anomalous"):
         if key not in data:
@@ -327,14 +327,14 @@ def load_defect_vocabulary(path: str | Path | None = None) -> DefectVocabulary:
     """
     data, label = _read_json(path, DEFECTS_FILE)
     if not isinstance(data, dict):
-        raise ValueError(f"{label}: top level must be a JSON object, got {type(data).__name__}")  # noqa: TRY004
+        raise ValueError(f"{label}: top level must be a JSON object, got {type(data).__name__}")
     _check_version(data, label)
     for key in ("categories", "generic"):
         if key not in data:
             raise ValueError(f"{label}: missing key {key!r}")
     raw = data["categories"]
     if not isinstance(raw, dict):
-        raise ValueError(f"{label}: categories must be an object, got {type(raw).__name__}")  # noqa: TRY004
+        raise ValueError(f"{label}: categories must be an object, got {type(raw).__name__}")
     categories = {
         str(name): _string_list(phrases, label, f"categories[{name!r}]") for name, phrases in raw.items()
     }

@@ -1,0 +1,252 @@
+"""`anomalens benchmark`: a method on every category and shot count of a dataset, with the papers' metrics.
+
+One *run* is (category, shots, seed). Each finished run is appended to `runs.jsonl` in the output
+directory, so an interrupted benchmark resumes from what it already wrote. Few-shot runs are
+repeated over seeds (different reference draws) and reported as mean and standard deviation;
+zero-shot runs once. The summary goes to `results.json`, `results.csv` and a Markdown table.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import platform
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .data import CategorySplit, load_dataset, load_mask, sample_references
+from .detector import Detector
+from .images import ImageLoadError
+from .metrics import PixelMetricAccumulator, image_metrics
+
+IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1max")
+PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_aupro")
+METRICS = IMAGE_METRICS + PIXEL_METRICS
+RUNS_FILE = "runs.jsonl"
+
+
+@dataclass
+class BenchmarkSettings:
+    data: str
+    dataset: str = "auto"  # mvtec | visa | folder | meta | auto
+    method: str = "patchknn"
+    categories: list[str] | None = None
+    shots: list[int] = field(default_factory=lambda: [0])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    pixel_resolution: int | None = None  # longer side for pixel metrics; None = mask resolution
+    method_settings: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 8
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def evaluate_category(
+    detector: Detector,
+    split: CategorySplit,
+    references: list[Path],
+    pixel_resolution: int | None = None,
+    batch_size: int = 8,
+    on_image=None,
+) -> dict[str, Any]:
+    """Fit on the references, score every test image, compute all metrics for one category."""
+    start = time.perf_counter()
+    if hasattr(detector.method, "set_category"):
+        detector.method.set_category(split.category)
+    detector.fit(references)
+    fit_seconds = time.perf_counter() - start
+    labels, scores, failures = [], [], []
+    pixels = PixelMetricAccumulator(resolution=pixel_resolution)
+    use_pixels = split.has_masks
+    predict_start = time.perf_counter()
+    samples = split.test
+    for sample, result in zip(
+        samples, detector.predict_iter([s.path for s in samples], batch_size=batch_size)
+    ):
+        if isinstance(result, ImageLoadError):
+            failures.append({"path": str(sample.path), "error": result.reason})
+        else:
+            labels.append(sample.label)
+            scores.append(result.score)
+            if use_pixels:
+                pixels.update(result.anomaly_map, load_mask(sample, result.anomaly_map.shape))
+        if on_image is not None:
+            on_image()
+    predict_seconds = time.perf_counter() - predict_start
+    metrics: dict[str, Any] = dict(image_metrics(labels, scores)) if labels else dict.fromkeys(IMAGE_METRICS)
+    if use_pixels and labels:
+        metrics.update(pixels.compute())
+    else:
+        metrics.update(dict.fromkeys(PIXEL_METRICS))
+    n = len(labels)
+    metrics.update(
+        images=n,
+        failed=failures,
+        references=[str(p) for p in references],
+        fit_seconds=round(fit_seconds, 3),
+        seconds=round(fit_seconds + predict_seconds, 3),
+        images_per_second=round(n / predict_seconds, 3) if predict_seconds > 0 and n else None,
+        peak_rss_mb=round(peak_rss_mb(), 1),
+        pixel_metrics_exact=pixels.is_exact if use_pixels else None,
+    )
+    return metrics
+
+
+def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return None, None
+    return float(np.mean(vals)), float(np.std(vals)) if len(vals) > 1 else 0.0
+
+
+def _read_runs(path: Path) -> list[dict]:
+    runs = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                runs.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut by an interruption: that run is simply redone
+    return runs
+
+
+def summarise(runs: list[dict], categories: list[str], shots: list[int]) -> dict[str, Any]:
+    """Per (shots, category): mean/std over seeds; plus the mean over categories."""
+    by_shots: dict[str, Any] = {}
+    for k in shots:
+        per_cat: dict[str, Any] = {}
+        for cat in categories:
+            cat_runs = [r for r in runs if r["category"] == cat and r["shots"] == k]
+            if not cat_runs:
+                continue
+            entry: dict[str, Any] = {"seeds": [r["seed"] for r in cat_runs]}
+            for m in METRICS:
+                mean, std = _mean_std([r["metrics"][m] for r in cat_runs])
+                entry[m] = mean
+                entry[f"{m}_std"] = std
+            for m in ("images", "seconds", "images_per_second", "peak_rss_mb"):
+                entry[m], _ = _mean_std([r["metrics"][m] for r in cat_runs])
+            entry["images"] = int(entry["images"] or 0)
+            entry["failed"] = sum(len(r["metrics"]["failed"]) for r in cat_runs)
+            per_cat[cat] = entry
+        mean: dict[str, Any] = {}
+        for m in METRICS:
+            vals = [c[m] for c in per_cat.values() if c[m] is not None]
+            mean[m] = float(np.mean(vals)) if vals else None
+            mean[f"{m}_categories"] = len(vals)
+        by_shots[str(k)] = {"categories": per_cat, "mean": mean}
+    return by_shots
+
+
+def markdown_table(summary: dict[str, Any], metrics: tuple[str, ...] = METRICS) -> str:
+    """One table per shot count: categories as rows, metrics (x100) as columns, N/A where undefined."""
+    lines = []
+    for k, block in summary.items():
+        lines.append(f"\n**{'zero-shot' if k == '0' else f'{k}-shot'}**\n")
+        lines.append("| category | " + " | ".join(metrics) + " |")
+        lines.append("|---" * (len(metrics) + 1) + "|")
+        rows = list(block["categories"].items()) + [("**mean**", block["mean"])]
+        for name, entry in rows:
+            cells = []
+            for m in metrics:
+                v = entry.get(m)
+                std = entry.get(f"{m}_std")
+                if v is None:
+                    cells.append("N/A")
+                elif std:
+                    cells.append(f"{100 * v:.1f} ± {100 * std:.1f}")
+                else:
+                    cells.append(f"{100 * v:.1f}")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: Path, summary: dict[str, Any]) -> None:
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["shots", "category", *METRICS, *(f"{m}_std" for m in METRICS), "images", "seconds"])
+        for k, block in summary.items():
+            for cat, e in list(block["categories"].items()) + [("mean", block["mean"])]:
+                writer.writerow(
+                    [
+                        k,
+                        cat,
+                        *(e.get(m) for m in METRICS),
+                        *(e.get(f"{m}_std") for m in METRICS),
+                        e.get("images"),
+                        e.get("seconds"),
+                    ]
+                )
+
+
+def run_benchmark(settings: BenchmarkSettings, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) a benchmark and write runs.jsonl, results.json, results.csv, results.md."""
+    from tqdm.auto import tqdm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    splits = load_dataset(settings.data, kind=settings.dataset, categories=settings.categories)
+    categories = list(splits)
+    runs_path = out / RUNS_FILE
+    done = _read_runs(runs_path)
+    done_keys = {(r["category"], r["shots"], r["seed"]) for r in done if r.get("method") == settings.method}
+    plan = []
+    for cat in categories:
+        for k in settings.shots:
+            for seed in settings.seeds if k > 0 else [settings.seeds[0]]:
+                if (cat, k, seed) in done_keys:
+                    continue
+                if k > len(splits[cat].train_good):
+                    continue  # not enough good images for this shot count: reported as absent
+                plan.append((cat, k, seed))
+    detector = Detector(method=settings.method, **settings.method_settings) if plan else None
+    total_images = sum(len(splits[c].test) for c, _, _ in plan)
+    bar = tqdm(total=total_images, unit="img", disable=not progress, desc=f"{settings.method}")
+    for cat, k, seed in plan:
+        bar.set_postfix_str(f"{cat} {k}-shot seed {seed}")
+        refs = sample_references(splits[cat], k, seed) if k > 0 else []
+        metrics = evaluate_category(
+            detector,
+            splits[cat],
+            refs,
+            settings.pixel_resolution,
+            settings.batch_size,
+            on_image=lambda: bar.update(1),
+        )
+        record = {"category": cat, "shots": k, "seed": seed, "method": settings.method, "metrics": metrics}
+        with runs_path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+            fh.flush()
+        done.append(record)
+    bar.close()
+    runs = [r for r in done if r.get("method") == settings.method]
+    summary = summarise(runs, categories, settings.shots)
+    skipped = {
+        c: [k for k in settings.shots if k > len(splits[c].train_good)]
+        for c in categories
+        if any(k > len(splits[c].train_good) for k in settings.shots)
+    }
+    result = {
+        "anomalens_version": __version__,
+        "settings": asdict(settings),
+        "backbone": detector.backbone_name if detector else None,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "shots": summary,
+        "skipped_for_lack_of_references": skipped,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "runs": len(runs),
+    }
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+    write_csv(out / "results.csv", summary)
+    (out / "results.md").write_text(markdown_table(summary))
+    return result

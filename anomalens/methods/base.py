@@ -1,0 +1,101 @@
+"""What every method provides, and the registry that picks one by name."""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from ..images import LoadedImage
+
+
+@dataclass
+class MethodOutput:
+    """A method's verdict on one image; the map has the image's height and width."""
+
+    score: float
+    anomaly_map: np.ndarray
+    descriptions: list[tuple[str, float]] = field(default_factory=list)
+
+
+class Method(ABC):
+    """A detection method: settings in, `fit` on reference images, `predict` on queries.
+
+    Subclasses declare a `Settings` dataclass whose defaults are the paper's values, and keep
+    all learned state in tensors returned by `state_dict` so a fitted detector can be saved.
+    """
+
+    name: ClassVar[str]
+    Settings: ClassVar[type]
+
+    def __init__(self, settings: Any):
+        self.settings = settings
+        self.num_references = 0
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> Method:
+        return cls(make_settings(cls.Settings, kwargs, cls.name))
+
+    @property
+    def uses_text(self) -> bool:
+        return False
+
+    def describe_backbone(self) -> str:
+        return ""
+
+    @abstractmethod
+    def fit(self, references: list[LoadedImage]) -> None:
+        """Learn from good reference images (few-shot); an empty list means zero-shot."""
+
+    @abstractmethod
+    def predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
+        """Score a batch of images."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        return None
+
+
+def make_settings(settings_cls: type, kwargs: dict[str, Any], method_name: str) -> Any:
+    """Build a settings dataclass, rejecting unknown names with the list of known ones."""
+    names = {f.name for f in dataclasses.fields(settings_cls)}
+    unknown = sorted(set(kwargs) - names)
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown} for method {method_name!r}; known: {sorted(names)}")
+    values = {}
+    for f in dataclasses.fields(settings_cls):
+        if f.name in kwargs and kwargs[f.name] is not None:
+            value = kwargs[f.name]
+            # JSON/YAML give lists where the dataclass holds tuples.
+            if isinstance(value, list):
+                value = tuple(value)
+            values[f.name] = value
+    return settings_cls(**values)
+
+
+def settings_to_dict(settings: Any) -> dict[str, Any]:
+    return dataclasses.asdict(settings)
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    METHODS[cls.name] = cls
+    return cls
+
+
+def create_method(name: str, **settings: Any) -> Method:
+    from . import available_methods
+
+    available_methods()  # importing the method modules registers them
+
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
+    return METHODS[name].from_kwargs(**settings)

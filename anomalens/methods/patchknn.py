@@ -1,0 +1,113 @@
+"""`patchknn`: FADE's vision guidance alone, on any backbone with patch features.
+
+Few-shot: patches of the k reference images form the memory bank, each query patch scores its
+distance to the nearest one, the image score is the map's maximum. Zero-shot: each query patch
+against the query's own patches, second nearest neighbour (the first is itself).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..backbones import create_patch_backbone
+from ..images import LoadedImage, map_to_image, to_model_input
+from ..scoring import FEW_SHOT_K, ZERO_SHOT_K, MemoryBank, knn_anomaly
+from .base import Method, MethodOutput, register_method
+
+
+@dataclass
+class PatchKnnSettings:
+    backbone: str = "efficientnet-lite0"  # or an open_clip architecture (then pass weights)
+    weights: str | None = None  # CLIP weights (tag or file) when backbone is a CLIP architecture
+    image_size: int = 320  # model input side in pixels
+    resize: str = "squash"  # "squash" (papers) or "pad" (keep aspect ratio)
+    blocks: tuple[int, ...] = (4, 10)  # EfficientNet blocks read: stride 8 and stride 16
+    neighbourhood: int = 3  # local aggregation window, in patches
+    clip_layers: tuple[int, ...] = (6, 9)  # CLIP blocks whose tokens are used (1-based)
+    few_shot_k: int = FEW_SHOT_K
+    zero_shot_k: int = ZERO_SHOT_K
+    batch_size: int = 8
+
+
+def valid_grid_region(
+    box: tuple[int, int, int, int], size: int, grid: tuple[int, int]
+) -> tuple[slice, slice]:
+    """Grid cells whose centres lie inside the image's box on the model input (for "pad")."""
+    top, left, bh, bw = box
+    gh, gw = grid
+    ch, cw = size / gh, size / gw
+    rows = [i for i in range(gh) if top <= (i + 0.5) * ch < top + bh] or [
+        min(gh - 1, int((top + bh / 2) / ch))
+    ]
+    cols = [j for j in range(gw) if left <= (j + 0.5) * cw < left + bw] or [
+        min(gw - 1, int((left + bw / 2) / cw))
+    ]
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+
+
+@register_method
+class PatchKnn(Method):
+    name = "patchknn"
+    Settings = PatchKnnSettings
+
+    def __init__(self, settings: PatchKnnSettings):
+        super().__init__(settings)
+        self.backbone = create_patch_backbone(
+            settings.backbone,
+            image_size=settings.image_size,
+            weights=settings.weights,
+            blocks=settings.blocks,
+            neighbourhood=settings.neighbourhood,
+            clip_layers=settings.clip_layers,
+        )
+        self.bank = MemoryBank()
+
+    def describe_backbone(self) -> str:
+        return self.backbone.name
+
+    def _features(self, images: list[LoadedImage]) -> tuple[torch.Tensor, list[tuple[int, int, int, int]]]:
+        s = self.settings
+        inputs, boxes = [], []
+        for img in images:
+            x, box = to_model_input(img.rgb, s.image_size, self.backbone.mean, self.backbone.std, s.resize)
+            inputs.append(x)
+            boxes.append(box)
+        feats = [
+            self.backbone(torch.stack(inputs[i : i + s.batch_size]))
+            for i in range(0, len(inputs), s.batch_size)
+        ]
+        return torch.cat(feats), boxes
+
+    def fit(self, references: list[LoadedImage]) -> None:
+        self.bank = MemoryBank()
+        self.num_references = len(references)
+        if references:
+            feats, _ = self._features(references)
+            self.bank.add("patches", feats)
+
+    def predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
+        s = self.settings
+        feats, boxes = self._features(images)
+        outputs = []
+        for img, f, box in zip(images, feats, boxes):
+            h, w, c = f.shape
+            flat = f.reshape(-1, c)
+            if "patches" in self.bank:
+                patch_map = knn_anomaly(flat, self.bank.banks["patches"], k=s.few_shot_k)
+            else:
+                patch_map = knn_anomaly(flat, flat, k=s.zero_shot_k)
+            patch_map = patch_map.view(h, w)
+            rows, cols = valid_grid_region(box, s.image_size, (h, w))
+            score = float(patch_map[rows, cols].max())
+            outputs.append(MethodOutput(score, map_to_image(patch_map, box, s.image_size, img.size_hw)))
+        return outputs
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.bank.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.bank.load_state_dict(state)
+        if "patches" in self.bank:
+            self.num_references = max(self.num_references, 1)

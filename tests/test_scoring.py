@@ -1,0 +1,101 @@
+"""k-th nearest neighbour patch scoring and the memory bank."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from anomalens.scoring import FEW_SHOT_K, ZERO_SHOT_K, MemoryBank, knn_anomaly, self_knn_anomaly
+
+
+def unit(deg: float) -> list[float]:
+    return [math.cos(math.radians(deg)), math.sin(math.radians(deg))]
+
+
+def test_hand_computed_angles():
+    bank = torch.tensor([unit(0), unit(90)])
+    query = torch.tensor([unit(0), unit(60), unit(45), unit(180), unit(-90)])
+    # Nearest bank vector: 0 deg (cos 1), 90 deg (30 deg away, cos sqrt(3)/2), either (cos sqrt(2)/2),
+    # 90 (cos 0), 0 (cos 0).
+    expected = 0.5 * (1 - torch.tensor([1.0, math.sqrt(3) / 2, math.sqrt(0.5), 0.0, 0.0]))
+    torch.testing.assert_close(knn_anomaly(query, bank), expected)
+    # Second nearest: 90 (cos 0), 0 (cos 0.5), either, 0 (cos -1), 90 (cos -1).
+    expected2 = 0.5 * (1 - torch.tensor([0.0, 0.5, math.sqrt(0.5), -1.0, -1.0]))
+    torch.testing.assert_close(knn_anomaly(query, bank, k=2), expected2)
+    assert FEW_SHOT_K == 1 and ZERO_SHOT_K == 2
+
+
+def test_inputs_are_normalised_and_scores_in_unit_interval():
+    torch.manual_seed(0)
+    query, bank = torch.randn(50, 8), torch.randn(30, 8)
+    scores = knn_anomaly(query * 7, bank * 0.01)
+    torch.testing.assert_close(scores, knn_anomaly(query, bank))
+    assert scores.min() >= 0 and scores.max() <= 1
+    # Brute force reference.
+    sim = F.normalize(query, dim=-1) @ F.normalize(bank, dim=-1).T
+    torch.testing.assert_close(scores, 0.5 * (1 - sim.max(dim=1).values))
+
+
+def test_planted_outlier_ranks_first():
+    torch.manual_seed(0)
+    normal = F.normalize(torch.tensor([1.0, 0.0, 0.0, 0.0]) + 0.05 * torch.randn(64, 4), dim=-1)
+    query = normal[:16].clone() + 0.01 * torch.randn(16, 4)
+    query[11] = torch.tensor([0.0, 0.0, 1.0, 0.0])
+    scores = knn_anomaly(query, normal[16:])
+    assert scores.argmax().item() == 11
+    assert scores[11] > 5 * scores[torch.arange(16) != 11].max()
+
+
+def test_zero_shot_uses_second_neighbour():
+    # Patches: a (twice), b, c. With k = 2 each patch's own copy is excluded:
+    # a's second neighbour is its duplicate -> 0; b's is its nearest other patch.
+    a, b, c = unit(0), unit(60), unit(150)
+    patches = torch.tensor([a, a, b, c])
+    scores = self_knn_anomaly(patches)
+    expected = torch.tensor([0.0, 0.0, 0.5 * (1 - 0.5), 0.5 * (1 - math.cos(math.radians(90)))])
+    torch.testing.assert_close(scores, expected, atol=1e-6, rtol=0)
+    # k = 1 would find the patch itself: everything scores 0.
+    torch.testing.assert_close(self_knn_anomaly(patches, k=1), torch.zeros(4), atol=1e-6, rtol=0)
+
+
+def test_chunking_gives_the_same_result():
+    torch.manual_seed(0)
+    query, bank = torch.randn(103, 16), torch.randn(40, 16)
+    whole = knn_anomaly(query, bank, k=3, chunk=10_000)
+    for chunk in (1, 7, 50, 103):
+        # Same values up to float32 rounding of the matrix product (BLAS blocks rows differently).
+        torch.testing.assert_close(knn_anomaly(query, bank, k=3, chunk=chunk), whole, atol=1e-6, rtol=0)
+
+
+def test_bank_smaller_than_k_errors():
+    with pytest.raises(ValueError, match="fewer than k=2"):
+        knn_anomaly(torch.randn(3, 4), torch.randn(1, 4), k=2)
+
+
+def test_memory_bank_add_score_and_state_dict_round_trip():
+    torch.manual_seed(0)
+    bank = MemoryBank()
+    first, second = torch.randn(2, 3, 3, 8), torch.randn(1, 3, 3, 8)
+    bank.add("s8", first)
+    bank.add("s8", second)
+    bank.add("s16", torch.randn(2, 2, 2, 4))
+    assert len(bank) == 2 and "s8" in bank and "s32" not in bank
+    assert bank.banks["s8"].shape == (27, 8)
+    torch.testing.assert_close(bank.banks["s8"].norm(dim=-1), torch.ones(27))
+    query = torch.randn(1, 3, 3, 8)
+    expected = knn_anomaly(query.reshape(-1, 8), torch.cat([first.reshape(-1, 8), second.reshape(-1, 8)]))
+    torch.testing.assert_close(bank.score("s8", query), expected)
+    # A query patch copied from the bank scores 0.
+    assert bank.score("s8", second[0, 1, 2])[0] < 1e-6
+
+    state = bank.state_dict()
+    assert set(state) == {"bank.s8", "bank.s16"}
+    restored = MemoryBank()
+    restored.load_state_dict({**state, "other.key": torch.zeros(1)})
+    assert set(restored.banks) == {"s8", "s16"}
+    for key in ("s8", "s16"):
+        assert torch.equal(restored.banks[key], bank.banks[key])
+    torch.testing.assert_close(restored.score("s8", query), expected)
