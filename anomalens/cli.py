@@ -81,6 +81,25 @@ def _method_settings(method: str, given: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
+def _parse_sets(items: list[str] | None) -> dict[str, Any]:
+    """--set key=value pairs; values are YAML ("3.5", "[240, 448]", "true"); "a,b" becomes a list."""
+    import yaml
+
+    settings: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            _fail(f"--set expects key=value, got {item!r}")
+        text = value.strip()
+        if "," in text and not text.startswith(("[", "{", "'", '"')):
+            text = f"[{text}]"
+        try:
+            settings[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            _fail(f"--set {item!r}: cannot parse value: {err}")
+    return settings
+
+
 def _parse_threshold(value: str | None) -> str | float | None:
     if value is None or value == "auto":
         return value
@@ -123,6 +142,7 @@ def detect(
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace results already in --out."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write report.html."),
+    set_: list[str] = typer.Option(None, "--set", help="Any method setting: --set key=value (repeatable)."),
     config: Path | None = typer.Option(None, "--config", help="YAML file with any of these options."),
 ) -> None:
     """Score images: results.jsonl/.csv, overlays, masks, raw maps and report.html under --out.
@@ -152,7 +172,8 @@ def detect(
                 | {
                     "prompts": str(p["prompts"]) if p["prompts"] else None,
                     "checkpoint": str(p["checkpoint"]) if p["checkpoint"] else None,
-                },
+                }
+                | _parse_sets(p["set_"]),
             )
             det = Detector(method=p["method"], **settings)
             source = "zero-shot"
@@ -285,6 +306,7 @@ def fit(
     image_size: int | None = typer.Option(None, "--image-size"),
     resize: str | None = typer.Option(None, "--resize"),
     overwrite: bool = typer.Option(False, "--overwrite"),
+    set_: list[str] = typer.Option(None, "--set", help="Any method setting: --set key=value (repeatable)."),
 ) -> None:
     """Fit a detector on good images, calibrate its threshold, and save it (safetensors + JSON)."""
     from .calibration import Threshold
@@ -301,7 +323,8 @@ def fit(
             "resize": resize,
             "prompts": str(prompts) if prompts else None,
             "checkpoint": str(checkpoint) if checkpoint else None,
-        },
+        }
+        | _parse_sets(set_),
     )
     if (out / "detector.json").exists() and not overwrite:
         _fail(f"{out} already holds a model; pass --overwrite to replace it")
@@ -419,6 +442,7 @@ def benchmark(
     image_size: int | None = typer.Option(None, "--image-size"),
     resize: str | None = typer.Option(None, "--resize"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    set_: list[str] = typer.Option(None, "--set", help="Any method setting: --set key=value (repeatable)."),
 ) -> None:
     """Per-category image and pixel metrics; resumes from what --out already holds."""
     from .benchmark import BenchmarkSettings, markdown_table, run_benchmark
@@ -439,7 +463,8 @@ def benchmark(
                 "image_size": image_size,
                 "resize": resize,
                 "checkpoint": str(checkpoint) if checkpoint else None,
-            },
+            }
+            | _parse_sets(set_),
         ),
     )
     try:

@@ -174,3 +174,12 @@ def map_to_image(
     m = m[:, :, top : top + bh, left : left + bw]
     m = F.interpolate(m, size=out_hw, mode="bilinear", align_corners=False)
     return m[0, 0].numpy().astype(np.float32)
+
+
+def input_box(height: int, width: int, size: int, policy: ResizePolicy = "squash") -> tuple[int, int, int, int]:
+    """The (top, left, height, width) box an image occupies on the size x size model input."""
+    if policy == "squash":
+        return (0, 0, size, size)
+    scale = size / max(height, width)
+    nh, nw = max(1, round(height * scale)), max(1, round(width * scale))
+    return ((size - nh) // 2, (size - nw) // 2, nh, nw)

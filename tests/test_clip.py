@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.model import resize_pos_embed
 
+import anomalens.backbones.clip as clip_module
 from anomalens.backbones.clip import (
     ClipBackbone,
     MissingWeightsError,
@@ -293,6 +294,8 @@ def test_default_weights_unavailable_names_what_to_fetch(monkeypatch):
         raise OSError("We couldn't connect to 'https://huggingface.co'")
 
     monkeypatch.setattr(open_clip, "create_model", offline)
+    monkeypatch.setattr(clip_module, "_hub_reachable", lambda *a, **k: True)
+    monkeypatch.setattr(clip_module, "_cached_weights", lambda *a, **k: None)
     with pytest.raises(MissingWeightsError) as info:
         create_clip("ViT-B-16-plus-240")
     msg = str(info.value)
@@ -300,6 +303,17 @@ def test_default_weights_unavailable_names_what_to_fetch(monkeypatch):
     assert "timm/vit_base_patch16_plus_clip_240.laion400m_e31" in msg
     assert "vit_b_16_plus_240-laion400m_e31" in msg  # the release URL
     assert "--weights" in msg and "OSError" in msg
+
+
+def test_unreachable_hub_fails_fast_without_download(monkeypatch):
+    # HF_HUB_OFFLINE=1 (set by conftest) counts as unreachable: no download is attempted.
+    monkeypatch.setattr(clip_module, "_cached_weights", lambda *a, **k: None)
+    monkeypatch.setattr(open_clip, "create_model", lambda *a, **k: pytest.fail("must not try to download"))
+    with pytest.raises(MissingWeightsError) as info:
+        create_clip("ViT-B-16-plus-240")
+    msg = str(info.value)
+    assert "cannot be reached" in msg and "--weights" in msg
+    assert "timm/vit_base_patch16_plus_clip_240.laion400m_e31" in msg
 
 
 def test_openai_tag_builds_quick_gelu(monkeypatch):
@@ -311,6 +325,8 @@ def test_openai_tag_builds_quick_gelu(monkeypatch):
         raise OSError("offline")
 
     monkeypatch.setattr(open_clip, "create_model", offline)
+    monkeypatch.setattr(clip_module, "_hub_reachable", lambda *a, **k: True)
+    monkeypatch.setattr(clip_module, "_cached_weights", lambda *a, **k: None)
     with pytest.raises(MissingWeightsError):
         create_clip("ViT-L-14-336", pretrained="openai")
     with pytest.raises(MissingWeightsError):

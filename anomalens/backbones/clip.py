@@ -13,6 +13,7 @@ runs the vision tower block by block so the methods can read what they need:
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import warnings
@@ -220,6 +221,15 @@ def _load_clip_model(arch: str, pretrained: str | os.PathLike | None, quick_gelu
         raise MissingWeightsError(
             f"{tag!r} is neither a file nor a known pretrained tag for {arch}.{_weights_hint(arch, None)}"
         )
+    cached = _cached_weights(arch, tag)
+    if cached is not None:
+        return _load_clip_model(arch, cached, quick_gelu)
+    if not _hub_reachable():
+        # Fail in a second instead of after a minute of download retries.
+        raise MissingWeightsError(
+            f"CLIP weights {arch}/{tag} are not on this machine and the download host cannot be reached."
+            f"{_weights_hint(arch, tag)}"
+        )
     try:
         # open_clip only warns when a tag trained with QuickGELU (OpenAI's) is built with GELU:
         # follow the tag unless the caller decided.
@@ -230,6 +240,34 @@ def _load_clip_model(arch: str, pretrained: str | os.PathLike | None, quick_gelu
             f"Could not load CLIP weights {arch}/{tag}: {type(err).__name__}: {str(err).splitlines()[0][:200]}."
             f"{_weights_hint(arch, tag)}"
         ) from None
+
+
+def _cached_weights(arch: str, tag: str) -> str | None:
+    """A checkpoint for (arch, tag) already in the Hugging Face cache, if any."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo = open_clip.get_pretrained_cfg(arch, tag).get("hf_hub", "").rstrip("/")
+        for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+            path = try_to_load_from_cache(repo, filename) if repo else None
+            if isinstance(path, str) and os.path.exists(path):
+                return path
+    except Exception:  # noqa: BLE001 (no hub library or an odd cache: just try the download)
+        return None
+    return None
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """Whether the weight host accepts a connection (HF_HUB_OFFLINE=1 means no)."""
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false"):
+        return False
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def interpolate_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -392,9 +430,16 @@ def create_clip(
         if arch not in DEFAULT_TAGS:
             raise MissingWeightsError(f"No default weights for {arch}.{_weights_hint(arch, None)}")
         pretrained = DEFAULT_TAGS[arch]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        model = _load_clip_model(arch, pretrained, quick_gelu)
+    # open_clip logs "No pretrained weights loaded" at WARNING for random init: expected here.
+    root_logger = logging.getLogger()
+    level = root_logger.level
+    root_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            model = _load_clip_model(arch, pretrained, quick_gelu)
+    finally:
+        root_logger.setLevel(level)
     return ClipBackbone(model, arch, None if pretrained is None else str(pretrained), image_size)
 
 

@@ -1,0 +1,280 @@
+"""`fade`: FADE (Li, Ivanova, Bruveris, BMVC 2024), training-free zero-/few-shot detection.
+
+Pieces, each a named setting with the authors' value:
+
+* Language-guided classification (AC): CLIP's image embedding against the mean text embeddings
+  of WinCLIP's compositional ensemble for the object name; softmax of cosine similarities over
+  temperature 0.01 gives the anomaly probability.
+* Language-guided segmentation (AS): GEM patch embeddings (projected to the joint space) at
+  240, 448 and 896 px, each patch scored like the image against the segmentation ensemble
+  (WinCLIP's ensemble for "object" plus an LLM-style sentence ensemble); maps averaged.
+* Vision guidance: zero-shot, each GEM patch against the query's own patches (second nearest
+  neighbour, the first being itself); few-shot, each CLIP patch token against a memory bank of
+  the reference images' tokens at the same scale (nearest neighbour). Distances are
+  0.5 * (1 - cos). Few-shot AC uses the maximum of the vision map.
+* Combination (defaults from the authors' released configuration):
+  AC zero-shot = language; AC few-shot = (language + max(3.5 * vision)) / 2;
+  AS zero-shot = 0.5 * language + 0.5 * (80 * vision);
+  AS few-shot = 0.15 * language + 0.85 * (3.5 * vision); everything clipped to [0, 1].
+  The paper presents the combination as a weighted sum of language and vision maps without
+  fixing these numbers in the text; the scale factors (80, 3.5) bring the small kNN
+  distances to the range of the language probabilities. We use the released values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..backbones.clip import ClipBackbone, create_clip, is_tiny
+from ..images import LoadedImage, input_box, map_to_image, to_model_input
+from ..scoring import FEW_SHOT_K, ZERO_SHOT_K, MemoryBank, knn_anomaly
+from ..text.features import DEFAULT_CACHE, TextFeatureCache
+from ..text.prompts import clean_class_name, dedupe, fade_segmentation_prompts, load_ensemble, winclip_prompts
+from .base import Method, MethodOutput, register_method
+
+MODES = ("language", "vision", "both")
+
+
+@dataclass
+class FadeSettings:
+    backbone: str = "ViT-B-16-plus-240"
+    weights: str | None = "default"  # open_clip tag or local file; "default" = laion400m_e31; "random"
+    category: str = "object"  # object name in the classification prompts
+    prompts: str | None = None  # a user sentence-ensemble JSON (replaces the packaged one)
+    classification_size: int = 240  # input side for the image embedding (AC)
+    segmentation_sizes: tuple[int, ...] = (240, 448, 896)  # input sides for the patch maps (AS)
+    temperature: float = 0.01  # softmax temperature on cosine similarities (logits x 100)
+    gem_blocks: int = 6  # GEM self-self attention over the last 6 blocks (gem-torch depth=7)
+    gem_iterations: int = 1  # self-self refinement iterations
+    classification_mode: str = "both"  # language | vision | both (zero-shot AC is language-only)
+    segmentation_mode: str = "both"  # language | vision | both
+    zero_shot_k: int = ZERO_SHOT_K  # query's own patches: 2nd nearest (1st is the patch itself)
+    few_shot_k: int = FEW_SHOT_K
+    ac_few_shot_language_weight: float = 0.5  # AC few-shot = 0.5 * language + 0.5 * max(3.5 * vision)
+    ac_few_shot_vision_scale: float = 3.5
+    as_zero_shot_language_weight: float = 0.5  # AS zero-shot = 0.5 * language + 0.5 * (80 * vision)
+    as_zero_shot_vision_scale: float = 80.0
+    as_few_shot_language_weight: float = 0.15  # AS few-shot = 0.15 * language + 0.85 * (3.5 * vision)
+    as_few_shot_vision_scale: float = 3.5
+    top_descriptions: int = 5  # anomalous prompts most similar to the image, returned per image
+    resize: str = "squash"
+    batch_size: int = 4  # images per forward pass at the smallest scale
+
+
+def load_clip_for_method(arch: str, weights: str | None) -> ClipBackbone:
+    """The weight rule every CLIP method shares: tiny test configs and "random" get random weights."""
+    if weights == "random" or (is_tiny(arch) and weights in (None, "default")):
+        return create_clip(arch, pretrained=None)
+    return create_clip(arch, pretrained=weights or "default")
+
+
+def two_class_probability(features: torch.Tensor, normal: torch.Tensor, anomalous: torch.Tensor, temperature: float):
+    """Anomaly probability: softmax over (cos to normal, cos to anomalous) / temperature, second entry."""
+    features = F.normalize(features, dim=-1)
+    logits = torch.stack([features @ normal, features @ anomalous], dim=-1) / temperature
+    return logits.softmax(dim=-1)[..., 1]
+
+
+def class_embedding(text_features: torch.Tensor) -> torch.Tensor:
+    """A class's text embedding: mean of its prompts' unit embeddings, re-normalised."""
+    return F.normalize(text_features.mean(dim=0), dim=-1)
+
+
+@dataclass
+class _TextFeatures:
+    class_normal: torch.Tensor
+    class_anomalous: torch.Tensor
+    seg_normal: torch.Tensor
+    seg_anomalous: torch.Tensor
+    descriptions: list[str]
+    description_features: torch.Tensor
+
+
+@register_method
+class Fade(Method):
+    name = "fade"
+    Settings = FadeSettings
+
+    def __init__(self, settings: FadeSettings, cache: TextFeatureCache = DEFAULT_CACHE):
+        super().__init__(settings)
+        for mode in (settings.classification_mode, settings.segmentation_mode):
+            if mode not in MODES:
+                raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.clip = load_clip_for_method(settings.backbone, settings.weights)
+        for size in (settings.classification_size, *settings.segmentation_sizes):
+            if size % self.clip.patch_size:
+                raise ValueError(f"input size {size} is not a multiple of the patch size {self.clip.patch_size}")
+        self.ensemble = load_ensemble(settings.prompts)
+        self.category = settings.category
+        self.cache = cache
+        self.bank = MemoryBank()
+        self._text: _TextFeatures | None = None
+        self._gem_from = max(1, self.clip.num_layers - settings.gem_blocks + 1)
+
+    @property
+    def uses_text(self) -> bool:
+        return True
+
+    def describe_backbone(self) -> str:
+        return self.clip.name
+
+    def set_category(self, name: str) -> None:
+        if name != self.category:
+            self.category = name
+            self._text = None
+
+    # ---- text ----------------------------------------------------------------------------
+    def text_features(self) -> _TextFeatures:
+        if self._text is None:
+            obj = clean_class_name(self.category) or "object"
+            cls_normal, cls_anomalous = winclip_prompts(obj)
+            seg_normal, seg_anomalous = fade_segmentation_prompts(self.ensemble)
+            descriptions = dedupe([*cls_anomalous, *self.ensemble.anomalous])
+            enc = lambda texts: self.cache.encode(self.clip, texts)  # noqa: E731
+            self._text = _TextFeatures(
+                class_normal=class_embedding(enc(cls_normal)),
+                class_anomalous=class_embedding(enc(cls_anomalous)),
+                seg_normal=class_embedding(enc(seg_normal)),
+                seg_anomalous=class_embedding(enc(seg_anomalous)),
+                descriptions=descriptions,
+                description_features=enc(descriptions),
+            )
+        return self._text
+
+    # ---- vision --------------------------------------------------------------------------
+    def _inputs(self, images: list[LoadedImage], size: int) -> torch.Tensor:
+        return torch.stack(
+            [to_model_input(img.rgb, size, self.clip.mean, self.clip.std, self.settings.resize)[0] for img in images]
+        )
+
+    def encode(self, images: list[LoadedImage]) -> dict:
+        """Per scale: GEM and CLIP patch embeddings (projected, unit norm); plus the image embedding."""
+        s = self.settings
+        out: dict = {"scales": {}}
+        sizes = list(dict.fromkeys(s.segmentation_sizes))
+        for size in sizes:
+            # Fewer images per pass at larger scales: attention memory grows with tokens squared.
+            chunk = max(1, int(s.batch_size * (min(sizes) / size) ** 2))
+            gem, clip_tokens, cls = [], [], []
+            for i in range(0, len(images), chunk):
+                x = self._inputs(images[i : i + chunk], size)
+                feats = self.clip(
+                    x, layers=(self.clip.num_layers,), gem_from=self._gem_from, gem_iterations=s.gem_iterations
+                )
+                gem.append(F.normalize(self.clip.project(feats.gem[:, 1:]), dim=-1))
+                clip_tokens.append(F.normalize(self.clip.project(feats.layers[self.clip.num_layers][:, 1:]), dim=-1))
+                cls.append(feats.image_embedding)
+            out["scales"][size] = {
+                "gem": torch.cat(gem),
+                "clip": torch.cat(clip_tokens),
+                "grid": (size // self.clip.patch_size,) * 2,
+            }
+            if size == s.classification_size:
+                out["image_embedding"] = torch.cat(cls)
+        if "image_embedding" not in out:
+            embeds = [
+                self.clip.encode_image(self._inputs(images[i : i + s.batch_size], s.classification_size))
+                for i in range(0, len(images), s.batch_size)
+            ]
+            out["image_embedding"] = torch.cat(embeds)
+        return out
+
+    def fit(self, references: list[LoadedImage]) -> None:
+        self.bank = MemoryBank()
+        self.num_references = len(references)
+        if references:
+            encoded = self.encode(references)
+            for size, scale in encoded["scales"].items():
+                self.bank.add(str(size), scale["clip"])
+
+    def predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
+        s = self.settings
+        text = self.text_features()
+        encoded = self.encode(images)
+        few_shot = len(self.bank) > 0
+        ac_language = two_class_probability(
+            encoded["image_embedding"], text.class_normal, text.class_anomalous, s.temperature
+        )
+        finest = max(encoded["scales"], key=lambda k: encoded["scales"][k]["grid"][0])
+        out_grid = encoded["scales"][finest]["grid"]
+        outputs = []
+        for b, img in enumerate(images):
+            language_maps, vision_maps = [], []
+            for size, scale in encoded["scales"].items():
+                gh, gw = scale["grid"]
+                language = two_class_probability(scale["gem"][b], text.seg_normal, text.seg_anomalous, s.temperature)
+                if few_shot:
+                    vision = self.bank.score(str(size), scale["clip"][b], k=s.few_shot_k)
+                else:
+                    vision = knn_anomaly(scale["gem"][b], scale["gem"][b], k=s.zero_shot_k)
+                language_maps.append(_resize_grid(language.view(gh, gw), out_grid))
+                vision_maps.append(_resize_grid(vision.view(gh, gw), out_grid))
+            language_map = torch.stack(language_maps).mean(0)
+            vision_map = torch.stack(vision_maps).mean(0)
+            anomaly_map = self.combine_maps(language_map, vision_map, few_shot)
+            score = self.combine_scores(float(ac_language[b]), vision_map, few_shot)
+            sims = F.normalize(encoded["image_embedding"][b], dim=-1) @ text.description_features.T
+            top = sims.topk(min(s.top_descriptions, len(text.descriptions)))
+            descriptions = [(text.descriptions[i], float(v)) for v, i in zip(top.values, top.indices)]
+            box = input_box(*img.size_hw, finest, s.resize)
+            outputs.append(MethodOutput(score, map_to_image(anomaly_map, box, finest, img.size_hw), descriptions))
+        return outputs
+
+    # ---- combination (the released configuration's weights) -------------------------------
+    def combine_maps(self, language: torch.Tensor, vision: torch.Tensor, few_shot: bool) -> torch.Tensor:
+        s = self.settings
+        if few_shot:
+            w, scale = s.as_few_shot_language_weight, s.as_few_shot_vision_scale
+        else:
+            w, scale = s.as_zero_shot_language_weight, s.as_zero_shot_vision_scale
+        if s.segmentation_mode == "language":
+            combined = language
+        elif s.segmentation_mode == "vision":
+            combined = scale * vision
+        else:
+            combined = w * language + (1.0 - w) * scale * vision
+        return combined.clamp(0.0, 1.0)
+
+    def combine_scores(self, language: float, vision_map: torch.Tensor, few_shot: bool) -> float:
+        s = self.settings
+        if not few_shot:
+            return float(min(max(language, 0.0), 1.0))  # zero-shot AC: language only
+        vision = float((s.ac_few_shot_vision_scale * vision_map).max())
+        if s.classification_mode == "language":
+            score = language
+        elif s.classification_mode == "vision":
+            score = vision
+        else:
+            w = s.ac_few_shot_language_weight
+            score = w * language + (1.0 - w) * vision
+        return float(min(max(score, 0.0), 1.0))
+
+    # ---- persistence ---------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        text = self.text_features()
+        return {
+            **self.bank.state_dict(),
+            "text.class_normal": text.class_normal,
+            "text.class_anomalous": text.class_anomalous,
+            "text.seg_normal": text.seg_normal,
+            "text.seg_anomalous": text.seg_anomalous,
+        }
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.bank.load_state_dict(state)
+        if "text.class_normal" in state:
+            text = self.text_features()  # descriptions are recomputed; the class embeddings come from the file
+            text.class_normal = state["text.class_normal"]
+            text.class_anomalous = state["text.class_anomalous"]
+            text.seg_normal = state["text.seg_normal"]
+            text.seg_anomalous = state["text.seg_anomalous"]
+
+
+def _resize_grid(patch_map: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of an (h, w) patch map to the finest scale's grid, for averaging scales."""
+    if tuple(patch_map.shape) == tuple(grid):
+        return patch_map
+    return F.interpolate(patch_map[None, None], size=grid, mode="bilinear", align_corners=False)[0, 0]
