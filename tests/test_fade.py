@@ -80,7 +80,7 @@ def test_language_map_is_the_scale_average(fade):
     expected = torch.stack(maps).mean(0)
     encoded = fade.encode(images)
     got = []
-    for size, scale in encoded["scales"].items():
+    for scale in encoded["scales"].values():
         g = scale["grid"][0]
         p = two_class_probability(scale["gem"][0], text.seg_normal, text.seg_anomalous, 0.01).view(1, 1, g, g)
         got.append(F.interpolate(p, size=(8, 8), mode="bilinear", align_corners=False)[0, 0])
@@ -95,7 +95,8 @@ def test_language_map_is_the_scale_average(fade):
 
 def test_zero_shot_vision_uses_second_neighbour_of_own_gem_patches(fade):
     images = _images(1, seed=3)
-    vision_only = Fade(FadeSettings(**TINY, segmentation_mode="vision", as_zero_shot_vision_scale=1.0), cache=fade.cache)
+    settings = FadeSettings(**TINY, segmentation_mode="vision", as_zero_shot_vision_scale=1.0)
+    vision_only = Fade(settings, cache=fade.cache)
     vision_only.clip = fade.clip
     encoded = fade.encode(images)
     expected = []

@@ -252,7 +252,7 @@ def _cached_weights(arch: str, tag: str) -> str | None:
             path = try_to_load_from_cache(repo, filename) if repo else None
             if isinstance(path, str) and os.path.exists(path):
                 return path
-    except Exception:  # noqa: BLE001 (no hub library or an odd cache: just try the download)
+    except Exception:  # no hub library or an odd cache: just try the download
         return None
     return None
 

@@ -37,18 +37,24 @@ class PromptSet:
 def build_prompts(
     category: str,
     descriptions: list[str],
-    position: str,
+    position: str | tuple[str, ...],
     normal_states: tuple[str, ...] = FILO_NORMAL_STATES,
     abnormal_states: tuple[str, ...] = FILO_ABNORMAL_STATES,
 ) -> PromptSet:
-    """FiLo's sentences for one object at one position: every state x every defect description."""
+    """FiLo's sentences for one object: every state x every defect description x position(s).
+
+    Several positions (e.g. all nine when no detector locates the defect) give one abnormal
+    sentence per position, so the grouped feature Fa averages over them.
+    """
     name = clean_class_name(category) or "object"
+    positions = (position,) if isinstance(position, str) else tuple(position)
     normal = tuple(f"{state_phrase(s, name)}." for s in normal_states)
     abnormal, described = [], []
     for description in descriptions:
         for s in abnormal_states:
-            abnormal.append(f"{state_phrase(s, name)} with {description} at {position}.")
-            described.append(description)
+            for where in positions:
+                abnormal.append(f"{state_phrase(s, name)} with {description} at {where}.")
+                described.append(description)
     return PromptSet(normal, tuple(abnormal), tuple(described))
 
 
@@ -92,7 +98,7 @@ class PromptLearner(nn.Module):
     embedding; its output is added to every context vector of both groups.
     """
 
-    def __init__(self, n_ctx: int, text_width: int, embed_dim: int, meta_net: bool = True, cache_size: int = 64):
+    def __init__(self, n_ctx: int, text_width: int, embed_dim: int, meta_net: bool = True, cache_size: int = 256):
         super().__init__()
         self.n_ctx = n_ctx
         self.ctx_normal = nn.Parameter(torch.randn(n_ctx, text_width) * 0.02)

@@ -124,7 +124,9 @@ class WinClip(Method):
             weights = None  # random weights: tests and speed measurements
         self.backbone: ClipBackbone = create_clip(s.backbone, pretrained=weights, image_size=s.image_size)
         if s.image_size % self.backbone.patch_size:
-            raise ValueError(f"image_size {s.image_size} is not a multiple of the patch size {self.backbone.patch_size}")
+            raise ValueError(
+                f"image_size {s.image_size} is not a multiple of the patch size {self.backbone.patch_size}"
+            )
         side = s.image_size // self.backbone.patch_size
         self.grid = (side, side)
         self.windows = [window_indices(self.grid, scale, s.window_stride) for scale in s.window_scales]
@@ -177,13 +179,19 @@ class WinClip(Method):
         tokens, grid = self.backbone.embed(inputs)
         final = self.backbone.model.visual.transformer(tokens)
         patches = final[:, 1:]
-        patches = self.backbone.project(patches) if self.settings.project_patches else self.backbone.model.visual.ln_post(patches)
+        patches = (
+            self.backbone.project(patches)
+            if self.settings.project_patches
+            else self.backbone.model.visual.ln_post(patches)
+        )
         windows = [self.encode_windows(tokens, w) for w in self.windows]
         return WinClipFeatures(grid, self.backbone.pool(final), windows, patches)
 
     def _inputs(self, images: list[LoadedImage]) -> tuple[torch.Tensor, list[tuple[int, int, int, int]]]:
         s = self.settings
-        pairs = [to_model_input(img.rgb, s.image_size, self.backbone.mean, self.backbone.std, s.resize) for img in images]
+        pairs = [
+            to_model_input(img.rgb, s.image_size, self.backbone.mean, self.backbone.std, s.resize) for img in images
+        ]
         return torch.stack([x for x, _ in pairs]), [box for _, box in pairs]
 
     def _encode_batches(self, inputs: torch.Tensor) -> WinClipFeatures:
