@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -44,26 +45,62 @@ def _fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _apply_config(ctx: click.Context, config: Path | None) -> dict[str, Any]:
-    """Fill options not given on the command line from a YAML file; return the effective values."""
+_CONFIG_ALIASES = {"set": "set_"}
+
+
+def _apply_config(ctx: click.Context, config: Path | None) -> tuple[dict[str, Any], set[str]]:
+    """Fill options not given on the command line from a YAML file.
+
+    Returns the effective values and the names given explicitly (on the command line or in the
+    file). Keys are option names, with "-" or "_" (``pixel-threshold``, ``pixel_threshold``),
+    ``images`` for the inputs and ``set`` for --set (a list of "key=value", or a mapping).
+    Values are converted and checked as on the command line; the command line wins; relative
+    paths are relative to the working directory. A settings.json written by ``detect`` is a
+    valid config too (its "options" are used), so ``--config OUT/settings.json`` repeats a run.
+    """
     params = dict(ctx.params)
+    # By name: typer ships its own copy of click, whose ParameterSource is another enum.
+    defaults = ("DEFAULT", "DEFAULT_MAP")
+    explicit = {n for n in params if getattr(ctx.get_parameter_source(n), "name", "DEFAULT") not in defaults}
     if config is None:
-        return params
+        return params, explicit
     import yaml
 
     try:
-        loaded = yaml.safe_load(Path(config).read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
+        loaded = yaml.safe_load(Path(config).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         _fail(f"{config}: cannot read config: {err}")
+    loaded = {} if loaded is None else loaded
     if not isinstance(loaded, dict):
         _fail(f"{config}: expected a mapping of option names to values")
+    if isinstance(loaded.get("options"), dict) and "command" in loaded:  # a run's settings.json
+        if loaded["command"] != ctx.command.name:
+            _fail(f"{config}: settings of `anomalens {loaded['command']}`, not of `{ctx.command.name}`")
+        loaded = {k: v for k, v in loaded["options"].items() if k != "config"}
+    by_name = {prm.name: prm for prm in ctx.command.params}
     for key, value in loaded.items():
-        name = key.replace("-", "_")
-        if name not in params:
-            _fail(f"{config}: unknown option {key!r}; known: {', '.join(sorted(params))}")
-        if ctx.get_parameter_source(name) in (click.core.ParameterSource.DEFAULT, None):
-            params[name] = value
-    return params
+        name = str(key).replace("-", "_")
+        name = _CONFIG_ALIASES.get(name, name)
+        if name not in params or name == "config":
+            known = sorted(n.rstrip("_") for n in params if n != "config")
+            _fail(f"{config}: unknown option {key!r}; known: {', '.join(known)}")
+        if name in explicit:
+            continue  # given on the command line: it overrides the file
+        prm = by_name[name]
+        if value is None:
+            if prm.default is None or prm.multiple or prm.nargs == -1:
+                params[name] = None
+            continue
+        if name == "set_" and isinstance(value, dict):
+            value = [f"{k}={json.dumps(v)}" for k, v in value.items()]
+        if (prm.multiple or prm.nargs == -1) and not isinstance(value, (list, tuple)):
+            value = [value]
+        try:
+            params[name] = prm.process_value(ctx, value)  # the command line's conversion and checks
+        except (typer.BadParameter, click.BadParameter) as err:
+            _fail(f"{config}: option {key!r}: {err.message}")
+        explicit.add(name)
+    return params, explicit
 
 
 def _method_settings(method: str, given: dict[str, Any]) -> dict[str, Any]:
@@ -100,160 +137,326 @@ def _parse_sets(items: list[str] | None) -> dict[str, Any]:
     return settings
 
 
-def _parse_threshold(value: str | None) -> str | float | None:
-    if value is None or value == "auto":
-        return value
+def _parse_threshold(value: Any) -> str | float | None:
+    """None (not given), "auto", "none" (no threshold) or a number."""
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    if text in ("auto", "none"):
+        return text
     try:
-        return float(value)
+        return float(text)
     except ValueError:
-        _fail(f"--threshold must be a number or 'auto', got {value!r}")
+        _fail(f"--threshold must be a number, 'auto' or 'none', got {value!r}")
     return None
+
+
+# Errors that are the user's to fix (bad settings, missing weights or files): one clear line,
+# exit code 2, no traceback. Matched by name so that no optional backbone module is imported.
+_USAGE_ERRORS = ("MissingWeightsError", "MissingBackboneError", "MissingCheckpointError", "MissingGroundingError")
+_METHOD_OPTIONS = (
+    "weights",
+    "backbone",
+    "category",
+    "prompts",
+    "checkpoint",
+    "grounding",
+    "image_size",
+    "resize",
+    "set_",
+)
+
+
+def _build_detector(p: dict[str, Any], explicit: set[str]):
+    """Load --model, or create the method and fit it on --refs (zero-shot without); + a source line."""
+    from .detector import Detector, load_detector
+    from .images import ImageLoadError
+
+    try:
+        if p.get("model") is not None:
+            if p.get("refs") is not None:
+                _fail(
+                    "--refs cannot be combined with --model: the model already holds its reference "
+                    "images; fit a new model (`anomalens fit`) to change them"
+                )
+            det = load_detector(p["model"])
+            ignored = [n.rstrip("_") for n in _METHOD_OPTIONS if n in explicit and p.get(n)]
+            if "method" in explicit and p.get("method") != det.method_name:
+                ignored.insert(0, "method")
+            if ignored:
+                _echo(
+                    f"note: --model {p['model']} holds a fitted {det.method_name} model; its saved "
+                    f"settings are used and {', '.join(ignored)} ignored"
+                )
+            n = len(det.reference_paths)
+            how = f"fitted on {n} reference images" if n else "zero-shot"
+            return det, f"model {p['model']} ({det.method_name}, {how})"
+        settings = _method_settings(
+            p["method"],
+            {k: p.get(k) for k in ("weights", "backbone", "category", "image_size", "resize")}
+            | {
+                "prompts": str(p["prompts"]) if p.get("prompts") else None,
+                "checkpoint": str(p["checkpoint"]) if p.get("checkpoint") else None,
+                "grounding": str(p["grounding"]) if p.get("grounding") else None,
+            }
+            | _parse_sets(list(p.get("set_") or [])),
+        )
+        det = Detector(method=p["method"], **settings)
+        if p.get("refs") is None:
+            det.fit([])
+            return det, "zero-shot (no reference images)"
+        refs = Path(p["refs"])
+        if not refs.exists():
+            _fail(f"{refs}: reference folder does not exist")
+        det.fit([refs])
+        return det, f"{len(det.reference_paths)} reference images from {refs}"
+    except typer.Exit:
+        raise
+    except ImageLoadError as err:
+        _fail(f"cannot use the reference images: {err}")
+    except Exception as err:
+        if isinstance(err, (ValueError, FileNotFoundError)) or type(err).__name__ in _USAGE_ERRORS:
+            _fail(str(err))
+        raise
+    raise AssertionError("unreachable")
+
+
+def _set_threshold(det, p: dict[str, Any], explicit: set[str], value: str | float | None) -> None:
+    """Apply --threshold / --pixel-threshold (a number, calibration from the references, or none)."""
+    from .calibration import Threshold
+
+    from_model = p.get("model") is not None
+    if value == "none":
+        det.threshold, det.pixel_threshold = None, None
+    elif value == "auto" and from_model:
+        saved = det.threshold
+        if saved is None or saved.method != "auto":
+            _fail(f"{p['model']} holds no calibrated threshold; fit it with --threshold auto, or pass --threshold X")
+        for name in ("quantile", "margin"):
+            if name in explicit and getattr(saved, name) != p[name]:
+                _fail(
+                    f"{p['model']} was calibrated with {name} {getattr(saved, name)}, not {p[name]}: "
+                    "calibration needs the references, so fit the model again to change it"
+                )
+    elif value == "auto":
+        try:
+            det.calibrate(quantile=p["quantile"], margin=p["margin"], pixel_threshold=p["pixel_threshold"])
+        except ValueError as err:
+            _fail(str(err))
+    elif value is not None:
+        det.threshold = Threshold.given(float(value))
+        det.pixel_threshold = float(value)
+    if p.get("pixel_threshold") is not None:
+        det.pixel_threshold = float(p["pixel_threshold"])
+
+
+def _describe(threshold) -> str:
+    if threshold is None:
+        return "none"
+    return threshold.description() if hasattr(threshold, "description") else f"given: {threshold:.6g}"
+
+
+def _collect_inputs(inputs: list[Path], out: Path) -> tuple[list[Path], list[Path]]:
+    """(image files, missing inputs): directories expanded, duplicates dropped with a note.
+
+    Files inside the output directory are not taken from an expanded input folder, so that
+    `detect DIR --out DIR/results` run twice does not score its own overlays and masks.
+    """
+    from .images import IMAGE_EXTENSIONS, list_images
+
+    files: list[Path] = []
+    missing: list[Path] = []
+    seen: dict[str, Path] = {}
+    duplicates = 0
+    out_prefix = os.path.join(os.path.realpath(out), "")
+    for item in inputs:
+        if not item.exists():
+            if str(item) not in {str(m) for m in missing}:
+                missing.append(item)
+            continue
+        found = list_images([item])
+        if item.is_dir():
+            found = [f for f in found if not os.path.realpath(f).startswith(out_prefix)]
+            if not found:
+                _echo(f"note: {item}: no image files in this folder ({', '.join(IMAGE_EXTENSIONS)})")
+        for f in found:
+            key = os.path.realpath(f)
+            if key in seen:
+                duplicates += 1
+                continue
+            seen[key] = f
+            files.append(f)
+    if duplicates:
+        _echo(f"note: {duplicates} duplicate input(s) (same file given twice) scored once")
+    return files, missing
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _read_settings(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _same_run(a: dict | None, b: dict) -> bool:
+    """Do two settings.json describe runs whose results can be mixed (same model and thresholds)?"""
+    keys = ("method", "settings", "source", "threshold", "pixel_threshold")
+    return a is not None and all(a.get(k) == b.get(k) for k in keys)
 
 
 @app.command()
 def detect(
     ctx: typer.Context,
     images: list[Path] = typer.Argument(None, help="Image files and/or directories (searched recursively)."),
-    refs: Path | None = typer.Option(
-        None, "--refs", help="Folder (or file) of good reference images: few-shot."
-    ),
+    refs: Path | None = typer.Option(None, "--refs", help="Folder (or file) of good reference images: few-shot."),
     method: str = typer.Option("patchknn", "--method", "-m", help="patchknn | fade | winclip | filo"),
     out: Path = typer.Option(Path("anomalens_out"), "--out", "-o", help="Output directory."),
     model: Path | None = typer.Option(None, "--model", help="A fitted model directory from `anomalens fit`."),
-    threshold: str | None = typer.Option(None, "--threshold", help="Image threshold: a number, or 'auto'."),
-    pixel_threshold: float | None = typer.Option(None, "--pixel-threshold", help="Threshold for the mask."),
+    threshold: str | None = typer.Option(
+        None,
+        "--threshold",
+        help="Image threshold: a number, 'auto' (calibrated on the references, leave-one-out: "
+        "quantile + margin * (quantile - median)), or 'none'. Default: the model's, else none.",
+    ),
+    pixel_threshold: float | None = typer.Option(
+        None, "--pixel-threshold", help="Threshold of the mask (default: calibrated, or the image threshold)."
+    ),
     quantile: float = typer.Option(0.99, "--quantile", help="Quantile of good scores for --threshold auto."),
     margin: float = typer.Option(0.1, "--margin", help="Margin for --threshold auto (see README)."),
-    weights: str | None = typer.Option(
-        None, "--weights", help="CLIP weights: a local file or an open_clip tag."
-    ),
-    backbone: str | None = typer.Option(
-        None, "--backbone", help="Backbone name (e.g. ViT-B-16-plus-240, test-tiny)."
-    ),
+    weights: str | None = typer.Option(None, "--weights", help="CLIP weights: a local file or an open_clip tag."),
+    backbone: str | None = typer.Option(None, "--backbone", help="Backbone name (e.g. ViT-B-16-plus-240, test-tiny)."),
     category: str | None = typer.Option(None, "--category", help="Object name used in the prompts."),
     prompts: Path | None = typer.Option(None, "--prompts", help="Your prompt ensemble JSON (fade)."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Trained FiLo checkpoint directory."),
+    grounding: Path | None = typer.Option(None, "--grounding", help="Grounding DINO weight folder (filo)."),
     image_size: int | None = typer.Option(None, "--image-size", help="Model input side in pixels."),
     resize: str | None = typer.Option(None, "--resize", help="squash | pad (keep aspect ratio)."),
     map_format: str = typer.Option("npy", "--map-format", help="Raw map files: npy | tiff (32-bit float)."),
-    batch_size: int = typer.Option(8, "--batch-size"),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
     jobs: int = typer.Option(
-        2, "--jobs", "-j", help="Threads that read and decode images ahead of the model."
+        2, "--jobs", "-j", min=0, help="Threads that read and decode images ahead of the model (0: none)."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace results already in --out."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write report.html."),
     set_: list[str] = typer.Option(None, "--set", help="Any method setting: --set key=value (repeatable)."),
-    config: Path | None = typer.Option(None, "--config", help="YAML file with any of these options."),
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        help="YAML file with any of these options (command-line options override it); a run's settings.json works too.",
+    ),
 ) -> None:
     """Score images: results.jsonl/.csv, overlays, masks, raw maps and report.html under --out.
 
+    Re-running the same command resumes: images with results in --out are not done again
+    (failed ones are retried); --overwrite starts afresh. Images above 16 megapixels are worked
+    on (and their maps, masks and overlays written) at a reduced size; see anomalens.images.
+
     Exit code 0 when every image was processed, 1 when some failed (listed at the end), 2 for
-    usage errors.
+    usage errors, 130 when interrupted (Ctrl-C; what was written is valid, run again to resume).
     """
-    p = _apply_config(ctx, config)
-    from .detector import Detector, load_detector
-    from .images import ImageLoadError, list_images
-    from .outputs import OutputWriter
+    p, explicit = _apply_config(ctx, config)
+    from datetime import datetime
+
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from . import __version__
+    from .images import ImageLoadError
+    from .outputs import SETTINGS_JSON, OutputWriter
     from .report import write_report
 
     inputs = [Path(i) for i in (p["images"] or [])]
     if not inputs:
         _fail("no images given")
-    missing = [str(i) for i in inputs if not i.exists()]
+    if p["map_format"] not in ("npy", "tiff"):
+        _fail(f"--map-format must be 'npy' or 'tiff', got {p['map_format']!r}")
+    if int(p["jobs"]) < 0 or int(p["batch_size"]) < 1:
+        _fail("--jobs must be >= 0 and --batch-size >= 1")
     threshold_value = _parse_threshold(p["threshold"])
-    try:
-        if p["model"] is not None:
-            det = load_detector(p["model"])
-            source = f"model {p['model']}"
-        else:
-            settings = _method_settings(
-                p["method"],
-                {k: p[k] for k in ("weights", "backbone", "category", "image_size", "resize")}
-                | {
-                    "prompts": str(p["prompts"]) if p["prompts"] else None,
-                    "checkpoint": str(p["checkpoint"]) if p["checkpoint"] else None,
-                }
-                | _parse_sets(p["set_"]),
-            )
-            det = Detector(method=p["method"], **settings)
-            source = "zero-shot"
-            if p["refs"] is not None:
-                if not Path(p["refs"]).exists():
-                    _fail(f"{p['refs']}: reference folder does not exist")
-                det.fit([p["refs"]])
-                source = f"{len(det.reference_paths)} reference images from {p['refs']}"
-            else:
-                det.fit([])
-    except ImageLoadError as err:
-        _fail(str(err))
-    except Exception as err:  # missing weights, bad settings: one clear line, no traceback
-        if type(err).__name__ in (
-            "MissingWeightsError",
-            "MissingBackboneError",
-            "ValueError",
-            "FileNotFoundError",
-        ):
-            _fail(str(err))
-        raise
-    if threshold_value == "auto":
-        try:
-            det.calibrate(quantile=p["quantile"], margin=p["margin"], pixel_threshold=p["pixel_threshold"])
-        except ValueError as err:
-            _fail(str(err))
-    elif threshold_value is not None:
-        from .calibration import Threshold
+    out = Path(p["out"])
+    files, missing = _collect_inputs(inputs, out)
+    if not files and not missing:
+        _fail(f"no image files found in {', '.join(map(str, inputs))}")
 
-        det.threshold = Threshold.given(threshold_value)
-        det.pixel_threshold = p["pixel_threshold"] if p["pixel_threshold"] is not None else threshold_value
-    elif p["pixel_threshold"] is not None:
-        det.pixel_threshold = p["pixel_threshold"]
+    det, source = _build_detector(p, explicit)
+    _set_threshold(det, p, explicit, threshold_value)
+    if det.threshold is not None:
+        _echo(f"threshold: {_describe(det.threshold)}")
+        _echo(f"pixel threshold: {_describe(det.pixel_threshold)}")
+    elif det.pixel_threshold is not None:
+        _echo(f"pixel threshold: {_describe(det.pixel_threshold)}; no image threshold: no OK/NG decisions")
+    else:
+        _echo("no threshold: scores and maps only (pass --threshold X or --threshold auto for OK/NG and masks)")
 
-    files = list_images([i for i in inputs if i.exists()])
+    previous = _read_settings(out / SETTINGS_JSON) if not p["overwrite"] else None
     try:
-        writer = OutputWriter(p["out"], overwrite=p["overwrite"], map_format=p["map_format"])
-    except (FileExistsError, ValueError) as err:
-        _fail(str(err))
+        writer = OutputWriter(out, overwrite=p["overwrite"], map_format=p["map_format"])
+    except (FileExistsError, ValueError, OSError) as err:
+        _fail(f"cannot write to {out}: {err}")
     effective = {
         "command": "detect",
+        "anomalens_version": __version__,
         "inputs": [str(i) for i in inputs],
         "method": det.method_name,
         "settings": det.settings,
         "backbone": det.backbone_name,
         "source": source,
+        "num_references": len(det.reference_paths),
         "threshold": None if det.threshold is None else det.threshold.to_dict(),
         "pixel_threshold": getattr(det.pixel_threshold, "to_dict", lambda: det.pixel_threshold)(),
-        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in p.items() if k != "images"},
+        "options": {k: v for k, v in p.items()},
     }
-    effective["options"]["images"] = [str(i) for i in inputs]
-    writer.write_settings(json.loads(json.dumps(effective, default=str)))
-    done = writer.done_paths()
-    todo = [f for f in files if str(f) not in done]
-    for m in missing:
-        if m not in done:
-            writer.record_failure(m, "file does not exist")
-    if len(todo) < len(files):
-        _echo(f"resuming: {len(files) - len(todo)} of {len(files)} images already in {p['out']}")
-    from tqdm.auto import tqdm
+    effective = _jsonable(effective)
+    writer.write_settings(effective)
 
+    done = {os.path.abspath(r["path"]) for r in writer.records() if r.get("status") == "ok"}
+    todo = [f for f in files if os.path.abspath(f) not in done]
+    for m in missing:
+        writer.record_failure(m, "file does not exist")
+    if len(todo) < len(files):
+        _echo(f"resuming: {len(files) - len(todo)} of {len(files)} images already done in {out}")
+        if previous is not None and not _same_run(previous, effective):
+            _echo(
+                "warning: those results were made with other settings (kept as settings.<n>.json); "
+                "pass --overwrite to redo every image with these"
+            )
+
+    pixel_only = det.threshold is None and det.pixel_threshold is not None
     start = time.perf_counter()
-    bar = tqdm(total=len(todo), unit="img", desc=det.method_name, disable=None)
+    scored_now = 0
+    bar = tqdm(total=len(todo), unit="img", desc=det.method_name, disable=None, dynamic_ncols=True)
     interrupted = False
     try:
-        for item in det.predict_iter(todo, batch_size=p["batch_size"], jobs=p["jobs"], with_images=True):
+        for item in det.predict_iter(
+            todo, batch_size=int(p["batch_size"]), jobs=int(p["jobs"]), with_images=True, skip_errors=True
+        ):
             if isinstance(item, ImageLoadError):
                 writer.record_failure(item.path, item.reason)
             else:
                 result, img = item
+                if pixel_only:
+                    result.pixel_threshold = float(_threshold_number(det.pixel_threshold))
+                    with np.errstate(invalid="ignore"):
+                        result.mask = np.asarray(result.anomaly_map) > result.pixel_threshold
+                extra = {
+                    "time": datetime.now().astimezone().isoformat(timespec="seconds"),
+                    "image_size": list(img.original_hw or img.size_hw),
+                    "map_size": list(img.size_hw),
+                }
                 try:
-                    writer.write(result, img.rgb)
-                except OSError as err:
-                    writer.record_failure(result.path, f"could not write outputs: {err}")
+                    writer.write(result, img.rgb, extra=extra)
+                    scored_now += 1
+                except Exception as err:
+                    writer.record_failure(result.path, f"could not write outputs: {type(err).__name__}: {err}")
             bar.update(1)
     except KeyboardInterrupt:
         interrupted = True
     finally:
         bar.close()
-        summary = writer.summary()
         writer.close()
     elapsed = time.perf_counter() - start
     if p["report"]:
@@ -266,35 +469,56 @@ def detect(
         if det.threshold is not None:
             info["threshold"] = det.threshold.value
             info["threshold_description"] = det.threshold.description()
-        path = write_report(p["out"], summary_info=info)
-        _echo(f"report: {path}")
-    _print_summary(writer, summary, p["out"])
+        if det.pixel_threshold is not None:
+            info["pixel_threshold"] = _threshold_number(det.pixel_threshold)
+            info["pixel_threshold_description"] = _describe(det.pixel_threshold)
+        try:
+            _echo(f"report: {write_report(out, summary_info=info)}")
+        except (OSError, ValueError) as err:
+            _echo(f"warning: could not write {out}/report.html: {err}")
+    rate = f", {scored_now / elapsed:.2f} images/s" if scored_now and elapsed > 0 else ""
+    _echo(f"scored {scored_now} images in {elapsed:.1f} s{rate}")
+    failed = _print_summary(writer.records(), [*files, *missing], out)
     if interrupted:
         _echo("interrupted: everything written so far is valid; run the same command again to resume")
         raise typer.Exit(130)
-    if summary.get("failed", 0):
+    if failed:
         raise typer.Exit(1)
 
 
-def _print_summary(writer, summary: dict, out: Path) -> None:
-    _echo(
-        f"{summary.get('ok', 0) + summary.get('ng', 0) + summary.get('undecided', 0)} scored "
-        f"(OK {summary.get('ok', 0)}, NG {summary.get('ng', 0)}), failed {summary.get('failed', 0)}; "
-        f"results in {out}/results.jsonl"
-    )
-    failures = [r for r in writer.records() if r.get("status") == "error"]
+def _threshold_number(value) -> float:
+    return float(value.value) if hasattr(value, "value") else float(value)
+
+
+def _print_summary(records: list[dict], paths: list[Path], out: Path) -> int:
+    """Counts over this run's inputs (resumed ones included) and the list of failures."""
+    by_path = {os.path.abspath(r["path"]): r for r in records}
+    mine = [by_path[a] for a in dict.fromkeys(os.path.abspath(p) for p in paths) if a in by_path]
+    failures = [r for r in mine if r.get("status") != "ok"]
+    ok = [r for r in mine if r.get("status") == "ok"]
+    n_ok = sum(r.get("decision") == "OK" for r in ok)
+    n_ng = sum(r.get("decision") == "NG" for r in ok)
+    undecided = len(ok) - n_ok - n_ng
+    extra = f", no decision {undecided}" if undecided else ""
+    total = len(dict.fromkeys(os.path.abspath(p) for p in paths))
+    count = f"{len(mine)} images" if len(mine) == total else f"{len(mine)} of {total} images done"
+    _echo(f"{count}: OK {n_ok}, NG {n_ng}{extra}, failed {len(failures)}; results in {out / 'results.jsonl'}")
     if failures:
-        _echo("failures:")
+        _echo(f"failures ({len(failures)}):")
         for r in failures:
             _echo(f"  {r['path']}: {r.get('error')}")
+    return len(failures)
 
 
 @app.command()
 def fit(
-    refs: Path = typer.Option(..., "--refs", help="Folder of good reference images."),
+    ctx: typer.Context,
+    refs: Path | None = typer.Option(None, "--refs", help="Folder of good reference images (required)."),
     method: str = typer.Option("patchknn", "--method", "-m"),
-    out: Path = typer.Option(..., "--out", "-o", help="Model directory to write."),
-    threshold: str | None = typer.Option("auto", "--threshold", help="A number, 'auto', or 'none'."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Model directory to write (required)."),
+    threshold: str | None = typer.Option(
+        "auto", "--threshold", help="A number, 'auto' (leave-one-out over the references), or 'none'."
+    ),
     pixel_threshold: float | None = typer.Option(None, "--pixel-threshold"),
     quantile: float = typer.Option(0.99, "--quantile"),
     margin: float = typer.Option(0.1, "--margin"),
@@ -303,50 +527,41 @@ def fit(
     category: str | None = typer.Option(None, "--category"),
     prompts: Path | None = typer.Option(None, "--prompts"),
     checkpoint: Path | None = typer.Option(None, "--checkpoint"),
+    grounding: Path | None = typer.Option(None, "--grounding", help="Grounding DINO weight folder (filo)."),
     image_size: int | None = typer.Option(None, "--image-size"),
     resize: str | None = typer.Option(None, "--resize"),
     overwrite: bool = typer.Option(False, "--overwrite"),
     set_: list[str] = typer.Option(None, "--set", help="Any method setting: --set key=value (repeatable)."),
+    config: Path | None = typer.Option(None, "--config", help="YAML file with any of these options."),
 ) -> None:
-    """Fit a detector on good images, calibrate its threshold, and save it (safetensors + JSON)."""
-    from .calibration import Threshold
-    from .detector import Detector
-    from .images import ImageLoadError
+    """Fit a detector on good images, calibrate its threshold, and save it (safetensors + JSON).
 
-    settings = _method_settings(
-        method,
-        {
-            "weights": weights,
-            "backbone": backbone,
-            "category": category,
-            "image_size": image_size,
-            "resize": resize,
-            "prompts": str(prompts) if prompts else None,
-            "checkpoint": str(checkpoint) if checkpoint else None,
-        }
-        | _parse_sets(set_),
-    )
-    if (out / "detector.json").exists() and not overwrite:
+    Then `anomalens detect --model OUT ...` uses the saved settings, references and threshold.
+    """
+    p, explicit = _apply_config(ctx, config)
+    if p["refs"] is None:
+        _fail("--refs is required: a folder of good reference images")
+    if p["out"] is None:
+        _fail("--out is required: the model directory to write")
+    out = Path(p["out"])
+    if (out / "detector.json").exists() and not p["overwrite"]:
         _fail(f"{out} already holds a model; pass --overwrite to replace it")
+    threshold_value = _parse_threshold(p["threshold"])
+    det, source = _build_detector({**p, "model": None}, explicit)
+    _set_threshold(det, {**p, "model": None}, explicit, threshold_value)
     try:
-        det = Detector(method=method, **settings).fit([refs])
-        if threshold == "auto":
-            det.calibrate(quantile=quantile, margin=margin, pixel_threshold=pixel_threshold)
-        elif threshold not in (None, "none"):
-            det.threshold = Threshold.given(float(threshold))
-            det.pixel_threshold = pixel_threshold if pixel_threshold is not None else float(threshold)
-    except (ImageLoadError, ValueError) as err:
-        _fail(str(err))
-    det.save(out, overwrite=overwrite)
-    how = det.threshold.description() if det.threshold is not None else "no threshold"
-    _echo(f"saved {method} model fitted on {len(det.reference_paths)} images to {out} ({how})")
+        det.save(out, overwrite=p["overwrite"])
+    except (FileExistsError, OSError) as err:
+        _fail(f"cannot save the model to {out}: {err}")
+    _echo(f"saved {det.method_name} model fitted on {source} to {out}")
+    _echo(f"threshold: {_describe(det.threshold)}")
+    if det.threshold is not None:
+        _echo(f"pixel threshold: {_describe(det.pixel_threshold)}")
 
 
 @app.command()
 def demo(
-    out: Path = typer.Option(
-        Path("anomalens_demo"), "--out", "-o", help="Where to write the demo set and results."
-    ),
+    out: Path = typer.Option(Path("anomalens_demo"), "--out", "-o", help="Where to write the demo set and results."),
     method: str = typer.Option("patchknn", "--method", "-m"),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
@@ -389,9 +604,7 @@ def demo(
             },
         )
     elapsed = time.perf_counter() - start
-    typer.echo(
-        f"\n{method} ({det.backbone_name}), {settings.references}-shot, synthetic defects on real textures:"
-    )
+    typer.echo(f"\n{method} ({det.backbone_name}), {settings.references}-shot, synthetic defects on real textures:")
     typer.echo("| texture | test images | image AUROC | pixel AUROC | pixel AUPRO |")
     typer.echo("|---|---|---|---|---|")
     for name, m in rows:
@@ -433,12 +646,11 @@ def benchmark(
     shots: str = typer.Option("0", "--shots", help="Comma-separated shot counts, e.g. 0,1,2,4."),
     seeds: str = typer.Option("0", "--seeds", help="Comma-separated seeds for the reference draws."),
     out: Path = typer.Option(Path("benchmark_out"), "--out", "-o"),
-    pixel_resolution: int | None = typer.Option(
-        None, "--pixel-resolution", help="Longer side for pixel metrics."
-    ),
+    pixel_resolution: int | None = typer.Option(None, "--pixel-resolution", help="Longer side for pixel metrics."),
     weights: str | None = typer.Option(None, "--weights"),
     backbone: str | None = typer.Option(None, "--backbone"),
     checkpoint: Path | None = typer.Option(None, "--checkpoint"),
+    grounding: Path | None = typer.Option(None, "--grounding", help="Grounding DINO weight folder (filo)."),
     image_size: int | None = typer.Option(None, "--image-size"),
     resize: str | None = typer.Option(None, "--resize"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
@@ -463,6 +675,7 @@ def benchmark(
                 "image_size": image_size,
                 "resize": resize,
                 "checkpoint": str(checkpoint) if checkpoint else None,
+                "grounding": str(grounding) if grounding else None,
             }
             | _parse_sets(set_),
         ),

@@ -153,25 +153,46 @@ class Detector:
         return results
 
     def predict_iter(
-        self, images: Iterable[ImageInput], batch_size: int = 8, jobs: int = 0, with_images: bool = False
+        self,
+        images: Iterable[ImageInput],
+        batch_size: int = 8,
+        jobs: int = 0,
+        with_images: bool = False,
+        skip_errors: bool = False,
     ) -> Iterator[AnomalyResult | ImageLoadError | tuple[AnomalyResult, LoadedImage]]:
         """Yield one result per input in order; an unreadable input yields its ImageLoadError.
 
         jobs > 0 reads and decodes images in that many threads ahead of the model (Pillow
         releases the GIL while decoding). with_images=True yields (result, image) pairs.
+        skip_errors=True: when the method fails on a batch, its images are retried one by one
+        and an image that still fails yields an ImageLoadError ("could not be scored: ...")
+        instead of ending the iteration, so a long run goes on past one bad image.
         """
+        run = self._run_tolerant if skip_errors else self._run
         batch: list[LoadedImage] = []
         for loaded in _load_ahead(images, jobs):
             if isinstance(loaded, ImageLoadError):
-                yield from self._run(batch, with_images)
+                yield from run(batch, with_images)
                 batch = []
                 yield loaded
                 continue
             batch.append(loaded)
             if len(batch) >= batch_size:
-                yield from self._run(batch, with_images)
+                yield from run(batch, with_images)
                 batch = []
-        yield from self._run(batch, with_images)
+        yield from run(batch, with_images)
+
+    def _run_tolerant(self, batch: list[LoadedImage], with_images: bool = False) -> Iterator:
+        try:
+            done = list(self._run(batch, with_images))
+        except Exception as err:
+            if len(batch) == 1:
+                yield ImageLoadError(batch[0].path, f"could not be scored: {type(err).__name__}: {err}")
+                return
+            for img in batch:
+                yield from self._run_tolerant([img], with_images)
+            return
+        yield from done
 
     def predict_loaded(self, images: list[LoadedImage]) -> list[AnomalyResult]:
         return list(self._run(images))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,14 @@ ResizePolicy = Literal["squash", "pad"]
 MAX_IMAGE_PIXELS = 400_000_000
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 
+# Working resolution cap. Models see at most a few hundred pixels per side, so an image above
+# this many pixels is reduced right after decoding (JPEG: decoded at 1/2, 1/4 or 1/8 scale;
+# others: box-filter reduction by an integer factor) to at most MAX_WORKING_PIXELS; its anomaly
+# map, mask and overlay then have the reduced size (LoadedImage.original_hw keeps the file's
+# size). A 20000 x 20000 image is worked on at 4000 x 4000: its float32 map is 64 MB instead
+# of 1.6 GB. Decoding a PNG or TIFF still needs the full image once (3 bytes per pixel for RGB).
+MAX_WORKING_PIXELS = 4096 * 4096
+
 
 class ImageLoadError(ValueError):
     """An image file that cannot be used; the message names the file and the reason."""
@@ -37,19 +46,25 @@ class LoadedImage:
 
     path: str
     rgb: np.ndarray
+    # (height, width) of the file (after EXIF rotation) when it was reduced to the working
+    # resolution on reading (see MAX_WORKING_PIXELS); None when `rgb` has the file's size.
+    original_hw: tuple[int, int] | None = None
 
     @property
     def size_hw(self) -> tuple[int, int]:
         return self.rgb.shape[0], self.rgb.shape[1]
 
 
-def _to_rgb_uint8(img: Image.Image) -> np.ndarray:
-    """Convert any Pillow mode to RGB uint8 without clipping high-bit-depth data."""
+def _to_rgb_uint8(img: Image.Image, sixteen_bit: bool = False) -> np.ndarray:
+    """Convert any Pillow mode to RGB uint8 without clipping high-bit-depth data.
+
+    `sixteen_bit` says an "I" image was a 16-bit file (converted to "I" to be reduced).
+    """
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # 16-bit and float greyscale: scale the used range to 8 bits instead of clipping at 255.
         arr = np.asarray(img, dtype=np.float64)
         lo, hi = float(arr.min()), float(arr.max())
-        if img.mode.startswith("I;16"):
+        if sixteen_bit or img.mode.startswith("I;16"):
             lo, hi = 0.0, 65535.0 if hi > 255 else 255.0
         scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo) * 255.0
         grey = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
@@ -79,9 +94,16 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
         raise ImageLoadError(path, "file is empty (0 bytes)")
     try:
         with Image.open(path) as img:
+            full_wh = img.size
+            if img.size[0] * img.size[1] > MAX_WORKING_PIXELS:
+                # JPEG only: decode at a reduced DCT scale that stays at least the target size.
+                f = _reduction_factor(*img.size)
+                img.draft(None, (max(1, img.size[0] // f), max(1, img.size[1] // f)))
             img.load()
+            img, sixteen_bit = _reduce_to_working_size(img)
+            reduced_wh = img.size
             img = ImageOps.exif_transpose(img)
-            rgb = _to_rgb_uint8(img)
+            rgb = _to_rgb_uint8(img, sixteen_bit)
     except Image.DecompressionBombError as err:
         raise ImageLoadError(path, f"image too large ({err}); limit is {MAX_IMAGE_PIXELS} pixels") from err
     except PermissionError as err:
@@ -95,7 +117,40 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
         raise ImageLoadError(path, reason) from err
     if rgb.ndim != 3 or rgb.shape[0] < 1 or rgb.shape[1] < 1:
         raise ImageLoadError(path, f"unexpected image shape {rgb.shape}")
-    return LoadedImage(path=str(path), rgb=np.ascontiguousarray(rgb))
+    original_hw = None
+    if reduced_wh != full_wh:
+        w, h = full_wh
+        # EXIF rotation by 90 or 270 degrees swapped the reduced image's sides: swap these too.
+        rotated = rgb.shape[1] != reduced_wh[0] and rgb.shape[0] == reduced_wh[0]
+        original_hw = (w, h) if rotated else (h, w)
+    return LoadedImage(path=str(path), rgb=np.ascontiguousarray(rgb), original_hw=original_hw)
+
+
+def _reduction_factor(width: int, height: int, max_pixels: int | None = None) -> int:
+    """The smallest integer factor that brings width x height to at most max_pixels."""
+    max_pixels = MAX_WORKING_PIXELS if max_pixels is None else max_pixels
+    factor = max(1, math.ceil(math.sqrt(width * height / max_pixels)))
+    while math.ceil(width / factor) * math.ceil(height / factor) > max_pixels:
+        factor += 1
+    return factor
+
+
+def _reduce_to_working_size(img: Image.Image) -> tuple[Image.Image, bool]:
+    """(img reduced by an integer box filter to at most MAX_WORKING_PIXELS, was it 16-bit)."""
+    sixteen_bit = img.mode.startswith("I;16")
+    factor = _reduction_factor(*img.size)
+    if factor == 1:
+        return img, sixteen_bit
+    # Image.reduce works on L, LA, RGB(A/X), CMYK, YCbCr, I and F; bring other modes there.
+    if sixteen_bit:
+        img = img.convert("I")
+    elif img.mode == "1":
+        img = img.convert("L")
+    elif img.mode in ("P", "PA"):  # averaging palette indices would be meaningless
+        img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
+    elif img.mode not in ("L", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "I", "F"):
+        img = img.convert("RGB")
+    return img.reduce(factor), sixteen_bit
 
 
 def list_images(paths: list[str | os.PathLike], recursive: bool = True) -> list[Path]:

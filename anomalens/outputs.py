@@ -275,11 +275,14 @@ class OutputWriter:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def write(self, result: AnomalyResult, image: np.ndarray | None = None) -> dict:
+    def write(
+        self, result: AnomalyResult, image: np.ndarray | None = None, extra: dict | None = None
+    ) -> dict:
         """Write one result's files, then append its record; returns the record.
 
         `image` is the RGB uint8 image the map belongs to; if None and overlays are on, it is
-        read from `result.path` (with EXIF rotation, as the detector reads it).
+        read from `result.path` (with EXIF rotation, as the detector reads it). `extra` holds
+        more JSON-serialisable fields for the record (e.g. a timestamp, the image size).
         """
         previous = self._records.get(str(result.path))
         if previous is not None and previous.get("status") == "ok":
@@ -309,7 +312,7 @@ class OutputWriter:
             rel["overlay"] = f"overlays/{name}.png"
             _atomic_write(self.out_dir / rel["overlay"], _save_png(over))
 
-        record = {**result.to_record(), **rel, "status": "ok", "error": None}
+        record = {**result.to_record(), **(extra or {}), **rel, "status": "ok", "error": None}
         self._append(record)
         return record
 

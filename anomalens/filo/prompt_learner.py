@@ -119,8 +119,10 @@ class PromptLearner(nn.Module):
             self._cache.move_to_end(key)
             return self._cache[key]
         prefix = " ".join([PLACEHOLDER] * self.n_ctx)
-        tokens = tokenizer([f"{prefix} {t}" for t in texts])
-        with torch.no_grad():
+        # Normal (not inference-mode) tensors, so a cache filled while predicting under
+        # torch.inference_mode can still feed a training step later.
+        with torch.inference_mode(False), torch.no_grad():
+            tokens = tokenizer([f"{prefix} {t}" for t in texts])
             embedded = clip_model.token_embedding(tokens)
         self._cache[key] = (tokens, embedded)
         if len(self._cache) > self._cache_size:

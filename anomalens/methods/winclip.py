@@ -15,7 +15,12 @@ entry, windows are aggregated to patches as above, and the patch, small and mid 
 averaged. The map is the mean of the language and vision maps, the image score the mean of the
 zero-shot image score and the vision map's maximum.
 
-The combinations follow anomalib's `WinClipModel`; `benchmarks/winclip_parity.py` checks them.
+The combinations follow the paper and anomalib's `WinClipModel`; `benchmarks/winclip_parity.py`
+checks them. Deliberate differences from anomalib: the paper's 22 templates (anomalib lists 21,
+one twice); prototypes average unit text embeddings (anomalib averages raw ones); temperature
+0.01, CLIP's logit scale (anomalib 0.07); each window is encoded on its own (anomalib, on
+open_clip >= 2.24, passes window sequences transposed to a batch-first transformer, so windows
+attend to one another).
 """
 
 from __future__ import annotations

@@ -1,0 +1,456 @@
+"""Training FiLo on an auxiliary dataset, with checkpoints that resume, and reading the result.
+
+Protocol (zero-shot, as the paper): train on the labelled test images (with masks) of dataset A,
+evaluate on dataset B. Two stages, batch 1, AdamW:
+
+1. prompt context vectors (lr 1e-3) and the dense heads, MMCI + linear (lr 1e-4), 15 epochs,
+   local loss (focal + dice) on the maps;
+2. the adapter (lr 1e-5), 5 epochs, global loss (cross-entropy on the image label); everything
+   else frozen.
+
+The paper states L = L_local + L_global; here stage 1 uses the local loss only by default
+(`stage1_global_loss=True` adds the global loss through the still-untrained adapter), because the
+global loss only trains the adapter in the paper's stage split.
+
+Files (no pickle anywhere): `OUT/filo.safetensors` (trainable tensors) and `OUT/filo.json` (every
+setting, the vocabulary used, training progress); `OUT/resume/state.safetensors` (model,
+optimizer tensors, torch RNG) and `OUT/resume/state.json` (counters, optimizer scalars, Python
+and NumPy RNG) written every `checkpoint_every` steps and at each epoch end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import __version__
+from ..backbones.clip import DEFAULT_TAGS, ClipBackbone, create_clip
+from ..data import Sample, load_dataset, load_mask
+from ..images import load_image, to_model_input
+from ..text.prompts import load_defect_vocabulary, position_word
+from .losses import global_loss, local_loss
+from .model import FiloConfig, FiloModel
+from .prompt_learner import build_prompts
+
+FILO_WEIGHTS = "filo.safetensors"
+FILO_CONFIG = "filo.json"
+RESUME_DIR = "resume"
+FORMAT = "anomalens-filo"
+
+TRAIN_HINT = (
+    "Train one with `anomalens train filo --data ROOT --dataset mvtec --out DIR` and pass "
+    "--checkpoint DIR (Python: checkpoint='DIR')."
+)
+
+
+class MissingCheckpointError(FileNotFoundError):
+    """A FiLo checkpoint directory that is missing or incomplete."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; defaults are the paper's."""
+
+    data: str
+    out: str
+    dataset: str = "mvtec"
+    categories: tuple[str, ...] | None = None
+    backbone: str = "ViT-L-14-336"
+    weights: str | None = "default"  # open_clip tag or file; None: random (tiny test backbones)
+    image_size: int = 518
+    resize: str = "squash"
+    epochs: int = 15
+    adapter_epochs: int = 5
+    prompt_lr: float = 1e-3
+    dense_lr: float = 1e-4
+    adapter_lr: float = 1e-5
+    weight_decay: float = 0.01  # AdamW's default; the paper does not state one
+    batch_size: int = 1
+    stage1_global_loss: bool = False
+    loss_on: str = "layers"  # "layers": every per-layer map (both heads); "final": the Eq. 3 map
+    vocabulary: str | None = None  # defect vocabulary JSON; None: the packaged one
+    seed: int = 0
+    max_steps: int | None = None  # stop after this many steps in total (a later run resumes)
+    checkpoint_every: int = 200
+    resume: bool = True
+    model: FiloConfig = field(default_factory=FiloConfig)
+
+
+@dataclass
+class TrainProgress:
+    stage: int = 0  # 0: prompts + dense heads, 1: adapter
+    epoch: int = 0  # within the stage
+    step: int = 0  # within the epoch
+    global_step: int = 0
+
+
+# ---- backbone and checkpoint files --------------------------------------------------------
+
+
+def resolve_weights(arch: str, weights: str | None) -> str | None:
+    if weights == "default":
+        return DEFAULT_TAGS.get(arch, weights)
+    return weights
+
+
+def build_backbone(arch: str, weights: str | None, image_size: int, seed: int = 0) -> ClipBackbone:
+    """CLIP for FiLo; random weights are drawn from `seed`, so a checkpoint on them reloads exactly."""
+    if weights is None:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            return create_clip(arch, pretrained=None, image_size=image_size)
+    return create_clip(arch, pretrained=weights, image_size=image_size)
+
+
+def build_model(backbone: ClipBackbone, config: FiloConfig, seed: int = 0) -> FiloModel:
+    """FiLo's trainable parts initialised from `seed` (independent of the global RNG)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed + 1)
+        return FiloModel(backbone, config)
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], meta: dict[str, Any], stem: Path) -> None:
+    """Write stem.safetensors and stem.json so that a crash never leaves a half-written pair."""
+    from safetensors.torch import save_file
+
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    tmp_w = stem.with_suffix(".safetensors.tmp")
+    tmp_j = stem.with_suffix(".json.tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp_w))
+    tmp_j.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp_w, stem.with_suffix(".safetensors"))
+    os.replace(tmp_j, stem.with_suffix(".json"))
+
+
+def read_trained(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The JSON description and the tensors of a trained FiLo directory."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory).expanduser()
+    config_path, weights_path = directory / FILO_CONFIG, directory / FILO_WEIGHTS
+    if not config_path.is_file() or not weights_path.is_file():
+        raise MissingCheckpointError(
+            f"{directory} is not a FiLo checkpoint (needs {FILO_CONFIG} and {FILO_WEIGHTS}). {TRAIN_HINT}"
+        )
+    info = json.loads(config_path.read_text())
+    if info.get("format") != FORMAT:
+        raise MissingCheckpointError(f"{config_path} is not a FiLo checkpoint (format {info.get('format')!r}).")
+    return info, load_file(str(weights_path))
+
+
+# ---- optimizer state without pickle ------------------------------------------------------
+
+
+def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors of the optimizer state (for safetensors) and everything else (for JSON)."""
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, entry in sd["state"].items():
+        for name, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{name}"] = value
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    """Rebuild an optimizer state dict from `optimizer_to_flat`'s two halves."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    for index, entry in meta.get("scalars", {}).items():
+        state.setdefault(int(index), {}).update(entry)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+# ---- data ---------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainItem:
+    image: torch.Tensor  # (3, S, S) normalised
+    mask: torch.Tensor  # (S, S) float 0/1 on the model input
+    label: int
+    category: str
+    position: str
+
+
+def mask_position(mask: np.ndarray) -> str:
+    """Position word of the centre of the mask's bounding box ("center" for an empty mask).
+
+    Training has the ground truth, so the abnormal prompts get the position an ideal detector
+    box would give, rather than running Grounding DINO on every training image.
+    """
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return "center"
+    h, w = mask.shape
+    return position_word((xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2, w, h)
+
+
+def load_item(sample: Sample, backbone: ClipBackbone, size: int, resize: str) -> TrainItem:
+    img = load_image(sample.path)
+    x, (top, left, bh, bw) = to_model_input(img.rgb, size, backbone.mean, backbone.std, resize)
+    mask = load_mask(sample, img.size_hw)
+    g = torch.zeros(size, size)
+    m = torch.from_numpy(mask.astype(np.float32))[None, None]
+    g[top : top + bh, left : left + bw] = F.interpolate(m, size=(bh, bw), mode="nearest")[0, 0]
+    return TrainItem(x, g, int(sample.label), sample.category, mask_position(mask))
+
+
+def collect_samples(config: TrainConfig) -> list[Sample]:
+    splits = load_dataset(config.data, kind=config.dataset, categories=config.categories)
+    samples = [s for split in splits.values() for s in split.test]
+    if not samples:
+        raise ValueError(f"{config.data}: no labelled test images to train on")
+    return sorted(samples, key=lambda s: str(s.path))
+
+
+def epoch_order(n: int, seed: int, stage: int, epoch: int) -> list[int]:
+    """The shuffled sample order of one epoch, a pure function of (seed, stage, epoch) for resume."""
+    return np.random.default_rng([seed, stage, epoch]).permutation(n).tolist()
+
+
+# ---- the loop -----------------------------------------------------------------------------
+
+
+def _compatibility(config: TrainConfig) -> dict[str, Any]:
+    """Settings a resumed run must share with the run that wrote the checkpoint."""
+    return {
+        "backbone": config.backbone,
+        "weights": resolve_weights(config.backbone, config.weights),
+        "image_size": config.image_size,
+        "resize": config.resize,
+        "batch_size": config.batch_size,
+        "seed": config.seed,
+        "model": json.loads(json.dumps(config.model.to_dict())),
+    }
+
+
+def _make_optimizer(model: FiloModel, config: TrainConfig, stage: int) -> torch.optim.AdamW:
+    groups = model.parameter_groups()
+    trainable = {"prompts", "dense"} if stage == 0 else {"adapter"}
+    for name, params in groups.items():
+        for p in params:
+            p.requires_grad_(name in trainable)
+    if stage == 0:
+        param_groups = [
+            {"params": groups["prompts"], "lr": config.prompt_lr},
+            {"params": groups["dense"], "lr": config.dense_lr},
+        ]
+    else:
+        param_groups = [{"params": groups["adapter"], "lr": config.adapter_lr}]
+    return torch.optim.AdamW(param_groups, weight_decay=config.weight_decay)
+
+
+class Trainer:
+    """One training run: builds everything, runs (or resumes) the two stages, writes the files."""
+
+    def __init__(self, config: TrainConfig, log: Callable[[str], None] = print):
+        self.config = config
+        self.log = log
+        self.out = Path(config.out)
+        self.samples = collect_samples(config)
+        self.vocabulary = load_defect_vocabulary(config.vocabulary)
+        self.categories = sorted({s.category for s in self.samples})
+        self.descriptions = {c: self.vocabulary.for_category(c) for c in self.categories}
+        weights = resolve_weights(config.backbone, config.weights)
+        self.backbone = build_backbone(config.backbone, weights, config.image_size, config.seed)
+        self.model = build_model(self.backbone, config.model, config.seed)
+        self.progress = TrainProgress()
+        self.losses: list[dict[str, float]] = []  # mean loss of each finished epoch
+        self._epoch_loss = 0.0
+        self.optimizer: torch.optim.AdamW | None = None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.samples) / self.config.batch_size)
+
+    @property
+    def stage_epochs(self) -> tuple[int, int]:
+        return self.config.epochs, self.config.adapter_epochs
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * sum(self.stage_epochs)
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    def save_resume(self) -> None:
+        tensors = {f"model.{k}": v for k, v in self.model.trainable_state_dict().items()}
+        opt_meta = None
+        if self.optimizer is not None:
+            opt_tensors, opt_meta = optimizer_to_flat(self.optimizer)
+            tensors.update({f"optim.{k}": v for k, v in opt_tensors.items()})
+        tensors["rng.torch"] = torch.get_rng_state()
+        np_state = np.random.get_state()
+        meta = {
+            "compatibility": _compatibility(self.config),
+            "progress": asdict(self.progress),
+            "epoch_loss": self._epoch_loss,
+            "losses": self.losses,
+            "optimizer": opt_meta,
+            "rng": {
+                "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+                "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+            },
+        }
+        _atomic_save(tensors, meta, self.out / RESUME_DIR / "state")
+
+    def load_resume(self) -> bool:
+        from safetensors.torch import load_file
+
+        stem = self.out / RESUME_DIR / "state"
+        if not stem.with_suffix(".json").is_file() or not stem.with_suffix(".safetensors").is_file():
+            return False
+        meta = json.loads(stem.with_suffix(".json").read_text())
+        expected = json.loads(json.dumps(_compatibility(self.config)))
+        if meta["compatibility"] != expected:
+            diff = sorted(k for k in expected if meta["compatibility"].get(k) != expected[k])
+            raise ValueError(
+                f"{stem}.json was written with other settings ({', '.join(diff)}); pass the same "
+                "settings, --no-resume to start over, or another --out."
+            )
+        tensors = load_file(str(stem.with_suffix(".safetensors")))
+        self.model.load_trainable_state_dict(
+            {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+        )
+        self.progress = TrainProgress(**meta["progress"])
+        self.losses = list(meta["losses"])
+        self._epoch_loss = float(meta["epoch_loss"])
+        self.optimizer = _make_optimizer(self.model, self.config, min(self.progress.stage, 1))
+        if meta["optimizer"] is not None:
+            opt = {k[len("optim.") :]: v for k, v in tensors.items() if k.startswith("optim.")}
+            self.optimizer.load_state_dict(optimizer_from_flat(opt, meta["optimizer"]))
+        torch.set_rng_state(tensors["rng.torch"])
+        py = meta["rng"]["python"]
+        random.setstate((py[0], tuple(py[1]), py[2]))
+        npy = meta["rng"]["numpy"]
+        np.random.set_state((npy[0], np.asarray(npy[1], dtype=np.uint32), npy[2], npy[3], npy[4]))
+        return True
+
+    def save_trained(self, complete: bool) -> Path:
+        c = self.config
+        info = {
+            "format": FORMAT,
+            "version": 1,
+            "anomalens_version": __version__,
+            "backbone": c.backbone,
+            "weights": resolve_weights(c.backbone, c.weights),
+            "seed": c.seed,
+            "image_size": c.image_size,
+            "resize": c.resize,
+            "model": c.model.to_dict(),
+            "vocabulary": {"source": self.vocabulary.source, "categories": self.descriptions},
+            "training": {
+                **{k: v for k, v in asdict(c).items() if k != "model"},
+                "complete": complete,
+                "progress": asdict(self.progress),
+                "total_steps": self.total_steps,
+                "train_images": len(self.samples),
+                "epoch_losses": self.losses,
+            },
+        }
+        _atomic_save(self.model.trainable_state_dict(), json.loads(json.dumps(info, default=str)), self.out / "filo")
+        return self.out
+
+    # ---- steps ----------------------------------------------------------------------------
+    def _batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list]:
+        c = self.config
+        items = [load_item(self.samples[i], self.backbone, c.image_size, c.resize) for i in indices]
+        prompts = [
+            build_prompts(
+                it.category,
+                self.descriptions[it.category],
+                it.position,
+                self.model.config.normal_states,
+                self.model.config.abnormal_states,
+            )
+            for it in items
+        ]
+        images = torch.stack([it.image for it in items])
+        masks = torch.stack([it.mask for it in items])
+        labels = torch.tensor([it.label for it in items])
+        return images, masks, labels, prompts
+
+    def loss(self, stage: int, images, masks, labels, prompts) -> torch.Tensor:
+        """Stage 0: local loss (+ global if configured); stage 1: global loss."""
+        c = self.config
+        out = self.model(images, prompts, with_maps=stage == 0)
+        if stage == 1:
+            return global_loss(out.logits, labels)
+        maps = out.supervised_maps() if c.loss_on == "layers" else [out.two_class]
+        total = sum(local_loss(m, masks) for m in maps)
+        if c.stage1_global_loss:
+            total = total + global_loss(out.logits, labels)
+        return total
+
+    def run(self, progress_bar: bool = True) -> Path:
+        from tqdm.auto import tqdm
+
+        c = self.config
+        if c.resume and self.load_resume():
+            self.log(f"resuming {self.out} at step {self.progress.global_step} of {self.total_steps}")
+        self.model.train()
+        self.backbone.eval()
+        bar = tqdm(total=self.total_steps, initial=self.progress.global_step, unit="step", disable=not progress_bar)
+        try:
+            while self.progress.stage < 2:
+                if self._run_stage(bar) is False:
+                    self.save_resume()
+                    return self.save_trained(complete=False)
+        finally:
+            bar.close()
+        return self.save_trained(complete=True)
+
+    def _run_stage(self, bar) -> bool:
+        """Run the current stage from the saved position; False when max_steps stopped it."""
+        c, p = self.config, self.progress
+        if self.optimizer is None:
+            self.optimizer = _make_optimizer(self.model, c, p.stage)
+        names = ("prompts+MMCI", "adapter")
+        while p.epoch < self.stage_epochs[p.stage]:
+            order = epoch_order(len(self.samples), c.seed, p.stage, p.epoch)
+            bar.set_description(f"filo {names[p.stage]} epoch {p.epoch + 1}/{self.stage_epochs[p.stage]}")
+            while p.step < self.steps_per_epoch:
+                if c.max_steps is not None and p.global_step >= c.max_steps:
+                    return False
+                indices = order[p.step * c.batch_size : (p.step + 1) * c.batch_size]
+                loss = self.loss(p.stage, *self._batch(indices))
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                value = float(loss.detach())
+                self._epoch_loss += value
+                p.step += 1
+                p.global_step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{value:.4f}")
+                if c.checkpoint_every > 0 and p.global_step % c.checkpoint_every == 0:
+                    self.save_resume()
+            self.losses.append({"stage": p.stage, "epoch": p.epoch, "loss": self._epoch_loss / self.steps_per_epoch})
+            self._epoch_loss = 0.0
+            p.epoch += 1
+            p.step = 0
+            self.save_resume()
+        p.stage += 1
+        p.epoch = 0
+        self.optimizer = None
+        return True
+
+
+def train_filo(config: TrainConfig, progress_bar: bool = True, log: Callable[[str], None] = print) -> Path:
+    """Train (or resume training) FiLo; returns the output directory holding filo.safetensors/json."""
+    return Trainer(config, log).run(progress_bar)

@@ -1,0 +1,100 @@
+"""Time one FiLo training step and peak memory at the paper's size on this machine.
+
+ViT-L-14-336 with random weights (same FLOPs as OpenAI's), 518 px input, batch 1, the packaged
+defect vocabulary of one MVTec category; stage 1 (prompts + MMCI + linear heads, local loss) and
+stage 2 (adapter, global loss) steps, plus one inference forward. Prints a Markdown table.
+
+    python benchmarks/filo_step_time.py [--arch ViT-L-14-336] [--size 518] [--steps 3] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+import time
+
+import torch
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="ViT-L-14-336")
+    parser.add_argument("--size", type=int, default=518)
+    parser.add_argument("--steps", type=int, default=3, help="measured steps per stage (after one warm-up)")
+    parser.add_argument("--category", default="bottle")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from anomalens.filo.losses import global_loss, local_loss
+    from anomalens.filo.model import FiloConfig
+    from anomalens.filo.prompt_learner import build_prompts
+    from anomalens.filo.train import build_backbone, build_model
+    from anomalens.text.prompts import load_defect_vocabulary
+
+    rows: list[tuple[str, str]] = []
+    start = time.perf_counter()
+    backbone = build_backbone(args.arch, None, args.size)
+    model = build_model(backbone, FiloConfig())
+    rows.append(("build model (s)", f"{time.perf_counter() - start:.1f}"))
+    groups = model.parameter_groups()
+    count = {k: sum(p.numel() for p in v) for k, v in groups.items()}
+    rows.append(("trainable params: prompts / dense / adapter (M)",
+                 " / ".join(f"{count[k] / 1e6:.2f}" for k in ("prompts", "dense", "adapter"))))
+    descriptions = load_defect_vocabulary().for_category(args.category)
+    prompts = [build_prompts(args.category, descriptions, "top left")]
+    rows.append(("prompts per image: normal / abnormal", f"{len(prompts[0].normal)} / {len(prompts[0].abnormal)}"))
+    images = torch.randn(1, 3, args.size, args.size)
+    mask = torch.zeros(1, args.size, args.size)
+    mask[:, : args.size // 4, : args.size // 4] = 1
+    labels = torch.ones(1, dtype=torch.long)
+
+    def timed_steps(stage: int) -> list[float]:
+        for name, params in groups.items():
+            for p in params:
+                p.requires_grad_(name in (("prompts", "dense") if stage == 0 else ("adapter",)))
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(trainable, lr=1e-4)
+        times = []
+        for _ in range(args.steps + 1):
+            t = time.perf_counter()
+            out = model(images, prompts, with_maps=stage == 0)
+            if stage == 0:
+                loss = sum(local_loss(m, mask) for m in out.supervised_maps())
+            else:
+                loss = global_loss(out.logits, labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            times.append(time.perf_counter() - t)
+        return times[1:]
+
+    model.train()
+    backbone.eval()
+    s1 = timed_steps(0)
+    rows.append(("stage 1 step (s): mean / min", f"{sum(s1) / len(s1):.1f} / {min(s1):.1f}"))
+    rows.append(("peak RSS after stage 1 (GiB)", f"{peak_rss_gib():.2f}"))
+    s2 = timed_steps(1)
+    rows.append(("stage 2 step (s): mean / min", f"{sum(s2) / len(s2):.1f} / {min(s2):.1f}"))
+    model.eval()
+    with torch.no_grad():
+        t = time.perf_counter()
+        model(images, prompts)
+        rows.append(("inference forward (s)", f"{time.perf_counter() - t:.1f}"))
+    rows.append(("peak RSS (GiB)", f"{peak_rss_gib():.2f}"))
+
+    print(f"FiLo step time: {args.arch}, {args.size} px, batch 1, {torch.get_num_threads()} threads, "
+          f"{platform.processor() or platform.machine()}, torch {torch.__version__}\n")
+    print("| quantity | value |\n|---|---|")
+    for name, value in rows:
+        print(f"| {name} | {value} |")
+
+
+if __name__ == "__main__":
+    main()

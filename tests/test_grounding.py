@@ -1,0 +1,187 @@
+"""Grounding DINO boxes for FiLo: filtering, lambda weighting, positions, and a tiny random detector."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from anomalens.grounding import (
+    GROUNDING_HINT,
+    GroundingDetector,
+    MissingGroundingError,
+    box_position,
+    box_weight_map,
+    decode_detections,
+    ground_from_detections,
+    grounding_prompt,
+    select_boxes,
+)
+from anomalens.images import LoadedImage
+from anomalens.text.prompts import position_word
+
+# ---- post-processing on synthetic detector outputs ---------------------------------------
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread avoids OpenMP spin-waits on a busy machine (40x faster here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+
+def test_select_boxes_threshold_and_area():
+    boxes = np.array([[0, 0, 10, 10], [0, 0, 100, 100], [5, 5, 20, 20], [50, 50, 60, 60]], dtype=float)
+    scores = np.array([0.5, 0.9, 0.2, 0.26])
+    kept, kept_scores = select_boxes(boxes, scores, (100, 100))
+    # the whole-image box (area 1.0 >= 0.7) and the low-score box are dropped
+    assert kept.tolist() == [[0, 0, 10, 10], [50, 50, 60, 60]]
+    assert kept_scores.tolist() == [0.5, 0.26]
+
+
+def test_select_boxes_falls_back_to_single_best():
+    boxes = np.array([[0, 0, 100, 100], [10, 10, 20, 20]], dtype=float)
+    kept, scores = select_boxes(boxes, np.array([0.9, 0.1]), (100, 100))
+    assert kept.tolist() == [[0, 0, 100, 100]] and scores.tolist() == [0.9]
+    empty, _ = select_boxes(np.zeros((0, 4)), np.zeros(0), (10, 10))
+    assert empty.shape == (0, 4)
+
+
+def test_box_weight_map_lambda_outside():
+    w = box_weight_map(np.array([[1, 0, 3, 2]]), (4, 5), weight_outside=0.7)
+    expected = np.full((4, 5), 0.7, dtype=np.float32)
+    expected[0:2, 1:3] = 1.0  # pixel centres 1.5 and 2.5 (x), 0.5 and 1.5 (y) lie inside
+    assert np.array_equal(w, expected)
+    two = box_weight_map(np.array([[0, 0, 1, 1], [4, 3, 5, 4]]), (4, 5), 0.5)
+    assert two[0, 0] == 1.0 and two[3, 4] == 1.0 and two[2, 2] == 0.5
+    assert np.array_equal(box_weight_map(np.zeros((0, 4)), (2, 2)), np.ones((2, 2), np.float32))
+
+
+@pytest.mark.parametrize(
+    "box,word",
+    [
+        ((0, 0, 10, 10), "top left"),
+        ((40, 0, 60, 10), "top"),
+        ((90, 0, 100, 10), "top right"),
+        ((0, 45, 10, 55), "left"),
+        ((45, 45, 55, 55), "center"),
+        ((90, 40, 100, 60), "right"),
+        ((0, 90, 10, 100), "bottom left"),
+        ((45, 90, 55, 100), "bottom"),
+        ((90, 90, 100, 100), "bottom right"),
+    ],
+)
+def test_box_position_on_3x3_grid(box, word):
+    assert box_position(np.array(box, dtype=float), (100, 100)) == word
+
+
+def test_box_position_uses_width_for_x_and_height_for_y():
+    # a wide image: x = 150 of 200 is the right column; y = 10 of 30 is the middle row
+    assert box_position(np.array([140, 5, 160, 15]), (30, 200)) == position_word(150, 10, 200, 30) == "right"
+    assert box_position(None, (10, 10)) == "center"
+
+
+def test_decode_detections_sigmoid_max_over_prompt_tokens():
+    logits = torch.tensor([[0.0, 2.0, 9.0], [-1.0, -2.0, 9.0]])  # the last token is padding
+    boxes = torch.tensor([[0.5, 0.5, 0.2, 0.4], [0.1, 0.1, 0.4, 0.4]])
+    xyxy, scores = decode_detections(logits, boxes, torch.tensor([1, 1, 0]), (50, 100))
+    assert np.allclose(scores, [1 / (1 + np.exp(-2.0)), 1 / (1 + np.exp(1.0))])
+    assert np.allclose(xyxy[0], [40, 15, 60, 35])
+    assert np.allclose(xyxy[1], [0, 0, 30, 15])  # clamped to the image
+
+
+def test_ground_from_detections_best_box_position():
+    g = ground_from_detections(np.array([[80, 0, 100, 20], [0, 0, 10, 10]], float), np.array([0.3, 0.8]), (100, 100))
+    assert g.position == "top left" and g.best.tolist() == [0, 0, 10, 10]
+    assert g.weight_map(0.7)[95, 95] == pytest.approx(0.7)
+
+
+def test_grounding_prompt_format():
+    text = grounding_prompt(["Crack in the glass.", "crack"], generic=("defect", "crack"))
+    assert text == "defect . crack . crack in the glass ."
+
+
+def test_missing_grounding_folder_names_what_to_fetch(tmp_path):
+    with pytest.raises(MissingGroundingError) as err:
+        GroundingDetector(tmp_path / "nope")
+    message = str(err.value)
+    assert "IDEA-Research/grounding-dino-base" in message and "--grounding PATH" in message
+    assert GROUNDING_HINT in message
+
+
+# ---- a tiny randomly initialised Grounding DINO, saved and loaded from a folder ------------
+
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "defect", "damage", "crack", "scratch", "hole",
+         "stain", "contamination", "in", "the", "glass", "on", "rim", "chip", "small", "large", "broken", "piece"]
+
+
+@pytest.fixture(scope="module")
+def tiny_grounding_dino(tmp_path_factory) -> str:
+    transformers = pytest.importorskip("transformers")
+    folder = tmp_path_factory.mktemp("grounding-dino-tiny")
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(VOCAB) + "\n")
+    tokenizer = transformers.BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    backbone = transformers.ResNetConfig(
+        embedding_size=8, hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1], layer_type="basic",
+        out_features=["stage2", "stage3", "stage4"],
+    )
+    text = transformers.BertConfig(
+        vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=64,
+    )
+    # GroupNorm(32, d_model) needs d_model >= 32; two decoder layers so the box heads can be tied.
+    config = transformers.GroundingDinoConfig(
+        backbone_config=backbone, text_config=text, use_pretrained_backbone=False, use_timm_backbone=False,
+        d_model=32, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+        encoder_attention_heads=2, decoder_attention_heads=2, num_queries=8, max_text_len=32,
+        num_feature_levels=3,
+    )
+    torch.manual_seed(0)
+    model = transformers.GroundingDinoForObjectDetection(config)
+    image_processor = transformers.GroundingDinoImageProcessor(size={"shortest_edge": 64, "longest_edge": 64})
+    processor = transformers.GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    model.save_pretrained(str(folder))
+    processor.save_pretrained(str(folder))
+    vocab.unlink()  # the saved tokenizer.json must be enough
+    return str(folder)
+
+
+def test_tiny_grounding_dino_from_folder(tiny_grounding_dino):
+    detector = GroundingDetector(tiny_grounding_dino)
+    rgb = np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    g = detector(rgb, grounding_prompt(["crack in the glass", "small chip on the rim"]))
+    assert g.image_hw == (40, 50) and len(g.boxes) >= 1 and g.boxes.shape[1] == 4
+    assert g.best is not None and (g.boxes[:, 0] <= g.boxes[:, 2]).all()
+    assert g.position == box_position(g.best, (40, 50))
+    assert g.weight_map().shape == (40, 50)
+
+
+def test_filo_with_grounding_weights_map_outside_boxes(tiny_grounding_dino):
+    from anomalens.detector import Detector
+
+    rgb = np.random.default_rng(1).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    img = LoadedImage("q", rgb)
+    det = Detector(method="filo", backbone="test-tiny-24", image_size=28, category="bottle",
+                   grounding=tiny_grounding_dino, outside_box_weight=0.7)
+    (with_boxes,) = det.predict([img])
+    found = det.method.detector(rgb, grounding_prompt(det.method._descriptions()))
+    # the same network without boxes, at the detector's position word
+    det.method.detector = None
+    det.method._locate = lambda _img: (found.position, None)
+    (plain,) = det.predict([img])
+    weight = found.weight_map(0.7)
+    assert np.allclose(with_boxes.anomaly_map, plain.anomaly_map * weight, atol=1e-6)
+    assert (weight == 0.7).any() or (weight == 1.0).all()
+    assert all(f"at {found.position}" in text for text, _ in with_boxes.descriptions)
+
+
+def test_long_prompts_are_cut_at_phrase_boundaries(tiny_grounding_dino):
+    detector = GroundingDetector(tiny_grounding_dino)
+    long = grounding_prompt([f"crack in the glass {i}" for i in range(20)])
+    fitted = detector.fit_prompt(long)
+    assert len(detector.processor.tokenizer(fitted)["input_ids"]) <= 32
+    assert long.startswith(fitted[:-2]) and fitted.endswith(" .")
