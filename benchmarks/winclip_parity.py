@@ -95,8 +95,8 @@ def random_clip_weights(arch: str):
 
 @contextmanager
 def batch_first_fix(model: WinClipModel):
-    """anomalib permutes window sequences to (L, N, D) for a transformer that is batch-first in
-    open_clip >= 2.24; telling the transformer it is sequence-first makes the permute correct."""
+    """anomalib permutes window sequences to (L, N, D) for open_clip's transformer, which is batch-first
+    (open_clip 3.3); telling the transformer it is sequence-first makes the permute correct."""
     original = WinClipModel._get_window_embeddings
 
     def fixed(self, feature_map, masks):

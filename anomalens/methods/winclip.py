@@ -18,8 +18,8 @@ zero-shot image score and the vision map's maximum.
 The combinations follow the paper and anomalib's `WinClipModel`; `benchmarks/winclip_parity.py`
 checks them. Deliberate differences from anomalib: the paper's 22 templates (anomalib lists 21,
 one twice); prototypes average unit text embeddings (anomalib averages raw ones); temperature
-0.01, CLIP's logit scale (anomalib 0.07); each window is encoded on its own (anomalib, on
-open_clip >= 2.24, passes window sequences transposed to a batch-first transformer, so windows
+0.01, CLIP's logit scale (anomalib 0.07); each window is encoded on its own (anomalib 2.7 with
+open_clip 3.3 passes window sequences transposed to a batch-first transformer, so windows
 attend to one another).
 """
 
