@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -108,12 +109,14 @@ class Detector:
         quantile: float = 0.99,
         margin: float = 0.1,
         pixel_threshold: float | None = None,
+        max_images: int = 32,
     ) -> Detector:
         """Set the OK/NG threshold from good images (see anomalens.calibration for the rule).
 
         Few-shot: leave-one-out over the references (each is scored by a detector fitted on
         the others), so the threshold sees scores of good images the model did not memorise.
         Zero-shot: the given good images (or the references) are scored as they are.
+        With more than `max_images` references, a seeded subset of them is held out in turn.
         """
         from .calibration import calibrate_threshold, pixel_threshold_from_maps
 
@@ -123,11 +126,11 @@ class Detector:
             if refs:
                 if len(refs) < 2:
                     raise ValueError("--threshold auto needs at least 2 reference images for leave-one-out")
-                outputs = []
-                for i in range(len(refs)):
-                    self.method.fit(refs[:i] + refs[i + 1 :])
-                    outputs.extend(self.method.predict([refs[i]]))
-                self.method.fit(refs)
+                held_out = list(range(len(refs)))
+                if len(held_out) > max_images:
+                    # Enough held-out scores for a quantile, without len(refs) refits.
+                    held_out = sorted(random.Random(0).sample(held_out, max_images))
+                outputs = self.method.leave_one_out(refs, held_out)
                 if extra:
                     outputs.extend(self.method.predict(extra))
             else:

@@ -7,7 +7,7 @@ def available_methods() -> list[str]:
     # Importing the modules registers them; optional ones register only if importable.
     from . import patchknn  # noqa: F401
 
-    for module in ("fade", "winclip", "filo"):  # noqa: B007
+    for module in ("fade", "winclip", "filo"):
         try:
             __import__(f"{__name__}.{module}")
         except ModuleNotFoundError as err:

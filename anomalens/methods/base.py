@@ -55,6 +55,19 @@ class Method(ABC):
     def predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
         """Score a batch of images."""
 
+    def leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
+        """Score each held-out reference with the method fitted on all the others; end fitted on all.
+
+        This generic version refits once per held-out image; methods with a memory bank
+        override it to extract features once.
+        """
+        outputs = []
+        for i in held_out:
+            self.fit(references[:i] + references[i + 1 :])
+            outputs.extend(self.predict([references[i]]))
+        self.fit(references)
+        return outputs
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {}
 

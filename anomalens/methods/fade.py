@@ -191,36 +191,53 @@ class Fade(Method):
                 self.bank.add(str(size), scale["clip"])
 
     def predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
+        encoded = self.encode(images)
+        banks = {size: self.bank.banks[str(size)] for size in encoded["scales"]} if len(self.bank) else None
+        return [self._score(img, encoded, b, banks) for b, img in enumerate(images)]
+
+    def _score(self, img: LoadedImage, encoded: dict, b: int, banks: dict | None) -> MethodOutput:
+        """Image b of an encoded batch against the memory banks (None: zero-shot)."""
         s = self.settings
         text = self.text_features()
-        encoded = self.encode(images)
-        few_shot = len(self.bank) > 0
-        ac_language = two_class_probability(
-            encoded["image_embedding"], text.class_normal, text.class_anomalous, s.temperature
-        )
+        few_shot = banks is not None
         finest = max(encoded["scales"], key=lambda k: encoded["scales"][k]["grid"][0])
         out_grid = encoded["scales"][finest]["grid"]
+        language_maps, vision_maps = [], []
+        for size, scale in encoded["scales"].items():
+            gh, gw = scale["grid"]
+            language = two_class_probability(scale["gem"][b], text.seg_normal, text.seg_anomalous, s.temperature)
+            if few_shot:
+                vision = knn_anomaly(scale["clip"][b], banks[size], k=s.few_shot_k)
+            else:
+                vision = knn_anomaly(scale["gem"][b], scale["gem"][b], k=s.zero_shot_k)
+            language_maps.append(_resize_grid(language.view(gh, gw), out_grid))
+            vision_maps.append(_resize_grid(vision.view(gh, gw), out_grid))
+        language_map = torch.stack(language_maps).mean(0)
+        vision_map = torch.stack(vision_maps).mean(0)
+        anomaly_map = self.combine_maps(language_map, vision_map, few_shot)
+        image_embedding = encoded["image_embedding"][b]
+        ac_language = two_class_probability(image_embedding, text.class_normal, text.class_anomalous, s.temperature)
+        score = self.combine_scores(float(ac_language), vision_map, few_shot)
+        sims = F.normalize(image_embedding, dim=-1) @ text.description_features.T
+        top = sims.topk(min(s.top_descriptions, len(text.descriptions)))
+        descriptions = [(text.descriptions[i], float(v)) for v, i in zip(top.values, top.indices)]
+        box = input_box(*img.size_hw, finest, s.resize)
+        return MethodOutput(score, map_to_image(anomaly_map, box, finest, img.size_hw), descriptions)
+
+    def leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
+        """Encode once; each held-out reference against the other references' patch tokens."""
+        encoded = self.encode(references)
+        self.bank = MemoryBank()
+        self.num_references = len(references)
+        for size, scale in encoded["scales"].items():
+            self.bank.add(str(size), scale["clip"])
         outputs = []
-        for b, img in enumerate(images):
-            language_maps, vision_maps = [], []
+        for i in held_out:
+            banks = {}
             for size, scale in encoded["scales"].items():
-                gh, gw = scale["grid"]
-                language = two_class_probability(scale["gem"][b], text.seg_normal, text.seg_anomalous, s.temperature)
-                if few_shot:
-                    vision = self.bank.score(str(size), scale["clip"][b], k=s.few_shot_k)
-                else:
-                    vision = knn_anomaly(scale["gem"][b], scale["gem"][b], k=s.zero_shot_k)
-                language_maps.append(_resize_grid(language.view(gh, gw), out_grid))
-                vision_maps.append(_resize_grid(vision.view(gh, gw), out_grid))
-            language_map = torch.stack(language_maps).mean(0)
-            vision_map = torch.stack(vision_maps).mean(0)
-            anomaly_map = self.combine_maps(language_map, vision_map, few_shot)
-            score = self.combine_scores(float(ac_language[b]), vision_map, few_shot)
-            sims = F.normalize(encoded["image_embedding"][b], dim=-1) @ text.description_features.T
-            top = sims.topk(min(s.top_descriptions, len(text.descriptions)))
-            descriptions = [(text.descriptions[i], float(v)) for v, i in zip(top.values, top.indices)]
-            box = input_box(*img.size_hw, finest, s.resize)
-            outputs.append(MethodOutput(score, map_to_image(anomaly_map, box, finest, img.size_hw), descriptions))
+                tokens = scale["clip"]
+                banks[size] = torch.cat([tokens[:i], tokens[i + 1 :]]).reshape(-1, tokens.shape[-1])
+            outputs.append(self._score(references[i], encoded, i, banks))
         return outputs
 
     # ---- combination (the released configuration's weights) -------------------------------

@@ -84,25 +84,42 @@ class PatchKnn(Method):
         self.bank = MemoryBank()
         self.num_references = len(references)
         if references:
-            feats, _ = self._features(references)
-            self.bank.add("patches", feats)
+            self.fit_features(self._features(references)[0])
 
     def predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
-        s = self.settings
         feats, boxes = self._features(images)
+        bank = self.bank.banks.get("patches")
+        return [self._score(img, f, box, bank) for img, f, box in zip(images, feats, boxes)]
+
+    def _score(self, img: LoadedImage, feats: torch.Tensor, box, bank: torch.Tensor | None) -> MethodOutput:
+        s = self.settings
+        h, w, c = feats.shape
+        flat = feats.reshape(-1, c)
+        if bank is not None:
+            patch_map = knn_anomaly(flat, bank, k=s.few_shot_k)
+        else:
+            patch_map = knn_anomaly(flat, flat, k=s.zero_shot_k)
+        patch_map = patch_map.view(h, w)
+        rows, cols = valid_grid_region(box, s.image_size, (h, w))
+        score = float(patch_map[rows, cols].max())
+        return MethodOutput(score, map_to_image(patch_map, box, s.image_size, img.size_hw))
+
+    def leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
+        """Features once; each held-out reference against the bank of all the other references."""
+        feats, boxes = self._features(references)
+        self.fit_features(feats)
+        per_image = feats.shape[1] * feats.shape[2]
+        flat = self.bank.banks["patches"]
         outputs = []
-        for img, f, box in zip(images, feats, boxes):
-            h, w, c = f.shape
-            flat = f.reshape(-1, c)
-            if "patches" in self.bank:
-                patch_map = knn_anomaly(flat, self.bank.banks["patches"], k=s.few_shot_k)
-            else:
-                patch_map = knn_anomaly(flat, flat, k=s.zero_shot_k)
-            patch_map = patch_map.view(h, w)
-            rows, cols = valid_grid_region(box, s.image_size, (h, w))
-            score = float(patch_map[rows, cols].max())
-            outputs.append(MethodOutput(score, map_to_image(patch_map, box, s.image_size, img.size_hw)))
+        for i in held_out:
+            others = torch.cat([flat[: i * per_image], flat[(i + 1) * per_image :]])
+            outputs.append(self._score(references[i], feats[i], boxes[i], others))
         return outputs
+
+    def fit_features(self, feats: torch.Tensor) -> None:
+        self.bank = MemoryBank()
+        self.num_references = feats.shape[0]
+        self.bank.add("patches", feats)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.bank.state_dict()
