@@ -21,7 +21,7 @@ from .base import Method, MethodOutput, register_method
 class PatchKnnSettings:
     backbone: str = "efficientnet-lite0"  # or an open_clip architecture (then pass weights)
     weights: str | None = None  # CLIP weights (tag or file) when backbone is a CLIP architecture
-    image_size: int = 320  # model input side in pixels
+    image_size: int = 256  # model input side in pixels (256 beat 320 on magnetic_tile: see README)
     resize: str = "squash"  # "squash" (papers) or "pad" (keep aspect ratio)
     blocks: tuple[int, ...] = (4, 10)  # EfficientNet blocks read: stride 8 and stride 16
     neighbourhood: int = 3  # local aggregation window, in patches
