@@ -112,6 +112,13 @@ def _open_rgb(path: Path, max_side: int) -> Image.Image:
     """Open an image as RGB, EXIF-rotated; JPEGs are decoded at reduced scale (draft) for speed."""
     with Image.open(path) as img:
         img.draft("RGB", (max_side * 2, max_side * 2))
+        # Shrink huge non-JPEG images before any full-size copy (rotation, conversion) is made.
+        factor = max(img.size) // (max_side * 2)
+        if factor > 1:
+            try:
+                img = img.reduce(factor)
+            except ValueError:  # modes reduce() does not support (e.g. palette): thumbnail copes
+                img.thumbnail((max_side * 2, max_side * 2))
         img = ImageOps.exif_transpose(img)
         if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
             # High bit depth grey: stretch the used range, as convert("L") would clip it white.
