@@ -702,7 +702,9 @@ def data_index(
     try:
         splits = load_dataset(root, kind=dataset)
         path = write_meta(root, splits, path=out, overwrite=overwrite)
-    except (FileExistsError, ValueError, FileNotFoundError) as err:
+    except FileExistsError as err:
+        _fail(f"{err}; pass --overwrite to replace it")
+    except (ValueError, FileNotFoundError) as err:
         _fail(str(err))
     n = sum(len(s.test) + len(s.train_good) for s in splits.values())
     typer.echo(f"wrote {path}: {len(splits)} categories, {n} images")
