@@ -37,10 +37,11 @@ def qk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Ten
 
 
 def vv_attention(v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
-    """V-V attention: softmax(v v^T * scale) v, with scale = head_dim ** -0.5 by default."""
-    scale = v.shape[-1] ** -0.5 if scale is None else scale
-    attn = (v @ v.transpose(-2, -1)) * scale
-    return attn.softmax(dim=-1) @ v
+    """V-V attention: softmax(v v^T * scale) v, with scale = head_dim ** -0.5 by default.
+
+    Computed by PyTorch's fused attention kernel, which never holds the full N x N matrix.
+    """
+    return F.scaled_dot_product_attention(v, v, v, scale=scale)
 
 
 def gem_inverse_temperature(x: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -64,13 +65,17 @@ def gem_attention(
     (clustering similar tokens); the refined projection then builds an attention map that is
     applied to the values v. The three results are averaged.
     """
+    # softmax((f * t) f^T) y is fused attention with query f * t, key f, value y and scale 1; the
+    # temperature goes into the query because it differs per image. The fused kernel never
+    # materialises the N x N matrices (2.5 GB per block at 896 px), which makes GEM several
+    # times faster on a CPU than the explicit product.
+    t = inverse_temperature if torch.is_tensor(inverse_temperature) else torch.tensor(inverse_temperature)
+    t = t.to(v.dtype)
     outputs = []
     for feats in (v, k, q):
         for _ in range(iterations):
             feats = F.normalize(feats, dim=-1)
-            attn = ((feats @ feats.transpose(-2, -1)) * inverse_temperature).softmax(dim=-1)
-            feats = attn @ feats
+            feats = F.scaled_dot_product_attention(feats * t, feats, feats, scale=1.0)
         feats = F.normalize(feats, dim=-1)
-        attn = ((feats @ feats.transpose(-2, -1)) * inverse_temperature).softmax(dim=-1)
-        outputs.append(attn @ v)
+        outputs.append(F.scaled_dot_product_attention(feats * t, feats, v, scale=1.0))
     return (outputs[0] + outputs[1] + outputs[2]) / 3
