@@ -42,9 +42,9 @@ def create_patch_backbone(
     """A module mapping (B, 3, S, S) normalised images to (B, h, w, C) unit-norm patch features."""
     if name == EMBEDDED_BACKBONE:
         return EfficientNetPatchBackbone(image_size=image_size, blocks=blocks, neighbourhood=neighbourhood)
-    from .clip import is_tiny
+    from .clip import create_method_clip
 
-    clip = create_clip(name, pretrained=None if is_tiny(name) and weights is None else (weights or "default"))
+    clip = create_method_clip(name, weights)
     layers = tuple(min(layer, clip.num_layers) for layer in clip_layers)
     return ClipPatchBackbone(clip, layers)
 

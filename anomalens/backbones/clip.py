@@ -445,3 +445,11 @@ def create_clip(
 
 def is_tiny(arch: str) -> bool:
     return arch in TINY_CONFIGS
+
+
+def create_method_clip(arch: str, weights: str | None = "default", image_size: int | None = None) -> ClipBackbone:
+    """The weight rule the CLIP methods share: "random" (speed measurements) and the tiny test
+    configs without explicit weights get random weights; otherwise a tag, a file, or "default"."""
+    if weights == "random" or (is_tiny(arch) and weights in (None, "default")):
+        return create_clip(arch, pretrained=None, image_size=image_size)
+    return create_clip(arch, pretrained=weights or "default", image_size=image_size)

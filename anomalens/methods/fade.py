@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..backbones.clip import ClipBackbone, create_clip, is_tiny
+from ..backbones.clip import create_method_clip
 from ..images import LoadedImage, input_box, map_to_image, to_model_input
 from ..scoring import FEW_SHOT_K, ZERO_SHOT_K, MemoryBank, knn_anomaly
 from ..text.features import DEFAULT_CACHE, TextFeatureCache
@@ -64,13 +64,6 @@ class FadeSettings:
     batch_size: int = 4  # images per forward pass at the smallest scale
 
 
-def load_clip_for_method(arch: str, weights: str | None) -> ClipBackbone:
-    """The weight rule every CLIP method shares: tiny test configs and "random" get random weights."""
-    if weights == "random" or (is_tiny(arch) and weights in (None, "default")):
-        return create_clip(arch, pretrained=None)
-    return create_clip(arch, pretrained=weights or "default")
-
-
 def two_class_probability(features: torch.Tensor, normal: torch.Tensor, anomalous: torch.Tensor, temperature: float):
     """Anomaly probability: softmax over (cos to normal, cos to anomalous) / temperature, second entry."""
     features = F.normalize(features, dim=-1)
@@ -103,7 +96,7 @@ class Fade(Method):
         for mode in (settings.classification_mode, settings.segmentation_mode):
             if mode not in MODES:
                 raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        self.clip = load_clip_for_method(settings.backbone, settings.weights)
+        self.clip = create_method_clip(settings.backbone, settings.weights)
         for size in (settings.classification_size, *settings.segmentation_sizes):
             if size % self.clip.patch_size:
                 raise ValueError(f"input size {size} is not a multiple of the patch size {self.clip.patch_size}")

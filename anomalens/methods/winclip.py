@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..backbones.clip import ClipBackbone, create_clip, is_tiny
+from ..backbones.clip import ClipBackbone, create_method_clip
 from ..images import LoadedImage, map_to_image, to_model_input
 from ..scoring import FEW_SHOT_K, MemoryBank, knn_anomaly
 from ..text.features import DEFAULT_CACHE, TextFeatureCache
@@ -124,10 +124,7 @@ class WinClip(Method):
     def __init__(self, settings: WinClipSettings, text_cache: TextFeatureCache | None = None):
         super().__init__(settings)
         s = settings
-        weights = s.weights
-        if weights == "random" or (weights == "default" and is_tiny(s.backbone)):
-            weights = None  # random weights: tests and speed measurements
-        self.backbone: ClipBackbone = create_clip(s.backbone, pretrained=weights, image_size=s.image_size)
+        self.backbone: ClipBackbone = create_method_clip(s.backbone, s.weights, image_size=s.image_size)
         if s.image_size % self.backbone.patch_size:
             raise ValueError(
                 f"image_size {s.image_size} is not a multiple of the patch size {self.backbone.patch_size}"
