@@ -19,6 +19,19 @@ app = typer.Typer(
     help="Zero- and few-shot industrial visual anomaly detection (FADE, FiLo, WinCLIP, patch kNN).",
 )
 data_app = typer.Typer(no_args_is_help=True, help="Dataset utilities.")
+
+
+@app.callback()
+def _global_options(
+    threads: int = typer.Option(
+        0, "--threads", min=0, help="CPU threads for the model (0: torch's default). 1 helps on a busy machine."
+    ),
+) -> None:
+    """Options for every command, given before it: `anomalens --threads 1 detect ...`."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 app.add_typer(data_app, name="data")
 
 

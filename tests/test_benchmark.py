@@ -173,3 +173,16 @@ def test_fade_cli_with_a_weights_file(tmp_path):
     assert str(weights) in json.dumps(settings)
     res = CliRunner().invoke(app, ["detect", str(tmp_path / "q"), "--method", "fade", "--out", str(tmp_path / "o2")])
     assert res.exit_code == 2 and "--weights" in res.output
+
+
+def test_global_threads_option():
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        res = CliRunner().invoke(app, ["--threads", "1", "methods"])
+        assert res.exit_code == 0, res.output
+        assert torch.get_num_threads() == 1
+        assert "patchknn" in res.output and "fade" in res.output
+    finally:
+        torch.set_num_threads(before)
