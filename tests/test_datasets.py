@@ -169,7 +169,7 @@ def test_visa_split_file(visa_root: Path):
 
 
 def test_visa_without_split_file_names_it(tmp_path: Path):
-    with pytest.raises(FileNotFoundError, match="1cls.csv"):
+    with pytest.raises(FileNotFoundError, match=r"1cls\.csv"):
         load_dataset(tmp_path, kind="visa")
 
 
@@ -233,7 +233,7 @@ def test_meta_refuses_to_overwrite(mvtec_root: Path, tmp_path: Path):
     splits = load_dataset(mvtec_root)
     target = tmp_path / "elsewhere" / "index.json"
     write_meta(mvtec_root, splits, path=target)
-    with pytest.raises(FileExistsError, match="index.json"):
+    with pytest.raises(FileExistsError, match=r"index\.json"):
         write_meta(mvtec_root, splits, path=target)
     write_meta(mvtec_root, {"strip": splits["strip"]}, path=target, overwrite=True)
     assert list(json.loads(target.read_text())["test"]) == ["strip"]

@@ -152,7 +152,7 @@ def test_existing_results_are_not_overwritten_without_flag(tmp_path):
     with pytest.raises(FileExistsError, match=str(out)):
         OutputWriter(out, resume=False)
     # Resuming does not let the same input be written twice either.
-    with OutputWriter(out) as w, pytest.raises(FileExistsError, match="a.png"):
+    with OutputWriter(out) as w, pytest.raises(FileExistsError, match=r"a\.png"):
         w.write(_result(tmp_path / "a.png", seed=5), image=_image())
     np.testing.assert_array_equal(np.load(out / rec["map"]), _result(tmp_path / "a.png").anomaly_map)
 
