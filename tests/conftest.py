@@ -18,3 +18,13 @@ def tiny_clip():
 
     torch.manual_seed(0)
     return create_clip("test-tiny", pretrained=None)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for modules of tiny models: on a busy 2-core machine OpenMP spin-waits
+    make them up to 100x slower. Modules opt in with `pytestmark = usefixtures("one_torch_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from anomalens.calibration import Threshold, calibrate_threshold
@@ -14,13 +13,7 @@ from anomalens.detector import Detector, load_detector
 from anomalens.images import ImageLoadError, LoadedImage
 from anomalens.methods.patchknn import PatchKnn
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def texture(seed: int, h: int = 64, w: int = 64, defect: bool = False) -> np.ndarray:

@@ -30,13 +30,7 @@ def make_model(**overrides) -> WinClip:
     return WinClip(settings, text_cache=TEXT_CACHE)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny tensors: thread start-up costs more than it saves, and much more on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
