@@ -113,6 +113,5 @@ def set_threshold(det, p: dict[str, Any], explicit: set[str], value: str | float
 
 
 def describe(threshold) -> str:
-    if threshold is None:
-        return "none"
-    return threshold.description() if hasattr(threshold, "description") else f"given: {threshold:.6g}"
+    """"none", or how the threshold was set ("given: 0.42", "auto: 99th percentile of ...")."""
+    return "none" if threshold is None else threshold.description()
