@@ -29,8 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from ..backbones.clip import create_method_clip
-from ..images import LoadedImage, input_box, map_to_image, to_model_input
+from ..images import RESIZE_POLICIES, LoadedImage, input_box, map_to_image, to_model_input
 from ..scoring import FEW_SHOT_K, ZERO_SHOT_K, MemoryBank, knn_anomaly
+from ..settings import MethodSettings, setting
 from ..text.features import DEFAULT_CACHE, TextFeatureCache
 from ..text.prompts import clean_class_name, dedupe, fade_segmentation_prompts, load_ensemble, winclip_prompts
 from .base import Method, MethodOutput, register_method
@@ -38,30 +39,47 @@ from .base import Method, MethodOutput, register_method
 MODES = ("language", "vision", "both")
 
 
+MODES = ("language", "vision", "both")
+
+
 @dataclass
-class FadeSettings:
-    backbone: str = "ViT-B-16-plus-240"
-    weights: str | None = "default"  # open_clip tag or local file; "default" = laion400m_e31; "random"
-    category: str = "object"  # object name in the classification prompts
-    prompts: str | None = None  # a user sentence-ensemble JSON (replaces the packaged one)
-    classification_size: int = 240  # input side for the image embedding (AC)
-    segmentation_sizes: tuple[int, ...] = (240, 448, 896)  # input sides for the patch maps (AS)
-    temperature: float = 0.01  # softmax temperature on cosine similarities (logits x 100)
-    gem_blocks: int = 6  # GEM self-self attention over the last 6 blocks (gem-torch depth=7)
-    gem_iterations: int = 1  # self-self refinement iterations
-    classification_mode: str = "both"  # language | vision | both (zero-shot AC is language-only)
-    segmentation_mode: str = "both"  # language | vision | both
-    zero_shot_k: int = ZERO_SHOT_K  # query's own patches: 2nd nearest (1st is the patch itself)
-    few_shot_k: int = FEW_SHOT_K
-    ac_few_shot_language_weight: float = 0.5  # AC few-shot = 0.5 * language + 0.5 * max(3.5 * vision)
-    ac_few_shot_vision_scale: float = 3.5
-    as_zero_shot_language_weight: float = 0.5  # AS zero-shot = 0.5 * language + 0.5 * (80 * vision)
-    as_zero_shot_vision_scale: float = 80.0
-    as_few_shot_language_weight: float = 0.15  # AS few-shot = 0.15 * language + 0.85 * (3.5 * vision)
-    as_few_shot_vision_scale: float = 3.5
-    top_descriptions: int = 5  # anomalous prompts most similar to the image, returned per image
-    resize: str = "squash"
-    batch_size: int = 4  # images per forward pass at the smallest scale
+class FadeSettings(MethodSettings):
+    backbone: str = setting("ViT-B-16-plus-240", "open_clip architecture (test-tiny: a random tiny model)")
+    weights: str | None = setting(
+        "default", "open_clip tag or local file; default = laion400m_e31; random = untrained"
+    )
+    category: str = setting("object", "object name in the classification prompts")
+    prompts: str | None = setting(None, "your sentence-ensemble JSON (replaces the packaged one)")
+    classification_size: int = setting(240, "input side for the image embedding (AC), px", minimum=16)
+    segmentation_sizes: tuple[int, ...] = setting(
+        (240, 448, 896), "input sides for the patch maps (AS), px; the maps are averaged", minimum=16
+    )
+    temperature: float = setting(0.01, "softmax temperature on cosine similarities (logits x 100)", minimum=1e-6)
+    gem_blocks: int = setting(6, "GEM self-self attention over the last N blocks (gem-torch depth=7)", minimum=1)
+    gem_iterations: int = setting(1, "self-self refinement iterations", minimum=1)
+    classification_mode: str = setting(
+        "both", "language | vision | both (zero-shot AC is language-only)", choices=MODES
+    )
+    segmentation_mode: str = setting("both", "language | vision | both", choices=MODES)
+    zero_shot_k: int = setting(
+        ZERO_SHOT_K, "query's own patches: k-th nearest (the 1st is the patch itself)", minimum=2
+    )
+    few_shot_k: int = setting(FEW_SHOT_K, "nearest reference patch used (few-shot)", minimum=1)
+    ac_few_shot_language_weight: float = setting(
+        0.5, "AC few-shot = w * language + (1 - w) * max(scale * vision)", minimum=0.0, maximum=1.0
+    )
+    ac_few_shot_vision_scale: float = setting(3.5, "vision scale of AC few-shot", minimum=0.0)
+    as_zero_shot_language_weight: float = setting(
+        0.5, "AS zero-shot = w * language + (1 - w) * (scale * vision)", minimum=0.0, maximum=1.0
+    )
+    as_zero_shot_vision_scale: float = setting(80.0, "vision scale of AS zero-shot", minimum=0.0)
+    as_few_shot_language_weight: float = setting(
+        0.15, "AS few-shot = w * language + (1 - w) * (scale * vision)", minimum=0.0, maximum=1.0
+    )
+    as_few_shot_vision_scale: float = setting(3.5, "vision scale of AS few-shot", minimum=0.0)
+    top_descriptions: int = setting(5, "anomalous prompts most similar to the image, returned per image", minimum=0)
+    resize: str = setting("squash", "squash (paper) or pad (keep the aspect ratio)", choices=RESIZE_POLICIES)
+    batch_size: int = setting(4, "images per forward pass at the smallest scale", minimum=1)
 
 
 def two_class_probability(features: torch.Tensor, normal: torch.Tensor, anomalous: torch.Tensor, temperature: float):

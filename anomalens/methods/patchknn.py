@@ -12,23 +12,30 @@ from dataclasses import dataclass
 import torch
 
 from ..backbones import create_patch_backbone
-from ..images import LoadedImage, map_to_image, to_model_input
+from ..images import RESIZE_POLICIES, LoadedImage, map_to_image, to_model_input
 from ..scoring import FEW_SHOT_K, ZERO_SHOT_K, MemoryBank, knn_anomaly
+from ..settings import MethodSettings, setting
 from .base import Method, MethodOutput, register_method
 
 
 @dataclass
-class PatchKnnSettings:
-    backbone: str = "efficientnet-lite0"  # or an open_clip architecture (then pass weights)
-    weights: str | None = None  # CLIP weights (tag or file) when backbone is a CLIP architecture
-    image_size: int = 256  # model input side in pixels (256 beat 320 on magnetic_tile: see README)
-    resize: str = "squash"  # "squash" (papers) or "pad" (keep aspect ratio)
-    blocks: tuple[int, ...] = (4, 10)  # EfficientNet blocks read: stride 8 and stride 16
-    neighbourhood: int = 3  # local aggregation window, in patches
-    clip_layers: tuple[int, ...] = (6, 9)  # CLIP blocks whose tokens are used (1-based)
-    few_shot_k: int = FEW_SHOT_K
-    zero_shot_k: int = ZERO_SHOT_K
-    batch_size: int = 8
+class PatchKnnSettings(MethodSettings):
+    backbone: str = setting(
+        "efficientnet-lite0", "efficientnet-lite0 (embedded) or an open_clip architecture (then pass weights)"
+    )
+    weights: str | None = setting(None, "CLIP weights (tag or file) when backbone is a CLIP architecture")
+    image_size: int = setting(256, "model input side in pixels (256 beat 320 on magnetic_tile: see README)", minimum=32)
+    resize: str = setting("squash", "squash (papers) or pad (keep the aspect ratio)", choices=RESIZE_POLICIES)
+    blocks: tuple[int, ...] = setting(
+        (4, 10), "EfficientNet-Lite0 blocks read (0-15): 4 ends stride 8, 10 stride 16", minimum=0, maximum=15
+    )
+    neighbourhood: int = setting(3, "local aggregation window, in patches", minimum=1)
+    clip_layers: tuple[int, ...] = setting((6, 9), "CLIP blocks whose tokens are used (1-based)", minimum=1)
+    few_shot_k: int = setting(FEW_SHOT_K, "nearest reference patch used (few-shot)", minimum=1)
+    zero_shot_k: int = setting(
+        ZERO_SHOT_K, "k-th nearest patch of the image itself (zero-shot; the 1st is the patch)", minimum=2
+    )
+    batch_size: int = setting(8, "images per forward pass", minimum=1)
 
 
 def valid_grid_region(

@@ -26,13 +26,15 @@ attend to one another).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from ..backbones.clip import ClipBackbone, create_method_clip
-from ..images import LoadedImage, map_to_image, to_model_input
+from ..images import RESIZE_POLICIES, LoadedImage, map_to_image, to_model_input
 from ..scoring import FEW_SHOT_K, MemoryBank, knn_anomaly
+from ..settings import MethodSettings, setting
 from ..text.features import DEFAULT_CACHE, TextFeatureCache
 from ..text.prompts import clean_class_name, winclip_prompts
 from .base import Method, MethodOutput, register_method
@@ -42,20 +44,24 @@ NORMAL, ANOMALOUS = 0, 1  # rows of the text prototypes
 
 
 @dataclass
-class WinClipSettings:
-    backbone: str = "ViT-B-16-plus-240"
-    weights: str | None = "default"  # open_clip tag or file; "random" (or a tiny config) = random
-    category: str = "object"  # object name in the prompts, cleaned ("metal_nut" -> "metal nut")
-    image_size: int = 240  # model input side: 15 x 15 patches of 16 px
-    window_scales: tuple[int, ...] = (2, 3)  # small / mid window sides in patches; image is the largest
-    window_stride: int = 1  # in patches
-    temperature: float = 0.01  # softmax temperature on cosine similarities (logits x 100)
-    project_patches: bool = False  # patch memory in the joint space (True) or ln_post width (anomalib)
-    few_shot_k: int = FEW_SHOT_K  # nearest neighbour used by the vision association
-    resize: str = "squash"  # "squash" (paper) or "pad"
-    batch_size: int = 8  # images per forward pass
-    window_batch: int = 1024  # window sequences per transformer call
-    num_descriptions: int = 5  # anomalous prompts returned per image
+class WinClipSettings(MethodSettings):
+    backbone: str = setting("ViT-B-16-plus-240", "open_clip architecture (test-tiny: a random tiny model)")
+    weights: str | None = setting("default", "open_clip tag or file; random (or a tiny config) = untrained")
+    category: str = setting("object", 'object name in the prompts, cleaned ("metal_nut" -> "metal nut")')
+    image_size: int = setting(240, "model input side in pixels: 15 x 15 patches of 16 px", minimum=16)
+    window_scales: tuple[int, ...] = setting(
+        (2, 3), "small / mid window sides in patches; the whole image is the largest", minimum=1
+    )
+    window_stride: int = setting(1, "window stride in patches", minimum=1)
+    temperature: float = setting(0.01, "softmax temperature on cosine similarities (logits x 100)", minimum=1e-6)
+    project_patches: bool = setting(False, "patch memory in the joint space (true) or at ln_post width (anomalib)")
+    few_shot_k: int = setting(FEW_SHOT_K, "nearest reference patch used by the vision association", minimum=1)
+    resize: str = setting("squash", "squash (paper) or pad (keep the aspect ratio)", choices=RESIZE_POLICIES)
+    batch_size: int = setting(8, "images per forward pass", minimum=1)
+    window_batch: int = setting(1024, "window sequences per transformer call", minimum=1)
+    top_descriptions: int = setting(5, "anomalous prompts most similar to the image, returned per image", minimum=0)
+
+    renamed: ClassVar[dict[str, str]] = {"num_descriptions": "top_descriptions"}  # in older saved models
 
 
 # ---- windows -----------------------------------------------------------------------------------
@@ -268,7 +274,7 @@ class WinClip(Method):
     def describe(self, image_embedding: torch.Tensor) -> list[tuple[str, float]]:
         """The anomalous prompts closest to an image embedding, with their cosine similarity."""
         cos = self.anomalous_text @ F.normalize(image_embedding.float(), dim=-1)
-        top = cos.topk(min(self.settings.num_descriptions, len(cos)))
+        top = cos.topk(min(self.settings.top_descriptions, len(cos)))
         return [(self.anomalous_prompts[i], float(v)) for v, i in zip(top.values, top.indices)]
 
     def predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
