@@ -48,6 +48,11 @@ class Method(ABC):
     def describe_backbone(self) -> str:
         return ""
 
+    def set_category(self, name: str) -> None:
+        """Name the object class the prompts describe (updates `settings.category`, so a saved
+        model keeps it). Methods without text have no category and ignore it."""
+        return None
+
     @abstractmethod
     def fit(self, references: list[LoadedImage]) -> None:
         """Learn from good reference images (few-shot); an empty list means zero-shot."""

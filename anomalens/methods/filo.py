@@ -95,7 +95,6 @@ class Filo(Method):
         if state is not None:
             self.model.load_trainable_state_dict(state)
         self.vocabulary = load_defect_vocabulary(settings.vocabulary)
-        self.category = settings.category
         self.detector = GroundingDetector(settings.grounding, settings.box_threshold, settings.max_box_area) if (
             settings.grounding
         ) else None
@@ -109,7 +108,7 @@ class Filo(Method):
 
     def set_category(self, name: str) -> None:
         """The object being inspected (the benchmark calls this per category)."""
-        self.category = name
+        self.settings.category = name
 
     def fit(self, references: list[LoadedImage]) -> None:
         """Zero-shot method: reference images are ignored (FiLo learns on another dataset)."""
@@ -117,12 +116,12 @@ class Filo(Method):
 
     # ---- prompts and positions -----------------------------------------------------------
     def _descriptions(self) -> list[str]:
-        return self.vocabulary.for_category(self.category or "object")
+        return self.vocabulary.for_category(self.settings.category or "object")
 
     def _prompts(self, position: str | tuple[str, ...]) -> PromptSet:
         cfg = self.model.config
         return build_prompts(
-            self.category or "object", self._descriptions(), position, cfg.normal_states, cfg.abnormal_states
+            self.settings.category or "object", self._descriptions(), position, cfg.normal_states, cfg.abnormal_states
         )
 
     def _locate(self, img: LoadedImage) -> tuple[str | tuple[str, ...], np.ndarray | None]:

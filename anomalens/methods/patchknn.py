@@ -69,7 +69,7 @@ class PatchKnn(Method):
             neighbourhood=settings.neighbourhood,
             clip_layers=settings.clip_layers,
         )
-        self.bank = MemoryBank()
+        self.bank_ = MemoryBank()
 
     def describe_backbone(self) -> str:
         return self.backbone.name
@@ -88,14 +88,14 @@ class PatchKnn(Method):
         return torch.cat(feats), boxes
 
     def fit(self, references: list[LoadedImage]) -> None:
-        self.bank = MemoryBank()
+        self.bank_ = MemoryBank()
         self.num_references = len(references)
         if references:
             self.fit_features(self._features(references)[0])
 
     def predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
         feats, boxes = self._features(images)
-        bank = self.bank.banks.get("patches")
+        bank = self.bank_.banks.get("patches")
         return [self._score(img, f, box, bank) for img, f, box in zip(images, feats, boxes)]
 
     def _score(self, img: LoadedImage, feats: torch.Tensor, box, bank: torch.Tensor | None) -> MethodOutput:
@@ -116,7 +116,7 @@ class PatchKnn(Method):
         feats, boxes = self._features(references)
         self.fit_features(feats)
         per_image = feats.shape[1] * feats.shape[2]
-        flat = self.bank.banks["patches"]
+        flat = self.bank_.banks["patches"]
         outputs = []
         for i in held_out:
             others = torch.cat([flat[: i * per_image], flat[(i + 1) * per_image :]])
@@ -124,14 +124,14 @@ class PatchKnn(Method):
         return outputs
 
     def fit_features(self, feats: torch.Tensor) -> None:
-        self.bank = MemoryBank()
+        self.bank_ = MemoryBank()
         self.num_references = feats.shape[0]
-        self.bank.add("patches", feats)
+        self.bank_.add("patches", feats)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.bank.state_dict()
+        return self.bank_.state_dict()
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.bank.load_state_dict(state)
-        if "patches" in self.bank:
+        self.bank_.load_state_dict(state)
+        if "patches" in self.bank_:
             self.num_references = max(self.num_references, 1)

@@ -140,7 +140,7 @@ class WinClip(Method):
         self.windows = [window_indices(self.grid, scale, s.window_stride) for scale in s.window_scales]
         self.covers = [coverage(w, side * side) for w in self.windows]
         self.text_cache = text_cache or DEFAULT_CACHE
-        self.bank = MemoryBank()
+        self.bank_ = MemoryBank()
         self.set_category(s.category)
 
     @property
@@ -154,7 +154,7 @@ class WinClip(Method):
     def set_category(self, name: str) -> None:
         """Use the compositional ensemble for this object (dataset folder names are cleaned)."""
         self.set_prompts(*winclip_prompts(clean_class_name(name) or name))
-        self.category = name
+        self.settings.category = name
 
     def set_prompts(self, normal: list[str], anomalous: list[str]) -> None:
         """Use these sentences instead of the ensemble (e.g. another implementation's list)."""
@@ -218,19 +218,19 @@ class WinClip(Method):
 
     def fit_inputs(self, inputs: torch.Tensor | None) -> None:
         """Fill the few-shot memory from normalised reference inputs (None: zero-shot)."""
-        self.bank = MemoryBank()
+        self.bank_ = MemoryBank()
         self.num_references = 0 if inputs is None else len(inputs)
         if inputs is None or not len(inputs):
             return
         feats = self._encode_batches(inputs)
-        self.bank.add("patches", feats.patches)
+        self.bank_.add("patches", feats.patches)
         for scale, emb in zip(self.settings.window_scales, feats.windows):
-            self.bank.add(f"window{scale}", emb)
+            self.bank_.add(f"window{scale}", emb)
 
     @property
     def few_shot(self) -> bool:
         keys = ["patches", *(f"window{scale}" for scale in self.settings.window_scales)]
-        return all(key in self.bank for key in keys)
+        return all(key in self.bank_ for key in keys)
 
     def zero_shot_maps(self, feats: WinClipFeatures) -> tuple[torch.Tensor, torch.Tensor]:
         """Language-guided image scores (B,) and patch maps (B, P)."""
@@ -246,9 +246,9 @@ class WinClip(Method):
         """Vision-guided patch maps (B, P): mean of the patch, small and mid window maps."""
         k = self.settings.few_shot_k
         b = feats.patches.shape[0]
-        maps = [knn_anomaly(feats.patches.flatten(0, 1), self.bank.banks["patches"], k=k).view(b, -1)]
+        maps = [knn_anomaly(feats.patches.flatten(0, 1), self.bank_.banks["patches"], k=k).view(b, -1)]
         for scale, emb, cover in zip(self.settings.window_scales, feats.windows, self.covers):
-            scores = knn_anomaly(emb.flatten(0, 1), self.bank.banks[f"window{scale}"], k=k).view(b, -1)
+            scores = knn_anomaly(emb.flatten(0, 1), self.bank_.banks[f"window{scale}"], k=k).view(b, -1)
             maps.append(harmonic_aggregation(scores, cover))
         return torch.stack(maps).mean(0)
 
@@ -290,8 +290,8 @@ class WinClip(Method):
 
     # ---- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.bank.state_dict()
+        return self.bank_.state_dict()
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.bank.load_state_dict(state)
+        self.bank_.load_state_dict(state)
         self.num_references = max(self.num_references, 1) if self.few_shot else 0
