@@ -226,6 +226,8 @@ class Detector:
             return
         start = time.perf_counter()
         with torch.inference_mode():
+            if not self.method.fitted_:
+                self.method.fit([])  # never fitted: zero-shot, as documented
             outputs = self.method.predict(batch)
         per_image = (time.perf_counter() - start) / len(batch)
         for img, out in zip(batch, outputs):

@@ -27,7 +27,7 @@ TEXT_CACHE = TextFeatureCache(cache_dir=None)  # in memory; shared, as all model
 def make_model(**overrides) -> WinClip:
     torch.manual_seed(0)  # same random weights for every model built here
     settings = WinClipSettings(**{"backbone": "test-tiny", "image_size": SIZE, **overrides})
-    return WinClip(settings, text_cache=TEXT_CACHE)
+    return WinClip(settings, text_cache=TEXT_CACHE).fit([])  # zero-shot unless a test fits references
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

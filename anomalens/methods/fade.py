@@ -188,7 +188,7 @@ class Fade(Method):
             out["image_embedding"] = torch.cat(embeds)
         return out
 
-    def fit(self, references: list[LoadedImage]) -> None:
+    def _fit(self, references: list[LoadedImage]) -> None:
         self.bank_ = MemoryBank()
         self.num_references = len(references)
         if references:
@@ -196,7 +196,7 @@ class Fade(Method):
             for size, scale in encoded["scales"].items():
                 self.bank_.add(str(size), scale["clip"])
 
-    def predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
+    def _predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
         encoded = self.encode(images)
         banks = {size: self.bank_.banks[str(size)] for size in encoded["scales"]} if len(self.bank_) else None
         return [self._score(img, encoded, b, banks) for b, img in enumerate(images)]
@@ -230,7 +230,7 @@ class Fade(Method):
         box = input_box(*img.size_hw, finest, s.resize)
         return MethodOutput(score, map_to_image(anomaly_map, box, finest, img.size_hw), descriptions)
 
-    def leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
+    def _leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
         """Encode once; each held-out reference against the other references' patch tokens."""
         encoded = self.encode(references)
         self.bank_ = MemoryBank()
@@ -286,7 +286,7 @@ class Fade(Method):
             "text.seg_anomalous": text.seg_anomalous,
         }
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.bank_.load_state_dict(state)
         if "text.class_normal" in state:
             text = self.text_features()  # descriptions are recomputed; the class embeddings come from the file

@@ -110,7 +110,7 @@ class Filo(Method):
         """The object being inspected (the benchmark calls this per category)."""
         self.settings.category = name
 
-    def fit(self, references: list[LoadedImage]) -> None:
+    def _fit(self, references: list[LoadedImage]) -> None:
         """Zero-shot method: reference images are ignored (FiLo learns on another dataset)."""
         self.num_references = 0
 
@@ -141,7 +141,7 @@ class Filo(Method):
         return found.position, found.weight_map(self.settings.outside_box_weight)
 
     # ---- prediction ----------------------------------------------------------------------
-    def predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
+    def _predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
         s = self.settings
         outputs: list[MethodOutput] = []
         for start in range(0, len(images), s.batch_size):
