@@ -158,7 +158,7 @@ def main() -> int:
     settings = WinClipSettings(
         backbone=args.arch, image_size=size, weights="random", temperature=torch_model.TEMPERATURE
     )
-    ours = WinClip(settings, text_cache=cache)
+    ours = WinClip(settings, text_cache=cache).fit([])  # zero-shot first
     with random_clip_weights(args.arch):
         theirs = WinClipModel(class_name=None).eval()
     theirs.clip.load_state_dict(ours.backbone.model.state_dict())
