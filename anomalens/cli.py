@@ -38,7 +38,7 @@ app.add_typer(data_app, name="data")
 def _mount_train() -> None:
     """`anomalens train filo ...` lives with the FiLo code."""
     try:
-        from .filo.cli import train_app
+        from .train_cli import train_app
     except ModuleNotFoundError as err:
         if err.name and err.name.startswith("anomalens"):
             return

@@ -214,6 +214,7 @@ class Detector:
                 anomaly_map=np.asarray(out.anomaly_map, dtype=np.float32),
                 descriptions=list(out.descriptions),
                 seconds=per_image,
+                extra=dict(out.extra),
             )
             if self.threshold is not None:
                 from .calibration import apply_decision

@@ -8,6 +8,13 @@ folder (no download). `ground(...)` turns its raw output into:
   by it, so responses away from the detected defects are damped),
 * the position word of the best box's centre on a 3x3 grid (for the abnormal prompts).
 
+Released mode (`released_grounding_prompt`, `phrase_filter`): the caption is the released
+words "anomaly . damage . broken . defect . contamination" followed by the category's
+descriptions, and a box counts (for the weights and the position) only when its phrase (the
+caption tokens scoring above the box threshold, decoded) contains one of those words or
+descriptions. Boxes from the authors' fine-tuned checkpoint need it in the `transformers`
+layout: see the FiLo note (docs) for why no converter ships here.
+
 Post-processing is done here from `logits` / `pred_boxes` (sigmoid, maximum over the prompt's
 tokens, boxes as normalised centre-size) rather than with the processor's helper, whose
 signature differs between `transformers` releases.
@@ -23,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .text.prompts import position_word
+from ...text.prompts import position_word
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +40,9 @@ OUTSIDE_WEIGHT = 0.7  # lambda
 
 #: Generic defect words put in front of a category's own descriptions in the detector prompt.
 GENERIC_DEFECT_WORDS: tuple[str, ...] = ("defect", "damage", "crack", "scratch", "hole", "stain", "contamination")
+
+#: The released code's generic caption words, before the category's descriptions.
+RELEASED_CAPTION_WORDS: tuple[str, ...] = ("anomaly", "damage", "broken", "defect", "contamination")
 
 GROUNDING_HINT = (
     "Fetch the Hugging Face repo IDEA-Research/grounding-dino-base (or IDEA-Research/grounding-dino-tiny) "
@@ -67,6 +77,17 @@ def grounding_prompt(descriptions: list[str], generic: tuple[str, ...] = GENERIC
         if p and p not in seen:
             seen.append(p)
     return " . ".join(seen) + " ."
+
+
+def released_grounding_prompt(descriptions: list[str]) -> str:
+    """The released caption: generic words then descriptions, ' . '-joined, lower case, ending '.'."""
+    caption = " . ".join([*RELEASED_CAPTION_WORDS, *descriptions]).lower().strip()
+    return caption if caption.endswith(".") else caption + "."
+
+
+def phrase_matches(phrase: str, words: list[str] | tuple[str, ...]) -> bool:
+    """The released phrase filter: does any caption word or description occur in the phrase?"""
+    return any(w in phrase for w in words)
 
 
 def select_boxes(
@@ -187,8 +208,12 @@ class GroundingDetector:
         return (phrases[0].rstrip(" .") + " .") if phrases else prompt
 
     @torch.no_grad()
-    def __call__(self, rgb: np.ndarray, prompt: str) -> Grounding:
-        """Boxes for one RGB uint8 image (H, W, 3) and one detector prompt."""
+    def __call__(self, rgb: np.ndarray, prompt: str, phrase_filter: list[str] | None = None) -> Grounding:
+        """Boxes for one RGB uint8 image (H, W, 3) and one detector prompt.
+
+        phrase_filter: keep only boxes whose phrase contains one of these descriptions or the
+        released caption words (the released code's filter); None keeps every box.
+        """
         limit = int(getattr(self.model.config, "max_text_len", 256))
         inputs = self.processor(
             images=rgb, text=self.fit_prompt(prompt), return_tensors="pt", truncation=True, max_length=limit
@@ -198,4 +223,22 @@ class GroundingDetector:
         boxes, scores = decode_detections(
             outputs.logits[0], outputs.pred_boxes[0], inputs["attention_mask"][0], image_hw
         )
+        if phrase_filter is not None:
+            kept, kept_scores = select_boxes(boxes, scores, image_hw, self.threshold, self.max_area)
+            phrases = self.phrases(outputs.logits[0], inputs["input_ids"][0], boxes, kept)
+            words = [*RELEASED_CAPTION_WORDS, *phrase_filter]
+            good = np.array([phrase_matches(p, words) for p in phrases], dtype=bool)
+            kept, kept_scores = kept[good], kept_scores[good]
+            best = kept[int(np.argmax(kept_scores))] if len(kept) else None
+            return Grounding(kept, kept_scores, best, box_position(best, image_hw), image_hw)
         return ground_from_detections(boxes, scores, image_hw, self.threshold, self.max_area)
+
+    def phrases(self, logits: torch.Tensor, input_ids: torch.Tensor, boxes: np.ndarray, kept: np.ndarray) -> list[str]:
+        """Each kept box's phrase: its query's caption tokens scoring above the threshold, decoded."""
+        out = []
+        n = min(int(input_ids.shape[-1]), logits.shape[-1])
+        for box in kept:
+            query = int(np.argmin(np.abs(boxes - box).sum(axis=1)))
+            hot = logits[query, :n].float().sigmoid() > self.threshold
+            out.append(self.processor.tokenizer.decode(input_ids[:n][hot].tolist()))
+        return out
