@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from anomalens.grounding import (
+from anomalens.methods.filo.grounding import (
     GROUNDING_HINT,
     GroundingDetector,
     MissingGroundingError,
@@ -162,7 +162,7 @@ def test_filo_with_grounding_weights_map_outside_boxes(tiny_grounding_dino):
     det = Detector(method="filo", backbone="test-tiny-24", image_size=28, category="bottle",
                    grounding=tiny_grounding_dino, outside_box_weight=0.7)
     (with_boxes,) = det.predict([img])
-    found = det.method.detector(rgb, grounding_prompt(det.method._descriptions()))
+    found = det.method.grounding_dino(rgb, grounding_prompt(det.method._descriptions()))
     # the same network without boxes, at the detector's position word
     det.method.detector = None
     det.method._locate = lambda _img: (found.position, None)
