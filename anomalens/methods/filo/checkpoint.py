@@ -191,13 +191,16 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
     if p.is_dir():
         return read_trained(p)
     if p.is_file():
+        state = read_released(p)
+        ctx = state.get("prompt_learner.ctx_normal")
+        n_ctx = int(ctx.shape[0]) if ctx is not None else 12  # the released default
         info = {
             "format": RELEASED_FORMAT,
             "backbone": "ViT-L-14-336",
             "image_size": 518,
-            "model": FiloConfig.released().to_dict(),
+            "model": FiloConfig.released(n_ctx).to_dict(),
         }
-        return info, read_released(p)
+        return info, state
     raise MissingCheckpointError(f"{p} does not exist. {TRAIN_HINT}")
 
 

@@ -24,6 +24,7 @@ from ...images import LoadedImage, map_to_image, to_model_input
 from ...text.prompts import POSITIONS, load_defect_vocabulary
 from ..base import Method, MethodOutput, register_method
 from .checkpoint import (
+    RELEASED_FORMAT,
     TRAIN_HINT,
     MissingCheckpointError,
     build_backbone,
@@ -81,7 +82,8 @@ class Filo(Method):
         if settings.checkpoint is not None:
             info, state = load_checkpoint(settings.checkpoint)
         arch = settings.backbone or info.get("backbone", DEFAULT_BACKBONE)
-        if state is not None and arch != info.get("backbone"):
+        # Our checkpoints record their backbone; the released file does not (ViT-L-14-336 assumed).
+        if state is not None and info.get("format") != RELEASED_FORMAT and arch != info.get("backbone"):
             raise ValueError(
                 f"{settings.checkpoint} was trained on backbone {info.get('backbone')!r}, not {arch!r}; "
                 "leave --backbone unset to use the checkpoint's."

@@ -135,7 +135,8 @@ class FiloModel(nn.Module):
             raise ValueError("variant='released' fixes layers=(6, 12, 18, 24) and vv_from=7")
         if config.qkv_head not in ("both", "train", "none"):
             raise ValueError(f"unknown qkv_head {config.qkv_head!r}; use 'both', 'train' or 'none'")
-        bad = [layer for layer in config.layers if not config.vv_from <= layer <= backbone.num_layers]
+        lowest = config.vv_from - 1 if config.variant == "released" else config.vv_from  # released: layer 6 too
+        bad = [layer for layer in config.layers if not lowest <= layer <= backbone.num_layers]
         if bad:
             raise ValueError(
                 f"layers {bad} must lie between vv_from={config.vv_from} and the backbone's "
