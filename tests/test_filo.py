@@ -291,6 +291,7 @@ def test_detector_predicts_maps_of_input_size(size, caplog):
     assert all(0.0 <= r.score <= 2.0 for r in results)
     assert len(results[0].descriptions) == 5 and all("at center" in t for t, _ in results[0].descriptions)
     assert sum("no Grounding DINO" in rec.message for rec in caplog.records) == 1  # logged once
+    assert results[0].to_record()["grounding"] == "off"  # and said in every results.jsonl record
 
 
 def test_position_average_without_grounding():
