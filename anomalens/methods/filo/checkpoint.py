@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ...backbones.clip import DEFAULT_TAGS, ClipBackbone, create_clip, is_tiny
+from ...errors import MissingCheckpointError
 from .mmci import MMCI_KERNELS
 from .model import FiloConfig, FiloModel
 from .released import RELEASED_LINEAR_LAYERS, RELEASED_MMCI_LAYERS
@@ -40,10 +41,6 @@ RELEASED_FROZEN_PREFIXES = ("clip_model.", "text_encoder.")
 
 #: Released conv attribute -> kernel (height, width) of our MMCI.
 _RELEASED_CONVS = {"fc_11": (1, 1), "fc_33": (3, 3), "fc_55": (5, 5), "fc_77": (7, 7), "fc_15": (1, 5), "fc_51": (5, 1)}
-
-
-class MissingCheckpointError(FileNotFoundError):
-    """A FiLo checkpoint that is missing, incomplete or not a FiLo checkpoint."""
 
 
 # ---- the weights rule -------------------------------------------------------------------------
