@@ -230,3 +230,10 @@ def test_phrases_decode_the_hot_caption_tokens(tiny_grounding_dino):
     logits[1, 3] = 10.0  # "rim"
     boxes = np.array([[0, 0, 5, 5], [10, 10, 20, 20]], dtype=float)
     assert detector.phrases(logits, ids, boxes, boxes[::-1]) == ["rim", "crack"]
+
+
+def test_original_layout_file_says_how_to_convert(tmp_path):
+    path = tmp_path / "grounding_train_on_visa.pth"
+    torch.save({"backbone.0.patch_embed.proj.weight": torch.zeros(1)}, path)
+    with pytest.raises(MissingGroundingError, match="convert_grounding_dino_to_hf.py"):
+        GroundingDetector(path)

@@ -52,6 +52,18 @@ GROUNDING_HINT = (
 )
 
 
+#: What to do with a checkpoint in the original IDEA-Research layout (e.g. FiLo's fine-tuned
+#: grounding_train_on_*.pth), which `transformers` cannot load as it is.
+ORIGINAL_LAYOUT_HINT = (
+    "Grounding DINO is loaded with `transformers` from a folder (config.json, weights, tokenizer and "
+    "processor files). A checkpoint in the original GroundingDINO layout (such as FiLo's fine-tuned "
+    "grounding_train_on_*.pth, Swin-T OGC) must first be converted with transformers' "
+    "convert_grounding_dino_to_hf.py (transformers source tree, models/grounding_dino) for "
+    "grounding-dino-tiny, loading the local file instead of the download, and saved with "
+    "save_pretrained next to the grounding-dino-tiny processor files; pass that folder with --grounding."
+)
+
+
 @dataclass
 class Grounding:
     """Boxes (x0, y0, x1, y1) in image pixels, their scores, the best one and its position word."""
@@ -179,6 +191,8 @@ class GroundingDetector:
 
     def __init__(self, path: str | os.PathLike, threshold: float = BOX_THRESHOLD, max_area: float = MAX_BOX_AREA):
         path = Path(path).expanduser()
+        if path.is_file():
+            raise MissingGroundingError(f"{path} is a single weights file. {ORIGINAL_LAYOUT_HINT}")
         if not path.is_dir() or not (path / "config.json").is_file():
             raise MissingGroundingError(f"No Grounding DINO model in {path} (no config.json). {GROUNDING_HINT}")
         try:
