@@ -268,3 +268,26 @@ def test_detector_runs_the_released_checkpoint(released_model):
     assert 0.0 <= out.anomaly_map.min() and out.anomaly_map.max() <= 1.0
     # The score is the released one: (cos/sqrt2 + max map) / 2 without boxes.
     assert abs(out.score) <= 1.0
+
+
+def test_cli_detect_with_the_released_checkpoint(released_model, tmp_path):
+    import json
+
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from anomalens.cli import app
+
+    _, _, path = released_model
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (30, 34, 3), dtype=np.uint8)).save(queries / "a.png")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [
+        "detect", str(queries), "--method", "filo", "--checkpoint", str(path), "--backbone", ARCH,
+        "--image-size", str(SIZE), "--category", "pcb1", "--out", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    (record,) = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert record["status"] == "ok" and record["grounding"] == "off"
+    assert any(d["text"].startswith("abnormal pcb with ") for d in record["descriptions"])
