@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter as scipy_gaussian
 
+from anomalens.images import LoadedImage
 from anomalens.methods.filo.adapter import Adapter, global_logits, global_score
+from anomalens.methods.filo.checkpoint import MissingCheckpointError, build_backbone, build_model
 from anomalens.methods.filo.losses import dice_loss, focal_loss, global_loss, local_loss
 from anomalens.methods.filo.mmci import (
     MMCI,
@@ -26,8 +28,6 @@ from anomalens.methods.filo.mmci import (
 from anomalens.methods.filo.model import FiloConfig, top_descriptions
 from anomalens.methods.filo.prompt_learner import PromptLearner, encode_text_embeddings, group_features
 from anomalens.methods.filo.prompts import build_prompts
-from anomalens.methods.filo.checkpoint import MissingCheckpointError, build_backbone, build_model
-from anomalens.images import LoadedImage
 from anomalens.text.prompts import POSITIONS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

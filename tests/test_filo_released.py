@@ -154,16 +154,16 @@ def reference_forward(clip, tokenizer, sd, images, normal_sentences, abnormal_se
     maps, scores = [], []
     for b in range(images.shape[0]):
 
-        def meta(group):
+        def meta(group, image=a[b]):
             p = f"{group}_prompt_learner.meta_net."
-            hid = F.relu(a[b] @ sd[p + "linear1.weight"].T + sd[p + "linear1.bias"])
+            hid = F.relu(image @ sd[p + "linear1.weight"].T + sd[p + "linear1.bias"])
             return hid @ sd[p + "linear2.weight"].T + sd[p + "linear2.bias"]
 
         fn = reference_text(clip, tokenizer, normal_sentences, sd["normal_prompt_learner.ctx"], meta("normal"))
         fa = reference_text(clip, tokenizer, abnormal_sentences, sd["abnormal_prompt_learner.ctx"], meta("abnormal"))
         text = torch.stack([fn, fa])
         text = text / text.norm()
-        side = int(math.isqrt(stored[0].shape[1] - 1))
+        side = math.isqrt(stored[0].shape[1] - 1)
         head_out = []
         for i, t in enumerate(stored[0::2]):  # T6 (aliased), ori12, ori18, ori24
             w, bias = sd[f"decoder_linear.fc.{i}.weight"], sd[f"decoder_linear.fc.{i}.bias"]
@@ -227,7 +227,7 @@ def test_released_checkpoint_names_every_bad_key(tmp_path):
     sd = released_state()
     sd["decoder_linear.fc.9.weight"] = torch.zeros(1)
     sd["something_else"] = torch.zeros(1)
-    with pytest.raises(MissingCheckpointError, match="decoder_linear.fc.9.weight, something_else"):
+    with pytest.raises(MissingCheckpointError, match=r"decoder_linear\.fc\.9\.weight, something_else"):
         convert_released_state(sd, "x.pth")
     sd = released_state()
     del sd["adapter.fc.2.weight"], sd["decoder_cov.fc_15.1.bias"]

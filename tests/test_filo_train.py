@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from anomalens.methods.filo.model import FiloConfig
 from anomalens.methods.filo.checkpoint import FILO_CONFIG, FILO_WEIGHTS, MissingCheckpointError, read_trained
+from anomalens.methods.filo.model import FiloConfig
 from anomalens.methods.filo.train import (
     TrainConfig,
     Trainer,

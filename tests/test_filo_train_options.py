@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_filo_train import SIZE, _config, dataset  # noqa: F401  (fixture)
 
 from anomalens.methods.device import resolve_device
 from anomalens.methods.filo.train import Trainer, train_filo
 from anomalens.methods.filo.train_data import EpochBatches, mosaic_item
 from anomalens.text.prompts import POSITIONS
-from test_filo_train import SIZE, _config, dataset  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

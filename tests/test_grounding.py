@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from anomalens.images import LoadedImage
 from anomalens.methods.filo.grounding import (
     GROUNDING_HINT,
     GroundingDetector,
@@ -19,7 +20,6 @@ from anomalens.methods.filo.grounding import (
     released_grounding_prompt,
     select_boxes,
 )
-from anomalens.images import LoadedImage
 from anomalens.text.prompts import position_word
 
 # ---- post-processing on synthetic detector outputs ---------------------------------------
@@ -235,5 +235,5 @@ def test_phrases_decode_the_hot_caption_tokens(tiny_grounding_dino):
 def test_original_layout_file_says_how_to_convert(tmp_path):
     path = tmp_path / "grounding_train_on_visa.pth"
     torch.save({"backbone.0.patch_embed.proj.weight": torch.zeros(1)}, path)
-    with pytest.raises(MissingGroundingError, match="convert_grounding_dino_to_hf.py"):
+    with pytest.raises(MissingGroundingError, match=r"convert_grounding_dino_to_hf\.py"):
         GroundingDetector(path)

@@ -63,7 +63,9 @@ def resolve_weights(arch: str, weights: str | None) -> str | None:
     return weights
 
 
-def build_backbone(arch: str, weights: str | None, image_size: int, seed: int = 0, variant: str = "paper") -> ClipBackbone:
+def build_backbone(
+    arch: str, weights: str | None, image_size: int, seed: int = 0, variant: str = "paper"
+) -> ClipBackbone:
     """CLIP for FiLo; random weights are drawn from `seed`, so a checkpoint on them reloads exactly.
 
     The released variant runs CLIP with nn.GELU, as the released code builds it."""

@@ -109,7 +109,6 @@ class Filo(Method):
             if settings.grounding
             else None
         )
-        self.checkpoint_format = info.get("format")
 
     @property
     def uses_text(self) -> bool:

@@ -171,7 +171,11 @@ class FiloModel(nn.Module):
         problems = []
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
-        shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if k in state and state[k].shape != v.shape]
+        shapes = [
+            f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+            for k, v in own.items()
+            if k in state and state[k].shape != v.shape
+        ]
         if missing:
             problems.append(f"missing {', '.join(missing)}")
         if unexpected:

@@ -10,6 +10,7 @@ meta-net; the released code gives each group its own (``separate_meta_nets=True`
 from __future__ import annotations
 
 from collections import OrderedDict
+
 import torch
 import torch.nn.functional as F
 from torch import nn

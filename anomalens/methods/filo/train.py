@@ -293,7 +293,8 @@ class Trainer:
         """One batch of the given samples (never a mosaic) on the training device, with prompts."""
         data = EpochBatches(self.samples, list(indices), len(indices), self.recipe)
         images, masks, labels, categories, positions = data[0]
-        return images.to(self.device), masks.to(self.device), labels.to(self.device), self._prompts(categories, positions)
+        prompts = self._prompts(categories, positions)
+        return images.to(self.device), masks.to(self.device), labels.to(self.device), prompts
 
     def _batches(self, stage: int, epoch: int, start: int):
         """The epoch's batches from step `start` on, loaded by `workers` processes if asked."""
