@@ -17,10 +17,11 @@ from anomalens.methods.filo.grounding import (
     ground_from_detections,
     grounding_prompt,
     phrase_matches,
+    released_box_position,
     released_grounding_prompt,
     select_boxes,
 )
-from anomalens.text.prompts import position_word
+from anomalens.text.prompts import POSITIONS, position_word
 
 # ---- post-processing on synthetic detector outputs ---------------------------------------
 
@@ -237,3 +238,38 @@ def test_original_layout_file_says_how_to_convert(tmp_path):
     torch.save({"backbone.0.patch_embed.proj.weight": torch.zeros(1)}, path)
     with pytest.raises(MissingGroundingError, match=r"convert_grounding_dino_to_hf\.py"):
         GroundingDetector(path)
+
+
+def test_released_position_cells_and_gaps():
+    assert released_box_position(None, (100, 100)) == "center"
+    # 518-px image: the centre's pixel coordinates are the released ones.
+    assert released_box_position(np.array([0, 0, 100, 100]), (518, 518)) == "top left"
+    assert released_box_position(np.array([400, 200, 500, 300]), (518, 518)) == "right"
+    # centre x = 172.5 lies between the released cells 0-172 and 173-344: all nine positions.
+    assert released_box_position(np.array([170, 0, 175, 10]), (518, 518)) == POSITIONS
+    # other image sizes are scaled to 518 first: x = 0.5 of the width is the middle column.
+    assert released_box_position(np.array([40, 0, 60, 10]), (100, 100)) == "top"
+
+
+def test_released_checkpoint_with_grounding_uses_the_released_rules(tiny_grounding_dino, tmp_path):
+    from anomalens.detector import Detector
+    from test_filo_released import ARCH, SIZE, released_state
+
+    path = tmp_path / "filo_train_on_mvtec.pth"
+    torch.save({"filo": released_state()}, path)
+    det = Detector(method="filo", checkpoint=str(path), backbone=ARCH, image_size=SIZE, category="bottle",
+                   grounding=tiny_grounding_dino)
+    rgb = np.random.default_rng(3).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    calls = []
+    real = det.method.grounding_dino.__call__
+
+    def spy(image, prompt, phrase_filter=None):
+        calls.append((prompt, phrase_filter))
+        return real(image, prompt, phrase_filter=phrase_filter)
+
+    det.method.grounding_dino = spy
+    (result,) = det.predict([LoadedImage("q", rgb)])
+    prompt, phrase_filter = calls[0]
+    assert prompt.startswith("anomaly . damage . broken . defect . contamination . ")
+    assert phrase_filter == det.method._descriptions()
+    assert result.to_record()["grounding"] == "on" and result.anomaly_map.shape == (40, 50)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ...errors import MissingGroundingError
-from ...text.prompts import position_word
+from ...text.prompts import POSITIONS, position_word
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,31 @@ def box_position(box: np.ndarray | None, image_hw: tuple[int, int], default: str
     h, w = image_hw
     x0, y0, x1, y1 = (float(v) for v in box)
     return position_word((x0 + x1) / 2, (y0 + y1) / 2, w, h)
+
+
+#: The released position cells in 518-px model coordinates: inclusive integer ranges per column/row.
+RELEASED_CELLS: tuple[tuple[int, int], ...] = ((0, 172), (173, 344), (345, 517))
+RELEASED_SIDE = 518
+
+
+def released_box_position(box: np.ndarray | None, image_hw: tuple[int, int]) -> str | tuple[str, ...]:
+    """The released code's position for the best box: its centre scaled to 518 px, looked up in
+    inclusive integer cells; a centre in a gap between cells (e.g. x = 172.5) has no cell there,
+    so every position is used (all nine averaged); no box gives "center"."""
+    if box is None:
+        return "center"
+    h, w = image_hw
+    x0, y0, x1, y1 = (float(v) for v in box)
+    cx = (x0 + x1) / 2 / w * RELEASED_SIDE
+    cy = (y0 + y1) / 2 / h * RELEASED_SIDE
+
+    def cell(c: float) -> int | None:
+        return next((i for i, (lo, hi) in enumerate(RELEASED_CELLS) if lo <= c <= hi), None)
+
+    col, row = cell(cx), cell(cy)
+    if col is None or row is None:
+        return POSITIONS
+    return POSITIONS[3 * row + col]
 
 
 def decode_detections(

@@ -40,6 +40,7 @@ from .grounding import (
     OUTSIDE_WEIGHT,
     GroundingDetector,
     grounding_prompt,
+    released_box_position,
     released_grounding_prompt,
 )
 from .model import FiloConfig, top_descriptions
@@ -54,7 +55,7 @@ _warned_no_grounding = False
 
 @dataclass
 class FiloSettings(MethodSettings):
-    checkpoint: str | None = setting(None, "a directory from `anomalens train filo`, or the authors' filo_train_on_*.pth")
+    checkpoint: str | None = setting(None, "`anomalens train filo` directory, or the authors' filo_train_on_*.pth")
     backbone: str | None = setting(None, "open_clip architecture; default: the checkpoint's, else ViT-L-14-336")
     weights: str | None = setting(None, "CLIP tag or file; default: the checkpoint's, else OpenAI's")
     category: str | None = setting(None, 'object name for the prompts; default: "object" + generic defects')
@@ -66,7 +67,7 @@ class FiloSettings(MethodSettings):
     max_box_area: float = setting(MAX_BOX_AREA, "boxes above this fraction of the image are dropped", minimum=0.0)
     outside_box_weight: float = setting(OUTSIDE_WEIGHT, "lambda: map weight outside the boxes", minimum=0.0)
     position_without_grounding: str = setting(
-        "center", "position word without boxes: center (as released), or average (all nine)", choices=("center", "average")
+        "center", "position without boxes: center (as released) or average (all nine)", choices=("center", "average")
     )
     top_descriptions: int = setting(5, "defect descriptions most similar to the image, returned per image", minimum=0)
     seed: int = setting(0, "random init of tiny backbones / untrained heads (tests)")
@@ -166,9 +167,11 @@ class Filo(Method):
         descriptions = self._descriptions()
         if self.released:
             found = self.grounding_dino(img.rgb, released_grounding_prompt(descriptions), phrase_filter=descriptions)
+            position = released_box_position(found.best, found.image_hw)
         else:
             found = self.grounding_dino(img.rgb, grounding_prompt(descriptions))
-        return found.position, found.weight_map(self.settings.outside_box_weight)
+            position = found.position
+        return position, found.weight_map(self.settings.outside_box_weight)
 
     # ---- prediction ----------------------------------------------------------------------
     def predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
