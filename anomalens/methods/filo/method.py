@@ -83,8 +83,6 @@ class Filo(Method):
 
     def __init__(self, settings: FiloSettings):
         super().__init__(settings)
-        if settings.position_without_grounding not in ("center", "average"):
-            raise ValueError("position_without_grounding must be 'center' or 'average'")
         info, state = ({}, None)
         if settings.checkpoint is not None:
             info, state = load_checkpoint(settings.checkpoint)
