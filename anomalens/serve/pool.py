@@ -4,7 +4,8 @@ Requests first take an admission slot (`admit`): at most `workers + max_queue` r
 admitted at once, the rest are refused at once with 503 + Retry-After, so load beyond the bound
 costs neither memory nor latency for the admitted ones. Admitted requests queue their decoded
 images (`run`); each of the `workers` threads takes the oldest job and, with it, further queued
-jobs for the same model up to `max_batch` images, and scores them in one model call.
+jobs for the same model up to `max_batch` images, and scores them in one model call. A model
+runs one call at a time (see `_take_batch`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class InferencePool:
         self._pending: deque[_Job] = deque()
         self._admitted = 0
         self._busy = 0
+        self._running: set[int] = set()  # id() of the detectors being run
         self._closed = False
         self._threads = [
             threading.Thread(target=self._work, name=f"anomalens-model-{i}", daemon=True) for i in range(workers)
@@ -108,22 +110,31 @@ class InferencePool:
             if self._closed:
                 raise ServeError(503, "shutting_down", "the service is shutting down", headers=self._retry())
             self._pending.append(_Job(detector, images, deliver))
-            self._cv.notify()
+            self._cv.notify_all()  # an idle worker may skip it if its model is busy
         return await future
 
     def _take_batch(self) -> list[_Job] | None:
+        """The oldest job whose model is idle, with the queued jobs of that model that fit beside it.
+
+        One call per model at a time: methods keep per-call state on the model object (e.g.
+        feature hooks), so a model is not thread-safe; more workers serve more models at once.
+        """
         with self._cv:
-            while not self._pending and not self._closed:
+            while True:
+                first = next((j for j in self._pending if id(j.detector) not in self._running), None)
+                if first is not None:
+                    break
+                if self._closed and not self._pending:
+                    return None
                 self._cv.wait()
-            if not self._pending:
-                return None
-            first = self._pending.popleft()
+            self._pending.remove(first)
             batch, size = [first], len(first.images)
             for job in list(self._pending):
                 if job.detector is first.detector and size + len(job.images) <= self.max_batch:
                     self._pending.remove(job)
                     batch.append(job)
                     size += len(job.images)
+            self._running.add(id(first.detector))
             self._busy += 1
             return batch
 
@@ -134,6 +145,8 @@ class InferencePool:
             finally:
                 with self._cv:
                     self._busy -= 1
+                    self._running.discard(id(batch[0].detector))
+                    self._cv.notify_all()
 
     def _run_batch(self, batch: list[_Job]) -> None:
         images = [img for job in batch for img in job.images]
