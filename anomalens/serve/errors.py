@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from ..errors import AnomalensError
 
-class ServeError(Exception):
+
+class ServeError(AnomalensError):
     """A request the service refuses; `kind` names the problem for clients and metrics."""
 
     def __init__(self, status: int, kind: str, message: str, file: str | None = None, headers=None):

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..detector import MODEL_CONFIG, Detector, load_detector
+from ..errors import UsageError
 from .errors import ServeError
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -55,7 +56,7 @@ def parse_model_spec(spec: str) -> tuple[str, str]:
         directory = spec
         name = Path(spec.rstrip("/\\")).name
     if not NAME_PATTERN.match(name):
-        raise ValueError(
+        raise UsageError(
             f"model name {name!r} (from {spec!r}) must be 1-64 letters, digits, '.', '_' or '-'; give name=DIR"
         )
     return name, directory
@@ -67,9 +68,9 @@ class ModelRegistry:
 
     def add(self, name: str, detector: Detector, directory: str | os.PathLike | None = None) -> ServedModel:
         if not NAME_PATTERN.match(name):
-            raise ValueError(f"model name {name!r} must be 1-64 letters, digits, '.', '_' or '-'")
+            raise UsageError(f"model name {name!r} must be 1-64 letters, digits, '.', '_' or '-'")
         if name in self._models:
-            raise ValueError(f"model name {name!r} is given twice")
+            raise UsageError(f"model name {name!r} is given twice")
         model = ServedModel(name, detector, None if directory is None else str(directory))
         self._models[name] = model
         return model
@@ -78,7 +79,7 @@ class ModelRegistry:
         """Load a model saved by `anomalens fit` / `Detector.save` from `name=DIR` or `DIR`."""
         name, directory = parse_model_spec(spec)
         if not (Path(directory) / MODEL_CONFIG).exists():
-            raise FileNotFoundError(f"{directory} is not a saved anomalens model (no {MODEL_CONFIG})")
+            raise UsageError(f"{directory} is not a saved anomalens model (no {MODEL_CONFIG})")
         return self.add(name, load_detector(directory), directory)
 
     def get(self, name: str) -> ServedModel:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..errors import UsageError
 from .registry import ModelRegistry
 from .settings import ServeSettings
 
@@ -9,7 +10,7 @@ from .settings import ServeSettings
 def load_models(specs: list[str]) -> ModelRegistry:
     """A registry holding every `name=DIR` / `DIR` model, loaded now (errors name the model)."""
     if not specs:
-        raise ValueError("give at least one model: --model DIR or --model name=DIR")
+        raise UsageError("give at least one model: --model DIR or --model name=DIR")
     registry = ModelRegistry()
     for spec in specs:
         registry.load(spec)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ..errors import UsageError
+
 
 @dataclass
 class ServeSettings:
@@ -23,11 +25,11 @@ class ServeSettings:
     def __post_init__(self) -> None:
         for name in ("workers", "max_batch", "max_upload_bytes", "max_pixels", "max_batch_files"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_queue < 0:
-            raise ValueError(f"max_queue must be at least 0, got {self.max_queue}")
+            raise UsageError(f"max_queue must be at least 0, got {self.max_queue}")
         if not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be within 0..65535, got {self.port}")
+            raise UsageError(f"port must be within 0..65535, got {self.port}")
 
     def api_key(self) -> str | None:
         """The key requests must carry, read from the environment; None when no key is required."""
@@ -35,5 +37,5 @@ class ServeSettings:
             return None
         key = os.environ.get(self.api_key_env, "")
         if not key:
-            raise ValueError(f"--api-key-env {self.api_key_env}: that environment variable is empty or unset")
+            raise UsageError(f"--api-key-env {self.api_key_env}: that environment variable is empty or unset")
         return key
