@@ -104,8 +104,11 @@ def run_level(base: str, queries: list[bytes], clients: int, total: int) -> dict
                     return
                 start = time.perf_counter()
                 try:
-                    r = c.post(f"{base}/v1/models/bench/predict", content=queries[i % len(queries)],
-                               headers={"content-type": "application/octet-stream", "x-filename": f"q{i}"})
+                    r = c.post(
+                        f"{base}/v1/models/bench/predict",
+                        content=queries[i % len(queries)],
+                        headers={"content-type": "application/octet-stream", "x-filename": f"q{i}"},
+                    )
                     status = r.status_code
                     batch = r.json()["timing"]["batch_images"] if status == 200 else 0
                 except httpx.HTTPError:
@@ -171,9 +174,28 @@ def main() -> None:
 
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        cmd = [sys.executable, "-m", "anomalens", "--threads", str(args.threads), "serve", "--model",
-               f"bench={model_dir}", "--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers),
-               "--max-queue", str(args.max_queue), "--max-batch", str(args.max_batch), "--log-level", "warning"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "anomalens",
+            "--threads",
+            str(args.threads),
+            "serve",
+            "--model",
+            f"bench={model_dir}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(args.workers),
+            "--max-queue",
+            str(args.max_queue),
+            "--max-batch",
+            str(args.max_batch),
+            "--log-level",
+            "warning",
+        ]
         server = subprocess.Popen(cmd, stderr=subprocess.DEVNULL, env={**os.environ})
         try:
             import httpx
@@ -200,14 +222,18 @@ def main() -> None:
             server.terminate()
             server.wait(60)
 
-    print(f"patchknn (efficientnet-lite0, 256 px) on {source}; torch threads {args.threads}, "
-          f"--workers {args.workers} --max-queue {args.max_queue} --max-batch {args.max_batch}, "
-          f"{os.cpu_count()} CPUs\n")
+    print(
+        f"patchknn (efficientnet-lite0, 256 px) on {source}; torch threads {args.threads}, "
+        f"--workers {args.workers} --max-queue {args.max_queue} --max-batch {args.max_batch}, "
+        f"{os.cpu_count()} CPUs\n"
+    )
     print("| clients | requests | errors | images/s | p50 ms | p95 ms | p99 ms | mean batch | server peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['clients']} | {r['requests']} | {r['errors']} | {r['rate']:.1f} | {r['p50']:.0f} | "
-              f"{r['p95']:.0f} | {r['p99']:.0f} | {r['batch']:.1f} | {r['rss']:.0f} |")
+        print(
+            f"| {r['clients']} | {r['requests']} | {r['errors']} | {r['rate']:.1f} | {r['p50']:.0f} | "
+            f"{r['p95']:.0f} | {r['p99']:.0f} | {r['batch']:.1f} | {r['rss']:.0f} |"
+        )
     print(f"\n`detect` model-only rate (same model, batches of 8, decoding excluded): {model_rate:.1f} images/s")
     for r in rows:
         if r["clients"] == 4:

@@ -12,11 +12,11 @@ from PIL import Image
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
-from fastapi.testclient import TestClient  # noqa: E402
-from serve_helpers import encode, texture, tiny_detector  # noqa: E402
+from fastapi.testclient import TestClient
+from serve_helpers import encode, texture, tiny_detector
 
-from anomalens.images import load_image  # noqa: E402
-from anomalens.serve import ModelRegistry, ServeSettings, create_app  # noqa: E402
+from anomalens.images import load_image
+from anomalens.serve import ModelRegistry, ServeSettings, create_app
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -53,8 +53,13 @@ def test_models_list_and_info(client, detector):
 def test_health(client):
     health = client.get("/health").json()
     assert health == {
-        "status": "ok", "models": ["tiny"], "workers": 1, "busy_workers": 0,
-        "queue_depth": 0, "admitted": 0, "capacity": 17,
+        "status": "ok",
+        "models": ["tiny"],
+        "workers": 1,
+        "busy_workers": 0,
+        "queue_depth": 0,
+        "admitted": 0,
+        "capacity": 17,
     }
 
 
@@ -107,8 +112,13 @@ def test_map_float32_and_png_and_overlay(client, detector, tmp_path):
 
 @pytest.mark.parametrize(
     ("fmt", "kwargs", "mode"),
-    [("JPEG", {"quality": 95}, "RGB"), ("BMP", {}, "RGB"), ("TIFF", {}, "RGB"), ("PNG", {}, "I;16"),
-     ("TIFF", {}, "I;16")],
+    [
+        ("JPEG", {"quality": 95}, "RGB"),
+        ("BMP", {}, "RGB"),
+        ("TIFF", {}, "RGB"),
+        ("PNG", {}, "I;16"),
+        ("TIFF", {}, "I;16"),
+    ],
 )
 def test_formats_and_16_bit(client, fmt, kwargs, mode, tmp_path):
     rgb = texture(11)
@@ -166,15 +176,22 @@ def test_api_key(detector, monkeypatch):
     registry = ModelRegistry()
     registry.add("tiny", detector)
     with TestClient(create_app(registry, ServeSettings(api_key_env="TEST_SERVE_KEY"))) as c:
-        for method, url in [("get", "/v1/models"), ("get", "/v1/models/tiny"), ("get", "/metrics"),
-                            ("post", "/v1/models/tiny/predict"), ("post", "/v1/models/tiny/predict/batch")]:
+        for method, url in [
+            ("get", "/v1/models"),
+            ("get", "/v1/models/tiny"),
+            ("get", "/metrics"),
+            ("post", "/v1/models/tiny/predict"),
+            ("post", "/v1/models/tiny/predict/batch"),
+        ]:
             r = getattr(c, method)(url)
             assert r.status_code == 401, url
             assert r.json()["error"]["kind"] == "unauthorized" and r.headers["www-authenticate"] == "Bearer"
         assert c.get("/v1/models", headers={"X-API-Key": "wrong"}).status_code == 401
         assert c.get("/v1/models", headers={"X-API-Key": "s3cret"}).status_code == 200
         assert c.get("/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
-        r = c.post("/v1/models/tiny/predict", content=_png(), headers={"X-API-Key": "s3cret", "content-type": "image/png"})
+        r = c.post(
+            "/v1/models/tiny/predict", content=_png(), headers={"X-API-Key": "s3cret", "content-type": "image/png"}
+        )
         assert r.status_code == 200
         # The page and the probe carry no data: open without the key.
         assert c.get("/health").status_code == 200 and c.get("/").status_code == 200
@@ -207,7 +224,9 @@ def test_metrics_prometheus_text(detector):
     assert 'anomalens_errors_total{kind="unknown_model"} 1' in text
     images = [ln for ln in lines if ln.startswith("anomalens_images_total")]
     assert sum(float(ln.rsplit(" ", 1)[1]) for ln in images) == 3
-    buckets = [float(ln.rsplit(" ", 1)[1]) for ln in lines if ln.startswith(f"anomalens_request_seconds_bucket{{{route}")]
+    buckets = [
+        float(ln.rsplit(" ", 1)[1]) for ln in lines if ln.startswith(f"anomalens_request_seconds_bucket{{{route}")
+    ]
     assert buckets == sorted(buckets) and buckets[-1] == 4  # cumulative; +Inf holds every request
     assert f"anomalens_request_seconds_count{{{route}}} 4" in text
     assert "anomalens_queue_depth 0" in text and "anomalens_workers 1" in text
@@ -217,8 +236,12 @@ def test_openapi_schema_describes_every_route(client):
     schema = client.get("/openapi.json").json()
     paths = schema["paths"]
     assert set(paths) == {
-        "/health", "/metrics", "/v1/models", "/v1/models/{name}",
-        "/v1/models/{name}/predict", "/v1/models/{name}/predict/batch",
+        "/health",
+        "/metrics",
+        "/v1/models",
+        "/v1/models/{name}",
+        "/v1/models/{name}/predict",
+        "/v1/models/{name}/predict/batch",
     }
     predict = paths["/v1/models/{name}/predict"]["post"]
     content = predict["requestBody"]["content"]

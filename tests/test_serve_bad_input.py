@@ -11,10 +11,10 @@ import pytest
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
-from fastapi.testclient import TestClient  # noqa: E402
-from serve_helpers import encode, texture, tiny_detector  # noqa: E402
+from fastapi.testclient import TestClient
+from serve_helpers import encode, texture, tiny_detector
 
-from anomalens.serve import ModelRegistry, ServeSettings, create_app  # noqa: E402
+from anomalens.serve import ModelRegistry, ServeSettings, create_app
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -92,7 +92,9 @@ def test_decompression_bomb_refused_from_the_header(client, side):
 
 
 def test_not_an_image(client):
-    msg = _check(_raw(client, b"%PDF-1.4 not really an image" * 10, x_filename="doc.png"), 415, "not_an_image", "doc.png")
+    msg = _check(
+        _raw(client, b"%PDF-1.4 not really an image" * 10, x_filename="doc.png"), 415, "not_an_image", "doc.png"
+    )
     assert "PNG, JPEG, BMP or TIFF" in msg
 
 
@@ -120,7 +122,9 @@ def test_empty_upload(client):
     _check(client.post("/v1/models/tiny/predict", files={"file": ("e.png", b"", "image/png")}), 400, "empty_file")
 
 
-@pytest.mark.parametrize("ctype", ["text/plain", "application/json", "image/svg+xml", "application/x-www-form-urlencoded"])
+@pytest.mark.parametrize(
+    "ctype", ["text/plain", "application/json", "image/svg+xml", "application/x-www-form-urlencoded"]
+)
 def test_wrong_content_type(client, ctype):
     msg = _check(_raw(client, GOOD, ctype), 415, "unsupported_content_type")
     assert ctype in msg
@@ -158,8 +162,11 @@ def test_unknown_model(client):
 
 
 def test_invalid_parameters_and_routes(client):
-    _check(client.post("/v1/models/tiny/predict?map=jpeg", content=GOOD, headers={"content-type": "image/png"}),
-           422, "invalid_parameter")
+    _check(
+        client.post("/v1/models/tiny/predict?map=jpeg", content=GOOD, headers={"content-type": "image/png"}),
+        422,
+        "invalid_parameter",
+    )
     _check(client.get("/v2/nothing"), 404, "not_found")
     _check(client.get("/v1/models/tiny/predict"), 405, "method_not_allowed")
     _check(_raw(client, GOOD, **{"content-length": "many"}), 400, "bad_request")

@@ -9,15 +9,23 @@ import pytest
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
-from serve_helpers import encode, server_in_thread, texture, tiny_detector  # noqa: E402
-from test_report import CHROMIUM, _browser_or_skip  # noqa: E402
+from serve_helpers import encode, server_in_thread, texture, tiny_detector
+from test_report import CHROMIUM, _browser_or_skip
 
-from anomalens.serve import ModelRegistry, ServeSettings, create_app  # noqa: E402
+from anomalens.serve import ModelRegistry, ServeSettings, create_app
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.mark.browser
@@ -68,7 +76,9 @@ def test_page_scores_uploaded_images(tmp_path, monkeypatch):
             page.set_input_files("#files", str(tmp_path / "notes.png"))
             page.wait_for_selector(".card.failed")
             assert "not_an_image" in page.text_content(".card.failed .verdict")
-            assert page.text_content("#counts") == f"(3: {expected.count('OK')} OK, {expected.count('NG')} NG, 1 failed)"
+            assert (
+                page.text_content("#counts") == f"(3: {expected.count('OK')} OK, {expected.count('NG')} NG, 1 failed)"
+            )
 
             shot = tmp_path / "serve.png"
             page.screenshot(path=str(shot), full_page=True)

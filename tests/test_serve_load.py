@@ -121,7 +121,9 @@ def test_sixteen_clients_without_errors(detector):
     for _, i, score, batch in done:
         assert score == pytest.approx(alone[i], rel=1e-4, abs=1e-6)
         assert 1 <= batch <= 8
-    assert sum(float(ln.rsplit(" ", 1)[1]) for ln in metrics.splitlines() if ln.startswith("anomalens_images_total")) == 64
+    assert (
+        sum(float(ln.rsplit(" ", 1)[1]) for ln in metrics.splitlines() if ln.startswith("anomalens_images_total")) == 64
+    )
     assert "anomalens_errors_total" not in metrics
     assert health["admitted"] == 0 and health["queue_depth"] == 0
 

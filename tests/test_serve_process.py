@@ -34,13 +34,13 @@ def load_slow(specs):
     for name in registry.names():
         method = registry.get(name).detector.method
         predict = method.predict
-        method.predict = lambda images, p=predict: (time.sleep(%r), p(images))[1]
+        method.predict = lambda images, p=predict: (time.sleep(DELAY), p(images))[1]
     return registry
 
 server.load_models = load_slow
 from anomalens.cli import app
 app(sys.argv[1:])
-""" % MODEL_SECONDS
+""".replace("DELAY", repr(MODEL_SECONDS))
 
 
 def test_cli_serve_real_server_and_graceful_sigterm(tmp_path):
@@ -49,8 +49,20 @@ def test_cli_serve_real_server_and_graceful_sigterm(tmp_path):
     image = texture(9, defect=True)
     expected = det.predict([LoadedImage("part.png", image)])[0]
     port = free_port()
-    cmd = [sys.executable, "-c", LAUNCHER, "--threads", "1", "serve", "--model", f"tiny={tmp_path / 'model'}",
-           "--port", str(port), "--log-level", "warning"]
+    cmd = [
+        sys.executable,
+        "-c",
+        LAUNCHER,
+        "--threads",
+        "1",
+        "serve",
+        "--model",
+        f"tiny={tmp_path / 'model'}",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -79,8 +91,10 @@ def test_cli_serve_real_server_and_graceful_sigterm(tmp_path):
 
         def in_flight() -> None:
             answer["r"] = httpx.post(
-                f"{base}/v1/models/tiny/predict?overlay=true", content=data,
-                headers={"content-type": "image/png"}, timeout=60,
+                f"{base}/v1/models/tiny/predict?overlay=true",
+                content=data,
+                headers={"content-type": "image/png"},
+                timeout=60,
             )
 
         thread = threading.Thread(target=in_flight)
@@ -100,7 +114,7 @@ def test_cli_serve_real_server_and_graceful_sigterm(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-        out, err = proc.communicate()
+        _, err = proc.communicate()
     assert "serving on http://127.0.0.1" in err and "Traceback" not in err, err
 
 

@@ -8,6 +8,7 @@ import logging
 import time
 from contextlib import asynccontextmanager
 from importlib import resources
+from typing import Annotated
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -70,8 +71,10 @@ _IMAGE_BODY = {
                     "required": ["file"],
                 }
             },
-            **{t: {"schema": {"type": "string", "format": "binary"}} for t in ("image/png", "image/jpeg", "image/bmp",
-                                                                               "image/tiff", "application/octet-stream")},
+            **{
+                t: {"schema": {"type": "string", "format": "binary"}}
+                for t in ("image/png", "image/jpeg", "image/bmp", "image/tiff", "application/octet-stream")
+            },
         },
     }
 }
@@ -90,6 +93,10 @@ _BATCH_BODY = {
         },
     }
 }
+
+
+MapQuery = Annotated[MapFormat, Query(description="include the anomaly map: png (8-bit) or float32")]
+OverlayQuery = Annotated[bool, Query(description="include the heat-map overlay as a PNG")]
 
 
 def _error_response(err: ServeError) -> JSONResponse:
@@ -178,7 +185,8 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
     bearer = HTTPBearer(auto_error=False, description="the key from --api-key-env, as a bearer token")
 
     async def require_key(
-        key: str | None = Depends(header_key), token: HTTPAuthorizationCredentials | None = Depends(bearer)
+        key: Annotated[str | None, Depends(header_key)] = None,
+        token: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)] = None,
     ) -> None:
         given = key or (token.credentials if token else None)
         if not given or not hmac.compare_digest(given.encode(), api_key.encode()):
@@ -267,8 +275,8 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
     async def predict(
         request: Request,
         name: str,
-        map: MapFormat = Query(MapFormat.none, description="include the anomaly map: png (8-bit) or float32"),
-        overlay: bool = Query(False, description="include the heat-map overlay as PNG"),
+        map: MapQuery = MapFormat.none,
+        overlay: OverlayQuery = False,
     ):
         items = await _score(request, name, False, map, overlay)
         if items[0].status != "ok":
@@ -286,8 +294,8 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
     async def predict_batch(
         request: Request,
         name: str,
-        map: MapFormat = Query(MapFormat.none, description="include the anomaly maps: png (8-bit) or float32"),
-        overlay: bool = Query(False, description="include the heat-map overlays as PNG"),
+        map: MapQuery = MapFormat.none,
+        overlay: OverlayQuery = False,
     ):
         items = await _score(request, name, True, map, overlay)
         return BatchResponse(model=name, results=[BatchItem(**i.model_dump(exclude={"status_code"})) for i in items])

@@ -56,9 +56,7 @@ class Metrics:
             series = self._counters[name]
             series[key] = series.get(key, 0.0) + value
 
-    def observe(
-        self, name: str, value: float, labels: dict[str, str] | None = None, buckets=LATENCY_BUCKETS
-    ) -> None:
+    def observe(self, name: str, value: float, labels: dict[str, str] | None = None, buckets=LATENCY_BUCKETS) -> None:
         key = _labels(labels)
         with self._lock:
             self._buckets.setdefault(name, tuple(buckets))
