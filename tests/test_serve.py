@@ -193,6 +193,12 @@ def test_api_key(detector, monkeypatch):
             "/v1/models/tiny/predict", content=_png(), headers={"X-API-Key": "s3cret", "content-type": "image/png"}
         )
         assert r.status_code == 200
+        schema = c.get("/openapi.json").json()
+        assert {"APIKeyHeader", "HTTPBearer"} <= set(schema["components"]["securitySchemes"])
+        assert all(
+            p["in"] != "query" or p["name"] in ("map", "overlay")
+            for p in schema["paths"]["/v1/models/{name}/predict"]["post"]["parameters"]
+        )
         # The page and the probe carry no data: open without the key.
         assert c.get("/health").status_code == 200 and c.get("/").status_code == 200
     monkeypatch.delenv("TEST_SERVE_KEY")

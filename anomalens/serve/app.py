@@ -95,6 +95,9 @@ _BATCH_BODY = {
 }
 
 
+# Module level: the annotations below are strings (PEP 563) that FastAPI resolves in this module.
+HEADER_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, description="the key from --api-key-env")
+BEARER = HTTPBearer(auto_error=False, description="the key from --api-key-env, as a bearer token")
 MapQuery = Annotated[MapFormat, Query(description="include the anomaly map: png (8-bit) or float32")]
 OverlayQuery = Annotated[bool, Query(description="include the heat-map overlay as a PNG")]
 
@@ -181,12 +184,9 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
         return response
 
     # ---- API key ----
-    header_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="the key from --api-key-env")
-    bearer = HTTPBearer(auto_error=False, description="the key from --api-key-env, as a bearer token")
-
     async def require_key(
-        key: Annotated[str | None, Depends(header_key)] = None,
-        token: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)] = None,
+        key: Annotated[str | None, Depends(HEADER_KEY)] = None,
+        token: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)] = None,
     ) -> None:
         given = key or (token.credentials if token else None)
         if not given or not hmac.compare_digest(given.encode(), api_key.encode()):
