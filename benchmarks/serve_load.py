@@ -74,19 +74,22 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def model_only_rate(model_dir: Path, queries: list[bytes]) -> float:
-    """Images per second of the model alone, as `detect` runs it (batches of 8, images decoded before)."""
-    from anomalens.detector import load_detector
-    from anomalens.images import load_image_bytes
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    det = load_detector(model_dir)
-    images = [load_image_bytes(q, f"q{i}") for i, q in enumerate(queries)]
-    det.predict(images[:8])  # warm-up
+
+def model_only(det, images) -> tuple[float, float]:
+    """(images per second, CPU ms per image) of the model alone, as `detect` runs it: batches of
+    8, images decoded beforehand. CPU time does not depend on what else the machine runs."""
+    cpu = time.process_time()
     results = det.predict(images, batch_size=8)
-    return len(results) / sum(r.seconds for r in results)
+    cpu = time.process_time() - cpu
+    return len(results) / sum(r.seconds for r in results), 1e3 * cpu / len(results)
 
 
-def run_level(base: str, queries: list[bytes], clients: int, total: int) -> dict:
+def run_level(base: str, queries: list[bytes], clients: int, total: int, pid: int | None = None) -> dict:
     import httpx
 
     latencies: list[float] = []
@@ -119,12 +122,14 @@ def run_level(base: str, queries: list[bytes], clients: int, total: int) -> dict
                     batches.append(batch)
 
     threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    cpu = cpu_seconds(pid) if pid else 0.0
     start = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
+    cpu = cpu_seconds(pid) - cpu if pid else float("nan")
     ok = [lat for lat, s in zip(latencies, statuses) if s == 200]
     p50, p95, p99 = (np.percentile(ok, q) * 1e3 if ok else float("nan") for q in (50, 95, 99))
     return {
@@ -132,6 +137,7 @@ def run_level(base: str, queries: list[bytes], clients: int, total: int) -> dict
         "requests": total,
         "errors": sum(s != 200 for s in statuses),
         "rate": len(ok) / wall,
+        "cpu_ms": 1e3 * cpu / max(1, len(ok)),
         "p50": p50,
         "p95": p95,
         "p99": p99,
@@ -170,7 +176,9 @@ def main() -> None:
         model_dir = Path(tmp) / "model"
         det = Detector("patchknn").fit([load_image_bytes(r, f"ref{i}") for i, r in enumerate(refs)]).calibrate()
         det.save(model_dir)
-        model_rate = model_only_rate(model_dir, queries)
+        images = [load_image_bytes(q, f"q{i}") for i, q in enumerate(queries)]
+        det.predict(images[:8])  # warm-up
+        before = model_only(det, images)
 
         port = free_port()
         base = f"http://127.0.0.1:{port}"
@@ -215,29 +223,40 @@ def main() -> None:
             run_level(base, queries, 1, 8)  # warm-up
             rows = []
             for c in (int(x) for x in args.clients.split(",")):
-                row = run_level(base, queries, c, args.requests)
+                row = run_level(base, queries, c, args.requests, server.pid)
                 row["rss"] = peak_rss_mb(server.pid)
                 rows.append(row)
         finally:
             server.terminate()
             server.wait(60)
+        after = model_only(det, images)  # again: the machine's load may have changed meanwhile
 
     print(
         f"patchknn (efficientnet-lite0, 256 px) on {source}; torch threads {args.threads}, "
         f"--workers {args.workers} --max-queue {args.max_queue} --max-batch {args.max_batch}, "
         f"{os.cpu_count()} CPUs\n"
     )
-    print("| clients | requests | errors | images/s | p50 ms | p95 ms | p99 ms | mean batch | server peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| clients | requests | errors | images/s | p50 ms | p95 ms | p99 ms | mean batch | "
+        "server CPU ms / image | server peak RSS MB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['clients']} | {r['requests']} | {r['errors']} | {r['rate']:.1f} | {r['p50']:.0f} | "
-            f"{r['p95']:.0f} | {r['p99']:.0f} | {r['batch']:.1f} | {r['rss']:.0f} |"
+            f"{r['p95']:.0f} | {r['p99']:.0f} | {r['batch']:.1f} | {r['cpu_ms']:.0f} | {r['rss']:.0f} |"
         )
-    print(f"\n`detect` model-only rate (same model, batches of 8, decoding excluded): {model_rate:.1f} images/s")
+    print(
+        "\n`detect` model-only (same model, batches of 8, decoding excluded), before / after the load: "
+        f"{before[0]:.1f} / {after[0]:.1f} images/s, {before[1]:.0f} / {after[1]:.0f} CPU ms per image"
+    )
+    model_rate, model_cpu = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
     for r in rows:
         if r["clients"] == 4:
-            print(f"serve at 4 clients / model-only: {100 * r['rate'] / model_rate:.0f} %")
+            print(
+                f"serve at 4 clients / model-only: {100 * r['rate'] / model_rate:.0f} % of the rate, "
+                f"{100 * model_cpu / r['cpu_ms']:.0f} % of the CPU efficiency"
+            )
 
 
 if __name__ == "__main__":
