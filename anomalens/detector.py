@@ -218,9 +218,6 @@ class Detector:
             return
         yield from done
 
-    def predict_loaded(self, images: list[LoadedImage]) -> list[AnomalyResult]:
-        return list(self._run(images))
-
     def _run(self, batch: list[LoadedImage], with_images: bool = False) -> Iterator:
         if not batch:
             return
@@ -245,8 +242,14 @@ class Detector:
 
     # ---- persistence ---------------------------------------------------------------------
     def save(self, directory: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Write settings, threshold and learned tensors (safetensors + JSON)."""
-        from safetensors.torch import save_file
+        """Write settings, threshold and learned tensors (safetensors + JSON).
+
+        Each file is written atomically (temporary file, then rename), the tensors first: an
+        interrupted save leaves the previous model whole, or no detector.json at all.
+        """
+        from safetensors.torch import save
+
+        from .outputs import atomic_write
 
         directory = Path(directory)
         config_path = directory / MODEL_CONFIG
@@ -256,7 +259,8 @@ class Detector:
             )
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.method.state_dict().items()}
-        save_file(state, str(directory / MODEL_WEIGHTS))
+        weights = save(state)
+        atomic_write(directory / MODEL_WEIGHTS, lambda f: f.write(weights))
         config = {
             "anomalens_version": __version__,
             "method": self.method_name,
@@ -266,7 +270,8 @@ class Detector:
             "references": self.reference_paths,
             "num_references": len(self.reference_paths),
         }
-        config_path.write_text(json.dumps(config, indent=2))
+        text = json.dumps(config, indent=2).encode("utf-8")
+        atomic_write(config_path, lambda f: f.write(text))
         return directory
 
 

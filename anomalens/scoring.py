@@ -35,11 +35,6 @@ def knn_anomaly(
     return out.clamp_(0.0, 1.0)
 
 
-def self_knn_anomaly(patches: torch.Tensor, k: int = ZERO_SHOT_K) -> torch.Tensor:
-    """Zero-shot: each patch against the image's own patches (itself included), k-th neighbour."""
-    return knn_anomaly(patches, patches, k=k)
-
-
 class MemoryBank:
     """Reference patches as one (M, C) matrix per feature scale."""
 
@@ -49,9 +44,6 @@ class MemoryBank:
     def add(self, key: str, patches: torch.Tensor) -> None:
         patches = F.normalize(patches.reshape(-1, patches.shape[-1]).float(), dim=-1)
         self.banks[key] = torch.cat([self.banks[key], patches]) if key in self.banks else patches
-
-    def score(self, key: str, query: torch.Tensor, k: int = FEW_SHOT_K) -> torch.Tensor:
-        return knn_anomaly(query.reshape(-1, query.shape[-1]), self.banks[key], k=k)
 
     def __contains__(self, key: str) -> bool:
         return key in self.banks
