@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from anomalib.models.image.winclip import prompting, torch_model
 from anomalib.models.image.winclip.torch_model import WinClipModel
 
-from anomalens.images import LoadedImage, to_model_input
+from anomalens.geometry import to_model_input
+from anomalens.images import LoadedImage
 from anomalens.methods.winclip import WinClip, WinClipFeatures, WinClipSettings
 from anomalens.text.features import TextFeatureCache
 from anomalens.text.prompts import TEMPLATES as PAPER_TEMPLATES

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from anomalens import Detector, load_detector
-from anomalens.images import LoadedImage, to_model_input
+from anomalens.geometry import to_model_input
+from anomalens.images import LoadedImage
 from anomalens.methods.fade import Fade, FadeSettings, class_embedding, two_class_probability
 from anomalens.scoring import knn_anomaly
 from anomalens.text.features import TextFeatureCache

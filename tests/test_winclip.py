@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from anomalens.images import LoadedImage, to_model_input
+from anomalens.geometry import to_model_input
+from anomalens.images import LoadedImage
 from anomalens.methods import create_method
 from anomalens.methods import winclip as winclip_module
 from anomalens.methods.winclip import (

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from ..backbones.clip import ClipBackbone, create_method_clip
-from ..images import RESIZE_POLICIES, LoadedImage, input_box, map_to_image, to_model_input
+from ..geometry import RESIZE_POLICIES, input_box, map_to_image, to_model_input
+from ..images import LoadedImage
 from ..scoring import FEW_SHOT_K, ZERO_SHOT_K, MemoryBank, knn_anomaly
 from ..settings import MethodSettings, setting
 from ..text.features import DEFAULT_CACHE, TextFeatureCache

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from ..backbones import create_patch_backbone
-from ..images import RESIZE_POLICIES, LoadedImage, map_to_image, to_model_input
+from ..geometry import RESIZE_POLICIES, map_to_image, to_model_input
+from ..images import LoadedImage
 from ..scoring import FEW_SHOT_K, ZERO_SHOT_K, MemoryBank, knn_anomaly
 from ..settings import MethodSettings, setting
 from .base import Method, MethodOutput, register_method

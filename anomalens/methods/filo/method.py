@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from ...backbones.clip import is_tiny
-from ...images import RESIZE_POLICIES, LoadedImage, map_to_image, to_model_input
+from ...geometry import RESIZE_POLICIES, map_to_image, to_model_input
+from ...images import LoadedImage
 from ...settings import MethodSettings, setting
 from ...text.prompts import POSITIONS, load_defect_vocabulary
 from ..base import Method, MethodOutput, register_method
