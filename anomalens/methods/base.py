@@ -39,6 +39,7 @@ class Method(ABC):
 
     name: ClassVar[str]
     Settings: ClassVar[type]
+    uses_text: ClassVar[bool] = False  # whether the method returns defect descriptions
 
     def __init__(self, settings: Any):
         self.settings = settings
@@ -49,12 +50,9 @@ class Method(ABC):
     def from_kwargs(cls, **kwargs: Any) -> Method:
         return cls(build_settings(cls.Settings, kwargs))
 
-    @property
-    def uses_text(self) -> bool:
-        return False
-
     def describe_backbone(self) -> str:
-        return ""
+        """The backbone's name for results and reports (every method has `self.backbone`)."""
+        return self.backbone.name
 
     def set_category(self, name: str) -> None:
         """Name the object class the prompts describe (updates `settings.category`, so a saved

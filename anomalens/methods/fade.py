@@ -105,6 +105,7 @@ class _TextFeatures:
 @register_method
 class Fade(Method):
     name = "fade"
+    uses_text = True
     Settings = FadeSettings
 
     def __init__(
@@ -120,13 +121,6 @@ class Fade(Method):
         self.bank_ = MemoryBank()
         self._text: _TextFeatures | None = None
         self._gem_from = max(1, self.backbone.num_layers - settings.gem_blocks + 1)
-
-    @property
-    def uses_text(self) -> bool:
-        return True
-
-    def describe_backbone(self) -> str:
-        return self.backbone.name
 
     def set_category(self, name: str) -> None:
         if name != self.settings.category:

@@ -72,9 +72,6 @@ class PatchKnn(Method):
         )
         self.bank_ = MemoryBank()
 
-    def describe_backbone(self) -> str:
-        return self.backbone.name
-
     def _features(self, images: list[LoadedImage]) -> tuple[torch.Tensor, list[tuple[int, int, int, int]]]:
         s = self.settings
         inputs, boxes = [], []

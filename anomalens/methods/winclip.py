@@ -126,6 +126,7 @@ class WinClipFeatures:
 @register_method
 class WinClip(Method):
     name = "winclip"
+    uses_text = True
     Settings = WinClipSettings
 
     def __init__(
@@ -150,13 +151,6 @@ class WinClip(Method):
         self.text_cache = text_cache or DEFAULT_CACHE
         self.bank_ = MemoryBank()
         self.set_category(s.category)
-
-    @property
-    def uses_text(self) -> bool:
-        return True
-
-    def describe_backbone(self) -> str:
-        return self.backbone.name
 
     # ---- text --------------------------------------------------------------------------------
     def set_category(self, name: str) -> None:

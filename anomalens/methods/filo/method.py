@@ -80,6 +80,7 @@ class FiloSettings(MethodSettings):
 @register_method
 class Filo(Method):
     name = "filo"
+    uses_text = True
     Settings = FiloSettings
 
     def __init__(self, settings: FiloSettings):
@@ -114,10 +115,6 @@ class Filo(Method):
             if settings.grounding
             else None
         )
-
-    @property
-    def uses_text(self) -> bool:
-        return True
 
     def describe_backbone(self) -> str:
         return f"{self.backbone.name}@{self.image_size}"
