@@ -17,8 +17,10 @@ from anomalens.text.prompts import (
     load_defect_vocabulary,
     load_ensemble,
     position_word,
+    released_class_name,
     state_phrase,
     winclip_prompts,
+    wrap_prompts,
 )
 
 __all__ = [
@@ -38,6 +40,8 @@ __all__ = [
     "load_defect_vocabulary",
     "load_ensemble",
     "position_word",
+    "released_class_name",
     "state_phrase",
     "winclip_prompts",
+    "wrap_prompts",
 ]
