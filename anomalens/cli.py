@@ -150,6 +150,19 @@ def _parse_sets(items: list[str] | None) -> dict[str, Any]:
     return settings
 
 
+DEVICE_HELP = "Where the models run: cpu | cuda | cuda:N | auto (a GPU when torch sees one)."
+
+
+def _prompt_files(paths) -> str | tuple[str, ...] | None:
+    """--prompts given once: the file; several times: all of them, in order (duplicates kept)."""
+    if not paths:
+        return None
+    if isinstance(paths, (str, Path)):
+        return str(paths)
+    files = tuple(str(p) for p in paths)
+    return files[0] if len(files) == 1 else files
+
+
 def _parse_threshold(value: Any) -> str | float | None:
     """None (not given), "auto", "none" (no threshold) or a number."""
     if value is None:
@@ -192,7 +205,7 @@ def _build_detector(p: dict[str, Any], explicit: set[str]):
                     "--refs cannot be combined with --model: the model already holds its reference "
                     "images; fit a new model (`anomalens fit`) to change them"
                 )
-            det = load_detector(p["model"])
+            det = load_detector(p["model"], device=p.get("device", "auto"))
             ignored = [n.rstrip("_") for n in _METHOD_OPTIONS if n in explicit and p.get(n)]
             if "method" in explicit and p.get("method") != det.method_name:
                 ignored.insert(0, "method")
@@ -208,13 +221,13 @@ def _build_detector(p: dict[str, Any], explicit: set[str]):
             p["method"],
             {k: p.get(k) for k in ("weights", "backbone", "category", "image_size", "resize")}
             | {
-                "prompts": str(p["prompts"]) if p.get("prompts") else None,
+                "prompts": _prompt_files(p.get("prompts")),
                 "checkpoint": str(p["checkpoint"]) if p.get("checkpoint") else None,
                 "grounding": str(p["grounding"]) if p.get("grounding") else None,
             }
             | _parse_sets(list(p.get("set_") or [])),
         )
-        det = Detector(method=p["method"], **settings)
+        det = Detector(method=p["method"], device=p.get("device", "auto"), **settings)
         if p.get("refs") is None:
             det.fit([])
             return det, "zero-shot (no reference images)"
@@ -343,11 +356,14 @@ def detect(
     weights: str | None = typer.Option(None, "--weights", help="CLIP weights: a local file or an open_clip tag."),
     backbone: str | None = typer.Option(None, "--backbone", help="Backbone name (e.g. ViT-B-16-plus-240, test-tiny)."),
     category: str | None = typer.Option(None, "--category", help="Object name used in the prompts."),
-    prompts: Path | None = typer.Option(None, "--prompts", help="Your prompt ensemble JSON (fade)."),
+    prompts: list[Path] = typer.Option(
+        None, "--prompts", help="Prompt ensemble JSON (fade): ours or the FADE authors' files; repeat for several."
+    ),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Trained FiLo checkpoint directory."),
     grounding: Path | None = typer.Option(None, "--grounding", help="Grounding DINO weight folder (filo)."),
     image_size: int | None = typer.Option(None, "--image-size", help="Model input side in pixels."),
     resize: str | None = typer.Option(None, "--resize", help="squash | pad (keep aspect ratio)."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     map_format: str = typer.Option("npy", "--map-format", help="Raw map files: npy | tiff (32-bit float)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     jobs: int = typer.Option(
@@ -538,11 +554,12 @@ def fit(
     weights: str | None = typer.Option(None, "--weights"),
     backbone: str | None = typer.Option(None, "--backbone"),
     category: str | None = typer.Option(None, "--category"),
-    prompts: Path | None = typer.Option(None, "--prompts"),
+    prompts: list[Path] = typer.Option(None, "--prompts", help="Prompt ensemble JSON (fade); repeatable."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint"),
     grounding: Path | None = typer.Option(None, "--grounding", help="Grounding DINO weight folder (filo)."),
     image_size: int | None = typer.Option(None, "--image-size"),
     resize: str | None = typer.Option(None, "--resize"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     overwrite: bool = typer.Option(False, "--overwrite"),
     set_: list[str] = typer.Option(None, "--set", help="Any method setting: --set key=value (repeatable)."),
     config: Path | None = typer.Option(None, "--config", help="YAML file with any of these options."),
@@ -666,6 +683,11 @@ def benchmark(
     grounding: Path | None = typer.Option(None, "--grounding", help="Grounding DINO weight folder (filo)."),
     image_size: int | None = typer.Option(None, "--image-size"),
     resize: str | None = typer.Option(None, "--resize"),
+    prompts: list[Path] = typer.Option(None, "--prompts", help="Prompt ensemble JSON (fade); repeatable."),
+    quantize_maps: bool = typer.Option(
+        False, "--quantize-maps", help="Maps in 1/255 steps before the metrics, as FADE's released evaluation (fade)."
+    ),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     set_: list[str] = typer.Option(None, "--set", help="Any method setting: --set key=value (repeatable)."),
 ) -> None:
@@ -689,10 +711,15 @@ def benchmark(
                 "resize": resize,
                 "checkpoint": str(checkpoint) if checkpoint else None,
                 "grounding": str(grounding) if grounding else None,
+                "prompts": _prompt_files(prompts),
             }
+            | ({"quantize_maps": True} if quantize_maps else {})
             | _parse_sets(set_),
         ),
+        device=device,
     )
+    if quantize_maps and not settings.method_settings.get("quantize_maps"):
+        _fail(f"--quantize-maps: method {method!r} has no quantize_maps setting (fade has)")
     try:
         result = run_benchmark(settings, out, progress=progress)
     except (ValueError, FileNotFoundError) as err:

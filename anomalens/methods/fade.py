@@ -207,7 +207,7 @@ class Fade(Method):
     def _inputs(self, images: list[LoadedImage], size: int) -> torch.Tensor:
         return torch.stack(
             [to_model_input(img.rgb, size, self.clip.mean, self.clip.std, self.settings.resize)[0] for img in images]
-        )
+        ).to(self.device)
 
     def encode(self, images: list[LoadedImage]) -> dict:
         """Per scale: GEM and CLIP patch embeddings (projected, unit norm); plus the image embedding."""
