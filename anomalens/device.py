@@ -14,13 +14,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import UsageError
+
 DEVICE_CHOICES = "cpu, cuda, cuda:N or auto"
 
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     """"auto" (or None): the first GPU when torch sees one, else the CPU; "cpu"; "cuda"; "cuda:N".
 
-    Raises ValueError with a one-line reason for an unknown word or a GPU that is not there.
+    Raises UsageError (a ValueError) with a one-line reason for an unknown word or a GPU that is not there.
     """
     if isinstance(spec, torch.device):
         spec = str(spec)
@@ -31,13 +33,13 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
         return torch.device("cpu")
     kind, _, index = text.partition(":")
     if kind != "cuda" or (index and not index.isdigit()):
-        raise ValueError(f"unknown device {spec!r}; use {DEVICE_CHOICES}")
+        raise UsageError(f"unknown device {spec!r}; use {DEVICE_CHOICES}")
     if not torch.cuda.is_available():
-        raise ValueError(f"device {spec!r} asked for, but torch sees no CUDA GPU here; use --device cpu or auto")
+        raise UsageError(f"device {spec!r} asked for, but torch sees no CUDA GPU here; use --device cpu or auto")
     n = int(index or 0)
     count = torch.cuda.device_count()
     if n >= count:
-        raise ValueError(f"device {spec!r} asked for, but torch sees {count} CUDA GPU(s) (cuda:0..cuda:{count - 1})")
+        raise UsageError(f"device {spec!r} asked for, but torch sees {count} CUDA GPU(s) (cuda:0..cuda:{count - 1})")
     return torch.device(f"cuda:{n}")
 
 
