@@ -190,3 +190,53 @@ def test_quantized_maps_are_8_bit_steps_of_the_float_map(fade, tiny_clip):
     # floor on the grid loses less than one step; the 8-bit resize rounds by at most half a step
     assert np.abs(q.anomaly_map - f.anomaly_map).max() <= 1.5 / 255 + 1e-6
     assert q.score == f.score  # scores are not quantised
+
+
+# ---- command line ---------------------------------------------------------------------------
+
+
+def _write_png(path, arr):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def test_cli_takes_several_released_prompt_files(tmp_path, prompt_files):
+    from typer.testing import CliRunner
+
+    from anomalens.cli import app
+
+    rng = np.random.default_rng(4)
+    _write_png(tmp_path / "q" / "0.png", rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    args = ["detect", str(tmp_path / "q"), "--method", "fade", "--backbone", "test-tiny", "--category", "metal_nut",
+            "--prompts", str(prompt_files[0]), "--prompts", str(prompt_files[1]),
+            "--set", "classification_size=32", "--set", "segmentation_sizes=[32]", "--no-report", "--out", str(tmp_path / "o")]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    record = json.loads((tmp_path / "o" / "results.jsonl").read_text().splitlines()[0])
+    assert record["status"] == "ok"
+    settings = json.dumps(json.loads((tmp_path / "o" / "settings.json").read_text()))
+    assert json.dumps([str(prompt_files[0]), str(prompt_files[1])]) in settings  # both files, in order
+
+
+def test_benchmark_quantize_maps_only_for_fade(tmp_path):
+    from typer.testing import CliRunner
+
+    from anomalens.cli import app
+
+    rng = np.random.default_rng(5)
+    root = tmp_path / "data"
+    for i in range(2):
+        _write_png(root / "cat" / "train" / "good" / f"{i}.png", rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+        _write_png(root / "cat" / "test" / "good" / f"{i}.png", rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    res = CliRunner().invoke(app, ["benchmark", "--data", str(root), "--method", "patchknn", "--quantize-maps",
+                                   "--no-progress", "--out", str(tmp_path / "b")])
+    assert res.exit_code == 2 and "quantize_maps" in res.output
+    res = CliRunner().invoke(app, ["benchmark", "--data", str(root), "--method", "fade", "--backbone", "test-tiny",
+                                   "--quantize-maps", "--set", "classification_size=32", "--set", "segmentation_sizes=[32]",
+                                   "--no-progress", "--out", str(tmp_path / "f")])
+    assert res.exit_code == 0, res.output
+    result = json.loads((tmp_path / "f" / "results.json").read_text())
+    assert result["settings"]["method_settings"]["quantize_maps"] is True
+    assert result["settings"]["device"] == "auto"
