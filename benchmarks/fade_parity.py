@@ -58,7 +58,7 @@ import torch
 
 SEGMENTATION_FILES = [f"chatgpt3.5_prompt{i}.json" for i in range(1, 6)]
 EARLIER_TEXT = {
-    "prompt_template": "{}",
+    "prompt_template": "none",
     "renormalize_class_embedding": True,
     "class_name": "clean",
     "keep_duplicate_prompts": False,

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY = {"backbone": "test-tiny", "classification_size": 32, "segmentation_sizes": (32, 64)}
 EARLIER = {
-    "prompt_template": "{}",
+    "prompt_template": "none",
     "renormalize_class_embedding": True,
     "class_name": "clean",
     "keep_duplicate_prompts": False,

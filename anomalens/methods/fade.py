@@ -25,7 +25,8 @@ a setting so the earlier anomalens behaviour stays reachable:
 
 * ``prompt_template="a photo of a {}."``: the released text wrapper puts every prompt into
   this sentence before encoding; the WinCLIP prompts are then built without their final
-  period, as the released prompt file holds them. ``"{}"`` encodes the prompts as they are.
+  period, as the released prompt file holds them. ``"none"`` (or ``"{}"``) encodes the prompts
+  as they are.
 * ``renormalize_class_embedding=False``: a class embedding is the mean of its prompts' unit
   embeddings, not re-normalised, so the effective temperature is 0.01 / ||mean||.
 * ``class_name="released"``: underscores become spaces, nothing else ("pcb1" stays "pcb1");
@@ -72,7 +73,7 @@ class FadeSettings:
     category: str = "object"  # object name in the classification prompts
     # User sentence-ensemble JSON file(s) replacing the packaged one: ours or FADE's released format.
     prompts: str | tuple[str, ...] | None = None
-    prompt_template: str = RELEASED_PROMPT_TEMPLATE  # the released text wrapper; "{}" = prompts as they are
+    prompt_template: str = RELEASED_PROMPT_TEMPLATE  # the released text wrapper; "none" = prompts as they are
     renormalize_class_embedding: bool = False  # released: mean of unit embeddings, not re-normalised
     class_name: str = "released"  # released: "_" -> " " only; "clean": clean_class_name
     keep_duplicate_prompts: bool = True  # released: prompt lists concatenated, duplicates kept
@@ -157,7 +158,8 @@ class Fade(Method):
                 raise ValueError(f"input size {size} is not a multiple of the patch size {self.clip.patch_size}")
         if settings.class_name not in CLASS_NAME_STYLES:
             raise ValueError(f"class_name must be one of {CLASS_NAME_STYLES}, got {settings.class_name!r}")
-        wrap_prompts([], settings.prompt_template)  # checks the template once, here
+        self._template = "{}" if settings.prompt_template.strip().lower() == "none" else settings.prompt_template
+        wrap_prompts([], self._template)  # checks the template once, here
         self.ensemble = load_ensemble(settings.prompts)
         self.category = settings.category
         self.cache = cache
@@ -182,7 +184,7 @@ class Fade(Method):
         if self._text is None:
             s = self.settings
             obj = class_words(self.category, s.class_name)
-            wrapped = s.prompt_template != "{}"  # the wrapper adds the period the templates then lack
+            wrapped = self._template != "{}"  # the wrapper adds the period the templates then lack
             cls_normal, cls_anomalous = winclip_prompts(obj, period=not wrapped)
             if not s.keep_duplicate_prompts:
                 cls_normal, cls_anomalous = dedupe(cls_normal), dedupe(cls_anomalous)
@@ -191,7 +193,7 @@ class Fade(Method):
             )
             # Descriptions are for people: readable, unwrapped, once each.
             descriptions = dedupe([*cls_anomalous, *self.ensemble.for_class(obj).anomalous])
-            enc = lambda texts: self.cache.encode(self.clip, wrap_prompts(texts, s.prompt_template))  # noqa: E731
+            enc = lambda texts: self.cache.encode(self.clip, wrap_prompts(texts, self._template))  # noqa: E731
             mean = lambda texts: class_embedding(enc(texts), s.renormalize_class_embedding)  # noqa: E731
             self._text = _TextFeatures(
                 class_normal=mean(cls_normal),
