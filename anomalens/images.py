@@ -18,6 +18,7 @@ from .errors import ImageLoadError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 ResizePolicy = Literal["squash", "pad"]
+RESIZE_POLICIES = ("squash", "pad")  # squash to a square (the papers), or pad keeping the aspect ratio
 
 # Decompression-bomb guard: Pillow's default warns at ~89 MP and refuses at twice that.
 # Industrial line-scan images can be large, so allow 400 MP explicitly and say so.

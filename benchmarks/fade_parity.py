@@ -211,9 +211,7 @@ def main() -> None:
             segmentation_sizes=sizes,
             **extra,
         )
-        fade = Fade(settings, cache=TextFeatureCache(cache_dir=None))
-        fade.clip = backbone  # the shared random weights
-        return fade
+        return Fade(settings, backbone=backbone, text_cache=TextFeatureCache(cache_dir=None))  # shared weights
 
     print(f"official checkout: {checkout}; {args.arch}, random weights (seed {args.seed}); sizes {sizes}; "
           f"{args.images} query images 300x260, {args.shots} references", flush=True)
@@ -225,7 +223,7 @@ def main() -> None:
         with torch.inference_mode():
             default.fit(refs[:shots])
             encoded = default.encode(images)  # the vision side is shared; the variants differ in text only
-            banks = {size: default.bank.banks[str(size)] for size in encoded["scales"]} if shots else None
+            banks = {size: default.bank_.banks[str(size)] for size in encoded["scales"]} if shots else None
             outputs = {label: [f._score(img, encoded, b, banks) for b, img in enumerate(images)] for label, f in fades.items()}
         ours_seconds = time.perf_counter() - start
         start = time.perf_counter()

@@ -53,10 +53,8 @@ def prompt_files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fade(tiny_clip, prompt_files):
-    det = Fade(FadeSettings(**TINY, category="metal_nut", prompts=tuple(map(str, prompt_files))),
-               cache=TextFeatureCache(cache_dir=None))
-    det.clip = tiny_clip
-    return det
+    settings = FadeSettings(**TINY, category="metal_nut", prompts=tuple(map(str, prompt_files)))
+    return Fade(settings, backbone=tiny_clip, text_cache=TextFeatureCache(cache_dir=None))
 
 
 def _by_hand_prompts(name: str, states) -> list[str]:
@@ -157,8 +155,8 @@ def test_zero_shot_score_is_softmax_of_100_times_dot_with_the_plain_means(fade, 
 
 def test_earlier_text_behaviour_is_reachable(tiny_clip, prompt_files):
     files = tuple(map(str, prompt_files))
-    det = Fade(FadeSettings(**TINY, **EARLIER, category="pcb1", prompts=files), cache=TextFeatureCache(cache_dir=None))
-    det.clip = tiny_clip
+    settings = FadeSettings(**TINY, **EARLIER, category="pcb1", prompts=files)
+    det = Fade(settings, backbone=tiny_clip, text_cache=TextFeatureCache(cache_dir=None))
     text = det.text_features()
     raw = [t.format(s.format("pcb")) for s in NORMAL_STATES for t in TEMPLATES]  # periods kept, not wrapped
     expected = F.normalize(tiny_clip.encode_text(raw).mean(0), dim=-1)
@@ -166,11 +164,13 @@ def test_earlier_text_behaviour_is_reachable(tiny_clip, prompt_files):
     assert float(text.class_normal.norm()) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_settings_are_checked():
+def test_settings_are_checked(tiny_clip):
+    from anomalens.settings import build_settings
+
     with pytest.raises(ValueError, match="class_name"):
-        Fade(FadeSettings(**TINY, class_name="raw"))
+        build_settings(FadeSettings, {**TINY, "class_name": "raw"})
     with pytest.raises(ValueError, match="exactly one"):
-        Fade(FadeSettings(**TINY, prompt_template="a photo of a thing"))
+        Fade(FadeSettings(**TINY, prompt_template="a photo of a thing"), backbone=tiny_clip)
 
 
 # ---- map quantisation -----------------------------------------------------------------------
@@ -179,10 +179,8 @@ def test_settings_are_checked():
 def test_quantized_maps_are_8_bit_steps_of_the_float_map(fade, tiny_clip):
     img = _image(2)
     settings = {**TINY, "category": "metal_nut", "prompts": fade.settings.prompts}
-    quantized = Fade(FadeSettings(**settings, quantize_maps=True), cache=fade.cache)
-    quantized.clip = tiny_clip
-    plain = Fade(FadeSettings(**settings), cache=fade.cache)
-    plain.clip = tiny_clip
+    quantized = Fade(FadeSettings(**settings, quantize_maps=True), backbone=tiny_clip, text_cache=fade.text_cache)
+    plain = Fade(FadeSettings(**settings), backbone=tiny_clip, text_cache=fade.text_cache)
     q = quantized.predict([img])[0]
     f = plain.predict([img])[0]
     steps = q.anomaly_map * 255.0

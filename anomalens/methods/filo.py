@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -22,7 +23,8 @@ from ..filo.model import FiloConfig, top_descriptions
 from ..filo.prompt_learner import PromptSet, build_prompts
 from ..filo.train import TRAIN_HINT, MissingCheckpointError, build_backbone, build_model, read_trained
 from ..grounding import MAX_BOX_AREA, OUTSIDE_WEIGHT, GroundingDetector, grounding_prompt
-from ..images import LoadedImage, map_to_image, to_model_input
+from ..images import RESIZE_POLICIES, LoadedImage, map_to_image, to_model_input
+from ..settings import MethodSettings, setting
 from ..text.prompts import POSITIONS, load_defect_vocabulary
 from .base import Method, MethodOutput, register_method
 
@@ -34,22 +36,26 @@ _warned_no_grounding = False
 
 
 @dataclass
-class FiloSettings:
-    checkpoint: str | None = None  # directory from `anomalens train filo`
-    backbone: str | None = None  # None: the checkpoint's, else ViT-L-14-336
-    weights: str | None = None  # CLIP tag or file; None: the checkpoint's, else OpenAI's ("default")
-    category: str | None = None  # object name for the prompts; None: "object" + generic defects
-    image_size: int | None = None  # None: the checkpoint's, else 518
-    resize: str = "squash"  # "squash" (paper) or "pad"
-    grounding: str | None = None  # local Grounding DINO folder; None: no boxes
-    vocabulary: str | None = None  # defect vocabulary JSON; None: the packaged one
-    box_threshold: float = 0.25
-    max_box_area: float = MAX_BOX_AREA
-    outside_box_weight: float = OUTSIDE_WEIGHT  # lambda
-    position_without_grounding: str = "center"  # "center" or "average" (all nine positions)
-    top_k_descriptions: int = 5
-    seed: int = 0  # random init of tiny backbones / untrained heads (tests)
-    batch_size: int = 8
+class FiloSettings(MethodSettings):
+    checkpoint: str | None = setting(None, "directory from `anomalens train filo`")
+    backbone: str | None = setting(None, "open_clip architecture; default: the checkpoint's, else ViT-L-14-336")
+    weights: str | None = setting(None, "CLIP tag or file; default: the checkpoint's, else OpenAI's")
+    category: str | None = setting(None, 'object name for the prompts; default: "object" + generic defects')
+    image_size: int | None = setting(None, "input side in pixels; default: the checkpoint's, else 518", minimum=14)
+    resize: str = setting("squash", "squash (paper) or pad (keep the aspect ratio)", choices=RESIZE_POLICIES)
+    grounding: str | None = setting(None, "local Grounding DINO folder; default: no boxes")
+    vocabulary: str | None = setting(None, "defect vocabulary JSON; default: the packaged one")
+    box_threshold: float = setting(0.25, "Grounding DINO box score threshold", minimum=0.0, maximum=1.0)
+    max_box_area: float = setting(MAX_BOX_AREA, "boxes above this fraction of the image are dropped", minimum=0.0)
+    outside_box_weight: float = setting(OUTSIDE_WEIGHT, "lambda: map weight outside the boxes", minimum=0.0)
+    position_without_grounding: str = setting(
+        "center", "position word without boxes: center, or average (all nine)", choices=("center", "average")
+    )
+    top_descriptions: int = setting(5, "defect descriptions most similar to the image, returned per image", minimum=0)
+    seed: int = setting(0, "random init of tiny backbones / untrained heads (tests)")
+    batch_size: int = setting(8, "images per forward pass", minimum=1)
+
+    renamed: ClassVar[dict[str, str]] = {"top_k_descriptions": "top_descriptions"}  # in older saved models
 
 
 @register_method
@@ -89,7 +95,6 @@ class Filo(Method):
         if state is not None:
             self.model.load_trainable_state_dict(state)
         self.vocabulary = load_defect_vocabulary(settings.vocabulary)
-        self.category = settings.category
         self.detector = GroundingDetector(settings.grounding, settings.box_threshold, settings.max_box_area) if (
             settings.grounding
         ) else None
@@ -103,7 +108,7 @@ class Filo(Method):
 
     def set_category(self, name: str) -> None:
         """The object being inspected (the benchmark calls this per category)."""
-        self.category = name
+        self.settings.category = name
 
     def fit(self, references: list[LoadedImage]) -> None:
         """Zero-shot method: reference images are ignored (FiLo learns on another dataset)."""
@@ -111,12 +116,12 @@ class Filo(Method):
 
     # ---- prompts and positions -----------------------------------------------------------
     def _descriptions(self) -> list[str]:
-        return self.vocabulary.for_category(self.category or "object")
+        return self.vocabulary.for_category(self.settings.category or "object")
 
     def _prompts(self, position: str | tuple[str, ...]) -> PromptSet:
         cfg = self.model.config
         return build_prompts(
-            self.category or "object", self._descriptions(), position, cfg.normal_states, cfg.abnormal_states
+            self.settings.category or "object", self._descriptions(), position, cfg.normal_states, cfg.abnormal_states
         )
 
     def _locate(self, img: LoadedImage) -> tuple[str | tuple[str, ...], np.ndarray | None]:
@@ -161,7 +166,7 @@ class Filo(Method):
                 amap = amap * weight
             score = float(out.logits[i].softmax(-1)[1]) + float(amap.max())
             descriptions = top_descriptions(
-                out.adapted[i], out.abnormal_features[i], prompt_sets[i], s.top_k_descriptions
+                out.adapted[i], out.abnormal_features[i], prompt_sets[i], s.top_descriptions
             )
             results.append(MethodOutput(score, amap.astype(np.float32), descriptions))
         return results
