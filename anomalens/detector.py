@@ -240,6 +240,7 @@ class Detector:
                 anomaly_map=np.asarray(out.anomaly_map, dtype=np.float32),
                 descriptions=list(out.descriptions),
                 seconds=per_image,
+                extra=dict(out.extra),
             )
             if self.threshold is not None or self.pixel_threshold is not None:
                 apply_decision(result, self.threshold, self.pixel_threshold)

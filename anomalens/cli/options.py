@@ -45,7 +45,10 @@ QuantizeMaps = Annotated[
 Device = Annotated[
     str, typer.Option("--device", help="Where the models run: cpu | cuda | cuda:N | auto (a GPU when torch sees one).")
 ]
-Checkpoint = Annotated[Path | None, typer.Option("--checkpoint", help="Trained FiLo checkpoint directory.")]
+Checkpoint = Annotated[
+    Path | None,
+    typer.Option("--checkpoint", help="FiLo: a `train filo` directory, or the authors' filo_train_on_*.pth."),
+]
 Grounding = Annotated[Path | None, typer.Option("--grounding", help="Grounding DINO weight folder (filo).")]
 ImageSize = Annotated[int | None, typer.Option("--image-size", help="Model input side in pixels.")]
 Resize = Annotated[str | None, typer.Option("--resize", help="squash | pad (keep aspect ratio).")]

@@ -21,6 +21,7 @@ class MethodOutput:
     score: float
     anomaly_map: np.ndarray
     descriptions: list[tuple[str, float]] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)  # method-specific JSON fields for results.jsonl
 
 
 class Method(ABC):

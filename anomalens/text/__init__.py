@@ -2,8 +2,6 @@
 
 from anomalens.text.prompts import (
     ANOMALOUS_STATES,
-    FILO_ABNORMAL_STATES,
-    FILO_NORMAL_STATES,
     MVTEC_CATEGORIES,
     NORMAL_STATES,
     POSITIONS,
@@ -18,15 +16,12 @@ from anomalens.text.prompts import (
     load_ensemble,
     position_word,
     released_class_name,
-    state_phrase,
     winclip_prompts,
     wrap_prompts,
 )
 
 __all__ = [
     "ANOMALOUS_STATES",
-    "FILO_ABNORMAL_STATES",
-    "FILO_NORMAL_STATES",
     "MVTEC_CATEGORIES",
     "NORMAL_STATES",
     "POSITIONS",
@@ -41,7 +36,6 @@ __all__ = [
     "load_ensemble",
     "position_word",
     "released_class_name",
-    "state_phrase",
     "winclip_prompts",
     "wrap_prompts",
 ]
