@@ -64,11 +64,16 @@ class Detector:
 
     `method` is a registered method name (`patchknn`, `fade`, `winclip`, `filo`); other keyword
     arguments are that method's settings (see `anomalens.methods.<name>.<Name>Settings`).
+    `device` is where the models run: "auto" (a GPU when torch sees one, else the CPU), "cpu",
+    "cuda" or "cuda:N". It is not saved with the detector: a saved model loads on any device.
     """
 
-    def __init__(self, method: str = "patchknn", **settings: Any):
+    def __init__(self, method: str = "patchknn", device: str | torch.device | None = "auto", **settings: Any):
+        from .device import resolve_device
+
+        self.device = resolve_device(device)  # before building the model: a bad device fails fast
         self.method_name = method
-        self.method = create_method(method, **settings)
+        self.method = create_method(method, **settings).to(self.device)
         self.threshold = None  # set by calibrate(), by hand (a number) or by loading
         self.pixel_threshold = None
         self.reference_paths: list[str] = []
@@ -275,8 +280,8 @@ class Detector:
         return directory
 
 
-def load_detector(directory: str | os.PathLike, **overrides: Any) -> Detector:
-    """Load a detector written by `Detector.save` (no unpickling: JSON + safetensors)."""
+def load_detector(directory: str | os.PathLike, device: str | torch.device | None = "auto", **overrides: Any) -> Detector:
+    """Load a detector written by `Detector.save` (no unpickling: JSON + safetensors) onto `device`."""
     from safetensors.torch import load_file
 
     directory = Path(directory)
@@ -285,10 +290,11 @@ def load_detector(directory: str | os.PathLike, **overrides: Any) -> Detector:
         raise FileNotFoundError(f"{directory} is not a saved anomalens model (no {MODEL_CONFIG})")
     config = json.loads(config_path.read_text())
     settings = {**config["settings"], **overrides}
-    det = Detector(method=config["method"], **settings)
+    det = Detector(method=config["method"], device=device, **settings)
     weights = directory / MODEL_WEIGHTS
     if weights.exists():
         det.method.load_state_dict(load_file(str(weights)))
+        det.method.to(det.device)  # the loaded tensors are on the CPU
     det.reference_paths = list(config.get("references", []))
     det.method.num_references = int(config.get("num_references", len(det.reference_paths)))
     det.threshold = config.get("threshold")  # a saved dict (or a number, in older files)

@@ -37,6 +37,7 @@ def detect(
     grounding: o.Grounding = None,
     image_size: o.ImageSize = None,
     resize: o.Resize = None,
+    device: o.Device = "auto",
     map_format: str = typer.Option("npy", "--map-format", help="Raw map files: npy | tiff (32-bit float)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     jobs: int = typer.Option(

@@ -44,6 +44,19 @@ class Method(ABC):
         self.settings = settings
         self.num_references = 0
         self.fitted_ = False  # set by fit, leave_one_out and load_state_dict
+        self.device = torch.device("cpu")
+
+    def to(self, device: str | torch.device) -> Method:
+        """Move every module and tensor this method holds to `device` (see anomalens.device);
+        methods move their model inputs to `self.device` and return maps on the CPU."""
+        from ..device import move_to
+
+        device = torch.device(device)
+        for name, value in list(vars(self).items()):
+            if name not in ("device", "settings"):
+                setattr(self, name, move_to(value, device))
+        self.device = device
+        return self
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> Method:
