@@ -171,6 +171,9 @@ class Detector:
         and an image that still fails yields an ImageLoadError ("could not be scored: ...")
         instead of ending the iteration, so a long run goes on past one bad image.
         """
+        if self.method.scores_jointly:
+            yield from self._predict_jointly(images, jobs, with_images)
+            return
         run = self._run_tolerant if skip_errors else self._run
         batch: list[LoadedImage] = []
         for loaded in _load_ahead(images, jobs):
@@ -184,6 +187,43 @@ class Detector:
                 yield from run(batch, with_images)
                 batch = []
         yield from run(batch, with_images)
+
+    def _predict_jointly(self, images: Iterable[ImageInput], jobs: int, with_images: bool) -> Iterator:
+        """Methods that score images against each other: every readable input forms one batch.
+
+        Images are streamed into the method (which keeps features, not pixels) and read again
+        for `with_images`. Unreadable inputs are reported at their place and left out of the
+        batch. batch_size and skip_errors do not apply: an image cannot be rescored on its own.
+        """
+        items = list(images)
+        slots: list[ImageLoadError | int] = []
+
+        def readable() -> Iterator[LoadedImage]:
+            for loaded in _load_ahead(items, jobs):
+                if isinstance(loaded, ImageLoadError):
+                    slots.append(loaded)
+                else:
+                    slots.append(len(slots))
+                    yield loaded
+
+        start = time.perf_counter()
+        with torch.inference_mode():
+            outputs = self.method.predict(readable())
+        good = [i for i, slot in enumerate(slots) if not isinstance(slot, ImageLoadError)]
+        per_image = (time.perf_counter() - start) / max(1, len(good))
+        by_slot = dict(zip(good, outputs))
+        for i, slot in enumerate(slots):
+            if isinstance(slot, ImageLoadError):
+                yield slot
+                continue
+            item = items[i]
+            path = item.path if isinstance(item, LoadedImage) else str(item)
+            result = self._result(path, by_slot[i], per_image)
+            if not with_images:
+                yield result
+                continue
+            img = _try_load(item)  # read again: the batch did not keep every image's pixels
+            yield img if isinstance(img, ImageLoadError) else (result, img)
 
     def _run_tolerant(self, batch: list[LoadedImage], with_images: bool = False) -> Iterator:
         try:
@@ -208,18 +248,22 @@ class Detector:
             outputs = self.method.predict(batch)
         per_image = (time.perf_counter() - start) / len(batch)
         for img, out in zip(batch, outputs):
-            result = AnomalyResult(
-                path=img.path,
-                score=float(out.score),
-                anomaly_map=np.asarray(out.anomaly_map, dtype=np.float32),
-                descriptions=list(out.descriptions),
-                seconds=per_image,
-            )
-            if self.threshold is not None:
-                from .calibration import apply_decision
-
-                apply_decision(result, self.threshold, self.pixel_threshold)
+            result = self._result(img.path, out, per_image)
             yield (result, img) if with_images else result
+
+    def _result(self, path: str, out, seconds: float) -> AnomalyResult:
+        result = AnomalyResult(
+            path=path,
+            score=float(out.score),
+            anomaly_map=np.asarray(out.anomaly_map, dtype=np.float32),
+            descriptions=list(out.descriptions),
+            seconds=seconds,
+        )
+        if self.threshold is not None:
+            from .calibration import apply_decision
+
+            apply_decision(result, self.threshold, self.pixel_threshold)
+        return result
 
     # ---- persistence ---------------------------------------------------------------------
     def save(self, directory: str | os.PathLike, overwrite: bool = False) -> Path:

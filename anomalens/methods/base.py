@@ -31,6 +31,9 @@ class Method(ABC):
 
     name: ClassVar[str]
     Settings: ClassVar[type]
+    # True for methods that score a batch jointly (each image against the others, `musc`): the
+    # run loop then passes every image of a run to one `predict` call instead of small batches.
+    scores_jointly: ClassVar[bool] = False
 
     def __init__(self, settings: Any):
         self.settings = settings
