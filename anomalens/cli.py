@@ -326,7 +326,7 @@ def detect(
     ctx: typer.Context,
     images: list[Path] = typer.Argument(None, help="Image files and/or directories (searched recursively)."),
     refs: Path | None = typer.Option(None, "--refs", help="Folder (or file) of good reference images: few-shot."),
-    method: str = typer.Option("patchknn", "--method", "-m", help="patchknn | fade | winclip | filo"),
+    method: str = typer.Option("patchknn", "--method", "-m", help="patchknn | musc | fade | winclip | filo"),
     out: Path = typer.Option(Path("anomalens_out"), "--out", "-o", help="Output directory."),
     model: Path | None = typer.Option(None, "--model", help="A fitted model directory from `anomalens fit`."),
     threshold: str | None = typer.Option(
@@ -428,6 +428,19 @@ def detect(
 
     done = {os.path.abspath(r["path"]) for r in writer.records() if r.get("status") == "ok"}
     todo = [f for f in files if os.path.abspath(f) not in done]
+    joint = det.method.scores_jointly
+    if joint:
+        # Each image is scored against the others: the whole batch is scored again on resume
+        # and only the missing images are written (see anomalens.batch_record).
+        from .batch_record import batch_conflict, describe_batch, read_batch, write_batch
+
+        batch = describe_batch(files, det.reference_paths)
+        if done:
+            conflict = batch_conflict(read_batch(out), batch, out)
+            if conflict:
+                writer.close()
+                _fail(conflict)
+        write_batch(out, batch)
     for m in missing:
         writer.record_failure(m, "file does not exist")
     if len(todo) < len(files):
@@ -445,8 +458,14 @@ def detect(
     interrupted = False
     try:
         for item in det.predict_iter(
-            todo, batch_size=int(p["batch_size"]), jobs=int(p["jobs"]), with_images=True, skip_errors=True
+            files if joint and todo else todo,
+            batch_size=int(p["batch_size"]),
+            jobs=int(p["jobs"]),
+            with_images=True,
+            skip_errors=True,
         ):
+            if joint and os.path.abspath(item.path if isinstance(item, ImageLoadError) else item[0].path) in done:
+                continue  # scored again only as a partner of the missing images
             if isinstance(item, ImageLoadError):
                 writer.record_failure(item.path, item.reason)
             else:
@@ -485,6 +504,9 @@ def detect(
         if det.pixel_threshold is not None:
             info["pixel_threshold"] = _threshold_number(det.pixel_threshold)
             info["pixel_threshold_description"] = _describe(det.pixel_threshold)
+        if joint:
+            refs_note = f" and {len(det.reference_paths)} reference images" if det.reference_paths else ""
+            info["batch"] = f"{len(files)} input images scored jointly (each against the others{refs_note})"
         try:
             _echo(f"report: {write_report(out, summary_info=info)}")
         except (OSError, ValueError) as err:

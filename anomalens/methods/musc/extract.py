@@ -10,19 +10,29 @@ from ...backbones import EMBEDDED_BACKBONE
 
 
 class CnnLayers(nn.Module):
-    """EfficientNet-Lite0 block outputs; the image feature is the deepest block, mean-pooled."""
+    """EfficientNet-Lite0 block outputs; the image feature is the deepest block, mean-pooled.
 
-    def __init__(self, blocks: tuple[int, ...], image_size: int):
+    Blocks finer than `score_stride` pixels are average-pooled to it: mutual scoring costs
+    (patches per image)^2 per image pair, so a stride-8 map costs 16 times a stride-16 one.
+    """
+
+    def __init__(self, blocks: tuple[int, ...], image_size: int, score_stride: int = 16):
         super().__init__()
         from ...backbones.cnn import EfficientNetPatchBackbone
 
         self.net = EfficientNetPatchBackbone(image_size=image_size, blocks=tuple(sorted(blocks)), neighbourhood=1)
         self.name, self.mean, self.std = self.net.name, self.net.mean, self.net.std
+        self.max_grid = image_size // score_stride if score_stride > 0 else 0
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         maps = self.net.block_outputs(images)
-        return maps, F.normalize(maps[-1].mean(dim=(2, 3)), dim=-1)
+        image_feature = F.normalize(maps[-1].mean(dim=(2, 3)), dim=-1)
+        if self.max_grid:
+            maps = [
+                F.adaptive_avg_pool2d(m, self.max_grid) if m.shape[-1] > self.max_grid else m for m in maps
+            ]
+        return maps, image_feature
 
 
 class ClipLayers(nn.Module):
@@ -46,8 +56,13 @@ class ClipLayers(nn.Module):
 
 
 def create_layer_backbone(
-    name: str, weights: str | None, image_size: int, blocks: tuple[int, ...], clip_layers: tuple[int, ...]
+    name: str,
+    weights: str | None,
+    image_size: int,
+    blocks: tuple[int, ...],
+    clip_layers: tuple[int, ...],
+    score_stride: int = 16,
 ) -> nn.Module:
     if name == EMBEDDED_BACKBONE:
-        return CnnLayers(blocks, image_size)
+        return CnnLayers(blocks, image_size, score_stride)
     return ClipLayers(name, weights, clip_layers, image_size)

@@ -76,7 +76,9 @@ class MuSc(Method):
         if s.single_image not in ("fallback", "error"):
             raise ValueError(f"single_image must be 'fallback' or 'error', got {s.single_image!r}")
         interval_bounds(10, tuple(s.interval))  # validates the interval early
-        self.backbone = create_layer_backbone(s.backbone, s.weights, s.image_size, tuple(s.blocks), tuple(s.clip_layers))
+        self.backbone = create_layer_backbone(
+            s.backbone, s.weights, s.image_size, tuple(s.blocks), tuple(s.clip_layers), s.score_stride
+        )
         self.references: BatchFeatures | None = None
         self.last_batch: dict = {}
 

@@ -16,6 +16,7 @@ class MuScSettings:
     image_size: int = 256  # model input side (paper: 518 with ViT-L-14-336; 256 for the embedded CNN)
     resize: str = "squash"  # "squash" (paper) or "pad" (keep aspect ratio)
     blocks: tuple[int, ...] = (4, 7, 10)  # EfficientNet-Lite0 blocks (stride 8, 16, 16): the CNN's "stages"
+    score_stride: int = 16  # CNN: finer blocks are average-pooled to this stride before scoring (0: keep)
     clip_layers: tuple[int, ...] = (6, 12, 18, 24)  # paper: the 4 stages of ViT-L-14 (code: 0-based 5, 11, 17, 23)
     degrees: tuple[int, ...] = DEFAULT_DEGREES  # LNAMD aggregation degrees r (paper: 1, 3, 5)
     interval: tuple[float, float] = DEFAULT_INTERVAL  # MSM interval average: smallest 0 %..30 % of partner scores
