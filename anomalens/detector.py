@@ -196,29 +196,27 @@ class Detector:
         batch. batch_size and skip_errors do not apply: an image cannot be rescored on its own.
         """
         items = list(images)
-        slots: list[ImageLoadError | int] = []
+        slots: list[ImageLoadError | None] = []  # per input: its load error, or None (in the batch)
 
         def readable() -> Iterator[LoadedImage]:
             for loaded in _load_ahead(items, jobs):
-                if isinstance(loaded, ImageLoadError):
-                    slots.append(loaded)
-                else:
-                    slots.append(len(slots))
+                slots.append(loaded if isinstance(loaded, ImageLoadError) else None)
+                if not isinstance(loaded, ImageLoadError):
                     yield loaded
 
         start = time.perf_counter()
         with torch.inference_mode():
-            outputs = self.method.predict(readable())
-        good = [i for i, slot in enumerate(slots) if not isinstance(slot, ImageLoadError)]
-        per_image = (time.perf_counter() - start) / max(1, len(good))
-        by_slot = dict(zip(good, outputs))
+            outputs = self.method.predict_joint(readable())
+        per_image = (time.perf_counter() - start) / max(1, sum(not isinstance(s, ImageLoadError) for s in slots))
         for i, slot in enumerate(slots):
             if isinstance(slot, ImageLoadError):
                 yield slot
                 continue
+            with torch.inference_mode():
+                out = next(outputs)
             item = items[i]
             path = item.path if isinstance(item, LoadedImage) else str(item)
-            result = self._result(path, by_slot[i], per_image)
+            result = self._result(path, out, per_image)
             if not with_images:
                 yield result
                 continue

@@ -121,9 +121,12 @@ class MuSc(Method):
 
     def predict(self, images: Iterable[LoadedImage]) -> list[MethodOutput]:
         """Score the batch jointly; `images` may be a stream (each is read once)."""
+        return list(self.predict_joint(images))
+
+    def predict_joint(self, images: Iterable[LoadedImage]) -> Iterator[MethodOutput]:
         feats = self.features(images)
         if not feats.paths:
-            return []
+            return iter(())
         maps, scores = self.score_features(feats, feats.paths, self.references)
         self.last_batch = {
             "images": list(feats.paths),
@@ -131,7 +134,7 @@ class MuSc(Method):
             "max_partners": self.settings.max_partners,
             "partner_seed": self.settings.partner_seed,
         }
-        return [self._output(feats, i, maps[i], float(scores[i])) for i in range(len(feats.paths))]
+        return (self._output(feats, i, maps[i], float(scores[i])) for i in range(len(feats.paths)))
 
     def leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
         """Each held-out reference scored against all the other references; ends fitted on all."""
