@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ...errors import SettingsError, UsageError
 from ...images import LoadedImage, map_to_image, to_model_input
 from ..base import Method, MethodOutput, register_method
 from ..patchknn import valid_grid_region
@@ -21,7 +22,7 @@ from .settings import MuScSettings
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
-class SingleImageBatchError(ValueError):
+class SingleImageBatchError(UsageError):
     """Mutual scoring got one image and no references, and the fallback is off."""
 
 
@@ -72,10 +73,13 @@ class MuSc(Method):
         super().__init__(settings)
         s = settings
         if s.feature_dtype not in DTYPES:
-            raise ValueError(f"feature_dtype must be one of {sorted(DTYPES)}, got {s.feature_dtype!r}")
+            raise SettingsError(f"musc: feature_dtype must be one of {sorted(DTYPES)}, got {s.feature_dtype!r}")
         if s.single_image not in ("fallback", "error"):
-            raise ValueError(f"single_image must be 'fallback' or 'error', got {s.single_image!r}")
-        interval_bounds(10, tuple(s.interval))  # validates the interval early
+            raise SettingsError(f"musc: single_image must be 'fallback' or 'error', got {s.single_image!r}")
+        try:
+            interval_bounds(10, tuple(s.interval))
+        except ValueError as err:
+            raise SettingsError(f"musc: {err}") from None
         self.backbone = create_layer_backbone(
             s.backbone, s.weights, s.image_size, tuple(s.blocks), tuple(s.clip_layers), s.score_stride
         )
