@@ -225,3 +225,11 @@ def test_joint_batch_reports_corrupt_files_and_goes_on(tmp_path):
     assert len(good) == 5
     assert good[-1][0].anomaly_map.shape == (64, 128) and good[-1][1].size_hw == (64, 128)
     assert det.method.last_batch["images"] == [str(p) for p in [*paths, wide]]
+
+
+def test_clip_backbone_path_runs_on_a_tiny_random_vit():
+    det = Detector("musc", backbone="test-tiny", image_size=32, clip_layers=(2, 4), progress=False)
+    results = det.predict(_batch(4))
+    assert len(results) == 4 and all(r.anomaly_map.shape == (64, 64) for r in results)
+    assert all(np.isfinite(r.score) for r in results)
+    assert det.backbone_name.startswith("test-tiny")
