@@ -233,3 +233,13 @@ def test_clip_backbone_path_runs_on_a_tiny_random_vit():
     assert len(results) == 4 and all(r.anomaly_map.shape == (64, 64) for r in results)
     assert all(np.isfinite(r.score) for r in results)
     assert det.backbone_name.startswith("test-tiny")
+
+
+@pytest.mark.parametrize(
+    "bad", [{"feature_dtype": "int8"}, {"single_image": "ignore"}, {"interval": (0.4, 0.2)}]
+)
+def test_bad_settings_are_one_line_settings_errors(bad):
+    from anomalens.errors import SettingsError
+
+    with pytest.raises(SettingsError, match="musc"):
+        Detector("musc", **bad)
