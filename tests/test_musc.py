@@ -236,7 +236,7 @@ def test_clip_backbone_path_runs_on_a_tiny_random_vit():
 
 
 @pytest.mark.parametrize(
-    "bad", [{"feature_dtype": "int8"}, {"single_image": "ignore"}, {"interval": (0.4, 0.2)}]
+    "bad", [{"feature_dtype": "int8"}, {"single_image": "ignore"}, {"interval": (0.3, 0.3)}]
 )
 def test_bad_settings_are_one_line_settings_errors(bad):
     from anomalens.errors import SettingsError
