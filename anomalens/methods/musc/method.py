@@ -72,14 +72,12 @@ class MuSc(Method):
     def __init__(self, settings: MuScSettings):
         super().__init__(settings)
         s = settings
-        if s.feature_dtype not in DTYPES:
-            raise SettingsError(f"musc: feature_dtype must be one of {sorted(DTYPES)}, got {s.feature_dtype!r}")
-        if s.single_image not in ("fallback", "error"):
-            raise SettingsError(f"musc: single_image must be 'fallback' or 'error', got {s.single_image!r}")
         try:
             interval_bounds(10, tuple(s.interval))
+            if len(s.interval) != 2 or any(r % 2 == 0 for r in s.degrees):
+                raise ValueError("interval must be two fractions (from, to) and degrees odd numbers")
         except ValueError as err:
-            raise SettingsError(f"musc: {err}") from None
+            raise SettingsError(f"musc: {err}, got interval={s.interval}, degrees={s.degrees}") from None
         self.backbone = create_layer_backbone(
             s.backbone, s.weights, s.image_size, tuple(s.blocks), tuple(s.clip_layers), s.score_stride
         )
