@@ -197,6 +197,9 @@ class Detector:
         and an image that still fails yields an ImageLoadError ("could not be scored: ...")
         instead of ending the iteration, so a long run goes on past one bad image.
         """
+        if self.method.scores_jointly:
+            yield from self._predict_jointly(images, jobs, with_images)
+            return
         run = self._run_tolerant if skip_errors else self._run
         batch: list[LoadedImage] = []
         for loaded in _load_ahead(images, jobs):
@@ -210,6 +213,41 @@ class Detector:
                 yield from run(batch, with_images)
                 batch = []
         yield from run(batch, with_images)
+
+    def _predict_jointly(self, images: Iterable[ImageInput], jobs: int, with_images: bool) -> Iterator:
+        """Methods that score images against each other: every readable input forms one batch.
+
+        Images are streamed into the method (which keeps features, not pixels) and read again
+        for `with_images`. Unreadable inputs are reported at their place and left out of the
+        batch. batch_size and skip_errors do not apply: an image cannot be rescored on its own.
+        """
+        items = list(images)
+        slots: list[ImageLoadError | None] = []  # per input: its load error, or None (in the batch)
+
+        def readable() -> Iterator[LoadedImage]:
+            for loaded in _load_ahead(items, jobs):
+                slots.append(loaded if isinstance(loaded, ImageLoadError) else None)
+                if not isinstance(loaded, ImageLoadError):
+                    yield loaded
+
+        start = time.perf_counter()
+        with torch.inference_mode():
+            outputs = self.method.predict_joint(readable())
+        per_image = (time.perf_counter() - start) / max(1, sum(not isinstance(s, ImageLoadError) for s in slots))
+        for i, slot in enumerate(slots):
+            if isinstance(slot, ImageLoadError):
+                yield slot
+                continue
+            with torch.inference_mode():
+                out = next(outputs)
+            item = items[i]
+            path = item.path if isinstance(item, LoadedImage) else str(item)
+            result = self._result(path, out, per_image)
+            if not with_images:
+                yield result
+                continue
+            img = _try_load(item)  # read again: the batch did not keep every image's pixels
+            yield img if isinstance(img, ImageLoadError) else (result, img)
 
     def _run_tolerant(self, batch: list[LoadedImage], with_images: bool = False) -> Iterator:
         try:
@@ -233,17 +271,21 @@ class Detector:
             outputs = self.method.predict(batch)
         per_image = (time.perf_counter() - start) / len(batch)
         for img, out in zip(batch, outputs):
-            result = AnomalyResult(
-                path=img.path,
-                score=float(out.score),
-                anomaly_map=np.asarray(out.anomaly_map, dtype=np.float32),
-                descriptions=list(out.descriptions),
-                seconds=per_image,
-                extra=dict(out.extra),
-            )
-            if self.threshold is not None or self.pixel_threshold is not None:
-                apply_decision(result, self.threshold, self.pixel_threshold)
+            result = self._result(img.path, out, per_image)
             yield (result, img) if with_images else result
+
+    def _result(self, path: str, out, seconds: float) -> AnomalyResult:
+        result = AnomalyResult(
+            path=path,
+            score=float(out.score),
+            anomaly_map=np.asarray(out.anomaly_map, dtype=np.float32),
+            descriptions=list(out.descriptions),
+            seconds=seconds,
+            extra=dict(out.extra),
+        )
+        if self.threshold is not None or self.pixel_threshold is not None:
+            apply_decision(result, self.threshold, self.pixel_threshold)
+        return result
 
     # ---- persistence ---------------------------------------------------------------------
     def save(self, directory: str | os.PathLike, overwrite: bool = False) -> Path:

@@ -16,7 +16,7 @@ from ..calibration import DEFAULT_MARGIN, DEFAULT_QUANTILE
 QUANTILE_DEFAULT = DEFAULT_QUANTILE
 MARGIN_DEFAULT = DEFAULT_MARGIN
 
-Method = Annotated[str, typer.Option("--method", "-m", help="patchknn | fade | winclip | filo")]
+Method = Annotated[str, typer.Option("--method", "-m", help="patchknn | musc | fade | winclip | filo")]
 Refs = Annotated[Path | None, typer.Option("--refs", help="Folder (or file) of good reference images: few-shot.")]
 PixelThreshold = Annotated[
     float | None,

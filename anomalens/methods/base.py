@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -39,6 +40,9 @@ class Method(ABC):
 
     name: ClassVar[str]
     Settings: ClassVar[type]
+    # True for methods that score a batch jointly (each image against the others, `musc`): the
+    # run loop then passes every image of a run to one `predict` call instead of small batches.
+    scores_jointly: ClassVar[bool] = False
 
     def __init__(self, settings: Any):
         self.settings = settings
@@ -88,6 +92,14 @@ class Method(ABC):
                 f"{self.name} is not fitted: call fit(references) first (fit([]) for zero-shot) or load a saved state"
             )
         return self._predict(list(images))
+
+    def predict_joint(self, images: Iterable[LoadedImage]) -> Iterator[MethodOutput]:
+        """For `scores_jointly` methods: score all images as one batch, then yield the outputs.
+
+        The scoring happens in the call; the outputs (with their full-size maps) are made one
+        by one as they are consumed, so a large batch never holds every full-size map at once.
+        """
+        return iter(self.predict(list(images)))
 
     def leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
         """Score each held-out reference with the method fitted on all the others; end fitted on all."""
