@@ -9,7 +9,8 @@ example inputs to trace it with and the method-specific metadata. Everything a m
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,7 @@ class GraphSpec:
     metadata: dict[str, Any] = field(default_factory=dict)
     valid_patches: dict[str, Any] | None = None  # {"name", "grid", "size"} for resize="pad"
     memory_bank: dict[str, Any] | None = None  # metadata; "input" mode adds "array" (written beside)
+    clip: Any = None  # the ClipBackbone inside `module`, if any (see tracing_context)
 
 
 SpecBuilder = Callable[..., GraphSpec]
@@ -112,3 +114,37 @@ def valid_mask(box: tuple[int, int, int, int], size: int, grid: tuple[int, int])
     mask = np.zeros(grid, dtype=np.float32)
     mask[rows, cols] = 1.0
     return mask
+
+
+@contextlib.contextmanager
+def tracing_context(clip=None) -> Iterator[None]:
+    """What the TorchScript exporter needs around a CLIP model.
+
+    * nn.MultiheadAttention's fused inference fast path has no ONNX translation: use the
+      composite path (same arithmetic).
+    * The positional embeddings are resampled with antialiased bicubic interpolation, which has
+      no ONNX translation either; the input sizes are fixed per graph, so the resampled
+      embeddings are computed here once and enter the graph as constants.
+    """
+    from ..backbones import clip as clip_module
+
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    original = clip_module.interpolate_pos_embed
+    cache: dict[tuple[int, int], torch.Tensor] = {}
+    own = None if clip is None else clip.model.visual.positional_embedding
+
+    def resampled(pos_embed: torch.Tensor, grid) -> torch.Tensor:
+        if pos_embed is not own:
+            return original(pos_embed, grid)
+        key = tuple(int(v) for v in grid)  # traced shapes are tensors
+        if key not in cache:
+            cache[key] = original(pos_embed, key).detach().clone()
+        return cache[key]
+
+    torch.backends.mha.set_fastpath_enabled(False)
+    clip_module.interpolate_pos_embed = resampled
+    try:
+        yield
+    finally:
+        clip_module.interpolate_pos_embed = original
+        torch.backends.mha.set_fastpath_enabled(fastpath)

@@ -14,7 +14,7 @@ import torch
 
 from .. import __version__
 from .errors import ExportError, missing_extra
-from .graph import build_spec, synthetic_image
+from .graph import build_spec, synthetic_image, tracing_context
 from .metadata import METADATA_KEY, encode
 
 OPSET = 17
@@ -72,10 +72,12 @@ def export_onnx(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), tracing_context(spec.clip):
             warnings.simplefilter("ignore")
             # The TorchScript-based exporter: seconds instead of the dynamo exporter's minutes on
             # these graphs, and every op they use has an opset-17 translation.
+            if spec.clip is not None:
+                spec.module(*spec.example_inputs.values())  # fills tracing_context's constants
             torch.onnx.export(
                 spec.module,
                 tuple(spec.example_inputs.values()),
