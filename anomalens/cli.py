@@ -49,6 +49,16 @@ def _mount_train() -> None:
 _mount_train()
 
 
+def _mount_export() -> None:
+    """`anomalens export` lives with the export code."""
+    from .export.cli import export_command
+
+    app.command("export")(export_command)
+
+
+_mount_export()
+
+
 def _echo(msg: str) -> None:
     typer.echo(msg, err=True)
 
@@ -166,7 +176,13 @@ def _parse_threshold(value: Any) -> str | float | None:
 
 # Errors that are the user's to fix (bad settings, missing weights or files): one clear line,
 # exit code 2, no traceback. Matched by name so that no optional backbone module is imported.
-_USAGE_ERRORS = ("MissingWeightsError", "MissingBackboneError", "MissingCheckpointError", "MissingGroundingError")
+_USAGE_ERRORS = (
+    "MissingWeightsError",
+    "MissingBackboneError",
+    "MissingCheckpointError",
+    "MissingGroundingError",
+    "MissingOnnxRuntimeError",
+)
 _METHOD_OPTIONS = (
     "weights",
     "backbone",
@@ -328,7 +344,9 @@ def detect(
     refs: Path | None = typer.Option(None, "--refs", help="Folder (or file) of good reference images: few-shot."),
     method: str = typer.Option("patchknn", "--method", "-m", help="patchknn | fade | winclip | filo"),
     out: Path = typer.Option(Path("anomalens_out"), "--out", "-o", help="Output directory."),
-    model: Path | None = typer.Option(None, "--model", help="A fitted model directory from `anomalens fit`."),
+    model: Path | None = typer.Option(
+        None, "--model", help="A fitted model directory from `anomalens fit`, or a .onnx from `anomalens export`."
+    ),
     threshold: str | None = typer.Option(
         None,
         "--threshold",

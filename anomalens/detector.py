@@ -247,6 +247,14 @@ class Detector:
         config_path.write_text(json.dumps(config, indent=2))
         return directory
 
+    def export(self, out: str | os.PathLike, format: str = "onnx", **options: Any):
+        """Write the fitted detector as a standalone model; see `anomalens.export.export_onnx`."""
+        if format != "onnx":
+            raise ValueError(f"unknown export format {format!r}; supported: onnx")
+        from .export import export_onnx
+
+        return export_onnx(self, out, **options)
+
 
 def _threshold_json(value):
     return value.to_dict() if hasattr(value, "to_dict") else value
@@ -263,10 +271,19 @@ def threshold_from_dict(data: dict):
 
 
 def load_detector(directory: str | os.PathLike, **overrides: Any) -> Detector:
-    """Load a detector written by `Detector.save` (no unpickling: JSON + safetensors)."""
+    """Load a detector written by `Detector.save` (no unpickling: JSON + safetensors).
+
+    A `.onnx` file written by `Detector.export` gives an `anomalens.export.OnnxDetector`.
+    """
     from safetensors.torch import load_file
 
     directory = Path(directory)
+    if directory.suffix.lower() == ".onnx":
+        if overrides:
+            raise ValueError(f"{directory} is an exported model: its settings cannot be changed ({sorted(overrides)})")
+        from .export import load_onnx_detector
+
+        return load_onnx_detector(directory)
     config_path = directory / MODEL_CONFIG
     if not config_path.exists():
         raise FileNotFoundError(f"{directory} is not a saved anomalens model (no {MODEL_CONFIG})")
