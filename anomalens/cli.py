@@ -379,8 +379,23 @@ def detect(
         "--config",
         help="YAML file with any of these options (command-line options override it); a run's settings.json works too.",
     ),
+    engine: str = typer.Option(
+        "local", "--engine", help="local | ray (inputs may also be text files of paths or glob patterns)."
+    ),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="Ray cluster: auto (running cluster) or ray://host:10001; default: local Ray."
+    ),
+    ray_actors: int = typer.Option(2, "--ray-actors", min=1, help="Scoring actors (each loads the model once)."),
+    ray_cpus_per_actor: float = typer.Option(1.0, "--ray-cpus-per-actor", help="CPUs per actor (= its threads)."),
+    ray_gpus_per_actor: float = typer.Option(0.0, "--ray-gpus-per-actor", help="GPUs per actor."),
+    shard_size: int = typer.Option(1000, "--shard-size", min=1, help="Images per result shard (ray)."),
+    ray_maps: bool = typer.Option(False, "--ray-maps", help="Also write maps and masks (ray; off: results only)."),
+    ray_overlays: bool = typer.Option(False, "--ray-overlays", help="Also write overlays (ray)."),
 ) -> None:
     """Score images: results.jsonl/.csv, overlays, masks, raw maps and report.html under --out.
+
+    With --engine ray: on a Ray cluster (or local Ray), results as Parquet + JSONL shards
+    under --out/shards; see the README section "Scoring very large image sets".
 
     Re-running the same command resumes: images with results in --out are not done again
     (failed ones are retried); --overwrite starts afresh. Images above 16 megapixels are worked
@@ -409,6 +424,15 @@ def detect(
         _fail("--jobs must be >= 0 and --batch-size >= 1")
     threshold_value = _parse_threshold(p["threshold"])
     out = Path(p["out"])
+    if p.get("engine", "local") not in ("local", "ray"):
+        _fail(f"--engine must be 'local' or 'ray', got {p['engine']!r}")
+    if p.get("engine") == "ray":
+        from .engines.cli import detect_with_ray
+
+        det, _source = _build_detector(p, explicit)
+        _set_threshold(det, p, explicit, threshold_value)
+        detect_with_ray(det, p, explicit, [str(i) for i in inputs])
+        return
     files, missing = _collect_inputs(inputs, out)
     if not files and not missing:
         _fail(f"no image files found in {', '.join(map(str, inputs))}")

@@ -30,6 +30,7 @@ import resource
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -279,22 +280,17 @@ def score_with_ray(
         }
         items = [{"shard": s.index, "offset": s.offset, "count": s.count} for s in todo]
         dataset = ray.data.from_items(items, override_num_blocks=min(len(items), 4 * actors) or 1)
-        scored = dataset.map_batches(
-            actor_cls,
-            batch_size=1,
-            concurrency=actors,
-            num_cpus=cpus_per_actor,
-            num_gpus=gpus_per_actor or None,
-            fn_constructor_kwargs={
+        with warnings.catch_warnings():
+            # Actor restarts have no named map_batches parameter yet (Ray 2.60 warns about the
+            # generic remote-args form); without them Ray Data restarts actors forever.
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
+            scored = _pool(dataset, actor_cls, actors, cpus_per_actor, gpus_per_actor, actor_retries, {
                 "payload_ref": payload_ref,
                 "out": str(out.resolve()),
                 "threshold": overrides["threshold"] if threshold != "keep" else "keep",
                 "pixel_threshold": overrides["pixel_threshold"],
                 "options": options,
-            },
-            max_restarts=actor_retries,
-            max_task_retries=actor_retries,
-        )
+            })
         counts = {s.index: s.count for s in todo}
         for row in scored.iter_rows():
             done_images += counts[int(row["shard"])]
@@ -303,6 +299,20 @@ def score_with_ray(
             if progress:
                 progress(done_images, total)
     return _summarise(out, total, len(todo), skipped, time.perf_counter() - start, peak)
+
+
+def _pool(dataset, actor_cls, actors, cpus, gpus, retries, constructor_kwargs):
+    """Shards -> a fixed pool of scoring actors, one shard per call, restarted on failure."""
+    return dataset.map_batches(
+        actor_cls,
+        batch_size=1,
+        concurrency=actors,
+        num_cpus=cpus,
+        num_gpus=gpus or None,
+        fn_constructor_kwargs=constructor_kwargs,
+        max_restarts=retries,
+        max_task_retries=retries,
+    )
 
 
 def _summarise(out: Path, total: int, now: int, skipped: int, seconds: float, peak: dict) -> RaySummary:

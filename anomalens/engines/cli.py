@@ -1,0 +1,79 @@
+"""`anomalens detect ... --engine ray`: the CLI side of the Ray engine (thin; see engines/ray.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+
+def _echo(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+def _fail(msg: str) -> None:
+    typer.secho(f"error: {msg}", err=True, fg="red")
+    raise typer.Exit(2)
+
+
+def detect_with_ray(det, p: dict[str, Any], explicit: set[str], inputs: list[str]) -> None:
+    """Score `inputs` with the fitted/loaded detector on Ray; exit 1 if any image failed.
+
+    A detector fitted here (from --refs, or zero-shot) is saved to <out>/model first: that saved
+    model is what the actors load (and it lets the job be repeated with --model).
+    """
+    try:
+        from .ray import score_with_ray
+    except ImportError as err:
+        _fail(f"--engine ray needs the optional packages ray[data] and pyarrow ({err.name} is missing): "
+              'pip install "anomalens[ray]"')
+    out = Path(p["out"])
+    threshold: Any = "keep"
+    if p.get("model") is not None:
+        model = Path(p["model"])
+        if {"threshold", "pixel_threshold"} & explicit:
+            threshold = det.threshold
+    else:
+        model = out / "model"
+        det.save(model, overwrite=True)
+    pixel = det.pixel_threshold if threshold != "keep" else None
+    _echo(f"ray: {len(inputs)} input(s), model {model}, results as shards under {out / 'shards'}")
+
+    def progress(done: int, total: int) -> None:
+        _echo(f"  {done}/{total} images")
+
+    try:
+        summary = score_with_ray(
+            inputs,
+            out,
+            model,
+            threshold=threshold,
+            pixel_threshold=pixel,
+            address=p.get("ray_address"),
+            actors=int(p["ray_actors"]),
+            cpus_per_actor=float(p["ray_cpus_per_actor"]),
+            gpus_per_actor=float(p["ray_gpus_per_actor"]),
+            shard_size=int(p["shard_size"]),
+            batch_size=int(p["batch_size"]),
+            jobs=int(p["jobs"]),
+            write_maps=bool(p["ray_maps"]),
+            write_overlays=bool(p["ray_overlays"]),
+            map_format=p["map_format"],
+            overwrite=bool(p["overwrite"]),
+            progress=progress,
+        )
+    except (ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+    if summary.shards_skipped:
+        _echo(f"resumed: {summary.shards_skipped} shard(s) already written were kept")
+    decisions = ", ".join(f"{k} {v}" for k, v in sorted(summary.decisions.items()))
+    _echo(
+        f"{summary.ok + summary.failed} of {summary.total} images: {decisions or 'none scored'}, failed {summary.failed}; "
+        f"{summary.images_per_second:.2f} images/s; results in {out / 'shards'}"
+    )
+    if summary.failed:
+        _echo(f"failures ({summary.failed}{', first 100' if summary.failed > 100 else ''}):")
+        for path, error in summary.failures:
+            _echo(f"  {path}: {error}")
+        raise typer.Exit(1)
