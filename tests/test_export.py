@@ -15,13 +15,13 @@ from typer.testing import CliRunner
 
 pytest.importorskip("onnxruntime")
 
-from anomalens.calibration import Threshold  # noqa: E402
-from anomalens.cli import app  # noqa: E402
-from anomalens.detector import Detector, load_detector  # noqa: E402
-from anomalens.export import ExportError, OnnxDetector, OnnxModelError, export_onnx, load_onnx_detector  # noqa: E402
-from anomalens.export.graph import synthetic_image  # noqa: E402
-from anomalens.images import LoadedImage  # noqa: E402
-from anomalens.outputs import read_records  # noqa: E402
+from anomalens.calibration import Threshold
+from anomalens.cli import app
+from anomalens.detector import Detector, load_detector
+from anomalens.export import ExportError, OnnxDetector, OnnxModelError, export_onnx, load_onnx_detector
+from anomalens.export.graph import synthetic_image
+from anomalens.images import LoadedImage
+from anomalens.outputs import read_records
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TOL = 1e-4
@@ -147,7 +147,7 @@ def test_corrupt_files_and_files_without_metadata_are_refused(exported_file, tmp
 
     truncated = tmp_path / "cut.onnx"
     truncated.write_bytes(exported_file.read_bytes()[:5000])
-    with pytest.raises(OnnxModelError, match="cut.onnx: not a readable ONNX model"):
+    with pytest.raises(OnnxModelError, match=r"cut\.onnx: not a readable ONNX model"):
         load_onnx_detector(truncated)
     (tmp_path / "empty.onnx").write_bytes(b"")
     with pytest.raises(OnnxModelError, match="empty"):

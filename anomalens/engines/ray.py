@@ -149,7 +149,9 @@ class ShardScorer:
         missing_set = set(missing)
         todo = [p for p in paths if p not in missing_set]
         by_path = {p: _failure(p, "file does not exist") for p in missing}
-        for item in det.predict_iter(todo, batch_size=o["batch_size"], jobs=o["jobs"], with_images=True, skip_errors=True):
+        for item in det.predict_iter(
+            todo, batch_size=o["batch_size"], jobs=o["jobs"], with_images=True, skip_errors=True
+        ):
             if isinstance(item, ImageLoadError):
                 by_path[item.path] = _failure(item.path, item.reason)
                 continue
@@ -284,13 +286,21 @@ def score_with_ray(
             # Actor restarts have no named map_batches parameter yet (Ray 2.60 warns about the
             # generic remote-args form); without them Ray Data restarts actors forever.
             warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
-            scored = _pool(dataset, actor_cls, actors, cpus_per_actor, gpus_per_actor, actor_retries, {
-                "payload_ref": payload_ref,
-                "out": str(out.resolve()),
-                "threshold": overrides["threshold"] if threshold != "keep" else "keep",
-                "pixel_threshold": overrides["pixel_threshold"],
-                "options": options,
-            })
+            scored = _pool(
+                dataset,
+                actor_cls,
+                actors,
+                cpus_per_actor,
+                gpus_per_actor,
+                actor_retries,
+                {
+                    "payload_ref": payload_ref,
+                    "out": str(out.resolve()),
+                    "threshold": overrides["threshold"] if threshold != "keep" else "keep",
+                    "pixel_threshold": overrides["pixel_threshold"],
+                    "options": options,
+                },
+            )
         counts = {s.index: s.count for s in todo}
         for row in scored.iter_rows():
             done_images += counts[int(row["shard"])]

@@ -54,9 +54,7 @@ def build_spec(detector, **options: Any) -> GraphSpec:
 
     name = detector.method_name
     if name not in EXPORTERS:
-        raise ExportError(
-            f"method {name!r} cannot be exported to ONNX (exportable: {', '.join(sorted(EXPORTERS))})"
-        )
+        raise ExportError(f"method {name!r} cannot be exported to ONNX (exportable: {', '.join(sorted(EXPORTERS))})")
     return EXPORTERS[name](detector.method, **options)
 
 

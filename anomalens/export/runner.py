@@ -68,7 +68,9 @@ class OnnxDetector(Detector):
         if self._bank is not None:
             expected.add(self.meta["memory_bank"]["input"])
         if names != expected:
-            raise OnnxModelError(f"{self.path}: graph inputs {sorted(names)} do not match its metadata {sorted(expected)}")
+            raise OnnxModelError(
+                f"{self.path}: graph inputs {sorted(names)} do not match its metadata {sorted(expected)}"
+            )
 
     def _read_bank(self) -> np.ndarray | None:
         bank = self.meta.get("memory_bank")
@@ -76,13 +78,17 @@ class OnnxDetector(Detector):
             return None
         file = self.path.with_name(bank["file"])
         if not file.exists():
-            raise OnnxModelError(f"{self.path}: its memory bank file {file} is missing (it is written beside the model)")
+            raise OnnxModelError(
+                f"{self.path}: its memory bank file {file} is missing (it is written beside the model)"
+            )
         try:
             array = np.load(file, mmap_mode="r", allow_pickle=False)
         except Exception as err:
             raise OnnxModelError(f"{file}: unreadable memory bank ({err})") from None
         if list(array.shape) != list(bank["shape"]) or array.dtype != np.float32:
-            raise OnnxModelError(f"{file}: memory bank of shape {array.shape} {array.dtype}, expected {bank['shape']} float32")
+            raise OnnxModelError(
+                f"{file}: memory bank of shape {array.shape} {array.dtype}, expected {bank['shape']} float32"
+            )
         return np.ascontiguousarray(array)
 
     @property
@@ -93,7 +99,7 @@ class OnnxDetector(Detector):
     def backbone_name(self) -> str:
         return f"{self.meta.get('backbone', '')} (ONNX)"
 
-    def fit(self, reference_images=()):  # noqa: D401
+    def fit(self, reference_images=()):
         raise TypeError(f"{self.path} is an exported model: it cannot be refitted; fit and export a new one")
 
     def calibrate(self, *args, **kwargs):
@@ -116,8 +122,12 @@ class OnnxDetector(Detector):
         valid = self.meta.get("valid_patches")
         if valid:
             feeds[valid["name"]] = np.stack(
-                [valid_mask(input_box(*img.size_hw, valid["size"], prep["resize"]), valid["size"], tuple(valid["grid"]))
-                 for img in batch]
+                [
+                    valid_mask(
+                        input_box(*img.size_hw, valid["size"], prep["resize"]), valid["size"], tuple(valid["grid"])
+                    )
+                    for img in batch
+                ]
             )
         if self._bank is not None:
             feeds[self.meta["memory_bank"]["input"]] = self._bank
@@ -154,8 +164,9 @@ class OnnxDetector(Detector):
                 sims = torch.from_numpy(out["description_similarity"][i])
                 best = sims.topk(min(top, len(descriptions)))
                 described = [(descriptions[j], float(v)) for v, j in zip(best.values, best.indices)]
-            results.append(AnomalyResult(path=img.path, score=float(out["score"][i]), anomaly_map=amap,
-                                         descriptions=described))
+            results.append(
+                AnomalyResult(path=img.path, score=float(out["score"][i]), anomaly_map=amap, descriptions=described)
+            )
         per_image = (time.perf_counter() - start) / len(batch)
         for img, result in zip(batch, results):
             result.seconds = per_image

@@ -71,7 +71,9 @@ class WinClipGraph(nn.Module):
         num_patches = self.method.grid[0] * self.method.grid[1]
         scales = [image[:, None].expand(-1, num_patches)]
         for j, emb in enumerate(feats.windows):
-            scales.append(harmonic_aggregation(anomaly_probability(emb, self.prototypes, t), getattr(self, f"cover_{j}")))
+            scales.append(
+                harmonic_aggregation(anomaly_probability(emb, self.prototypes, t), getattr(self, f"cover_{j}"))
+            )
         return image, len(scales) / torch.stack(scales).reciprocal().sum(0)
 
     def _few_shot(self, feats: WinClipFeatures) -> torch.Tensor:

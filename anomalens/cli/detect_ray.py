@@ -1,4 +1,4 @@
-"""`anomalens detect ... --engine ray`: the CLI side of the Ray engine (thin; see engines/ray.py)."""
+"""`anomalens detect ... --engine ray`: the CLI side of the Ray engine (thin; see anomalens.engines.ray)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,8 @@ from typing import Any
 
 import typer
 
-
-def _echo(msg: str) -> None:
-    typer.echo(msg, err=True)
-
-
-def _fail(msg: str) -> None:
-    typer.secho(f"error: {msg}", err=True, fg="red")
-    raise typer.Exit(2)
+from ..errors import UsageError
+from .app import echo, fail
 
 
 def detect_with_ray(det, p: dict[str, Any], explicit: set[str], inputs: list[str]) -> None:
@@ -24,10 +18,12 @@ def detect_with_ray(det, p: dict[str, Any], explicit: set[str], inputs: list[str
     model is what the actors load (and it lets the job be repeated with --model).
     """
     try:
-        from .ray import score_with_ray
+        from ..engines.ray import score_with_ray
     except ImportError as err:
-        _fail(f"--engine ray needs the optional packages ray[data] and pyarrow ({err.name} is missing): "
-              'pip install "anomalens[ray]"')
+        fail(
+            f"--engine ray needs the optional packages ray[data] and pyarrow ({err.name} is missing): "
+            'pip install "anomalens[ray]"'
+        )
     out = Path(p["out"])
     threshold: Any = "keep"
     if p.get("model") is not None:
@@ -38,10 +34,10 @@ def detect_with_ray(det, p: dict[str, Any], explicit: set[str], inputs: list[str
         model = out / "model"
         det.save(model, overwrite=True)
     pixel = det.pixel_threshold if threshold != "keep" else None
-    _echo(f"ray: {len(inputs)} input(s), model {model}, results as shards under {out / 'shards'}")
+    echo(f"ray: {len(inputs)} input(s), model {model}, results as shards under {out / 'shards'}")
 
     def progress(done: int, total: int) -> None:
-        _echo(f"  {done}/{total} images")
+        echo(f"  {done}/{total} images")
 
     try:
         summary = score_with_ray(
@@ -64,16 +60,16 @@ def detect_with_ray(det, p: dict[str, Any], explicit: set[str], inputs: list[str
             progress=progress,
         )
     except (ValueError, FileNotFoundError) as err:
-        _fail(str(err))
+        raise UsageError(str(err)) from err
     if summary.shards_skipped:
-        _echo(f"resumed: {summary.shards_skipped} shard(s) already written were kept")
+        echo(f"resumed: {summary.shards_skipped} shard(s) already written were kept")
     decisions = ", ".join(f"{k} {v}" for k, v in sorted(summary.decisions.items()))
-    _echo(
+    echo(
         f"{summary.ok + summary.failed} of {summary.total} images: {decisions or 'none scored'}, failed {summary.failed}; "
         f"{summary.images_per_second:.2f} images/s; results in {out / 'shards'}"
     )
     if summary.failed:
-        _echo(f"failures ({summary.failed}{', first 100' if summary.failed > 100 else ''}):")
+        echo(f"failures ({summary.failed}{', first 100' if summary.failed > 100 else ''}):")
         for path, error in summary.failures:
-            _echo(f"  {path}: {error}")
+            echo(f"  {path}: {error}")
         raise typer.Exit(1)

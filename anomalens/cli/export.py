@@ -1,4 +1,4 @@
-"""`anomalens export`: a saved model directory -> one .onnx file (thin: the work is in writer.py)."""
+"""`anomalens export`: a saved model directory -> one .onnx file (thin: the work is in anomalens.export)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,10 @@ from pathlib import Path
 
 import typer
 
-
-def _fail(msg: str) -> None:
-    typer.secho(f"error: {msg}", err=True, fg="red")
-    raise typer.Exit(2)
+from .app import app, echo, fail
 
 
+@app.command("export")
 def export_command(
     model: Path = typer.Option(..., "--model", help="A fitted model directory from `anomalens fit`."),
     format: str = typer.Option("onnx", "--format", help="Export format: onnx."),
@@ -29,31 +27,24 @@ def export_command(
     `anomalens detect --model OUT.onnx IMAGES` then runs it with onnxruntime (extra `onnx`).
     """
     if format != "onnx":
-        _fail(f"--format must be 'onnx', got {format!r}")
+        fail(f"--format must be 'onnx', got {format!r}")
+    if model.suffix.lower() == ".onnx":
+        fail(f"{model} is already an exported model; pass the model directory written by `anomalens fit`")
     from ..detector import load_detector
-    from .errors import MissingOnnxRuntimeError
-    from .writer import export_onnx
+    from ..errors import UsageError
+    from ..export import export_onnx
 
     try:
-        if model.suffix.lower() == ".onnx":
-            _fail(f"{model} is already an exported model; pass the model directory written by `anomalens fit`")
         det = load_detector(model)
         report = export_onnx(det, out, bank=bank, overwrite=overwrite, verify=verify)
-    except typer.Exit:
-        raise
-    except (ValueError, FileNotFoundError, FileExistsError, MissingOnnxRuntimeError) as err:
-        _fail(str(err))
-    except Exception as err:
-        if type(err).__name__ in ("MissingWeightsError", "MissingBackboneError", "MissingCheckpointError"):
-            _fail(str(err))
-        raise
+    except (FileNotFoundError, FileExistsError) as err:
+        raise UsageError(str(err)) from err
     size_mb = report.path.stat().st_size / 1e6
-    typer.echo(f"wrote {report.path} ({size_mb:.1f} MB) in {report.seconds:.1f} s", err=True)
+    echo(f"wrote {report.path} ({size_mb:.1f} MB) in {report.seconds:.1f} s")
     if report.bank_file is not None:
-        typer.echo(f"memory bank: {report.bank_file} (keep it beside the model)", err=True)
+        echo(f"memory bank: {report.bank_file} (keep it beside the model)")
     if report.max_map_difference is not None:
-        typer.echo(
+        echo(
             f"checked against PyTorch: max |difference| {report.max_map_difference:.2g} on maps, "
-            f"{report.max_score_difference:.2g} on scores",
-            err=True,
+            f"{report.max_score_difference:.2g} on scores"
         )
