@@ -65,8 +65,8 @@ def detect_with_ray(det, p: dict[str, Any], explicit: set[str], inputs: list[str
         echo(f"resumed: {summary.shards_skipped} shard(s) already written were kept")
     decisions = ", ".join(f"{k} {v}" for k, v in sorted(summary.decisions.items()))
     echo(
-        f"{summary.ok + summary.failed} of {summary.total} images: {decisions or 'none scored'}, failed {summary.failed}; "
-        f"{summary.images_per_second:.2f} images/s; results in {out / 'shards'}"
+        f"{summary.ok + summary.failed} of {summary.total} images: {decisions or 'none scored'}, "
+        f"failed {summary.failed}; {summary.images_per_second:.2f} images/s; results in {out / 'shards'}"
     )
     if summary.failed:
         echo(f"failures ({summary.failed}{', first 100' if summary.failed > 100 else ''}):")
