@@ -2,8 +2,6 @@
 
 from anomalens.text.prompts import (
     ANOMALOUS_STATES,
-    FILO_ABNORMAL_STATES,
-    FILO_NORMAL_STATES,
     MVTEC_CATEGORIES,
     NORMAL_STATES,
     POSITIONS,
@@ -17,14 +15,11 @@ from anomalens.text.prompts import (
     load_defect_vocabulary,
     load_ensemble,
     position_word,
-    state_phrase,
     winclip_prompts,
 )
 
 __all__ = [
     "ANOMALOUS_STATES",
-    "FILO_ABNORMAL_STATES",
-    "FILO_NORMAL_STATES",
     "MVTEC_CATEGORIES",
     "NORMAL_STATES",
     "POSITIONS",
@@ -38,6 +33,5 @@ __all__ = [
     "load_defect_vocabulary",
     "load_ensemble",
     "position_word",
-    "state_phrase",
     "winclip_prompts",
 ]
