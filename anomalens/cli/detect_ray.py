@@ -11,6 +11,33 @@ from ..errors import UsageError
 from .app import echo, fail
 
 
+def _same_files(a: Path, b: Path) -> bool:
+    names = sorted(f.name for f in a.iterdir())
+    return names == sorted(f.name for f in b.iterdir()) and all(
+        (a / n).read_bytes() == (b / n).read_bytes() for n in names
+    )
+
+
+def _save_fitted(det, target: Path, overwrite: bool) -> Path:
+    """Save the detector fitted for this job to <out>/model, never replacing another one silently."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = det.save(Path(tmp) / "model")
+        if target.exists() and not overwrite:
+            if not _same_files(fresh, target):
+                fail(
+                    f"{target} holds another model (earlier results were made with it); pass --overwrite or "
+                    "another --out"
+                )
+            return target
+        shutil.rmtree(target, ignore_errors=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(fresh, target)
+    return target
+
+
 def detect_with_ray(det, p: dict[str, Any], explicit: set[str], inputs: list[str]) -> None:
     """Score `inputs` with the fitted/loaded detector on Ray; exit 1 if any image failed.
 
@@ -31,8 +58,7 @@ def detect_with_ray(det, p: dict[str, Any], explicit: set[str], inputs: list[str
         if {"threshold", "pixel_threshold"} & explicit:
             threshold = det.threshold
     else:
-        model = out / "model"
-        det.save(model, overwrite=True)
+        model = _save_fitted(det, out / "model", bool(p["overwrite"]))
     pixel = det.pixel_threshold if threshold != "keep" else None
     echo(f"ray: {len(inputs)} input(s), model {model}, results as shards under {out / 'shards'}")
 
