@@ -321,12 +321,29 @@ class Detector:
         atomic_write(config_path, lambda f: f.write(text))
         return directory
 
+    def export(self, out: str | os.PathLike, format: str = "onnx", **options: Any):
+        """Write the fitted detector as a standalone model; see `anomalens.export.export_onnx`."""
+        if format != "onnx":
+            raise ValueError(f"unknown export format {format!r}; supported: onnx")
+        from .export import export_onnx
+
+        return export_onnx(self, out, **options)
+
 
 def load_detector(directory: str | os.PathLike, device: str | torch.device | None = "auto", **overrides: Any) -> Detector:
-    """Load a detector written by `Detector.save` (no unpickling: JSON + safetensors) onto `device`."""
+    """Load a detector written by `Detector.save` (no unpickling: JSON + safetensors) onto `device`.
+
+    A `.onnx` file written by `Detector.export` gives an `anomalens.export.OnnxDetector`.
+    """
     from safetensors.torch import load_file
 
     directory = Path(directory)
+    if directory.suffix.lower() == ".onnx":
+        if overrides:
+            raise ValueError(f"{directory} is an exported model: its settings cannot be changed ({sorted(overrides)})")
+        from .export import load_onnx_detector
+
+        return load_onnx_detector(directory)
     config_path = directory / MODEL_CONFIG
     if not config_path.exists():
         raise FileNotFoundError(f"{directory} is not a saved anomalens model (no {MODEL_CONFIG})")
