@@ -39,9 +39,10 @@ def test_two_class_probability_by_hand():
     assert float(p_soft[0]) == pytest.approx(np.exp(0.8) / (np.exp(0.6) + np.exp(0.8)), rel=1e-6)
 
 
-def test_class_embedding_is_normalised_mean():
+def test_class_embedding_is_the_mean_renormalised_only_on_request():
     feats = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=-1)
-    emb = class_embedding(feats)
+    torch.testing.assert_close(class_embedding(feats), torch.tensor([0.5, 0.5]))  # released: plain mean
+    emb = class_embedding(feats, renormalize=True)
     torch.testing.assert_close(emb, torch.tensor([2**-0.5, 2**-0.5]))
 
 

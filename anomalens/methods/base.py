@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -40,11 +41,27 @@ class Method(ABC):
     name: ClassVar[str]
     Settings: ClassVar[type]
     uses_text: ClassVar[bool] = False  # whether the method returns defect descriptions
+    # True for methods that score a batch jointly (each image against the others, `musc`): the
+    # run loop then passes every image of a run to one `predict` call instead of small batches.
+    scores_jointly: ClassVar[bool] = False
 
     def __init__(self, settings: Any):
         self.settings = settings
         self.num_references = 0
         self.fitted_ = False  # set by fit, leave_one_out and load_state_dict
+        self.device = torch.device("cpu")
+
+    def to(self, device: str | torch.device) -> Method:
+        """Move every module and tensor this method holds to `device` (see anomalens.device);
+        methods move their model inputs to `self.device` and return maps on the CPU."""
+        from ..device import move_to
+
+        device = torch.device(device)
+        for name, value in list(vars(self).items()):
+            if name not in ("device", "settings"):
+                setattr(self, name, move_to(value, device))
+        self.device = device
+        return self
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> Method:
@@ -73,6 +90,14 @@ class Method(ABC):
                 f"{self.name} is not fitted: call fit(references) first (fit([]) for zero-shot) or load a saved state"
             )
         return self._predict(list(images))
+
+    def predict_joint(self, images: Iterable[LoadedImage]) -> Iterator[MethodOutput]:
+        """For `scores_jointly` methods: score all images as one batch, then yield the outputs.
+
+        The scoring happens in the call; the outputs (with their full-size maps) are made one
+        by one as they are consumed, so a large batch never holds every full-size map at once.
+        """
+        return iter(self.predict(list(images)))
 
     def leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
         """Score each held-out reference with the method fitted on all the others; end fitted on all."""

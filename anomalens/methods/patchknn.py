@@ -80,7 +80,7 @@ class PatchKnn(Method):
             inputs.append(x)
             boxes.append(box)
         feats = [
-            self.backbone(torch.stack(inputs[i : i + s.batch_size]))
+            self.backbone(torch.stack(inputs[i : i + s.batch_size]).to(self.device))
             for i in range(0, len(inputs), s.batch_size)
         ]
         return torch.cat(feats), boxes

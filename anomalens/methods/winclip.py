@@ -202,7 +202,7 @@ class WinClip(Method):
         pairs = [
             to_model_input(img.rgb, s.image_size, self.backbone.mean, self.backbone.std, s.resize) for img in images
         ]
-        return torch.stack([x for x, _ in pairs]), [box for _, box in pairs]
+        return torch.stack([x for x, _ in pairs]).to(self.device), [box for _, box in pairs]
 
     def _encode_batches(self, inputs: torch.Tensor) -> WinClipFeatures:
         step = self.settings.batch_size

@@ -187,7 +187,7 @@ class Filo(Method):
             inputs.append(x)
             boxes.append(box)
         with torch.no_grad():
-            out = self.model(torch.stack(inputs), prompt_sets)
+            out = self.model(torch.stack(inputs).to(self.device), prompt_sets)
         results = []
         for i, (img, (_, weight), box) in enumerate(zip(images, located, boxes)):
             amap = map_to_image(out.anomaly_map[i], box, self.image_size, img.size_hw)
