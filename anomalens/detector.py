@@ -162,6 +162,7 @@ class Detector:
             else:
                 if not extra:
                     raise ValueError("--threshold auto needs good reference images (--refs)")
+                self._ensure_fitted()
                 outputs = self.method.predict(extra)
         self.threshold = calibrate_threshold([o.score for o in outputs], quantile=quantile, margin=margin)
         if pixel_threshold is not None:
@@ -261,13 +262,16 @@ class Detector:
             return
         yield from done
 
+    def _ensure_fitted(self) -> None:
+        if not self.method.fitted_:
+            self.method.fit([])  # never fitted: zero-shot, as documented ("skip fit for zero-shot")
+
     def _run(self, batch: list[LoadedImage], with_images: bool = False) -> Iterator:
         if not batch:
             return
         start = time.perf_counter()
         with torch.inference_mode():
-            if not self.method.fitted_:
-                self.method.fit([])  # never fitted: zero-shot, as documented
+            self._ensure_fitted()
             outputs = self.method.predict(batch)
         per_image = (time.perf_counter() - start) / len(batch)
         for img, out in zip(batch, outputs):

@@ -22,6 +22,7 @@ TINY = {
     "fade": {"backbone": "test-tiny", "classification_size": 32, "segmentation_sizes": (32, 64)},
     "winclip": {"backbone": "test-tiny", "image_size": 32},
     "filo": {"backbone": "test-tiny-24", "image_size": 28},
+    "musc": {"image_size": 64, "progress": False},
 }
 
 

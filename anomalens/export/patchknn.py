@@ -51,7 +51,7 @@ def build(method, bank: str = "auto") -> GraphSpec:
     s = method.settings
     require(bank in BANK_MODES, f"bank must be one of {BANK_MODES}, got {bank!r}")
     require(s.resize in ("squash", "pad"), f"patchknn resize policy {s.resize!r} cannot be exported")
-    patches = method.bank.banks.get("patches")
+    patches = method.bank_.banks.get("patches")
     if patches is not None:
         require(patches.shape[0] >= s.few_shot_k, f"memory bank has fewer than few_shot_k={s.few_shot_k} patches")
     size = s.image_size

@@ -89,7 +89,7 @@ class Method(ABC):
             raise NotFittedError(
                 f"{self.name} is not fitted: call fit(references) first (fit([]) for zero-shot) or load a saved state"
             )
-        return self._predict(list(images))
+        return self._predict(images)  # a list, or a stream for methods that score jointly
 
     def predict_joint(self, images: Iterable[LoadedImage]) -> Iterator[MethodOutput]:
         """For `scores_jointly` methods: score all images as one batch, then yield the outputs.

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import SettingsError, UsageError
-from ...images import LoadedImage, map_to_image, to_model_input
+from ...geometry import map_to_image, to_model_input
+from ...images import LoadedImage
 from ..base import Method, MethodOutput, register_method
 from ..patchknn import valid_grid_region
 from .extract import create_layer_backbone
@@ -84,9 +85,6 @@ class MuSc(Method):
         self.references: BatchFeatures | None = None
         self.last_batch: dict = {}
 
-    def describe_backbone(self) -> str:
-        return self.backbone.name
-
     # ---- features ------------------------------------------------------------------------
     def features(self, images: Iterable[LoadedImage], desc: str = "musc features") -> BatchFeatures:
         """LNAMD features of images read one batch at a time (the pixels are not kept)."""
@@ -117,11 +115,11 @@ class MuSc(Method):
         return BatchFeatures(patches, grids, image_features, boxes, paths, sizes)
 
     # ---- fit / predict -------------------------------------------------------------------
-    def fit(self, references: list[LoadedImage]) -> None:
+    def _fit(self, references: list[LoadedImage]) -> None:
         self.num_references = len(references)
         self.references = self.features(references, "musc references") if references else None
 
-    def predict(self, images: Iterable[LoadedImage]) -> list[MethodOutput]:
+    def _predict(self, images: Iterable[LoadedImage]) -> list[MethodOutput]:
         """Score the batch jointly; `images` may be a stream (each is read once)."""
         return list(self.predict_joint(images))
 
@@ -138,7 +136,7 @@ class MuSc(Method):
         }
         return (self._output(feats, i, maps[i], float(scores[i])) for i in range(len(feats.paths)))
 
-    def leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
+    def _leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
         """Each held-out reference scored against all the other references; ends fitted on all."""
         feats = self.features(references, "musc references")
         outputs = []
@@ -208,7 +206,7 @@ class MuSc(Method):
         state["ref.boxes"] = torch.tensor(self.references.boxes, dtype=torch.long)
         return state
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if "ref.image_features" not in state:
             self.references = None
             return

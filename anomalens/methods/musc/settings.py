@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...images import RESIZE_POLICIES
+from ...geometry import RESIZE_POLICIES
 from ...settings import MethodSettings, setting
 from .lnamd import DEFAULT_DEGREES
 from .msm import DEFAULT_CHUNK_ELEMENTS, DEFAULT_INTERVAL
