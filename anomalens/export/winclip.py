@@ -112,7 +112,7 @@ def build(method, bank: str = "auto") -> GraphSpec:
         metadata={
             "category": method.category,
             "descriptions": list(method.anomalous_prompts),
-            "top_descriptions": s.num_descriptions,
+            "top_descriptions": s.top_descriptions,
         },
         valid_patches=valid,
         memory_bank={"mode": "constant"} if method.few_shot else None,
