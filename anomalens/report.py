@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from anomalens.calibration import Threshold, as_threshold
 from anomalens.outputs import REPORT_HTML, read_records
 
 THUMB_SIDE = 160
@@ -161,10 +162,8 @@ def _score_of(rec: dict) -> float | None:
 
 
 def _threshold_value(summary_info: dict, records: Sequence[dict]) -> float | None:
-    t = summary_info.get("threshold")
-    t = getattr(t, "value", t)  # accept a calibration.Threshold as well as a number
-    if isinstance(t, dict):
-        t = t.get("value")
+    t = as_threshold(summary_info.get("threshold"))  # a number, a Threshold or its saved dict
+    t = None if t is None else t.value
     if t is None:
         t = next((r["threshold"] for r in records if r.get("threshold") is not None), None)
     try:
@@ -271,19 +270,19 @@ def _summary_html(records: Sequence[dict], summary_info: dict, threshold: float 
     )
     info = dict(summary_info)
     rows: list[tuple[str, str]] = []
-    thr_obj = info.pop("threshold", None)
+    thr_obj = info.pop("threshold", None)  # described only when it carries how it was set
     thr_text = info.pop("threshold_description", None) or (
-        thr_obj.description() if hasattr(thr_obj, "description") else None
+        thr_obj.description() if isinstance(thr_obj, Threshold) else None
     )
     if threshold is not None or thr_text:
         value = "" if threshold is None else _fmt_num(threshold, 6)
         rows.append(("Threshold", f"{value} ({thr_text})" if thr_text and value else value or str(thr_text)))
     pix = info.pop("pixel_threshold", None)
     pix_text = info.pop("pixel_threshold_description", None) or (
-        pix.description() if hasattr(pix, "description") else None
+        pix.description() if isinstance(pix, Threshold) else None
     )
     if pix is not None or pix_text:
-        value = _fmt_num(getattr(pix, "value", pix), 6) if pix is not None else ""
+        value = _fmt_num(as_threshold(pix).value, 6) if pix is not None else ""
         rows.append(
             ("Pixel threshold", f"{value} ({pix_text})" if pix_text and value else value or str(pix_text))
         )

@@ -155,11 +155,7 @@ class ShardScorer:
             if isinstance(item, ImageLoadError):
                 by_path[item.path] = _failure(item.path, item.reason)
                 continue
-            result, img = item
-            if det.threshold is None and det.pixel_threshold is not None:
-                result.pixel_threshold = float(getattr(det.pixel_threshold, "value", det.pixel_threshold))
-                with np.errstate(invalid="ignore"):
-                    result.mask = np.asarray(result.anomaly_map) > result.pixel_threshold
+            result, img = item  # decisions and masks (a pixel threshold alone too): Detector
             extra = {
                 "time": datetime.now().astimezone().isoformat(timespec="seconds"),
                 "image_size": list(img.original_hw or img.size_hw),
