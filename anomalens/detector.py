@@ -106,6 +106,11 @@ class Detector:
     def backbone_name(self) -> str:
         return self.method.describe_backbone()
 
+    @property
+    def scores_jointly(self) -> bool:
+        """Whether the method scores a run's images against each other (then one batch per run)."""
+        return self.method.scores_jointly
+
     def fit(self, reference_images: Iterable[ImageInput] = ()) -> Detector:
         """Use good reference images (few-shot); call with none (or not at all) for zero-shot.
 
@@ -198,7 +203,7 @@ class Detector:
         and an image that still fails yields an ImageLoadError ("could not be scored: ...")
         instead of ending the iteration, so a long run goes on past one bad image.
         """
-        if self.method.scores_jointly:
+        if self.scores_jointly:
             yield from self._predict_jointly(images, jobs, with_images)
             return
         run = self._run_tolerant if skip_errors else self._run

@@ -245,7 +245,7 @@ def run(
 def _prepare_joint_batch(detector, files: list[Path], done: set[str], out: Path) -> bool:
     """For methods that score images against each other (`musc`): record the batch in batch.json,
     refuse to complete results of a different batch. Returns whether the method scores jointly."""
-    if not detector.method.scores_jointly:
+    if not detector.scores_jointly:
         return False
     from .batch_record import batch_conflict, describe_batch, read_batch, write_batch
 
@@ -313,7 +313,7 @@ def _write_report(
     if detector.pixel_threshold is not None:
         info["pixel_threshold"] = detector.pixel_threshold.value
         info["pixel_threshold_description"] = detector.pixel_threshold.description()
-    if detector.method.scores_jointly and num_images:
+    if detector.scores_jointly and num_images:
         refs = len(detector.reference_paths)
         refs_note = f" and {refs} reference images" if refs else ""
         info["batch"] = f"{num_images} input images scored jointly (each against the others{refs_note})"

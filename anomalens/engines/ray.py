@@ -117,9 +117,7 @@ class ShardScorer:
         self._folder = Path(tempfile.mkdtemp(prefix="anomalens-model-"))
         self.detector = _load_payload(payload, self._folder)
         if threshold != "keep":
-            from ..detector import threshold_from_dict
-
-            self.detector.threshold = None if threshold is None else threshold_from_dict(threshold)
+            self.detector.threshold = threshold  # a saved dict, a number or None: Detector converts
             self.detector.pixel_threshold = pixel_threshold
         self.out = Path(out)
         self.paths_file = self.out / listing.INPUTS_DIR / "paths.txt"
@@ -200,7 +198,12 @@ class ShardScorer:
 
 
 def _threshold_json(value: Any) -> Any:
-    return value.to_dict() if hasattr(value, "to_dict") else value
+    from ..calibration import as_threshold
+
+    if isinstance(value, str):  # "keep": the model's own
+        return value
+    value = as_threshold(value)
+    return None if value is None else value.to_dict()
 
 
 def _prepare_out(out: Path, fingerprint: str, overwrite: bool) -> None:

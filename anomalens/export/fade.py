@@ -22,7 +22,7 @@ class FadeGraph(nn.Module):
         super().__init__()
         s = method.settings
         self.method = method
-        self.clip = method.clip
+        self.clip = method.backbone
         self.sizes = sizes
         self.segmentation_sizes = list(dict.fromkeys(s.segmentation_sizes))
         self.classification_size = s.classification_size
@@ -107,10 +107,10 @@ def build(method, bank: str = "auto") -> GraphSpec:
         map_size=finest,
         dynamic_batch=True,
         metadata={
-            "category": method.category,
+            "category": method.settings.category,
             "descriptions": list(text.descriptions),
             "top_descriptions": s.top_descriptions,
         },
         memory_bank={"mode": "constant"} if len(method.bank_) else None,
-        clip=method.clip,
+        clip=method.backbone,
     )

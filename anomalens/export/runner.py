@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..detector import Detector, threshold_from_dict
+from ..calibration import as_threshold
+from ..detector import Detector
 from ..geometry import input_box, map_to_image, to_model_input
 from ..images import LoadedImage
 from ..results import AnomalyResult
@@ -48,6 +49,8 @@ def _session(path: Path, threads: int):
 class OnnxDetector(Detector):
     """An exported detector: predicts like `Detector` (same results), cannot be refitted."""
 
+    scores_jointly = False  # the exportable methods score each image on its own
+
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
         # Not Detector.__init__: there is no PyTorch method to build, only a session.
         self.path = Path(path)
@@ -58,9 +61,8 @@ class OnnxDetector(Detector):
         self.method_name = self.meta["method"]
         self.reference_paths = list(self.meta.get("references") or [])
         thr = self.meta.get("threshold")
-        self.threshold = threshold_from_dict(thr) if isinstance(thr, dict) else None
-        pix = self.meta.get("pixel_threshold")
-        self.pixel_threshold = threshold_from_dict(pix) if isinstance(pix, dict) else pix
+        self.threshold = as_threshold(thr) if isinstance(thr, dict) else None
+        self.pixel_threshold = as_threshold(self.meta.get("pixel_threshold"))
         self._bank = self._read_bank()
         names = {i.name for i in self.session.get_inputs()}
         expected = {i["name"] for i in self.meta["preprocessing"]["inputs"]}

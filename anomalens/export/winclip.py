@@ -110,7 +110,7 @@ def build(method, bank: str = "auto") -> GraphSpec:
         map_size=size,
         dynamic_batch=True,
         metadata={
-            "category": method.category,
+            "category": method.settings.category,
             "descriptions": list(method.anomalous_prompts),
             "top_descriptions": s.top_descriptions,
         },

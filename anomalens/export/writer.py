@@ -32,7 +32,7 @@ class ExportReport:
 
 
 def _threshold_json(value) -> Any:
-    return value.to_dict() if hasattr(value, "to_dict") else value
+    return None if value is None else value.to_dict()  # Detector thresholds are Threshold or None
 
 
 def bank_file_for(path: Path) -> Path:
