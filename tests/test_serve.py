@@ -260,6 +260,10 @@ def test_openapi_schema_describes_every_route(client):
     assert ok.endswith("/Prediction")
     assert {"Prediction", "ErrorResponse", "ModelInfo", "BatchResponse"} <= set(schema["components"]["schemas"])
     assert client.get("/docs").status_code == 200
+    # And valid OpenAPI 3.1, checked by an independent validator.
+    from openapi_spec_validator import validate
+
+    validate(schema)
 
 
 def test_page_is_served_without_external_resources(client):
