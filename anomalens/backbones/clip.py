@@ -328,7 +328,7 @@ class ClipBackbone(nn.Module):
         """L2-normalised text embeddings (len(texts), embed_dim)."""
         chunks = []
         for i in range(0, len(texts), batch_size):
-            tokens = self.tokenizer(texts[i : i + batch_size])
+            tokens = self.tokenizer(texts[i : i + batch_size]).to(self.model.visual.conv1.weight.device)
             chunks.append(F.normalize(self.model.encode_text(tokens).float(), dim=-1))
         return torch.cat(chunks)
 

@@ -6,7 +6,9 @@ the global score S = softmax(A . F^T)_a + max(M) (Eq. 1), with max(M) taken on t
 map at the image's size; the five defect descriptions closest to the image are reported.
 
 FiLo is zero-shot: `fit(references)` ignores reference images (there is no few-shot variant in
-the paper); what it learned comes from `anomalens train filo` on another dataset.
+the paper); what it learned comes from `anomalens train filo` on another dataset, or from the
+authors' released checkpoint (`checkpoint="filo_train_on_visa.pth"`), which runs the released
+variant (`released.py`): their templates, maps and score.
 """
 
 from __future__ import annotations
@@ -18,15 +20,32 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from ..backbones.clip import is_tiny
-from ..filo.model import FiloConfig, top_descriptions
-from ..filo.prompt_learner import PromptSet, build_prompts
-from ..filo.train import TRAIN_HINT, MissingCheckpointError, build_backbone, build_model, read_trained
-from ..grounding import MAX_BOX_AREA, OUTSIDE_WEIGHT, GroundingDetector, grounding_prompt
-from ..images import RESIZE_POLICIES, LoadedImage, map_to_image, to_model_input
-from ..settings import MethodSettings, setting
-from ..text.prompts import POSITIONS, load_defect_vocabulary
-from .base import Method, MethodOutput, register_method
+from ...backbones.clip import is_tiny
+from ...geometry import RESIZE_POLICIES, map_to_image, to_model_input
+from ...images import LoadedImage
+from ...settings import MethodSettings, setting
+from ...text.prompts import POSITIONS, load_defect_vocabulary
+from ..base import Method, MethodOutput, register_method
+from .checkpoint import (
+    RELEASED_FORMAT,
+    TRAIN_HINT,
+    MissingCheckpointError,
+    build_backbone,
+    build_model,
+    default_weights,
+    load_checkpoint,
+    load_into,
+)
+from .grounding import (
+    MAX_BOX_AREA,
+    OUTSIDE_WEIGHT,
+    GroundingDetector,
+    grounding_prompt,
+    released_box_position,
+    released_grounding_prompt,
+)
+from .model import FiloConfig, top_descriptions
+from .prompts import PromptSet, build_prompts
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +56,7 @@ _warned_no_grounding = False
 
 @dataclass
 class FiloSettings(MethodSettings):
-    checkpoint: str | None = setting(None, "directory from `anomalens train filo`")
+    checkpoint: str | None = setting(None, "`anomalens train filo` directory, or the authors' filo_train_on_*.pth")
     backbone: str | None = setting(None, "open_clip architecture; default: the checkpoint's, else ViT-L-14-336")
     weights: str | None = setting(None, "CLIP tag or file; default: the checkpoint's, else OpenAI's")
     category: str | None = setting(None, 'object name for the prompts; default: "object" + generic defects')
@@ -49,7 +68,7 @@ class FiloSettings(MethodSettings):
     max_box_area: float = setting(MAX_BOX_AREA, "boxes above this fraction of the image are dropped", minimum=0.0)
     outside_box_weight: float = setting(OUTSIDE_WEIGHT, "lambda: map weight outside the boxes", minimum=0.0)
     position_without_grounding: str = setting(
-        "center", "position word without boxes: center, or average (all nine)", choices=("center", "average")
+        "center", "position without boxes: center (as released) or average (all nine)", choices=("center", "average")
     )
     top_descriptions: int = setting(5, "defect descriptions most similar to the image, returned per image", minimum=0)
     seed: int = setting(0, "random init of tiny backbones / untrained heads (tests)")
@@ -65,13 +84,12 @@ class Filo(Method):
 
     def __init__(self, settings: FiloSettings):
         super().__init__(settings)
-        if settings.position_without_grounding not in ("center", "average"):
-            raise ValueError("position_without_grounding must be 'center' or 'average'")
         info, state = ({}, None)
         if settings.checkpoint is not None:
-            info, state = read_trained(settings.checkpoint)
+            info, state = load_checkpoint(settings.checkpoint)
         arch = settings.backbone or info.get("backbone", DEFAULT_BACKBONE)
-        if state is not None and arch != info.get("backbone"):
+        # Our checkpoints record their backbone; the released file does not (ViT-L-14-336 assumed).
+        if state is not None and info.get("format") != RELEASED_FORMAT and arch != info.get("backbone"):
             raise ValueError(
                 f"{settings.checkpoint} was trained on backbone {info.get('backbone')!r}, not {arch!r}; "
                 "leave --backbone unset to use the checkpoint's."
@@ -81,23 +99,21 @@ class Filo(Method):
                 f"FiLo with {arch} needs trained prompt vectors, MMCI and adapter. {TRAIN_HINT} "
                 "Only the tiny test backbones run untrained."
             )
-        if settings.weights is not None:
-            weights = settings.weights
-        elif "weights" in info:
-            weights = info["weights"]
-        else:
-            weights = None if is_tiny(arch) else "default"
+        weights = default_weights(arch, settings.weights, info.get("weights"))
         seed = int(info.get("seed", settings.seed))
         self.image_size = int(settings.image_size or info.get("image_size", DEFAULT_IMAGE_SIZE))
         config = FiloConfig.from_dict(info.get("model", {}))
-        self.backbone = build_backbone(arch, weights, self.image_size, seed)
+        self.released = config.variant == "released"
+        self.backbone = build_backbone(arch, weights, self.image_size, seed, config.variant)
         self.model = build_model(self.backbone, config, seed).eval()
         if state is not None:
-            self.model.load_trainable_state_dict(state)
+            load_into(self.model, state, str(settings.checkpoint))
         self.vocabulary = load_defect_vocabulary(settings.vocabulary)
-        self.detector = GroundingDetector(settings.grounding, settings.box_threshold, settings.max_box_area) if (
-            settings.grounding
-        ) else None
+        self.grounding_dino = (
+            GroundingDetector(settings.grounding, settings.box_threshold, settings.max_box_area)
+            if settings.grounding
+            else None
+        )
 
     @property
     def uses_text(self) -> bool:
@@ -110,7 +126,7 @@ class Filo(Method):
         """The object being inspected (the benchmark calls this per category)."""
         self.settings.category = name
 
-    def fit(self, references: list[LoadedImage]) -> None:
+    def _fit(self, references: list[LoadedImage]) -> None:
         """Zero-shot method: reference images are ignored (FiLo learns on another dataset)."""
         self.num_references = 0
 
@@ -121,13 +137,23 @@ class Filo(Method):
     def _prompts(self, position: str | tuple[str, ...]) -> PromptSet:
         cfg = self.model.config
         return build_prompts(
-            self.settings.category or "object", self._descriptions(), position, cfg.normal_states, cfg.abnormal_states
+            self.settings.category or "object",
+            self._descriptions(),
+            position,
+            cfg.normal_states,
+            cfg.abnormal_states,
+            cfg.prompt_style,
         )
+
+    @property
+    def grounding_status(self) -> str:
+        """"on" with Grounding DINO boxes, else "off" (recorded in every result)."""
+        return "off" if self.grounding_dino is None else "on"
 
     def _locate(self, img: LoadedImage) -> tuple[str | tuple[str, ...], np.ndarray | None]:
         """Position word(s) for the prompts and the box weight map (None without grounding)."""
         global _warned_no_grounding
-        if self.detector is None:
+        if self.grounding_dino is None:
             if not _warned_no_grounding:
                 log.warning(
                     "filo: no Grounding DINO weights (grounding=None): no boxes, abnormal prompts at "
@@ -137,11 +163,17 @@ class Filo(Method):
             if self.settings.position_without_grounding == "average":
                 return POSITIONS, None
             return "center", None
-        found = self.detector(img.rgb, grounding_prompt(self._descriptions()))
-        return found.position, found.weight_map(self.settings.outside_box_weight)
+        descriptions = self._descriptions()
+        if self.released:
+            found = self.grounding_dino(img.rgb, released_grounding_prompt(descriptions), phrase_filter=descriptions)
+            position = released_box_position(found.best, found.image_hw)
+        else:
+            found = self.grounding_dino(img.rgb, grounding_prompt(descriptions))
+            position = found.position
+        return position, found.weight_map(self.settings.outside_box_weight)
 
     # ---- prediction ----------------------------------------------------------------------
-    def predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
+    def _predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
         s = self.settings
         outputs: list[MethodOutput] = []
         for start in range(0, len(images), s.batch_size):
@@ -158,15 +190,19 @@ class Filo(Method):
             inputs.append(x)
             boxes.append(box)
         with torch.no_grad():
-            out = self.model(torch.stack(inputs), prompt_sets)
+            out = self.model(torch.stack(inputs).to(self.device), prompt_sets)
         results = []
         for i, (img, (_, weight), box) in enumerate(zip(images, located, boxes)):
             amap = map_to_image(out.anomaly_map[i], box, self.image_size, img.size_hw)
             if weight is not None:
                 amap = amap * weight
-            score = float(out.logits[i].softmax(-1)[1]) + float(amap.max())
+            if self.released:  # the released score is taken before the box suppression
+                score = float(out.score[i])
+            else:
+                score = float(out.logits[i].softmax(-1)[1]) + float(amap.max())
             descriptions = top_descriptions(
                 out.adapted[i], out.abnormal_features[i], prompt_sets[i], s.top_descriptions
             )
-            results.append(MethodOutput(score, amap.astype(np.float32), descriptions))
+            extra = {"grounding": self.grounding_status}
+            results.append(MethodOutput(score, amap.astype(np.float32), descriptions, extra))
         return results
