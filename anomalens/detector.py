@@ -142,10 +142,15 @@ class Detector:
         Few-shot: leave-one-out over the references (each is scored by a detector fitted on
         the others), so the threshold sees scores of good images the model did not memorise.
         Zero-shot: the given good images (or the references) are scored as they are.
+        A quantile outside (0, 1], a negative or non-finite margin or pixel threshold is refused
+        before anything is scored (fail closed).
         With more than `max_images` references, a seeded subset of them is held out in turn.
         """
-        from .calibration import calibrate_threshold, pixel_threshold_from_maps
+        from .calibration import Threshold, calibrate_threshold, pixel_threshold_from_maps
 
+        Threshold(value=0.0, method="auto", quantile=quantile, margin=margin)  # validates both
+        if pixel_threshold is not None:
+            Threshold.given(pixel_threshold)
         refs = list(getattr(self, "_references", []))
         extra = [_as_loaded(i) for i in images] if images is not None else []
         with torch.inference_mode():
