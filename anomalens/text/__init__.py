@@ -15,7 +15,9 @@ from anomalens.text.prompts import (
     load_defect_vocabulary,
     load_ensemble,
     position_word,
+    released_class_name,
     winclip_prompts,
+    wrap_prompts,
 )
 
 __all__ = [
@@ -33,5 +35,7 @@ __all__ = [
     "load_defect_vocabulary",
     "load_ensemble",
     "position_word",
+    "released_class_name",
     "winclip_prompts",
+    "wrap_prompts",
 ]
