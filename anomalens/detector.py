@@ -233,6 +233,7 @@ class Detector:
 
         start = time.perf_counter()
         with torch.inference_mode():
+            self._ensure_fitted()
             outputs = self.method.predict_joint(readable())
         per_image = (time.perf_counter() - start) / max(1, sum(not isinstance(s, ImageLoadError) for s in slots))
         for i, slot in enumerate(slots):
