@@ -335,6 +335,11 @@ class Detector:
         return export_onnx(self, out, **options)
 
 
+def threshold_from_dict(data: dict) -> Threshold:
+    """A Threshold from its saved JSON form (export and the ray engine import it from here)."""
+    return as_threshold(data)
+
+
 def load_detector(directory: str | os.PathLike, device: str | torch.device | None = "auto", **overrides: Any) -> Detector:
     """Load a detector written by `Detector.save` (no unpickling: JSON + safetensors) onto `device`.
 
