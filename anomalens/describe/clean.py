@@ -33,18 +33,18 @@ from ..text.prompts import clean_class_name
 #: Word stems of defects and damage. A cleaned item must contain a word starting with one of them.
 DEFECT_STEMS: tuple[str, ...] = (
     "abras", "absent", "advers", "air bubble", "asymmetr", "bend", "bent", "blemish", "blister", "blob",
-    "blot", "blur", "break", "broke", "bubbl", "buckl", "bulg", "burn", "burr", "burst", "chafe", "chip",
+    "blot", "blur", "break", "bump", "broke", "bubbl", "buckl", "bulg", "burn", "burr", "burst", "chafe", "chip",
     "clog", "collaps", "contamin", "corro", "crack", "cras", "crater", "crease", "crimp", "crook",
     "crumbl", "crush", "cut", "damag", "debris", "decay", "defect", "deform", "delamin", "dent", "deteri",
     "detach", "discolo", "dirt", "dirty", "displac", "distort", "drip", "dust", "erod", "erosion", "excess",
     "extra", "fade", "faded", "fail", "fault", "flake", "flaki", "flaw", "fold", "foreign", "fracture",
-    "fray", "fungus", "gap", "gash", "gouge", "grease", "groove", "hole", "impur", "incomplet", "inclusion",
-    "indent", "irregul", "kink", "knot", "leak", "loose", "malform", "mark", "melt", "misalign", "misplac",
-    "misprint", "miss", "mold", "mould", "nick", "notch", "oil", "overflow", "oxid", "patch", "peel",
+    "fray", "fungus", "gap", "gash", "gouge", "grease", "groove", "hole", "impur", "incomplet", "incorrect", "inclusion",
+    "indent", "irregul", "kink", "knot", "leak", "loose", "lump", "malform", "mark", "melt", "misalign", "misplac",
+    "misprint", "misshap", "miss", "mold", "mould", "nick", "notch", "oil", "overflow", "oxid", "patch", "peel",
     "pinhole", "pit", "poke", "porous", "poros", "protru", "punctur", "residu", "rip", "rough", "rot",
     "rust", "sag", "scald", "scorch", "scrap", "scratch", "scuff", "seam", "shatter", "short", "shrink",
     "shrunk", "smear", "smudg", "snag", "soil", "speck", "spill", "splinter", "split", "spot", "squash",
-    "squeez", "stain", "stray", "streak", "swell", "swollen", "tangl", "tear", "thin", "torn", "twist",
+    "squeez", "stain", "stray", "streak", "stripped", "swell", "swollen", "tangl", "tear", "thin", "torn", "twist",
     "uneven", "unfinish", "warp", "wear", "worn", "wrinkl", "wrong",
 )  # fmt: skip
 
