@@ -32,7 +32,14 @@ from ..backbones.clip import create_method_clip
 from ..images import LoadedImage, input_box, map_to_image, to_model_input
 from ..scoring import FEW_SHOT_K, ZERO_SHOT_K, MemoryBank, knn_anomaly
 from ..text.features import DEFAULT_CACHE, TextFeatureCache
-from ..text.prompts import clean_class_name, dedupe, fade_segmentation_prompts, load_ensemble, winclip_prompts
+from ..text.prompts import (
+    clean_class_name,
+    dedupe,
+    defect_prompts,
+    fade_segmentation_prompts,
+    load_ensemble,
+    winclip_prompts,
+)
 from .base import Method, MethodOutput, register_method
 
 MODES = ("language", "vision", "both")
@@ -60,6 +67,9 @@ class FadeSettings:
     as_few_shot_language_weight: float = 0.15  # AS few-shot = 0.15 * language + 0.85 * (3.5 * vision)
     as_few_shot_vision_scale: float = 3.5
     top_descriptions: int = 5  # anomalous prompts most similar to the image, returned per image
+    # Defect phrases for `category` (e.g. from `anomalens describe`), added to the classification's
+    # anomalous prompts as "<template> <category> with <defect>"; None: WinCLIP's prompts only (paper).
+    defects: tuple[str, ...] | None = None
     resize: str = "squash"
     batch_size: int = 4  # images per forward pass at the smallest scale
 
@@ -124,6 +134,8 @@ class Fade(Method):
         if self._text is None:
             obj = clean_class_name(self.category) or "object"
             cls_normal, cls_anomalous = winclip_prompts(obj)
+            if self.settings.defects and self.category == self.settings.category:
+                cls_anomalous = [*cls_anomalous, *defect_prompts(obj, self.settings.defects)]
             seg_normal, seg_anomalous = fade_segmentation_prompts(self.ensemble)
             descriptions = dedupe([*cls_anomalous, *self.ensemble.anomalous])
             enc = lambda texts: self.cache.encode(self.clip, texts)  # noqa: E731

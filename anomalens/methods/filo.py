@@ -43,6 +43,7 @@ class FiloSettings:
     resize: str = "squash"  # "squash" (paper) or "pad"
     grounding: str | None = None  # local Grounding DINO folder; None: no boxes
     vocabulary: str | None = None  # defect vocabulary JSON; None: the packaged one
+    defects: tuple[str, ...] | None = None  # defect phrases for `category` (`--describe`); replace the vocabulary's
     box_threshold: float = 0.25
     max_box_area: float = MAX_BOX_AREA
     outside_box_weight: float = OUTSIDE_WEIGHT  # lambda
@@ -111,6 +112,8 @@ class Filo(Method):
 
     # ---- prompts and positions -----------------------------------------------------------
     def _descriptions(self) -> list[str]:
+        if self.settings.defects and self.category == self.settings.category:
+            return list(self.settings.defects)
         return self.vocabulary.for_category(self.category or "object")
 
     def _prompts(self, position: str | tuple[str, ...]) -> PromptSet:

@@ -34,7 +34,7 @@ from ..backbones.clip import ClipBackbone, create_method_clip
 from ..images import LoadedImage, map_to_image, to_model_input
 from ..scoring import FEW_SHOT_K, MemoryBank, knn_anomaly
 from ..text.features import DEFAULT_CACHE, TextFeatureCache
-from ..text.prompts import clean_class_name, winclip_prompts
+from ..text.prompts import clean_class_name, defect_prompts, winclip_prompts
 from .base import Method, MethodOutput, register_method
 from .patchknn import valid_grid_region
 
@@ -56,6 +56,9 @@ class WinClipSettings:
     batch_size: int = 8  # images per forward pass
     window_batch: int = 1024  # window sequences per transformer call
     num_descriptions: int = 5  # anomalous prompts returned per image
+    # Defect phrases for `category` (e.g. from `anomalens describe`), added to the anomalous prompts as
+    # "<template> <category> with <defect>"; not in the paper, None keeps WinCLIP's ensemble unchanged.
+    defects: tuple[str, ...] | None = None
 
 
 # ---- windows -----------------------------------------------------------------------------------
@@ -147,7 +150,11 @@ class WinClip(Method):
     # ---- text --------------------------------------------------------------------------------
     def set_category(self, name: str) -> None:
         """Use the compositional ensemble for this object (dataset folder names are cleaned)."""
-        self.set_prompts(*winclip_prompts(clean_class_name(name) or name))
+        obj = clean_class_name(name) or name
+        normal, anomalous = winclip_prompts(obj)
+        if self.settings.defects and name == self.settings.category:  # the defects describe that category only
+            anomalous = [*anomalous, *defect_prompts(obj, self.settings.defects)]
+        self.set_prompts(normal, anomalous)
         self.category = name
 
     def set_prompts(self, normal: list[str], anomalous: list[str]) -> None:

@@ -76,6 +76,12 @@ def winclip_prompts(object_name: str) -> tuple[list[str], list[str]]:
     return normal, anomalous
 
 
+def defect_prompts(object_name: str, defects: Sequence[str]) -> list[str]:
+    """Extra anomalous prompts from specific defects: every template x "{object} with {defect}"."""
+    name = object_name.strip() or "object"
+    return dedupe([t.format(f"{name} with {normalize_prompt(d)}") for d in defects if d.strip() for t in TEMPLATES])
+
+
 # --------------------------------------------------------------------------------------
 # Category names, FiLo state words and positions.
 # --------------------------------------------------------------------------------------
