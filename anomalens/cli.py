@@ -177,6 +177,7 @@ _METHOD_OPTIONS = (
     "image_size",
     "resize",
     "set_",
+    "describe",
 )
 
 
@@ -204,6 +205,12 @@ def _build_detector(p: dict[str, Any], explicit: set[str]):
             n = len(det.reference_paths)
             how = f"fitted on {n} reference images" if n else "zero-shot"
             return det, f"model {p['model']} ({det.method_name}, {how})"
+        sets = _parse_sets(list(p.get("set_") or []))
+        if p.get("describe") and "defects" not in sets:
+            defects = _describe_for_run(p, sets)
+            if defects:  # recorded as --set so settings.json repeats the run without the model
+                p["set_"] = [*(p.get("set_") or []), f"defects={json.dumps(defects)}"]
+                sets["defects"] = defects
         settings = _method_settings(
             p["method"],
             {k: p.get(k) for k in ("weights", "backbone", "category", "image_size", "resize")}
@@ -212,7 +219,7 @@ def _build_detector(p: dict[str, Any], explicit: set[str]):
                 "checkpoint": str(p["checkpoint"]) if p.get("checkpoint") else None,
                 "grounding": str(p["grounding"]) if p.get("grounding") else None,
             }
-            | _parse_sets(list(p.get("set_") or [])),
+            | sets,
         )
         det = Detector(method=p["method"], **settings)
         if p.get("refs") is None:
@@ -232,6 +239,24 @@ def _build_detector(p: dict[str, Any], explicit: set[str]):
             _fail(str(err))
         raise
     raise AssertionError("unreachable")
+
+
+def _describe_for_run(p: dict[str, Any], sets: dict[str, Any]) -> list[str] | None:
+    """--describe: defect phrases from a language model when the vocabulary has none for --category."""
+    from .describe import DescribeError, make_backend
+    from .describe.for_run import defects_for_run
+
+    try:
+        return defects_for_run(
+            p["method"],
+            p.get("category"),
+            lambda: make_backend(p.get("llm") or "embedded", p.get("llm_model"), log=_echo),
+            vocabulary=sets.get("vocabulary"),
+            log=_echo,
+        )
+    except DescribeError as err:
+        _fail(str(err))
+    return None
 
 
 def _set_threshold(det, p: dict[str, Any], explicit: set[str], value: str | float | None) -> None:
@@ -356,6 +381,14 @@ def detect(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace results already in --out."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write report.html."),
     set_: list[str] = typer.Option(None, "--set", help="Any method setting: --set key=value (repeatable)."),
+    describe: bool = typer.Option(
+        False,
+        "--describe",
+        help="fade/winclip/filo: if the vocabulary has no defects for --category, ask a language model "
+        "(see `anomalens describe`); the list is recorded in settings.json.",
+    ),
+    llm: str = typer.Option("embedded", "--llm", help="Language model for --describe: embedded or an endpoint URL."),
+    llm_model: str | None = typer.Option(None, "--llm-model", help="Endpoint model name for --describe."),
     config: Path | None = typer.Option(
         None,
         "--config",
@@ -545,6 +578,9 @@ def fit(
     resize: str | None = typer.Option(None, "--resize"),
     overwrite: bool = typer.Option(False, "--overwrite"),
     set_: list[str] = typer.Option(None, "--set", help="Any method setting: --set key=value (repeatable)."),
+    describe: bool = typer.Option(False, "--describe", help="As in detect: describe a category the vocabulary lacks."),
+    llm: str = typer.Option("embedded", "--llm", help="Language model for --describe: embedded or an endpoint URL."),
+    llm_model: str | None = typer.Option(None, "--llm-model", help="Endpoint model name for --describe."),
     config: Path | None = typer.Option(None, "--config", help="YAML file with any of these options."),
 ) -> None:
     """Fit a detector on good images, calibrate its threshold, and save it (safetensors + JSON).
@@ -733,6 +769,99 @@ def list_methods() -> None:
         for f in dataclasses.fields(METHODS[name].Settings):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
             typer.echo(f"    {f.name} = {default!r}")
+
+
+# ---- describe (issue 14): defect vocabularies and sentence ensembles from a language model ----
+# Self-contained so it can move to anomalens/cli/describe.py; the work is in anomalens.describe.
+
+
+@app.command()
+def describe(
+    categories: list[str] = typer.Argument(None, help="Product names, e.g. screw 'ball screw drive'."),
+    n: int | None = typer.Option(None, "--n", min=1, help="Phrases per category (default 8) or sentences (400)."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Vocabulary JSON (default vocabulary.json) or, with --ensemble, ensemble.json."
+    ),
+    llm: str = typer.Option(
+        "embedded",
+        "--llm",
+        help="'embedded' (offline Gemma 3 270M, the 'llm' extra of anomalens; de-quantised "
+        "weights cached in "
+        "$ANOMALENS_LLM_CACHE, default ~/.cache/anomalens/llm) or an OpenAI-compatible URL such as "
+        "http://localhost:8080/v1 (key, if needed, in $ANOMALENS_LLM_API_KEY).",
+    ),
+    llm_model: str | None = typer.Option(None, "--llm-model", help="Model name sent to the endpoint."),
+    context: str | None = typer.Option(
+        None, "--context", help="What the product is, e.g. 'steel part of a linear axis'."
+    ),
+    ensemble: str | None = typer.Option(
+        None, "--ensemble", help="normal | abnormal: write FADE-style object-agnostic sentences (endpoint only)."
+    ),
+    merge: bool = typer.Option(False, "--merge", help="Add to an existing --out file, keeping all its entries."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed (the embedded model is deterministic per seed)."),
+    timeout: float = typer.Option(60.0, "--timeout", min=0.1, help="Seconds per endpoint request."),
+) -> None:
+    """Write defect phrases per category (the vocabulary filo reads) or a sentence ensemble (--prompts).
+
+    Every answer goes through a cleaning filter (lowercase; numbering, punctuation, the category
+    name alone, duplicates, near-duplicates, long or non-defect items dropped); what was dropped
+    is printed with the reason. An existing --out is never replaced without --overwrite.
+    """
+    from . import describe as d
+
+    if merge and overwrite:
+        _fail("--merge and --overwrite exclude each other")
+    if ensemble is not None and ensemble not in ("normal", "abnormal"):
+        _fail(f"--ensemble must be 'normal' or 'abnormal', got {ensemble!r}")
+    if ensemble and categories:
+        _fail("--ensemble writes object-agnostic sentences: give no categories")
+    if not ensemble and not categories:
+        _fail("give one or more categories (or --ensemble normal|abnormal)")
+    if ensemble and llm == "embedded":
+        _fail(
+            "the embedded Gemma 3 270M is too small to write hundreds of varied sentences (it repeats a few "
+            "phrasings); use an endpoint: --llm http://host:port/v1"
+        )
+    target = Path(out or ("ensemble.json" if ensemble else "vocabulary.json"))
+    if target.exists() and not (merge or overwrite):
+        _fail(f"{target} already exists: pass --merge to add to it or --overwrite to replace it")
+    try:
+        backend = d.make_backend(llm, llm_model, seed=seed, timeout=timeout, log=_echo)
+        if ensemble:
+            from .text.prompts import MVTEC_CATEGORIES, VISA_CATEGORIES, clean_class_name
+
+            names = {clean_class_name(c) for c in (*MVTEC_CATEGORIES, *VISA_CATEGORIES)}
+            sentences, dropped = d.generate_sentences(backend, ensemble, n or 400, forbidden_words=names, log=_echo)
+            for item, why in dropped:
+                _echo(f"  dropped {item!r} ({why})")
+            d.write_ensemble(target, ensemble, sentences, merge, overwrite, source=f"anomalens describe --llm {llm}")
+            typer.echo(f"wrote {len(sentences)} {ensemble} sentences to {target}")
+            return
+        existing = d.vocabulary_entries(target) if merge else {}
+        generated: dict[str, list[str]] = {}
+        failed = []
+        for category in categories:
+            try:
+                result = d.describe_category(backend, category, n or 8, context, existing=existing.get(category, ()))
+            except d.DescribeError as err:
+                _echo(f"error: {category}: {err}")
+                failed.append(category)
+                continue
+            typer.echo(f"{category}: {'; '.join(result.kept) or '(nothing usable)'}")
+            for item, why in result.dropped:
+                _echo(f"  dropped {item!r} ({why})")
+            _echo(f"  {result.seconds:.1f} s, {result.attempts} request(s)")
+            if result.kept:
+                generated[category] = result.kept
+        if generated:
+            source = f"anomalens describe --llm {llm} ({backend.model_name}), seed {seed}"
+            d.write_vocabulary(target, generated, merge, overwrite, source=source)
+            typer.echo(f"wrote {len(generated)} categories to {target}")
+        if failed or len(generated) < len(categories):
+            raise typer.Exit(1)
+    except d.DescribeError as err:
+        _fail(str(err))
 
 
 def main() -> None:  # pragma: no cover

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from describe_stub import Stub
 
 from anomalens.describe import (
     API_KEY_ENV,
@@ -19,49 +18,11 @@ from anomalens.describe import (
 )
 
 
-class Stub:
-    """A scripted OpenAI-compatible server: each request pops the next (status, body, delay)."""
-
-    def __init__(self):
-        self.script: list[tuple[int, object, float]] = []
-        self.requests: list[dict] = []
-        stub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                length = int(self.headers.get("Content-Length", 0))
-                stub.requests.append(
-                    {"path": self.path, "auth": self.headers.get("Authorization"), "body": json.loads(self.rfile.read(length))}
-                )
-                status, body, delay = stub.script.pop(0) if stub.script else (500, "script exhausted", 0)
-                time.sleep(delay)
-                data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def answer(self, content: str, status: int = 200, delay: float = 0.0):
-        self.script.append((status, {"choices": [{"message": {"role": "assistant", "content": content}}]}, delay))
-
-
 @pytest.fixture
 def stub():
     server = Stub()
     yield server
-    server.server.shutdown()
-    server.server.server_close()
+    server.close()
 
 
 def backend(stub, **kw):
@@ -136,19 +97,24 @@ def test_bad_url():
 
 
 def test_ensemble_batches_until_enough(stub):
-    stub.answer(json.dumps({"sentences": ["A photo of a clean surface", "a photo of a clean surface.", "1. An intact part."]}))
-    stub.answer(json.dumps({"sentences": ["a photo of a flawless screw.", "a close-up of an even coating.", "x " * 40]}))
+    stub.answer(
+        json.dumps({"sentences": ["A photo of a clean surface", "a photo of a clean surface.", "1. An intact."]})
+    )
+    stub.answer(
+        json.dumps({"sentences": ["a photo of a flawless screw.", "a close-up of an even coating.", "x " * 40]})
+    )
     stub.answer(json.dumps({"sentences": ["a cropped photo of a smooth panel.", "one more."]}))
     kept, dropped = generate_sentences(backend(stub), "normal", n=4, batch_size=3, forbidden_words=["screw"])
     assert kept == [
         "a photo of a clean surface.",
-        "an intact part.",
+        "an intact.",
         "a close-up of an even coating.",
         "a cropped photo of a smooth panel.",
     ]
     reasons = [why for _, why in dropped]
     assert reasons == ["duplicate", "names a specific object", "too long", "over --n 4"]
     assert [r["body"]["seed"] for r in stub.requests] == [0, 1, 2]
-    assert "normal" in stub.requests[0]["body"]["messages"][-1]["content"] or "flawless" in stub.requests[0]["body"][
-        "messages"
-    ][-1]["content"]
+    assert (
+        "normal" in stub.requests[0]["body"]["messages"][-1]["content"]
+        or "flawless" in stub.requests[0]["body"]["messages"][-1]["content"]
+    )

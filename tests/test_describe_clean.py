@@ -77,7 +77,7 @@ def test_new_vocabulary_is_readable_and_not_overwritten(tmp_path):
     assert vocab.for_category("ball screw drive") == ["worn ball track", "pitted nut"]
     assert vocab.generic == load_defect_vocabulary().generic
     before = path.read_text()
-    with pytest.raises(DescribeError, match="--merge.*--overwrite"):
+    with pytest.raises(DescribeError, match=r"--merge.*--overwrite"):
         write_vocabulary(path, {"x": ["dent"]})
     assert path.read_text() == before
     write_vocabulary(path, {"x": ["dent"]}, overwrite=True)

@@ -111,7 +111,7 @@ def test_weights_are_cached_after_the_first_load(tiny_lm, tmp_path, monkeypatch)
     monkeypatch.setattr(embedded_module, "_gguf_file", lambda: tmp_path / "fake.gguf")
     monkeypatch.setattr(embedded_module, "_from_gguf", fake_gguf_load)
     logs = []
-    first_model, _ = embedded_module.load_cached_model(tmp_path / "cache", log=logs.append)
+    embedded_module.load_cached_model(tmp_path / "cache", log=logs.append)
     folder = tmp_path / "cache" / embedded_module.CACHE_SUBDIR
     assert calls == [tmp_path / "fake.gguf"] and any("de-quantising" in m for m in logs)
     assert (folder / "config.json").is_file() and list(folder.glob("*.safetensors"))

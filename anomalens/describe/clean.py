@@ -24,6 +24,7 @@ item and names the reason (reported to the user, never silently lost):
 from __future__ import annotations
 
 import difflib
+import itertools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -38,7 +39,8 @@ DEFECT_STEMS: tuple[str, ...] = (
     "crumbl", "crush", "cut", "damag", "debris", "decay", "defect", "deform", "delamin", "dent", "deteri",
     "detach", "discolo", "dirt", "dirty", "displac", "distort", "drip", "dust", "erod", "erosion", "excess",
     "extra", "fade", "faded", "fail", "fault", "flake", "flaki", "flaw", "fold", "foreign", "fracture",
-    "fray", "fungus", "gap", "gash", "gouge", "grease", "groove", "hole", "impur", "incomplet", "incorrect", "inclusion",
+    "fray", "fungus", "gap", "gash", "gouge", "grease", "groove", "hole", "impur",
+    "incomplet", "incorrect", "inclusion",
     "indent", "irregul", "kink", "knot", "leak", "loose", "lump", "malform", "mark", "melt", "misalign", "misplac",
     "misprint", "misshap", "miss", "mold", "mould", "nick", "notch", "oil", "overflow", "oxid", "patch", "peel",
     "pinhole", "pit", "poke", "porous", "poros", "protru", "punctur", "residu", "rip", "rough", "rot",
@@ -104,7 +106,7 @@ def _content_key(item: str) -> frozenset[str]:
 def is_defect_phrase(item: str) -> bool:
     """Does ``item`` contain a word (or two-word stem) starting with one of :data:`DEFECT_STEMS`?"""
     words = re.findall(r"[a-z]+", item)
-    candidates = words + [f"{a} {b}" for a, b in zip(words, words[1:])]
+    candidates = words + [f"{a} {b}" for a, b in itertools.pairwise(words)]
     return any(c.startswith(stem) for c in candidates for stem in DEFECT_STEMS)
 
 

@@ -38,9 +38,7 @@ def completion_prompt(category: str, context: str | None = None) -> str:
     return "\n".join(lines)
 
 
-DEFECTS_SYSTEM = (
-    "You help engineers set up visual quality inspection. You answer with JSON only, no prose."
-)
+DEFECTS_SYSTEM = "You help engineers set up visual quality inspection. You answer with JSON only, no prose."
 
 
 def defects_messages(category: str, n: int, context: str | None = None) -> list[dict[str, str]]:
