@@ -146,8 +146,11 @@ class EmbeddedBackend:
         self._ensure_loaded()
         tok, model, s = self._tokenizer, self._model, self.settings
         inputs = tok(prompt, return_tensors="pt")
-        newline = tok.convert_tokens_to_ids("\n") if "\n" in tok.get_vocab() else None
-        eos = [i for i in (tok.eos_token_id, newline) if isinstance(i, int) and i >= 0]
+        vocab = tok.get_vocab()
+        # Stop at the end of the line: the answer is one line (cutting there below makes stopping
+        # early a matter of speed only; the text up to the newline is the same).
+        newlines = [vocab[t] for t in ("\n", "\n\n", "\n\n\n") if t in vocab]
+        eos = [i for i in (tok.eos_token_id, *newlines) if isinstance(i, int) and i >= 0]
         with torch.random.fork_rng(devices=[]), torch.inference_mode():
             torch.manual_seed(seed)
             out = model.generate(
