@@ -14,16 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import MissingBackboneError
+
 # Input normalised to [-1, 1], as EfficientNet-Lite was trained.
 LITE_MEAN = (0.5, 0.5, 0.5)
 LITE_STD = (0.5, 0.5, 0.5)
 
 # Block indices of model._blocks: 4 ends the stride-8 stage (40 ch), 10 the stride-16 (112 ch).
 DEFAULT_BLOCKS = (4, 10)
-
-
-class MissingBackboneError(RuntimeError):
-    """The embedded backbone's packages are not installed."""
 
 
 def load_efficientnet_lite0() -> nn.Module:

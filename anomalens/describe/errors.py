@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from ..errors import AnomalensError
 
-class DescribeError(RuntimeError):
+
+class DescribeError(AnomalensError, RuntimeError):
     """Describing failed for a reason the user can act on (missing extra, endpoint down, bad file)."""
 
 
