@@ -60,8 +60,7 @@ def evaluate_category(
 ) -> dict[str, Any]:
     """Fit on the references, score every test image, compute all metrics for one category."""
     start = time.perf_counter()
-    if hasattr(detector.method, "set_category"):
-        detector.method.set_category(split.category)
+    detector.method.set_category(split.category)
     detector.fit(references)
     fit_seconds = time.perf_counter() - start
     labels, scores, failures = [], [], []

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .calibration import DEFAULT_MARGIN, DEFAULT_QUANTILE
+from .calibration import DEFAULT_MARGIN, DEFAULT_QUANTILE, Threshold, apply_decision, as_threshold
 from .images import ImageLoadError, LoadedImage, list_images, load_image
 from .methods import create_method
 from .methods.base import settings_to_dict
@@ -69,9 +69,29 @@ class Detector:
     def __init__(self, method: str = "patchknn", **settings: Any):
         self.method_name = method
         self.method = create_method(method, **settings)
-        self.threshold = None  # anomalens.calibration.Threshold, set by calibration or loading
-        self.pixel_threshold: float | None = None
+        self.threshold = None  # set by calibrate(), by hand (a number) or by loading
+        self.pixel_threshold = None
         self.reference_paths: list[str] = []
+
+    # Thresholds are always `Threshold` objects (or None); a number given here becomes a
+    # "given" one, so the rest of the code never asks which kind it holds.
+    @property
+    def threshold(self) -> Threshold | None:
+        """The image threshold: score above it is NG. None: no decisions."""
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: Threshold | float | None) -> None:
+        self._threshold = as_threshold(value)
+
+    @property
+    def pixel_threshold(self) -> Threshold | None:
+        """The mask threshold on the anomaly map (None: the image threshold's value)."""
+        return self._pixel_threshold
+
+    @pixel_threshold.setter
+    def pixel_threshold(self, value: Threshold | float | None) -> None:
+        self._pixel_threshold = as_threshold(value)
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -140,7 +160,7 @@ class Detector:
                 outputs = self.method.predict(extra)
         self.threshold = calibrate_threshold([o.score for o in outputs], quantile=quantile, margin=margin)
         if pixel_threshold is not None:
-            self.pixel_threshold = float(pixel_threshold)
+            self.pixel_threshold = pixel_threshold
         else:
             self.pixel_threshold = pixel_threshold_from_maps(
                 [o.anomaly_map for o in outputs], self.threshold, quantile=quantile, margin=margin
@@ -215,10 +235,9 @@ class Detector:
                 anomaly_map=np.asarray(out.anomaly_map, dtype=np.float32),
                 descriptions=list(out.descriptions),
                 seconds=per_image,
+                extra=dict(out.extra),
             )
-            if self.threshold is not None:
-                from .calibration import apply_decision
-
+            if self.threshold is not None or self.pixel_threshold is not None:
                 apply_decision(result, self.threshold, self.pixel_threshold)
             yield (result, img) if with_images else result
 
@@ -240,27 +259,13 @@ class Detector:
             "anomalens_version": __version__,
             "method": self.method_name,
             "settings": self.settings,
-            "threshold": _threshold_json(self.threshold),
-            "pixel_threshold": _threshold_json(self.pixel_threshold),
+            "threshold": None if self.threshold is None else self.threshold.to_dict(),
+            "pixel_threshold": None if self.pixel_threshold is None else self.pixel_threshold.to_dict(),
             "references": self.reference_paths,
             "num_references": len(self.reference_paths),
         }
         config_path.write_text(json.dumps(config, indent=2))
         return directory
-
-
-def _threshold_json(value):
-    return value.to_dict() if hasattr(value, "to_dict") else value
-
-
-def threshold_from_dict(data: dict):
-    """Rebuild a calibration.Threshold from its saved JSON form."""
-    import dataclasses
-
-    from .calibration import Threshold
-
-    names = {f.name for f in dataclasses.fields(Threshold)}
-    return Threshold(**{k: v for k, v in data.items() if k in names})
 
 
 def load_detector(directory: str | os.PathLike, **overrides: Any) -> Detector:
@@ -279,8 +284,6 @@ def load_detector(directory: str | os.PathLike, **overrides: Any) -> Detector:
         det.method.load_state_dict(load_file(str(weights)))
     det.reference_paths = list(config.get("references", []))
     det.method.num_references = int(config.get("num_references", len(det.reference_paths)))
-    if config.get("threshold") is not None:
-        det.threshold = threshold_from_dict(config["threshold"])
-    pix = config.get("pixel_threshold")
-    det.pixel_threshold = threshold_from_dict(pix) if isinstance(pix, dict) else pix
+    det.threshold = config.get("threshold")  # a saved dict (or a number, in older files)
+    det.pixel_threshold = config.get("pixel_threshold")
     return det

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ from .errors import ImageLoadError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 ResizePolicy = Literal["squash", "pad"]
+RESIZE_POLICIES = ("squash", "pad")  # squash to a square (the papers), or pad keeping the aspect ratio
 
 # Decompression-bomb guard: Pillow's default warns at ~89 MP and refuses at twice that.
 # Industrial line-scan images can be large, so allow 400 MP explicitly and say so.
@@ -85,8 +87,23 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
         raise ImageLoadError(path, "permission denied (file is not readable)")
     if path.stat().st_size == 0:
         raise ImageLoadError(path, "file is empty (0 bytes)")
+    return decode_image(path, str(path))
+
+
+def load_image_bytes(data: bytes, name: str) -> LoadedImage:
+    """Decode an image held in memory (e.g. an upload) exactly as `load_image` reads a file.
+
+    `name` stands in for the path in the result and in error messages.
+    """
+    if not data:
+        raise ImageLoadError(name, "file is empty (0 bytes)")
+    return decode_image(io.BytesIO(data), name)
+
+
+def decode_image(source: str | os.PathLike | BinaryIO, name: str) -> LoadedImage:
+    """Decode a file path or binary stream to RGB uint8 (the shared core of both loaders)."""
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             full_wh = img.size
             if img.size[0] * img.size[1] > MAX_WORKING_PIXELS:
                 # JPEG only: decode at a reduced DCT scale that stays at least the target size.
@@ -98,25 +115,25 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
             img = ImageOps.exif_transpose(img)
             rgb = _to_rgb_uint8(img, sixteen_bit)
     except Image.DecompressionBombError as err:
-        raise ImageLoadError(path, f"image too large ({err}); limit is {MAX_IMAGE_PIXELS} pixels") from err
+        raise ImageLoadError(name, f"image too large ({err}); limit is {MAX_IMAGE_PIXELS} pixels") from err
     except PermissionError as err:
-        raise ImageLoadError(path, "permission denied (file is not readable)") from err
+        raise ImageLoadError(name, "permission denied (file is not readable)") from err
     except (OSError, SyntaxError, ValueError) as err:
         reason = str(err) or type(err).__name__
         if "cannot identify image file" in reason:
             reason = "not an image file Pillow can read"
         elif "truncated" in reason.lower() or "broken data stream" in reason:
             reason = f"truncated or corrupt image data ({reason})"
-        raise ImageLoadError(path, reason) from err
+        raise ImageLoadError(name, reason) from err
     if rgb.ndim != 3 or rgb.shape[0] < 1 or rgb.shape[1] < 1:
-        raise ImageLoadError(path, f"unexpected image shape {rgb.shape}")
+        raise ImageLoadError(name, f"unexpected image shape {rgb.shape}")
     original_hw = None
     if reduced_wh != full_wh:
         w, h = full_wh
         # EXIF rotation by 90 or 270 degrees swapped the reduced image's sides: swap these too.
         rotated = rgb.shape[1] != reduced_wh[0] and rgb.shape[0] == reduced_wh[0]
         original_hw = (w, h) if rotated else (h, w)
-    return LoadedImage(path=str(path), rgb=np.ascontiguousarray(rgb), original_hw=original_hw)
+    return LoadedImage(path=name, rgb=np.ascontiguousarray(rgb), original_hw=original_hw)
 
 
 def _reduction_factor(width: int, height: int, max_pixels: int | None = None) -> int:

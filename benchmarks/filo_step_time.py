@@ -32,10 +32,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from anomalens.filo.losses import global_loss, local_loss
-    from anomalens.filo.model import FiloConfig
-    from anomalens.filo.prompt_learner import build_prompts
-    from anomalens.filo.train import build_backbone, build_model
+    from anomalens.methods.filo.checkpoint import build_backbone, build_model
+    from anomalens.methods.filo.losses import global_loss, local_loss
+    from anomalens.methods.filo.model import FiloConfig
+    from anomalens.methods.filo.prompts import build_prompts
     from anomalens.text.prompts import load_defect_vocabulary
 
     rows: list[tuple[str, str]] = []

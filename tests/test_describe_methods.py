@@ -39,9 +39,10 @@ def test_fade_adds_the_defects_to_the_classification_prompts():
 
     tiny = {"backbone": "test-tiny", "classification_size": 32, "segmentation_sizes": (32,), "category": "ball screw"}
     torch.manual_seed(0)
-    plain = Fade(FadeSettings(**tiny), cache=TextFeatureCache(cache_dir=None)).text_features()
+    plain = Fade(FadeSettings(**tiny), text_cache=TextFeatureCache(cache_dir=None)).text_features()
     torch.manual_seed(0)
-    with_defects = Fade(FadeSettings(**tiny, defects=DEFECTS), cache=TextFeatureCache(cache_dir=None)).text_features()
+    cache = TextFeatureCache(cache_dir=None)
+    with_defects = Fade(FadeSettings(**tiny, defects=DEFECTS), text_cache=cache).text_features()
     added = defect_prompts("ball screw", DEFECTS)
     assert set(added) <= set(with_defects.descriptions) and not set(added) & set(plain.descriptions)
     assert torch.equal(with_defects.class_normal, plain.class_normal)

@@ -8,8 +8,8 @@ import typer
 
 from . import options as o
 from .app import app, fail
-from .build import method_settings, settings_from_options
-from .config import int_list
+from .build import flag_settings, method_settings
+from .config import int_list, parse_sets
 
 
 @app.command()
@@ -44,10 +44,11 @@ def benchmark(
         pixel_resolution=pixel_resolution,
         method_settings=method_settings(
             method,
-            settings_from_options(
+            flag_settings(
                 {"weights": weights, "backbone": backbone, "image_size": image_size, "resize": resize}
-                | {"checkpoint": checkpoint, "grounding": grounding, "set_": set_}
+                | {"checkpoint": checkpoint, "grounding": grounding}
             ),
+            parse_sets(set_),
         ),
     )
     try:

@@ -32,7 +32,10 @@ Backbone = Annotated[
 ]
 Category = Annotated[str | None, typer.Option("--category", help="Object name used in the prompts.")]
 Prompts = Annotated[Path | None, typer.Option("--prompts", help="Your prompt ensemble JSON (fade).")]
-Checkpoint = Annotated[Path | None, typer.Option("--checkpoint", help="Trained FiLo checkpoint directory.")]
+Checkpoint = Annotated[
+    Path | None,
+    typer.Option("--checkpoint", help="FiLo: a `train filo` directory, or the authors' filo_train_on_*.pth."),
+]
 Grounding = Annotated[Path | None, typer.Option("--grounding", help="Grounding DINO weight folder (filo).")]
 ImageSize = Annotated[int | None, typer.Option("--image-size", help="Model input side in pixels.")]
 Resize = Annotated[str | None, typer.Option("--resize", help="squash | pad (keep aspect ratio).")]

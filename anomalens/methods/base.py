@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..images import LoadedImage
+from ..settings import build_settings
 
 
 @dataclass
@@ -20,6 +21,7 @@ class MethodOutput:
     score: float
     anomaly_map: np.ndarray
     descriptions: list[tuple[str, float]] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)  # method-specific JSON fields for results.jsonl
 
 
 class Method(ABC):
@@ -38,7 +40,7 @@ class Method(ABC):
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> Method:
-        return cls(make_settings(cls.Settings, kwargs, cls.name))
+        return cls(build_settings(cls.Settings, kwargs))
 
     @property
     def uses_text(self) -> bool:
@@ -46,6 +48,11 @@ class Method(ABC):
 
     def describe_backbone(self) -> str:
         return ""
+
+    def set_category(self, name: str) -> None:
+        """Name the object class the prompts describe (updates `settings.category`, so a saved
+        model keeps it). Methods without text have no category and ignore it."""
+        return None
 
     @abstractmethod
     def fit(self, references: list[LoadedImage]) -> None:
@@ -75,23 +82,6 @@ class Method(ABC):
         return None
 
 
-def make_settings(settings_cls: type, kwargs: dict[str, Any], method_name: str) -> Any:
-    """Build a settings dataclass, rejecting unknown names with the list of known ones."""
-    names = {f.name for f in dataclasses.fields(settings_cls)}
-    unknown = sorted(set(kwargs) - names)
-    if unknown:
-        raise ValueError(f"unknown setting(s) {unknown} for method {method_name!r}; known: {sorted(names)}")
-    values = {}
-    for f in dataclasses.fields(settings_cls):
-        if f.name in kwargs and kwargs[f.name] is not None:
-            value = kwargs[f.name]
-            # JSON/YAML give lists where the dataclass holds tuples.
-            if isinstance(value, list):
-                value = tuple(value)
-            values[f.name] = value
-    return settings_cls(**values)
-
-
 def settings_to_dict(settings: Any) -> dict[str, Any]:
     return dataclasses.asdict(settings)
 
@@ -101,6 +91,7 @@ METHODS: dict[str, type[Method]] = {}
 
 def register_method(cls: type[Method]) -> type[Method]:
     METHODS[cls.name] = cls
+    cls.Settings.owner = cls.name  # names the method in settings errors
     return cls
 
 

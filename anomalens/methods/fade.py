@@ -28,9 +28,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..backbones.clip import create_method_clip
-from ..images import LoadedImage, input_box, map_to_image, to_model_input
+from ..backbones.clip import ClipBackbone, create_method_clip
+from ..images import RESIZE_POLICIES, LoadedImage, input_box, map_to_image, to_model_input
 from ..scoring import FEW_SHOT_K, ZERO_SHOT_K, MemoryBank, knn_anomaly
+from ..settings import MethodSettings, setting
 from ..text.features import DEFAULT_CACHE, TextFeatureCache
 from ..text.prompts import (
     clean_class_name,
@@ -46,32 +47,48 @@ MODES = ("language", "vision", "both")
 
 
 @dataclass
-class FadeSettings:
-    backbone: str = "ViT-B-16-plus-240"
-    weights: str | None = "default"  # open_clip tag or local file; "default" = laion400m_e31; "random"
-    category: str = "object"  # object name in the classification prompts
-    prompts: str | None = None  # a user sentence-ensemble JSON (replaces the packaged one)
-    classification_size: int = 240  # input side for the image embedding (AC)
-    segmentation_sizes: tuple[int, ...] = (240, 448, 896)  # input sides for the patch maps (AS)
-    temperature: float = 0.01  # softmax temperature on cosine similarities (logits x 100)
-    gem_blocks: int = 6  # GEM self-self attention over the last 6 blocks (gem-torch depth=7)
-    gem_iterations: int = 1  # self-self refinement iterations
-    classification_mode: str = "both"  # language | vision | both (zero-shot AC is language-only)
-    segmentation_mode: str = "both"  # language | vision | both
-    zero_shot_k: int = ZERO_SHOT_K  # query's own patches: 2nd nearest (1st is the patch itself)
-    few_shot_k: int = FEW_SHOT_K
-    ac_few_shot_language_weight: float = 0.5  # AC few-shot = 0.5 * language + 0.5 * max(3.5 * vision)
-    ac_few_shot_vision_scale: float = 3.5
-    as_zero_shot_language_weight: float = 0.5  # AS zero-shot = 0.5 * language + 0.5 * (80 * vision)
-    as_zero_shot_vision_scale: float = 80.0
-    as_few_shot_language_weight: float = 0.15  # AS few-shot = 0.15 * language + 0.85 * (3.5 * vision)
-    as_few_shot_vision_scale: float = 3.5
-    top_descriptions: int = 5  # anomalous prompts most similar to the image, returned per image
-    # Defect phrases for `category` (e.g. from `anomalens describe`), added to the classification's
-    # anomalous prompts as "<template> <category> with <defect>"; None: WinCLIP's prompts only (paper).
-    defects: tuple[str, ...] | None = None
-    resize: str = "squash"
-    batch_size: int = 4  # images per forward pass at the smallest scale
+class FadeSettings(MethodSettings):
+    backbone: str = setting("ViT-B-16-plus-240", "open_clip architecture (test-tiny: a random tiny model)")
+    weights: str | None = setting(
+        "default", "open_clip tag or local file; default = laion400m_e31; random = untrained"
+    )
+    category: str = setting("object", "object name in the classification prompts")
+    prompts: str | None = setting(None, "your sentence-ensemble JSON (replaces the packaged one)")
+    classification_size: int = setting(240, "input side for the image embedding (AC), px", minimum=16)
+    segmentation_sizes: tuple[int, ...] = setting(
+        (240, 448, 896), "input sides for the patch maps (AS), px; the maps are averaged", minimum=16
+    )
+    temperature: float = setting(0.01, "softmax temperature on cosine similarities (logits x 100)", minimum=1e-6)
+    gem_blocks: int = setting(6, "GEM self-self attention over the last N blocks (gem-torch depth=7)", minimum=1)
+    gem_iterations: int = setting(1, "self-self refinement iterations", minimum=1)
+    classification_mode: str = setting(
+        "both", "language | vision | both (zero-shot AC is language-only)", choices=MODES
+    )
+    segmentation_mode: str = setting("both", "language | vision | both", choices=MODES)
+    zero_shot_k: int = setting(
+        ZERO_SHOT_K, "query's own patches: k-th nearest (the 1st is the patch itself)", minimum=2
+    )
+    few_shot_k: int = setting(FEW_SHOT_K, "nearest reference patch used (few-shot)", minimum=1)
+    ac_few_shot_language_weight: float = setting(
+        0.5, "AC few-shot = w * language + (1 - w) * max(scale * vision)", minimum=0.0, maximum=1.0
+    )
+    ac_few_shot_vision_scale: float = setting(3.5, "vision scale of AC few-shot", minimum=0.0)
+    as_zero_shot_language_weight: float = setting(
+        0.5, "AS zero-shot = w * language + (1 - w) * (scale * vision)", minimum=0.0, maximum=1.0
+    )
+    as_zero_shot_vision_scale: float = setting(80.0, "vision scale of AS zero-shot", minimum=0.0)
+    as_few_shot_language_weight: float = setting(
+        0.15, "AS few-shot = w * language + (1 - w) * (scale * vision)", minimum=0.0, maximum=1.0
+    )
+    as_few_shot_vision_scale: float = setting(3.5, "vision scale of AS few-shot", minimum=0.0)
+    top_descriptions: int = setting(5, "anomalous prompts most similar to the image, returned per image", minimum=0)
+    defects: tuple[str, ...] | None = setting(
+        None,
+        "defect phrases for `category` (anomalens describe / --describe), added to the classification's "
+        "anomalous prompts as <template> <category> with <defect>; not in the paper",
+    )
+    resize: str = setting("squash", "squash (paper) or pad (keep the aspect ratio)", choices=RESIZE_POLICIES)
+    batch_size: int = setting(4, "images per forward pass at the smallest scale", minimum=1)
 
 
 def two_class_probability(features: torch.Tensor, normal: torch.Tensor, anomalous: torch.Tensor, temperature: float):
@@ -101,44 +118,43 @@ class Fade(Method):
     name = "fade"
     Settings = FadeSettings
 
-    def __init__(self, settings: FadeSettings, cache: TextFeatureCache = DEFAULT_CACHE):
+    def __init__(
+        self, settings: FadeSettings, backbone: ClipBackbone | None = None, text_cache: TextFeatureCache = DEFAULT_CACHE
+    ):
         super().__init__(settings)
-        for mode in (settings.classification_mode, settings.segmentation_mode):
-            if mode not in MODES:
-                raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        self.clip = create_method_clip(settings.backbone, settings.weights)
+        self.defects_category = settings.category  # the `defects` setting describes this category only
+        self.backbone = backbone if backbone is not None else create_method_clip(settings.backbone, settings.weights)
         for size in (settings.classification_size, *settings.segmentation_sizes):
-            if size % self.clip.patch_size:
-                raise ValueError(f"input size {size} is not a multiple of the patch size {self.clip.patch_size}")
+            if size % self.backbone.patch_size:
+                raise ValueError(f"input size {size} is not a multiple of the patch size {self.backbone.patch_size}")
         self.ensemble = load_ensemble(settings.prompts)
-        self.category = settings.category
-        self.cache = cache
-        self.bank = MemoryBank()
+        self.text_cache = text_cache
+        self.bank_ = MemoryBank()
         self._text: _TextFeatures | None = None
-        self._gem_from = max(1, self.clip.num_layers - settings.gem_blocks + 1)
+        self._gem_from = max(1, self.backbone.num_layers - settings.gem_blocks + 1)
 
     @property
     def uses_text(self) -> bool:
         return True
 
     def describe_backbone(self) -> str:
-        return self.clip.name
+        return self.backbone.name
 
     def set_category(self, name: str) -> None:
-        if name != self.category:
-            self.category = name
+        if name != self.settings.category:
+            self.settings.category = name
             self._text = None
 
     # ---- text ----------------------------------------------------------------------------
     def text_features(self) -> _TextFeatures:
         if self._text is None:
-            obj = clean_class_name(self.category) or "object"
+            obj = clean_class_name(self.settings.category) or "object"
             cls_normal, cls_anomalous = winclip_prompts(obj)
-            if self.settings.defects and self.category == self.settings.category:
+            if self.settings.defects and self.settings.category == self.defects_category:
                 cls_anomalous = [*cls_anomalous, *defect_prompts(obj, self.settings.defects)]
             seg_normal, seg_anomalous = fade_segmentation_prompts(self.ensemble)
             descriptions = dedupe([*cls_anomalous, *self.ensemble.anomalous])
-            enc = lambda texts: self.cache.encode(self.clip, texts)  # noqa: E731
+            enc = lambda texts: self.text_cache.encode(self.backbone, texts)  # noqa: E731
             self._text = _TextFeatures(
                 class_normal=class_embedding(enc(cls_normal)),
                 class_anomalous=class_embedding(enc(cls_anomalous)),
@@ -151,9 +167,8 @@ class Fade(Method):
 
     # ---- vision --------------------------------------------------------------------------
     def _inputs(self, images: list[LoadedImage], size: int) -> torch.Tensor:
-        return torch.stack(
-            [to_model_input(img.rgb, size, self.clip.mean, self.clip.std, self.settings.resize)[0] for img in images]
-        )
+        bb, resize = self.backbone, self.settings.resize
+        return torch.stack([to_model_input(img.rgb, size, bb.mean, bb.std, resize)[0] for img in images])
 
     def encode(self, images: list[LoadedImage]) -> dict:
         """Per scale: GEM and CLIP patch embeddings (projected, unit norm); plus the image embedding."""
@@ -166,38 +181,39 @@ class Fade(Method):
             gem, clip_tokens, cls = [], [], []
             for i in range(0, len(images), chunk):
                 x = self._inputs(images[i : i + chunk], size)
-                feats = self.clip(
-                    x, layers=(self.clip.num_layers,), gem_from=self._gem_from, gem_iterations=s.gem_iterations
+                feats = self.backbone(
+                    x, layers=(self.backbone.num_layers,), gem_from=self._gem_from, gem_iterations=s.gem_iterations
                 )
-                gem.append(F.normalize(self.clip.project(feats.gem[:, 1:]), dim=-1))
-                clip_tokens.append(F.normalize(self.clip.project(feats.layers[self.clip.num_layers][:, 1:]), dim=-1))
+                gem.append(F.normalize(self.backbone.project(feats.gem[:, 1:]), dim=-1))
+                last = feats.layers[self.backbone.num_layers][:, 1:]
+                clip_tokens.append(F.normalize(self.backbone.project(last), dim=-1))
                 cls.append(feats.image_embedding)
             out["scales"][size] = {
                 "gem": torch.cat(gem),
                 "clip": torch.cat(clip_tokens),
-                "grid": (size // self.clip.patch_size,) * 2,
+                "grid": (size // self.backbone.patch_size,) * 2,
             }
             if size == s.classification_size:
                 out["image_embedding"] = torch.cat(cls)
         if "image_embedding" not in out:
             embeds = [
-                self.clip.encode_image(self._inputs(images[i : i + s.batch_size], s.classification_size))
+                self.backbone.encode_image(self._inputs(images[i : i + s.batch_size], s.classification_size))
                 for i in range(0, len(images), s.batch_size)
             ]
             out["image_embedding"] = torch.cat(embeds)
         return out
 
     def fit(self, references: list[LoadedImage]) -> None:
-        self.bank = MemoryBank()
+        self.bank_ = MemoryBank()
         self.num_references = len(references)
         if references:
             encoded = self.encode(references)
             for size, scale in encoded["scales"].items():
-                self.bank.add(str(size), scale["clip"])
+                self.bank_.add(str(size), scale["clip"])
 
     def predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
         encoded = self.encode(images)
-        banks = {size: self.bank.banks[str(size)] for size in encoded["scales"]} if len(self.bank) else None
+        banks = {size: self.bank_.banks[str(size)] for size in encoded["scales"]} if len(self.bank_) else None
         return [self._score(img, encoded, b, banks) for b, img in enumerate(images)]
 
     def _score(self, img: LoadedImage, encoded: dict, b: int, banks: dict | None) -> MethodOutput:
@@ -232,10 +248,10 @@ class Fade(Method):
     def leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
         """Encode once; each held-out reference against the other references' patch tokens."""
         encoded = self.encode(references)
-        self.bank = MemoryBank()
+        self.bank_ = MemoryBank()
         self.num_references = len(references)
         for size, scale in encoded["scales"].items():
-            self.bank.add(str(size), scale["clip"])
+            self.bank_.add(str(size), scale["clip"])
         outputs = []
         for i in held_out:
             banks = {}
@@ -278,7 +294,7 @@ class Fade(Method):
     def state_dict(self) -> dict[str, torch.Tensor]:
         text = self.text_features()
         return {
-            **self.bank.state_dict(),
+            **self.bank_.state_dict(),
             "text.class_normal": text.class_normal,
             "text.class_anomalous": text.class_anomalous,
             "text.seg_normal": text.seg_normal,
@@ -286,7 +302,7 @@ class Fade(Method):
         }
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.bank.load_state_dict(state)
+        self.bank_.load_state_dict(state)
         if "text.class_normal" in state:
             text = self.text_features()  # descriptions are recomputed; the class embeddings come from the file
             text.class_normal = state["text.class_normal"]

@@ -12,23 +12,30 @@ from dataclasses import dataclass
 import torch
 
 from ..backbones import create_patch_backbone
-from ..images import LoadedImage, map_to_image, to_model_input
+from ..images import RESIZE_POLICIES, LoadedImage, map_to_image, to_model_input
 from ..scoring import FEW_SHOT_K, ZERO_SHOT_K, MemoryBank, knn_anomaly
+from ..settings import MethodSettings, setting
 from .base import Method, MethodOutput, register_method
 
 
 @dataclass
-class PatchKnnSettings:
-    backbone: str = "efficientnet-lite0"  # or an open_clip architecture (then pass weights)
-    weights: str | None = None  # CLIP weights (tag or file) when backbone is a CLIP architecture
-    image_size: int = 256  # model input side in pixels (256 beat 320 on magnetic_tile: see README)
-    resize: str = "squash"  # "squash" (papers) or "pad" (keep aspect ratio)
-    blocks: tuple[int, ...] = (4, 10)  # EfficientNet blocks read: stride 8 and stride 16
-    neighbourhood: int = 3  # local aggregation window, in patches
-    clip_layers: tuple[int, ...] = (6, 9)  # CLIP blocks whose tokens are used (1-based)
-    few_shot_k: int = FEW_SHOT_K
-    zero_shot_k: int = ZERO_SHOT_K
-    batch_size: int = 8
+class PatchKnnSettings(MethodSettings):
+    backbone: str = setting(
+        "efficientnet-lite0", "efficientnet-lite0 (embedded) or an open_clip architecture (then pass weights)"
+    )
+    weights: str | None = setting(None, "CLIP weights (tag or file) when backbone is a CLIP architecture")
+    image_size: int = setting(256, "model input side in pixels (256 beat 320 on magnetic_tile: see README)", minimum=32)
+    resize: str = setting("squash", "squash (papers) or pad (keep the aspect ratio)", choices=RESIZE_POLICIES)
+    blocks: tuple[int, ...] = setting(
+        (4, 10), "EfficientNet-Lite0 blocks read (0-15): 4 ends stride 8, 10 stride 16", minimum=0, maximum=15
+    )
+    neighbourhood: int = setting(3, "local aggregation window, in patches", minimum=1)
+    clip_layers: tuple[int, ...] = setting((6, 9), "CLIP blocks whose tokens are used (1-based)", minimum=1)
+    few_shot_k: int = setting(FEW_SHOT_K, "nearest reference patch used (few-shot)", minimum=1)
+    zero_shot_k: int = setting(
+        ZERO_SHOT_K, "k-th nearest patch of the image itself (zero-shot; the 1st is the patch)", minimum=2
+    )
+    batch_size: int = setting(8, "images per forward pass", minimum=1)
 
 
 def valid_grid_region(
@@ -62,7 +69,7 @@ class PatchKnn(Method):
             neighbourhood=settings.neighbourhood,
             clip_layers=settings.clip_layers,
         )
-        self.bank = MemoryBank()
+        self.bank_ = MemoryBank()
 
     def describe_backbone(self) -> str:
         return self.backbone.name
@@ -81,14 +88,14 @@ class PatchKnn(Method):
         return torch.cat(feats), boxes
 
     def fit(self, references: list[LoadedImage]) -> None:
-        self.bank = MemoryBank()
+        self.bank_ = MemoryBank()
         self.num_references = len(references)
         if references:
             self.fit_features(self._features(references)[0])
 
     def predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
         feats, boxes = self._features(images)
-        bank = self.bank.banks.get("patches")
+        bank = self.bank_.banks.get("patches")
         return [self._score(img, f, box, bank) for img, f, box in zip(images, feats, boxes)]
 
     def _score(self, img: LoadedImage, feats: torch.Tensor, box, bank: torch.Tensor | None) -> MethodOutput:
@@ -109,7 +116,7 @@ class PatchKnn(Method):
         feats, boxes = self._features(references)
         self.fit_features(feats)
         per_image = feats.shape[1] * feats.shape[2]
-        flat = self.bank.banks["patches"]
+        flat = self.bank_.banks["patches"]
         outputs = []
         for i in held_out:
             others = torch.cat([flat[: i * per_image], flat[(i + 1) * per_image :]])
@@ -117,14 +124,14 @@ class PatchKnn(Method):
         return outputs
 
     def fit_features(self, feats: torch.Tensor) -> None:
-        self.bank = MemoryBank()
+        self.bank_ = MemoryBank()
         self.num_references = feats.shape[0]
-        self.bank.add("patches", feats)
+        self.bank_.add("patches", feats)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.bank.state_dict()
+        return self.bank_.state_dict()
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.bank.load_state_dict(state)
-        if "patches" in self.bank:
+        self.bank_.load_state_dict(state)
+        if "patches" in self.bank_:
             self.num_references = max(self.num_references, 1)

@@ -2,8 +2,6 @@
 
 from anomalens.text.prompts import (
     ANOMALOUS_STATES,
-    FILO_ABNORMAL_STATES,
-    FILO_NORMAL_STATES,
     MVTEC_CATEGORIES,
     NORMAL_STATES,
     POSITIONS,
@@ -18,14 +16,11 @@ from anomalens.text.prompts import (
     load_defect_vocabulary,
     load_ensemble,
     position_word,
-    state_phrase,
     winclip_prompts,
 )
 
 __all__ = [
     "ANOMALOUS_STATES",
-    "FILO_ABNORMAL_STATES",
-    "FILO_NORMAL_STATES",
     "MVTEC_CATEGORIES",
     "NORMAL_STATES",
     "POSITIONS",
@@ -40,6 +35,5 @@ __all__ = [
     "load_defect_vocabulary",
     "load_ensemble",
     "position_word",
-    "state_phrase",
     "winclip_prompts",
 ]

@@ -130,42 +130,6 @@ def clean_class_name(name: str) -> str:
     return _NAME_FIXES.get(text, text)
 
 
-#: FiLo-style normal state words; see :func:`state_phrase` for where they go.
-FILO_NORMAL_STATES: tuple[str, ...] = (
-    "flawless",
-    "perfect",
-    "unblemished",
-    "normal",
-    "intact",
-    "pristine",
-    "good",
-    "without defect",
-    "without flaw",
-    "without damage",
-)
-
-#: FiLo-style generic abnormal state words, used alongside category-specific defects.
-FILO_ABNORMAL_STATES: tuple[str, ...] = (
-    "damaged",
-    "broken",
-    "defective",
-    "flawed",
-    "abnormal",
-    "imperfect",
-    "faulty",
-    "with defect",
-    "with flaw",
-    "with damage",
-)
-
-
-def state_phrase(state: str, object_name: str) -> str:
-    """Attach a state word to an object: "flawless bottle", "bottle without defect"."""
-    if state.startswith(("with ", "without ")):
-        return f"{object_name} {state}"
-    return f"{state} {object_name}"
-
-
 #: The nine cells of a 3x3 grid in row-major order (top row first, left to right).
 POSITIONS: tuple[str, ...] = (
     "top left",
