@@ -16,6 +16,7 @@ DEFECTS = ("worn ball track", "pitted nut")
 def test_defect_prompts():
     prompts = defect_prompts("ball screw", [*DEFECTS, "  pitted   nut ", ""])
     assert len(prompts) == 2 * len(TEMPLATES)
+    assert defect_prompts("nut", ["dent"], period=False)[0] == TEMPLATES[0].removesuffix(".").format("nut with dent")
     assert "a photo of a ball screw with worn ball track." in prompts
     assert "a close-up photo of the ball screw with pitted nut." in prompts
 
@@ -42,8 +43,9 @@ def test_fade_adds_the_defects_to_the_classification_prompts():
     plain = Fade(FadeSettings(**tiny), text_cache=TextFeatureCache(cache_dir=None)).text_features()
     torch.manual_seed(0)
     cache = TextFeatureCache(cache_dir=None)
-    with_defects = Fade(FadeSettings(**tiny, defects=DEFECTS), text_cache=cache).text_features()
-    added = defect_prompts("ball screw", DEFECTS)
+    fade = Fade(FadeSettings(**tiny, defects=DEFECTS), text_cache=cache)
+    with_defects = fade.text_features()
+    added = defect_prompts("ball screw", DEFECTS, period=fade._template == "{}")  # as its WinCLIP prompts
     assert set(added) <= set(with_defects.descriptions) and not set(added) & set(plain.descriptions)
     assert torch.equal(with_defects.class_normal, plain.class_normal)
     assert not torch.allclose(with_defects.class_anomalous, plain.class_anomalous)

@@ -81,11 +81,16 @@ class EfficientNetPatchBackbone(nn.Module):
                 break
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) normalised images -> (B, h, w, C) unit-norm patch features."""
+    def block_outputs(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, S, S) normalised images -> the raw (B, C_b, h_b, w_b) output of each read block."""
         self._captured.clear()
         self._run_until_last_block(images)
-        levels = [self._captured[i] for i in self.blocks]
+        return [self._captured[i] for i in self.blocks]
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) normalised images -> (B, h, w, C) unit-norm patch features."""
+        levels = self.block_outputs(images)
         grid = levels[0].shape[-2:]
         pad = self.neighbourhood // 2
         out = []

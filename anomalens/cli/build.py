@@ -42,8 +42,9 @@ def method_settings(method: str, flags: dict[str, Any], sets: dict[str, Any] | N
 def flag_settings(p: dict[str, Any]) -> dict[str, Any]:
     """The method settings the shared flags of a command give (paths as strings)."""
     given = {k: p.get(k) for k in ("weights", "backbone", "category", "image_size", "resize")}
-    for name in ("prompts", "checkpoint", "grounding"):
+    for name in ("checkpoint", "grounding"):
         given[name] = str(p[name]) if p.get(name) else None
+    given["prompts"] = prompt_files(p.get("prompts"))
     return given
 
 
@@ -69,6 +70,16 @@ def describe_if_asked(p: dict[str, Any]) -> None:
         p["set_"] = [*(p.get("set_") or []), f"defects={json.dumps(defects)}"]
 
 
+def prompt_files(paths) -> str | tuple[str, ...] | None:
+    """--prompts given once: the file; several times: all of them, in order (duplicates kept)."""
+    if not paths:
+        return None
+    if isinstance(paths, (str, Path)):
+        return str(paths)
+    files = tuple(str(p) for p in paths)
+    return files[0] if len(files) == 1 else files
+
+
 def build_detector(p: dict[str, Any], explicit: set[str]):
     """Load --model, or create the method and fit it on --refs (zero-shot without); + a source line."""
     from ..detector import Detector, load_detector
@@ -80,7 +91,7 @@ def build_detector(p: dict[str, Any], explicit: set[str]):
                 "images; fit a new model (`anomalens fit`) to change them"
             )
         try:
-            det = load_detector(p["model"])
+            det = load_detector(p["model"], device=p.get("device", "auto"))
         except (ValueError, FileNotFoundError) as err:
             raise UsageError(str(err)) from err
         ignored = [n.rstrip("_") for n in METHOD_OPTIONS if n in explicit and p.get(n)]
@@ -97,7 +108,7 @@ def build_detector(p: dict[str, Any], explicit: set[str]):
     describe_if_asked(p)
     settings = method_settings(p["method"], flag_settings(p), parse_sets(list(p.get("set_") or [])))
     try:
-        det = Detector(method=p["method"], **settings)
+        det = Detector(method=p["method"], device=p.get("device", "auto"), **settings)
         if p.get("refs") is None:
             det.fit([])
             return det, "zero-shot (no reference images)"

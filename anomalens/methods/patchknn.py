@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from ..backbones import create_patch_backbone
-from ..images import RESIZE_POLICIES, LoadedImage, map_to_image, to_model_input
+from ..geometry import RESIZE_POLICIES, map_to_image, to_model_input
+from ..images import LoadedImage
 from ..scoring import FEW_SHOT_K, ZERO_SHOT_K, MemoryBank, knn_anomaly
 from ..settings import MethodSettings, setting
 from .base import Method, MethodOutput, register_method
@@ -59,9 +60,9 @@ class PatchKnn(Method):
     name = "patchknn"
     Settings = PatchKnnSettings
 
-    def __init__(self, settings: PatchKnnSettings):
+    def __init__(self, settings: PatchKnnSettings, backbone: torch.nn.Module | None = None):
         super().__init__(settings)
-        self.backbone = create_patch_backbone(
+        self.backbone = backbone if backbone is not None else create_patch_backbone(
             settings.backbone,
             image_size=settings.image_size,
             weights=settings.weights,
@@ -71,9 +72,6 @@ class PatchKnn(Method):
         )
         self.bank_ = MemoryBank()
 
-    def describe_backbone(self) -> str:
-        return self.backbone.name
-
     def _features(self, images: list[LoadedImage]) -> tuple[torch.Tensor, list[tuple[int, int, int, int]]]:
         s = self.settings
         inputs, boxes = [], []
@@ -82,18 +80,18 @@ class PatchKnn(Method):
             inputs.append(x)
             boxes.append(box)
         feats = [
-            self.backbone(torch.stack(inputs[i : i + s.batch_size]))
+            self.backbone(torch.stack(inputs[i : i + s.batch_size]).to(self.device))
             for i in range(0, len(inputs), s.batch_size)
         ]
         return torch.cat(feats), boxes
 
-    def fit(self, references: list[LoadedImage]) -> None:
+    def _fit(self, references: list[LoadedImage]) -> None:
         self.bank_ = MemoryBank()
         self.num_references = len(references)
         if references:
             self.fit_features(self._features(references)[0])
 
-    def predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
+    def _predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
         feats, boxes = self._features(images)
         bank = self.bank_.banks.get("patches")
         return [self._score(img, f, box, bank) for img, f, box in zip(images, feats, boxes)]
@@ -111,7 +109,7 @@ class PatchKnn(Method):
         score = float(patch_map[rows, cols].max())
         return MethodOutput(score, map_to_image(patch_map, box, s.image_size, img.size_hw))
 
-    def leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
+    def _leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
         """Features once; each held-out reference against the bank of all the other references."""
         feats, boxes = self._features(references)
         self.fit_features(feats)
@@ -131,7 +129,7 @@ class PatchKnn(Method):
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.bank_.state_dict()
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.bank_.load_state_dict(state)
         if "patches" in self.bank_:
             self.num_references = max(self.num_references, 1)

@@ -16,7 +16,9 @@ from anomalens.text.prompts import (
     load_defect_vocabulary,
     load_ensemble,
     position_word,
+    released_class_name,
     winclip_prompts,
+    wrap_prompts,
 )
 
 __all__ = [
@@ -35,5 +37,7 @@ __all__ = [
     "load_defect_vocabulary",
     "load_ensemble",
     "position_word",
+    "released_class_name",
     "winclip_prompts",
+    "wrap_prompts",
 ]
