@@ -86,14 +86,17 @@ def score_image(
     bank: torch.Tensor | None,
     settings: PatchKnnSettings,
     input_boxes: list[Box] | None = None,
+    patches: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """patchknn's scoring as one torch function: (T, h, w, C) features and the bank -> (T, S, S) maps, score.
 
     S is the model input size; the maps are upsampled and smoothed; the score is taken over the
-    part of each map that shows the image (`input_boxes`, default: all of it).
+    part of each map that shows the image (`input_boxes`, default: all of it). `patches` may
+    pass `patch_scores(feats, bank, ...)` computed before (the variant benchmark reuses them).
     """
     s = settings
-    patches = patch_scores(feats, bank, s.few_shot_k, s.zero_shot_k)
+    if patches is None:
+        patches = patch_scores(feats, bank, s.few_shot_k, s.zero_shot_k)
     maps = F.interpolate(patches[:, None], size=(s.image_size, s.image_size), mode="bilinear", align_corners=False)
     maps = gaussian_smooth(maps[:, 0], s.smoothing_sigma)
     if input_boxes is None:
@@ -184,9 +187,11 @@ class PatchKnn(Method):
         bank = self.bank.banks.get("patches")
         return [self.score(f, layout, bank) for f, layout in zip(feats, layouts)]
 
-    def score(self, feats: torch.Tensor, layout: Layout, bank: torch.Tensor | None) -> MethodOutput:
+    def score(
+        self, feats: torch.Tensor, layout: Layout, bank: torch.Tensor | None, patches: torch.Tensor | None = None
+    ) -> MethodOutput:
         """One image's tile features -> its score and its map at the image's size."""
-        maps, score = score_image(feats, bank, self.settings, layout.input_boxes)
+        maps, score = score_image(feats, bank, self.settings, layout.input_boxes, patches)
         tile_maps = [m[t : t + h, l : l + w] for m, (t, l, h, w) in zip(maps, layout.input_boxes)]
         return MethodOutput(float(score), assemble(tile_maps, layout.tiles, layout.size_hw))
 
