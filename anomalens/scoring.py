@@ -89,12 +89,14 @@ def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     kernel = gaussian_kernel(sigma)
     radius = kernel.numel() // 2
     x = maps.float().unsqueeze(1)
-    # Reflect padding needs the pad to be smaller than the side: clamp for tiny maps.
     pad_h, pad_w = min(radius, x.shape[-2] - 1), min(radius, x.shape[-1] - 1)
+    # Reflect padding needs the pad to be smaller than the side: a tiny map gets a truncated,
+    # renormalised kernel.
+    kh, kw = kernel[radius - pad_h : radius + pad_h + 1], kernel[radius - pad_w : radius + pad_w + 1]
     x = F.pad(x, (0, 0, pad_h, pad_h), mode="reflect") if pad_h else x
-    x = F.conv2d(x, kernel[radius - pad_h : radius + pad_h + 1].view(1, 1, -1, 1))
+    x = F.conv2d(x, (kh / kh.sum()).view(1, 1, -1, 1))
     x = F.pad(x, (pad_w, pad_w, 0, 0), mode="reflect") if pad_w else x
-    x = F.conv2d(x, kernel[radius - pad_w : radius + pad_w + 1].view(1, 1, 1, -1))
+    x = F.conv2d(x, (kw / kw.sum()).view(1, 1, 1, -1))
     return x.squeeze(1)
 
 
