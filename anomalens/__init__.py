@@ -1,9 +1,47 @@
-"""anomalens: zero- and few-shot industrial visual anomaly detection (FADE, FiLo, WinCLIP, patch kNN)."""
+"""anomalens: zero- and few-shot industrial visual anomaly detection (FADE, FiLo, WinCLIP, patch kNN).
+
+The public names are imported on first use, so that `import anomalens` (and the command
+line's `--help`) does not load torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from .detector import Detector, load_detector
-from .images import ImageLoadError, load_image
-from .results import AnomalyResult
+from .errors import AnomalensError, ImageLoadError, NotFittedError
 
-__all__ = ["AnomalyResult", "Detector", "ImageLoadError", "__version__", "load_detector", "load_image"]
+# public name -> module that defines it
+_LAZY = {
+    "Detector": "detector",
+    "load_detector": "detector",
+    "load_image": "images",
+    "AnomalyResult": "results",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .detector import Detector, load_detector
+    from .images import load_image
+    from .results import AnomalyResult
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "AnomalensError",
+    "AnomalyResult",
+    "Detector",
+    "ImageLoadError",
+    "NotFittedError",
+    "__version__",
+    "load_detector",
+    "load_image",
+]

@@ -40,6 +40,10 @@ from anomalens.results import AnomalyResult
 # this many values gives quantiles accurate to well under 0.1 percentile point.
 MAX_CALIBRATION_PIXELS = 2_000_000
 
+# The rule's defaults, declared once (the CLI's --quantile/--margin and Detector.calibrate use them).
+DEFAULT_QUANTILE = 0.99
+DEFAULT_MARGIN = 0.1
+
 
 @dataclass(frozen=True)
 class Threshold:
@@ -109,7 +113,7 @@ def _check_rule_args(quantile: float, margin: float) -> None:
 
 
 def calibrate_threshold(
-    reference_scores: Sequence[float] | np.ndarray, quantile: float = 0.99, margin: float = 0.1
+    reference_scores: Sequence[float] | np.ndarray, quantile: float = DEFAULT_QUANTILE, margin: float = DEFAULT_MARGIN
 ) -> Threshold:
     """Image threshold from the (leave-one-out) scores of good reference images.
 
@@ -137,8 +141,8 @@ def calibrate_threshold(
 def pixel_threshold_from_maps(
     reference_maps: Iterable[np.ndarray] | None,
     image_threshold: Threshold | float | None = None,
-    quantile: float = 0.99,
-    margin: float = 0.1,
+    quantile: float = DEFAULT_QUANTILE,
+    margin: float = DEFAULT_MARGIN,
     max_pixels: int = MAX_CALIBRATION_PIXELS,
     seed: int = 0,
 ) -> Threshold:

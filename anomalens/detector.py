@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .calibration import DEFAULT_MARGIN, DEFAULT_QUANTILE
 from .images import ImageLoadError, LoadedImage, list_images, load_image
 from .methods import create_method
 from .methods.base import settings_to_dict
@@ -106,8 +107,8 @@ class Detector:
     def calibrate(
         self,
         images: Iterable[ImageInput] | None = None,
-        quantile: float = 0.99,
-        margin: float = 0.1,
+        quantile: float = DEFAULT_QUANTILE,
+        margin: float = DEFAULT_MARGIN,
         pixel_threshold: float | None = None,
         max_images: int = 32,
     ) -> Detector:

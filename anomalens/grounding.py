@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import MissingGroundingError
 from .text.prompts import position_word
 
 log = logging.getLogger(__name__)
@@ -39,10 +40,6 @@ GROUNDING_HINT = (
     "on a machine with network access (e.g. `huggingface-cli download IDEA-Research/grounding-dino-base "
     "--local-dir grounding-dino-base`) and pass the folder with --grounding PATH (Python: grounding='PATH')."
 )
-
-
-class MissingGroundingError(FileNotFoundError):
-    """Grounding DINO weights that are not on this machine."""
 
 
 @dataclass

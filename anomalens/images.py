@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
+from .errors import ImageLoadError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 ResizePolicy = Literal["squash", "pad"]
@@ -29,15 +31,6 @@ Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 # size). A 20000 x 20000 image is worked on at 4000 x 4000: its float32 map is 64 MB instead
 # of 1.6 GB. Decoding a PNG or TIFF still needs the full image once (3 bytes per pixel for RGB).
 MAX_WORKING_PIXELS = 4096 * 4096
-
-
-class ImageLoadError(ValueError):
-    """An image file that cannot be used; the message names the file and the reason."""
-
-    def __init__(self, path: str | os.PathLike, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{path}: {reason}")
 
 
 @dataclass

@@ -37,7 +37,6 @@ FEATURE_KEYS = ("backbone", "image_size", "resize", "tile_above_aspect", "blocks
 VARIANTS = {
     "defaults": [],  # the old and the new default themselves
     "scoring": [
-        {"smoothing_sigma": 4.0},
         {"smoothing_sigma": 2.0},
         {"smoothing_sigma": 8.0},
         {"top_fraction": 0.01},
@@ -100,10 +99,16 @@ def evaluate(method: PatchKnn, cache: FeatureCache, split, refs: list[Path]) -> 
     s = method.settings
     aug = s.augment
     bank = None
-    bank_key = (feature_key(s), aug, s.coreset_size, s.few_shot_k if refs else s.zero_shot_k, tuple(map(str, refs)))
-    if refs and (s.reweight_neighbours or not all((*bank_key, str(t.path)) in PATCH_MAPS for t in split.test)):
+    ref_patches = []
+    if refs:
         ref_feats = cache.get(method, split.category, refs, aug)
-        bank = method.build_bank([ref_feats[str(p)][0].float().reshape(-1, ref_feats[str(p)][0].shape[-1]) for p in refs])
+        ref_patches = [ref_feats[str(p)][0].reshape(-1, ref_feats[str(p)][0].shape[-1]) for p in refs]
+    # The coreset only matters once the bank is larger than it.
+    total = sum(p.shape[0] for p in ref_patches)
+    coreset = s.coreset_size if 0 < s.coreset_size < total else 0
+    bank_key = (feature_key(s), aug, coreset, s.few_shot_k if refs else s.zero_shot_k, tuple(map(str, refs)))
+    if refs and (s.reweight_neighbours or not all((*bank_key, str(t.path)) in PATCH_MAPS for t in split.test)):
+        bank = method.build_bank([p.float() for p in ref_patches])
     test = cache.get(method, split.category, [s.path for s in split.test])
     labels, scores = [], []
     pixels = PixelMetricAccumulator()

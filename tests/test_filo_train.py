@@ -174,12 +174,12 @@ def test_cli_train_then_benchmark_zero_shot(dataset, tmp_path):
     from typer.testing import CliRunner
 
     from anomalens.benchmark import BenchmarkSettings, run_benchmark
-    from anomalens.filo.cli import train_app
+    from anomalens.cli import app
 
     root, vocabulary = dataset
     out = tmp_path / "cli"
-    result = CliRunner().invoke(train_app, [
-        "filo", "--data", str(root), "--dataset", "mvtec", "--out", str(out), "--backbone", "test-tiny-24",
+    result = CliRunner().invoke(app, [
+        "train", "filo", "--data", str(root), "--dataset", "mvtec", "--out", str(out), "--backbone", "test-tiny-24",
         "--image-size", str(SIZE), "--epochs", "1", "--adapter-epochs", "1", "--max-steps", "2",
         "--categories", "bottle", "--vocabulary", str(vocabulary), "--n-ctx", "2", "--no-progress",
     ])

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
+from ..errors import MissingWeightsError
 from .attention import (
     gem_attention,
     gem_inverse_temperature,
@@ -71,10 +72,6 @@ def register_tiny_configs() -> None:
 
 
 register_tiny_configs()
-
-
-class MissingWeightsError(RuntimeError):
-    """CLIP weights that are not on this machine and could not be fetched."""
 
 
 def _weights_hint(arch: str, tag: str | None) -> str:

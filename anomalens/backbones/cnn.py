@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import MissingBackboneError
+
 # Input normalised to [-1, 1], as EfficientNet-Lite was trained.
 LITE_MEAN = (0.5, 0.5, 0.5)
 LITE_STD = (0.5, 0.5, 0.5)
@@ -23,10 +25,6 @@ LITE_STD = (0.5, 0.5, 0.5)
 DEFAULT_BLOCKS = (4, 10)
 # The same two stage ends for each variant (Lite1/Lite2 have more blocks per stage).
 VARIANT_BLOCKS = {"efficientnet-lite0": (4, 10), "efficientnet-lite1": (6, 14), "efficientnet-lite2": (6, 14)}
-
-
-class MissingBackboneError(RuntimeError):
-    """The embedded backbone's packages are not installed."""
 
 
 def load_efficientnet_lite(variant: str = "efficientnet-lite0") -> nn.Module:

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from .. import __version__
 from ..backbones.clip import DEFAULT_TAGS, ClipBackbone, create_clip
 from ..data import Sample, load_dataset, load_mask
+from ..errors import MissingCheckpointError
 from ..images import load_image, to_model_input
 from ..text.prompts import load_defect_vocabulary, position_word
 from .losses import global_loss, local_loss
@@ -51,10 +52,6 @@ TRAIN_HINT = (
     "Train one with `anomalens train filo --data ROOT --dataset mvtec --out DIR` and pass "
     "--checkpoint DIR (Python: checkpoint='DIR')."
 )
-
-
-class MissingCheckpointError(FileNotFoundError):
-    """A FiLo checkpoint directory that is missing or incomplete."""
 
 
 @dataclass

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from .app import app, fail
+
 train_app = typer.Typer(no_args_is_help=True, help="Train the methods that learn (FiLo).")
 
 
@@ -13,11 +15,6 @@ train_app = typer.Typer(no_args_is_help=True, help="Train the methods that learn
 def _train_group() -> None:
     """Train the methods that learn (FiLo)."""
     # A callback keeps `train` a command group, so the single command is `train filo`, not `train`.
-
-
-def _fail(msg: str) -> None:
-    typer.secho(f"error: {msg}", err=True, fg="red")
-    raise typer.Exit(2)
 
 
 @train_app.command("filo")
@@ -44,12 +41,12 @@ def filo(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Train FiLo on dataset A; then `anomalens benchmark --data B --method filo --checkpoint OUT`."""
-    from ..backbones.clip import MissingWeightsError, is_tiny
-    from .model import FiloConfig
-    from .train import TrainConfig, train_filo
+    from ..backbones.clip import is_tiny
+    from ..filo.model import FiloConfig
+    from ..filo.train import TrainConfig, train_filo
 
     if prompt_learner not in ("cocoop", "coop"):
-        _fail(f"--prompt-learner must be cocoop or coop, got {prompt_learner!r}")
+        fail(f"--prompt-learner must be cocoop or coop, got {prompt_learner!r}")
     config = TrainConfig(
         data=str(data),
         out=str(out),
@@ -69,6 +66,9 @@ def filo(
     )
     try:
         result = train_filo(config, progress_bar=progress, log=lambda m: typer.echo(m, err=True))
-    except (MissingWeightsError, ValueError, FileNotFoundError) as err:
-        _fail(str(err))
+    except (ValueError, FileNotFoundError) as err:  # bad data or options (AnomalensErrors pass through)
+        fail(str(err))
     typer.echo(f"FiLo written to {result} (filo.safetensors, filo.json)", err=True)
+
+
+app.add_typer(train_app, name="train")

@@ -1,0 +1,5 @@
+"""`python -m anomalens ...` runs the command line."""
+
+from anomalens.cli import app
+
+app(prog_name="anomalens")

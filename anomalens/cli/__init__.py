@@ -1,0 +1,20 @@
+"""The `anomalens` command line: one module per command, all registered on `app`.
+
+`app` (in `app.py`) holds the global options and maps errors to exit codes; importing this
+package imports every command module so that each registers itself. Heavy modules (torch,
+open_clip, the methods) are imported inside the commands, so `anomalens --help` is fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from . import benchmark, data, demo, detect, fit, methods, train  # noqa: F401  (register the commands)
+from .app import app
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,60 @@
+"""The Typer `app`, its global options, and the one place where errors become exit codes.
+
+Commands live in their own modules (`detect.py`, `fit.py`, ...) and register on `app` with
+`@app.command()`. They import torch and the methods inside the command function, so that
+`anomalens --help` stays fast. A command reports a problem the user can fix by raising an
+`anomalens.errors.AnomalensError` (or `fail(...)`); `AnomalensGroup` prints it as one line,
+``error: <message>``, and exits with the error's `exit_code` (2). Run outcomes that are not
+errors (some images failed: 1; interrupted: 130) are `typer.Exit` codes of the command.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+import typer
+from typer.core import TyperGroup
+
+from ..errors import AnomalensError, UsageError
+
+
+class AnomalensGroup(TyperGroup):
+    """Maps every `AnomalensError` raised by a (sub)command to one red line and its exit code."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AnomalensError as err:
+            typer.secho(f"error: {err}", err=True, fg="red")
+            raise typer.Exit(err.exit_code) from None
+
+
+app = typer.Typer(
+    cls=AnomalensGroup,
+    add_completion=False,
+    no_args_is_help=True,
+    help="Zero- and few-shot industrial visual anomaly detection (FADE, FiLo, WinCLIP, patch kNN).",
+)
+
+
+@app.callback()
+def _global_options(
+    threads: int = typer.Option(
+        0, "--threads", min=0, help="CPU threads for the model (0: torch's default). 1 helps on a busy machine."
+    ),
+) -> None:
+    """Options for every command, given before it: `anomalens --threads 1 detect ...`."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def echo(msg: str) -> None:
+    """A progress or status line for the user (stderr; stdout is for results)."""
+    typer.echo(msg, err=True)
+
+
+def fail(msg: str) -> NoReturn:
+    """End the command with a usage error (printed and mapped to exit code 2 by AnomalensGroup)."""
+    raise UsageError(msg)

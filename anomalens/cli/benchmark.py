@@ -1,0 +1,59 @@
+"""`anomalens benchmark`: per-category image and pixel metrics over shots and seeds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from . import options as o
+from .app import app, fail
+from .build import method_settings, settings_from_options
+from .config import int_list
+
+
+@app.command()
+def benchmark(
+    data: Path = typer.Option(..., "--data", help="Dataset root."),
+    dataset: str = typer.Option("auto", "--dataset", help="mvtec | visa | folder | meta | auto"),
+    categories: str | None = typer.Option(None, "--categories", help="Comma-separated subset."),
+    method: o.Method = "patchknn",
+    shots: str = typer.Option("0", "--shots", help="Comma-separated shot counts, e.g. 0,1,2,4."),
+    seeds: str = typer.Option("0", "--seeds", help="Comma-separated seeds for the reference draws."),
+    out: Path = typer.Option(Path("benchmark_out"), "--out", "-o"),
+    pixel_resolution: int | None = typer.Option(None, "--pixel-resolution", help="Longer side for pixel metrics."),
+    weights: o.Weights = None,
+    backbone: o.Backbone = None,
+    checkpoint: o.Checkpoint = None,
+    grounding: o.Grounding = None,
+    image_size: o.ImageSize = None,
+    resize: o.Resize = None,
+    progress: o.Progress = True,
+    set_: o.Set = None,
+) -> None:
+    """Per-category image and pixel metrics; resumes from what --out already holds."""
+    from ..benchmark import BenchmarkSettings, markdown_table, run_benchmark
+
+    settings = BenchmarkSettings(
+        data=str(data),
+        dataset=dataset,
+        method=method,
+        categories=[c.strip() for c in categories.split(",")] if categories else None,
+        shots=int_list(shots),
+        seeds=int_list(seeds),
+        pixel_resolution=pixel_resolution,
+        method_settings=method_settings(
+            method,
+            settings_from_options(
+                {"weights": weights, "backbone": backbone, "image_size": image_size, "resize": resize}
+                | {"checkpoint": checkpoint, "grounding": grounding, "set_": set_}
+            ),
+        ),
+    )
+    try:
+        result = run_benchmark(settings, out, progress=progress)
+    except (ValueError, FileNotFoundError) as err:
+        fail(str(err))
+    typer.echo(f"{method} on {data} ({result['backbone']})")
+    typer.echo(markdown_table(result["shots"]))
+    typer.echo(f"results: {out / 'results.json'}, {out / 'results.csv'}")

@@ -1,0 +1,118 @@
+"""From parsed options to a ready detector: method settings, --model / --refs, thresholds."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from ..errors import ImageLoadError, UsageError
+from .app import echo, fail
+from .config import parse_sets
+
+# The options that are method settings; with --model they are the saved model's and ignored.
+METHOD_OPTIONS = (
+    "weights", "backbone", "category", "prompts", "checkpoint", "grounding", "image_size", "resize", "set_"
+)
+
+
+def method_settings(method: str, given: dict[str, Any]) -> dict[str, Any]:
+    """Keep the options the chosen method has; say which given ones it ignores."""
+    from ..methods import METHODS, available_methods
+
+    available_methods()
+    if method not in METHODS:
+        fail(f"unknown method {method!r}; available: {', '.join(sorted(METHODS))}")
+    known = {f.name for f in dataclasses.fields(METHODS[method].Settings)}
+    settings = {k: v for k, v in given.items() if v is not None and k in known}
+    ignored = sorted(k for k, v in given.items() if v is not None and k not in known)
+    if ignored:
+        echo(f"note: method {method!r} has no setting(s) {', '.join(ignored)}; ignored")
+    return settings
+
+
+def settings_from_options(p: dict[str, Any]) -> dict[str, Any]:
+    """The method settings the options of a command give (paths as strings, --set merged in)."""
+    given = {k: p.get(k) for k in ("weights", "backbone", "category", "image_size", "resize")}
+    for name in ("prompts", "checkpoint", "grounding"):
+        given[name] = str(p[name]) if p.get(name) else None
+    return given | parse_sets(list(p.get("set_") or []))
+
+
+def build_detector(p: dict[str, Any], explicit: set[str]):
+    """Load --model, or create the method and fit it on --refs (zero-shot without); + a source line."""
+    from ..detector import Detector, load_detector
+
+    if p.get("model") is not None:
+        if p.get("refs") is not None:
+            fail(
+                "--refs cannot be combined with --model: the model already holds its reference "
+                "images; fit a new model (`anomalens fit`) to change them"
+            )
+        try:
+            det = load_detector(p["model"])
+        except (ValueError, FileNotFoundError) as err:
+            raise UsageError(str(err)) from err
+        ignored = [n.rstrip("_") for n in METHOD_OPTIONS if n in explicit and p.get(n)]
+        if "method" in explicit and p.get("method") != det.method_name:
+            ignored.insert(0, "method")
+        if ignored:
+            echo(
+                f"note: --model {p['model']} holds a fitted {det.method_name} model; its saved "
+                f"settings are used and {', '.join(ignored)} ignored"
+            )
+        n = len(det.reference_paths)
+        how = f"fitted on {n} reference images" if n else "zero-shot"
+        return det, f"model {p['model']} ({det.method_name}, {how})"
+    settings = method_settings(p["method"], settings_from_options(p))
+    try:
+        det = Detector(method=p["method"], **settings)
+        if p.get("refs") is None:
+            det.fit([])
+            return det, "zero-shot (no reference images)"
+        refs = Path(p["refs"])
+        if not refs.exists():
+            fail(f"{refs}: reference folder does not exist")
+        det.fit([refs])
+    except ImageLoadError as err:
+        raise UsageError(f"cannot use the reference images: {err}") from err
+    except UsageError:
+        raise
+    except (ValueError, FileNotFoundError) as err:
+        raise UsageError(str(err)) from err
+    return det, f"{len(det.reference_paths)} reference images from {refs}"
+
+
+def set_threshold(det, p: dict[str, Any], explicit: set[str], value: str | float | None) -> None:
+    """Apply --threshold / --pixel-threshold (a number, calibration from the references, or none)."""
+    from ..calibration import Threshold
+
+    from_model = p.get("model") is not None
+    if value == "none":
+        det.threshold, det.pixel_threshold = None, None
+    elif value == "auto" and from_model:
+        saved = det.threshold
+        if saved is None or saved.method != "auto":
+            fail(f"{p['model']} holds no calibrated threshold; fit it with --threshold auto, or pass --threshold X")
+        for name in ("quantile", "margin"):
+            if name in explicit and getattr(saved, name) != p[name]:
+                fail(
+                    f"{p['model']} was calibrated with {name} {getattr(saved, name)}, not {p[name]}: "
+                    "calibration needs the references, so fit the model again to change it"
+                )
+    elif value == "auto":
+        try:
+            det.calibrate(quantile=p["quantile"], margin=p["margin"], pixel_threshold=p["pixel_threshold"])
+        except ValueError as err:
+            raise UsageError(str(err)) from err
+    elif value is not None:
+        det.threshold = Threshold.given(float(value))
+        det.pixel_threshold = float(value)
+    if p.get("pixel_threshold") is not None:
+        det.pixel_threshold = float(p["pixel_threshold"])
+
+
+def describe(threshold) -> str:
+    if threshold is None:
+        return "none"
+    return threshold.description() if hasattr(threshold, "description") else f"given: {threshold:.6g}"
