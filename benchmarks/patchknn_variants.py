@@ -45,6 +45,12 @@ VARIANTS = {
         {"augment": "dihedral"},
         {"zero_shot_k": 5},
     ],
+    "zero_shot": [
+        {"zero_shot_exclusion": 1},
+        {"zero_shot_exclusion": 2},
+        {"top_fraction": 0.01},
+        {"zero_shot_exclusion": 1, "top_fraction": 0.01},
+    ],
     "features": [
         {"image_size": 320},
         {"tile_above_aspect": 1.5},
@@ -106,7 +112,8 @@ def evaluate(method: PatchKnn, cache: FeatureCache, split, refs: list[Path]) -> 
     # The coreset only matters once the bank is larger than it.
     total = sum(p.shape[0] for p in ref_patches)
     coreset = s.coreset_size if 0 < s.coreset_size < total else 0
-    bank_key = (feature_key(s), aug, coreset, s.few_shot_k if refs else s.zero_shot_k, tuple(map(str, refs)))
+    k = s.few_shot_k if refs else (s.zero_shot_k, s.zero_shot_exclusion)
+    bank_key = (feature_key(s), aug, coreset, k, tuple(map(str, refs)))
     if refs and (s.reweight_neighbours or not all((*bank_key, str(t.path)) in PATCH_MAPS for t in split.test)):
         bank = method.build_bank([p.float() for p in ref_patches])
     test = cache.get(method, split.category, [s.path for s in split.test])
@@ -117,7 +124,7 @@ def evaluate(method: PatchKnn, cache: FeatureCache, split, refs: list[Path]) -> 
         feats = feats.float()
         key = (*bank_key, str(sample.path))
         if key not in PATCH_MAPS:
-            PATCH_MAPS[key] = patch_scores(feats, bank, s.few_shot_k, s.zero_shot_k).half()
+            PATCH_MAPS[key] = patch_scores(feats, bank, s.few_shot_k, s.zero_shot_k, s.zero_shot_exclusion).half()
         out = method.score(feats, layout, bank, PATCH_MAPS[key].float())
         labels.append(sample.label)
         scores.append(out.score)

@@ -45,6 +45,7 @@ class PatchKnnSettings:
     clip_layers: tuple[int, ...] = (6, 9)  # CLIP blocks whose tokens are used (1-based)
     few_shot_k: int = FEW_SHOT_K
     zero_shot_k: int = ZERO_SHOT_K
+    zero_shot_exclusion: int = 0  # zero-shot: patches within this many grid cells are not neighbours; 0 = only itself
     smoothing_sigma: float = 4.0  # Gaussian on the input-resolution map before the image score (PatchCore: 4)
     top_fraction: float = 0.0  # image score = mean of this top fraction of the smoothed map; 0 = its maximum
     reweight_neighbours: int = 0  # PatchCore's density reweighting of the image score over b neighbours (paper: 9); 0 = off
@@ -69,16 +70,36 @@ def valid_grid_region(
     return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
-def patch_scores(feats: torch.Tensor, bank: torch.Tensor | None, few_shot_k: int, zero_shot_k: int) -> torch.Tensor:
+def window_mask(tiles: int, h: int, w: int, radius: int) -> torch.Tensor:
+    """(N, N) True where two patches of the same tile lie within `radius` grid cells of each other."""
+    rows = torch.arange(h).repeat_interleave(w).repeat(tiles)
+    cols = torch.arange(w).repeat(h * tiles)
+    tile = torch.arange(tiles).repeat_interleave(h * w)
+    near = ((rows[:, None] - rows[None]).abs() <= radius) & ((cols[:, None] - cols[None]).abs() <= radius)
+    return near & (tile[:, None] == tile[None])
+
+
+def patch_scores(
+    feats: torch.Tensor, bank: torch.Tensor | None, few_shot_k: int, zero_shot_k: int, zero_shot_exclusion: int = 0
+) -> torch.Tensor:
     """(T, h, w, C) features of one image's tiles -> (T, h, w) patch anomalies.
 
     Against the bank (few-shot) or, without one, against all the image's own patches (zero-shot).
+    Zero-shot with `zero_shot_exclusion` r > 0: the patches within r cells of a patch (itself
+    included) are not its neighbours, so a defect larger than one patch cannot vouch for itself;
+    the k-th neighbour is then counted among the others (k = zero_shot_k - 1).
     """
     t, h, w, c = feats.shape
     flat = feats.reshape(-1, c)
-    if bank is None:
+    if bank is not None:
+        return knn_anomaly(flat, bank, k=few_shot_k).view(t, h, w)
+    if zero_shot_exclusion <= 0:
         return knn_anomaly(flat, flat, k=zero_shot_k).view(t, h, w)
-    return knn_anomaly(flat, bank, k=few_shot_k).view(t, h, w)
+    unit = F.normalize(flat.float(), dim=-1)
+    sim = (unit @ unit.T).masked_fill(window_mask(t, h, w, zero_shot_exclusion), -1.0)
+    k = max(1, zero_shot_k - 1)
+    kth = sim.topk(k, dim=1).values[:, k - 1]
+    return (0.5 * (1.0 - kth)).clamp(0.0, 1.0).view(t, h, w)
 
 
 def score_image(
@@ -96,7 +117,7 @@ def score_image(
     """
     s = settings
     if patches is None:
-        patches = patch_scores(feats, bank, s.few_shot_k, s.zero_shot_k)
+        patches = patch_scores(feats, bank, s.few_shot_k, s.zero_shot_k, s.zero_shot_exclusion)
     maps = F.interpolate(patches[:, None], size=(s.image_size, s.image_size), mode="bilinear", align_corners=False)
     maps = gaussian_smooth(maps[:, 0], s.smoothing_sigma)
     if input_boxes is None:
