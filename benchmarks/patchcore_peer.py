@@ -5,7 +5,7 @@ Runs in its own venv (anomalib pins its own dependencies), with anomalens import
     python3 -m venv /work/venv-anomalib
     /work/venv-anomalib/bin/pip install torch==2.14.1 torchvision==0.29.1 anomalib timm
     /work/venv-anomalib/bin/pip install --no-deps -e .
-    /work/venv-anomalib/bin/python benchmarks/patchcore_peer.py --data ../shared/data --shots 0,1,4 --seeds 0,1,2
+    /work/venv-anomalib/bin/python benchmarks/patchcore_peer.py --data ../shared/data --shots 1,4 --seeds 0,1,2 --jobs 4
 
 Model: anomalib's own `PatchcoreModel` (feature extraction through its `TimmFeatureExtractor`,
 3 x 3 average pooling, embedding, greedy k-centre coreset with anomalib's default ratio 0.1,
@@ -24,8 +24,11 @@ not a PatchCore setting (it needs references): shots 0 are skipped.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -122,6 +125,20 @@ def evaluate(model: PatchcoreModel, split, refs, size: int, ratio: float, batch:
     return metrics
 
 
+_MODEL: PatchcoreModel | None = None
+
+
+def run_one(data: str, category: str, k: int, seed: int, size: int, ratio: float, threads: int) -> dict:
+    """One (category, shots, seed) run; a worker process builds the model once."""
+    global _MODEL
+    torch.set_num_threads(threads)
+    if _MODEL is None:
+        _MODEL = build_patchcore()
+    split = load_dataset(data, categories=[category])[category]
+    metrics = evaluate(_MODEL, split, sample_references(split, k, seed), size, ratio)
+    return {"category": category, "shots": k, "seed": seed, "method": "anomalib-patchcore", "metrics": metrics}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="../shared/data")
@@ -130,25 +147,41 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--coreset-ratio", type=float, default=0.1, help="anomalib's default")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
+    parser.add_argument("--out", default="patchcore_peer_runs.jsonl", help="finished runs; a rerun resumes")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     shots = [int(k) for k in args.shots.split(",") if int(k) > 0]
     seeds = [int(s) for s in args.seeds.split(",")]
     splits = load_dataset(args.data, categories=args.categories.split(",") if args.categories else None)
-    model = build_patchcore()
-    runs = []
-    for category, split in splits.items():
-        for k in shots:
-            if k > len(split.train_good):
-                continue
-            for seed in seeds:
-                metrics = evaluate(model, split, sample_references(split, k, seed), args.image_size, args.coreset_ratio)
-                runs.append({"category": category, "shots": k, "seed": seed, "metrics": metrics})
-                cells = ", ".join(f"{m} {100 * metrics[m]:.1f}" for m in METRICS if metrics[m] is not None)
-                print(f"{category} {k}-shot seed {seed}: {cells} ({metrics['seconds']:.0f} s)", flush=True)
+    out = Path(args.out)
+    runs = [json.loads(line) for line in out.read_text().splitlines() if line.strip()] if out.exists() else []
+    done = {(r["category"], r["shots"], r["seed"]) for r in runs}
+    plan = [
+        (c, k, seed)
+        for c, split in splits.items()
+        for k in shots
+        if k <= len(split.train_good)
+        for seed in seeds
+        if (c, k, seed) not in done
+    ]
+    if plan:
+        build_patchcore()  # weight mapping and parity checked once, before any worker starts
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futures = [
+            pool.submit(run_one, args.data, c, k, seed, args.image_size, args.coreset_ratio, args.threads)
+            for c, k, seed in plan
+        ]
+        for future in as_completed(futures):
+            record = future.result()
+            with out.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            runs.append(record)
+            m = record["metrics"]
+            cells = ", ".join(f"{name} {100 * m[name]:.1f}" for name in METRICS if m[name] is not None)
+            print(f"{record['category']} {record['shots']}-shot seed {record['seed']}: {cells}", flush=True)
     categories = [c for c in splits if any(r["category"] == c for r in runs)]
-    print(markdown_table(summarise(runs, categories, shots)))
+    print(markdown_table(summarise([r for r in runs if r["shots"] in shots], categories, shots)))
 
 
 if __name__ == "__main__":

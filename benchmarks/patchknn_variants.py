@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -92,8 +93,10 @@ class FeatureCache:
                 store[str(path)] = (feats[0].half(), layouts[0])
             else:
                 store[str(path)] = (method.reference_patches(img).half(), None)
-        if missing:
-            torch.save(store, file)
+        if missing:  # write then rename: a concurrent or interrupted run never sees half a file
+            partial = file.with_suffix(f".{os.getpid()}.part")
+            torch.save(store, partial)
+            os.replace(partial, file)
         return store
 
 
