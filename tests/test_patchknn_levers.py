@@ -95,3 +95,37 @@ def test_defect_on_a_tile_boundary_is_found():
     assert bad.score > 5 * max(good.score, 1e-3)
     row, col = np.unravel_index(np.argmax(bad.anomaly_map), bad.anomaly_map.shape)
     assert abs(row - 32) <= 12 and abs(col - 64) <= 12  # the map's peak is on the defect
+
+
+def _marked_part(index: int, defect: bool) -> LoadedImage:
+    """A textured part with a unique mark (a framed square at a random place, bright or dark) and,
+    if `defect`, a thin dark scratch elsewhere: single-image zero-shot sees two odd regions."""
+    rng = np.random.default_rng(100 + index)
+    cell = np.random.default_rng(7).integers(90, 170, (12, 12), dtype=np.uint8)
+    grey = np.tile(cell, (9, 9))[:96, :96].astype(np.int16)
+    grey += np.random.default_rng(7).integers(-15, 16, grey.shape).astype(np.int16)
+    r, c = rng.integers(8, 70, 2)
+    grey[r : r + 10, c : c + 10] = 255 if index % 2 else 0
+    grey[r + 3 : r + 7, c + 3 : c + 7] = 128
+    if defect:
+        r2, c2 = (r + 40) % 70 + 8, (c + 40) % 70 + 8
+        grey[r2 : r2 + 2, c2 : c2 + 24] = 20
+    grey = np.clip(grey, 0, 255).astype(np.uint8)
+    return LoadedImage(f"{index}.png", np.repeat(grey[:, :, None], 3, axis=2).copy())
+
+
+def test_zero_shot_is_above_chance_when_every_part_carries_a_unique_mark():
+    from sklearn.metrics import roc_auc_score
+
+    images = [_marked_part(i, defect) for defect in (False, True) for i in range(12)]
+    labels = [0] * 12 + [1] * 12
+
+    def auroc(**settings) -> float:
+        method = create_method("patchknn", image_size=96, **settings)
+        method.fit([])
+        return roc_auc_score(labels, [out.score for out in method.predict(images)])
+
+    unsmoothed_max = auroc(smoothing_sigma=0.0)  # the score before issue 17: the raw map's maximum
+    default = auroc()
+    assert unsmoothed_max < 0.6  # the mark decides the max: near chance
+    assert default > 0.7 and default > unsmoothed_max + 0.1
