@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
 import numpy as np
@@ -85,6 +85,21 @@ class Threshold:
     def to_dict(self) -> dict:
         """JSON-serialisable fields plus the description, for settings.json and reports."""
         return {**asdict(self), "description": self.description()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Threshold:
+        """Rebuild a threshold from `to_dict`'s form (extra keys such as the description ignored)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def as_threshold(value: Threshold | float | dict | None) -> Threshold | None:
+    """The one conversion to `Threshold`: a number is a given threshold, a dict a saved one."""
+    if value is None or isinstance(value, Threshold):
+        return value
+    if isinstance(value, dict):
+        return Threshold.from_dict(value)
+    return Threshold.given(float(value))
 
 
 def _percentile_name(quantile: float) -> str:
@@ -176,9 +191,8 @@ def pixel_threshold_from_maps(
 
 
 def _value(t: Threshold | float | None) -> float | None:
-    if t is None:
-        return None
-    return float(t.value) if isinstance(t, Threshold) else float(t)
+    t = as_threshold(t)
+    return None if t is None else float(t.value)
 
 
 def apply_decision(
@@ -192,13 +206,17 @@ def apply_decision(
     NG when score > threshold (or the score is NaN). The mask is ``anomaly_map > pixel
     threshold``; the pixel threshold defaults to the image threshold. OK images get an all-False
     mask by default, so an accepted part shows no "defect" outline. With no threshold the
-    decision, thresholds and mask are cleared (None).
+    decision, thresholds and mask are cleared (None); with only a pixel threshold there is no
+    decision, and the mask is ``anomaly_map > pixel threshold`` for every image.
     """
     thr = _value(threshold)
-    if thr is None:
-        result.decision, result.threshold, result.pixel_threshold, result.mask = None, None, None, None
-        return result
     pix = _value(pixel_threshold)
+    if thr is None:
+        result.decision, result.threshold, result.pixel_threshold, result.mask = None, None, pix, None
+        if pix is not None:
+            with np.errstate(invalid="ignore"):
+                result.mask = np.asarray(result.anomaly_map) > pix
+        return result
     pix = thr if pix is None else pix
     score = float(result.score)
     result.decision = "NG" if (math.isnan(score) or score > thr) else "OK"

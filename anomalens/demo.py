@@ -126,3 +126,56 @@ def build_demo_dataset(root: Path, settings: DemoSettings | None = None) -> Path
 def _save(path: Path, arr: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(path)
+
+
+@dataclass
+class DemoResult:
+    """What `run_demo` did: where, with which backbone, and each texture's metrics."""
+
+    out: Path
+    method: str
+    backbone: str
+    references: int
+    rows: list[tuple[str, dict]]  # (texture, benchmark metrics of evaluate_category)
+    seconds: float
+
+
+def fresh_dir(path: Path) -> Path:
+    """path if it is absent or empty, else path_1, path_2, ...: never write over earlier output."""
+    candidate, n = Path(path), 0
+    while candidate.exists() and any(candidate.iterdir()):
+        n += 1
+        candidate = Path(path).with_name(f"{Path(path).name}_{n}")
+    candidate.mkdir(parents=True, exist_ok=True)
+    return candidate
+
+
+def run_demo(out: Path, method: str = "patchknn", seed: int = 0) -> DemoResult:
+    """Build the demo set in a fresh `out`, then per texture: metrics, and an inspection run
+    (overlays, masks, report) with the threshold calibrated on the references."""
+    import time
+
+    from .benchmark import evaluate_category
+    from .data import load_dataset, sample_references
+    from .detector import Detector
+    from .inspection import run
+
+    out = fresh_dir(out)
+    settings = DemoSettings(seed=seed)
+    start = time.perf_counter()
+    splits = load_dataset(build_demo_dataset(out / "data", settings), kind="mvtec")
+    det = Detector(method=method)
+    rows = []
+    for name, split in splits.items():
+        refs = sample_references(split, settings.references, seed)
+        rows.append((name, evaluate_category(det, split, refs)))
+        det.calibrate()  # evaluate_category left the detector fitted on refs
+        run(
+            det,
+            [s.path for s in split.test],
+            out / "results" / name,
+            jobs=0,
+            title=f"anomalens demo: {name} (synthetic defects on a real texture)",
+            source=f"{len(refs)} good tiles of {name}",
+        )
+    return DemoResult(out, method, det.backbone_name, settings.references, rows, time.perf_counter() - start)

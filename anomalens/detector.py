@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .calibration import DEFAULT_MARGIN, DEFAULT_QUANTILE
+from .calibration import DEFAULT_MARGIN, DEFAULT_QUANTILE, Threshold, apply_decision, as_threshold
 from .images import ImageLoadError, LoadedImage, list_images, load_image
 from .methods import create_method
 from .methods.base import settings_to_dict
@@ -64,14 +64,39 @@ class Detector:
 
     `method` is a registered method name (`patchknn`, `fade`, `winclip`, `filo`); other keyword
     arguments are that method's settings (see `anomalens.methods.<name>.<Name>Settings`).
+    `device` is where the models run: "auto" (a GPU when torch sees one, else the CPU), "cpu",
+    "cuda" or "cuda:N". It is not saved with the detector: a saved model loads on any device.
     """
 
-    def __init__(self, method: str = "patchknn", **settings: Any):
+    def __init__(self, method: str = "patchknn", device: str | torch.device | None = "auto", **settings: Any):
+        from .device import resolve_device
+
+        self.device = resolve_device(device)  # before building the model: a bad device fails fast
         self.method_name = method
-        self.method = create_method(method, **settings)
-        self.threshold = None  # anomalens.calibration.Threshold, set by calibration or loading
-        self.pixel_threshold: float | None = None
+        self.method = create_method(method, **settings).to(self.device)
+        self.threshold = None  # set by calibrate(), by hand (a number) or by loading
+        self.pixel_threshold = None
         self.reference_paths: list[str] = []
+
+    # Thresholds are always `Threshold` objects (or None); a number given here becomes a
+    # "given" one, so the rest of the code never asks which kind it holds.
+    @property
+    def threshold(self) -> Threshold | None:
+        """The image threshold: score above it is NG. None: no decisions."""
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: Threshold | float | None) -> None:
+        self._threshold = as_threshold(value)
+
+    @property
+    def pixel_threshold(self) -> Threshold | None:
+        """The mask threshold on the anomaly map (None: the image threshold's value)."""
+        return self._pixel_threshold
+
+    @pixel_threshold.setter
+    def pixel_threshold(self, value: Threshold | float | None) -> None:
+        self._pixel_threshold = as_threshold(value)
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -137,10 +162,11 @@ class Detector:
             else:
                 if not extra:
                     raise ValueError("--threshold auto needs good reference images (--refs)")
+                self._ensure_fitted()
                 outputs = self.method.predict(extra)
         self.threshold = calibrate_threshold([o.score for o in outputs], quantile=quantile, margin=margin)
         if pixel_threshold is not None:
-            self.pixel_threshold = float(pixel_threshold)
+            self.pixel_threshold = pixel_threshold
         else:
             self.pixel_threshold = pixel_threshold_from_maps(
                 [o.anomaly_map for o in outputs], self.threshold, quantile=quantile, margin=margin
@@ -172,6 +198,9 @@ class Detector:
         and an image that still fails yields an ImageLoadError ("could not be scored: ...")
         instead of ending the iteration, so a long run goes on past one bad image.
         """
+        if self.method.scores_jointly:
+            yield from self._predict_jointly(images, jobs, with_images)
+            return
         run = self._run_tolerant if skip_errors else self._run
         batch: list[LoadedImage] = []
         for loaded in _load_ahead(images, jobs):
@@ -186,6 +215,41 @@ class Detector:
                 batch = []
         yield from run(batch, with_images)
 
+    def _predict_jointly(self, images: Iterable[ImageInput], jobs: int, with_images: bool) -> Iterator:
+        """Methods that score images against each other: every readable input forms one batch.
+
+        Images are streamed into the method (which keeps features, not pixels) and read again
+        for `with_images`. Unreadable inputs are reported at their place and left out of the
+        batch. batch_size and skip_errors do not apply: an image cannot be rescored on its own.
+        """
+        items = list(images)
+        slots: list[ImageLoadError | None] = []  # per input: its load error, or None (in the batch)
+
+        def readable() -> Iterator[LoadedImage]:
+            for loaded in _load_ahead(items, jobs):
+                slots.append(loaded if isinstance(loaded, ImageLoadError) else None)
+                if not isinstance(loaded, ImageLoadError):
+                    yield loaded
+
+        start = time.perf_counter()
+        with torch.inference_mode():
+            outputs = self.method.predict_joint(readable())
+        per_image = (time.perf_counter() - start) / max(1, sum(not isinstance(s, ImageLoadError) for s in slots))
+        for i, slot in enumerate(slots):
+            if isinstance(slot, ImageLoadError):
+                yield slot
+                continue
+            with torch.inference_mode():
+                out = next(outputs)
+            item = items[i]
+            path = item.path if isinstance(item, LoadedImage) else str(item)
+            result = self._result(path, out, per_image)
+            if not with_images:
+                yield result
+                continue
+            img = _try_load(item)  # read again: the batch did not keep every image's pixels
+            yield img if isinstance(img, ImageLoadError) else (result, img)
+
     def _run_tolerant(self, batch: list[LoadedImage], with_images: bool = False) -> Iterator:
         try:
             done = list(self._run(batch, with_images))
@@ -198,34 +262,45 @@ class Detector:
             return
         yield from done
 
-    def predict_loaded(self, images: list[LoadedImage]) -> list[AnomalyResult]:
-        return list(self._run(images))
+    def _ensure_fitted(self) -> None:
+        if not self.method.fitted_:
+            self.method.fit([])  # never fitted: zero-shot, as documented ("skip fit for zero-shot")
 
     def _run(self, batch: list[LoadedImage], with_images: bool = False) -> Iterator:
         if not batch:
             return
         start = time.perf_counter()
         with torch.inference_mode():
+            self._ensure_fitted()
             outputs = self.method.predict(batch)
         per_image = (time.perf_counter() - start) / len(batch)
         for img, out in zip(batch, outputs):
-            result = AnomalyResult(
-                path=img.path,
-                score=float(out.score),
-                anomaly_map=np.asarray(out.anomaly_map, dtype=np.float32),
-                descriptions=list(out.descriptions),
-                seconds=per_image,
-            )
-            if self.threshold is not None:
-                from .calibration import apply_decision
-
-                apply_decision(result, self.threshold, self.pixel_threshold)
+            result = self._result(img.path, out, per_image)
             yield (result, img) if with_images else result
+
+    def _result(self, path: str, out, seconds: float) -> AnomalyResult:
+        result = AnomalyResult(
+            path=path,
+            score=float(out.score),
+            anomaly_map=np.asarray(out.anomaly_map, dtype=np.float32),
+            descriptions=list(out.descriptions),
+            seconds=seconds,
+            extra=dict(out.extra),
+        )
+        if self.threshold is not None or self.pixel_threshold is not None:
+            apply_decision(result, self.threshold, self.pixel_threshold)
+        return result
 
     # ---- persistence ---------------------------------------------------------------------
     def save(self, directory: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Write settings, threshold and learned tensors (safetensors + JSON)."""
-        from safetensors.torch import save_file
+        """Write settings, threshold and learned tensors (safetensors + JSON).
+
+        Each file is written atomically (temporary file, then rename), the tensors first: an
+        interrupted save leaves the previous model whole, or no detector.json at all.
+        """
+        from safetensors.torch import save
+
+        from .outputs import atomic_write
 
         directory = Path(directory)
         config_path = directory / MODEL_CONFIG
@@ -235,52 +310,56 @@ class Detector:
             )
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.method.state_dict().items()}
-        save_file(state, str(directory / MODEL_WEIGHTS))
+        weights = save(state)
+        atomic_write(directory / MODEL_WEIGHTS, lambda f: f.write(weights))
         config = {
             "anomalens_version": __version__,
             "method": self.method_name,
             "settings": self.settings,
-            "threshold": _threshold_json(self.threshold),
-            "pixel_threshold": _threshold_json(self.pixel_threshold),
+            "threshold": None if self.threshold is None else self.threshold.to_dict(),
+            "pixel_threshold": None if self.pixel_threshold is None else self.pixel_threshold.to_dict(),
             "references": self.reference_paths,
             "num_references": len(self.reference_paths),
         }
-        config_path.write_text(json.dumps(config, indent=2))
+        text = json.dumps(config, indent=2).encode("utf-8")
+        atomic_write(config_path, lambda f: f.write(text))
         return directory
 
+    def export(self, out: str | os.PathLike, format: str = "onnx", **options: Any):
+        """Write the fitted detector as a standalone model; see `anomalens.export.export_onnx`."""
+        if format != "onnx":
+            raise ValueError(f"unknown export format {format!r}; supported: onnx")
+        from .export import export_onnx
 
-def _threshold_json(value):
-    return value.to_dict() if hasattr(value, "to_dict") else value
-
-
-def threshold_from_dict(data: dict):
-    """Rebuild a calibration.Threshold from its saved JSON form."""
-    import dataclasses
-
-    from .calibration import Threshold
-
-    names = {f.name for f in dataclasses.fields(Threshold)}
-    return Threshold(**{k: v for k, v in data.items() if k in names})
+        return export_onnx(self, out, **options)
 
 
-def load_detector(directory: str | os.PathLike, **overrides: Any) -> Detector:
-    """Load a detector written by `Detector.save` (no unpickling: JSON + safetensors)."""
+def load_detector(directory: str | os.PathLike, device: str | torch.device | None = "auto", **overrides: Any) -> Detector:
+    """Load a detector written by `Detector.save` (no unpickling: JSON + safetensors) onto `device`.
+
+    A `.onnx` file written by `Detector.export` gives an `anomalens.export.OnnxDetector`.
+    """
     from safetensors.torch import load_file
 
     directory = Path(directory)
+    if directory.suffix.lower() == ".onnx":
+        if overrides:
+            raise ValueError(f"{directory} is an exported model: its settings cannot be changed ({sorted(overrides)})")
+        from .export import load_onnx_detector
+
+        return load_onnx_detector(directory)
     config_path = directory / MODEL_CONFIG
     if not config_path.exists():
         raise FileNotFoundError(f"{directory} is not a saved anomalens model (no {MODEL_CONFIG})")
     config = json.loads(config_path.read_text())
     settings = {**config["settings"], **overrides}
-    det = Detector(method=config["method"], **settings)
+    det = Detector(method=config["method"], device=device, **settings)
     weights = directory / MODEL_WEIGHTS
     if weights.exists():
         det.method.load_state_dict(load_file(str(weights)))
+        det.method.to(det.device)  # the loaded tensors are on the CPU
     det.reference_paths = list(config.get("references", []))
     det.method.num_references = int(config.get("num_references", len(det.reference_paths)))
-    if config.get("threshold") is not None:
-        det.threshold = threshold_from_dict(config["threshold"])
-    pix = config.get("pixel_threshold")
-    det.pixel_threshold = threshold_from_dict(pix) if isinstance(pix, dict) else pix
+    det.threshold = config.get("threshold")  # a saved dict (or a number, in older files)
+    det.pixel_threshold = config.get("pixel_threshold")
     return det

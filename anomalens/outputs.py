@@ -98,8 +98,9 @@ def _read_jsonl(path: Path) -> tuple[dict[str, dict], int]:
     return records, valid_end
 
 
-def _atomic_write(target: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write through `write(file)` to a temporary file beside `target`, then rename over it."""
+def atomic_write(target: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Write through `write(file)` to a temporary file beside `target`, then rename over it:
+    a reader (or a run after a kill) sees the old file or the whole new one, never a part."""
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
@@ -258,21 +259,6 @@ class OutputWriter:
         """All records of this output directory (previous runs' included), last per path."""
         return list(self._records.values())
 
-    def summary(self) -> dict[str, int]:
-        """Counts: {"total", "ok", "ng", "undecided", "failed"} ("ok"/"ng" are decisions)."""
-        counts = {"total": 0, "ok": 0, "ng": 0, "undecided": 0, "failed": 0}
-        for rec in self._records.values():
-            counts["total"] += 1
-            if rec.get("status") != "ok":
-                counts["failed"] += 1
-            elif rec.get("decision") == "OK":
-                counts["ok"] += 1
-            elif rec.get("decision") == "NG":
-                counts["ng"] += 1
-            else:
-                counts["undecided"] += 1
-        return counts
-
     # -- writing -----------------------------------------------------------------------------
 
     def write(
@@ -296,11 +282,11 @@ class OutputWriter:
 
         rel["map"] = f"maps/{name}.{self.map_format}"
         saver = _save_npy if self.map_format == "npy" else _save_tiff
-        _atomic_write(self.out_dir / rel["map"], saver(amap))
+        atomic_write(self.out_dir / rel["map"], saver(amap))
 
         if self.write_masks and result.mask is not None:
             rel["mask"] = f"masks/{name}.png"
-            _atomic_write(self.out_dir / rel["mask"], _save_png(mask_image(result.mask)))
+            atomic_write(self.out_dir / rel["mask"], _save_png(mask_image(result.mask)))
 
         if self.write_overlays:
             if image is None:
@@ -310,7 +296,7 @@ class OutputWriter:
             vmin, vmax = self.overlay_range if self.overlay_range else (None, None)
             over = heatmap_overlay(image, amap, result.mask, vmin, vmax, self.overlay_alpha)
             rel["overlay"] = f"overlays/{name}.png"
-            _atomic_write(self.out_dir / rel["overlay"], _save_png(over))
+            atomic_write(self.out_dir / rel["overlay"], _save_png(over))
 
         record = {**result.to_record(), **(extra or {}), **rel, "status": "ok", "error": None}
         self._append(record)
@@ -360,5 +346,5 @@ class OutputWriter:
             while (self.out_dir / f"settings.{n}.json").exists():
                 n += 1
             os.replace(target, self.out_dir / f"settings.{n}.json")
-        _atomic_write(target, lambda f: f.write(text.encode("utf-8")))
+        atomic_write(target, lambda f: f.write(text.encode("utf-8")))
         return target

@@ -27,6 +27,7 @@ class AnomalyResult:
     pixel_threshold: float | None = None
     mask: np.ndarray | None = None
     seconds: float = 0.0
+    extra: dict = field(default_factory=dict)  # method-specific fields, e.g. FiLo's "grounding"
 
     def to_record(self) -> dict:
         """A JSON-serialisable summary (no arrays), as written to ``results.jsonl``."""
@@ -38,4 +39,5 @@ class AnomalyResult:
             "pixel_threshold": None if self.pixel_threshold is None else float(self.pixel_threshold),
             "descriptions": [{"text": t, "similarity": float(s)} for t, s in self.descriptions],
             "seconds": float(self.seconds),
+            **self.extra,
         }

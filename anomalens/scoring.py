@@ -29,7 +29,7 @@ def knn_anomaly(
         raise ValueError(f"memory bank has {bank.shape[0]} patches, fewer than k={k}")
     query = F.normalize(query.float(), dim=-1)
     bank = F.normalize(bank.float(), dim=-1)
-    out = torch.empty(query.shape[0])
+    out = torch.empty(query.shape[0], device=query.device)
     for start in range(0, query.shape[0], chunk):
         sim = query[start : start + chunk] @ bank.T
         kth = sim.topk(k, dim=1).values[:, k - 1]
@@ -37,23 +37,21 @@ def knn_anomaly(
     return out.clamp_(0.0, 1.0)
 
 
-def self_knn_anomaly(patches: torch.Tensor, k: int = ZERO_SHOT_K) -> torch.Tensor:
-    """Zero-shot: each patch against the image's own patches (itself included), k-th neighbour."""
-    return knn_anomaly(patches, patches, k=k)
-
-
 class MemoryBank:
     """Reference patches as one (M, C) matrix per feature scale."""
+
+    movable_state = True  # anomalens.device.move_to moves it with its method
 
     def __init__(self) -> None:
         self.banks: dict[str, torch.Tensor] = {}
 
+    def to(self, device: torch.device) -> MemoryBank:
+        self.banks = {k: v.to(device) for k, v in self.banks.items()}
+        return self
+
     def add(self, key: str, patches: torch.Tensor) -> None:
         patches = F.normalize(patches.reshape(-1, patches.shape[-1]).float(), dim=-1)
         self.banks[key] = torch.cat([self.banks[key], patches]) if key in self.banks else patches
-
-    def score(self, key: str, query: torch.Tensor, k: int = FEW_SHOT_K) -> torch.Tensor:
-        return knn_anomaly(query.reshape(-1, query.shape[-1]), self.banks[key], k=k)
 
     def __contains__(self, key: str) -> bool:
         return key in self.banks

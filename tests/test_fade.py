@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from anomalens import Detector, load_detector
-from anomalens.images import LoadedImage, to_model_input
+from anomalens.geometry import to_model_input
+from anomalens.images import LoadedImage
 from anomalens.methods.fade import Fade, FadeSettings, class_embedding, two_class_probability
 from anomalens.scoring import knn_anomaly
 from anomalens.text.features import TextFeatureCache
@@ -24,7 +25,7 @@ def _images(n: int, seed: int = 0, shape=(40, 56)) -> list[LoadedImage]:
 @pytest.fixture(scope="module")
 def fade() -> Fade:
     torch.manual_seed(0)
-    return Fade(FadeSettings(**TINY), cache=TextFeatureCache(cache_dir=None))
+    return Fade(FadeSettings(**TINY), text_cache=TextFeatureCache(cache_dir=None)).fit([])
 
 
 def test_two_class_probability_by_hand():
@@ -38,9 +39,10 @@ def test_two_class_probability_by_hand():
     assert float(p_soft[0]) == pytest.approx(np.exp(0.8) / (np.exp(0.6) + np.exp(0.8)), rel=1e-6)
 
 
-def test_class_embedding_is_normalised_mean():
+def test_class_embedding_is_the_mean_renormalised_only_on_request():
     feats = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=-1)
-    emb = class_embedding(feats)
+    torch.testing.assert_close(class_embedding(feats), torch.tensor([0.5, 0.5]))  # released: plain mean
+    emb = class_embedding(feats, renormalize=True)
     torch.testing.assert_close(emb, torch.tensor([2**-0.5, 2**-0.5]))
 
 
@@ -70,9 +72,9 @@ def test_language_map_is_the_scale_average(fade):
     text = fade.text_features()
     maps = []
     for size in (32, 64):
-        x = to_model_input(images[0].rgb, size, fade.clip.mean, fade.clip.std)[0][None]
-        feats = fade.clip(x, gem_from=fade.clip.num_layers - 5)
-        gem = F.normalize(fade.clip.project(feats.gem[0, 1:]), dim=-1)
+        x = to_model_input(images[0].rgb, size, fade.backbone.mean, fade.backbone.std)[0][None]
+        feats = fade.backbone(x, gem_from=fade.backbone.num_layers - 5)
+        gem = F.normalize(fade.backbone.project(feats.gem[0, 1:]), dim=-1)
         logits = torch.stack([gem @ text.seg_normal, gem @ text.seg_anomalous], -1) / 0.01
         g = size // 8
         m = logits.softmax(-1)[:, 1].view(1, 1, g, g)
@@ -86,8 +88,9 @@ def test_language_map_is_the_scale_average(fade):
         got.append(F.interpolate(p, size=(8, 8), mode="bilinear", align_corners=False)[0, 0])
     torch.testing.assert_close(torch.stack(got).mean(0), expected, atol=1e-5, rtol=1e-5)
     # and through predict, with language-only segmentation, the map is that average upsampled
-    lang_only = Fade(FadeSettings(**TINY, segmentation_mode="language"), cache=fade.cache)
-    lang_only.clip = fade.clip
+    lang_only = Fade(
+        FadeSettings(**TINY, segmentation_mode="language"), backbone=fade.backbone, text_cache=fade.text_cache
+    ).fit([])
     out = lang_only.predict(images)[0]
     assert out.anomaly_map.shape == (40, 56)
     assert out.anomaly_map.max() <= expected.max() + 1e-5 and out.anomaly_map.min() >= expected.min() - 1e-5
@@ -96,8 +99,7 @@ def test_language_map_is_the_scale_average(fade):
 def test_zero_shot_vision_uses_second_neighbour_of_own_gem_patches(fade):
     images = _images(1, seed=3)
     settings = FadeSettings(**TINY, segmentation_mode="vision", as_zero_shot_vision_scale=1.0)
-    vision_only = Fade(settings, cache=fade.cache)
-    vision_only.clip = fade.clip
+    vision_only = Fade(settings, backbone=fade.backbone, text_cache=fade.text_cache).fit([])
     encoded = fade.encode(images)
     expected = []
     for scale in encoded["scales"].values():
@@ -113,8 +115,7 @@ def test_zero_shot_vision_uses_second_neighbour_of_own_gem_patches(fade):
 
 def test_few_shot_reference_equal_to_query_scores_low(fade):
     images = _images(2, seed=5)
-    det = Fade(FadeSettings(**TINY), cache=fade.cache)
-    det.clip = fade.clip
+    det = Fade(FadeSettings(**TINY), backbone=fade.backbone, text_cache=fade.text_cache)
     det.fit(images[:1])
     same, other = det.predict(images)
     # The query is its own reference: vision distance 0 everywhere, AC = language / 2 at most.
@@ -150,8 +151,7 @@ def test_batch_and_single_image_agree(fade):
 
 def test_text_cache_invalidation(tmp_path, fade):
     cache = TextFeatureCache(cache_dir=tmp_path)
-    det = Fade(FadeSettings(**TINY, category="bottle"), cache=cache)
-    det.clip = fade.clip
+    det = Fade(FadeSettings(**TINY, category="bottle"), backbone=fade.backbone, text_cache=cache)
     det.text_features()
     first = cache.computed
     assert first > 0
@@ -164,13 +164,12 @@ def test_text_cache_invalidation(tmp_path, fade):
     assert cache.computed == first + 3
     # another process (new cache object) reads the disk cache
     cache2 = TextFeatureCache(cache_dir=tmp_path)
-    det2 = Fade(FadeSettings(**TINY, category="screw"), cache=cache2)
-    det2.clip = fade.clip
+    det2 = Fade(FadeSettings(**TINY, category="screw"), backbone=fade.backbone, text_cache=cache2)
     det2.text_features()
     assert cache2.computed == 0
     # different backbone weights: recomputed
     torch.manual_seed(123)
-    det3 = Fade(FadeSettings(**TINY, category="screw"), cache=cache2)
+    det3 = Fade(FadeSettings(**TINY, category="screw"), text_cache=cache2)
     det3.text_features()
     assert cache2.computed > 0
 
@@ -178,8 +177,7 @@ def test_text_cache_invalidation(tmp_path, fade):
 def test_user_prompt_file_changes_features(tmp_path, fade):
     path = tmp_path / "mine.json"
     path.write_text('{"normal": ["a clean surface."], "anomalous": ["a scratched surface."]}')
-    det = Fade(FadeSettings(**TINY, prompts=str(path)), cache=fade.cache)
-    det.clip = fade.clip
+    det = Fade(FadeSettings(**TINY, prompts=str(path)), backbone=fade.backbone, text_cache=fade.text_cache)
     assert "a scratched surface." in det.text_features().descriptions
     assert not torch.allclose(det.text_features().seg_anomalous, fade.text_features().seg_anomalous)
 
@@ -207,3 +205,23 @@ def test_missing_weights_is_a_clear_error():
 
     with pytest.raises(MissingWeightsError, match="--weights"):
         Detector("fade")
+
+
+def test_category_set_after_construction_is_saved_and_reloaded(tmp_path):
+    """set_category updates settings.category, so a saved model reloads with the same prompts
+    for its text embeddings and its descriptions (it used to reload the old category's)."""
+    from anomalens.detector import load_detector
+
+    torch.manual_seed(0)
+    det = Detector("fade", **TINY)
+    det.fit(_images(2, seed=21))
+    det.method.set_category("screw")
+    assert det.settings["category"] == "screw"
+    expected = det.predict(_images(1, seed=22))[0]
+    det.save(tmp_path / "model")
+    torch.manual_seed(0)  # the same random tiny weights as the saved model was built with
+    loaded = load_detector(tmp_path / "model")
+    assert loaded.method.settings.category == "screw"
+    got = loaded.predict(_images(1, seed=22))[0]
+    assert got.descriptions == expected.descriptions and got.score == pytest.approx(expected.score, abs=1e-6)
+    assert any("screw" in text for text in loaded.method.text_features().descriptions)

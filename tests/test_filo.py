@@ -11,9 +11,11 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter as scipy_gaussian
 
-from anomalens.filo.adapter import Adapter, global_logits, global_score
-from anomalens.filo.losses import dice_loss, focal_loss, global_loss, local_loss
-from anomalens.filo.mmci import (
+from anomalens.images import LoadedImage
+from anomalens.methods.filo.adapter import Adapter, global_logits, global_score
+from anomalens.methods.filo.checkpoint import MissingCheckpointError, build_backbone, build_model
+from anomalens.methods.filo.losses import dice_loss, focal_loss, global_loss, local_loss
+from anomalens.methods.filo.mmci import (
     MMCI,
     MMCI_KERNELS,
     class_map,
@@ -23,10 +25,9 @@ from anomalens.filo.mmci import (
     grid_of,
     layer_map,
 )
-from anomalens.filo.model import FiloConfig, top_descriptions
-from anomalens.filo.prompt_learner import PromptLearner, build_prompts, encode_text_embeddings, group_features
-from anomalens.filo.train import MissingCheckpointError, build_backbone, build_model
-from anomalens.images import LoadedImage
+from anomalens.methods.filo.model import FiloConfig, top_descriptions
+from anomalens.methods.filo.prompt_learner import PromptLearner, encode_text_embeddings, group_features
+from anomalens.methods.filo.prompts import build_prompts
 from anomalens.text.prompts import POSITIONS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -205,7 +206,7 @@ def test_prompt_learner_gradients_reach_context_and_meta_net(tiny24):
     learner = PromptLearner(n_ctx=4, text_width=32, embed_dim=32, meta_net=True)
     prompts = build_prompts("bottle", ["crack"], "top", ("flawless",), ("damaged", "broken"))
     bias = learner.image_bias(torch.randn(1, 32))
-    fn, fa = learner(clip, tiny24.tokenizer, prompts, bias[0])
+    fn, fa = learner(clip, tiny24.tokenizer, prompts, (bias[0][0], bias[1][0]))
     assert fn.shape == (1, 32) and fa.shape == (2, 32)
     group_features(fn, fa)[1].sum().backward()
     assert learner.ctx_abnormal.grad.abs().sum() > 0
@@ -275,7 +276,7 @@ def test_top_descriptions_best_state_per_description():
 @pytest.mark.parametrize("size", [28, 56])
 def test_detector_predicts_maps_of_input_size(size, caplog):
     from anomalens.detector import Detector
-    from anomalens.methods import filo as filo_method
+    from anomalens.methods.filo import method as filo_method
 
     filo_method._warned_no_grounding = False
     det = Detector(method="filo", backbone="test-tiny-24", image_size=size, category="bottle")
@@ -290,6 +291,7 @@ def test_detector_predicts_maps_of_input_size(size, caplog):
     assert all(0.0 <= r.score <= 2.0 for r in results)
     assert len(results[0].descriptions) == 5 and all("at center" in t for t, _ in results[0].descriptions)
     assert sum("no Grounding DINO" in rec.message for rec in caplog.records) == 1  # logged once
+    assert results[0].to_record()["grounding"] == "off"  # and said in every results.jsonl record
 
 
 def test_position_average_without_grounding():

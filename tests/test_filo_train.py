@@ -12,19 +12,16 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from anomalens.filo.model import FiloConfig
-from anomalens.filo.train import (
-    FILO_CONFIG,
-    FILO_WEIGHTS,
-    MissingCheckpointError,
+from anomalens.methods.filo.checkpoint import FILO_CONFIG, FILO_WEIGHTS, MissingCheckpointError, read_trained
+from anomalens.methods.filo.model import FiloConfig
+from anomalens.methods.filo.train import (
     TrainConfig,
     Trainer,
-    mask_position,
     optimizer_from_flat,
     optimizer_to_flat,
-    read_trained,
     train_filo,
 )
+from anomalens.methods.filo.train_data import mask_position
 
 SIZE = 28
 
@@ -98,7 +95,7 @@ def test_training_lowers_the_local_loss(dataset, tmp_path):
 
     def mean_loss() -> float:
         with torch.no_grad():
-            losses = [trainer.loss(0, *trainer._batch([i])).item() for i in range(len(trainer.samples))]
+            losses = [trainer.loss(0, *trainer.batch([i])).item() for i in range(len(trainer.samples))]
         return float(np.mean(losses))
 
     before = mean_loss()

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from anomalens.grounding import (
+from anomalens.images import LoadedImage
+from anomalens.methods.filo.grounding import (
     GROUNDING_HINT,
     GroundingDetector,
     MissingGroundingError,
@@ -15,10 +16,12 @@ from anomalens.grounding import (
     decode_detections,
     ground_from_detections,
     grounding_prompt,
+    phrase_matches,
+    released_box_position,
+    released_grounding_prompt,
     select_boxes,
 )
-from anomalens.images import LoadedImage
-from anomalens.text.prompts import position_word
+from anomalens.text.prompts import POSITIONS, position_word
 
 # ---- post-processing on synthetic detector outputs ---------------------------------------
 
@@ -116,9 +119,8 @@ VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "defect", "damage", 
 def tiny_grounding_dino(tmp_path_factory) -> str:
     transformers = pytest.importorskip("transformers")
     folder = tmp_path_factory.mktemp("grounding-dino-tiny")
-    vocab = folder / "vocab.txt"
-    vocab.write_text("\n".join(VOCAB) + "\n")
-    tokenizer = transformers.BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    # The vocabulary as a dict: recent `transformers` ignore vocab_file here and map every word to [UNK].
+    tokenizer = transformers.BertTokenizerFast(vocab={w: i for i, w in enumerate(VOCAB)}, do_lower_case=True)
     backbone = transformers.ResNetConfig(
         embedding_size=8, hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1], layer_type="basic",
         out_features=["stage2", "stage3", "stage4"],
@@ -140,7 +142,6 @@ def tiny_grounding_dino(tmp_path_factory) -> str:
     processor = transformers.GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer)
     model.save_pretrained(str(folder))
     processor.save_pretrained(str(folder))
-    vocab.unlink()  # the saved tokenizer.json must be enough
     return str(folder)
 
 
@@ -162,15 +163,16 @@ def test_filo_with_grounding_weights_map_outside_boxes(tiny_grounding_dino):
     det = Detector(method="filo", backbone="test-tiny-24", image_size=28, category="bottle",
                    grounding=tiny_grounding_dino, outside_box_weight=0.7)
     (with_boxes,) = det.predict([img])
-    found = det.method.detector(rgb, grounding_prompt(det.method._descriptions()))
+    found = det.method.grounding_dino(rgb, grounding_prompt(det.method._descriptions()))
     # the same network without boxes, at the detector's position word
-    det.method.detector = None
+    det.method.grounding_dino = None
     det.method._locate = lambda _img: (found.position, None)
     (plain,) = det.predict([img])
     weight = found.weight_map(0.7)
     assert np.allclose(with_boxes.anomaly_map, plain.anomaly_map * weight, atol=1e-6)
     assert (weight == 0.7).any() or (weight == 1.0).all()
     assert all(f"at {found.position}" in text for text, _ in with_boxes.descriptions)
+    assert with_boxes.to_record()["grounding"] == "on"
 
 
 def test_long_prompts_are_cut_at_phrase_boundaries(tiny_grounding_dino):
@@ -179,3 +181,95 @@ def test_long_prompts_are_cut_at_phrase_boundaries(tiny_grounding_dino):
     fitted = detector.fit_prompt(long)
     assert len(detector.processor.tokenizer(fitted)["input_ids"]) <= 32
     assert long.startswith(fitted[:-2]) and fitted.endswith(" .")
+
+
+# ---- the released caption and phrase filter ---------------------------------------------------
+
+
+def test_released_caption_words_then_descriptions():
+    assert released_grounding_prompt(["Crack in the glass", "small chip"]) == (
+        "anomaly . damage . broken . defect . contamination . crack in the glass . small chip."
+    )
+
+
+def test_phrase_filter_is_a_substring_test():
+    words = ["defect", "crack in the glass"]
+    assert phrase_matches("defects", words)  # the released test: is a word inside the phrase?
+    assert phrase_matches("crack in the glass .", words)
+    assert not phrase_matches("glass", words)
+    assert not phrase_matches("", words)
+
+
+def test_phrase_filter_keeps_only_matching_boxes(tiny_grounding_dino):
+    detector = GroundingDetector(tiny_grounding_dino, threshold=0.0)  # keep every box, then filter
+    rgb = np.random.default_rng(2).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    prompt = released_grounding_prompt(["crack in the glass"])
+    everything = detector(rgb, prompt)
+    labels = ["crack in the glass", "rim", "defect", "piece"]
+
+    def fake_phrases(logits, input_ids, boxes, kept):
+        return [labels[i % len(labels)] for i in range(len(kept))]
+
+    detector.phrases = fake_phrases
+    filtered = detector(rgb, prompt, phrase_filter=["crack in the glass"])
+    expected = [i for i in range(len(everything.boxes)) if labels[i % len(labels)] in ("crack in the glass", "defect")]
+    assert filtered.boxes.tolist() == everything.boxes[expected].tolist()
+    if len(expected):
+        assert filtered.best.tolist() == everything.boxes[expected][np.argmax(everything.scores[expected])].tolist()
+    nothing = detector(rgb, prompt, phrase_filter=[])
+    detector.phrases = lambda *a: ["rim"] * len(a[3])
+    nothing = detector(rgb, prompt, phrase_filter=["crack in the glass"])
+    assert len(nothing.boxes) == 0 and nothing.best is None and nothing.position == "center"
+
+
+def test_phrases_decode_the_hot_caption_tokens(tiny_grounding_dino):
+    detector = GroundingDetector(tiny_grounding_dino)
+    ids = torch.tensor(detector.processor.tokenizer("crack . rim .")["input_ids"])
+    assert ids[1] != ids[3]  # real words, not [UNK]
+    logits = torch.full((2, 32), -10.0)
+    logits[0, 1] = 10.0  # "crack"
+    logits[1, 3] = 10.0  # "rim"
+    boxes = np.array([[0, 0, 5, 5], [10, 10, 20, 20]], dtype=float)
+    assert detector.phrases(logits, ids, boxes, boxes[::-1]) == ["rim", "crack"]
+
+
+def test_original_layout_file_says_how_to_convert(tmp_path):
+    path = tmp_path / "grounding_train_on_visa.pth"
+    torch.save({"backbone.0.patch_embed.proj.weight": torch.zeros(1)}, path)
+    with pytest.raises(MissingGroundingError, match=r"convert_grounding_dino_to_hf\.py"):
+        GroundingDetector(path)
+
+
+def test_released_position_cells_and_gaps():
+    assert released_box_position(None, (100, 100)) == "center"
+    # 518-px image: the centre's pixel coordinates are the released ones.
+    assert released_box_position(np.array([0, 0, 100, 100]), (518, 518)) == "top left"
+    assert released_box_position(np.array([400, 200, 500, 300]), (518, 518)) == "right"
+    # centre x = 172.5 lies between the released cells 0-172 and 173-344: all nine positions.
+    assert released_box_position(np.array([170, 0, 175, 10]), (518, 518)) == POSITIONS
+    # other image sizes are scaled to 518 first: x = 0.5 of the width is the middle column.
+    assert released_box_position(np.array([40, 0, 60, 10]), (100, 100)) == "top"
+
+
+def test_released_checkpoint_with_grounding_uses_the_released_rules(tiny_grounding_dino, tmp_path):
+    from anomalens.detector import Detector
+    from test_filo_released import ARCH, SIZE, released_state
+
+    path = tmp_path / "filo_train_on_mvtec.pth"
+    torch.save({"filo": released_state()}, path)
+    det = Detector(method="filo", checkpoint=str(path), backbone=ARCH, image_size=SIZE, category="bottle",
+                   grounding=tiny_grounding_dino)
+    rgb = np.random.default_rng(3).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    calls = []
+    real = det.method.grounding_dino.__call__
+
+    def spy(image, prompt, phrase_filter=None):
+        calls.append((prompt, phrase_filter))
+        return real(image, prompt, phrase_filter=phrase_filter)
+
+    det.method.grounding_dino = spy
+    (result,) = det.predict([LoadedImage("q", rgb)])
+    prompt, phrase_filter = calls[0]
+    assert prompt.startswith("anomaly . damage . broken . defect . contamination . ")
+    assert phrase_filter == det.method._descriptions()
+    assert result.to_record()["grounding"] == "on" and result.anomaly_map.shape == (40, 50)

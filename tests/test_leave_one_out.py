@@ -30,7 +30,7 @@ def test_fast_leave_one_out_equals_refitting(name, settings):
     method = create_method(name, **settings)
     refs = _images(4)
     fast = method.leave_one_out(refs, [0, 2, 3])
-    slow = Method.leave_one_out(method, refs, [0, 2, 3])  # the generic refit-per-image version
+    slow = Method._leave_one_out(method, refs, [0, 2, 3])  # the generic refit-per-image version
     assert len(fast) == len(slow) == 3
     for a, b in zip(fast, slow):
         assert a.score == pytest.approx(b.score, abs=1e-5)

@@ -17,7 +17,6 @@ from anomalens.overlay import (
     heatmap_overlay,
     mask_contour,
     mask_image,
-    thumbnail,
 )
 from anomalens.results import AnomalyResult
 
@@ -187,7 +186,7 @@ def test_resume_after_interruption_with_truncated_last_line(tmp_path):
     with OutputWriter(out) as w2:
         assert w2.done_paths() == {str(tmp_path / p) for p in ("a.png", "b.png", "c.png")}
         w2.write(_result(tmp_path / "d.png"), image=_image())
-        assert w2.summary() == {"total": 4, "ok": 0, "ng": 3, "undecided": 0, "failed": 1}
+        assert [r["status"] for r in w2.records()] == ["ok", "ok", "error", "ok"]
     w.close()
     lines = _jsonl_lines(out)  # every line parses: the broken tail was cut before appending
     assert [Path(r["path"]).name for r in lines] == ["a.png", "b.png", "c.png", "d.png"]
@@ -203,7 +202,7 @@ def test_retrying_a_failure_replaces_it(tmp_path):
     with OutputWriter(out) as w:
         w.record_failure(tmp_path / "a.png", "disk hiccup")
         w.write(_result(tmp_path / "a.png"), image=_image())
-        assert w.summary()["failed"] == 0 and w.summary()["total"] == 1
+        assert [r["status"] for r in w.records()] == ["ok"]
     assert [r["status"] for r in read_records(out)] == ["ok"]
 
 
@@ -229,17 +228,6 @@ def test_settings_kept_when_different(tmp_path):
         "path": "/x",
     }
     assert json.loads((out / "settings.2.json").read_text()) == {"method": "winclip"}
-
-
-def test_summary_counts(tmp_path):
-    with OutputWriter(tmp_path / "out") as w:
-        ok = _result(tmp_path / "a.png")
-        ok.decision = "OK"
-        w.write(ok, image=_image())
-        w.write(_result(tmp_path / "b.png"), image=_image())
-        w.write(_result(tmp_path / "c.png", with_mask=False), image=_image())
-        w.record_failure(tmp_path / "d.png", "boom")
-        assert w.summary() == {"total": 4, "ok": 1, "ng": 1, "undecided": 1, "failed": 1}
 
 
 # -- overlay helpers --------------------------------------------------------------------------
@@ -282,10 +270,6 @@ def test_heatmap_overlay_resizes_map_and_accepts_grey():
         heatmap_overlay(grey.astype(np.float32), small)
 
 
-def test_mask_image_and_thumbnail():
+def test_mask_image():
     m = mask_image(np.array([[True, False]]))
     assert m.dtype == np.uint8 and m.tolist() == [[255, 0]]
-    big = np.zeros((400, 1000, 3), np.uint8)
-    assert thumbnail(big, 160).shape == (64, 160, 3)
-    assert thumbnail(np.zeros((20, 30, 3), np.uint8), 160).shape == (20, 30, 3)  # never upscales
-    assert thumbnail(Image.new("L", (320, 320)), 160).shape == (160, 160, 3)

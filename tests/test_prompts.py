@@ -11,8 +11,6 @@ import pytest
 
 from anomalens.text import (
     ANOMALOUS_STATES,
-    FILO_ABNORMAL_STATES,
-    FILO_NORMAL_STATES,
     MVTEC_CATEGORIES,
     NORMAL_STATES,
     POSITIONS,
@@ -25,7 +23,6 @@ from anomalens.text import (
     load_defect_vocabulary,
     load_ensemble,
     position_word,
-    state_phrase,
     winclip_prompts,
 )
 
@@ -314,15 +311,6 @@ def test_bad_defect_vocabulary(tmp_path: Path, content: object, message: str) ->
     with pytest.raises(ValueError, match=message) as info:
         load_defect_vocabulary(path)
     assert str(path) in str(info.value)
-
-
-def test_filo_states() -> None:
-    assert {"flawless", "perfect", "unblemished", "without defect"} <= set(FILO_NORMAL_STATES)
-    assert {"damaged", "broken", "defective", "flawed"} <= set(FILO_ABNORMAL_STATES)
-    assert not set(FILO_NORMAL_STATES) & set(FILO_ABNORMAL_STATES)
-    assert state_phrase("flawless", "screw") == "flawless screw"
-    assert state_phrase("without defect", "screw") == "screw without defect"
-    assert state_phrase("with flaw", "screw") == "screw with flaw"
 
 
 # ----------------------------------------------------------------------------- helpers

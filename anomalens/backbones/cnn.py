@@ -102,8 +102,8 @@ class EfficientNetPatchBackbone(nn.Module):
                 break
 
     @torch.no_grad()
-    def levels(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """(B, 3, H, W) normalised images -> the raw (B, C_i, h_i, w_i) outputs of the blocks read."""
+    def block_outputs(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) normalised images -> the raw (B, C_b, h_b, w_b) output of each read block."""
         self._captured.clear()
         self._run_until_last_block(images)
         return [self._captured[i] for i in self.blocks]
@@ -111,7 +111,7 @@ class EfficientNetPatchBackbone(nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised images -> (B, h, w, C) unit-norm patch features (stride 8)."""
-        return self.combine(self.levels(images))
+        return self.combine(self.block_outputs(images))
 
     def combine(self, levels: list[torch.Tensor]) -> torch.Tensor:
         """Raw block outputs -> pooled, stride-8 grid, per-level then overall L2-normalised features."""

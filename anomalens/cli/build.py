@@ -16,27 +16,45 @@ METHOD_OPTIONS = (
 )
 
 
-def method_settings(method: str, given: dict[str, Any]) -> dict[str, Any]:
-    """Keep the options the chosen method has; say which given ones it ignores."""
+def method_settings(method: str, flags: dict[str, Any], sets: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The settings for `method` from the shared flags and --set, checked (SettingsError if bad).
+
+    The shared flags (--weights, --category, ...) exist for every method, so one the method
+    does not have is ignored with a note; a --set name the method does not have is an error.
+    """
     from ..methods import METHODS, available_methods
+    from ..settings import build_settings
 
     available_methods()
     if method not in METHODS:
         fail(f"unknown method {method!r}; available: {', '.join(sorted(METHODS))}")
     known = {f.name for f in dataclasses.fields(METHODS[method].Settings)}
-    settings = {k: v for k, v in given.items() if v is not None and k in known}
-    ignored = sorted(k for k, v in given.items() if v is not None and k not in known)
+    settings = {k: v for k, v in flags.items() if v is not None and k in known}
+    ignored = sorted(k for k, v in flags.items() if v is not None and k not in known)
     if ignored:
         echo(f"note: method {method!r} has no setting(s) {', '.join(ignored)}; ignored")
+    settings |= sets or {}
+    build_settings(METHODS[method].Settings, settings)  # fail here, before any model is loaded
     return settings
 
 
-def settings_from_options(p: dict[str, Any]) -> dict[str, Any]:
-    """The method settings the options of a command give (paths as strings, --set merged in)."""
+def flag_settings(p: dict[str, Any]) -> dict[str, Any]:
+    """The method settings the shared flags of a command give (paths as strings)."""
     given = {k: p.get(k) for k in ("weights", "backbone", "category", "image_size", "resize")}
-    for name in ("prompts", "checkpoint", "grounding"):
+    for name in ("checkpoint", "grounding"):
         given[name] = str(p[name]) if p.get(name) else None
-    return given | parse_sets(list(p.get("set_") or []))
+    given["prompts"] = prompt_files(p.get("prompts"))
+    return given
+
+
+def prompt_files(paths) -> str | tuple[str, ...] | None:
+    """--prompts given once: the file; several times: all of them, in order (duplicates kept)."""
+    if not paths:
+        return None
+    if isinstance(paths, (str, Path)):
+        return str(paths)
+    files = tuple(str(p) for p in paths)
+    return files[0] if len(files) == 1 else files
 
 
 def build_detector(p: dict[str, Any], explicit: set[str]):
@@ -50,7 +68,7 @@ def build_detector(p: dict[str, Any], explicit: set[str]):
                 "images; fit a new model (`anomalens fit`) to change them"
             )
         try:
-            det = load_detector(p["model"])
+            det = load_detector(p["model"], device=p.get("device", "auto"))
         except (ValueError, FileNotFoundError) as err:
             raise UsageError(str(err)) from err
         ignored = [n.rstrip("_") for n in METHOD_OPTIONS if n in explicit and p.get(n)]
@@ -64,9 +82,9 @@ def build_detector(p: dict[str, Any], explicit: set[str]):
         n = len(det.reference_paths)
         how = f"fitted on {n} reference images" if n else "zero-shot"
         return det, f"model {p['model']} ({det.method_name}, {how})"
-    settings = method_settings(p["method"], settings_from_options(p))
+    settings = method_settings(p["method"], flag_settings(p), parse_sets(list(p.get("set_") or [])))
     try:
-        det = Detector(method=p["method"], **settings)
+        det = Detector(method=p["method"], device=p.get("device", "auto"), **settings)
         if p.get("refs") is None:
             det.fit([])
             return det, "zero-shot (no reference images)"
@@ -113,6 +131,5 @@ def set_threshold(det, p: dict[str, Any], explicit: set[str], value: str | float
 
 
 def describe(threshold) -> str:
-    if threshold is None:
-        return "none"
-    return threshold.description() if hasattr(threshold, "description") else f"given: {threshold:.6g}"
+    """"none", or how the threshold was set ("given: 0.42", "auto: 99th percentile of ...")."""
+    return "none" if threshold is None else threshold.description()

@@ -32,6 +32,7 @@ def fit(
     grounding: o.Grounding = None,
     image_size: o.ImageSize = None,
     resize: o.Resize = None,
+    device: o.Device = "auto",
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model already in --out."),
     set_: o.Set = None,
     config: Path | None = typer.Option(None, "--config", help="YAML file with any of these options."),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import typer
 
 from .app import app
@@ -11,11 +9,13 @@ from .app import app
 
 @app.command("methods")
 def list_methods() -> None:
-    """List the registered methods and their settings with defaults."""
+    """List the registered methods and their settings: default and what each one does."""
     from ..methods import METHODS, available_methods
+    from ..settings import setting_help
 
     for name in available_methods():
         typer.echo(name)
-        for f in dataclasses.fields(METHODS[name].Settings):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-            typer.echo(f"    {f.name} = {default!r}")
+        rows = [(f"{key} = {default!r}", text) for key, default, text in setting_help(METHODS[name].Settings)]
+        width = max(len(left) for left, _ in rows)
+        for left, text in rows:
+            typer.echo(f"    {left.ljust(width)}  {text}".rstrip())

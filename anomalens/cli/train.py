@@ -1,4 +1,4 @@
-"""`anomalens train filo`: train FiLo's prompts, MMCI, linear heads and adapter on a dataset."""
+"""`anomalens train filo`: parse the options, call `anomalens.methods.filo.train.train_filo`."""
 
 from __future__ import annotations
 
@@ -36,24 +36,38 @@ def filo(
     prompt_learner: str = typer.Option("cocoop", "--prompt-learner", help="cocoop (meta-net) | coop"),
     adapter: str = typer.Option("paper", "--adapter", help="paper (biases) | released (residual, no biases)"),
     n_ctx: int = typer.Option(12, "--n-ctx", help="Learnable context vectors per prompt."),
+    betas: str = typer.Option("0.9,0.999", "--betas", help="AdamW betas (released code: 0.5,0.999)."),
+    mosaic: float = typer.Option(0.0, "--mosaic", help="Probability of a 2x2 mosaic item (released: 0.2)."),
+    positions: str = typer.Option("mask", "--positions", help="mask (the mask's position word) | all (released)"),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N | auto (a GPU when torch sees one)"),
+    mixed_precision: bool = typer.Option(
+        False, "--mixed-precision/--full-precision", help="float16 autocast with gradient scaling (CUDA only)."
+    ),
+    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes loading images."),
     vocabulary: Path | None = typer.Option(None, "--vocabulary", help="Defect vocabulary JSON."),
     seed: int = typer.Option(0, "--seed"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Train FiLo on dataset A; then `anomalens benchmark --data B --method filo --checkpoint OUT`."""
-    from ..backbones.clip import is_tiny
-    from ..filo.model import FiloConfig
-    from ..filo.train import TrainConfig, train_filo
+    from ..methods.filo.checkpoint import default_weights
+    from ..methods.filo.model import FiloConfig
+    from ..methods.filo.train import TrainConfig, train_filo
 
     if prompt_learner not in ("cocoop", "coop"):
         fail(f"--prompt-learner must be cocoop or coop, got {prompt_learner!r}")
+    try:
+        beta_values = tuple(float(b) for b in betas.split(","))
+    except ValueError:
+        beta_values = ()
+    if len(beta_values) != 2:
+        fail(f"--betas must be two numbers like 0.5,0.999, got {betas!r}")
     config = TrainConfig(
         data=str(data),
         out=str(out),
         dataset=dataset,
         categories=tuple(c.strip() for c in categories.split(",") if c.strip()) if categories else None,
         backbone=backbone,
-        weights=weights if weights is not None else (None if is_tiny(backbone) else "default"),
+        weights=default_weights(backbone, weights),
         image_size=image_size,
         epochs=epochs,
         adapter_epochs=adapter_epochs,
@@ -62,6 +76,12 @@ def filo(
         max_steps=max_steps,
         checkpoint_every=checkpoint_every,
         resume=resume,
+        betas=beta_values,
+        mosaic_probability=mosaic,
+        train_positions=positions,
+        device=device,
+        mixed_precision=mixed_precision,
+        workers=workers,
         model=FiloConfig(n_ctx=n_ctx, meta_net=prompt_learner == "cocoop", adapter=adapter),
     )
     try:
@@ -69,6 +89,9 @@ def filo(
     except (ValueError, FileNotFoundError) as err:  # bad data or options (AnomalensErrors pass through)
         fail(str(err))
     typer.echo(f"FiLo written to {result} (filo.safetensors, filo.json)", err=True)
+
+
+app.add_typer(train_app, name="train")
 
 
 app.add_typer(train_app, name="train")

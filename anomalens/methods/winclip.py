@@ -26,13 +26,16 @@ attend to one another).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from ..backbones.clip import ClipBackbone, create_method_clip
-from ..images import LoadedImage, map_to_image, to_model_input
+from ..geometry import RESIZE_POLICIES, map_to_image, to_model_input
+from ..images import LoadedImage
 from ..scoring import FEW_SHOT_K, MemoryBank, knn_anomaly
+from ..settings import MethodSettings, setting
 from ..text.features import DEFAULT_CACHE, TextFeatureCache
 from ..text.prompts import clean_class_name, winclip_prompts
 from .base import Method, MethodOutput, register_method
@@ -42,20 +45,24 @@ NORMAL, ANOMALOUS = 0, 1  # rows of the text prototypes
 
 
 @dataclass
-class WinClipSettings:
-    backbone: str = "ViT-B-16-plus-240"
-    weights: str | None = "default"  # open_clip tag or file; "random" (or a tiny config) = random
-    category: str = "object"  # object name in the prompts, cleaned ("metal_nut" -> "metal nut")
-    image_size: int = 240  # model input side: 15 x 15 patches of 16 px
-    window_scales: tuple[int, ...] = (2, 3)  # small / mid window sides in patches; image is the largest
-    window_stride: int = 1  # in patches
-    temperature: float = 0.01  # softmax temperature on cosine similarities (logits x 100)
-    project_patches: bool = False  # patch memory in the joint space (True) or ln_post width (anomalib)
-    few_shot_k: int = FEW_SHOT_K  # nearest neighbour used by the vision association
-    resize: str = "squash"  # "squash" (paper) or "pad"
-    batch_size: int = 8  # images per forward pass
-    window_batch: int = 1024  # window sequences per transformer call
-    num_descriptions: int = 5  # anomalous prompts returned per image
+class WinClipSettings(MethodSettings):
+    backbone: str = setting("ViT-B-16-plus-240", "open_clip architecture (test-tiny: a random tiny model)")
+    weights: str | None = setting("default", "open_clip tag or file; random (or a tiny config) = untrained")
+    category: str = setting("object", 'object name in the prompts, cleaned ("metal_nut" -> "metal nut")')
+    image_size: int = setting(240, "model input side in pixels: 15 x 15 patches of 16 px", minimum=16)
+    window_scales: tuple[int, ...] = setting(
+        (2, 3), "small / mid window sides in patches; the whole image is the largest", minimum=1
+    )
+    window_stride: int = setting(1, "window stride in patches", minimum=1)
+    temperature: float = setting(0.01, "softmax temperature on cosine similarities (logits x 100)", minimum=1e-6)
+    project_patches: bool = setting(False, "patch memory in the joint space (true) or at ln_post width (anomalib)")
+    few_shot_k: int = setting(FEW_SHOT_K, "nearest reference patch used by the vision association", minimum=1)
+    resize: str = setting("squash", "squash (paper) or pad (keep the aspect ratio)", choices=RESIZE_POLICIES)
+    batch_size: int = setting(8, "images per forward pass", minimum=1)
+    window_batch: int = setting(1024, "window sequences per transformer call", minimum=1)
+    top_descriptions: int = setting(5, "anomalous prompts most similar to the image, returned per image", minimum=0)
+
+    renamed: ClassVar[dict[str, str]] = {"num_descriptions": "top_descriptions"}  # in older saved models
 
 
 # ---- windows -----------------------------------------------------------------------------------
@@ -119,12 +126,20 @@ class WinClipFeatures:
 @register_method
 class WinClip(Method):
     name = "winclip"
+    uses_text = True
     Settings = WinClipSettings
 
-    def __init__(self, settings: WinClipSettings, text_cache: TextFeatureCache | None = None):
+    def __init__(
+        self,
+        settings: WinClipSettings,
+        backbone: ClipBackbone | None = None,
+        text_cache: TextFeatureCache | None = None,
+    ):
         super().__init__(settings)
         s = settings
-        self.backbone: ClipBackbone = create_method_clip(s.backbone, s.weights, image_size=s.image_size)
+        if backbone is None:
+            backbone = create_method_clip(s.backbone, s.weights, image_size=s.image_size)
+        self.backbone: ClipBackbone = backbone
         if s.image_size % self.backbone.patch_size:
             raise ValueError(
                 f"image_size {s.image_size} is not a multiple of the patch size {self.backbone.patch_size}"
@@ -134,21 +149,14 @@ class WinClip(Method):
         self.windows = [window_indices(self.grid, scale, s.window_stride) for scale in s.window_scales]
         self.covers = [coverage(w, side * side) for w in self.windows]
         self.text_cache = text_cache or DEFAULT_CACHE
-        self.bank = MemoryBank()
+        self.bank_ = MemoryBank()
         self.set_category(s.category)
-
-    @property
-    def uses_text(self) -> bool:
-        return True
-
-    def describe_backbone(self) -> str:
-        return self.backbone.name
 
     # ---- text --------------------------------------------------------------------------------
     def set_category(self, name: str) -> None:
         """Use the compositional ensemble for this object (dataset folder names are cleaned)."""
         self.set_prompts(*winclip_prompts(clean_class_name(name) or name))
-        self.category = name
+        self.settings.category = name
 
     def set_prompts(self, normal: list[str], anomalous: list[str]) -> None:
         """Use these sentences instead of the ensemble (e.g. another implementation's list)."""
@@ -194,7 +202,7 @@ class WinClip(Method):
         pairs = [
             to_model_input(img.rgb, s.image_size, self.backbone.mean, self.backbone.std, s.resize) for img in images
         ]
-        return torch.stack([x for x, _ in pairs]), [box for _, box in pairs]
+        return torch.stack([x for x, _ in pairs]).to(self.device), [box for _, box in pairs]
 
     def _encode_batches(self, inputs: torch.Tensor) -> WinClipFeatures:
         step = self.settings.batch_size
@@ -207,24 +215,25 @@ class WinClip(Method):
         )
 
     # ---- fit / score -------------------------------------------------------------------------
-    def fit(self, references: list[LoadedImage]) -> None:
+    def _fit(self, references: list[LoadedImage]) -> None:
         self.fit_inputs(self._inputs(references)[0] if references else None)
 
     def fit_inputs(self, inputs: torch.Tensor | None) -> None:
         """Fill the few-shot memory from normalised reference inputs (None: zero-shot)."""
-        self.bank = MemoryBank()
+        self.bank_ = MemoryBank()
+        self.fitted_ = True
         self.num_references = 0 if inputs is None else len(inputs)
         if inputs is None or not len(inputs):
             return
         feats = self._encode_batches(inputs)
-        self.bank.add("patches", feats.patches)
+        self.bank_.add("patches", feats.patches)
         for scale, emb in zip(self.settings.window_scales, feats.windows):
-            self.bank.add(f"window{scale}", emb)
+            self.bank_.add(f"window{scale}", emb)
 
     @property
     def few_shot(self) -> bool:
         keys = ["patches", *(f"window{scale}" for scale in self.settings.window_scales)]
-        return all(key in self.bank for key in keys)
+        return all(key in self.bank_ for key in keys)
 
     def zero_shot_maps(self, feats: WinClipFeatures) -> tuple[torch.Tensor, torch.Tensor]:
         """Language-guided image scores (B,) and patch maps (B, P)."""
@@ -240,9 +249,9 @@ class WinClip(Method):
         """Vision-guided patch maps (B, P): mean of the patch, small and mid window maps."""
         k = self.settings.few_shot_k
         b = feats.patches.shape[0]
-        maps = [knn_anomaly(feats.patches.flatten(0, 1), self.bank.banks["patches"], k=k).view(b, -1)]
+        maps = [knn_anomaly(feats.patches.flatten(0, 1), self.bank_.banks["patches"], k=k).view(b, -1)]
         for scale, emb, cover in zip(self.settings.window_scales, feats.windows, self.covers):
-            scores = knn_anomaly(emb.flatten(0, 1), self.bank.banks[f"window{scale}"], k=k).view(b, -1)
+            scores = knn_anomaly(emb.flatten(0, 1), self.bank_.banks[f"window{scale}"], k=k).view(b, -1)
             maps.append(harmonic_aggregation(scores, cover))
         return torch.stack(maps).mean(0)
 
@@ -268,10 +277,10 @@ class WinClip(Method):
     def describe(self, image_embedding: torch.Tensor) -> list[tuple[str, float]]:
         """The anomalous prompts closest to an image embedding, with their cosine similarity."""
         cos = self.anomalous_text @ F.normalize(image_embedding.float(), dim=-1)
-        top = cos.topk(min(self.settings.num_descriptions, len(cos)))
+        top = cos.topk(min(self.settings.top_descriptions, len(cos)))
         return [(self.anomalous_prompts[i], float(v)) for v, i in zip(top.values, top.indices)]
 
-    def predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
+    def _predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
         if not images:
             return []
         inputs, boxes = self._inputs(images)
@@ -284,8 +293,8 @@ class WinClip(Method):
 
     # ---- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.bank.state_dict()
+        return self.bank_.state_dict()
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.bank.load_state_dict(state)
+    def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.bank_.load_state_dict(state)
         self.num_references = max(self.num_references, 1) if self.few_shot else 0

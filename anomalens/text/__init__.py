@@ -2,8 +2,6 @@
 
 from anomalens.text.prompts import (
     ANOMALOUS_STATES,
-    FILO_ABNORMAL_STATES,
-    FILO_NORMAL_STATES,
     MVTEC_CATEGORIES,
     NORMAL_STATES,
     POSITIONS,
@@ -17,14 +15,13 @@ from anomalens.text.prompts import (
     load_defect_vocabulary,
     load_ensemble,
     position_word,
-    state_phrase,
+    released_class_name,
     winclip_prompts,
+    wrap_prompts,
 )
 
 __all__ = [
     "ANOMALOUS_STATES",
-    "FILO_ABNORMAL_STATES",
-    "FILO_NORMAL_STATES",
     "MVTEC_CATEGORIES",
     "NORMAL_STATES",
     "POSITIONS",
@@ -38,6 +35,7 @@ __all__ = [
     "load_defect_vocabulary",
     "load_ensemble",
     "position_word",
-    "state_phrase",
+    "released_class_name",
     "winclip_prompts",
+    "wrap_prompts",
 ]

@@ -8,6 +8,13 @@ folder (no download). `ground(...)` turns its raw output into:
   by it, so responses away from the detected defects are damped),
 * the position word of the best box's centre on a 3x3 grid (for the abnormal prompts).
 
+Released mode (`released_grounding_prompt`, `phrase_filter`): the caption is the released
+words "anomaly . damage . broken . defect . contamination" followed by the category's
+descriptions, and a box counts (for the weights and the position) only when its phrase (the
+caption tokens scoring above the box threshold, decoded) contains one of those words or
+descriptions. Boxes from the authors' fine-tuned checkpoint need it in the `transformers`
+layout: see the FiLo note (docs) for why no converter ships here.
+
 Post-processing is done here from `logits` / `pred_boxes` (sigmoid, maximum over the prompt's
 tokens, boxes as normalised centre-size) rather than with the processor's helper, whose
 signature differs between `transformers` releases.
@@ -23,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import MissingGroundingError
-from .text.prompts import position_word
+from ...errors import MissingGroundingError
+from ...text.prompts import POSITIONS, position_word
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +42,25 @@ OUTSIDE_WEIGHT = 0.7  # lambda
 #: Generic defect words put in front of a category's own descriptions in the detector prompt.
 GENERIC_DEFECT_WORDS: tuple[str, ...] = ("defect", "damage", "crack", "scratch", "hole", "stain", "contamination")
 
+#: The released code's generic caption words, before the category's descriptions.
+RELEASED_CAPTION_WORDS: tuple[str, ...] = ("anomaly", "damage", "broken", "defect", "contamination")
+
 GROUNDING_HINT = (
     "Fetch the Hugging Face repo IDEA-Research/grounding-dino-base (or IDEA-Research/grounding-dino-tiny) "
     "on a machine with network access (e.g. `huggingface-cli download IDEA-Research/grounding-dino-base "
     "--local-dir grounding-dino-base`) and pass the folder with --grounding PATH (Python: grounding='PATH')."
+)
+
+
+#: What to do with a checkpoint in the original IDEA-Research layout (e.g. FiLo's fine-tuned
+#: grounding_train_on_*.pth), which `transformers` cannot load as it is.
+ORIGINAL_LAYOUT_HINT = (
+    "Grounding DINO is loaded with `transformers` from a folder (config.json, weights, tokenizer and "
+    "processor files). A checkpoint in the original GroundingDINO layout (such as FiLo's fine-tuned "
+    "grounding_train_on_*.pth, Swin-T OGC) must first be converted with transformers' "
+    "convert_grounding_dino_to_hf.py (transformers source tree, models/grounding_dino) for "
+    "grounding-dino-tiny, loading the local file instead of the download, and saved with "
+    "save_pretrained next to the grounding-dino-tiny processor files; pass that folder with --grounding."
 )
 
 
@@ -64,6 +86,17 @@ def grounding_prompt(descriptions: list[str], generic: tuple[str, ...] = GENERIC
         if p and p not in seen:
             seen.append(p)
     return " . ".join(seen) + " ."
+
+
+def released_grounding_prompt(descriptions: list[str]) -> str:
+    """The released caption: generic words then descriptions, ' . '-joined, lower case, ending '.'."""
+    caption = " . ".join([*RELEASED_CAPTION_WORDS, *descriptions]).lower().strip()
+    return caption if caption.endswith(".") else caption + "."
+
+
+def phrase_matches(phrase: str, words: list[str] | tuple[str, ...]) -> bool:
+    """The released phrase filter: does any caption word or description occur in the phrase?"""
+    return any(w in phrase for w in words)
 
 
 def select_boxes(
@@ -118,6 +151,31 @@ def box_position(box: np.ndarray | None, image_hw: tuple[int, int], default: str
     return position_word((x0 + x1) / 2, (y0 + y1) / 2, w, h)
 
 
+#: The released position cells in 518-px model coordinates: inclusive integer ranges per column/row.
+RELEASED_CELLS: tuple[tuple[int, int], ...] = ((0, 172), (173, 344), (345, 517))
+RELEASED_SIDE = 518
+
+
+def released_box_position(box: np.ndarray | None, image_hw: tuple[int, int]) -> str | tuple[str, ...]:
+    """The released code's position for the best box: its centre scaled to 518 px, looked up in
+    inclusive integer cells; a centre in a gap between cells (e.g. x = 172.5) has no cell there,
+    so every position is used (all nine averaged); no box gives "center"."""
+    if box is None:
+        return "center"
+    h, w = image_hw
+    x0, y0, x1, y1 = (float(v) for v in box)
+    cx = (x0 + x1) / 2 / w * RELEASED_SIDE
+    cy = (y0 + y1) / 2 / h * RELEASED_SIDE
+
+    def cell(c: float) -> int | None:
+        return next((i for i, (lo, hi) in enumerate(RELEASED_CELLS) if lo <= c <= hi), None)
+
+    col, row = cell(cx), cell(cy)
+    if col is None or row is None:
+        return POSITIONS
+    return POSITIONS[3 * row + col]
+
+
 def decode_detections(
     logits: torch.Tensor, pred_boxes: torch.Tensor, text_mask: torch.Tensor, image_hw: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -158,6 +216,8 @@ class GroundingDetector:
 
     def __init__(self, path: str | os.PathLike, threshold: float = BOX_THRESHOLD, max_area: float = MAX_BOX_AREA):
         path = Path(path).expanduser()
+        if path.is_file():
+            raise MissingGroundingError(f"{path} is a single weights file. {ORIGINAL_LAYOUT_HINT}")
         if not path.is_dir() or not (path / "config.json").is_file():
             raise MissingGroundingError(f"No Grounding DINO model in {path} (no config.json). {GROUNDING_HINT}")
         try:
@@ -184,8 +244,12 @@ class GroundingDetector:
         return (phrases[0].rstrip(" .") + " .") if phrases else prompt
 
     @torch.no_grad()
-    def __call__(self, rgb: np.ndarray, prompt: str) -> Grounding:
-        """Boxes for one RGB uint8 image (H, W, 3) and one detector prompt."""
+    def __call__(self, rgb: np.ndarray, prompt: str, phrase_filter: list[str] | None = None) -> Grounding:
+        """Boxes for one RGB uint8 image (H, W, 3) and one detector prompt.
+
+        phrase_filter: keep only boxes whose phrase contains one of these descriptions or the
+        released caption words (the released code's filter); None keeps every box.
+        """
         limit = int(getattr(self.model.config, "max_text_len", 256))
         inputs = self.processor(
             images=rgb, text=self.fit_prompt(prompt), return_tensors="pt", truncation=True, max_length=limit
@@ -195,4 +259,22 @@ class GroundingDetector:
         boxes, scores = decode_detections(
             outputs.logits[0], outputs.pred_boxes[0], inputs["attention_mask"][0], image_hw
         )
+        if phrase_filter is not None:
+            kept, kept_scores = select_boxes(boxes, scores, image_hw, self.threshold, self.max_area)
+            phrases = self.phrases(outputs.logits[0], inputs["input_ids"][0], boxes, kept)
+            words = [*RELEASED_CAPTION_WORDS, *phrase_filter]
+            good = np.array([phrase_matches(p, words) for p in phrases], dtype=bool)
+            kept, kept_scores = kept[good], kept_scores[good]
+            best = kept[int(np.argmax(kept_scores))] if len(kept) else None
+            return Grounding(kept, kept_scores, best, box_position(best, image_hw), image_hw)
         return ground_from_detections(boxes, scores, image_hw, self.threshold, self.max_area)
+
+    def phrases(self, logits: torch.Tensor, input_ids: torch.Tensor, boxes: np.ndarray, kept: np.ndarray) -> list[str]:
+        """Each kept box's phrase: its query's caption tokens scoring above the threshold, decoded."""
+        out = []
+        n = min(int(input_ids.shape[-1]), logits.shape[-1])
+        for box in kept:
+            query = int(np.argmin(np.abs(boxes - box).sum(axis=1)))
+            hot = logits[query, :n].float().sigmoid() > self.threshold
+            out.append(self.processor.tokenizer.decode(input_ids[:n][hot].tolist()))
+        return out

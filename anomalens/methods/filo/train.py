@@ -22,36 +22,28 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .. import __version__
-from ..backbones.clip import DEFAULT_TAGS, ClipBackbone, create_clip
-from ..data import Sample, load_dataset, load_mask
-from ..errors import MissingCheckpointError
-from ..images import load_image, to_model_input
-from ..text.prompts import load_defect_vocabulary, position_word
+from ... import __version__
+from ...text.prompts import POSITIONS, load_defect_vocabulary
+from ..device import resolve_device
+from .checkpoint import FILO_CONFIG, FILO_WEIGHTS, FORMAT, atomic_save, build_backbone, build_model, resolve_weights
 from .losses import global_loss, local_loss
 from .model import FiloConfig, FiloModel
-from .prompt_learner import build_prompts
+from .prompts import build_prompts
+from .train_data import EpochBatches, ItemRecipe, collect_samples, epoch_order
 
-FILO_WEIGHTS = "filo.safetensors"
-FILO_CONFIG = "filo.json"
+__all__ = ["FILO_CONFIG", "FILO_WEIGHTS", "TrainConfig", "Trainer", "train_filo"]
+
 RESUME_DIR = "resume"
-FORMAT = "anomalens-filo"
-
-TRAIN_HINT = (
-    "Train one with `anomalens train filo --data ROOT --dataset mvtec --out DIR` and pass "
-    "--checkpoint DIR (Python: checkpoint='DIR')."
-)
 
 
 @dataclass
@@ -72,6 +64,12 @@ class TrainConfig:
     dense_lr: float = 1e-4
     adapter_lr: float = 1e-5
     weight_decay: float = 0.01  # AdamW's default; the paper does not state one
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW's default; the released code uses (0.5, 0.999)
+    mosaic_probability: float = 0.0  # 2x2 mosaic of one category's images; released: 0.2
+    train_positions: str = "mask"  # "mask": the mask's position word; "all": the nine averaged (released)
+    device: str = "cpu"  # cpu | cuda | cuda:N | auto
+    mixed_precision: bool = False  # float16 autocast + gradient scaling (CUDA only)
+    workers: int = 0  # DataLoader worker processes loading images (0: in the training process)
     batch_size: int = 1
     stage1_global_loss: bool = False
     loss_on: str = "layers"  # "layers": every per-layer map (both heads); "final": the Eq. 3 map
@@ -89,60 +87,6 @@ class TrainProgress:
     epoch: int = 0  # within the stage
     step: int = 0  # within the epoch
     global_step: int = 0
-
-
-# ---- backbone and checkpoint files --------------------------------------------------------
-
-
-def resolve_weights(arch: str, weights: str | None) -> str | None:
-    if weights == "default":
-        return DEFAULT_TAGS.get(arch, weights)
-    return weights
-
-
-def build_backbone(arch: str, weights: str | None, image_size: int, seed: int = 0) -> ClipBackbone:
-    """CLIP for FiLo; random weights are drawn from `seed`, so a checkpoint on them reloads exactly."""
-    if weights is None:
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            return create_clip(arch, pretrained=None, image_size=image_size)
-    return create_clip(arch, pretrained=weights, image_size=image_size)
-
-
-def build_model(backbone: ClipBackbone, config: FiloConfig, seed: int = 0) -> FiloModel:
-    """FiLo's trainable parts initialised from `seed` (independent of the global RNG)."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed + 1)
-        return FiloModel(backbone, config)
-
-
-def _atomic_save(tensors: dict[str, torch.Tensor], meta: dict[str, Any], stem: Path) -> None:
-    """Write stem.safetensors and stem.json so that a crash never leaves a half-written pair."""
-    from safetensors.torch import save_file
-
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    tmp_w = stem.with_suffix(".safetensors.tmp")
-    tmp_j = stem.with_suffix(".json.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp_w))
-    tmp_j.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp_w, stem.with_suffix(".safetensors"))
-    os.replace(tmp_j, stem.with_suffix(".json"))
-
-
-def read_trained(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The JSON description and the tensors of a trained FiLo directory."""
-    from safetensors.torch import load_file
-
-    directory = Path(directory).expanduser()
-    config_path, weights_path = directory / FILO_CONFIG, directory / FILO_WEIGHTS
-    if not config_path.is_file() or not weights_path.is_file():
-        raise MissingCheckpointError(
-            f"{directory} is not a FiLo checkpoint (needs {FILO_CONFIG} and {FILO_WEIGHTS}). {TRAIN_HINT}"
-        )
-    info = json.loads(config_path.read_text())
-    if info.get("format") != FORMAT:
-        raise MissingCheckpointError(f"{config_path} is not a FiLo checkpoint (format {info.get('format')!r}).")
-    return info, load_file(str(weights_path))
 
 
 # ---- optimizer state without pickle ------------------------------------------------------
@@ -173,54 +117,6 @@ def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) 
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-# ---- data ---------------------------------------------------------------------------------
-
-
-@dataclass
-class TrainItem:
-    image: torch.Tensor  # (3, S, S) normalised
-    mask: torch.Tensor  # (S, S) float 0/1 on the model input
-    label: int
-    category: str
-    position: str
-
-
-def mask_position(mask: np.ndarray) -> str:
-    """Position word of the centre of the mask's bounding box ("center" for an empty mask).
-
-    Training has the ground truth, so the abnormal prompts get the position an ideal detector
-    box would give, rather than running Grounding DINO on every training image.
-    """
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
-        return "center"
-    h, w = mask.shape
-    return position_word((xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2, w, h)
-
-
-def load_item(sample: Sample, backbone: ClipBackbone, size: int, resize: str) -> TrainItem:
-    img = load_image(sample.path)
-    x, (top, left, bh, bw) = to_model_input(img.rgb, size, backbone.mean, backbone.std, resize)
-    mask = load_mask(sample, img.size_hw)
-    g = torch.zeros(size, size)
-    m = torch.from_numpy(mask.astype(np.float32))[None, None]
-    g[top : top + bh, left : left + bw] = F.interpolate(m, size=(bh, bw), mode="nearest")[0, 0]
-    return TrainItem(x, g, int(sample.label), sample.category, mask_position(mask))
-
-
-def collect_samples(config: TrainConfig) -> list[Sample]:
-    splits = load_dataset(config.data, kind=config.dataset, categories=config.categories)
-    samples = [s for split in splits.values() for s in split.test]
-    if not samples:
-        raise ValueError(f"{config.data}: no labelled test images to train on")
-    return sorted(samples, key=lambda s: str(s.path))
-
-
-def epoch_order(n: int, seed: int, stage: int, epoch: int) -> list[int]:
-    """The shuffled sample order of one epoch, a pure function of (seed, stage, epoch) for resume."""
-    return np.random.default_rng([seed, stage, epoch]).permutation(n).tolist()
-
-
 # ---- the loop -----------------------------------------------------------------------------
 
 
@@ -233,6 +129,9 @@ def _compatibility(config: TrainConfig) -> dict[str, Any]:
         "resize": config.resize,
         "batch_size": config.batch_size,
         "seed": config.seed,
+        "betas": list(config.betas),
+        "mosaic_probability": config.mosaic_probability,
+        "train_positions": config.train_positions,
         "model": json.loads(json.dumps(config.model.to_dict())),
     }
 
@@ -250,7 +149,19 @@ def _make_optimizer(model: FiloModel, config: TrainConfig, stage: int) -> torch.
         ]
     else:
         param_groups = [{"params": groups["adapter"], "lr": config.adapter_lr}]
-    return torch.optim.AdamW(param_groups, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(param_groups, weight_decay=config.weight_decay, betas=tuple(config.betas))
+
+
+def _check(config: TrainConfig) -> None:
+    """Reject impossible settings with one line each, before any data or weights are read."""
+    if config.train_positions not in ("mask", "all"):
+        raise ValueError(f"train_positions must be 'mask' or 'all', got {config.train_positions!r}")
+    if not 0.0 <= config.mosaic_probability <= 1.0:
+        raise ValueError(f"mosaic_probability must lie in [0, 1], got {config.mosaic_probability}")
+    if config.workers < 0:
+        raise ValueError(f"workers must be >= 0, got {config.workers}")
+    if len(config.betas) != 2 or not all(0.0 <= b < 1.0 for b in config.betas):
+        raise ValueError(f"betas must be two numbers in [0, 1), got {config.betas}")
 
 
 class Trainer:
@@ -260,13 +171,19 @@ class Trainer:
         self.config = config
         self.log = log
         self.out = Path(config.out)
-        self.samples = collect_samples(config)
+        _check(config)
+        self.device = resolve_device(config.device)
+        if config.mixed_precision and self.device.type != "cuda":
+            raise ValueError("mixed precision needs a CUDA device (--device cuda or auto on a GPU machine)")
+        self.samples = collect_samples(config.data, config.dataset, config.categories)
         self.vocabulary = load_defect_vocabulary(config.vocabulary)
         self.categories = sorted({s.category for s in self.samples})
         self.descriptions = {c: self.vocabulary.for_category(c) for c in self.categories}
         weights = resolve_weights(config.backbone, config.weights)
-        self.backbone = build_backbone(config.backbone, weights, config.image_size, config.seed)
-        self.model = build_model(self.backbone, config.model, config.seed)
+        self.backbone = build_backbone(config.backbone, weights, config.image_size, config.seed, config.model.variant)
+        self.model = build_model(self.backbone, config.model, config.seed).to(self.device)
+        self.recipe = ItemRecipe(config.image_size, config.resize, self.backbone.mean, self.backbone.std)
+        self.scaler = torch.amp.GradScaler("cuda") if config.mixed_precision else None
         self.progress = TrainProgress()
         self.losses: list[dict[str, float]] = []  # mean loss of each finished epoch
         self._epoch_loss = 0.0
@@ -304,7 +221,7 @@ class Trainer:
                 "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
             },
         }
-        _atomic_save(tensors, meta, self.out / RESUME_DIR / "state")
+        atomic_save(tensors, meta, self.out / RESUME_DIR / "state")
 
     def load_resume(self) -> bool:
         from safetensors.torch import load_file
@@ -360,32 +277,54 @@ class Trainer:
                 "epoch_losses": self.losses,
             },
         }
-        _atomic_save(self.model.trainable_state_dict(), json.loads(json.dumps(info, default=str)), self.out / "filo")
+        atomic_save(self.model.trainable_state_dict(), json.loads(json.dumps(info, default=str)), self.out / "filo")
         return self.out
 
     # ---- steps ----------------------------------------------------------------------------
-    def _batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list]:
-        c = self.config
-        items = [load_item(self.samples[i], self.backbone, c.image_size, c.resize) for i in indices]
-        prompts = [
-            build_prompts(
-                it.category,
-                self.descriptions[it.category],
-                it.position,
-                self.model.config.normal_states,
-                self.model.config.abnormal_states,
-            )
-            for it in items
+    def _prompts(self, categories: list[str], positions: list[str]) -> list:
+        cfg = self.model.config
+        where = [POSITIONS if self.config.train_positions == "all" else p for p in positions]
+        return [
+            build_prompts(c, self.descriptions[c], w, cfg.normal_states, cfg.abnormal_states, cfg.prompt_style)
+            for c, w in zip(categories, where)
         ]
-        images = torch.stack([it.image for it in items])
-        masks = torch.stack([it.mask for it in items])
-        labels = torch.tensor([it.label for it in items])
-        return images, masks, labels, prompts
+
+    def batch(self, indices: list[int]):
+        """One batch of the given samples (never a mosaic) on the training device, with prompts."""
+        data = EpochBatches(self.samples, list(indices), len(indices), self.recipe)
+        images, masks, labels, categories, positions = data[0]
+        prompts = self._prompts(categories, positions)
+        return images.to(self.device), masks.to(self.device), labels.to(self.device), prompts
+
+    def _batches(self, stage: int, epoch: int, start: int):
+        """The epoch's batches from step `start` on, loaded by `workers` processes if asked."""
+        c = self.config
+        order = epoch_order(len(self.samples), c.seed, stage, epoch)
+        mosaic = c.mosaic_probability if stage == 0 else 0.0
+        data = EpochBatches(self.samples, order, c.batch_size, self.recipe, mosaic, (c.seed, stage, epoch))
+        steps = list(range(start, len(data)))
+        loader = torch.utils.data.DataLoader(
+            data,
+            batch_size=None,
+            sampler=steps,
+            num_workers=c.workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+        for images, masks, labels, categories, positions in loader:
+            yield (
+                images.to(self.device, non_blocking=True),
+                masks.to(self.device, non_blocking=True),
+                labels.to(self.device),
+                self._prompts(categories, positions),
+            )
 
     def loss(self, stage: int, images, masks, labels, prompts) -> torch.Tensor:
         """Stage 0: local loss (+ global if configured); stage 1: global loss."""
         c = self.config
-        out = self.model(images, prompts, with_maps=stage == 0)
+        autocast = torch.autocast("cuda", dtype=torch.float16) if self.scaler is not None else nullcontext()
+        with autocast:
+            out = self.model(images, prompts, with_maps=stage == 0)
         if stage == 1:
             return global_loss(out.logits, labels)
         maps = out.supervised_maps() if c.loss_on == "layers" else [out.two_class]
@@ -412,6 +351,18 @@ class Trainer:
             bar.close()
         return self.save_trained(complete=True)
 
+    def step(self, loss: torch.Tensor) -> None:
+        """One optimizer step (through the gradient scaler under mixed precision)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.last_loss = float(loss.detach())
+
     def _run_stage(self, bar) -> bool:
         """Run the current stage from the saved position; False when max_steps stopped it."""
         c, p = self.config, self.progress
@@ -419,17 +370,12 @@ class Trainer:
             self.optimizer = _make_optimizer(self.model, c, p.stage)
         names = ("prompts+MMCI", "adapter")
         while p.epoch < self.stage_epochs[p.stage]:
-            order = epoch_order(len(self.samples), c.seed, p.stage, p.epoch)
             bar.set_description(f"filo {names[p.stage]} epoch {p.epoch + 1}/{self.stage_epochs[p.stage]}")
-            while p.step < self.steps_per_epoch:
+            for batch in self._batches(p.stage, p.epoch, p.step):
                 if c.max_steps is not None and p.global_step >= c.max_steps:
                     return False
-                indices = order[p.step * c.batch_size : (p.step + 1) * c.batch_size]
-                loss = self.loss(p.stage, *self._batch(indices))
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                value = float(loss.detach())
+                self.step(self.loss(p.stage, *batch))
+                value = float(self.last_loss)
                 self._epoch_loss += value
                 p.step += 1
                 p.global_step += 1

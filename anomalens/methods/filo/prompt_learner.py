@@ -1,61 +1,24 @@
-"""FiLo's fine-grained descriptions (FG-Des): prompt texts, learnable context, text encoder on embeddings.
+"""FiLo's learnable context (FG-Des) and CLIP's text tower run on token embeddings.
 
-Templates (paper, Sec. 3.2), with n learnable context vectors in front of each sentence:
-
-* normal:   ``[V1]...[Vn] [STATE] [CLASS].``
-* abnormal: ``[W1]...[Wn] [STATE] [CLASS] with [ANOMALY CLASS] at [POS].``
-
-The normal and abnormal sentences have their own context vectors (V and W). CoCoOp-style, a
-small meta-net maps the image embedding to a bias that is added to every context vector, so the
-text features are conditioned on the image; ``meta_net=False`` gives plain CoOp context.
+n learnable context vectors go in front of each sentence of `prompts.build_prompts`; the normal
+and abnormal sentences have their own vectors (V and W). CoCoOp-style, a small meta-net maps the
+image embedding to a bias that is added to every context vector, so the text features are
+conditioned on the image; ``meta_net=False`` gives plain CoOp context. The paper has one
+meta-net; the released code gives each group its own (``separate_meta_nets=True``).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..text.prompts import FILO_ABNORMAL_STATES, FILO_NORMAL_STATES, clean_class_name, state_phrase
+from .prompts import PromptSet
 
 #: The word whose token embeddings are replaced by the learned context vectors (as CoOp does).
 PLACEHOLDER = "X"
-
-
-@dataclass(frozen=True)
-class PromptSet:
-    """The sentence parts after the learnable context: normal and abnormal sentences."""
-
-    normal: tuple[str, ...]
-    abnormal: tuple[str, ...]
-    descriptions: tuple[str, ...]  # the defect description of each abnormal sentence (same order)
-
-
-def build_prompts(
-    category: str,
-    descriptions: list[str],
-    position: str | tuple[str, ...],
-    normal_states: tuple[str, ...] = FILO_NORMAL_STATES,
-    abnormal_states: tuple[str, ...] = FILO_ABNORMAL_STATES,
-) -> PromptSet:
-    """FiLo's sentences for one object: every state x every defect description x position(s).
-
-    Several positions (e.g. all nine when no detector locates the defect) give one abnormal
-    sentence per position, so the grouped feature Fa averages over them.
-    """
-    name = clean_class_name(category) or "object"
-    positions = (position,) if isinstance(position, str) else tuple(position)
-    normal = tuple(f"{state_phrase(s, name)}." for s in normal_states)
-    abnormal, described = [], []
-    for description in descriptions:
-        for s in abnormal_states:
-            for where in positions:
-                abnormal.append(f"{state_phrase(s, name)} with {description} at {where}.")
-                described.append(description)
-    return PromptSet(normal, tuple(abnormal), tuple(described))
 
 
 def encode_text_embeddings(clip_model: nn.Module, embeddings: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -98,17 +61,28 @@ class PromptLearner(nn.Module):
     embedding; its output is added to every context vector of both groups.
     """
 
-    def __init__(self, n_ctx: int, text_width: int, embed_dim: int, meta_net: bool = True, cache_size: int = 256):
+    def __init__(
+        self,
+        n_ctx: int,
+        text_width: int,
+        embed_dim: int,
+        meta_net: bool = True,
+        cache_size: int = 256,
+        separate_meta_nets: bool = False,
+    ):
         super().__init__()
         self.n_ctx = n_ctx
         self.ctx_normal = nn.Parameter(torch.randn(n_ctx, text_width) * 0.02)
         self.ctx_abnormal = nn.Parameter(torch.randn(n_ctx, text_width) * 0.02)
         hidden = max(1, embed_dim // 16)
-        self.meta_net = (
-            nn.Sequential(nn.Linear(embed_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, text_width))
-            if meta_net
-            else None
-        )
+
+        def make() -> nn.Module:
+            return nn.Sequential(nn.Linear(embed_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, text_width))
+
+        self.separate_meta_nets = bool(meta_net and separate_meta_nets)
+        self.meta_net = make() if meta_net and not self.separate_meta_nets else None
+        self.meta_net_normal = make() if self.separate_meta_nets else None
+        self.meta_net_abnormal = make() if self.separate_meta_nets else None
         self._cache: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._cache_size = cache_size
 
@@ -122,18 +96,24 @@ class PromptLearner(nn.Module):
         # Normal (not inference-mode) tensors, so a cache filled while predicting under
         # torch.inference_mode can still feed a training step later.
         with torch.inference_mode(False), torch.no_grad():
-            tokens = tokenizer([f"{prefix} {t}" for t in texts])
+            tokens = tokenizer([f"{prefix} {t}" for t in texts]).to(clip_model.token_embedding.weight.device)
             embedded = clip_model.token_embedding(tokens)
         self._cache[key] = (tokens, embedded)
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return tokens, embedded
 
-    def image_bias(self, image_embedding: torch.Tensor | None) -> torch.Tensor | None:
-        """The meta-net's context bias (B, text width), or None for CoOp."""
-        if self.meta_net is None or image_embedding is None:
+    def image_bias(self, image_embedding: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The meta-net's context biases (normal, abnormal), each (B, text width); None for CoOp."""
+        if image_embedding is None:
             return None
-        return self.meta_net(F.normalize(image_embedding, dim=-1))
+        x = F.normalize(image_embedding, dim=-1)
+        if self.separate_meta_nets:
+            return self.meta_net_normal(x), self.meta_net_abnormal(x)
+        if self.meta_net is None:
+            return None
+        bias = self.meta_net(x)
+        return bias, bias
 
     def _encode(self, clip_model, tokenizer, texts, ctx: torch.Tensor) -> torch.Tensor:
         tokens, embedded = self._tokens(clip_model, tokenizer, texts)
@@ -147,15 +127,19 @@ class PromptLearner(nn.Module):
         return encode_text_embeddings(clip_model, x, tokens)
 
     def forward(
-        self, clip_model: nn.Module, tokenizer, prompts: PromptSet, bias: torch.Tensor | None = None
+        self,
+        clip_model: nn.Module,
+        tokenizer,
+        prompts: PromptSet,
+        bias: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Text features of one prompt set: normal (Nn, D) and abnormal (Na, D), not normalised.
 
-        bias: one image's meta-net output (text width,), or None (CoOp / no image).
+        bias: one image's meta-net outputs (normal, abnormal), each (text width,), or None.
         """
         ctx_n, ctx_a = self.ctx_normal, self.ctx_abnormal
         if bias is not None:
-            ctx_n, ctx_a = ctx_n + bias, ctx_a + bias
+            ctx_n, ctx_a = ctx_n + bias[0], ctx_a + bias[1]
         return (
             self._encode(clip_model, tokenizer, prompts.normal, ctx_n),
             self._encode(clip_model, tokenizer, prompts.abnormal, ctx_a),

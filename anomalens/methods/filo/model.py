@@ -17,6 +17,10 @@ Per-layer features: the released code keeps references to tensors that later blo
 place, so all its "per-layer" features end up being the last layer's; `ClipBackbone` stores each
 layer's own tensor, so layers 6, 12, 18 and 24 really are four depths here.
 
+Variant: "paper" (default, for training our own checkpoints) is described above; "released"
+(`FiloConfig.released()`) reproduces the authors' released inference so their trained
+checkpoints give their maps: see `released.py` for every difference.
+
 Temperature: cosine similarities are divided by 0.07 (`temperature`, as AnomalyCLIP-style code
 does), which keeps the two-class softmax soft enough to train; `temperature=None` uses CLIP's own
 logit scale (1/100 for OpenAI weights) instead.
@@ -31,13 +35,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones.clip import ClipBackbone
-from ..text.prompts import FILO_ABNORMAL_STATES, FILO_NORMAL_STATES
+from ...backbones.clip import ClipBackbone
+from . import released as rel
 from .adapter import Adapter, global_logits, global_score
 from .mmci import DEFAULT_TEMPERATURE, MMCI, MMCI_KERNELS, class_map, combine_layers, final_map, grid_of, layer_map
-from .prompt_learner import PromptLearner, PromptSet, group_features
+from .prompt_learner import PromptLearner, group_features
+from .prompts import ABNORMAL_STATES, NORMAL_STATES, PromptSet
 
 QkvHead = Literal["both", "train", "none"]
+VARIANTS = ("paper", "released")
 
 
 @dataclass
@@ -53,8 +59,33 @@ class FiloConfig:
     temperature: float | None = DEFAULT_TEMPERATURE  # None: CLIP's own logit scale
     sigma: float = 4.0  # Eq. 4 Gaussian, in pixels of the model input
     qkv_head: str = "both"  # "both" | "train" | "none": see the module docstring
-    normal_states: tuple[str, ...] = FILO_NORMAL_STATES
-    abnormal_states: tuple[str, ...] = FILO_ABNORMAL_STATES
+    normal_states: tuple[str, ...] = NORMAL_STATES
+    abnormal_states: tuple[str, ...] = ABNORMAL_STATES
+    variant: str = "paper"  # "paper" | "released": see released.py
+
+    @classmethod
+    def released(cls, n_ctx: int = 12) -> FiloConfig:
+        """The released code's architecture and inference (for the authors' checkpoints)."""
+        return cls(
+            layers=rel.RELEASED_LINEAR_LAYERS,
+            vv_from=rel.RELEASED_VV_FROM,
+            n_ctx=n_ctx,
+            meta_net=True,
+            adapter="released",
+            kernels=MMCI_KERNELS,
+            temperature=None,
+            sigma=rel.RELEASED_SIGMA,
+            qkv_head="both",
+            variant="released",
+        )
+
+    @property
+    def prompt_style(self) -> str:
+        return "released" if self.variant == "released" else "paper"
+
+    @property
+    def mmci_layers(self) -> tuple[int, ...]:
+        return rel.RELEASED_MMCI_LAYERS if self.variant == "released" else tuple(self.layers)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -96,9 +127,16 @@ class FiloModel(nn.Module):
     def __init__(self, backbone: ClipBackbone, config: FiloConfig | None = None):
         super().__init__()
         self.config = config = config or FiloConfig()
+        if config.variant not in VARIANTS:
+            raise ValueError(f"unknown FiLo variant {config.variant!r}; use one of {VARIANTS}")
+        if config.variant == "released" and (
+            tuple(config.layers) != rel.RELEASED_LINEAR_LAYERS or config.vv_from != rel.RELEASED_VV_FROM
+        ):
+            raise ValueError("variant='released' fixes layers=(6, 12, 18, 24) and vv_from=7")
         if config.qkv_head not in ("both", "train", "none"):
             raise ValueError(f"unknown qkv_head {config.qkv_head!r}; use 'both', 'train' or 'none'")
-        bad = [layer for layer in config.layers if not config.vv_from <= layer <= backbone.num_layers]
+        lowest = config.vv_from - 1 if config.variant == "released" else config.vv_from  # released: layer 6 too
+        bad = [layer for layer in config.layers if not lowest <= layer <= backbone.num_layers]
         if bad:
             raise ValueError(
                 f"layers {bad} must lie between vv_from={config.vv_from} and the backbone's "
@@ -108,8 +146,10 @@ class FiloModel(nn.Module):
         clip = backbone.model
         text_width = clip.token_embedding.embedding_dim
         width, dim = backbone.width, backbone.embed_dim
-        self.prompt_learner = PromptLearner(config.n_ctx, text_width, dim, meta_net=config.meta_net)
-        self.mmci = nn.ModuleDict({str(layer): MMCI(width, dim, config.kernels) for layer in config.layers})
+        self.prompt_learner = PromptLearner(
+            config.n_ctx, text_width, dim, meta_net=config.meta_net, separate_meta_nets=config.variant == "released"
+        )
+        self.mmci = nn.ModuleDict({str(layer): MMCI(width, dim, config.kernels) for layer in config.mmci_layers})
         self.linear = nn.ModuleDict(
             {} if config.qkv_head == "none" else {str(layer): nn.Linear(width, dim) for layer in config.layers}
         )
@@ -126,13 +166,24 @@ class FiloModel(nn.Module):
         return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load FiLo's trainable tensors; ValueError naming every missing/unexpected/mis-shaped key."""
         own = self.trainable_state_dict()
+        problems = []
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise ValueError(
-                f"FiLo checkpoint does not match the model: missing {missing[:4]}, unexpected {unexpected[:4]}"
-            )
+        shapes = [
+            f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+            for k, v in own.items()
+            if k in state and state[k].shape != v.shape
+        ]
+        if missing:
+            problems.append(f"missing {', '.join(missing)}")
+        if unexpected:
+            problems.append(f"unexpected {', '.join(unexpected)}")
+        if shapes:
+            problems.append(f"other shapes {', '.join(shapes)}")
+        if problems:
+            raise ValueError(f"FiLo checkpoint does not match the model: {'; '.join(problems)}")
         self.load_state_dict(state, strict=False)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -152,7 +203,7 @@ class FiloModel(nn.Module):
         clip, tokenizer = self.backbone.model, self.backbone.tokenizer
         grouped, abnormal = [], []
         for i, prompts in enumerate(prompt_sets):
-            fn, fa = self.prompt_learner(clip, tokenizer, prompts, None if bias is None else bias[i])
+            fn, fa = self.prompt_learner(clip, tokenizer, prompts, None if bias is None else (bias[0][i], bias[1][i]))
             grouped.append(group_features(fn, fa))
             abnormal.append(fa)
         return torch.stack(grouped), abnormal
@@ -175,6 +226,8 @@ class FiloModel(nn.Module):
         if len(prompt_sets) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {len(prompt_sets)} prompt sets")
         cfg = self.config
+        if cfg.variant == "released":
+            return self._forward_released(images, prompt_sets, with_maps)
         if with_maps:
             feats = self.backbone(images, layers=cfg.layers, vv_from=cfg.vv_from)
         else:  # the global branch needs only the class embedding
@@ -191,6 +244,28 @@ class FiloModel(nn.Module):
         out.two_class = combine_layers(fused)
         out.anomaly_map = final_map(out.two_class, cfg.sigma)
         out.score = global_score(out.logits, out.anomaly_map)
+        return out
+
+    def _forward_released(self, images: torch.Tensor, prompt_sets: list[PromptSet], with_maps: bool) -> FiloOutput:
+        """The released inference (released.py): maps, score and logits as the authors' code has them."""
+        feats = rel.released_features(self.backbone, images)
+        adapted = self.adapter(feats.image_embedding)
+        text, abnormal = self.text_features(adapted, prompt_sets)  # meta-nets see the adapted embedding
+        logits = rel.released_logits(adapted, text)
+        out = FiloOutput(text, abnormal, adapted, logits)
+        if not with_maps:
+            return out
+        size = tuple(images.shape[-2:])
+        for layer, tokens in zip(rel.RELEASED_LINEAR_LAYERS, feats.linear_inputs):
+            head = self.linear[str(layer)](tokens[:, 1:])
+            out.linear_maps[layer] = rel.released_class_map(head, text, feats.grid, size)
+        for layer, tokens in zip(rel.RELEASED_MMCI_LAYERS, feats.mmci_inputs):
+            summed = torch.stack(self.mmci[str(layer)](grid_of(tokens, feats.grid))).sum(dim=0)
+            out.mmci_maps[layer] = rel.released_class_map(summed.flatten(2).transpose(1, 2), text, feats.grid, size)
+        maps = [*out.linear_maps.values(), *out.mmci_maps.values()]
+        out.two_class = torch.stack(maps).mean(dim=0)
+        out.anomaly_map = rel.released_anomaly_map(maps, self.config.sigma)
+        out.score = rel.released_score(adapted, text, out.anomaly_map)
         return out
 
 

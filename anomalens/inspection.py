@@ -1,0 +1,355 @@
+"""One inspection run: images in, results, overlays, masks, maps, settings.json and report out.
+
+This is what `anomalens detect` does after it has parsed its options, as a library function::
+
+    from anomalens import Detector
+    from anomalens.inspection import run
+
+    det = Detector(method="patchknn").fit(["golden/"]).calibrate()
+    summary = run(det, ["line3/2026-11-26/"], "inspect/")
+    print(summary.ok, summary.ng, summary.failed, summary.report)
+
+`run` expands folders, skips images that already have results in `out` (resume; failed ones are
+tried again), writes every image's files before its line in results.jsonl, records unreadable
+or unscorable inputs with the reason and goes on, and ends with report.html. The detector's
+thresholds decide OK/NG and the mask (`Detector.threshold`, `Detector.pixel_threshold`);
+calibrate or set them before the run. A front end (CLI, server, engine) passes `progress` to
+follow the run and `log` for notes meant for a person; nothing here prints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import ImageLoadError, UsageError
+from .images import IMAGE_EXTENSIONS, list_images
+from .outputs import SETTINGS_JSON, OutputWriter
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    """Where a run stands: `done` of `total` images handled; `record` is the last one written
+    (None for the first call, made before any image, so a progress bar can show its total)."""
+
+    done: int
+    total: int
+    record: dict | None = None
+
+
+ProgressCallback = Callable[[RunProgress], None]
+
+
+@dataclass
+class RunSummary:
+    """What a run did. Counts are over the run's inputs, images resumed from `out` included."""
+
+    out: Path
+    images: int  # distinct inputs: image files found plus inputs that do not exist
+    done: int  # inputs that have a record in out (ok or failed)
+    scored: int  # images scored and written by this run
+    resumed: int  # images whose results were already in out
+    ok: int
+    ng: int
+    undecided: int  # scored without an image threshold: no OK/NG decision
+    failures: list[dict] = field(default_factory=list)  # records with status "error"
+    seconds: float = 0.0  # time spent scoring and writing in this run
+    interrupted: bool = False  # stopped by Ctrl-C (KeyboardInterrupt); everything written is valid
+    report: Path | None = None
+    settings: dict = field(default_factory=dict)  # what settings.json holds
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+    @property
+    def exit_code(self) -> int:
+        """The command line's: 130 interrupted, 1 some images failed, 0 all done."""
+        return 130 if self.interrupted else 1 if self.failures else 0
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """The inputs of a run as given, and what they expand to."""
+
+    given: tuple[Path, ...]  # files and folders as the user gave them
+    files: tuple[Path, ...]  # image files found (folders expanded, duplicates dropped)
+    missing: tuple[Path, ...]  # given paths that do not exist (recorded as failures)
+
+
+def check_options(map_format: str = "npy", batch_size: int = 8, jobs: int = 2) -> None:
+    """Raise UsageError for run options that cannot work (before any model is loaded)."""
+    if map_format not in ("npy", "tiff"):
+        raise UsageError(f"--map-format must be 'npy' or 'tiff', got {map_format!r}")
+    if jobs < 0 or batch_size < 1:
+        raise UsageError("--jobs must be >= 0 and --batch-size >= 1")
+
+
+def collect_inputs(
+    inputs: Sequence[str | os.PathLike], out: str | os.PathLike, log: Callable[[str], None] | None = None
+) -> RunInputs:
+    """Expand folders (recursively), drop duplicates with a note, set aside missing paths.
+
+    Files inside the output directory are not taken from an expanded input folder, so that
+    `detect DIR --out DIR/results` run twice does not score its own overlays and masks.
+    Raises UsageError when nothing is given or nothing is found.
+    """
+    log = log or _no_log
+    given = tuple(Path(i) for i in inputs)
+    if not given:
+        raise UsageError("no images given")
+    files: list[Path] = []
+    missing: list[Path] = []
+    seen: set[str] = set()
+    duplicates = 0
+    out_prefix = os.path.join(os.path.realpath(out), "")
+    for item in given:
+        if not item.exists():
+            if str(item) not in {str(m) for m in missing}:
+                missing.append(item)
+            continue
+        found = list_images([item])
+        if item.is_dir():
+            found = [f for f in found if not os.path.realpath(f).startswith(out_prefix)]
+            if not found:
+                log(f"note: {item}: no image files in this folder ({', '.join(IMAGE_EXTENSIONS)})")
+        for f in found:
+            key = os.path.realpath(f)
+            if key in seen:
+                duplicates += 1
+                continue
+            seen.add(key)
+            files.append(f)
+    if duplicates:
+        log(f"note: {duplicates} duplicate input(s) (same file given twice) scored once")
+    if not files and not missing:
+        raise UsageError(f"no image files found in {', '.join(map(str, given))}")
+    return RunInputs(given, tuple(files), tuple(missing))
+
+
+def run_settings(detector, inputs: Sequence[Any], source: str, options: dict | None = None) -> dict:
+    """The JSON that settings.json holds for a run of `detector` (also what resume compares)."""
+    effective = {
+        "command": "detect",
+        "anomalens_version": __version__,
+        "inputs": [str(i) for i in inputs],
+        "method": detector.method_name,
+        "settings": detector.settings,
+        "backbone": detector.backbone_name,
+        "source": source,
+        "num_references": len(detector.reference_paths),
+        "threshold": None if detector.threshold is None else detector.threshold.to_dict(),
+        "pixel_threshold": None if detector.pixel_threshold is None else detector.pixel_threshold.to_dict(),
+        "options": dict(options or {}),
+    }
+    return json.loads(json.dumps(effective, default=str))
+
+
+def run(
+    detector,
+    inputs: Sequence[str | os.PathLike] | RunInputs,
+    out: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    map_format: str = "npy",
+    batch_size: int = 8,
+    jobs: int = 2,
+    report: bool = True,
+    title: str = "anomalens inspection report",
+    source: str | None = None,
+    options: dict | None = None,
+    progress: ProgressCallback | None = None,
+    log: Callable[[str], None] | None = None,
+) -> RunSummary:
+    """Inspect `inputs` (files and folders) with a fitted `detector`; write everything into `out`.
+
+    overwrite: start afresh (delete this run's kind of files in out) instead of resuming.
+    map_format: "npy" or "tiff" (32-bit float) for the raw maps. batch_size: images per model
+    call; jobs: threads decoding images ahead of the model. report: write report.html.
+    source: how the detector came to be (for settings.json and the report; default: its
+    reference count). options: the front end's options, recorded in settings.json so that
+    `anomalens detect --config OUT/settings.json` repeats the run. progress: called with a
+    RunProgress before the first image and after each one. log: one-line notes for a person.
+
+    Raises UsageError for no inputs, no images or an unusable `out`; problems with single
+    images are recorded (status "error") and the run goes on. Ctrl-C ends the run early with
+    `interrupted=True` in the summary and everything written so far valid. `inputs` may be
+    the RunInputs of `collect_inputs` (a front end that checks them before loading a model).
+    """
+    log = log or _no_log
+    check_options(map_format, batch_size, jobs)
+    out = Path(out)
+    if not isinstance(inputs, RunInputs):
+        inputs = collect_inputs(inputs, out, log)
+    files, missing = list(inputs.files), list(inputs.missing)
+    if source is None:
+        n = len(detector.reference_paths)
+        source = f"{n} reference images" if n else "zero-shot (no reference images)"
+
+    previous = None if overwrite else _read_json(out / SETTINGS_JSON)
+    try:
+        writer = OutputWriter(out, overwrite=overwrite, map_format=map_format)
+    except (FileExistsError, ValueError, OSError) as err:
+        raise UsageError(f"cannot write to {out}: {err}") from err
+    settings = run_settings(detector, inputs.given, source, options)
+    try:
+        writer.write_settings(settings)
+        done = {os.path.abspath(r["path"]) for r in writer.records() if r.get("status") == "ok"}
+        todo = [f for f in files if os.path.abspath(f) not in done]
+        for m in missing:
+            writer.record_failure(m, "file does not exist")
+        if len(todo) < len(files):
+            log(f"resuming: {len(files) - len(todo)} of {len(files)} images already done in {out}")
+            if previous is not None and not _same_run(previous, settings):
+                log(
+                    "warning: those results were made with other settings (kept as settings.<n>.json); "
+                    "pass --overwrite to redo every image with these"
+                )
+        joint = _prepare_joint_batch(detector, files, done, out)
+        start = time.perf_counter()
+        scored, interrupted = _score_and_write(
+            detector, todo, writer, batch_size, jobs, progress, batch=files if joint and todo else None
+        )
+        elapsed = time.perf_counter() - start
+    finally:
+        writer.close()
+
+    report_path = None
+    if report:
+        report_path = _write_report(out, detector, title, source, elapsed, log, len(files))
+    summary = RunSummary(
+        out=out,
+        images=0,
+        done=0,
+        scored=scored,
+        resumed=len(files) - len(todo),
+        ok=0,
+        ng=0,
+        undecided=0,
+        seconds=elapsed,
+        interrupted=interrupted,
+        report=report_path,
+        settings=settings,
+    )
+    _count(summary, writer.records(), [*files, *missing])
+    return summary
+
+
+def _prepare_joint_batch(detector, files: list[Path], done: set[str], out: Path) -> bool:
+    """For methods that score images against each other (`musc`): record the batch in batch.json,
+    refuse to complete results of a different batch. Returns whether the method scores jointly."""
+    if not detector.method.scores_jointly:
+        return False
+    from .batch_record import batch_conflict, describe_batch, read_batch, write_batch
+
+    batch = describe_batch(files, detector.reference_paths)
+    conflict = batch_conflict(read_batch(out), batch, out) if done else None
+    if conflict:
+        raise UsageError(conflict)
+    write_batch(out, batch)
+    return True
+
+
+def _score_and_write(
+    detector, todo, writer: OutputWriter, batch_size, jobs, progress, batch=None
+) -> tuple[int, bool]:
+    """Score `todo` and write each result; returns (images written, interrupted).
+
+    batch: for a jointly scoring method, every image of the run: all are scored (each against
+    the others, as in the first run) and only those in `todo` are written.
+    """
+    progress = progress or (lambda event: None)
+    progress(RunProgress(0, len(todo)))
+    scored = handled = 0
+    wanted = {os.path.abspath(f) for f in todo}
+    try:
+        for item in detector.predict_iter(
+            batch or todo, batch_size=batch_size, jobs=jobs, with_images=True, skip_errors=True
+        ):
+            if batch and os.path.abspath(item.path if isinstance(item, ImageLoadError) else item[0].path) not in wanted:
+                continue  # already written by the interrupted run; scored again only as a partner
+            if isinstance(item, ImageLoadError):
+                record = writer.record_failure(item.path, item.reason)
+            else:
+                result, img = item
+                extra = {
+                    "time": datetime.now().astimezone().isoformat(timespec="seconds"),
+                    "image_size": list(img.original_hw or img.size_hw),
+                    "map_size": list(img.size_hw),
+                }
+                try:
+                    record = writer.write(result, img.rgb, extra=extra)
+                    scored += 1
+                except Exception as err:  # a full disk or an unwritable file: record it, go on
+                    record = writer.record_failure(result.path, f"could not write outputs: {type(err).__name__}: {err}")
+            handled += 1
+            progress(RunProgress(handled, len(todo), record))
+    except KeyboardInterrupt:
+        return scored, True
+    return scored, False
+
+
+def _write_report(
+    out: Path, detector, title: str, source: str, elapsed: float, log, num_images: int = 0
+) -> Path | None:
+    from .report import write_report
+
+    info: dict[str, Any] = {
+        "method": detector.method_name,
+        "backbone": detector.backbone_name,
+        "total_seconds": elapsed,
+        "source": source,
+    }
+    if detector.threshold is not None:
+        info["threshold"] = detector.threshold.value
+        info["threshold_description"] = detector.threshold.description()
+    if detector.pixel_threshold is not None:
+        info["pixel_threshold"] = detector.pixel_threshold.value
+        info["pixel_threshold_description"] = detector.pixel_threshold.description()
+    if detector.method.scores_jointly and num_images:
+        refs = len(detector.reference_paths)
+        refs_note = f" and {refs} reference images" if refs else ""
+        info["batch"] = f"{num_images} input images scored jointly (each against the others{refs_note})"
+    try:
+        return write_report(out, title=title, summary_info=info)
+    except (OSError, ValueError) as err:
+        log(f"warning: could not write {out}/report.html: {err}")
+        return None
+
+
+def _count(summary: RunSummary, records: list[dict], paths: list[Path]) -> None:
+    """Fill the counts of `summary` over this run's inputs (resumed ones included)."""
+    by_path = {os.path.abspath(r["path"]): r for r in records}
+    wanted = list(dict.fromkeys(os.path.abspath(p) for p in paths))
+    mine = [by_path[a] for a in wanted if a in by_path]
+    ok = [r for r in mine if r.get("status") == "ok"]
+    summary.images = len(wanted)
+    summary.done = len(mine)
+    summary.failures = [r for r in mine if r.get("status") != "ok"]
+    summary.ok = sum(r.get("decision") == "OK" for r in ok)
+    summary.ng = sum(r.get("decision") == "NG" for r in ok)
+    summary.undecided = len(ok) - summary.ok - summary.ng
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _same_run(a: dict | None, b: dict) -> bool:
+    """Do two settings.json describe runs whose results can be mixed (same model and thresholds)?"""
+    keys = ("method", "settings", "source", "threshold", "pixel_threshold")
+    return a is not None and all(a.get(k) == b.get(k) for k in keys)
+
+
+def _no_log(message: str) -> None:
+    return None
