@@ -103,11 +103,13 @@ def image_score(values: torch.Tensor, top_fraction: float = 0.0) -> torch.Tensor
     flat = values.reshape(-1)
     if top_fraction <= 0:
         return flat.max()
-    count = max(1, int(math.ceil(top_fraction * flat.numel())))
+    count = max(1, math.ceil(top_fraction * flat.numel()))
     return flat.topk(min(count, flat.numel())).values.mean()
 
 
-def reweighting_factor(query: torch.Tensor, bank: torch.Tensor, patch_scores: torch.Tensor, neighbours: int) -> torch.Tensor:
+def reweighting_factor(
+    query: torch.Tensor, bank: torch.Tensor, patch_scores: torch.Tensor, neighbours: int
+) -> torch.Tensor:
     """PatchCore's neighbourhood-density reweighting of the image score (Roth et al., CVPR 2022, eq. 7).
 
     For the query's most anomalous patch q and its nearest bank patch m*, with N the `neighbours`

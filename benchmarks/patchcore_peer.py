@@ -121,7 +121,9 @@ def evaluate(model: PatchcoreModel, split, refs, size: int, ratio: float, batch:
     metrics = dict(image_metrics(labels, scores))
     metrics.update(pixels.compute() if split.has_masks else dict.fromkeys(m for m in METRICS if m.startswith("pixel")))
     seconds = time.perf_counter() - start
-    metrics.update(images=len(labels), failed=[], seconds=seconds, images_per_second=len(labels) / seconds, peak_rss_mb=0.0)
+    metrics.update(
+        images=len(labels), failed=[], seconds=seconds, images_per_second=len(labels) / seconds, peak_rss_mb=0.0
+    )
     return metrics
 
 

@@ -108,5 +108,5 @@ def test_larger_lite_variants_read_the_same_stage_ends(variant, channels):
 def test_unknown_variant_and_block_are_refused():
     with pytest.raises(ValueError, match="unknown backbone"):
         EfficientNetPatchBackbone(variant="efficientnet-lite9")
-    with pytest.raises(ValueError, match="blocks 0..15"):
+    with pytest.raises(ValueError, match=r"blocks 0\.\.15"):
         EfficientNetPatchBackbone(blocks=(4, 16))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -68,7 +70,7 @@ def test_tiles_cover_the_image_with_overlap(height, width):
         assert all(h == w == min(height, width) for _, _, h, w in boxes)  # square tiles
         starts = sorted(b[1] if width > height else b[0] for b in boxes)
         side = min(height, width)
-        assert all(b - a <= 0.75 * side + 1 for a, b in zip(starts, starts[1:]))  # >= 25 % overlap
+        assert all(b - a <= 0.75 * side + 1 for a, b in itertools.pairwise(starts))  # >= 25 % overlap
     assert tile_boxes(height, width, above_aspect=0) == [(0, 0, height, width)]
 
 

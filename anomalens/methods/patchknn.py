@@ -30,8 +30,8 @@ from ..scoring import (
     knn_anomaly,
     reweighting_factor,
 )
-from ..tiling import Box, assemble, crop, tile_boxes
 from ..settings import MethodSettings, setting
+from ..tiling import Box, assemble, crop, tile_boxes
 from .base import Method, MethodOutput, register_method
 
 
@@ -64,7 +64,9 @@ class PatchKnnSettings(MethodSettings):
         0, "zero-shot: patches within this many grid cells are not neighbours (0 = only the patch itself)", minimum=0
     )
     smoothing_sigma: float = setting(
-        4.0, "Gaussian sigma (input pixels) on the upsampled map before the image score (PatchCore: 4; 0 = off)", minimum=0
+        4.0,
+        "Gaussian sigma (input pixels) on the upsampled map before the image score (PatchCore: 4; 0 = off)",
+        minimum=0,
     )
     top_fraction: float = setting(
         0.0, "image score = mean of this top fraction of the smoothed map (0 = its maximum)", minimum=0, maximum=1
@@ -72,7 +74,9 @@ class PatchKnnSettings(MethodSettings):
     reweight_neighbours: int = setting(
         0, "PatchCore's density reweighting of the image score over this many neighbours (paper: 9; 0 = off)", minimum=0
     )
-    augment: str = setting("none", "reference rotations/flips: none, flips (x4) or dihedral (x8)", choices=("none", "flips", "dihedral"))
+    augment: str = setting(
+        "none", "reference rotations/flips: none, flips (x4) or dihedral (x8)", choices=("none", "flips", "dihedral")
+    )
     coreset_size: int = setting(
         16384, "a memory bank above this many patches is reduced to it by greedy k-centre (0 = never)", minimum=0
     )
@@ -243,7 +247,7 @@ class PatchKnn(Method):
     ) -> MethodOutput:
         """One image's tile features -> its score and its map at the image's size."""
         maps, score = score_image(feats, bank, self.settings, layout.input_boxes, patches)
-        tile_maps = [m[t : t + h, l : l + w] for m, (t, l, h, w) in zip(maps, layout.input_boxes)]
+        tile_maps = [m[top : top + h, left : left + w] for m, (top, left, h, w) in zip(maps, layout.input_boxes)]
         return MethodOutput(float(score), assemble(tile_maps, layout.tiles, layout.size_hw))
 
     def _leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
