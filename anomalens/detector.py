@@ -238,6 +238,7 @@ class Detector:
 
         start = time.perf_counter()
         with torch.inference_mode():
+            self._ensure_fitted()
             outputs = self.method.predict_joint(readable())
         per_image = (time.perf_counter() - start) / max(1, sum(not isinstance(s, ImageLoadError) for s in slots))
         for i, slot in enumerate(slots):
@@ -342,6 +343,11 @@ class Detector:
         from .export import export_onnx
 
         return export_onnx(self, out, **options)
+
+
+def threshold_from_dict(data: dict) -> Threshold:
+    """A Threshold from its saved JSON form (export and the ray engine import it from here)."""
+    return as_threshold(data)
 
 
 def load_detector(directory: str | os.PathLike, device: str | torch.device | None = "auto", **overrides: Any) -> Detector:
