@@ -98,6 +98,9 @@ def evaluate_category(
         peak_rss_mb=round(peak_rss_mb(), 1),
         pixel_metrics_exact=pixels.is_exact if use_pixels else None,
     )
+    if detector.method.scores_jointly:
+        # The category's test images were one batch, each scored against the others.
+        metrics["batch"] = {"images": len(samples), "references": len(references)}
     return metrics
 
 

@@ -181,6 +181,7 @@ def test_quantized_maps_are_8_bit_steps_of_the_float_map(fade, tiny_clip):
     settings = {**TINY, "category": "metal_nut", "prompts": fade.settings.prompts}
     quantized = Fade(FadeSettings(**settings, quantize_maps=True), backbone=tiny_clip, text_cache=fade.text_cache)
     plain = Fade(FadeSettings(**settings), backbone=tiny_clip, text_cache=fade.text_cache)
+    quantized.fit([]), plain.fit([])
     q = quantized.predict([img])[0]
     f = plain.predict([img])[0]
     steps = q.anomaly_map * 255.0

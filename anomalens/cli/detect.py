@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from . import options as o
-from .app import app, echo
+from .app import app, echo, fail
 from .build import build_detector, describe, set_threshold
 from .config import apply_config, parse_threshold
 
@@ -19,7 +19,9 @@ def detect(
     refs: o.Refs = None,
     method: o.Method = "patchknn",
     out: Path = typer.Option(Path("anomalens_out"), "--out", "-o", help="Output directory."),
-    model: Path | None = typer.Option(None, "--model", help="A fitted model directory from `anomalens fit`."),
+    model: Path | None = typer.Option(
+        None, "--model", help="A fitted model directory from `anomalens fit`, or a .onnx from `anomalens export`."
+    ),
     threshold: str | None = typer.Option(
         None,
         "--threshold",
@@ -46,9 +48,27 @@ def detect(
     overwrite: o.Overwrite = False,
     report: bool = typer.Option(True, "--report/--no-report", help="Write report.html."),
     set_: o.Set = None,
+    describe_: o.Describe = False,
+    llm: o.Llm = "embedded",
+    llm_model: o.LlmModel = None,
     config: o.Config = None,
+    engine: str = typer.Option(
+        "local", "--engine", help="local | ray (inputs may also be text files of paths or glob patterns)."
+    ),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="Ray cluster: auto (running cluster) or ray://host:10001; default: local Ray."
+    ),
+    ray_actors: int = typer.Option(2, "--ray-actors", min=1, help="Scoring actors (each loads the model once)."),
+    ray_cpus_per_actor: float = typer.Option(1.0, "--ray-cpus-per-actor", help="CPUs per actor (= its threads)."),
+    ray_gpus_per_actor: float = typer.Option(0.0, "--ray-gpus-per-actor", help="GPUs per actor."),
+    shard_size: int = typer.Option(1000, "--shard-size", min=1, help="Images per result shard (ray)."),
+    ray_maps: bool = typer.Option(False, "--ray-maps", help="Also write maps and masks (ray; off: results only)."),
+    ray_overlays: bool = typer.Option(False, "--ray-overlays", help="Also write overlays (ray)."),
 ) -> None:
     """Score images: results.jsonl/.csv, overlays, masks, raw maps and report.html under --out.
+
+    With --engine ray: on a Ray cluster (or local Ray), results as Parquet + JSONL shards
+    under --out/shards; see the README section "Scoring very large image sets".
 
     Re-running the same command resumes: images with results in --out are not done again
     (failed ones are retried); --overwrite starts afresh. Images above 16 megapixels are worked
@@ -63,6 +83,18 @@ def detect(
     out = Path(p["out"])
     check_options(p["map_format"], int(p["batch_size"]), int(p["jobs"]))
     threshold_value = parse_threshold(p["threshold"])
+    if p.get("engine", "local") not in ("local", "ray"):
+        fail(f"--engine must be 'local' or 'ray', got {p['engine']!r}")
+    if p.get("engine") == "ray":
+        # Inputs stay as given (folders, lists of paths, globs): the engine lists them lazily.
+        if not p["images"]:
+            fail("no images given")
+        from .detect_ray import detect_with_ray
+
+        det, _source = build_detector(p, explicit)
+        set_threshold(det, p, explicit, threshold_value)
+        detect_with_ray(det, p, explicit, [str(i) for i in p["images"]])
+        return
     inputs = collect_inputs([Path(i) for i in p["images"] or []], out, log=echo)
     det, source = build_detector(p, explicit)
     set_threshold(det, p, explicit, threshold_value)

@@ -47,13 +47,15 @@ import torch
 import torch.nn.functional as F
 
 from ..backbones.clip import ClipBackbone, create_method_clip
-from ..images import RESIZE_POLICIES, LoadedImage, input_box, map_to_image, to_model_input
+from ..geometry import RESIZE_POLICIES, input_box, map_to_image, to_model_input
+from ..images import LoadedImage
 from ..scoring import FEW_SHOT_K, ZERO_SHOT_K, MemoryBank, knn_anomaly
 from ..settings import MethodSettings, setting
 from ..text.features import DEFAULT_CACHE, TextFeatureCache
 from ..text.prompts import (
     clean_class_name,
     dedupe,
+    defect_prompts,
     fade_segmentation_prompts,
     load_ensemble,
     released_class_name,
@@ -118,6 +120,11 @@ class FadeSettings(MethodSettings):
     )
     as_few_shot_vision_scale: float = setting(3.5, "vision scale of AS few-shot", minimum=0.0)
     top_descriptions: int = setting(5, "anomalous prompts most similar to the image, returned per image", minimum=0)
+    defects: tuple[str, ...] | None = setting(
+        None,
+        "defect phrases for `category` (anomalens describe / --describe), added to the classification's "
+        "anomalous prompts as <template> <category> with <defect>; not in the paper",
+    )
     resize: str = setting("squash", "squash (paper) or pad (keep the aspect ratio)", choices=RESIZE_POLICIES)
     batch_size: int = setting(4, "images per forward pass at the smallest scale", minimum=1)
 
@@ -169,12 +176,14 @@ class _TextFeatures:
 @register_method
 class Fade(Method):
     name = "fade"
+    uses_text = True
     Settings = FadeSettings
 
     def __init__(
         self, settings: FadeSettings, backbone: ClipBackbone | None = None, text_cache: TextFeatureCache = DEFAULT_CACHE
     ):
         super().__init__(settings)
+        self.defects_category = settings.category  # the `defects` setting describes this category only
         self.backbone = backbone if backbone is not None else create_method_clip(settings.backbone, settings.weights)
         for size in (settings.classification_size, *settings.segmentation_sizes):
             if size % self.backbone.patch_size:
@@ -186,13 +195,6 @@ class Fade(Method):
         self.bank_ = MemoryBank()
         self._text: _TextFeatures | None = None
         self._gem_from = max(1, self.backbone.num_layers - settings.gem_blocks + 1)
-
-    @property
-    def uses_text(self) -> bool:
-        return True
-
-    def describe_backbone(self) -> str:
-        return self.backbone.name
 
     def set_category(self, name: str) -> None:
         if name != self.settings.category:
@@ -206,6 +208,8 @@ class Fade(Method):
             obj = class_words(s.category, s.class_name)
             wrapped = self._template != "{}"  # the wrapper adds the period the templates then lack
             cls_normal, cls_anomalous = winclip_prompts(obj, period=not wrapped)
+            if s.defects and s.category == self.defects_category:  # our extension (--describe)
+                cls_anomalous = [*cls_anomalous, *defect_prompts(obj, s.defects, period=not wrapped)]
             if not s.keep_duplicate_prompts:
                 cls_normal, cls_anomalous = dedupe(cls_normal), dedupe(cls_anomalous)
             seg_normal, seg_anomalous = fade_segmentation_prompts(
@@ -264,7 +268,7 @@ class Fade(Method):
             out["image_embedding"] = torch.cat(embeds)
         return out
 
-    def fit(self, references: list[LoadedImage]) -> None:
+    def _fit(self, references: list[LoadedImage]) -> None:
         self.bank_ = MemoryBank()
         self.num_references = len(references)
         if references:
@@ -272,7 +276,7 @@ class Fade(Method):
             for size, scale in encoded["scales"].items():
                 self.bank_.add(str(size), scale["clip"])
 
-    def predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
+    def _predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
         encoded = self.encode(images)
         banks = {size: self.bank_.banks[str(size)] for size in encoded["scales"]} if len(self.bank_) else None
         return [self._score(img, encoded, b, banks) for b, img in enumerate(images)]
@@ -311,7 +315,7 @@ class Fade(Method):
             image_map = quantize_unit(image_map, floor=False)
         return MethodOutput(score, image_map, descriptions)
 
-    def leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
+    def _leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
         """Encode once; each held-out reference against the other references' patch tokens."""
         encoded = self.encode(references)
         self.bank_ = MemoryBank()
@@ -367,7 +371,7 @@ class Fade(Method):
             "text.seg_anomalous": text.seg_anomalous,
         }
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.bank_.load_state_dict(state)
         if "text.class_normal" in state:
             text = self.text_features()  # descriptions are recomputed; the class embeddings come from the file

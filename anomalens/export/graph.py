@@ -1,0 +1,148 @@
+"""What every exportable method gives the ONNX writer, and the traceable pieces they share.
+
+A method's exporter builds a `GraphSpec`: a torch module whose forward maps named inputs
+(normalised image tensors, optionally a patch-validity mask or a memory bank) to named outputs
+(`anomaly_map` on the square model input, `score`, optionally `description_similarity`), plus
+example inputs to trace it with and the method-specific metadata. Everything a method learned
+(memory banks, text features for the saved category) becomes a constant of that module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ExportError
+
+
+@dataclass
+class GraphSpec:
+    module: nn.Module
+    example_inputs: dict[str, torch.Tensor]  # in forward's positional order
+    output_names: list[str]
+    image_inputs: list[dict[str, Any]]  # [{"name", "size"}] in the order of example_inputs
+    map_size: int
+    dynamic_batch: bool
+    metadata: dict[str, Any] = field(default_factory=dict)
+    valid_patches: dict[str, Any] | None = None  # {"name", "grid", "size"} for resize="pad"
+    memory_bank: dict[str, Any] | None = None  # metadata; "input" mode adds "array" (written beside)
+    clip: Any = None  # the ClipBackbone inside `module`, if any (see tracing_context)
+
+
+SpecBuilder = Callable[..., GraphSpec]
+EXPORTERS: dict[str, SpecBuilder] = {}
+
+
+def register_exporter(method_name: str):
+    def wrap(builder: SpecBuilder) -> SpecBuilder:
+        EXPORTERS[method_name] = builder
+        return builder
+
+    return wrap
+
+
+def build_spec(detector, **options: Any) -> GraphSpec:
+    """The export graph of a fitted detector; ExportError for methods that cannot be exported."""
+    from . import fade, patchknn, winclip  # noqa: F401  (registers the exporters)
+
+    name = detector.method_name
+    if name not in EXPORTERS:
+        raise ExportError(f"method {name!r} cannot be exported to ONNX (exportable: {', '.join(sorted(EXPORTERS))})")
+    return EXPORTERS[name](detector.method, **options)
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ExportError(message)
+
+
+# ---- traceable pieces --------------------------------------------------------------------------
+
+
+def kth_nearest_distance(similarity: torch.Tensor, k: int) -> torch.Tensor:
+    """0.5 * (1 - cos) to the k-th most similar entry along the last axis, clipped to [0, 1]."""
+    kth = similarity.amax(-1) if k == 1 else similarity.topk(k, dim=-1).values[..., k - 1]
+    return (0.5 * (1.0 - kth)).clamp(0.0, 1.0)
+
+
+def bank_distance(query: torch.Tensor, bank: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, N, C) queries against an (M, C) bank -> (B, N), as `scoring.knn_anomaly`."""
+    return kth_nearest_distance(F.normalize(query, dim=-1) @ F.normalize(bank, dim=-1).T, k)
+
+
+def self_distance(query: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, N, C) queries against their own image's patches -> (B, N) (zero-shot)."""
+    q = F.normalize(query, dim=-1)
+    return kth_nearest_distance(q @ q.transpose(1, 2), k)
+
+
+def upsample(patch_maps: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, h, w) -> (B, size, size), bilinear as `images.map_to_image`'s first step."""
+    return F.interpolate(patch_maps[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+
+
+def masked_max(patch_maps: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Per image, the maximum over the patches marked valid (all when `valid` is None)."""
+    if valid is not None:
+        patch_maps = torch.where(valid > 0.5, patch_maps, torch.full_like(patch_maps, -float("inf")))
+    return patch_maps.flatten(1).amax(1)
+
+
+def synthetic_image(height: int = 96, width: int = 80, seed: int = 0) -> np.ndarray:
+    """A deterministic textured RGB image (for tracing and for the post-export check)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = 127 + 60 * np.sin(xx / 5.0)[..., None] * np.cos(yy / 7.0)[..., None]
+    noise = rng.normal(0, 12, (height, width, 3))
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+def valid_mask(box: tuple[int, int, int, int], size: int, grid: tuple[int, int]) -> np.ndarray:
+    """(h, w) 0/1 mask of the patches whose centres lie on the image, as the methods' scores use."""
+    from ..methods.patchknn import valid_grid_region
+
+    rows, cols = valid_grid_region(box, size, grid)
+    mask = np.zeros(grid, dtype=np.float32)
+    mask[rows, cols] = 1.0
+    return mask
+
+
+@contextlib.contextmanager
+def tracing_context(clip=None) -> Iterator[None]:
+    """What the TorchScript exporter needs around a CLIP model.
+
+    * nn.MultiheadAttention's fused inference fast path has no ONNX translation: use the
+      composite path (same arithmetic).
+    * The positional embeddings are resampled with antialiased bicubic interpolation, which has
+      no ONNX translation either; the input sizes are fixed per graph, so the resampled
+      embeddings are computed here once and enter the graph as constants.
+    """
+    from ..backbones import clip as clip_module
+
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    original = clip_module.interpolate_pos_embed
+    cache: dict[tuple[int, int], torch.Tensor] = {}
+    own = None if clip is None else clip.model.visual.positional_embedding
+
+    def resampled(pos_embed: torch.Tensor, grid) -> torch.Tensor:
+        if pos_embed is not own:
+            return original(pos_embed, grid)
+        key = tuple(int(v) for v in grid)  # traced shapes are tensors
+        if key not in cache:
+            cache[key] = original(pos_embed, key).detach().clone()
+        return cache[key]
+
+    torch.backends.mha.set_fastpath_enabled(False)
+    clip_module.interpolate_pos_embed = resampled
+    try:
+        yield
+    finally:
+        clip_module.interpolate_pos_embed = original
+        torch.backends.mha.set_fastpath_enabled(fastpath)

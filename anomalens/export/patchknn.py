@@ -1,0 +1,99 @@
+"""`patchknn` as one graph: normalised image -> backbone patch features -> kNN distances to the
+memory bank (few-shot) or to the image's own patches (zero-shot) -> anomaly map and score.
+
+The backbone is the method's own module (so its blocks, neighbourhood and input size follow the
+settings); the bank is a constant of the graph, or for large banks a second input fed from a
+.npy file written beside the model (ONNX protobufs stop at 2 GB).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..scoring import gaussian_smooth
+from .graph import GraphSpec, bank_distance, register_exporter, require, self_distance, upsample
+
+# Banks above this many bytes go to a second input when bank="auto".
+MAX_CONSTANT_BANK_BYTES = 1 << 30
+BANK_MODES = ("auto", "constant", "input")
+
+
+class PatchKnnGraph(nn.Module):
+    def __init__(self, method, bank: torch.Tensor | None, bank_as_input: bool, with_valid: bool):
+        super().__init__()
+        self.backbone = method.backbone
+        self.image_size = method.settings.image_size
+        self.few_shot_k = method.settings.few_shot_k
+        self.zero_shot_k = method.settings.zero_shot_k
+        self.smoothing_sigma = method.settings.smoothing_sigma
+        self.few_shot = bank is not None
+        self.bank_as_input = bank_as_input
+        self.with_valid = with_valid
+        if bank is not None and not bank_as_input:
+            self.register_buffer("bank", bank.float().contiguous())
+
+    def forward(self, images: torch.Tensor, *extra: torch.Tensor):
+        extra = list(extra)
+        valid = extra.pop(0) if self.with_valid else None
+        feats = self.backbone(images)  # (B, h, w, C)
+        b, h, w, c = feats.shape
+        flat = feats.reshape(b, h * w, c)
+        if self.few_shot:
+            bank = extra.pop(0) if self.bank_as_input else self.bank
+            patch_map = bank_distance(flat, bank, self.few_shot_k)
+        else:
+            patch_map = self_distance(flat, self.zero_shot_k)
+        patch_map = patch_map.reshape(b, h, w)
+        # as patchknn.score_image: upsample, smooth, score over the pixels of the valid cells
+        maps = gaussian_smooth(upsample(patch_map, self.image_size), self.smoothing_sigma)
+        if valid is not None:
+            pixels = torch.nn.functional.interpolate(valid[:, None], size=maps.shape[-2:], mode="nearest")[:, 0]
+            scored = torch.where(pixels > 0.5, maps, torch.full_like(maps, -float("inf")))
+        else:
+            scored = maps
+        score = scored.flatten(1).amax(1)
+        return maps, score
+
+
+@register_exporter("patchknn")
+def build(method, bank: str = "auto") -> GraphSpec:
+    s = method.settings
+    require(bank in BANK_MODES, f"bank must be one of {BANK_MODES}, got {bank!r}")
+    require(s.resize in ("squash", "pad"), f"patchknn resize policy {s.resize!r} cannot be exported")
+    require(s.tile_above_aspect == 0, "patchknn with tiling (tile_above_aspect > 0) cannot be exported")
+    require(s.reweight_neighbours == 0, "patchknn with reweighting (reweight_neighbours > 0) cannot be exported")
+    require(s.top_fraction == 0, "patchknn with a top-fraction image score cannot be exported (use the maximum)")
+    patches = method.bank_.banks.get("patches")
+    if patches is not None:
+        require(patches.shape[0] >= s.few_shot_k, f"memory bank has fewer than few_shot_k={s.few_shot_k} patches")
+    size = s.image_size
+    example = torch.zeros(2, 3, size, size)
+    with torch.no_grad():
+        grid = tuple(method.backbone(example[:1]).shape[1:3])
+    as_input = patches is not None and (
+        bank == "input" or (bank == "auto" and patches.numel() * 4 > MAX_CONSTANT_BANK_BYTES)
+    )
+    with_valid = s.resize == "pad"
+    inputs = {"images": example}
+    valid_meta = None
+    if with_valid:
+        inputs["valid_patches"] = torch.ones(2, *grid)
+        valid_meta = {"name": "valid_patches", "grid": list(grid), "size": size}
+    bank_meta = None
+    if patches is not None:
+        bank_meta = {"mode": "input" if as_input else "constant", "shape": list(patches.shape)}
+        if as_input:
+            inputs["memory_bank"] = patches.float()
+            bank_meta.update(input="memory_bank", array=patches.float().numpy())
+    return GraphSpec(
+        module=PatchKnnGraph(method, patches, as_input, with_valid).eval(),
+        example_inputs=inputs,
+        output_names=["anomaly_map", "score"],
+        image_inputs=[{"name": "images", "size": size}],
+        map_size=size,
+        dynamic_batch=True,
+        metadata={"grid": list(grid)},
+        valid_patches=valid_meta,
+        memory_bank=bank_meta,
+    )

@@ -1,0 +1,185 @@
+"""Running an exported model with onnxruntime: the same `AnomalyResult`s as the PyTorch detector.
+
+Preprocessing (resize, normalisation) and bringing the map back to the image's size use the
+same functions as the PyTorch path, driven by the file's metadata; everything between runs in
+onnxruntime.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..detector import Detector, threshold_from_dict
+from ..geometry import input_box, map_to_image, to_model_input
+from ..images import LoadedImage
+from ..results import AnomalyResult
+from .errors import OnnxModelError, missing_extra
+from .graph import valid_mask
+from .metadata import decode
+
+
+def _session(path: Path, threads: int):
+    try:
+        import onnxruntime as ort
+    except ImportError as err:
+        raise missing_extra(err) from None
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: ONNX model file does not exist")
+    if path.is_dir() or path.stat().st_size == 0:
+        raise OnnxModelError(f"{path}: not an ONNX model file ({'a directory' if path.is_dir() else 'empty'})")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:
+        detail = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise OnnxModelError(f"{path}: not a readable ONNX model (corrupt or truncated?): {detail}") from None
+
+
+class OnnxDetector(Detector):
+    """An exported detector: predicts like `Detector` (same results), cannot be refitted."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        # Not Detector.__init__: there is no PyTorch method to build, only a session.
+        self.path = Path(path)
+        if threads is None:
+            threads = torch.get_num_threads()
+        self.session = _session(self.path, threads)
+        self.meta = decode(self.session.get_modelmeta().custom_metadata_map, str(self.path))
+        self.method_name = self.meta["method"]
+        self.reference_paths = list(self.meta.get("references") or [])
+        thr = self.meta.get("threshold")
+        self.threshold = threshold_from_dict(thr) if isinstance(thr, dict) else None
+        pix = self.meta.get("pixel_threshold")
+        self.pixel_threshold = threshold_from_dict(pix) if isinstance(pix, dict) else pix
+        self._bank = self._read_bank()
+        names = {i.name for i in self.session.get_inputs()}
+        expected = {i["name"] for i in self.meta["preprocessing"]["inputs"]}
+        if self.meta.get("valid_patches"):
+            expected.add(self.meta["valid_patches"]["name"])
+        if self._bank is not None:
+            expected.add(self.meta["memory_bank"]["input"])
+        if names != expected:
+            raise OnnxModelError(
+                f"{self.path}: graph inputs {sorted(names)} do not match its metadata {sorted(expected)}"
+            )
+
+    def _read_bank(self) -> np.ndarray | None:
+        bank = self.meta.get("memory_bank")
+        if not bank or bank.get("mode") != "input":
+            return None
+        file = self.path.with_name(bank["file"])
+        if not file.exists():
+            raise OnnxModelError(
+                f"{self.path}: its memory bank file {file} is missing (it is written beside the model)"
+            )
+        try:
+            array = np.load(file, mmap_mode="r", allow_pickle=False)
+        except Exception as err:
+            raise OnnxModelError(f"{file}: unreadable memory bank ({err})") from None
+        if list(array.shape) != list(bank["shape"]) or array.dtype != np.float32:
+            raise OnnxModelError(
+                f"{file}: memory bank of shape {array.shape} {array.dtype}, expected {bank['shape']} float32"
+            )
+        return np.ascontiguousarray(array)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self.meta["settings"])
+
+    @property
+    def backbone_name(self) -> str:
+        return f"{self.meta.get('backbone', '')} (ONNX)"
+
+    def fit(self, reference_images=()):
+        raise TypeError(f"{self.path} is an exported model: it cannot be refitted; fit and export a new one")
+
+    def calibrate(self, *args, **kwargs):
+        raise TypeError(f"{self.path} is an exported model: its threshold is fixed at export")
+
+    def save(self, *args, **kwargs):
+        raise TypeError(f"{self.path} is an exported model already")
+
+    def export(self, *args, **kwargs):
+        raise TypeError(f"{self.path} is an exported model already")
+
+    # ---- inference -----------------------------------------------------------------------
+    def _feeds(self, batch: list[LoadedImage]) -> tuple[dict[str, np.ndarray], list[tuple[int, int, int, int]]]:
+        prep = self.meta["preprocessing"]
+        feeds: dict[str, np.ndarray] = {}
+        for spec in prep["inputs"]:
+            xs = [to_model_input(img.rgb, spec["size"], prep["mean"], prep["std"], prep["resize"])[0] for img in batch]
+            feeds[spec["name"]] = torch.stack(xs).numpy()
+        boxes = [input_box(*img.size_hw, self.meta["map_size"], prep["resize"]) for img in batch]
+        valid = self.meta.get("valid_patches")
+        if valid:
+            feeds[valid["name"]] = np.stack(
+                [
+                    valid_mask(
+                        input_box(*img.size_hw, valid["size"], prep["resize"]), valid["size"], tuple(valid["grid"])
+                    )
+                    for img in batch
+                ]
+            )
+        if self._bank is not None:
+            feeds[self.meta["memory_bank"]["input"]] = self._bank
+        return feeds, boxes
+
+    def _infer(self, batch: list[LoadedImage]) -> tuple[dict[str, np.ndarray], list]:
+        if self.meta["batch"] == "dynamic":
+            feeds, boxes = self._feeds(batch)
+            outputs = self.session.run(None, feeds)
+            return dict(zip(self.meta["outputs"], outputs)), boxes
+        parts = [self._infer_fixed([img]) for img in batch]  # fixed batch of 1
+        merged = {k: np.concatenate([p[0][k] for p in parts]) for k in parts[0][0]}
+        return merged, [b for p in parts for b in p[1]]
+
+    def _infer_fixed(self, batch):
+        feeds, boxes = self._feeds(batch)
+        return dict(zip(self.meta["outputs"], self.session.run(None, feeds))), boxes
+
+    def _run(self, batch: list[LoadedImage], with_images: bool = False) -> Iterator:
+        if not batch:
+            return
+        from ..calibration import apply_decision
+
+        start = time.perf_counter()
+        out, boxes = self._infer(batch)
+        size = self.meta["map_size"]
+        descriptions = self.meta.get("descriptions") or []
+        top = int(self.meta.get("top_descriptions", 0))
+        results = []
+        for i, (img, box) in enumerate(zip(batch, boxes)):
+            amap = map_to_image(torch.from_numpy(np.ascontiguousarray(out["anomaly_map"][i])), box, size, img.size_hw)
+            described = []
+            if "description_similarity" in out and top:
+                sims = torch.from_numpy(out["description_similarity"][i])
+                best = sims.topk(min(top, len(descriptions)))
+                described = [(descriptions[j], float(v)) for v, j in zip(best.values, best.indices)]
+            results.append(
+                AnomalyResult(path=img.path, score=float(out["score"][i]), anomaly_map=amap, descriptions=described)
+            )
+        per_image = (time.perf_counter() - start) / len(batch)
+        for img, result in zip(batch, results):
+            result.seconds = per_image
+            if self.threshold is not None:
+                apply_decision(result, self.threshold, self.pixel_threshold)
+            yield (result, img) if with_images else result
+
+
+def load_onnx_detector(path: str | os.PathLike, threads: int | None = None) -> OnnxDetector:
+    """Open an exported model; OnnxModelError for a corrupt file or one without anomalens metadata."""
+    return OnnxDetector(path, threads=threads)
+
+
+def is_onnx_path(path: str | os.PathLike | None) -> bool:
+    return path is not None and Path(path).suffix.lower() == ".onnx"
