@@ -57,7 +57,7 @@ def map_to_image(
     The map is first upsampled to the model input size, cropped to the image's box (for the
     "pad" policy), then resized to the original height and width.
     """
-    m = patch_map.float()[None, None]
+    m = patch_map.detach().float().cpu()[None, None]  # maps come back to the CPU (any --device)
     m = F.interpolate(m, size=(input_size, input_size), mode="bilinear", align_corners=False)
     top, left, bh, bw = box
     m = m[:, :, top : top + bh, left : left + bw]
