@@ -142,10 +142,15 @@ class Detector:
         Few-shot: leave-one-out over the references (each is scored by a detector fitted on
         the others), so the threshold sees scores of good images the model did not memorise.
         Zero-shot: the given good images (or the references) are scored as they are.
+        A quantile outside (0, 1], a negative or non-finite margin or pixel threshold is refused
+        before anything is scored (fail closed).
         With more than `max_images` references, a seeded subset of them is held out in turn.
         """
-        from .calibration import calibrate_threshold, pixel_threshold_from_maps
+        from .calibration import Threshold, calibrate_threshold, pixel_threshold_from_maps
 
+        Threshold(value=0.0, method="auto", quantile=quantile, margin=margin)  # validates both
+        if pixel_threshold is not None:
+            Threshold.given(pixel_threshold)
         refs = list(getattr(self, "_references", []))
         extra = [_as_loaded(i) for i in images] if images is not None else []
         with torch.inference_mode():
@@ -322,8 +327,13 @@ class Detector:
             "references": self.reference_paths,
             "num_references": len(self.reference_paths),
         }
+        # What load_detector checks the tensors against: a model folder missing its tensors must
+        # not load as a zero-shot model with a few-shot threshold.
+        config["tensors"] = tensor_manifest(state)
         text = json.dumps(config, indent=2).encode("utf-8")
         atomic_write(config_path, lambda f: f.write(text))
+        for path in (directory / MODEL_WEIGHTS, config_path):
+            _set_default_mode(path)
         return directory
 
     def export(self, out: str | os.PathLike, format: str = "onnx", **options: Any):
@@ -357,15 +367,89 @@ def load_detector(directory: str | os.PathLike, device: str | torch.device | Non
     config_path = directory / MODEL_CONFIG
     if not config_path.exists():
         raise FileNotFoundError(f"{directory} is not a saved anomalens model (no {MODEL_CONFIG})")
-    config = json.loads(config_path.read_text())
+    config = _read_model_config(config_path)
     settings = {**config["settings"], **overrides}
     det = Detector(method=config["method"], device=device, **settings)
-    weights = directory / MODEL_WEIGHTS
-    if weights.exists():
-        det.method.load_state_dict(load_file(str(weights)))
+    state = _read_model_tensors(directory / MODEL_WEIGHTS, config)
+    if state is not None:
+        det.method.load_state_dict(state)
         det.method.to(det.device)  # the loaded tensors are on the CPU
     det.reference_paths = list(config.get("references", []))
     det.method.num_references = int(config.get("num_references", len(det.reference_paths)))
     det.threshold = config.get("threshold")  # a saved dict (or a number, in older files)
     det.pixel_threshold = config.get("pixel_threshold")
     return det
+
+
+def tensor_manifest(state: dict[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
+    """Name -> shape and dtype of every saved tensor, recorded in detector.json."""
+    return {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")} for k, v in sorted(state.items())}
+
+
+def _set_default_mode(path: Path) -> None:
+    """Both model files get the mode a plain open() would give (the temporary file was 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def _read_model_config(path: Path) -> dict[str, Any]:
+    from .errors import ModelFileError
+
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelFileError(f"{path}: not a readable model file ({type(err).__name__}: {err})") from None
+    if not isinstance(config, dict):
+        raise ModelFileError(f"{path}: expected a JSON object")
+    for key, kind in (("method", str), ("settings", dict)):
+        if not isinstance(config.get(key), kind):
+            raise ModelFileError(f"{path}: {key!r} is missing or not a {kind.__name__}")
+    manifest = config.get("tensors")
+    if manifest is not None and not (
+        isinstance(manifest, dict)
+        and all(isinstance(v, dict) and isinstance(v.get("shape"), list) for v in manifest.values())
+    ):
+        raise ModelFileError(f"{path}: 'tensors' is not a mapping of name -> shape and dtype")
+    return config
+
+
+def _read_model_tensors(path: Path, config: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+    """The saved tensors, checked against the manifest in detector.json (name, shape, dtype).
+
+    Files written before the manifest existed are accepted when their tensors are present; a model
+    fitted on references must have its tensors file either way.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .errors import ModelFileError
+
+    manifest = config.get("tensors")
+    if not path.exists():
+        if manifest or (manifest is None and int(config.get("num_references") or 0) > 0):
+            raise ModelFileError(
+                f"{path} is missing: the model's learned tensors ({len(manifest or {}) or 'its memory bank'}) "
+                "are needed; copy the whole model folder"
+            )
+        return None
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ModelFileError(f"{path}: not a readable safetensors file ({err})") from None
+    if manifest is None:
+        return state
+    found = tensor_manifest(state)
+    missing = sorted(set(manifest) - set(found))
+    unexpected = sorted(set(found) - set(manifest))
+    changed = sorted(k for k in set(manifest) & set(found) if manifest[k] != found[k])
+    if missing or unexpected or changed:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected}")
+        for k in changed:
+            parts.append(f"{k}: expected {manifest[k]['dtype']}{manifest[k]['shape']}, found {found[k]['dtype']}{found[k]['shape']}")
+        raise ModelFileError(f"{path} does not match {MODEL_CONFIG}: " + "; ".join(parts))
+    return state

@@ -198,6 +198,13 @@ def run(
         writer = OutputWriter(out, overwrite=overwrite, map_format=map_format)
     except (FileExistsError, ValueError, OSError) as err:
         raise UsageError(f"cannot write to {out}: {err}") from err
+    if writer.bad_lines:
+        shown = ", ".join(map(str, writer.bad_lines[:10])) + (" ..." if len(writer.bad_lines) > 10 else "")
+        log(
+            f"warning: {out / 'results.jsonl'}: {len(writer.bad_lines)} line(s) are not valid records "
+            f"(line {shown}); kept {len(writer.records())} valid records; the original file is saved as "
+            f"{writer.backup}"
+        )
     settings = run_settings(detector, inputs.given, source, options)
     try:
         writer.write_settings(settings)

@@ -20,6 +20,8 @@ def _images(n: int, seed: int = 0) -> list[LoadedImage]:
     ("name", "settings"),
     [
         ("patchknn", {"image_size": 64}),
+        # flips, a coreset smaller than the bank, two tiles per 48 x 40 reference (aspect 1.2 > 1.1)
+        ("patchknn", {"image_size": 32, "augment": "flips", "coreset_size": 40, "tile_above_aspect": 1.1}),
         ("fade", {"backbone": "test-tiny", "classification_size": 32, "segmentation_sizes": (32, 64)}),
     ],
 )

@@ -273,3 +273,54 @@ def test_heatmap_overlay_resizes_map_and_accepts_grey():
 def test_mask_image():
     m = mask_image(np.array([[True, False]]))
     assert m.dtype == np.uint8 and m.tolist() == [[255, 0]]
+
+
+def test_one_bad_line_in_the_middle_loses_no_later_record(tmp_path):
+    out = tmp_path / "out"
+    with OutputWriter(out) as w:
+        for i in range(6):
+            w.write(_result(tmp_path / f"{i}.png", seed=i), image=_image())
+    jsonl = out / "results.jsonl"
+    lines = jsonl.read_text().splitlines(keepends=True)
+    lines.insert(2, "this is not json\n")  # line 3
+    lines.insert(5, '["a list, not a record"]\n')  # line 6
+    original = "".join(lines)
+    jsonl.write_text(original)
+
+    assert len(read_records(out)) == 6  # reading keeps every valid line
+    with OutputWriter(out) as w2:
+        assert w2.bad_lines == [3, 6]
+        assert len(w2.done_paths()) == 6
+        assert w2.backup is not None and w2.backup.read_text() == original  # the user's file, as it was
+        w2.write(_result(tmp_path / "6.png"), image=_image())
+    names = [Path(r["path"]).name for r in _jsonl_lines(out)]
+    assert names == [f"{i}.png" for i in range(7)]
+    # A second recovery never overwrites the first backup.
+    with open(jsonl, "a") as f:
+        f.write("broken\n")
+    with OutputWriter(out) as w3:
+        assert w3.backup != w2.backup and w2.backup.read_text() == original
+
+
+def test_run_reports_bad_lines(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from anomalens import Detector
+    from anomalens.inspection import run
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((32, 32, 3), 60 * i, np.uint8)).save(src / f"{i}.png")
+    det = Detector(method="patchknn", image_size=64)
+    det.fit([])
+    out = tmp_path / "out"
+    run(det, [src], out)
+    with open(out / "results.jsonl", "a") as f:
+        f.write("{oops}\n")
+    messages: list[str] = []
+    run(det, [src], out, log=messages.append)
+    warning = next(m for m in messages if "not valid records" in m)
+    assert "line 4" in warning and "results.jsonl.bak" in warning
+    assert len(read_records(out)) == 3

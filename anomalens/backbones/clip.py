@@ -40,11 +40,12 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def interpolate_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+def interpolate_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], antialias: bool = True) -> torch.Tensor:
     """Resample (1 + N, D) positional embeddings to a new patch grid; the class token's is kept.
 
-    Bicubic with antialiasing, as timm and GEM resample; the original grid is returned
-    untouched when the size matches, so the native resolution gives CLIP's own output.
+    Bicubic with antialiasing, as timm and GEM resample (antialias=False: plain bicubic, as the
+    FiLo release's copy of open_clip does; the two kernels differ even when upsampling); the
+    original grid is returned untouched when the size matches.
     """
     n_old = pos_embed.shape[0] - 1
     side = math.isqrt(n_old)
@@ -54,7 +55,7 @@ def interpolate_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> tor
         return pos_embed
     cls_pos, patch_pos = pos_embed[:1], pos_embed[1:]
     patch_pos = patch_pos.reshape(1, side, side, -1).permute(0, 3, 1, 2)
-    patch_pos = F.interpolate(patch_pos.float(), size=grid, mode="bicubic", antialias=True, align_corners=False)
+    patch_pos = F.interpolate(patch_pos.float(), size=grid, mode="bicubic", antialias=antialias, align_corners=False)
     patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1).to(pos_embed.dtype)
     return torch.cat([cls_pos, patch_pos], dim=0)
 
@@ -90,6 +91,7 @@ class ClipBackbone(nn.Module):
         self.embed_dim = visual.output_dim
         self.tokenizer = open_clip.get_tokenizer(arch)
         self.mean, self.std = CLIP_MEAN, CLIP_STD
+        self.pos_embed_antialias = True  # False: plain bicubic resampling (FiLo's released code)
 
     @property
     def name(self) -> str:
@@ -120,7 +122,7 @@ class ClipBackbone(nn.Module):
         x = x.flatten(2).transpose(1, 2)
         cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)
-        x = x + interpolate_pos_embed(visual.positional_embedding, grid).to(x.dtype)
+        x = x + interpolate_pos_embed(visual.positional_embedding, grid, self.pos_embed_antialias).to(x.dtype)
         return visual.ln_pre(x), grid
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import MissingWeightsError
+from .torchscript_reader import UnsafeArchiveError, read_torchscript_state_dict
 
 # The weights each paper uses, as open_clip pretrained tags.
 DEFAULT_TAGS = {
@@ -89,15 +90,17 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
             state = load_file(str(path), device="cpu")
         elif _is_torchscript(path):
-            # OpenAI's original release is a TorchScript archive: TorchScript holds tensors and
-            # TorchScript code, never arbitrary Python objects, so reading its state dict is safe.
-            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+            # OpenAI's original release is a TorchScript archive. torch.jit.load would compile and
+            # run the archive's code, so only its tensors are read (see torchscript_reader).
+            state = read_torchscript_state_dict(path)
             for key in ("input_resolution", "context_length", "vocab_size"):
                 state.pop(key, None)
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except UnsafeArchiveError:
+        raise
     except Exception as err:
-        detail = str(err).splitlines()[0][:200] if str(err) else ""
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise MissingWeightsError(
             f"{path} is not a readable CLIP checkpoint ({type(err).__name__}: {detail}). Pass a "
             ".safetensors, .pt/.pth/.bin state dict or OpenAI TorchScript file with --weights PATH."

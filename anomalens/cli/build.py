@@ -12,7 +12,8 @@ from .config import parse_sets
 
 # The options that are method settings; with --model they are the saved model's and ignored.
 METHOD_OPTIONS = (
-    "weights", "backbone", "category", "prompts", "checkpoint", "grounding", "image_size", "resize", "set_"
+    "weights", "backbone", "category", "prompts", "checkpoint", "grounding", "image_size", "resize", "set_",
+    "describe_",
 )
 
 
@@ -45,6 +46,28 @@ def flag_settings(p: dict[str, Any]) -> dict[str, Any]:
         given[name] = str(p[name]) if p.get(name) else None
     given["prompts"] = prompt_files(p.get("prompts"))
     return given
+
+
+def describe_if_asked(p: dict[str, Any]) -> None:
+    """--describe: phrases from a language model for a --category the vocabulary lacks, added to
+    p["set_"] as ``defects=[...]`` so settings.json records them and a repeat needs no model."""
+    import json
+
+    sets = parse_sets(list(p.get("set_") or []))
+    if not p.get("describe_") or "defects" in sets:
+        return
+    from ..describe import make_backend
+    from ..describe.for_run import defects_for_run
+
+    defects = defects_for_run(
+        p["method"],
+        p.get("category"),
+        lambda: make_backend(p.get("llm") or "embedded", p.get("llm_model"), log=echo),
+        vocabulary=sets.get("vocabulary"),
+        log=echo,
+    )
+    if defects:
+        p["set_"] = [*(p.get("set_") or []), f"defects={json.dumps(defects)}"]
 
 
 def prompt_files(paths) -> str | tuple[str, ...] | None:
@@ -82,6 +105,7 @@ def build_detector(p: dict[str, Any], explicit: set[str]):
         n = len(det.reference_paths)
         how = f"fitted on {n} reference images" if n else "zero-shot"
         return det, f"model {p['model']} ({det.method_name}, {how})"
+    describe_if_asked(p)
     settings = method_settings(p["method"], flag_settings(p), parse_sets(list(p.get("set_") or [])))
     try:
         det = Detector(method=p["method"], device=p.get("device", "auto"), **settings)

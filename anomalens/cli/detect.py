@@ -48,6 +48,9 @@ def detect(
     overwrite: o.Overwrite = False,
     report: bool = typer.Option(True, "--report/--no-report", help="Write report.html."),
     set_: o.Set = None,
+    describe_: o.Describe = False,
+    llm: o.Llm = "embedded",
+    llm_model: o.LlmModel = None,
     config: o.Config = None,
     engine: str = typer.Option(
         "local", "--engine", help="local | ray (inputs may also be text files of paths or glob patterns)."

@@ -56,6 +56,18 @@ Set = Annotated[
     list[str] | None, typer.Option("--set", help="Any method setting: --set key=value (repeatable).")
 ]
 
+# --describe (issue 14): defect phrases from a language model for a category the vocabulary lacks.
+Describe = Annotated[
+    bool,
+    typer.Option(
+        "--describe",
+        help="fade/winclip/filo: if the defect vocabulary has nothing for --category, ask a language model "
+        "(see `anomalens describe`); the list is recorded in settings.json.",
+    ),
+]
+Llm = Annotated[str, typer.Option("--llm", help="Language model for --describe: 'embedded' or an endpoint URL.")]
+LlmModel = Annotated[str | None, typer.Option("--llm-model", help="Endpoint model name for --describe.")]
+
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace results already in --out.")]
 Config = Annotated[
     Path | None,

@@ -55,6 +55,7 @@ from ..text.features import DEFAULT_CACHE, TextFeatureCache
 from ..text.prompts import (
     clean_class_name,
     dedupe,
+    defect_prompts,
     fade_segmentation_prompts,
     load_ensemble,
     released_class_name,
@@ -119,6 +120,11 @@ class FadeSettings(MethodSettings):
     )
     as_few_shot_vision_scale: float = setting(3.5, "vision scale of AS few-shot", minimum=0.0)
     top_descriptions: int = setting(5, "anomalous prompts most similar to the image, returned per image", minimum=0)
+    defects: tuple[str, ...] | None = setting(
+        None,
+        "defect phrases for `category` (anomalens describe / --describe), added to the classification's "
+        "anomalous prompts as <template> <category> with <defect>; not in the paper",
+    )
     resize: str = setting("squash", "squash (paper) or pad (keep the aspect ratio)", choices=RESIZE_POLICIES)
     batch_size: int = setting(4, "images per forward pass at the smallest scale", minimum=1)
 
@@ -177,6 +183,7 @@ class Fade(Method):
         self, settings: FadeSettings, backbone: ClipBackbone | None = None, text_cache: TextFeatureCache = DEFAULT_CACHE
     ):
         super().__init__(settings)
+        self.defects_category = settings.category  # the `defects` setting describes this category only
         self.backbone = backbone if backbone is not None else create_method_clip(settings.backbone, settings.weights)
         for size in (settings.classification_size, *settings.segmentation_sizes):
             if size % self.backbone.patch_size:
@@ -201,6 +208,8 @@ class Fade(Method):
             obj = class_words(s.category, s.class_name)
             wrapped = self._template != "{}"  # the wrapper adds the period the templates then lack
             cls_normal, cls_anomalous = winclip_prompts(obj, period=not wrapped)
+            if s.defects and s.category == self.defects_category:  # our extension (--describe)
+                cls_anomalous = [*cls_anomalous, *defect_prompts(obj, s.defects, period=not wrapped)]
             if not s.keep_duplicate_prompts:
                 cls_normal, cls_anomalous = dedupe(cls_normal), dedupe(cls_anomalous)
             seg_normal, seg_anomalous = fade_segmentation_prompts(

@@ -37,7 +37,7 @@ from ..images import LoadedImage
 from ..scoring import FEW_SHOT_K, MemoryBank, knn_anomaly
 from ..settings import MethodSettings, setting
 from ..text.features import DEFAULT_CACHE, TextFeatureCache
-from ..text.prompts import clean_class_name, winclip_prompts
+from ..text.prompts import clean_class_name, defect_prompts, winclip_prompts
 from .base import Method, MethodOutput, register_method
 from .patchknn import valid_grid_region
 
@@ -61,6 +61,11 @@ class WinClipSettings(MethodSettings):
     batch_size: int = setting(8, "images per forward pass", minimum=1)
     window_batch: int = setting(1024, "window sequences per transformer call", minimum=1)
     top_descriptions: int = setting(5, "anomalous prompts most similar to the image, returned per image", minimum=0)
+    defects: tuple[str, ...] | None = setting(
+        None,
+        "defect phrases for `category` (anomalens describe / --describe), added to the anomalous prompts "
+        "as <template> <category> with <defect>; not in the paper",
+    )
 
     renamed: ClassVar[dict[str, str]] = {"num_descriptions": "top_descriptions"}  # in older saved models
 
@@ -136,6 +141,7 @@ class WinClip(Method):
         text_cache: TextFeatureCache | None = None,
     ):
         super().__init__(settings)
+        self.defects_category = settings.category  # the `defects` setting describes this category only
         s = settings
         if backbone is None:
             backbone = create_method_clip(s.backbone, s.weights, image_size=s.image_size)
@@ -155,7 +161,11 @@ class WinClip(Method):
     # ---- text --------------------------------------------------------------------------------
     def set_category(self, name: str) -> None:
         """Use the compositional ensemble for this object (dataset folder names are cleaned)."""
-        self.set_prompts(*winclip_prompts(clean_class_name(name) or name))
+        obj = clean_class_name(name) or name
+        normal, anomalous = winclip_prompts(obj)
+        if self.settings.defects and name == self.defects_category:  # the phrases describe that category only
+            anomalous = [*anomalous, *defect_prompts(obj, self.settings.defects)]
+        self.set_prompts(normal, anomalous)
         self.settings.category = name
 
     def set_prompts(self, normal: list[str], anomalous: list[str]) -> None:

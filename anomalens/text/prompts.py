@@ -81,6 +81,14 @@ def winclip_prompts(object_name: str, period: bool = True) -> tuple[list[str], l
     return normal, anomalous
 
 
+def defect_prompts(object_name: str, defects: Sequence[str], period: bool = True) -> list[str]:
+    """Extra anomalous prompts from specific defects: every template x "{object} with {defect}"
+    (period as in :func:`winclip_prompts`)."""
+    name = object_name.strip() or "object"
+    templates = TEMPLATES if period else tuple(t.removesuffix(".") for t in TEMPLATES)
+    return dedupe([t.format(f"{name} with {normalize_prompt(d)}") for d in defects if d.strip() for t in templates])
+
+
 def wrap_prompts(prompts: Iterable[str], template: str) -> list[str]:
     """Every prompt put into ``template`` at "{}" ("a photo of a {}." is FADE's released wrapper,
     "{}" leaves prompts as they are). Done by replacement, so braces in a prompt are harmless."""

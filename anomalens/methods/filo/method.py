@@ -70,6 +70,9 @@ class FiloSettings(MethodSettings):
     position_without_grounding: str = setting(
         "center", "position without boxes: center (as released) or average (all nine)", choices=("center", "average")
     )
+    defects: tuple[str, ...] | None = setting(
+        None, "defect phrases for `category` (anomalens describe / --describe); used instead of the vocabulary's"
+    )
     top_descriptions: int = setting(5, "defect descriptions most similar to the image, returned per image", minimum=0)
     seed: int = setting(0, "random init of tiny backbones / untrained heads (tests)")
     batch_size: int = setting(8, "images per forward pass", minimum=1)
@@ -85,6 +88,7 @@ class Filo(Method):
 
     def __init__(self, settings: FiloSettings):
         super().__init__(settings)
+        self.defects_category = settings.category  # the `defects` setting describes this category only
         info, state = ({}, None)
         if settings.checkpoint is not None:
             info, state = load_checkpoint(settings.checkpoint)
@@ -129,6 +133,8 @@ class Filo(Method):
 
     # ---- prompts and positions -----------------------------------------------------------
     def _descriptions(self) -> list[str]:
+        if self.settings.defects and self.settings.category == self.defects_category:
+            return list(self.settings.defects)
         return self.vocabulary.for_category(self.settings.category or "object")
 
     def _prompts(self, position: str | tuple[str, ...]) -> PromptSet:
