@@ -116,10 +116,8 @@ class ShardScorer:
         payload = ray.get(payload_ref[0])
         self._folder = Path(tempfile.mkdtemp(prefix="anomalens-model-"))
         self.detector = _load_payload(payload, self._folder)
-        if threshold != "keep":
-            from ..detector import threshold_from_dict
-
-            self.detector.threshold = None if threshold is None else threshold_from_dict(threshold)
+        if threshold != "keep":  # saved dicts become Thresholds through the detector's setters
+            self.detector.threshold = threshold
             self.detector.pixel_threshold = pixel_threshold
         self.out = Path(out)
         self.paths_file = self.out / listing.INPUTS_DIR / "paths.txt"
@@ -156,10 +154,6 @@ class ShardScorer:
                 by_path[item.path] = _failure(item.path, item.reason)
                 continue
             result, img = item
-            if det.threshold is None and det.pixel_threshold is not None:
-                result.pixel_threshold = float(getattr(det.pixel_threshold, "value", det.pixel_threshold))
-                with np.errstate(invalid="ignore"):
-                    result.mask = np.asarray(result.anomaly_map) > result.pixel_threshold
             extra = {
                 "time": datetime.now().astimezone().isoformat(timespec="seconds"),
                 "image_size": list(img.original_hw or img.size_hw),

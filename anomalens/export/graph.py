@@ -58,6 +58,12 @@ def build_spec(detector, **options: Any) -> GraphSpec:
     return EXPORTERS[name](detector.method, **options)
 
 
+def memory_banks(method) -> dict[str, torch.Tensor]:
+    """The method's memory banks by name ("patches", "240", "window2", ...), from its state_dict:
+    the saved form, so the export sees exactly what a saved model holds."""
+    return {k[len("bank.") :]: v for k, v in method.state_dict().items() if k.startswith("bank.")}
+
+
 def require(condition: bool, message: str) -> None:
     if not condition:
         raise ExportError(message)

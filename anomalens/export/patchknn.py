@@ -11,7 +11,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .graph import GraphSpec, bank_distance, masked_max, register_exporter, require, self_distance, upsample
+from .graph import (
+    GraphSpec,
+    bank_distance,
+    masked_max,
+    memory_banks,
+    register_exporter,
+    require,
+    self_distance,
+    upsample,
+)
 
 # Banks above this many bytes go to a second input when bank="auto".
 MAX_CONSTANT_BANK_BYTES = 1 << 30
@@ -51,7 +60,7 @@ def build(method, bank: str = "auto") -> GraphSpec:
     s = method.settings
     require(bank in BANK_MODES, f"bank must be one of {BANK_MODES}, got {bank!r}")
     require(s.resize in ("squash", "pad"), f"patchknn resize policy {s.resize!r} cannot be exported")
-    patches = method.bank.banks.get("patches")
+    patches = memory_banks(method).get("patches")
     if patches is not None:
         require(patches.shape[0] >= s.few_shot_k, f"memory bank has fewer than few_shot_k={s.few_shot_k} patches")
     size = s.image_size

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..detector import Detector, threshold_from_dict
+from ..detector import Detector
 from ..images import LoadedImage, input_box, map_to_image, to_model_input
 from ..results import AnomalyResult
 from .errors import OnnxModelError, missing_extra
@@ -56,10 +56,9 @@ class OnnxDetector(Detector):
         self.meta = decode(self.session.get_modelmeta().custom_metadata_map, str(self.path))
         self.method_name = self.meta["method"]
         self.reference_paths = list(self.meta.get("references") or [])
-        thr = self.meta.get("threshold")
-        self.threshold = threshold_from_dict(thr) if isinstance(thr, dict) else None
-        pix = self.meta.get("pixel_threshold")
-        self.pixel_threshold = threshold_from_dict(pix) if isinstance(pix, dict) else pix
+        # Saved dicts (or numbers) become Thresholds through Detector's setters.
+        self.threshold = self.meta.get("threshold")
+        self.pixel_threshold = self.meta.get("pixel_threshold")
         self._bank = self._read_bank()
         names = {i.name for i in self.session.get_inputs()}
         expected = {i["name"] for i in self.meta["preprocessing"]["inputs"]}
@@ -170,7 +169,7 @@ class OnnxDetector(Detector):
         per_image = (time.perf_counter() - start) / len(batch)
         for img, result in zip(batch, results):
             result.seconds = per_image
-            if self.threshold is not None:
+            if self.threshold is not None or self.pixel_threshold is not None:
                 apply_decision(result, self.threshold, self.pixel_threshold)
             yield (result, img) if with_images else result
 
