@@ -43,6 +43,7 @@ class BenchmarkSettings:
     pixel_resolution: int | None = None  # longer side for pixel metrics; None = mask resolution
     method_settings: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 8
+    device: str = "auto"  # cpu | cuda | cuda:N | auto
 
 
 def peak_rss_mb() -> float:
@@ -97,6 +98,9 @@ def evaluate_category(
         peak_rss_mb=round(peak_rss_mb(), 1),
         pixel_metrics_exact=pixels.is_exact if use_pixels else None,
     )
+    if detector.method.scores_jointly:
+        # The category's test images were one batch, each scored against the others.
+        metrics["batch"] = {"images": len(samples), "references": len(references)}
     return metrics
 
 
@@ -207,7 +211,7 @@ def run_benchmark(settings: BenchmarkSettings, out_dir: str | Path, progress: bo
                 if k > len(splits[cat].train_good):
                     continue  # not enough good images for this shot count: reported as absent
                 plan.append((cat, k, seed))
-    detector = Detector(method=settings.method, **settings.method_settings) if plan else None
+    detector = Detector(method=settings.method, device=settings.device, **settings.method_settings) if plan else None
     total_images = sum(len(splits[c].test) for c, _, _ in plan)
     bar = tqdm(total=total_images, unit="img", disable=not progress, desc=f"{settings.method}")
     for cat, k, seed in plan:

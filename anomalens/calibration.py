@@ -62,6 +62,21 @@ class Threshold:
     basis: str = ""
     spread: float | None = None
 
+    def __post_init__(self) -> None:
+        # Fail closed: a NaN threshold makes every comparison False (every part OK), and no
+        # method here scores below 0, so a negative threshold would reject everything.
+        from .errors import UsageError
+
+        value = self.value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise UsageError(f"threshold must be a finite number, got {value!r}")
+        if value < 0:
+            raise UsageError(f"threshold must be >= 0 (anomaly scores are never negative), got {value!r}")
+        for name, low, high in (("quantile", 0.0, 1.0), ("margin", 0.0, math.inf)):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and low <= v <= high):
+                raise UsageError(f"threshold {name} must be a finite number in [{low:g}, {high:g}], got {v!r}")
+
     @classmethod
     def given(cls, value: float) -> Threshold:
         """A threshold set by the user."""

@@ -64,11 +64,16 @@ class Detector:
 
     `method` is a registered method name (`patchknn`, `fade`, `winclip`, `filo`); other keyword
     arguments are that method's settings (see `anomalens.methods.<name>.<Name>Settings`).
+    `device` is where the models run: "auto" (a GPU when torch sees one, else the CPU), "cpu",
+    "cuda" or "cuda:N". It is not saved with the detector: a saved model loads on any device.
     """
 
-    def __init__(self, method: str = "patchknn", **settings: Any):
+    def __init__(self, method: str = "patchknn", device: str | torch.device | None = "auto", **settings: Any):
+        from .device import resolve_device
+
+        self.device = resolve_device(device)  # before building the model: a bad device fails fast
         self.method_name = method
-        self.method = create_method(method, **settings)
+        self.method = create_method(method, **settings).to(self.device)
         self.threshold = None  # set by calibrate(), by hand (a number) or by loading
         self.pixel_threshold = None
         self.reference_paths: list[str] = []
@@ -137,10 +142,15 @@ class Detector:
         Few-shot: leave-one-out over the references (each is scored by a detector fitted on
         the others), so the threshold sees scores of good images the model did not memorise.
         Zero-shot: the given good images (or the references) are scored as they are.
+        A quantile outside (0, 1], a negative or non-finite margin or pixel threshold is refused
+        before anything is scored (fail closed).
         With more than `max_images` references, a seeded subset of them is held out in turn.
         """
-        from .calibration import calibrate_threshold, pixel_threshold_from_maps
+        from .calibration import Threshold, calibrate_threshold, pixel_threshold_from_maps
 
+        Threshold(value=0.0, method="auto", quantile=quantile, margin=margin)  # validates both
+        if pixel_threshold is not None:
+            Threshold.given(pixel_threshold)
         refs = list(getattr(self, "_references", []))
         extra = [_as_loaded(i) for i in images] if images is not None else []
         with torch.inference_mode():
@@ -157,6 +167,7 @@ class Detector:
             else:
                 if not extra:
                     raise ValueError("--threshold auto needs good reference images (--refs)")
+                self._ensure_fitted()
                 outputs = self.method.predict(extra)
         self.threshold = calibrate_threshold([o.score for o in outputs], quantile=quantile, margin=margin)
         if pixel_threshold is not None:
@@ -192,6 +203,9 @@ class Detector:
         and an image that still fails yields an ImageLoadError ("could not be scored: ...")
         instead of ending the iteration, so a long run goes on past one bad image.
         """
+        if self.method.scores_jointly:
+            yield from self._predict_jointly(images, jobs, with_images)
+            return
         run = self._run_tolerant if skip_errors else self._run
         batch: list[LoadedImage] = []
         for loaded in _load_ahead(images, jobs):
@@ -206,6 +220,42 @@ class Detector:
                 batch = []
         yield from run(batch, with_images)
 
+    def _predict_jointly(self, images: Iterable[ImageInput], jobs: int, with_images: bool) -> Iterator:
+        """Methods that score images against each other: every readable input forms one batch.
+
+        Images are streamed into the method (which keeps features, not pixels) and read again
+        for `with_images`. Unreadable inputs are reported at their place and left out of the
+        batch. batch_size and skip_errors do not apply: an image cannot be rescored on its own.
+        """
+        items = list(images)
+        slots: list[ImageLoadError | None] = []  # per input: its load error, or None (in the batch)
+
+        def readable() -> Iterator[LoadedImage]:
+            for loaded in _load_ahead(items, jobs):
+                slots.append(loaded if isinstance(loaded, ImageLoadError) else None)
+                if not isinstance(loaded, ImageLoadError):
+                    yield loaded
+
+        start = time.perf_counter()
+        with torch.inference_mode():
+            self._ensure_fitted()
+            outputs = self.method.predict_joint(readable())
+        per_image = (time.perf_counter() - start) / max(1, sum(not isinstance(s, ImageLoadError) for s in slots))
+        for i, slot in enumerate(slots):
+            if isinstance(slot, ImageLoadError):
+                yield slot
+                continue
+            with torch.inference_mode():
+                out = next(outputs)
+            item = items[i]
+            path = item.path if isinstance(item, LoadedImage) else str(item)
+            result = self._result(path, out, per_image)
+            if not with_images:
+                yield result
+                continue
+            img = _try_load(item)  # read again: the batch did not keep every image's pixels
+            yield img if isinstance(img, ImageLoadError) else (result, img)
+
     def _run_tolerant(self, batch: list[LoadedImage], with_images: bool = False) -> Iterator:
         try:
             done = list(self._run(batch, with_images))
@@ -218,33 +268,45 @@ class Detector:
             return
         yield from done
 
-    def predict_loaded(self, images: list[LoadedImage]) -> list[AnomalyResult]:
-        return list(self._run(images))
+    def _ensure_fitted(self) -> None:
+        if not self.method.fitted_:
+            self.method.fit([])  # never fitted: zero-shot, as documented ("skip fit for zero-shot")
 
     def _run(self, batch: list[LoadedImage], with_images: bool = False) -> Iterator:
         if not batch:
             return
         start = time.perf_counter()
         with torch.inference_mode():
+            self._ensure_fitted()
             outputs = self.method.predict(batch)
         per_image = (time.perf_counter() - start) / len(batch)
         for img, out in zip(batch, outputs):
-            result = AnomalyResult(
-                path=img.path,
-                score=float(out.score),
-                anomaly_map=np.asarray(out.anomaly_map, dtype=np.float32),
-                descriptions=list(out.descriptions),
-                seconds=per_image,
-                extra=dict(out.extra),
-            )
-            if self.threshold is not None or self.pixel_threshold is not None:
-                apply_decision(result, self.threshold, self.pixel_threshold)
+            result = self._result(img.path, out, per_image)
             yield (result, img) if with_images else result
+
+    def _result(self, path: str, out, seconds: float) -> AnomalyResult:
+        result = AnomalyResult(
+            path=path,
+            score=float(out.score),
+            anomaly_map=np.asarray(out.anomaly_map, dtype=np.float32),
+            descriptions=list(out.descriptions),
+            seconds=seconds,
+            extra=dict(out.extra),
+        )
+        if self.threshold is not None or self.pixel_threshold is not None:
+            apply_decision(result, self.threshold, self.pixel_threshold)
+        return result
 
     # ---- persistence ---------------------------------------------------------------------
     def save(self, directory: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Write settings, threshold and learned tensors (safetensors + JSON)."""
-        from safetensors.torch import save_file
+        """Write settings, threshold and learned tensors (safetensors + JSON).
+
+        Each file is written atomically (temporary file, then rename), the tensors first: an
+        interrupted save leaves the previous model whole, or no detector.json at all.
+        """
+        from safetensors.torch import save
+
+        from .outputs import atomic_write
 
         directory = Path(directory)
         config_path = directory / MODEL_CONFIG
@@ -254,7 +316,8 @@ class Detector:
             )
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.method.state_dict().items()}
-        save_file(state, str(directory / MODEL_WEIGHTS))
+        weights = save(state)
+        atomic_write(directory / MODEL_WEIGHTS, lambda f: f.write(weights))
         config = {
             "anomalens_version": __version__,
             "method": self.method_name,
@@ -264,7 +327,13 @@ class Detector:
             "references": self.reference_paths,
             "num_references": len(self.reference_paths),
         }
-        config_path.write_text(json.dumps(config, indent=2))
+        # What load_detector checks the tensors against: a model folder missing its tensors must
+        # not load as a zero-shot model with a few-shot threshold.
+        config["tensors"] = tensor_manifest(state)
+        text = json.dumps(config, indent=2).encode("utf-8")
+        atomic_write(config_path, lambda f: f.write(text))
+        for path in (directory / MODEL_WEIGHTS, config_path):
+            _set_default_mode(path)
         return directory
 
     def export(self, out: str | os.PathLike, format: str = "onnx", **options: Any):
@@ -276,8 +345,13 @@ class Detector:
         return export_onnx(self, out, **options)
 
 
-def load_detector(directory: str | os.PathLike, **overrides: Any) -> Detector:
-    """Load a detector written by `Detector.save` (no unpickling: JSON + safetensors).
+def threshold_from_dict(data: dict) -> Threshold:
+    """A Threshold from its saved JSON form (export and the ray engine import it from here)."""
+    return as_threshold(data)
+
+
+def load_detector(directory: str | os.PathLike, device: str | torch.device | None = "auto", **overrides: Any) -> Detector:
+    """Load a detector written by `Detector.save` (no unpickling: JSON + safetensors) onto `device`.
 
     A `.onnx` file written by `Detector.export` gives an `anomalens.export.OnnxDetector`.
     """
@@ -293,14 +367,89 @@ def load_detector(directory: str | os.PathLike, **overrides: Any) -> Detector:
     config_path = directory / MODEL_CONFIG
     if not config_path.exists():
         raise FileNotFoundError(f"{directory} is not a saved anomalens model (no {MODEL_CONFIG})")
-    config = json.loads(config_path.read_text())
+    config = _read_model_config(config_path)
     settings = {**config["settings"], **overrides}
-    det = Detector(method=config["method"], **settings)
-    weights = directory / MODEL_WEIGHTS
-    if weights.exists():
-        det.method.load_state_dict(load_file(str(weights)))
+    det = Detector(method=config["method"], device=device, **settings)
+    state = _read_model_tensors(directory / MODEL_WEIGHTS, config)
+    if state is not None:
+        det.method.load_state_dict(state)
+        det.method.to(det.device)  # the loaded tensors are on the CPU
     det.reference_paths = list(config.get("references", []))
     det.method.num_references = int(config.get("num_references", len(det.reference_paths)))
     det.threshold = config.get("threshold")  # a saved dict (or a number, in older files)
     det.pixel_threshold = config.get("pixel_threshold")
     return det
+
+
+def tensor_manifest(state: dict[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
+    """Name -> shape and dtype of every saved tensor, recorded in detector.json."""
+    return {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")} for k, v in sorted(state.items())}
+
+
+def _set_default_mode(path: Path) -> None:
+    """Both model files get the mode a plain open() would give (the temporary file was 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def _read_model_config(path: Path) -> dict[str, Any]:
+    from .errors import ModelFileError
+
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelFileError(f"{path}: not a readable model file ({type(err).__name__}: {err})") from None
+    if not isinstance(config, dict):
+        raise ModelFileError(f"{path}: expected a JSON object")
+    for key, kind in (("method", str), ("settings", dict)):
+        if not isinstance(config.get(key), kind):
+            raise ModelFileError(f"{path}: {key!r} is missing or not a {kind.__name__}")
+    manifest = config.get("tensors")
+    if manifest is not None and not (
+        isinstance(manifest, dict)
+        and all(isinstance(v, dict) and isinstance(v.get("shape"), list) for v in manifest.values())
+    ):
+        raise ModelFileError(f"{path}: 'tensors' is not a mapping of name -> shape and dtype")
+    return config
+
+
+def _read_model_tensors(path: Path, config: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+    """The saved tensors, checked against the manifest in detector.json (name, shape, dtype).
+
+    Files written before the manifest existed are accepted when their tensors are present; a model
+    fitted on references must have its tensors file either way.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .errors import ModelFileError
+
+    manifest = config.get("tensors")
+    if not path.exists():
+        if manifest or (manifest is None and int(config.get("num_references") or 0) > 0):
+            raise ModelFileError(
+                f"{path} is missing: the model's learned tensors ({len(manifest or {}) or 'its memory bank'}) "
+                "are needed; copy the whole model folder"
+            )
+        return None
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ModelFileError(f"{path}: not a readable safetensors file ({err})") from None
+    if manifest is None:
+        return state
+    found = tensor_manifest(state)
+    missing = sorted(set(manifest) - set(found))
+    unexpected = sorted(set(found) - set(manifest))
+    changed = sorted(k for k in set(manifest) & set(found) if manifest[k] != found[k])
+    if missing or unexpected or changed:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected}")
+        for k in changed:
+            parts.append(f"{k}: expected {manifest[k]['dtype']}{manifest[k]['shape']}, found {found[k]['dtype']}{found[k]['shape']}")
+        raise ModelFileError(f"{path} does not match {MODEL_CONFIG}: " + "; ".join(parts))
+    return state

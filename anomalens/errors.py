@@ -69,3 +69,7 @@ __all__ = [
     "SettingsError",
     "UsageError",
 ]
+
+
+class ModelFileError(AnomalensError, ValueError):
+    """A saved model folder (detector.json / detector.safetensors) that is incomplete or tampered with."""

@@ -1,4 +1,8 @@
-"""Reading image files of every mode users meet, and fitting them to a model's input size."""
+"""Reading image files of every mode users meet (decoding only; no torch here).
+
+Fitting a decoded image to a model's input, and maps back to the image, is in
+`anomalens.geometry`; its names are still importable from here (loaded on first use).
+"""
 
 from __future__ import annotations
 
@@ -7,19 +11,15 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from .errors import ImageLoadError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
-ResizePolicy = Literal["squash", "pad"]
-RESIZE_POLICIES = ("squash", "pad")  # squash to a square (the papers), or pad keeping the aspect ratio
 
 # Decompression-bomb guard: Pillow's default warns at ~89 MP and refuses at twice that.
 # Industrial line-scan images can be large, so allow 400 MP explicitly and say so.
@@ -190,61 +190,12 @@ def list_images(paths: list[str | os.PathLike], recursive: bool = True) -> list[
     return result
 
 
-def to_model_input(
-    rgb: np.ndarray,
-    size: int,
-    mean: tuple[float, float, float],
-    std: tuple[float, float, float],
-    policy: ResizePolicy = "squash",
-) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
-    """Resize an RGB uint8 image to a size x size normalised tensor (3, size, size).
-
-    "squash" resizes both sides to `size` (aspect ratio lost, as the papers do); "pad" keeps
-    the aspect ratio and pads with the image mean colour. Returns the tensor and the box
-    (top, left, height, width) that the image occupies inside it, to crop maps back.
-    """
-    h, w = rgb.shape[:2]
-    x = torch.tensor(rgb).permute(2, 0, 1).float().div_(255.0).unsqueeze(0)
-    if policy == "squash":
-        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
-        box = (0, 0, size, size)
-    elif policy == "pad":
-        scale = size / max(h, w)
-        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-        resized = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True)
-        fill = resized.mean(dim=(2, 3), keepdim=True)
-        x = fill.expand(1, 3, size, size).clone()
-        top, left = (size - nh) // 2, (size - nw) // 2
-        x[:, :, top : top + nh, left : left + nw] = resized
-        box = (top, left, nh, nw)
-    else:
-        raise ValueError(f"unknown resize policy {policy!r}; use 'squash' or 'pad'")
-    x = x.clamp_(0.0, 1.0)
-    m = torch.tensor(mean).view(1, 3, 1, 1)
-    s = torch.tensor(std).view(1, 3, 1, 1)
-    return ((x - m) / s)[0], box
+_GEOMETRY = ("to_model_input", "map_to_image", "input_box", "ResizePolicy", "RESIZE_POLICIES")
 
 
-def map_to_image(
-    patch_map: torch.Tensor, box: tuple[int, int, int, int], input_size: int, out_hw: tuple[int, int]
-) -> np.ndarray:
-    """Bring a map on the model's square input (h x w, any resolution) back to the image's size.
+def __getattr__(name: str) -> Any:  # the names that moved to anomalens.geometry
+    if name in _GEOMETRY:
+        from . import geometry
 
-    The map is first upsampled to the model input size, cropped to the image's box (for the
-    "pad" policy), then resized to the original height and width.
-    """
-    m = patch_map.float()[None, None]
-    m = F.interpolate(m, size=(input_size, input_size), mode="bilinear", align_corners=False)
-    top, left, bh, bw = box
-    m = m[:, :, top : top + bh, left : left + bw]
-    m = F.interpolate(m, size=out_hw, mode="bilinear", align_corners=False)
-    return m[0, 0].numpy().astype(np.float32)
-
-
-def input_box(height: int, width: int, size: int, policy: ResizePolicy = "squash") -> tuple[int, int, int, int]:
-    """The (top, left, height, width) box an image occupies on the size x size model input."""
-    if policy == "squash":
-        return (0, 0, size, size)
-    scale = size / max(height, width)
-    nh, nw = max(1, round(height * scale)), max(1, round(width * scale))
-    return ((size - nh) // 2, (size - nw) // 2, nh, nw)
+        return getattr(geometry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -198,6 +198,13 @@ def run(
         writer = OutputWriter(out, overwrite=overwrite, map_format=map_format)
     except (FileExistsError, ValueError, OSError) as err:
         raise UsageError(f"cannot write to {out}: {err}") from err
+    if writer.bad_lines:
+        shown = ", ".join(map(str, writer.bad_lines[:10])) + (" ..." if len(writer.bad_lines) > 10 else "")
+        log(
+            f"warning: {out / 'results.jsonl'}: {len(writer.bad_lines)} line(s) are not valid records "
+            f"(line {shown}); kept {len(writer.records())} valid records; the original file is saved as "
+            f"{writer.backup}"
+        )
     settings = run_settings(detector, inputs.given, source, options)
     try:
         writer.write_settings(settings)
@@ -212,15 +219,18 @@ def run(
                     "warning: those results were made with other settings (kept as settings.<n>.json); "
                     "pass --overwrite to redo every image with these"
                 )
+        joint = _prepare_joint_batch(detector, files, done, out)
         start = time.perf_counter()
-        scored, interrupted = _score_and_write(detector, todo, writer, batch_size, jobs, progress)
+        scored, interrupted = _score_and_write(
+            detector, todo, writer, batch_size, jobs, progress, batch=files if joint and todo else None
+        )
         elapsed = time.perf_counter() - start
     finally:
         writer.close()
 
     report_path = None
     if report:
-        report_path = _write_report(out, detector, title, source, elapsed, log)
+        report_path = _write_report(out, detector, title, source, elapsed, log, len(files))
     summary = RunSummary(
         out=out,
         images=0,
@@ -239,13 +249,39 @@ def run(
     return summary
 
 
-def _score_and_write(detector, todo, writer: OutputWriter, batch_size, jobs, progress) -> tuple[int, bool]:
-    """Score `todo` and write each result; returns (images written, interrupted)."""
+def _prepare_joint_batch(detector, files: list[Path], done: set[str], out: Path) -> bool:
+    """For methods that score images against each other (`musc`): record the batch in batch.json,
+    refuse to complete results of a different batch. Returns whether the method scores jointly."""
+    if not detector.method.scores_jointly:
+        return False
+    from .batch_record import batch_conflict, describe_batch, read_batch, write_batch
+
+    batch = describe_batch(files, detector.reference_paths)
+    conflict = batch_conflict(read_batch(out), batch, out) if done else None
+    if conflict:
+        raise UsageError(conflict)
+    write_batch(out, batch)
+    return True
+
+
+def _score_and_write(
+    detector, todo, writer: OutputWriter, batch_size, jobs, progress, batch=None
+) -> tuple[int, bool]:
+    """Score `todo` and write each result; returns (images written, interrupted).
+
+    batch: for a jointly scoring method, every image of the run: all are scored (each against
+    the others, as in the first run) and only those in `todo` are written.
+    """
     progress = progress or (lambda event: None)
     progress(RunProgress(0, len(todo)))
     scored = handled = 0
+    wanted = {os.path.abspath(f) for f in todo}
     try:
-        for item in detector.predict_iter(todo, batch_size=batch_size, jobs=jobs, with_images=True, skip_errors=True):
+        for item in detector.predict_iter(
+            batch or todo, batch_size=batch_size, jobs=jobs, with_images=True, skip_errors=True
+        ):
+            if batch and os.path.abspath(item.path if isinstance(item, ImageLoadError) else item[0].path) not in wanted:
+                continue  # already written by the interrupted run; scored again only as a partner
             if isinstance(item, ImageLoadError):
                 record = writer.record_failure(item.path, item.reason)
             else:
@@ -267,7 +303,9 @@ def _score_and_write(detector, todo, writer: OutputWriter, batch_size, jobs, pro
     return scored, False
 
 
-def _write_report(out: Path, detector, title: str, source: str, elapsed: float, log) -> Path | None:
+def _write_report(
+    out: Path, detector, title: str, source: str, elapsed: float, log, num_images: int = 0
+) -> Path | None:
     from .report import write_report
 
     info: dict[str, Any] = {
@@ -282,6 +320,10 @@ def _write_report(out: Path, detector, title: str, source: str, elapsed: float, 
     if detector.pixel_threshold is not None:
         info["pixel_threshold"] = detector.pixel_threshold.value
         info["pixel_threshold_description"] = detector.pixel_threshold.description()
+    if detector.method.scores_jointly and num_images:
+        refs = len(detector.reference_paths)
+        refs_note = f" and {refs} reference images" if refs else ""
+        info["batch"] = f"{num_images} input images scored jointly (each against the others{refs_note})"
     try:
         return write_report(out, title=title, summary_info=info)
     except (OSError, ValueError) as err:

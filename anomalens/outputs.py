@@ -23,7 +23,9 @@ import io
 import json
 import os
 import re
+import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,45 +63,63 @@ def read_records(out_dir: str | os.PathLike) -> list[dict]:
     Lines that are not complete JSON objects (a truncated last line after a kill) are skipped.
     Returns [] when the file does not exist.
     """
-    records, _ = _read_jsonl(Path(out_dir) / RESULTS_JSONL)
-    return list(records.values())
+    return list(_read_jsonl(Path(out_dir) / RESULTS_JSONL).records.values())
 
 
-def _read_jsonl(path: Path) -> tuple[dict[str, dict], int]:
-    """Records keyed by path (in first-seen order) and the byte length of the valid prefix.
+@dataclass
+class JsonlContents:
+    """What a results.jsonl holds: the records by path and the lines that are not records."""
 
-    The valid prefix ends after the last newline-terminated line that parses; anything after a
-    broken line is dropped so that appending resumes from a clean line boundary.
+    records: dict[str, dict]
+    bad_lines: list[int]  # 1-based line numbers that are not complete JSON records
+    clean: bool  # every byte belongs to a valid, newline-terminated record line (or a blank one)
+
+
+def _read_jsonl(path: Path) -> JsonlContents:
+    """Records keyed by path (in order of their latest write) and the numbers of the bad lines.
+
+    Every valid line is kept, wherever it is: one broken line (a cut write, a hand edit) must not
+    cost the records after it. A last line without a newline counts as bad (it was cut mid-write).
     """
     records: dict[str, dict] = {}
+    bad: list[int] = []
     if not path.exists():
-        return records, 0
+        return JsonlContents(records, bad, True)
     data = path.read_bytes()
-    valid_end = 0
-    pos = 0
-    while pos < len(data):
-        nl = data.find(b"\n", pos)
-        if nl < 0:
-            break  # a last line without newline was cut mid-write
-        line = data[pos:nl].strip()
-        pos = nl + 1
+    lines = data.split(b"\n")
+    tail = lines.pop()  # b"" when the file ends with a newline
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
         if not line:
-            valid_end = pos
             continue
         try:
             rec = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError):
-            break
+            bad.append(number)
+            continue
         if not isinstance(rec, dict) or "path" not in rec:
-            break
+            bad.append(number)
+            continue
         records.pop(str(rec["path"]), None)  # re-insert so order follows the latest write
         records[str(rec["path"])] = rec
-        valid_end = pos
-    return records, valid_end
+    if tail.strip():
+        bad.append(len(lines) + 1)
+    return JsonlContents(records, bad, not bad and not tail)
 
 
-def _atomic_write(target: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write through `write(file)` to a temporary file beside `target`, then rename over it."""
+def _backup_path(path: Path) -> Path:
+    """A new name beside `path` for a copy of it; never an existing file."""
+    n = 1
+    while True:
+        candidate = path.with_name(f"{path.name}.bak{'' if n == 1 else f'.{n}'}")
+        if not candidate.exists():
+            return candidate
+        n += 1
+
+
+def atomic_write(target: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Write through `write(file)` to a temporary file beside `target`, then rename over it:
+    a reader (or a run after a kill) sees the old file or the whole new one, never a part."""
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
@@ -203,11 +223,17 @@ class OutputWriter:
         for sub in SUBDIRS:
             (self.out_dir / sub).mkdir(exist_ok=True)
 
-        self._records, valid_end = _read_jsonl(jsonl)
-        if jsonl.exists() and valid_end < jsonl.stat().st_size:
-            # Drop the broken tail (a line cut by a kill) so new lines start on a clean boundary.
-            with open(jsonl, "r+b") as f:
-                f.truncate(valid_end)
+        contents = _read_jsonl(jsonl)
+        self._records = contents.records
+        self.bad_lines: list[int] = contents.bad_lines  # for the run to report
+        self.backup: Path | None = None
+        if not contents.clean:
+            # Appends must start on a clean line: keep the user's file as it was in a backup,
+            # then rewrite it with every valid record (none is dropped for a bad neighbour).
+            self.backup = _backup_path(jsonl)
+            shutil.copy2(jsonl, self.backup)
+            lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self._records.values())
+            atomic_write(jsonl, lambda f: f.write(lines.encode("utf-8")))
         # Both files stay open for the writer's lifetime (closed by close()/__exit__).
         self._jsonl = open(jsonl, "a", encoding="utf-8", newline="\n")
         # The CSV is derived data: rebuild it from the records so it matches results.jsonl even
@@ -258,21 +284,6 @@ class OutputWriter:
         """All records of this output directory (previous runs' included), last per path."""
         return list(self._records.values())
 
-    def summary(self) -> dict[str, int]:
-        """Counts: {"total", "ok", "ng", "undecided", "failed"} ("ok"/"ng" are decisions)."""
-        counts = {"total": 0, "ok": 0, "ng": 0, "undecided": 0, "failed": 0}
-        for rec in self._records.values():
-            counts["total"] += 1
-            if rec.get("status") != "ok":
-                counts["failed"] += 1
-            elif rec.get("decision") == "OK":
-                counts["ok"] += 1
-            elif rec.get("decision") == "NG":
-                counts["ng"] += 1
-            else:
-                counts["undecided"] += 1
-        return counts
-
     # -- writing -----------------------------------------------------------------------------
 
     def write(
@@ -296,11 +307,11 @@ class OutputWriter:
 
         rel["map"] = f"maps/{name}.{self.map_format}"
         saver = _save_npy if self.map_format == "npy" else _save_tiff
-        _atomic_write(self.out_dir / rel["map"], saver(amap))
+        atomic_write(self.out_dir / rel["map"], saver(amap))
 
         if self.write_masks and result.mask is not None:
             rel["mask"] = f"masks/{name}.png"
-            _atomic_write(self.out_dir / rel["mask"], _save_png(mask_image(result.mask)))
+            atomic_write(self.out_dir / rel["mask"], _save_png(mask_image(result.mask)))
 
         if self.write_overlays:
             if image is None:
@@ -310,7 +321,7 @@ class OutputWriter:
             vmin, vmax = self.overlay_range if self.overlay_range else (None, None)
             over = heatmap_overlay(image, amap, result.mask, vmin, vmax, self.overlay_alpha)
             rel["overlay"] = f"overlays/{name}.png"
-            _atomic_write(self.out_dir / rel["overlay"], _save_png(over))
+            atomic_write(self.out_dir / rel["overlay"], _save_png(over))
 
         record = {**result.to_record(), **(extra or {}), **rel, "status": "ok", "error": None}
         self._append(record)
@@ -360,5 +371,5 @@ class OutputWriter:
             while (self.out_dir / f"settings.{n}.json").exists():
                 n += 1
             os.replace(target, self.out_dir / f"settings.{n}.json")
-        _atomic_write(target, lambda f: f.write(text.encode("utf-8")))
+        atomic_write(target, lambda f: f.write(text.encode("utf-8")))
         return target

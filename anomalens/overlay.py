@@ -1,4 +1,4 @@
-"""Drawing anomaly maps over images: a colour heatmap, the predicted mask's contour, thumbnails.
+"""Drawing anomaly maps over images: a colour heatmap, the predicted mask's contour.
 
 Only numpy, scipy.ndimage and Pillow are used, so drawing needs no plotting library.
 """
@@ -136,17 +136,3 @@ def heatmap_overlay(
 def mask_image(mask: np.ndarray) -> np.ndarray:
     """A boolean mask as a uint8 image: 255 where anomalous, 0 elsewhere."""
     return np.where(np.asarray(mask, dtype=bool), np.uint8(255), np.uint8(0))
-
-
-def thumbnail(img: np.ndarray | Image.Image, max_side: int = 160) -> np.ndarray:
-    """Downscale (never upscale) so the longer side is at most `max_side`; returns HxWx3 uint8."""
-    pil = img if isinstance(img, Image.Image) else Image.fromarray(_as_rgb(np.asarray(img)))
-    if pil.mode != "RGB":
-        pil = pil.convert("RGB")
-    w, h = pil.size
-    scale = max_side / max(w, h)
-    if scale < 1.0:
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        # reducing_gap: fast box pre-shrink for big images, then a good-quality final filter.
-        pil = pil.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
-    return np.asarray(pil)

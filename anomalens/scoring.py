@@ -8,6 +8,8 @@ k = 2 gives its nearest *other* patch (as in the FADE authors' code).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -27,7 +29,7 @@ def knn_anomaly(
         raise ValueError(f"memory bank has {bank.shape[0]} patches, fewer than k={k}")
     query = F.normalize(query.float(), dim=-1)
     bank = F.normalize(bank.float(), dim=-1)
-    out = torch.empty(query.shape[0])
+    out = torch.empty(query.shape[0], device=query.device)
     for start in range(0, query.shape[0], chunk):
         sim = query[start : start + chunk] @ bank.T
         kth = sim.topk(k, dim=1).values[:, k - 1]
@@ -35,23 +37,21 @@ def knn_anomaly(
     return out.clamp_(0.0, 1.0)
 
 
-def self_knn_anomaly(patches: torch.Tensor, k: int = ZERO_SHOT_K) -> torch.Tensor:
-    """Zero-shot: each patch against the image's own patches (itself included), k-th neighbour."""
-    return knn_anomaly(patches, patches, k=k)
-
-
 class MemoryBank:
     """Reference patches as one (M, C) matrix per feature scale."""
+
+    movable_state = True  # anomalens.device.move_to moves it with its method
 
     def __init__(self) -> None:
         self.banks: dict[str, torch.Tensor] = {}
 
+    def to(self, device: torch.device) -> MemoryBank:
+        self.banks = {k: v.to(device) for k, v in self.banks.items()}
+        return self
+
     def add(self, key: str, patches: torch.Tensor) -> None:
         patches = F.normalize(patches.reshape(-1, patches.shape[-1]).float(), dim=-1)
         self.banks[key] = torch.cat([self.banks[key], patches]) if key in self.banks else patches
-
-    def score(self, key: str, query: torch.Tensor, k: int = FEW_SHOT_K) -> torch.Tensor:
-        return knn_anomaly(query.reshape(-1, query.shape[-1]), self.banks[key], k=k)
 
     def __contains__(self, key: str) -> bool:
         return key in self.banks
@@ -64,3 +64,64 @@ class MemoryBank:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.banks = {k[len("bank.") :]: v for k, v in state.items() if k.startswith("bank.")}
+
+
+# ----------------------------------------------------------------------------- map -> image score
+# PatchCore smooths the upsampled patch map with a Gaussian (sigma 4 input pixels) before it is
+# shown; patchknn also takes its image score from the smoothed map, so that one noisy patch
+# does not decide an image. The functions below are plain torch (ONNX-exportable).
+
+
+def gaussian_kernel(sigma: float) -> torch.Tensor:
+    """Normalised 1-D Gaussian, radius round(4 sigma) (PatchCore's kernel size 2*int(4*sigma+0.5)+1)."""
+    radius = int(4.0 * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(T, H, W) maps blurred by a separable Gaussian of `sigma` pixels (reflect padding); sigma 0 = as is."""
+    if sigma <= 0:
+        return maps
+    kernel = gaussian_kernel(sigma)
+    radius = kernel.numel() // 2
+    x = maps.float().unsqueeze(1)
+    pad_h, pad_w = min(radius, x.shape[-2] - 1), min(radius, x.shape[-1] - 1)
+    # Reflect padding needs the pad to be smaller than the side: a tiny map gets a truncated,
+    # renormalised kernel.
+    kh, kw = kernel[radius - pad_h : radius + pad_h + 1], kernel[radius - pad_w : radius + pad_w + 1]
+    x = F.pad(x, (0, 0, pad_h, pad_h), mode="reflect") if pad_h else x
+    x = F.conv2d(x, (kh / kh.sum()).view(1, 1, -1, 1))
+    x = F.pad(x, (pad_w, pad_w, 0, 0), mode="reflect") if pad_w else x
+    x = F.conv2d(x, (kw / kw.sum()).view(1, 1, 1, -1))
+    return x.squeeze(1)
+
+
+def image_score(values: torch.Tensor, top_fraction: float = 0.0) -> torch.Tensor:
+    """The image score of a map's values: their maximum, or the mean of the top `top_fraction` of them."""
+    flat = values.reshape(-1)
+    if top_fraction <= 0:
+        return flat.max()
+    count = max(1, math.ceil(top_fraction * flat.numel()))
+    return flat.topk(min(count, flat.numel())).values.mean()
+
+
+def reweighting_factor(
+    query: torch.Tensor, bank: torch.Tensor, patch_scores: torch.Tensor, neighbours: int
+) -> torch.Tensor:
+    """PatchCore's neighbourhood-density reweighting of the image score (Roth et al., CVPR 2022, eq. 7).
+
+    For the query's most anomalous patch q and its nearest bank patch m*, with N the `neighbours`
+    nearest bank patches of m* (m* included): factor = 1 - softmax_N(||q - m||)[m*]. A query
+    patch whose nearest normal patch sits in a sparse region of the bank (a rare normal
+    appearance) weighs more; one in a dense region weighs less. Euclidean distances between
+    unit vectors, as the bank and features here are L2-normalised.
+    """
+    q = F.normalize(query[int(patch_scores.reshape(-1).argmax())].float(), dim=-1)
+    bank = F.normalize(bank.float(), dim=-1)
+    nearest = int((bank @ q).argmax())
+    support = (bank @ bank[nearest]).topk(min(neighbours, bank.shape[0])).indices  # m* first
+    support = torch.cat([torch.tensor([nearest]), support[support != nearest]])[: support.numel()]
+    distances = (bank[support] - q).norm(dim=-1)
+    return 1.0 - torch.softmax(distances, dim=0)[0]

@@ -13,6 +13,7 @@ naming the setting for a wrong type, a value out of range or not among the choic
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, ClassVar
@@ -148,6 +149,8 @@ def _check(value: Any, f: dataclasses.Field, owner: str) -> None:
         if meta.get("choices") is not None and item not in meta["choices"]:
             choices = " | ".join(map(str, meta["choices"]))
             raise SettingsError(f"{owner} setting {f.name} must be one of {choices}, got {item!r}")
+        if isinstance(item, float) and not math.isfinite(item):
+            raise SettingsError(f"{owner} setting {f.name} must be a finite number, got {item!r}")
         low, high = meta.get("minimum"), meta.get("maximum")
         if (low is not None and item < low) or (high is not None and item > high):
             bounds = f">= {low}" if high is None else f"<= {high}" if low is None else f"between {low} and {high}"

@@ -5,6 +5,12 @@ defect vocabulary of one MVTec category; stage 1 (prompts + MMCI + linear heads,
 stage 2 (adapter, global loss) steps, plus one inference forward. Prints a Markdown table.
 
     python benchmarks/filo_step_time.py [--arch ViT-L-14-336] [--size 518] [--steps 3] [--threads N]
+
+With --data, it times whole training steps of `anomalens train filo` instead (data loading in
+`--workers` processes + forward + backward + AdamW) on that dataset, e.g. the smoke config:
+
+    python benchmarks/filo_step_time.py --data ../shared/data --categories magnetic_tile \
+        --arch test-tiny-24 --size 56 --steps 100 --threads 1 [--workers 2]
 """
 
 from __future__ import annotations
@@ -28,9 +34,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="measured steps per stage (after one warm-up)")
     parser.add_argument("--category", default="bottle")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--data", default=None, help="time whole Trainer steps on this dataset root")
+    parser.add_argument("--dataset", default="mvtec")
+    parser.add_argument("--categories", default=None, help="comma-separated, with --data")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes, with --data")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.data:
+        trainer_steps(args)
+        return
 
     from anomalens.methods.filo.checkpoint import build_backbone, build_model
     from anomalens.methods.filo.losses import global_loss, local_loss
@@ -94,6 +107,37 @@ def main() -> None:
     print("| quantity | value |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")
+
+
+def trainer_steps(args: argparse.Namespace) -> None:
+    """Mean wall time between consecutive training steps of the Trainer (after 10 warm-up steps)."""
+    import tempfile
+
+    from anomalens.methods.filo.train import TrainConfig, Trainer
+
+    warm = 10
+    categories = tuple(args.categories.split(",")) if args.categories else None
+    with tempfile.TemporaryDirectory() as out:
+        config = TrainConfig(
+            data=args.data, out=out, dataset=args.dataset, categories=categories, backbone=args.arch,
+            weights=None, image_size=args.size, epochs=1000, adapter_epochs=0, max_steps=warm + args.steps + 1,
+            checkpoint_every=0, resume=False, workers=args.workers,
+        )
+        trainer = Trainer(config, log=lambda m: None)
+        stamps: list[float] = []
+        loss = trainer.loss
+
+        def stamped(*a, **k):
+            stamps.append(time.perf_counter())
+            return loss(*a, **k)
+
+        trainer.loss = stamped
+        trainer.run(progress_bar=False)
+    gaps = [b - a for a, b in zip(stamps[warm:], stamps[warm + 1 :])]
+    print(f"FiLo training step: {args.arch}, {args.size} px, {args.workers} workers, {torch.get_num_threads()} "
+          f"threads, {len(gaps)} steps after {warm} warm-up\n")
+    print("| quantity | value |\n|---|---|")
+    print(f"| training step (ms): mean / min | {1000 * sum(gaps) / len(gaps):.1f} / {1000 * min(gaps):.1f} |")
 
 
 if __name__ == "__main__":

@@ -1,57 +1,216 @@
-"""How patchknn's settings change its accuracy on one category (the README's tuning table).
+"""How patchknn's settings change its accuracy (the README's variant table), one change at a time.
 
-Each variant changes one setting of the default; all run on the same seeded subset of the test
-images with the same seeded reference draw, so differences come from the setting alone.
+Every variant changes one setting of a base (the old default, then the new one) and runs on
+every category of the data, all test images, at the given shots and seeds (the same reference
+draws as `anomalens benchmark`). Rows give the mean over categories (steel_strip_sd900 has no
+normals: pixel metrics only, zero-shot only) and magnetic_tile / mpdd_metal_plate on their own.
 
-    python benchmarks/patchknn_variants.py --data ../shared/data --category magnetic_tile --images 200
+Backbone features are cached on disk per (category, image, feature settings) under --cache,
+so scoring variants (k, smoothing, top fraction, reweighting, coreset) reuse them; only
+backbone, resolution, tiling, block and pooling variants extract again.
+
+    python benchmarks/patchknn_variants.py --data ../shared/data --shots 0,1,4 --seeds 0,1,2
+
+Scores come from `PatchKnn.score` itself (the detector's own code), on the cached features.
 """
 
 from __future__ import annotations
 
 import argparse
-import random
+import hashlib
+import json
+import os
 import time
+from pathlib import Path
 
-from anomalens import Detector
-from anomalens.benchmark import evaluate_category
-from anomalens.data import load_dataset, sample_references
+import numpy as np
+import torch
 
-FEW_SHOT_VARIANTS = [
-    {"image_size": 320},
-    {},
-    {"image_size": 448},
-    {"resize": "pad"},
-    {"blocks": (2, 4)},
-    {"blocks": (7, 10)},
-    {"blocks": (4, 7, 10)},
-    {"neighbourhood": 1},
-    {"neighbourhood": 5},
-]
-ZERO_SHOT_VARIANTS = [{"image_size": 320}, {}, {"zero_shot_k": 5}, {"zero_shot_k": 16}]
+from anomalens.benchmark import IMAGE_METRICS, PIXEL_METRICS
+from anomalens.data import load_dataset, load_mask, sample_references
+from anomalens.images import load_image
+from anomalens.methods.patchknn import PatchKnn, PatchKnnSettings, patch_scores
+from anomalens.metrics import PixelMetricAccumulator, image_metrics
+
+# The settings before issue 17, and the levers tried on top of a base, one at a time.
+OLD_DEFAULT = {"smoothing_sigma": 0.0, "coreset_size": 0}
+FEATURE_KEYS = ("backbone", "image_size", "resize", "tile_above_aspect", "blocks", "neighbourhood")
+VARIANTS = {
+    "defaults": [],  # the old and the new default themselves
+    "scoring": [
+        {"smoothing_sigma": 2.0},
+        {"smoothing_sigma": 8.0},
+        {"top_fraction": 0.01},
+        {"reweight_neighbours": 9},
+        {"augment": "flips"},
+        {"augment": "dihedral"},
+        {"zero_shot_k": 5},
+    ],
+    "zero_shot": [
+        {"zero_shot_exclusion": 1},
+        {"zero_shot_exclusion": 2},
+        {"top_fraction": 0.01},
+        {"zero_shot_exclusion": 1, "top_fraction": 0.01},
+    ],
+    "features": [
+        {"image_size": 320},
+        {"tile_above_aspect": 1.5},
+        {"tile_above_aspect": 2.0},
+        {"blocks": (4, 7)},
+        {"blocks": (3, 4, 10)},
+        {"neighbourhood": 5},
+        {"backbone": "efficientnet-lite1"},
+        {"backbone": "efficientnet-lite2"},
+    ],
+}
+METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro")
+
+
+def feature_key(settings: PatchKnnSettings) -> str:
+    values = {k: getattr(settings, k) for k in FEATURE_KEYS}
+    return hashlib.sha1(json.dumps(values, sort_keys=True, default=list).encode()).hexdigest()[:12]
+
+
+class FeatureCache:
+    """Per (category, feature settings): {image path: (T, h, w, C) float16 features, layout}."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.memory: dict[tuple[str, str, str], dict] = {}
+
+    def get(self, method: PatchKnn, category: str, paths: list[Path], augment: str = "none") -> dict:
+        key = (category, feature_key(method.settings), augment)
+        file = self.root / f"{category}-{key[1]}-{augment}.pt"
+        if key not in self.memory:
+            self.memory[key] = torch.load(file, weights_only=False) if file.exists() else {}
+        store = self.memory[key]
+        missing = [p for p in paths if str(p) not in store]
+        for path in missing:
+            img = load_image(path)
+            if augment == "none":
+                feats, layouts = method._features([img])
+                store[str(path)] = (feats[0].half(), layouts[0])
+            else:
+                store[str(path)] = (method.reference_patches(img).half(), None)
+        if missing:  # write then rename: a concurrent or interrupted run never sees half a file
+            partial = file.with_suffix(f".{os.getpid()}.part")
+            torch.save(store, partial)
+            os.replace(partial, file)
+        return store
+
+
+# Patch maps per (feature key, bank settings, k, references, image): post-processing variants reuse them.
+PATCH_MAPS: dict[tuple, torch.Tensor] = {}
+
+
+def evaluate(method: PatchKnn, cache: FeatureCache, split, refs: list[Path]) -> dict:
+    s = method.settings
+    aug = s.augment
+    bank = None
+    ref_patches = []
+    if refs:
+        ref_feats = cache.get(method, split.category, refs, aug)
+        ref_patches = [ref_feats[str(p)][0].reshape(-1, ref_feats[str(p)][0].shape[-1]) for p in refs]
+    # The coreset only matters once the bank is larger than it.
+    total = sum(p.shape[0] for p in ref_patches)
+    coreset = s.coreset_size if 0 < s.coreset_size < total else 0
+    k = s.few_shot_k if refs else (s.zero_shot_k, s.zero_shot_exclusion)
+    bank_key = (feature_key(s), aug, coreset, k, tuple(map(str, refs)))
+    if refs and (s.reweight_neighbours or not all((*bank_key, str(t.path)) in PATCH_MAPS for t in split.test)):
+        bank = method.build_bank([p.float() for p in ref_patches])
+    test = cache.get(method, split.category, [s.path for s in split.test])
+    labels, scores = [], []
+    pixels = PixelMetricAccumulator()
+    for sample in split.test:
+        feats, layout = test[str(sample.path)]
+        feats = feats.float()
+        key = (*bank_key, str(sample.path))
+        if key not in PATCH_MAPS:
+            PATCH_MAPS[key] = patch_scores(feats, bank, s.few_shot_k, s.zero_shot_k, s.zero_shot_exclusion).half()
+        out = method.score(feats, layout, bank, PATCH_MAPS[key].float())
+        labels.append(sample.label)
+        scores.append(out.score)
+        if split.has_masks:
+            pixels.update(out.anomaly_map, load_mask(sample, out.anomaly_map.shape))
+    metrics = dict(image_metrics(labels, scores))
+    metrics.update(pixels.compute() if split.has_masks else dict.fromkeys(PIXEL_METRICS))
+    return metrics
+
+
+def run_variant(settings: dict, splits: dict, shots: list[int], seeds: list[int], cache: FeatureCache) -> dict:
+    """{(category, shots): {metric: mean over seeds}}."""
+    method = PatchKnn(PatchKnnSettings(**settings))
+    results = {}
+    for category, split in splits.items():
+        for k in shots:
+            if k > len(split.train_good):
+                continue
+            runs = [
+                evaluate(method, cache, split, sample_references(split, k, seed) if k else [])
+                for seed in (seeds if k else seeds[:1])
+            ]
+            results[(category, k)] = {
+                m: (float(np.mean([r[m] for r in runs])) if runs[0][m] is not None else None)
+                for m in IMAGE_METRICS + PIXEL_METRICS
+            }
+    return results
+
+
+def rows(name: str, results: dict, shots: list[int], seconds: float) -> list[str]:
+    out = []
+    for k in shots:
+        cats = {c: r for (c, kk), r in results.items() if kk == k}
+        if not cats:
+            continue
+        cells = []
+        for m in METRICS:
+            vals = [r[m] for r in cats.values() if r[m] is not None]
+            cells.append(f"{100 * np.mean(vals):.1f}" if vals else "N/A")
+        for c in ("magnetic_tile", "mpdd_metal_plate"):
+            for m in METRICS:
+                v = cats.get(c, {}).get(m)
+                cells.append("N/A" if v is None else f"{100 * v:.1f}")
+        out.append(f"| {k} | {name} | " + " | ".join(cells) + f" | {seconds:.0f} |")
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="../shared/data")
-    parser.add_argument("--category", default="magnetic_tile")
-    parser.add_argument("--images", type=int, default=200, help="seeded random subset of the test images")
-    parser.add_argument("--shots", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--categories", default=None, help="comma-separated; default all")
+    parser.add_argument("--shots", default="0,1,4")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--groups", default="defaults,scoring,features", help=f"of {', '.join(VARIANTS)}")
+    parser.add_argument("--base", default="new", choices=("old", "new"), help="variants change the old or new default")
+    parser.add_argument("--set", action="append", default=[], help="an extra variant key=value (JSON value)")
+    parser.add_argument("--cache", default="/tmp/anomalens-features")
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    split = load_dataset(args.data, categories=[args.category])[args.category]
-    random.Random(args.seed).shuffle(split.test)
-    split.test = split.test[: args.images]
-    print(f"{args.category}: {len(split.test)} test images, seed {args.seed}\n")
-    print("| shots | variant | image AUROC | pixel AUROC | pixel AUPRO | seconds |")
-    print("|---|---|---|---|---|---|")
-    for shots, variants in ((args.shots, FEW_SHOT_VARIANTS), (0, ZERO_SHOT_VARIANTS)):
-        refs = sample_references(split, shots, args.seed) if shots else []
-        for variant in variants:
-            start = time.perf_counter()
-            metrics = evaluate_category(Detector("patchknn", **variant), split, refs)
-            cells = " | ".join(f"{100 * metrics[k]:.1f}" for k in ("image_auroc", "pixel_auroc", "pixel_aupro"))
-            name = ", ".join(f"{k}={v}" for k, v in variant.items()) or "default"
-            print(f"| {shots} | {name} | {cells} | {time.perf_counter() - start:.0f} |", flush=True)
+    torch.set_num_threads(args.threads)
+    shots = [int(k) for k in args.shots.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    categories = args.categories.split(",") if args.categories else None
+    splits = load_dataset(args.data, categories=categories)
+    cache = FeatureCache(Path(args.cache))
+    base = OLD_DEFAULT if args.base == "old" else {}
+    groups = args.groups.split(",") if args.groups else []
+    named = [("old default", OLD_DEFAULT), ("default", {})] if "defaults" in groups else []
+    variants = [v for g in groups for v in VARIANTS[g]]
+    if args.set:
+        variants.append({k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)})
+    for variant in variants:
+        name = ", ".join(f"{k}={tuple(v) if isinstance(v, list) else v}" for k, v in variant.items())
+        named.append((f"{args.base} + {name}", {**base, **variant}))
+    metric_names = " | ".join(["image AUROC", "pixel AUROC", "AUPRO"] * 3)
+    print(f"base: {args.base} default; mean over categories | magnetic_tile | mpdd_metal_plate; seeds {seeds}\n")
+    print(f"| shots | variant | {metric_names} | seconds |")
+    print("|---" * 12 + "|")
+    for name, settings in named:
+        start = time.perf_counter()
+        results = run_variant(settings, splits, shots, seeds, cache)
+        for line in rows(name, results, shots, time.perf_counter() - start):
+            print(line, flush=True)
 
 
 if __name__ == "__main__":

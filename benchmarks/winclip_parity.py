@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from anomalib.models.image.winclip import prompting, torch_model
 from anomalib.models.image.winclip.torch_model import WinClipModel
 
-from anomalens.images import LoadedImage, to_model_input
+from anomalens.geometry import to_model_input
+from anomalens.images import LoadedImage
 from anomalens.methods.winclip import WinClip, WinClipFeatures, WinClipSettings
 from anomalens.text.features import TextFeatureCache
 from anomalens.text.prompts import TEMPLATES as PAPER_TEMPLATES
@@ -158,7 +159,7 @@ def main() -> int:
     settings = WinClipSettings(
         backbone=args.arch, image_size=size, weights="random", temperature=torch_model.TEMPERATURE
     )
-    ours = WinClip(settings, text_cache=cache)
+    ours = WinClip(settings, text_cache=cache).fit([])  # zero-shot first
     with random_clip_weights(args.arch):
         theirs = WinClipModel(class_name=None).eval()
     theirs.clip.load_state_dict(ours.backbone.model.state_dict())

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.model import resize_pos_embed
 
-import anomalens.backbones.clip as clip_module
+import anomalens.backbones.clip_loading as clip_module
 from anomalens.backbones.clip import (
     ClipBackbone,
     MissingWeightsError,
@@ -346,7 +346,7 @@ def test_local_torchscript_file_means_quick_gelu(tmp_path):
     # the architecture's default tag (ViT-B-16: laion400m_e32, GELU; ViT-L-14-336: openai, QuickGELU).
     from torch import nn
 
-    from anomalens.backbones.clip import _uses_quick_gelu
+    from anomalens.backbones.clip_loading import _uses_quick_gelu
 
     scripted, plain = tmp_path / "openai.pt", tmp_path / "plain.pt"
     torch.jit.save(torch.jit.script(nn.Linear(2, 2)), str(scripted))

@@ -94,3 +94,19 @@ def test_bright_square_changes_features_locally(cnn):
     assert change.argmax() // 32 in range(2, 10) and change.argmax() % 32 in range(2, 10)
     assert near.mean() > 100 * far.mean()
     assert far.max() < 0.01
+
+
+@pytest.mark.parametrize(("variant", "channels"), [("efficientnet-lite1", 40 + 112), ("efficientnet-lite2", 48 + 120)])
+def test_larger_lite_variants_read_the_same_stage_ends(variant, channels):
+    backbone = EfficientNetPatchBackbone(image_size=64, variant=variant)
+    assert backbone.name == variant and backbone.blocks == (6, 14)
+    out = backbone(images(64, batch=1))
+    assert out.shape == (1, 8, 8, channels)
+    torch.testing.assert_close(out.norm(dim=-1), torch.ones(1, 8, 8))
+
+
+def test_unknown_variant_and_block_are_refused():
+    with pytest.raises(ValueError, match="unknown backbone"):
+        EfficientNetPatchBackbone(variant="efficientnet-lite9")
+    with pytest.raises(ValueError, match=r"blocks 0\.\.15"):
+        EfficientNetPatchBackbone(blocks=(4, 16))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -123,3 +124,22 @@ def test_with_images_yields_the_loaded_image(files, fitted):
     (result, img), = fitted.predict_iter(files["queries"][:1], with_images=True)
     assert isinstance(img, LoadedImage) and img.rgb.shape == (64, 64, 3) and img.original_hw is None
     assert result.anomaly_map.shape == img.size_hw and result.anomaly_map.dtype == np.float32
+
+
+def test_save_interrupted_while_writing_leaves_the_previous_model_readable(fitted, tmp_path, monkeypatch):
+    fitted.save(tmp_path / "m")
+    before = (tmp_path / "m" / "detector.json").read_bytes()
+    real_replace = os.replace
+
+    def killed(src, dst):
+        if str(dst).endswith("detector.json"):
+            raise KeyboardInterrupt  # a kill between writing the temporary file and renaming it
+        real_replace(src, dst)
+
+    monkeypatch.setattr("anomalens.outputs.os.replace", killed)
+    monkeypatch.setattr(fitted, "threshold", 123.0)  # a change the interrupted save does not get to write
+    with pytest.raises(KeyboardInterrupt):
+        fitted.save(tmp_path / "m", overwrite=True)
+    assert (tmp_path / "m" / "detector.json").read_bytes() == before  # old, whole
+    assert {p.name for p in (tmp_path / "m").iterdir()} == {"detector.json", "detector.safetensors"}
+    assert load_detector(tmp_path / "m").threshold.value != 123.0

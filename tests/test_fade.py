@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from anomalens import Detector, load_detector
-from anomalens.images import LoadedImage, to_model_input
+from anomalens.geometry import to_model_input
+from anomalens.images import LoadedImage
 from anomalens.methods.fade import Fade, FadeSettings, class_embedding, two_class_probability
 from anomalens.scoring import knn_anomaly
 from anomalens.text.features import TextFeatureCache
@@ -24,7 +25,7 @@ def _images(n: int, seed: int = 0, shape=(40, 56)) -> list[LoadedImage]:
 @pytest.fixture(scope="module")
 def fade() -> Fade:
     torch.manual_seed(0)
-    return Fade(FadeSettings(**TINY), text_cache=TextFeatureCache(cache_dir=None))
+    return Fade(FadeSettings(**TINY), text_cache=TextFeatureCache(cache_dir=None)).fit([])
 
 
 def test_two_class_probability_by_hand():
@@ -38,9 +39,10 @@ def test_two_class_probability_by_hand():
     assert float(p_soft[0]) == pytest.approx(np.exp(0.8) / (np.exp(0.6) + np.exp(0.8)), rel=1e-6)
 
 
-def test_class_embedding_is_normalised_mean():
+def test_class_embedding_is_the_mean_renormalised_only_on_request():
     feats = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=-1)
-    emb = class_embedding(feats)
+    torch.testing.assert_close(class_embedding(feats), torch.tensor([0.5, 0.5]))  # released: plain mean
+    emb = class_embedding(feats, renormalize=True)
     torch.testing.assert_close(emb, torch.tensor([2**-0.5, 2**-0.5]))
 
 
@@ -88,7 +90,7 @@ def test_language_map_is_the_scale_average(fade):
     # and through predict, with language-only segmentation, the map is that average upsampled
     lang_only = Fade(
         FadeSettings(**TINY, segmentation_mode="language"), backbone=fade.backbone, text_cache=fade.text_cache
-    )
+    ).fit([])
     out = lang_only.predict(images)[0]
     assert out.anomaly_map.shape == (40, 56)
     assert out.anomaly_map.max() <= expected.max() + 1e-5 and out.anomaly_map.min() >= expected.min() - 1e-5
@@ -97,7 +99,7 @@ def test_language_map_is_the_scale_average(fade):
 def test_zero_shot_vision_uses_second_neighbour_of_own_gem_patches(fade):
     images = _images(1, seed=3)
     settings = FadeSettings(**TINY, segmentation_mode="vision", as_zero_shot_vision_scale=1.0)
-    vision_only = Fade(settings, backbone=fade.backbone, text_cache=fade.text_cache)
+    vision_only = Fade(settings, backbone=fade.backbone, text_cache=fade.text_cache).fit([])
     encoded = fade.encode(images)
     expected = []
     for scale in encoded["scales"].values():

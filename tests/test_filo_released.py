@@ -94,9 +94,17 @@ def _attn(q, k, v, scale):
 def reference_tokens(clip, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
     """The released tower: the 7 stored tensors (with in-place writes) and the final tokens."""
     vis = clip.visual
-    x = vis.conv1(images).flatten(2).transpose(1, 2)
+    x = vis.conv1(images)
+    side = x.shape[-1]
+    x = x.flatten(2).transpose(1, 2)
     x = torch.cat([vis.class_embedding.view(1, 1, -1).expand(x.shape[0], -1, -1), x], dim=1)
-    x = vis.ln_pre(x + vis.positional_embedding)
+    pos = vis.positional_embedding
+    old = math.isqrt(pos.shape[0] - 1)
+    if old != side:  # the released copy of open_clip: plain bicubic, align_corners=False
+        grid = pos[1:].reshape(1, old, old, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(side, side), mode="bicubic", align_corners=False)
+        pos = torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(side * side, -1)])
+    x = vis.ln_pre(x + pos)
     stored: list[torch.Tensor] = []
     state: object = x
     for idx, blk in enumerate(vis.transformer.resblocks, start=1):
@@ -212,6 +220,24 @@ def test_released_forward_matches_the_reference(released_model):
     assert (out.anomaly_map[0] - out.anomaly_map[1]).abs().max() > 1e-4
 
 
+def test_released_forward_at_another_input_size(released_model):
+    """35 px is a 5x5 grid on the 4x4-grid tiny model: positional embeddings are resampled."""
+    _, sd, path = released_model
+    info, state = load_checkpoint(path)
+    model = build_model(build_backbone(ARCH, None, 35, seed=3, variant="released"), FiloConfig.from_dict(info["model"]))
+    load_into(model.eval(), state)
+    torch.manual_seed(6)
+    images = torch.randn(1, 3, 35, 35)
+    prompts = build_prompts("pcb1", ["bent component"], "center", style="released")
+    with torch.no_grad():
+        out = model(images, [prompts])
+        ref_map, ref_score = reference_forward(
+            model.backbone.model, model.backbone.tokenizer, sd, images, prompts.normal, prompts.abnormal
+        )
+    assert (out.anomaly_map - ref_map).abs().max() <= 1e-4
+    assert (out.score - ref_score).abs().max() <= 1e-4
+
+
 def test_released_aliasing_makes_mmci_inputs_identical(released_model):
     from anomalens.methods.filo.released import released_features
 
@@ -263,6 +289,7 @@ def test_detector_runs_the_released_checkpoint(released_model):
     assert method.released and method.model.config.variant == "released"
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)
+    method.fit([])  # zero-shot
     out = method.predict([LoadedImage(rgb=rgb, path="a.png")])[0]
     assert out.extra == {"grounding": "off"}
     assert 0.0 <= out.anomaly_map.min() and out.anomaly_map.max() <= 1.0

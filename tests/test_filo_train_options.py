@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 from test_filo_train import SIZE, _config, dataset  # noqa: F401  (fixture)
 
-from anomalens.methods.device import resolve_device
+from anomalens.device import resolve_device
 from anomalens.methods.filo.train import Trainer, train_filo
 from anomalens.methods.filo.train_data import EpochBatches, mosaic_item
 from anomalens.text.prompts import POSITIONS

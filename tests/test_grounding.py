@@ -252,8 +252,9 @@ def test_released_position_cells_and_gaps():
 
 
 def test_released_checkpoint_with_grounding_uses_the_released_rules(tiny_grounding_dino, tmp_path):
-    from anomalens.detector import Detector
     from test_filo_released import ARCH, SIZE, released_state
+
+    from anomalens.detector import Detector
 
     path = tmp_path / "filo_train_on_mvtec.pth"
     torch.save({"filo": released_state()}, path)

@@ -17,7 +17,6 @@ from anomalens.overlay import (
     heatmap_overlay,
     mask_contour,
     mask_image,
-    thumbnail,
 )
 from anomalens.results import AnomalyResult
 
@@ -187,7 +186,7 @@ def test_resume_after_interruption_with_truncated_last_line(tmp_path):
     with OutputWriter(out) as w2:
         assert w2.done_paths() == {str(tmp_path / p) for p in ("a.png", "b.png", "c.png")}
         w2.write(_result(tmp_path / "d.png"), image=_image())
-        assert w2.summary() == {"total": 4, "ok": 0, "ng": 3, "undecided": 0, "failed": 1}
+        assert [r["status"] for r in w2.records()] == ["ok", "ok", "error", "ok"]
     w.close()
     lines = _jsonl_lines(out)  # every line parses: the broken tail was cut before appending
     assert [Path(r["path"]).name for r in lines] == ["a.png", "b.png", "c.png", "d.png"]
@@ -203,7 +202,7 @@ def test_retrying_a_failure_replaces_it(tmp_path):
     with OutputWriter(out) as w:
         w.record_failure(tmp_path / "a.png", "disk hiccup")
         w.write(_result(tmp_path / "a.png"), image=_image())
-        assert w.summary()["failed"] == 0 and w.summary()["total"] == 1
+        assert [r["status"] for r in w.records()] == ["ok"]
     assert [r["status"] for r in read_records(out)] == ["ok"]
 
 
@@ -229,17 +228,6 @@ def test_settings_kept_when_different(tmp_path):
         "path": "/x",
     }
     assert json.loads((out / "settings.2.json").read_text()) == {"method": "winclip"}
-
-
-def test_summary_counts(tmp_path):
-    with OutputWriter(tmp_path / "out") as w:
-        ok = _result(tmp_path / "a.png")
-        ok.decision = "OK"
-        w.write(ok, image=_image())
-        w.write(_result(tmp_path / "b.png"), image=_image())
-        w.write(_result(tmp_path / "c.png", with_mask=False), image=_image())
-        w.record_failure(tmp_path / "d.png", "boom")
-        assert w.summary() == {"total": 4, "ok": 1, "ng": 1, "undecided": 1, "failed": 1}
 
 
 # -- overlay helpers --------------------------------------------------------------------------
@@ -282,10 +270,57 @@ def test_heatmap_overlay_resizes_map_and_accepts_grey():
         heatmap_overlay(grey.astype(np.float32), small)
 
 
-def test_mask_image_and_thumbnail():
+def test_mask_image():
     m = mask_image(np.array([[True, False]]))
     assert m.dtype == np.uint8 and m.tolist() == [[255, 0]]
-    big = np.zeros((400, 1000, 3), np.uint8)
-    assert thumbnail(big, 160).shape == (64, 160, 3)
-    assert thumbnail(np.zeros((20, 30, 3), np.uint8), 160).shape == (20, 30, 3)  # never upscales
-    assert thumbnail(Image.new("L", (320, 320)), 160).shape == (160, 160, 3)
+
+
+def test_one_bad_line_in_the_middle_loses_no_later_record(tmp_path):
+    out = tmp_path / "out"
+    with OutputWriter(out) as w:
+        for i in range(6):
+            w.write(_result(tmp_path / f"{i}.png", seed=i), image=_image())
+    jsonl = out / "results.jsonl"
+    lines = jsonl.read_text().splitlines(keepends=True)
+    lines.insert(2, "this is not json\n")  # line 3
+    lines.insert(5, '["a list, not a record"]\n')  # line 6
+    original = "".join(lines)
+    jsonl.write_text(original)
+
+    assert len(read_records(out)) == 6  # reading keeps every valid line
+    with OutputWriter(out) as w2:
+        assert w2.bad_lines == [3, 6]
+        assert len(w2.done_paths()) == 6
+        assert w2.backup is not None and w2.backup.read_text() == original  # the user's file, as it was
+        w2.write(_result(tmp_path / "6.png"), image=_image())
+    names = [Path(r["path"]).name for r in _jsonl_lines(out)]
+    assert names == [f"{i}.png" for i in range(7)]
+    # A second recovery never overwrites the first backup.
+    with open(jsonl, "a") as f:
+        f.write("broken\n")
+    with OutputWriter(out) as w3:
+        assert w3.backup != w2.backup and w2.backup.read_text() == original
+
+
+def test_run_reports_bad_lines(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from anomalens import Detector
+    from anomalens.inspection import run
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((32, 32, 3), 60 * i, np.uint8)).save(src / f"{i}.png")
+    det = Detector(method="patchknn", image_size=64)
+    det.fit([])
+    out = tmp_path / "out"
+    run(det, [src], out)
+    with open(out / "results.jsonl", "a") as f:
+        f.write("{oops}\n")
+    messages: list[str] = []
+    run(det, [src], out, log=messages.append)
+    warning = next(m for m in messages if "not valid records" in m)
+    assert "line 4" in warning and "results.jsonl.bak" in warning
+    assert len(read_records(out)) == 3

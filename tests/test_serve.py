@@ -260,6 +260,10 @@ def test_openapi_schema_describes_every_route(client):
     assert ok.endswith("/Prediction")
     assert {"Prediction", "ErrorResponse", "ModelInfo", "BatchResponse"} <= set(schema["components"]["schemas"])
     assert client.get("/docs").status_code == 200
+    # And valid OpenAPI 3.1, checked by an independent validator.
+    from openapi_spec_validator import validate
+
+    validate(schema)
 
 
 def test_page_is_served_without_external_resources(client):
@@ -270,3 +274,28 @@ def test_page_is_served_without_external_resources(client):
     for text in (page.text, client.get("/static/app.js").text, client.get("/static/style.css").text):
         assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", text)
         assert "http://" not in text and "https://" not in text
+
+
+def test_prediction_carries_descriptions_and_reduced_size():
+    """Text methods' descriptions and a reduced image's file size reach the response unchanged."""
+    from anomalens.images import LoadedImage
+    from anomalens.results import AnomalyResult
+    from anomalens.serve.responses import MapFormat, Timing, prediction
+
+    image = LoadedImage("big.png", np.zeros((4, 6, 3), dtype=np.uint8), original_hw=(40, 60))
+    result = AnomalyResult(
+        path="big.png",
+        score=float("nan"),
+        anomaly_map=np.arange(24, dtype=np.float32).reshape(4, 6),
+        descriptions=[("a crack on the surface", 0.31), ("a scratch", 0.12)],
+        decision="NG",
+        threshold=0.5,
+    )
+    timing = Timing(decode_ms=1, queue_ms=0, model_ms=2, batch_images=1, encode_ms=0, total_ms=3)
+    pred = prediction("m", result, image, timing, MapFormat.none, overlay=False).model_dump()
+    assert pred["descriptions"] == [
+        {"text": "a crack on the surface", "similarity": 0.31},
+        {"text": "a scratch", "similarity": 0.12},
+    ]
+    assert pred["score"] is None and pred["decision"] == "NG"  # NaN is not valid JSON: null, and NG
+    assert (pred["width"], pred["height"], pred["original_width"], pred["original_height"]) == (6, 4, 60, 40)

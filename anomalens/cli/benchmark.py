@@ -28,6 +28,9 @@ def benchmark(
     grounding: o.Grounding = None,
     image_size: o.ImageSize = None,
     resize: o.Resize = None,
+    prompts: o.Prompts = None,
+    quantize_maps: o.QuantizeMaps = False,
+    device: o.Device = "auto",
     progress: o.Progress = True,
     set_: o.Set = None,
 ) -> None:
@@ -46,11 +49,15 @@ def benchmark(
             method,
             flag_settings(
                 {"weights": weights, "backbone": backbone, "image_size": image_size, "resize": resize}
-                | {"checkpoint": checkpoint, "grounding": grounding}
-            ),
+                | {"checkpoint": checkpoint, "grounding": grounding, "prompts": prompts}
+            )
+            | ({"quantize_maps": True} if quantize_maps else {}),
             parse_sets(set_),
         ),
+        device=device,
     )
+    if quantize_maps and not settings.method_settings.get("quantize_maps"):
+        fail(f"--quantize-maps: method {method!r} has no quantize_maps setting (fade has)")
     try:
         result = run_benchmark(settings, out, progress=progress)
     except (ValueError, FileNotFoundError) as err:

@@ -12,7 +12,8 @@ from .config import parse_sets
 
 # The options that are method settings; with --model they are the saved model's and ignored.
 METHOD_OPTIONS = (
-    "weights", "backbone", "category", "prompts", "checkpoint", "grounding", "image_size", "resize", "set_"
+    "weights", "backbone", "category", "prompts", "checkpoint", "grounding", "image_size", "resize", "set_",
+    "describe_",
 )
 
 
@@ -41,9 +42,42 @@ def method_settings(method: str, flags: dict[str, Any], sets: dict[str, Any] | N
 def flag_settings(p: dict[str, Any]) -> dict[str, Any]:
     """The method settings the shared flags of a command give (paths as strings)."""
     given = {k: p.get(k) for k in ("weights", "backbone", "category", "image_size", "resize")}
-    for name in ("prompts", "checkpoint", "grounding"):
+    for name in ("checkpoint", "grounding"):
         given[name] = str(p[name]) if p.get(name) else None
+    given["prompts"] = prompt_files(p.get("prompts"))
     return given
+
+
+def describe_if_asked(p: dict[str, Any]) -> None:
+    """--describe: phrases from a language model for a --category the vocabulary lacks, added to
+    p["set_"] as ``defects=[...]`` so settings.json records them and a repeat needs no model."""
+    import json
+
+    sets = parse_sets(list(p.get("set_") or []))
+    if not p.get("describe_") or "defects" in sets:
+        return
+    from ..describe import make_backend
+    from ..describe.for_run import defects_for_run
+
+    defects = defects_for_run(
+        p["method"],
+        p.get("category"),
+        lambda: make_backend(p.get("llm") or "embedded", p.get("llm_model"), log=echo),
+        vocabulary=sets.get("vocabulary"),
+        log=echo,
+    )
+    if defects:
+        p["set_"] = [*(p.get("set_") or []), f"defects={json.dumps(defects)}"]
+
+
+def prompt_files(paths) -> str | tuple[str, ...] | None:
+    """--prompts given once: the file; several times: all of them, in order (duplicates kept)."""
+    if not paths:
+        return None
+    if isinstance(paths, (str, Path)):
+        return str(paths)
+    files = tuple(str(p) for p in paths)
+    return files[0] if len(files) == 1 else files
 
 
 def build_detector(p: dict[str, Any], explicit: set[str]):
@@ -57,7 +91,7 @@ def build_detector(p: dict[str, Any], explicit: set[str]):
                 "images; fit a new model (`anomalens fit`) to change them"
             )
         try:
-            det = load_detector(p["model"])
+            det = load_detector(p["model"], device=p.get("device", "auto"))
         except (ValueError, FileNotFoundError) as err:
             raise UsageError(str(err)) from err
         ignored = [n.rstrip("_") for n in METHOD_OPTIONS if n in explicit and p.get(n)]
@@ -71,9 +105,10 @@ def build_detector(p: dict[str, Any], explicit: set[str]):
         n = len(det.reference_paths)
         how = f"fitted on {n} reference images" if n else "zero-shot"
         return det, f"model {p['model']} ({det.method_name}, {how})"
+    describe_if_asked(p)
     settings = method_settings(p["method"], flag_settings(p), parse_sets(list(p.get("set_") or [])))
     try:
-        det = Detector(method=p["method"], **settings)
+        det = Detector(method=p["method"], device=p.get("device", "auto"), **settings)
         if p.get("refs") is None:
             det.fit([])
             return det, "zero-shot (no reference images)"

@@ -10,7 +10,7 @@ import typer
 
 from .app import fail
 
-_CONFIG_ALIASES = {"set": "set_"}
+_CONFIG_ALIASES = {"set": "set_", "describe": "describe_"}
 
 
 def apply_config(ctx: typer.Context, config: Path | None) -> tuple[dict[str, Any], set[str]]:

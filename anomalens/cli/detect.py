@@ -39,6 +39,7 @@ def detect(
     grounding: o.Grounding = None,
     image_size: o.ImageSize = None,
     resize: o.Resize = None,
+    device: o.Device = "auto",
     map_format: str = typer.Option("npy", "--map-format", help="Raw map files: npy | tiff (32-bit float)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     jobs: int = typer.Option(
@@ -47,6 +48,9 @@ def detect(
     overwrite: o.Overwrite = False,
     report: bool = typer.Option(True, "--report/--no-report", help="Write report.html."),
     set_: o.Set = None,
+    describe_: o.Describe = False,
+    llm: o.Llm = "embedded",
+    llm_model: o.LlmModel = None,
     config: o.Config = None,
     engine: str = typer.Option(
         "local", "--engine", help="local | ray (inputs may also be text files of paths or glob patterns)."

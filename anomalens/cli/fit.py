@@ -32,8 +32,12 @@ def fit(
     grounding: o.Grounding = None,
     image_size: o.ImageSize = None,
     resize: o.Resize = None,
+    device: o.Device = "auto",
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model already in --out."),
     set_: o.Set = None,
+    describe_: o.Describe = False,
+    llm: o.Llm = "embedded",
+    llm_model: o.LlmModel = None,
     config: Path | None = typer.Option(None, "--config", help="YAML file with any of these options."),
 ) -> None:
     """Fit a detector on good images, calibrate its threshold, and save it (safetensors + JSON).

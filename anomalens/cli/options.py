@@ -16,7 +16,7 @@ from ..calibration import DEFAULT_MARGIN, DEFAULT_QUANTILE
 QUANTILE_DEFAULT = DEFAULT_QUANTILE
 MARGIN_DEFAULT = DEFAULT_MARGIN
 
-Method = Annotated[str, typer.Option("--method", "-m", help="patchknn | fade | winclip | filo")]
+Method = Annotated[str, typer.Option("--method", "-m", help="patchknn | musc | fade | winclip | filo")]
 Refs = Annotated[Path | None, typer.Option("--refs", help="Folder (or file) of good reference images: few-shot.")]
 PixelThreshold = Annotated[
     float | None,
@@ -31,7 +31,20 @@ Backbone = Annotated[
     str | None, typer.Option("--backbone", help="Backbone name (e.g. ViT-B-16-plus-240, test-tiny).")
 ]
 Category = Annotated[str | None, typer.Option("--category", help="Object name used in the prompts.")]
-Prompts = Annotated[Path | None, typer.Option("--prompts", help="Your prompt ensemble JSON (fade).")]
+Prompts = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--prompts",
+        help="Prompt ensemble JSON (fade): ours or the FADE authors' released files; repeat for several.",
+    ),
+]
+QuantizeMaps = Annotated[
+    bool,
+    typer.Option("--quantize-maps", help="Maps in 1/255 steps before the metrics, as FADE's released evaluation (fade)."),
+]
+Device = Annotated[
+    str, typer.Option("--device", help="Where the models run: cpu | cuda | cuda:N | auto (a GPU when torch sees one).")
+]
 Checkpoint = Annotated[
     Path | None,
     typer.Option("--checkpoint", help="FiLo: a `train filo` directory, or the authors' filo_train_on_*.pth."),
@@ -42,6 +55,18 @@ Resize = Annotated[str | None, typer.Option("--resize", help="squash | pad (keep
 Set = Annotated[
     list[str] | None, typer.Option("--set", help="Any method setting: --set key=value (repeatable).")
 ]
+
+# --describe (issue 14): defect phrases from a language model for a category the vocabulary lacks.
+Describe = Annotated[
+    bool,
+    typer.Option(
+        "--describe",
+        help="fade/winclip/filo: if the defect vocabulary has nothing for --category, ask a language model "
+        "(see `anomalens describe`); the list is recorded in settings.json.",
+    ),
+]
+Llm = Annotated[str, typer.Option("--llm", help="Language model for --describe: 'embedded' or an endpoint URL.")]
+LlmModel = Annotated[str | None, typer.Option("--llm-model", help="Endpoint model name for --describe.")]
 
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace results already in --out.")]
 Config = Annotated[

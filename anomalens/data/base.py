@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+from anomalens.images import IMAGE_EXTENSIONS, list_images  # noqa: F401  (IMAGE_EXTENSIONS re-exported)
 
 
 @dataclass(frozen=True)
@@ -45,15 +45,9 @@ class CategorySplit:
         return any(sample.label == 1 and sample.mask_path is not None for sample in self.test)
 
 
-def list_images(directory: Path) -> list[Path]:
+def images_in(directory: Path) -> list[Path]:
     """The image files directly inside ``directory``, sorted; hidden files skipped; [] if it is missing."""
-    if not directory.is_dir():
-        return []
-    return sorted(
-        entry
-        for entry in directory.iterdir()
-        if entry.is_file() and not entry.name.startswith(".") and entry.suffix.lower() in IMAGE_EXTENSIONS
-    )
+    return list_images([directory], recursive=False) if Path(directory).is_dir() else []
 
 
 def select_categories(available: Iterable[str], requested: Iterable[str] | None) -> list[str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from anomalens.data.base import CategorySplit, Sample, list_images
+from anomalens.data.base import CategorySplit, Sample, images_in
 
 ANOMALY_DEFECT_TYPE = "anomaly"  # a plain folder does not name defect types
 
@@ -44,12 +44,12 @@ def load_folder_dataset(
         raise ValueError("give at least one of good_dir and bad_dir")
     test: list[Sample] = []
     if good_dir is not None:
-        test += [Sample(path, 0, None, category, "good") for path in list_images(Path(good_dir))]
+        test += [Sample(path, 0, None, category, "good") for path in images_in(Path(good_dir))]
     if bad_dir is not None:
-        for path in list_images(Path(bad_dir)):
+        for path in images_in(Path(bad_dir)):
             mask = _find_mask(Path(masks_dir), path) if masks_dir is not None else None
             test.append(Sample(path, 1, mask, category, ANOMALY_DEFECT_TYPE))
-    train_good = list_images(Path(train_good_dir)) if train_good_dir is not None else []
+    train_good = images_in(Path(train_good_dir)) if train_good_dir is not None else []
     return CategorySplit(category=category, train_good=train_good, test=test)
 
 

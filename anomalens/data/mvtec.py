@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from anomalens.data.base import CategorySplit, Sample, list_images, select_categories
+from anomalens.data.base import CategorySplit, Sample, images_in, select_categories
 
 GOOD = "good"
 
@@ -46,7 +46,7 @@ def load_mvtec_category(root: Path, category: str) -> CategorySplit:
         defect_type = defect_dir.name
         is_good = defect_type == GOOD
         ground_truth_dir = category_dir / "ground_truth" / defect_type
-        for image in list_images(defect_dir):
+        for image in images_in(defect_dir):
             test.append(
                 Sample(
                     path=image,
@@ -56,7 +56,7 @@ def load_mvtec_category(root: Path, category: str) -> CategorySplit:
                     defect_type=defect_type,
                 )
             )
-    train_good = list_images(category_dir / "train" / GOOD)
+    train_good = images_in(category_dir / "train" / GOOD)
     return CategorySplit(category=category, train_good=train_good, test=test)
 
 

@@ -170,7 +170,7 @@ class ShardScorer:
 
     def _write_files(self, result, rgb: np.ndarray) -> dict[str, str | None]:
         """Maps, masks and overlays, when asked for (off by default: millions of files)."""
-        from ..outputs import _atomic_write, _save_npy, _save_png, _save_tiff, output_name
+        from ..outputs import _save_npy, _save_png, _save_tiff, atomic_write, output_name
         from ..overlay import heatmap_overlay, mask_image
 
         o = self.options
@@ -182,15 +182,15 @@ class ShardScorer:
         if o["write_maps"]:
             rel["map"] = f"maps/{name}.{o['map_format']}"
             (self.out / "maps").mkdir(exist_ok=True)
-            _atomic_write(self.out / rel["map"], (_save_npy if o["map_format"] == "npy" else _save_tiff)(amap))
+            atomic_write(self.out / rel["map"], (_save_npy if o["map_format"] == "npy" else _save_tiff)(amap))
             if result.mask is not None:
                 rel["mask"] = f"masks/{name}.png"
                 (self.out / "masks").mkdir(exist_ok=True)
-                _atomic_write(self.out / rel["mask"], _save_png(mask_image(result.mask)))
+                atomic_write(self.out / rel["mask"], _save_png(mask_image(result.mask)))
         if o["write_overlays"]:
             rel["overlay"] = f"overlays/{name}.png"
             (self.out / "overlays").mkdir(exist_ok=True)
-            _atomic_write(self.out / rel["overlay"], _save_png(heatmap_overlay(rgb, amap, result.mask)))
+            atomic_write(self.out / rel["overlay"], _save_png(heatmap_overlay(rgb, amap, result.mask)))
         return rel
 
 

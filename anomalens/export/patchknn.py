@@ -11,16 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .graph import (
-    GraphSpec,
-    bank_distance,
-    masked_max,
-    memory_banks,
-    register_exporter,
-    require,
-    self_distance,
-    upsample,
-)
+from ..scoring import gaussian_smooth
+from .graph import GraphSpec, bank_distance, register_exporter, require, self_distance, upsample
 
 # Banks above this many bytes go to a second input when bank="auto".
 MAX_CONSTANT_BANK_BYTES = 1 << 30
@@ -34,6 +26,7 @@ class PatchKnnGraph(nn.Module):
         self.image_size = method.settings.image_size
         self.few_shot_k = method.settings.few_shot_k
         self.zero_shot_k = method.settings.zero_shot_k
+        self.smoothing_sigma = method.settings.smoothing_sigma
         self.few_shot = bank is not None
         self.bank_as_input = bank_as_input
         self.with_valid = with_valid
@@ -52,7 +45,15 @@ class PatchKnnGraph(nn.Module):
         else:
             patch_map = self_distance(flat, self.zero_shot_k)
         patch_map = patch_map.reshape(b, h, w)
-        return upsample(patch_map, self.image_size), masked_max(patch_map, valid)
+        # as patchknn.score_image: upsample, smooth, score over the pixels of the valid cells
+        maps = gaussian_smooth(upsample(patch_map, self.image_size), self.smoothing_sigma)
+        if valid is not None:
+            pixels = torch.nn.functional.interpolate(valid[:, None], size=maps.shape[-2:], mode="nearest")[:, 0]
+            scored = torch.where(pixels > 0.5, maps, torch.full_like(maps, -float("inf")))
+        else:
+            scored = maps
+        score = scored.flatten(1).amax(1)
+        return maps, score
 
 
 @register_exporter("patchknn")
@@ -60,7 +61,10 @@ def build(method, bank: str = "auto") -> GraphSpec:
     s = method.settings
     require(bank in BANK_MODES, f"bank must be one of {BANK_MODES}, got {bank!r}")
     require(s.resize in ("squash", "pad"), f"patchknn resize policy {s.resize!r} cannot be exported")
-    patches = memory_banks(method).get("patches")
+    require(s.tile_above_aspect == 0, "patchknn with tiling (tile_above_aspect > 0) cannot be exported")
+    require(s.reweight_neighbours == 0, "patchknn with reweighting (reweight_neighbours > 0) cannot be exported")
+    require(s.top_fraction == 0, "patchknn with a top-fraction image score cannot be exported (use the maximum)")
+    patches = method.bank_.banks.get("patches")
     if patches is not None:
         require(patches.shape[0] >= s.few_shot_k, f"memory bank has fewer than few_shot_k={s.few_shot_k} patches")
     size = s.image_size

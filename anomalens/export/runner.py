@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from ..detector import Detector
-from ..images import LoadedImage, input_box, map_to_image, to_model_input
+from ..geometry import input_box, map_to_image, to_model_input
+from ..images import LoadedImage
 from ..results import AnomalyResult
 from .errors import OnnxModelError, missing_extra
 from .graph import valid_mask

@@ -5,7 +5,7 @@ from .base import METHODS, Method, MethodOutput, create_method, register_method
 
 def available_methods() -> list[str]:
     # Importing the modules registers them; optional ones register only if importable.
-    from . import patchknn  # noqa: F401
+    from . import musc, patchknn  # noqa: F401
 
     for module in ("fade", "winclip", "filo"):
         try:

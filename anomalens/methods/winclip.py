@@ -32,11 +32,12 @@ import torch
 import torch.nn.functional as F
 
 from ..backbones.clip import ClipBackbone, create_method_clip
-from ..images import RESIZE_POLICIES, LoadedImage, map_to_image, to_model_input
+from ..geometry import RESIZE_POLICIES, map_to_image, to_model_input
+from ..images import LoadedImage
 from ..scoring import FEW_SHOT_K, MemoryBank, knn_anomaly
 from ..settings import MethodSettings, setting
 from ..text.features import DEFAULT_CACHE, TextFeatureCache
-from ..text.prompts import clean_class_name, winclip_prompts
+from ..text.prompts import clean_class_name, defect_prompts, winclip_prompts
 from .base import Method, MethodOutput, register_method
 from .patchknn import valid_grid_region
 
@@ -60,6 +61,11 @@ class WinClipSettings(MethodSettings):
     batch_size: int = setting(8, "images per forward pass", minimum=1)
     window_batch: int = setting(1024, "window sequences per transformer call", minimum=1)
     top_descriptions: int = setting(5, "anomalous prompts most similar to the image, returned per image", minimum=0)
+    defects: tuple[str, ...] | None = setting(
+        None,
+        "defect phrases for `category` (anomalens describe / --describe), added to the anomalous prompts "
+        "as <template> <category> with <defect>; not in the paper",
+    )
 
     renamed: ClassVar[dict[str, str]] = {"num_descriptions": "top_descriptions"}  # in older saved models
 
@@ -125,12 +131,21 @@ class WinClipFeatures:
 @register_method
 class WinClip(Method):
     name = "winclip"
+    uses_text = True
     Settings = WinClipSettings
 
-    def __init__(self, settings: WinClipSettings, text_cache: TextFeatureCache | None = None):
+    def __init__(
+        self,
+        settings: WinClipSettings,
+        backbone: ClipBackbone | None = None,
+        text_cache: TextFeatureCache | None = None,
+    ):
         super().__init__(settings)
+        self.defects_category = settings.category  # the `defects` setting describes this category only
         s = settings
-        self.backbone: ClipBackbone = create_method_clip(s.backbone, s.weights, image_size=s.image_size)
+        if backbone is None:
+            backbone = create_method_clip(s.backbone, s.weights, image_size=s.image_size)
+        self.backbone: ClipBackbone = backbone
         if s.image_size % self.backbone.patch_size:
             raise ValueError(
                 f"image_size {s.image_size} is not a multiple of the patch size {self.backbone.patch_size}"
@@ -143,17 +158,14 @@ class WinClip(Method):
         self.bank_ = MemoryBank()
         self.set_category(s.category)
 
-    @property
-    def uses_text(self) -> bool:
-        return True
-
-    def describe_backbone(self) -> str:
-        return self.backbone.name
-
     # ---- text --------------------------------------------------------------------------------
     def set_category(self, name: str) -> None:
         """Use the compositional ensemble for this object (dataset folder names are cleaned)."""
-        self.set_prompts(*winclip_prompts(clean_class_name(name) or name))
+        obj = clean_class_name(name) or name
+        normal, anomalous = winclip_prompts(obj)
+        if self.settings.defects and name == self.defects_category:  # the phrases describe that category only
+            anomalous = [*anomalous, *defect_prompts(obj, self.settings.defects)]
+        self.set_prompts(normal, anomalous)
         self.settings.category = name
 
     def set_prompts(self, normal: list[str], anomalous: list[str]) -> None:
@@ -200,7 +212,7 @@ class WinClip(Method):
         pairs = [
             to_model_input(img.rgb, s.image_size, self.backbone.mean, self.backbone.std, s.resize) for img in images
         ]
-        return torch.stack([x for x, _ in pairs]), [box for _, box in pairs]
+        return torch.stack([x for x, _ in pairs]).to(self.device), [box for _, box in pairs]
 
     def _encode_batches(self, inputs: torch.Tensor) -> WinClipFeatures:
         step = self.settings.batch_size
@@ -213,12 +225,13 @@ class WinClip(Method):
         )
 
     # ---- fit / score -------------------------------------------------------------------------
-    def fit(self, references: list[LoadedImage]) -> None:
+    def _fit(self, references: list[LoadedImage]) -> None:
         self.fit_inputs(self._inputs(references)[0] if references else None)
 
     def fit_inputs(self, inputs: torch.Tensor | None) -> None:
         """Fill the few-shot memory from normalised reference inputs (None: zero-shot)."""
         self.bank_ = MemoryBank()
+        self.fitted_ = True
         self.num_references = 0 if inputs is None else len(inputs)
         if inputs is None or not len(inputs):
             return
@@ -277,7 +290,7 @@ class WinClip(Method):
         top = cos.topk(min(self.settings.top_descriptions, len(cos)))
         return [(self.anomalous_prompts[i], float(v)) for v, i in zip(top.values, top.indices)]
 
-    def predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
+    def _predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
         if not images:
             return []
         inputs, boxes = self._inputs(images)
@@ -292,6 +305,6 @@ class WinClip(Method):
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.bank_.state_dict()
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.bank_.load_state_dict(state)
         self.num_references = max(self.num_references, 1) if self.few_shot else 0

@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..images import ImageLoadError
+from ..errors import ImageLoadError
 from .errors import ServeError
 from .metrics import Metrics
 from .pool import InferencePool

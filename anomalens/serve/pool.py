@@ -17,7 +17,8 @@ from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from ..images import ImageLoadError, LoadedImage
+from ..errors import ImageLoadError
+from ..images import LoadedImage
 from ..results import AnomalyResult
 from .errors import ServeError
 

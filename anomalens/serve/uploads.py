@@ -15,7 +15,8 @@ from PIL import Image, UnidentifiedImageError
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from ..images import ImageLoadError, LoadedImage, load_image_bytes
+from ..errors import ImageLoadError
+from ..images import LoadedImage, load_image_bytes
 from .errors import ServeError
 
 # Pillow format name -> MIME type of the formats the service takes.

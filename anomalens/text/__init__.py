@@ -10,12 +10,15 @@ from anomalens.text.prompts import (
     DefectVocabulary,
     PromptEnsemble,
     clean_class_name,
+    defect_prompts,
     ensemble_fingerprint,
     fade_segmentation_prompts,
     load_defect_vocabulary,
     load_ensemble,
     position_word,
+    released_class_name,
     winclip_prompts,
+    wrap_prompts,
 )
 
 __all__ = [
@@ -28,10 +31,13 @@ __all__ = [
     "DefectVocabulary",
     "PromptEnsemble",
     "clean_class_name",
+    "defect_prompts",
     "ensemble_fingerprint",
     "fade_segmentation_prompts",
     "load_defect_vocabulary",
     "load_ensemble",
     "position_word",
+    "released_class_name",
     "winclip_prompts",
+    "wrap_prompts",
 ]

@@ -34,7 +34,7 @@ def text_tower_fingerprint(model: torch.nn.Module) -> str:
         # A strided sample of each tensor: hashing all ~60M text weights would cost seconds.
         step = max(1, flat.numel() // 4096)
         h.update(name.encode())
-        h.update(flat[::step].float().numpy().tobytes())
+        h.update(flat[::step].float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -56,7 +56,14 @@ class TextFeatureCache:
         return hashlib.sha256(f"{backbone.arch}|{fp}|{ensemble_fingerprint(texts)}".encode()).hexdigest()[:24]
 
     def encode(self, backbone, texts: list[str]) -> torch.Tensor:
-        """(len(texts), embed_dim) unit-norm text embeddings, from cache when possible."""
+        """(len(texts), embed_dim) unit-norm text embeddings on the backbone's device, from cache when possible.
+
+        Entries are kept on the CPU, so detectors on different devices can share the cache.
+        """
+        device = next(backbone.model.parameters()).device
+        return self._encode_cpu(backbone, texts).to(device)
+
+    def _encode_cpu(self, backbone, texts: list[str]) -> torch.Tensor:
         key = self.key(backbone, texts)
         if key in self._memory:
             return self._memory[key]
@@ -70,7 +77,7 @@ class TextFeatureCache:
                 return feats
             except Exception:  # a damaged cache file is recomputed, never trusted
                 pass
-        feats = backbone.encode_text(texts)
+        feats = backbone.encode_text(texts).cpu()
         self.computed += 1
         self._memory[key] = feats
         if path is not None:

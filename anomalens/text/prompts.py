@@ -66,14 +66,36 @@ TEMPLATES: tuple[str, ...] = (
 )
 
 
-def winclip_prompts(object_name: str) -> tuple[list[str], list[str]]:
-    """Every state x template prompt for ``object_name``: (normal, anomalous)."""
+def winclip_prompts(object_name: str, period: bool = True) -> tuple[list[str], list[str]]:
+    """Every state x template prompt for ``object_name``: (normal, anomalous).
+
+    period=False drops each template's final "." (FADE's released code keeps its WinCLIP prompts
+    without one and lets its text wrapper add it: see :func:`wrap_prompts`).
+    """
     name = object_name.strip()
     if not name:
         raise ValueError("object_name must not be empty")
-    normal = [t.format(s.format(name)) for s in NORMAL_STATES for t in TEMPLATES]
-    anomalous = [t.format(s.format(name)) for s in ANOMALOUS_STATES for t in TEMPLATES]
+    templates = TEMPLATES if period else tuple(t.removesuffix(".") for t in TEMPLATES)
+    normal = [t.format(s.format(name)) for s in NORMAL_STATES for t in templates]
+    anomalous = [t.format(s.format(name)) for s in ANOMALOUS_STATES for t in templates]
     return normal, anomalous
+
+
+def defect_prompts(object_name: str, defects: Sequence[str], period: bool = True) -> list[str]:
+    """Extra anomalous prompts from specific defects: every template x "{object} with {defect}"
+    (period as in :func:`winclip_prompts`)."""
+    name = object_name.strip() or "object"
+    templates = TEMPLATES if period else tuple(t.removesuffix(".") for t in TEMPLATES)
+    return dedupe([t.format(f"{name} with {normalize_prompt(d)}") for d in defects if d.strip() for t in templates])
+
+
+def wrap_prompts(prompts: Iterable[str], template: str) -> list[str]:
+    """Every prompt put into ``template`` at "{}" ("a photo of a {}." is FADE's released wrapper,
+    "{}" leaves prompts as they are). Done by replacement, so braces in a prompt are harmless."""
+    if template.count("{}") != 1:
+        raise ValueError(f"prompt template must contain exactly one '{{}}', got {template!r}")
+    before, after = template.split("{}")
+    return [f"{before}{p}{after}" for p in prompts]
 
 
 # --------------------------------------------------------------------------------------
@@ -114,6 +136,12 @@ VISA_CATEGORIES: tuple[str, ...] = (
 
 #: Dataset folder names that are run-together words rather than a name plus a digit.
 _NAME_FIXES: dict[str, str] = {"chewinggum": "chewing gum"}
+
+
+def released_class_name(name: str) -> str:
+    """Dataset folder name -> prompt words as FADE's released code forms them: underscores become
+    spaces, nothing else ("metal_nut" -> "metal nut", "pcb1" stays "pcb1")."""
+    return name.replace("_", " ")
 
 
 def clean_class_name(name: str) -> str:
@@ -225,9 +253,16 @@ def _string_list(value: object, label: str, what: str) -> list[str]:
     return items
 
 
+CLASSNAME_PLACEHOLDER = "{classname}"
+
+
 @dataclass
 class PromptEnsemble:
-    """Normal and anomalous sentences; ``source`` says where they came from."""
+    """Normal and anomalous sentences; ``source`` says where they came from.
+
+    Sentences may hold the released files' ``{classname}`` placeholder; :meth:`for_class`
+    fills it in.
+    """
 
     normal: list[str]
     anomalous: list[str]
@@ -237,25 +272,80 @@ class PromptEnsemble:
         """Cache key of this ensemble's content (see :func:`ensemble_fingerprint`)."""
         return ensemble_fingerprint(self.normal, self.anomalous)
 
+    def for_class(self, name: str) -> PromptEnsemble:
+        """The ensemble with ``{classname}`` replaced by ``name`` (as the released code's format call)."""
+        fill = lambda texts: [t.replace(CLASSNAME_PLACEHOLDER, name) for t in texts]  # noqa: E731
+        return PromptEnsemble(fill(self.normal), fill(self.anomalous), self.source)
 
-def load_ensemble(path: str | Path | None = None) -> PromptEnsemble:
-    """Load a sentence ensemble: the packaged FADE file, or a user JSON with the same keys.
 
-    The file must be a JSON object with non-empty ``normal`` and ``anomalous`` lists of
-    strings (``version``, if present, must be 1). Entries are whitespace-normalised and
-    deduplicated case-insensitively. Raises ValueError naming the file and the problem.
-    """
+def _is_released_format(data: dict) -> bool:
+    """FADE's released prompt files: {"normal"|"abnormal": {"instruction": ..., "prompts": [...]}}."""
+    return isinstance(data.get("abnormal"), dict) or isinstance(data.get("normal"), dict)
+
+
+def _released_prompts(data: dict, label: str, key: str) -> list[str]:
+    """One side of a released prompt file, duplicates and order kept as the released code keeps them."""
+    side = data.get(key)
+    if not isinstance(side, dict):
+        raise ValueError(f"{label}: {key!r} must be an object with a 'prompts' list (released FADE format)")
+    prompts = side.get("prompts")
+    if not isinstance(prompts, list) or not prompts:
+        raise ValueError(f"{label}: {key}.prompts must be a non-empty list of strings")
+    for i, item in enumerate(prompts):
+        if not isinstance(item, str) or not item.strip():
+            raise ValueError(f"{label}: {key}.prompts[{i}] must be a non-empty string, got {item!r}")
+    return list(prompts)
+
+
+def _load_one_ensemble(path: str | Path | None) -> PromptEnsemble:
     data, label = _read_json(path, ENSEMBLE_FILE)
     if not isinstance(data, dict):
         raise ValueError(f"{label}: top level must be a JSON object, got {type(data).__name__}")
+    if _is_released_format(data):
+        return PromptEnsemble(
+            normal=_released_prompts(data, label, "normal"),
+            anomalous=_released_prompts(data, label, "abnormal"),
+            source=label,
+        )
     _check_version(data, label)
     for key in ("normal", "anomalous"):
         if key not in data:
-            raise ValueError(f"{label}: missing key {key!r}")
+            raise ValueError(
+                f"{label}: missing key {key!r} (expected {{'normal': [...], 'anomalous': [...]}} or FADE's "
+                "released {'normal'|'abnormal': {'prompts': [...]}})"
+            )
     return PromptEnsemble(
         normal=_string_list(data["normal"], label, "normal"),
         anomalous=_string_list(data["anomalous"], label, "anomalous"),
         source=label,
+    )
+
+
+def load_ensemble(path: str | Path | Sequence[str | Path] | None = None) -> PromptEnsemble:
+    """Load a sentence ensemble: the packaged FADE file, or one or more user JSON files.
+
+    Two formats are read:
+
+    * ours: a JSON object with non-empty ``normal`` and ``anomalous`` lists of strings
+      (``version``, if present, must be 1); entries are whitespace-normalised and
+      deduplicated case-insensitively;
+    * FADE's released prompt files: ``{"normal"|"abnormal": {"instruction": ..., "prompts":
+      [...]}}``, read as they are (duplicates and order kept, ``{classname}`` placeholders
+      left for :meth:`PromptEnsemble.for_class`).
+
+    Several files are concatenated in the order given, duplicates kept (the released code
+    concatenates its files the same way). Raises ValueError naming the file and the problem.
+    """
+    if path is None or isinstance(path, (str, Path)):
+        return _load_one_ensemble(path)
+    paths = list(path)
+    if not paths:
+        return _load_one_ensemble(None)
+    parts = [_load_one_ensemble(p) for p in paths]
+    return PromptEnsemble(
+        normal=[t for part in parts for t in part.normal],
+        anomalous=[t for part in parts for t in part.anomalous],
+        source=", ".join(part.source for part in parts),
     )
 
 
@@ -312,9 +402,21 @@ def load_defect_vocabulary(path: str | Path | None = None) -> DefectVocabulary:
 # --------------------------------------------------------------------------------------
 
 
-def fade_segmentation_prompts(ensemble: PromptEnsemble) -> tuple[list[str], list[str]]:
-    """FADE's segmentation prompts: WinCLIP's ensemble for "object" plus the sentence ensemble."""
-    normal, anomalous = winclip_prompts("object")
+def fade_segmentation_prompts(
+    ensemble: PromptEnsemble, period: bool = True, keep_duplicates: bool = False
+) -> tuple[list[str], list[str]]:
+    """FADE's segmentation prompts: WinCLIP's ensemble for "object" plus the sentence ensemble.
+
+    ``{classname}`` in the sentences becomes "object" (the released code writes no class name
+    into its segmentation prompts). period=False drops the WinCLIP templates' final period (as
+    the released prompt file has them). keep_duplicates=True concatenates the lists as they
+    are, as the released code does (a repeated sentence then weighs twice in the mean);
+    False deduplicates them (the earlier anomalens form).
+    """
+    normal, anomalous = winclip_prompts("object", period=period)
+    ensemble = ensemble.for_class("object")
+    if keep_duplicates:
+        return [*normal, *ensemble.normal], [*anomalous, *ensemble.anomalous]
     return dedupe([*normal, *ensemble.normal]), dedupe([*anomalous, *ensemble.anomalous])
 
 

@@ -68,14 +68,19 @@ def build_backbone(
 ) -> ClipBackbone:
     """CLIP for FiLo; random weights are drawn from `seed`, so a checkpoint on them reloads exactly.
 
-    The released variant runs CLIP with nn.GELU, as the released code builds it."""
-    quick_gelu = False if variant == "released" else None
+    The released variant builds CLIP as the released code does: nn.GELU, and positional
+    embeddings resampled by plain bicubic (no antialiasing)."""
+    released = variant == "released"
+    quick_gelu = False if released else None
     weights = resolve_weights(arch, weights)
     if weights is None:
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            return create_clip(arch, pretrained=None, image_size=image_size, quick_gelu=quick_gelu)
-    return create_clip(arch, pretrained=weights, image_size=image_size, quick_gelu=quick_gelu)
+            backbone = create_clip(arch, pretrained=None, image_size=image_size, quick_gelu=quick_gelu)
+    else:
+        backbone = create_clip(arch, pretrained=weights, image_size=image_size, quick_gelu=quick_gelu)
+    backbone.pos_embed_antialias = not released
+    return backbone
 
 
 def build_model(backbone: ClipBackbone, config: FiloConfig, seed: int = 0) -> FiloModel:

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from ...backbones.clip import is_tiny
-from ...images import RESIZE_POLICIES, LoadedImage, map_to_image, to_model_input
+from ...geometry import RESIZE_POLICIES, map_to_image, to_model_input
+from ...images import LoadedImage
 from ...settings import MethodSettings, setting
 from ...text.prompts import POSITIONS, load_defect_vocabulary
 from ..base import Method, MethodOutput, register_method
@@ -69,6 +70,9 @@ class FiloSettings(MethodSettings):
     position_without_grounding: str = setting(
         "center", "position without boxes: center (as released) or average (all nine)", choices=("center", "average")
     )
+    defects: tuple[str, ...] | None = setting(
+        None, "defect phrases for `category` (anomalens describe / --describe); used instead of the vocabulary's"
+    )
     top_descriptions: int = setting(5, "defect descriptions most similar to the image, returned per image", minimum=0)
     seed: int = setting(0, "random init of tiny backbones / untrained heads (tests)")
     batch_size: int = setting(8, "images per forward pass", minimum=1)
@@ -79,10 +83,12 @@ class FiloSettings(MethodSettings):
 @register_method
 class Filo(Method):
     name = "filo"
+    uses_text = True
     Settings = FiloSettings
 
     def __init__(self, settings: FiloSettings):
         super().__init__(settings)
+        self.defects_category = settings.category  # the `defects` setting describes this category only
         info, state = ({}, None)
         if settings.checkpoint is not None:
             info, state = load_checkpoint(settings.checkpoint)
@@ -114,10 +120,6 @@ class Filo(Method):
             else None
         )
 
-    @property
-    def uses_text(self) -> bool:
-        return True
-
     def describe_backbone(self) -> str:
         return f"{self.backbone.name}@{self.image_size}"
 
@@ -125,12 +127,14 @@ class Filo(Method):
         """The object being inspected (the benchmark calls this per category)."""
         self.settings.category = name
 
-    def fit(self, references: list[LoadedImage]) -> None:
+    def _fit(self, references: list[LoadedImage]) -> None:
         """Zero-shot method: reference images are ignored (FiLo learns on another dataset)."""
         self.num_references = 0
 
     # ---- prompts and positions -----------------------------------------------------------
     def _descriptions(self) -> list[str]:
+        if self.settings.defects and self.settings.category == self.defects_category:
+            return list(self.settings.defects)
         return self.vocabulary.for_category(self.settings.category or "object")
 
     def _prompts(self, position: str | tuple[str, ...]) -> PromptSet:
@@ -172,7 +176,7 @@ class Filo(Method):
         return position, found.weight_map(self.settings.outside_box_weight)
 
     # ---- prediction ----------------------------------------------------------------------
-    def predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
+    def _predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
         s = self.settings
         outputs: list[MethodOutput] = []
         for start in range(0, len(images), s.batch_size):
@@ -189,7 +193,7 @@ class Filo(Method):
             inputs.append(x)
             boxes.append(box)
         with torch.no_grad():
-            out = self.model(torch.stack(inputs), prompt_sets)
+            out = self.model(torch.stack(inputs).to(self.device), prompt_sets)
         results = []
         for i, (img, (_, weight), box) in enumerate(zip(images, located, boxes)):
             amap = map_to_image(out.anomaly_map[i], box, self.image_size, img.size_hw)

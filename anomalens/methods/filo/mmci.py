@@ -14,8 +14,6 @@ distribution (M_n + M_a = 1); Eq. 4 then lies in [0, 1]. The softmax runs over t
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -104,9 +102,3 @@ def grid_of(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     if n - 1 != h * w:
         raise ValueError(f"{n - 1} patch tokens do not fill a {h}x{w} grid")
     return tokens[:, 1:].transpose(1, 2).reshape(b, c, h, w)
-
-
-def logit_scale_temperature(logit_scale: torch.Tensor | float) -> float:
-    """The temperature equivalent to a CLIP log-parameterised logit scale."""
-    value = float(logit_scale)
-    return 1.0 / math.exp(value)

@@ -18,7 +18,9 @@ The authors' checkpoints were trained on exactly these features and formulas, so
 * Image score (cos(A, Fa) / sqrt 2 + max M) / 2, with A the residual adapter's output and max M
   taken before any box suppression. The meta-nets see the normalised *adapted* embedding.
 * CLIP runs with nn.GELU (the released code builds ViT-L-14-336 at 518 px from a config without
-  QuickGELU), so `build_backbone` passes quick_gelu=False for this variant.
+  QuickGELU), so `build_backbone` passes quick_gelu=False for this variant; its positional
+  embeddings are resampled to the 37x37 grid by plain bicubic (its copy of open_clip drops the
+  antialias flag), which `build_backbone` also sets.
 """
 
 from __future__ import annotations

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from ... import __version__
+from ...device import resolve_device
 from ...text.prompts import POSITIONS, load_defect_vocabulary
-from ..device import resolve_device
 from .checkpoint import FILO_CONFIG, FILO_WEIGHTS, FORMAT, atomic_save, build_backbone, build_model, resolve_weights
 from .losses import global_loss, local_loss
 from .model import FiloConfig, FiloModel

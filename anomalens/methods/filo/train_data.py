@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ...data import Sample, load_dataset, load_mask
-from ...images import load_image, to_model_input
+from ...geometry import to_model_input
+from ...images import load_image
 from ...text.prompts import position_word
 
 

@@ -1,0 +1,53 @@
+"""`musc`: MuSc (Li, Huang, Xue, Zhou, ICLR 2024), zero-shot by mutual scoring of unlabeled images.
+
+No references, prompts or training: the images of one run score each other. Normal patches
+find many similar patches in the other images, a defect finds few.
+
+* `lnamd.py`  LNAMD: per layer, layer norm and r x r neighbourhood averages for r in (1, 3, 5).
+* `msm.py`    MSM: each patch's distance to its nearest patch in every partner image, combined by
+              the interval average of the smallest 30 %; averaged over layers and degrees.
+* `rscin.py`  RsCIN: image scores smoothed over each image's k most similar images, k in (1, 2, 3).
+* `extract.py` layer maps from the embedded EfficientNet-Lite0 or from a CLIP ViT.
+* `method.py` the method: a joint `predict` over the whole batch, references as known-normal.
+
+Paper vs. official code (xrli-U/MuSc) vs. this implementation:
+
+* Distance: Euclidean between L2-normalised features (paper and code).
+* Interval average: code's rule, int(fraction * partners) ranks, 0 % .. 30 %; with fewer than 4
+  partners that is no rank, and we average the single smallest score (the code would fail).
+* LNAMD: code's LayerNorm over each image's whole (C, H, W) map before aggregation (the paper
+  says layer normalisation without this detail); its unfold + adaptive-average-pool equals an
+  r x r average pool after L2 normalisation (see lnamd.py). The code's optional channel
+  reduction (adaptive pooling to `feature_dim`) is the identity with its own setting; omitted.
+* Layers: ViT-L-14-336 blocks 6, 12, 18, 24 at 518 px (code). On the embedded CNN, whose layers
+  have different grids, each layer is scored on its own grid and its map upsampled (bilinear)
+  to the finest grid before the average over layers and degrees; the code interpolates the
+  features to one grid first (a ViT has one grid, so both agree there). CNN default: blocks
+  7 and 10 (stride 16) at 256 px, chosen on our data (README variants table); finer blocks
+  are average-pooled to stride 16 (`score_stride`), since a stride-8 grid costs 16 times more
+  per image pair.
+* Image score: maximum of the patch map (code: maximum of the upsampled map; the same value).
+* RsCIN: code's window sizes (1, 2, 3) for MVTec AD and BTAD (VisA: 1, 8, 9); image features
+  are CLIP's image embedding (code: class token after projection) or, on the CNN, the
+  mean-pooled deepest block. The code min-max normalises scores before re-scoring; as every
+  row of the re-scoring matrix sums to 1 that is only a change of scale, so we keep distance
+  units (a threshold then means the same in every batch). Negative similarities are clipped to
+  0. With one image in the batch RsCIN is skipped.
+* Partners: the paper scores each image against all N - 1 others (N^2 image pairs); the code
+  can split a large test set into `divide_num` random subsets scored separately. We give each
+  image a seeded random sample of `max_partners` partners (keyed by the image's path, so
+  independent of the order), default 32: N * 32 pairs, what a CPU can do for 1,000 images.
+  On 100-image subsets of our data 32 partners scored as well as all 99 (README variants);
+  `max_partners=0` is the paper's all-partner rule.
+* Features are stored as float16 (`feature_dtype`) and multiplied in float32 chunks of at most
+  `chunk_elements`; the maps differ from float32 storage by < 1e-3 (tests, benchmark).
+* Not in the paper: reference images (`--refs`, `fit`) join every image's partners as
+  known-normal images and are not scored; a batch of one image with no references falls back
+  to single-image zero-shot (nearest other patch of the same image) with a warning, or raises
+  with `single_image="error"`.
+"""
+
+from .method import MuSc, SingleImageBatchError
+from .settings import MuScSettings
+
+__all__ = ["MuSc", "MuScSettings", "SingleImageBatchError"]

@@ -1,0 +1,68 @@
+"""Layer feature maps and a global image feature per image, from the embedded CNN or a CLIP ViT."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...backbones import EMBEDDED_BACKBONE
+
+
+class CnnLayers(nn.Module):
+    """EfficientNet-Lite0 block outputs; the image feature is the deepest block, mean-pooled.
+
+    Blocks finer than `score_stride` pixels are average-pooled to it: mutual scoring costs
+    (patches per image)^2 per image pair, so a stride-8 map costs 16 times a stride-16 one.
+    """
+
+    def __init__(self, blocks: tuple[int, ...], image_size: int, score_stride: int = 16):
+        super().__init__()
+        from ...backbones.cnn import EfficientNetPatchBackbone
+
+        self.net = EfficientNetPatchBackbone(image_size=image_size, blocks=tuple(sorted(blocks)), neighbourhood=1)
+        self.name, self.mean, self.std = self.net.name, self.net.mean, self.net.std
+        self.max_grid = image_size // score_stride if score_stride > 0 else 0
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        maps = self.net.block_outputs(images)
+        image_feature = F.normalize(maps[-1].mean(dim=(2, 3)), dim=-1)
+        if self.max_grid:
+            maps = [
+                F.adaptive_avg_pool2d(m, self.max_grid) if m.shape[-1] > self.max_grid else m for m in maps
+            ]
+        return maps, image_feature
+
+
+class ClipLayers(nn.Module):
+    """Patch tokens of some ViT blocks as maps; the image feature is CLIP's image embedding."""
+
+    def __init__(self, arch: str, weights: str | None, layers: tuple[int, ...], image_size: int):
+        super().__init__()
+        from ...backbones.clip import create_method_clip
+
+        self.clip = create_method_clip(arch, weights, image_size=image_size)
+        self.layers = tuple(sorted({min(max(1, layer), self.clip.num_layers) for layer in layers}))
+        self.name, self.mean, self.std = self.clip.name, self.clip.mean, self.clip.std
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        from .lnamd import tokens_to_map
+
+        feats = self.clip(images, layers=self.layers)
+        maps = [tokens_to_map(feats.layers[i], feats.grid) for i in self.layers]
+        return maps, F.normalize(feats.image_embedding.float(), dim=-1)
+
+
+def create_layer_backbone(
+    name: str,
+    weights: str | None,
+    image_size: int,
+    blocks: tuple[int, ...],
+    clip_layers: tuple[int, ...],
+    score_stride: int = 16,
+) -> nn.Module:
+    if name == EMBEDDED_BACKBONE:
+        return CnnLayers(blocks, image_size, score_stride)
+    return ClipLayers(name, weights, clip_layers, image_size)

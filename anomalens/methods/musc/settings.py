@@ -1,0 +1,48 @@
+"""`musc` settings: every constant of the paper (or of the official code) with its value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...geometry import RESIZE_POLICIES
+from ...settings import MethodSettings, setting
+from .lnamd import DEFAULT_DEGREES
+from .msm import DEFAULT_CHUNK_ELEMENTS, DEFAULT_INTERVAL
+from .rscin import DEFAULT_NEIGHBOURS
+
+
+@dataclass
+class MuScSettings(MethodSettings):
+    backbone: str = setting(
+        "efficientnet-lite0",
+        "efficientnet-lite0 (embedded) or an open_clip ViT (paper: ViT-L-14-336, openai; then pass weights)",
+    )
+    weights: str | None = setting(None, "CLIP weights (tag or file) when backbone is a CLIP architecture")
+    image_size: int = setting(256, "model input side (paper: 518 with ViT-L-14-336; 256 for the CNN)", minimum=32)
+    resize: str = setting("squash", "squash (paper) or pad (keep the aspect ratio)", choices=RESIZE_POLICIES)
+    blocks: tuple[int, ...] = setting(
+        (7, 10), "EfficientNet-Lite0 blocks scored as the CNN's stages (7, 10: stride 16)", minimum=0, maximum=15
+    )
+    score_stride: int = setting(16, "CNN: finer blocks are average-pooled to this stride before scoring (0: keep)", minimum=0)
+    clip_layers: tuple[int, ...] = setting(
+        (6, 12, 18, 24), "ViT blocks (1-based) scored; paper: the 4 stages of ViT-L-14", minimum=1
+    )
+    degrees: tuple[int, ...] = setting(DEFAULT_DEGREES, "LNAMD aggregation degrees r (paper: 1, 3, 5), odd", minimum=1)
+    interval: tuple[float, ...] = setting(
+        DEFAULT_INTERVAL, "MSM interval average: from..to fraction of the sorted partner scores (paper: 0, 0.3)",
+        minimum=0.0, maximum=1.0,
+    )
+    rscin: bool = setting(True, "RsCIN image-level re-scoring")
+    rscin_neighbours: tuple[int, ...] = setting(
+        DEFAULT_NEIGHBOURS, "RsCIN window sizes k, itself included (code: 1, 2, 3; VisA 1, 8, 9)", minimum=1
+    )
+    max_partners: int = setting(32, "partner images per image, a seeded sample (0: all others, the paper)", minimum=0)
+    partner_seed: int = setting(0, "seed of the partner sample")
+    feature_dtype: str = setting("float16", "stored patch features (float16: half the memory)", choices=("float16", "float32"))
+    chunk_elements: int = setting(DEFAULT_CHUNK_ELEMENTS, "largest similarity block of one matrix product", minimum=1)
+    single_image: str = setting(
+        "fallback", "a batch of one image: fallback (self-similarity, with a warning) or error",
+        choices=("fallback", "error"),
+    )
+    batch_size: int = setting(8, "images per backbone forward pass", minimum=1)
+    progress: bool = setting(True, "progress bars for feature extraction and mutual scoring (on a terminal)")

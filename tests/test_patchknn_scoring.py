@@ -1,0 +1,106 @@
+"""patchknn's scoring pieces against hand computation: smoothing, top-fraction score, reweighting, coreset."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from anomalens.coreset import greedy_coreset
+from anomalens.methods.patchknn import PatchKnnSettings, score_image
+from anomalens.scoring import gaussian_kernel, gaussian_smooth, image_score, reweighting_factor
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_gaussian_kernel_matches_formula():
+    k = gaussian_kernel(1.0)
+    assert k.numel() == 2 * int(4.0 + 0.5) + 1  # PatchCore's kernel size for sigma 1: 9
+    raw = torch.tensor([math.exp(-0.5 * x * x) for x in range(-4, 5)])
+    torch.testing.assert_close(k, raw / raw.sum())
+
+
+def test_smoothing_spreads_a_single_spike_as_the_outer_product_kernel():
+    sigma = 1.0
+    maps = torch.zeros(1, 21, 21)
+    maps[0, 10, 10] = 1.0
+    out = gaussian_smooth(maps, sigma)
+    k = gaussian_kernel(sigma)
+    expected = torch.zeros(21, 21)
+    expected[6:15, 6:15] = k[:, None] * k[None, :]  # away from the borders: the 2-D kernel itself
+    torch.testing.assert_close(out[0], expected, atol=1e-7, rtol=0)
+    assert float(out.max()) == pytest.approx(float(k[4] ** 2))  # the peak drops to k(0)^2
+
+
+def test_smoothing_keeps_constants_and_sigma_zero_is_identity():
+    const = torch.full((2, 8, 9), 0.3)
+    torch.testing.assert_close(gaussian_smooth(const, 4.0), const)  # reflect padding, tiny maps too
+    x = torch.rand(1, 5, 5)
+    assert torch.equal(gaussian_smooth(x, 0.0), x)
+
+
+def test_image_score_max_and_top_fraction_mean():
+    values = torch.arange(1.0, 11.0).view(2, 5)  # 1..10
+    assert float(image_score(values)) == 10.0
+    assert float(image_score(values, top_fraction=0.2)) == pytest.approx((10 + 9) / 2)
+    assert float(image_score(values, top_fraction=0.25)) == pytest.approx((10 + 9 + 8) / 3)  # ceil(2.5) = 3
+    assert float(image_score(values, top_fraction=0.001)) == 10.0  # at least one value
+
+
+def test_score_image_is_max_of_smoothed_upsampled_patch_map():
+    torch.manual_seed(0)
+    feats = F.normalize(torch.randn(1, 4, 4, 8), dim=-1)
+    bank = F.normalize(torch.randn(30, 8), dim=-1)
+    s = PatchKnnSettings(image_size=16, smoothing_sigma=1.0, top_fraction=0.0)
+    maps, score = score_image(feats, bank, s)
+    # by hand: 0.5 (1 - max cosine), bilinear to 16 x 16, separable Gaussian with reflect padding
+    patches = (0.5 * (1 - (feats.reshape(-1, 8) @ bank.T).max(dim=1).values)).view(1, 1, 4, 4)
+    up = F.interpolate(patches, size=(16, 16), mode="bilinear", align_corners=False)
+    k = gaussian_kernel(1.0)
+    r = k.numel() // 2
+    x = F.conv2d(F.pad(up, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+    torch.testing.assert_close(maps, x[:, 0], atol=1e-6, rtol=0)
+    assert float(score) == pytest.approx(float(x.max()), abs=1e-6)
+    # with a top fraction the score is the mean of the top values of that same map
+    _, top = score_image(feats, bank, PatchKnnSettings(image_size=16, smoothing_sigma=1.0, top_fraction=0.1))
+    assert float(top) == pytest.approx(float(x.flatten().topk(26).values.mean()), abs=1e-6)
+
+
+def test_reweighting_factor_by_hand():
+    # Bank: m* = e0 nearest to the query, two more patches; b = 3 neighbours of m* (itself first).
+    bank = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    query = F.normalize(torch.tensor([[0.9, 0.3, 0.1], [1.0, 0.0, 0.0]]), dim=-1)
+    patch_scores = torch.tensor([0.2, 0.0])  # the first query patch is the most anomalous
+    q = query[0]
+    d = torch.stack([(bank[i] - q).norm() for i in range(3)])  # m* = e0 first
+    expected = 1 - torch.exp(d[0]) / torch.exp(d).sum()
+    got = reweighting_factor(query, bank, patch_scores, neighbours=3)
+    assert float(got) == pytest.approx(float(expected), abs=1e-6)
+    # a bank where m* has near-duplicates (dense region) weighs the score less than a sparse one
+    dense = torch.cat([bank[:1], F.normalize(bank[:1] + 0.01 * torch.randn(5, 3), dim=-1), bank[1:]])
+    assert float(reweighting_factor(query, dense, patch_scores, 3)) < float(got)
+
+
+def test_coreset_keeps_the_farthest_points_and_radius_decreases():
+    torch.manual_seed(0)
+    cluster = 0.01 * torch.randn(200, 4)
+    outliers = torch.tensor([[5.0, 0, 0, 0], [0, -5.0, 0, 0], [0, 0, 6.0, 0]])
+    points = torch.cat([cluster, outliers])
+    indices, radii = greedy_coreset(points, 5, projection_dim=0)
+    assert set(range(200, 203)) <= set(indices.tolist())  # every outlier is kept
+    assert len(set(indices.tolist())) == 5
+    assert torch.all(radii[1:] <= radii[:-1] + 1e-7)  # the k-centre radius never grows
+    # the last radius is the largest distance of any point to its nearest chosen point
+    nearest = torch.cdist(points, points[indices]).min(dim=1).values
+    assert float(radii[-1]) == pytest.approx(float(nearest.max()), abs=1e-5)
+    assert float(radii[-1]) < 0.1  # with the 3 outliers chosen, only the small cluster is left
+
+
+def test_coreset_with_projection_still_keeps_outliers():
+    torch.manual_seed(1)
+    points = torch.cat([0.01 * torch.randn(300, 64), 3.0 * torch.eye(64)[:4]])
+    indices, _ = greedy_coreset(points, 6, projection_dim=16)
+    assert set(range(300, 304)) <= set(indices.tolist())
