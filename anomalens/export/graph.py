@@ -137,12 +137,12 @@ def tracing_context(clip=None) -> Iterator[None]:
     cache: dict[tuple[int, int], torch.Tensor] = {}
     own = None if clip is None else clip.model.visual.positional_embedding
 
-    def resampled(pos_embed: torch.Tensor, grid) -> torch.Tensor:
+    def resampled(pos_embed: torch.Tensor, grid, *args, **kwargs) -> torch.Tensor:
         if pos_embed is not own:
-            return original(pos_embed, grid)
-        key = tuple(int(v) for v in grid)  # traced shapes are tensors
+            return original(pos_embed, grid, *args, **kwargs)
+        key = (tuple(int(v) for v in grid), args, tuple(sorted(kwargs.items())))  # traced shapes are tensors
         if key not in cache:
-            cache[key] = original(pos_embed, key).detach().clone()
+            cache[key] = original(pos_embed, key[0], *args, **kwargs).detach().clone()
         return cache[key]
 
     torch.backends.mha.set_fastpath_enabled(False)

@@ -45,6 +45,20 @@ def _session(path: Path, threads: int):
         raise OnnxModelError(f"{path}: not a readable ONNX model (corrupt or truncated?): {detail}") from None
 
 
+class _ExportedMethod:
+    """What callers ask of `Detector.method` about an exported model (there is no PyTorch method)."""
+
+    scores_jointly = False  # exported methods score each image on its own
+
+    def __init__(self, meta: dict[str, Any]):
+        self.name = meta["method"]
+        self.uses_text = bool(meta.get("descriptions"))
+        self.num_references = int(meta.get("num_references") or 0)
+
+    def describe_backbone(self) -> str:
+        return f"{self.name} (ONNX)"
+
+
 class OnnxDetector(Detector):
     """An exported detector: predicts like `Detector` (same results), cannot be refitted."""
 
@@ -56,6 +70,7 @@ class OnnxDetector(Detector):
         self.session = _session(self.path, threads)
         self.meta = decode(self.session.get_modelmeta().custom_metadata_map, str(self.path))
         self.method_name = self.meta["method"]
+        self.method = _ExportedMethod(self.meta)
         self.reference_paths = list(self.meta.get("references") or [])
         # Saved dicts (or numbers) become Thresholds through Detector's setters.
         self.threshold = self.meta.get("threshold")
