@@ -116,8 +116,8 @@ class ShardScorer:
         payload = ray.get(payload_ref[0])
         self._folder = Path(tempfile.mkdtemp(prefix="anomalens-model-"))
         self.detector = _load_payload(payload, self._folder)
-        if threshold != "keep":
-            self.detector.threshold = threshold  # a saved dict, a number or None: Detector converts
+        if threshold != "keep":  # saved dicts become Thresholds through the detector's setters
+            self.detector.threshold = threshold
             self.detector.pixel_threshold = pixel_threshold
         self.out = Path(out)
         self.paths_file = self.out / listing.INPUTS_DIR / "paths.txt"
@@ -153,7 +153,7 @@ class ShardScorer:
             if isinstance(item, ImageLoadError):
                 by_path[item.path] = _failure(item.path, item.reason)
                 continue
-            result, img = item  # decisions and masks (a pixel threshold alone too): Detector
+            result, img = item
             extra = {
                 "time": datetime.now().astimezone().isoformat(timespec="seconds"),
                 "image_size": list(img.original_hw or img.size_hw),
@@ -198,12 +198,7 @@ class ShardScorer:
 
 
 def _threshold_json(value: Any) -> Any:
-    from ..calibration import as_threshold
-
-    if isinstance(value, str):  # "keep": the model's own
-        return value
-    value = as_threshold(value)
-    return None if value is None else value.to_dict()
+    return value.to_dict() if hasattr(value, "to_dict") else value
 
 
 def _prepare_out(out: Path, fingerprint: str, overwrite: bool) -> None:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..methods.fade import two_class_probability
-from .graph import GraphSpec, bank_distance, register_exporter, require, self_distance, upsample
+from .graph import GraphSpec, bank_distance, memory_banks, register_exporter, require, self_distance, upsample
 
 
 class FadeGraph(nn.Module):
@@ -27,13 +27,14 @@ class FadeGraph(nn.Module):
         self.segmentation_sizes = list(dict.fromkeys(s.segmentation_sizes))
         self.classification_size = s.classification_size
         self.finest = finest
-        self.few_shot = len(method.bank_) > 0
+        banks = memory_banks(method)
+        self.few_shot = len(banks) > 0
         text = method.text_features()
         for name in ("class_normal", "class_anomalous", "seg_normal", "seg_anomalous", "description_features"):
             self.register_buffer(name, getattr(text, name).float().clone())
         for size in self.segmentation_sizes:
             if self.few_shot:
-                self.register_buffer(f"bank_{size}", method.bank_.banks[str(size)].float().clone())
+                self.register_buffer(f"bank_{size}", banks[str(size)].float().clone())
 
     def forward(self, *images: torch.Tensor):
         s = self.method.settings
@@ -111,6 +112,6 @@ def build(method, bank: str = "auto") -> GraphSpec:
             "descriptions": list(text.descriptions),
             "top_descriptions": s.top_descriptions,
         },
-        memory_bank={"mode": "constant"} if len(method.bank_) else None,
+        memory_bank={"mode": "constant"} if memory_banks(method) else None,
         clip=method.backbone,
     )

@@ -58,6 +58,12 @@ def build_spec(detector, **options: Any) -> GraphSpec:
     return EXPORTERS[name](detector.method, **options)
 
 
+def memory_banks(method) -> dict[str, torch.Tensor]:
+    """The method's memory banks by name ("patches", "240", "window2", ...), from its state_dict:
+    the saved form, so the export sees exactly what a saved model holds."""
+    return {k[len("bank.") :]: v for k, v in method.state_dict().items() if k.startswith("bank.")}
+
+
 def require(condition: bool, message: str) -> None:
     if not condition:
         raise ExportError(message)
@@ -131,12 +137,12 @@ def tracing_context(clip=None) -> Iterator[None]:
     cache: dict[tuple[int, int], torch.Tensor] = {}
     own = None if clip is None else clip.model.visual.positional_embedding
 
-    def resampled(pos_embed: torch.Tensor, grid) -> torch.Tensor:
+    def resampled(pos_embed: torch.Tensor, grid, *args, **kwargs) -> torch.Tensor:
         if pos_embed is not own:
-            return original(pos_embed, grid)
-        key = tuple(int(v) for v in grid)  # traced shapes are tensors
+            return original(pos_embed, grid, *args, **kwargs)
+        key = (tuple(int(v) for v in grid), args, tuple(sorted(kwargs.items())))  # traced shapes are tensors
         if key not in cache:
-            cache[key] = original(pos_embed, key).detach().clone()
+            cache[key] = original(pos_embed, key[0], *args, **kwargs).detach().clone()
         return cache[key]
 
     torch.backends.mha.set_fastpath_enabled(False)

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..calibration import as_threshold
 from ..detector import Detector
 from ..geometry import input_box, map_to_image, to_model_input
 from ..images import LoadedImage
@@ -46,10 +45,22 @@ def _session(path: Path, threads: int):
         raise OnnxModelError(f"{path}: not a readable ONNX model (corrupt or truncated?): {detail}") from None
 
 
+class _ExportedMethod:
+    """What callers ask of `Detector.method` about an exported model (there is no PyTorch method)."""
+
+    scores_jointly = False  # exported methods score each image on its own
+
+    def __init__(self, meta: dict[str, Any]):
+        self.name = meta["method"]
+        self.uses_text = bool(meta.get("descriptions"))
+        self.num_references = int(meta.get("num_references") or 0)
+
+    def describe_backbone(self) -> str:
+        return f"{self.name} (ONNX)"
+
+
 class OnnxDetector(Detector):
     """An exported detector: predicts like `Detector` (same results), cannot be refitted."""
-
-    scores_jointly = False  # the exportable methods score each image on its own
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
         # Not Detector.__init__: there is no PyTorch method to build, only a session.
@@ -59,10 +70,11 @@ class OnnxDetector(Detector):
         self.session = _session(self.path, threads)
         self.meta = decode(self.session.get_modelmeta().custom_metadata_map, str(self.path))
         self.method_name = self.meta["method"]
+        self.method = _ExportedMethod(self.meta)
         self.reference_paths = list(self.meta.get("references") or [])
-        thr = self.meta.get("threshold")
-        self.threshold = as_threshold(thr) if isinstance(thr, dict) else None
-        self.pixel_threshold = as_threshold(self.meta.get("pixel_threshold"))
+        # Saved dicts (or numbers) become Thresholds through Detector's setters.
+        self.threshold = self.meta.get("threshold")
+        self.pixel_threshold = self.meta.get("pixel_threshold")
         self._bank = self._read_bank()
         names = {i.name for i in self.session.get_inputs()}
         expected = {i["name"] for i in self.meta["preprocessing"]["inputs"]}
@@ -173,7 +185,7 @@ class OnnxDetector(Detector):
         per_image = (time.perf_counter() - start) / len(batch)
         for img, result in zip(batch, results):
             result.seconds = per_image
-            if self.threshold is not None:
+            if self.threshold is not None or self.pixel_threshold is not None:
                 apply_decision(result, self.threshold, self.pixel_threshold)
             yield (result, img) if with_images else result
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..methods.winclip import WinClipFeatures, harmonic_aggregation
-from .graph import GraphSpec, bank_distance, masked_max, register_exporter, require, upsample
+from .graph import GraphSpec, bank_distance, masked_max, memory_banks, register_exporter, require, upsample
 
 
 class WinClipGraph(nn.Module):
@@ -32,9 +32,10 @@ class WinClipGraph(nn.Module):
             self.register_buffer(f"window_index_{j}", index)
             self.register_buffer(f"cover_{j}", cover.clone())
         if self.few_shot:
-            self.register_buffer("bank_patches", method.bank_.banks["patches"].float().clone())
+            banks = memory_banks(method)
+            self.register_buffer("bank_patches", banks["patches"].float().clone())
             for scale in method.settings.window_scales:
-                self.register_buffer(f"bank_window{scale}", method.bank_.banks[f"window{scale}"].float().clone())
+                self.register_buffer(f"bank_window{scale}", banks[f"window{scale}"].float().clone())
 
     def _windows(self, tokens: torch.Tensor, j: int) -> torch.Tensor:
         index = getattr(self, f"window_index_{j}")
@@ -92,7 +93,7 @@ def build(method, bank: str = "auto") -> GraphSpec:
     require(bank in ("auto", "constant"), "winclip keeps its memory banks inside the graph (bank='constant')")
     require(s.resize in ("squash", "pad"), f"winclip resize policy {s.resize!r} cannot be exported")
     require(
-        len(method.bank_) == 0 or method.few_shot,
+        not memory_banks(method) or method.few_shot,
         "winclip memory bank is incomplete (patches and every window scale are needed)",
     )
     with_valid = method.few_shot and s.resize == "pad"

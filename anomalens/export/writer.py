@@ -129,7 +129,7 @@ def _remove(*paths: Path | None) -> None:
 
 
 def _metadata(detector, spec, bank_path: Path) -> dict[str, Any]:
-    backbone = getattr(detector.method, "backbone", None) or getattr(detector.method, "clip", None)
+    backbone = detector.method.backbone
     bank = None
     if spec.memory_bank is not None:
         bank = {k: v for k, v in spec.memory_bank.items() if k != "array"}
