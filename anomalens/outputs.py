@@ -32,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
+from anomalens.images import OUTPUT_MARKER
 from anomalens.overlay import heatmap_overlay, mask_image
 from anomalens.results import AnomalyResult
 
@@ -222,6 +223,9 @@ class OutputWriter:
             )
         for sub in SUBDIRS:
             (self.out_dir / sub).mkdir(exist_ok=True)
+        marker = self.out_dir / OUTPUT_MARKER
+        if not marker.exists():  # tells image discovery never to read this folder as input
+            marker.write_text("written by anomalens: folders holding this file are never read as input images\n")
 
         contents = _read_jsonl(jsonl)
         self._records = contents.records
