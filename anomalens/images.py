@@ -163,25 +163,39 @@ def _reduce_to_working_size(img: Image.Image) -> tuple[Image.Image, bool]:
     return img.reduce(factor), sixteen_bit
 
 
+OUTPUT_MARKER = ".anomalens-output"  # written into every --out folder; such folders are never inputs
+
+
+def _image_files_under(root: Path, recursive: bool) -> list[Path]:
+    """Image files under `root`, sorted; folders anomalens wrote (holding OUTPUT_MARKER) are skipped,
+    so overlays and masks of an earlier run never become inputs or references."""
+    found: list[Path] = []
+    for current, dirs, files in os.walk(root):  # does not follow symlinked folders: no loops
+        if OUTPUT_MARKER in files:
+            dirs[:] = []
+            continue
+        dirs[:] = [d for d in dirs if not d.startswith(".")] if recursive else []
+        folder = Path(current)
+        found.extend(
+            folder / name
+            for name in files
+            if Path(name).suffix.lower() in IMAGE_EXTENSIONS and not name.startswith(".") and (folder / name).is_file()
+        )
+    return sorted(found)
+
+
 def list_images(paths: list[str | os.PathLike], recursive: bool = True) -> list[Path]:
     """Expand files and directories into image files, sorted per directory, duplicates removed.
 
     Files given explicitly are kept whatever their extension (so a wrong file is reported,
-    not silently skipped); files found inside directories are filtered by extension.
+    not silently skipped); files found inside directories are filtered by extension, and
+    anomalens' own output folders inside them are skipped.
     """
     seen: set[Path] = set()
     result: list[Path] = []
     for item in paths:
         item = Path(item)
-        if item.is_dir():
-            pattern = "**/*" if recursive else "*"
-            found = sorted(
-                p
-                for p in item.glob(pattern)
-                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-            )
-        else:
-            found = [item]
+        found = _image_files_under(item, recursive) if item.is_dir() else [item]
         for p in found:
             key = p.resolve()
             if key not in seen:

@@ -31,7 +31,7 @@ from typing import Any
 from . import __version__
 from .errors import ImageLoadError, UsageError
 from .images import IMAGE_EXTENSIONS, list_images
-from .outputs import SETTINGS_JSON, OutputWriter
+from .outputs import SETTINGS_JSON, OutputWriter, record_key
 
 
 @dataclass(frozen=True)
@@ -208,8 +208,8 @@ def run(
     settings = run_settings(detector, inputs.given, source, options)
     try:
         writer.write_settings(settings)
-        done = {os.path.abspath(r["path"]) for r in writer.records() if r.get("status") == "ok"}
-        todo = [f for f in files if os.path.abspath(f) not in done]
+        done = {record_key(r) for r in writer.records() if r.get("status") == "ok"}
+        todo = [f for f in files if os.path.realpath(f) not in done]
         for m in missing:
             writer.record_failure(m, "file does not exist")
         if len(todo) < len(files):
@@ -275,12 +275,12 @@ def _score_and_write(
     progress = progress or (lambda event: None)
     progress(RunProgress(0, len(todo)))
     scored = handled = 0
-    wanted = {os.path.abspath(f) for f in todo}
+    wanted = {os.path.realpath(f) for f in todo}
     try:
         for item in detector.predict_iter(
             batch or todo, batch_size=batch_size, jobs=jobs, with_images=True, skip_errors=True
         ):
-            if batch and os.path.abspath(item.path if isinstance(item, ImageLoadError) else item[0].path) not in wanted:
+            if batch and os.path.realpath(item.path if isinstance(item, ImageLoadError) else item[0].path) not in wanted:
                 continue  # already written by the interrupted run; scored again only as a partner
             if isinstance(item, ImageLoadError):
                 record = writer.record_failure(item.path, item.reason)
@@ -333,8 +333,8 @@ def _write_report(
 
 def _count(summary: RunSummary, records: list[dict], paths: list[Path]) -> None:
     """Fill the counts of `summary` over this run's inputs (resumed ones included)."""
-    by_path = {os.path.abspath(r["path"]): r for r in records}
-    wanted = list(dict.fromkeys(os.path.abspath(p) for p in paths))
+    by_path = {record_key(r): r for r in records}
+    wanted = list(dict.fromkeys(os.path.realpath(p) for p in paths))
     mine = [by_path[a] for a in wanted if a in by_path]
     ok = [r for r in mine if r.get("status") == "ok"]
     summary.images = len(wanted)

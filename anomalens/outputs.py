@@ -32,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
+from anomalens.images import OUTPUT_MARKER
 from anomalens.overlay import heatmap_overlay, mask_image
 from anomalens.results import AnomalyResult
 
@@ -100,11 +101,48 @@ def _read_jsonl(path: Path) -> JsonlContents:
         if not isinstance(rec, dict) or "path" not in rec:
             bad.append(number)
             continue
-        records.pop(str(rec["path"]), None)  # re-insert so order follows the latest write
-        records[str(rec["path"])] = rec
+        key = record_key(rec)
+        records.pop(key, None)  # re-insert so order follows the latest write
+        records[key] = rec
     if tail.strip():
         bad.append(len(lines) + 1)
     return JsonlContents(records, bad, not bad and not tail)
+
+
+LOCK_FILE = ".anomalens.lock"
+
+
+def _lock_output_dir(out_dir: Path):
+    """Hold an exclusive lock on `out_dir` for the writer's lifetime: two runs writing into one
+    folder would splice their rows. The OS drops the lock when the process ends, even on kill -9."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; runs are not protected against each other
+        return None
+    handle = open(out_dir / LOCK_FILE, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        from anomalens.errors import UsageError
+
+        raise UsageError(
+            f"{out_dir} is being written by another anomalens run ({holder}); wait for it to finish "
+            "or choose another --out"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def record_key(record: dict) -> str:
+    """One record per input file: records are keyed by the resolved path, so the same image given
+    as ``a.png``, ``./a.png`` or from another working directory is one record."""
+    return str(record.get("resolved_path") or os.path.realpath(str(record["path"])))
 
 
 def _backup_path(path: Path) -> Path:
@@ -164,7 +202,19 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _csv_cell(value: Any) -> Any:
+    """A text cell that a spreadsheet would run as a formula (=, +, -, @, tab, CR first) gets a
+    leading apostrophe, the usual escape; numbers stay numbers."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 def _csv_row(rec: dict) -> list[Any]:
+    return [_csv_cell(v) for v in _csv_values(rec)]
+
+
+def _csv_values(rec: dict) -> list[Any]:
     descriptions = rec.get("descriptions") or []
     top = descriptions[0]["text"] if descriptions else ""
     return [
@@ -212,6 +262,8 @@ class OutputWriter:
         self.overlay_alpha = overlay_alpha
 
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock_output_dir(self.out_dir)
+        self._superseded = 0
         jsonl = self.out_dir / RESULTS_JSONL
         if overwrite:
             self._clear_previous()
@@ -222,6 +274,9 @@ class OutputWriter:
             )
         for sub in SUBDIRS:
             (self.out_dir / sub).mkdir(exist_ok=True)
+        marker = self.out_dir / OUTPUT_MARKER
+        if not marker.exists():  # tells image discovery never to read this folder as input
+            marker.write_text("written by anomalens: folders holding this file are never read as input images\n")
 
         contents = _read_jsonl(jsonl)
         self._records = contents.records
@@ -248,10 +303,29 @@ class OutputWriter:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the results files (idempotent)."""
+        """Close the results files (idempotent); a path written twice (a retried failure) is left
+        with one line in results.jsonl and one row in results.csv."""
         for f in (self._jsonl, self._csv_file):
             if not f.closed:
                 f.close()
+        if self._superseded:
+            self._superseded = 0
+            self._rewrite_tables()
+        if self._lock is not None:
+            self._lock.close()  # releases the flock
+            self._lock = None
+
+    def _rewrite_tables(self) -> None:
+        records = list(self._records.values())
+        lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+        atomic_write(self.out_dir / RESULTS_JSONL, lambda f: f.write(lines))
+        table = io.StringIO(newline="")
+        writer = csv.writer(table)
+        writer.writerow(CSV_COLUMNS)
+        for rec in records:
+            writer.writerow(_csv_row(rec))
+        data = table.getvalue().encode("utf-8")
+        atomic_write(self.out_dir / RESULTS_CSV, lambda f: f.write(data))
 
     def __enter__(self) -> OutputWriter:
         return self
@@ -295,7 +369,7 @@ class OutputWriter:
         read from `result.path` (with EXIF rotation, as the detector reads it). `extra` holds
         more JSON-serialisable fields for the record (e.g. a timestamp, the image size).
         """
-        previous = self._records.get(str(result.path))
+        previous = self._records.get(os.path.realpath(str(result.path)))
         if previous is not None and previous.get("status") == "ok":
             raise FileExistsError(
                 f"{result.path} already has results in {self.out_dir}; skip done_paths() "
@@ -347,14 +421,17 @@ class OutputWriter:
         return record
 
     def _append(self, record: dict) -> None:
-        clean = _json_safe(record)
+        clean = _json_safe({**record, "resolved_path": os.path.realpath(str(record["path"]))})
+        key = record_key(clean)
+        if key in self._records:
+            self._superseded += 1  # a retried failure: compacted to one record at close()
         self._jsonl.write(json.dumps(clean, ensure_ascii=False) + "\n")
         self._jsonl.flush()
         os.fsync(self._jsonl.fileno())
         self._csv.writerow(_csv_row(clean))
         self._csv_file.flush()
-        self._records.pop(clean["path"], None)
-        self._records[clean["path"]] = clean
+        self._records.pop(key, None)
+        self._records[key] = clean
 
     def write_settings(self, settings: dict) -> Path:
         """Write settings.json; a different existing one is kept as settings.<n>.json."""

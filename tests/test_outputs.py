@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,7 @@ def test_writes_every_file_with_right_content(tmp_path):
     (line,) = _jsonl_lines(out)
     assert line == {
         **r.to_record(),
+        "resolved_path": os.path.realpath(r.path),
         "overlay": rec["overlay"],
         "mask": rec["mask"],
         "map": rec["map"],
@@ -181,6 +183,7 @@ def test_resume_after_interruption_with_truncated_last_line(tmp_path):
     # Simulate a kill: no close(), and a half-written line at the end of the file.
     with open(out / "results.jsonl", "a") as f:
         f.write('{"path": "' + str(tmp_path / "d.png") + '", "score": 0.')
+    w._lock.close()  # the OS releases a killed process's lock on --out
     assert {r["path"] for r in read_records(out)} == {str(tmp_path / p) for p in ("a.png", "b.png", "c.png")}
 
     with OutputWriter(out) as w2:
