@@ -64,7 +64,7 @@ def evaluate_category(
     detector.method.set_category(split.category)
     detector.fit(references)
     fit_seconds = time.perf_counter() - start
-    labels, scores, failures = [], [], []
+    labels, scores, failures, unmasked = [], [], [], []
     pixels = PixelMetricAccumulator(resolution=pixel_resolution)
     use_pixels = split.has_masks
     predict_start = time.perf_counter()
@@ -77,7 +77,10 @@ def evaluate_category(
         else:
             labels.append(sample.label)
             scores.append(result.score)
-            if use_pixels:
+            if use_pixels and sample.label == 1 and sample.mask_path is None:
+                # A defect without its mask is not defect-free: leave it out of pixel metrics.
+                unmasked.append(str(sample.path))
+            elif use_pixels:
                 pixels.update(result.anomaly_map, load_mask(sample, result.anomaly_map.shape))
         if on_image is not None:
             on_image()
@@ -97,6 +100,7 @@ def evaluate_category(
         images_per_second=round(n / predict_seconds, 3) if predict_seconds > 0 and n else None,
         peak_rss_mb=round(peak_rss_mb(), 1),
         pixel_metrics_exact=pixels.is_exact if use_pixels else None,
+        defects_without_mask=len(unmasked),
     )
     if detector.scores_jointly:
         # The category's test images were one batch, each scored against the others.
@@ -226,6 +230,11 @@ def run_benchmark(settings: BenchmarkSettings, out_dir: str | Path, progress: bo
             on_image=lambda: bar.update(1),
         )
         record = {"category": cat, "shots": k, "seed": seed, "method": settings.method, "metrics": metrics}
+        if metrics.get("defects_without_mask"):
+            tqdm.write(
+                f"warning: {cat}: {metrics['defects_without_mask']} defect image(s) have no mask; "
+                "left out of the pixel metrics"
+            )
         with runs_path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
             fh.flush()

@@ -63,15 +63,12 @@ class Threshold:
     spread: float | None = None
 
     def __post_init__(self) -> None:
-        # Fail closed: a NaN threshold makes every comparison False (every part OK), and no
-        # method here scores below 0, so a negative threshold would reject everything.
+        # Fail closed: a NaN threshold makes every comparison False (every part OK).
         from .errors import UsageError
 
         value = self.value
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise UsageError(f"threshold must be a finite number, got {value!r}")
-        if value < 0:
-            raise UsageError(f"threshold must be >= 0 (anomaly scores are never negative), got {value!r}")
         for name, low, high in (("quantile", 0.0, 1.0), ("margin", 0.0, math.inf)):
             v = getattr(self, name)
             if v is not None and not (math.isfinite(v) and low <= v <= high):
@@ -79,8 +76,14 @@ class Threshold:
 
     @classmethod
     def given(cls, value: float) -> Threshold:
-        """A threshold set by the user."""
-        return cls(value=float(value), method="given")
+        """A threshold set by the user. No method here scores below 0, so a negative one (every
+        part NG) is refused as a mistake."""
+        threshold = cls(value=float(value), method="given")
+        if threshold.value < 0:
+            from .errors import UsageError
+
+            raise UsageError(f"threshold must be >= 0 (anomaly scores are never negative), got {value!r}")
+        return threshold
 
     def description(self) -> str:
         """Human text for reports, e.g. "auto: 99th percentile of 10 leave-one-out reference

@@ -186,3 +186,27 @@ def test_global_threads_option():
         assert "patchknn" in res.output and "fade" in res.output
     finally:
         torch.set_num_threads(before)
+
+
+def test_defects_without_mask_are_left_out_of_pixel_metrics(dataset, tmp_path):
+    from anomalens import Detector
+    from anomalens.benchmark import evaluate_category
+    from anomalens.data import load_dataset
+
+    def pixel_auroc(root):
+        split = load_dataset(root)["tiles"]
+        det = Detector(method="patchknn", image_size=64)
+        return split, evaluate_category(det, split, [])
+
+    split, whole = pixel_auroc(dataset)
+    assert whole["defects_without_mask"] == 0
+    # Drop one defect's mask, and make that defect's image defect-free in its unmasked part:
+    # counting it as all-normal would bias the pixel metrics; it must be left out and counted.
+    (dataset / "tiles" / "ground_truth" / "spot" / "0_mask.png").unlink()
+    split2, partial = pixel_auroc(dataset)
+    assert partial["defects_without_mask"] == 1
+    assert partial["image_auroc"] == whole["image_auroc"]  # image metrics still use every image
+    # Equal to the metrics computed without that image at all:
+    (dataset / "tiles" / "test" / "spot" / "0.png").unlink()
+    _, without = pixel_auroc(dataset)
+    assert partial["pixel_auroc"] == pytest.approx(without["pixel_auroc"], abs=1e-12)
