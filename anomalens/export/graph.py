@@ -131,9 +131,9 @@ def tracing_context(clip=None) -> Iterator[None]:
     cache: dict[tuple[int, int], torch.Tensor] = {}
     own = None if clip is None else clip.model.visual.positional_embedding
 
-    def resampled(pos_embed: torch.Tensor, grid) -> torch.Tensor:
+    def resampled(pos_embed: torch.Tensor, grid, antialias: bool = True) -> torch.Tensor:
         if pos_embed is not own:
-            return original(pos_embed, grid)
+            return original(pos_embed, grid, antialias)
         key = tuple(int(v) for v in grid)  # traced shapes are tensors
         if key not in cache:
             cache[key] = original(pos_embed, key).detach().clone()
