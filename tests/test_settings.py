@@ -39,7 +39,7 @@ def test_values_from_the_command_line_are_converted_to_the_declared_types():
         ({"blocks": 4}, "patchknn setting blocks must be a list of integers (e.g. blocks=4,10 or blocks=4,), got 4"),
         ({"image_size": 10}, "patchknn setting image_size must be >= 32, got 10"),
         ({"image_size": 1.5}, "patchknn setting image_size must be an integer, got 1.5"),
-        ({"blocks": (4, 16)}, "patchknn setting blocks must be between 0 and 15, got 16"),
+        ({"blocks": (4, 21)}, "patchknn setting blocks must be between 0 and 20, got 21"),
         ({"resize": "crop"}, "patchknn setting resize must be one of squash | pad, got 'crop'"),
         ({"foo": 1}, "unknown patchknn setting foo; known: backbone, weights, image_size,"),
         ({"blocks": []}, "patchknn setting blocks needs at least one value"),
