@@ -18,12 +18,18 @@ from .calibration import DEFAULT_MARGIN, DEFAULT_QUANTILE, Threshold, apply_deci
 from .images import ImageLoadError, LoadedImage, list_images, load_image
 from .methods import create_method
 from .methods.base import settings_to_dict
+from .model_files import (
+    MODEL_CONFIG,
+    MODEL_WEIGHTS,
+    read_model_config,
+    read_model_tensors,
+    set_default_mode,
+    tensor_manifest,
+)
 from .results import AnomalyResult
 
 ImageInput = str | os.PathLike | LoadedImage
 
-MODEL_CONFIG = "detector.json"
-MODEL_WEIGHTS = "detector.safetensors"
 
 
 def _as_loaded(item: ImageInput) -> LoadedImage:
@@ -338,7 +344,7 @@ class Detector:
         text = json.dumps(config, indent=2).encode("utf-8")
         atomic_write(config_path, lambda f: f.write(text))
         for path in (directory / MODEL_WEIGHTS, config_path):
-            _set_default_mode(path)
+            set_default_mode(path)
         return directory
 
     def export(self, out: str | os.PathLike, format: str = "onnx", **options: Any):
@@ -355,13 +361,13 @@ def threshold_from_dict(data: dict) -> Threshold:
     return as_threshold(data)
 
 
-def load_detector(directory: str | os.PathLike, device: str | torch.device | None = "auto", **overrides: Any) -> Detector:
+def load_detector(
+    directory: str | os.PathLike, device: str | torch.device | None = "auto", **overrides: Any
+) -> Detector:
     """Load a detector written by `Detector.save` (no unpickling: JSON + safetensors) onto `device`.
 
     A `.onnx` file written by `Detector.export` gives an `anomalens.export.OnnxDetector`.
     """
-    from safetensors.torch import load_file
-
     directory = Path(directory)
     if directory.suffix.lower() == ".onnx":
         if overrides:
@@ -372,10 +378,10 @@ def load_detector(directory: str | os.PathLike, device: str | torch.device | Non
     config_path = directory / MODEL_CONFIG
     if not config_path.exists():
         raise FileNotFoundError(f"{directory} is not a saved anomalens model (no {MODEL_CONFIG})")
-    config = _read_model_config(config_path)
+    config = read_model_config(config_path)
     settings = {**config["settings"], **overrides}
     det = Detector(method=config["method"], device=device, **settings)
-    state = _read_model_tensors(directory / MODEL_WEIGHTS, config)
+    state = read_model_tensors(directory / MODEL_WEIGHTS, config)
     if state is not None:
         det.method.load_state_dict(state)
         det.method.to(det.device)  # the loaded tensors are on the CPU
@@ -384,77 +390,3 @@ def load_detector(directory: str | os.PathLike, device: str | torch.device | Non
     det.threshold = config.get("threshold")  # a saved dict (or a number, in older files)
     det.pixel_threshold = config.get("pixel_threshold")
     return det
-
-
-def tensor_manifest(state: dict[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
-    """Name -> shape and dtype of every saved tensor, recorded in detector.json."""
-    return {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")} for k, v in sorted(state.items())}
-
-
-def _set_default_mode(path: Path) -> None:
-    """Both model files get the mode a plain open() would give (the temporary file was 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
-def _read_model_config(path: Path) -> dict[str, Any]:
-    from .errors import ModelFileError
-
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelFileError(f"{path}: not a readable model file ({type(err).__name__}: {err})") from None
-    if not isinstance(config, dict):
-        raise ModelFileError(f"{path}: expected a JSON object")
-    for key, kind in (("method", str), ("settings", dict)):
-        if not isinstance(config.get(key), kind):
-            raise ModelFileError(f"{path}: {key!r} is missing or not a {kind.__name__}")
-    manifest = config.get("tensors")
-    if manifest is not None and not (
-        isinstance(manifest, dict)
-        and all(isinstance(v, dict) and isinstance(v.get("shape"), list) for v in manifest.values())
-    ):
-        raise ModelFileError(f"{path}: 'tensors' is not a mapping of name -> shape and dtype")
-    return config
-
-
-def _read_model_tensors(path: Path, config: dict[str, Any]) -> dict[str, torch.Tensor] | None:
-    """The saved tensors, checked against the manifest in detector.json (name, shape, dtype).
-
-    Files written before the manifest existed are accepted when their tensors are present; a model
-    fitted on references must have its tensors file either way.
-    """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from .errors import ModelFileError
-
-    manifest = config.get("tensors")
-    if not path.exists():
-        if manifest or (manifest is None and int(config.get("num_references") or 0) > 0):
-            raise ModelFileError(
-                f"{path} is missing: the model's learned tensors ({len(manifest or {}) or 'its memory bank'}) "
-                "are needed; copy the whole model folder"
-            )
-        return None
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise ModelFileError(f"{path}: not a readable safetensors file ({err})") from None
-    if manifest is None:
-        return state
-    found = tensor_manifest(state)
-    missing = sorted(set(manifest) - set(found))
-    unexpected = sorted(set(found) - set(manifest))
-    changed = sorted(k for k in set(manifest) & set(found) if manifest[k] != found[k])
-    if missing or unexpected or changed:
-        parts = []
-        if missing:
-            parts.append(f"missing {missing}")
-        if unexpected:
-            parts.append(f"unexpected {unexpected}")
-        for k in changed:
-            parts.append(f"{k}: expected {manifest[k]['dtype']}{manifest[k]['shape']}, found {found[k]['dtype']}{found[k]['shape']}")
-        raise ModelFileError(f"{path} does not match {MODEL_CONFIG}: " + "; ".join(parts))
-    return state

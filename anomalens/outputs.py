@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,9 +33,11 @@ from PIL import Image
 
 from anomalens.images import OUTPUT_MARKER
 from anomalens.overlay import heatmap_overlay, mask_image
+from anomalens.records import RESULTS_JSONL, backup_path, lock_output_dir, read_jsonl, read_records, record_key
 from anomalens.results import AnomalyResult
 
-RESULTS_JSONL = "results.jsonl"
+__all__ = ["RESULTS_JSONL", "OutputWriter", "atomic_write", "output_name", "read_records", "record_key"]
+
 RESULTS_CSV = "results.csv"
 SETTINGS_JSON = "settings.json"
 REPORT_HTML = "report.html"
@@ -56,103 +57,6 @@ def output_name(path: str | os.PathLike) -> str:
     digest = hashlib.sha1(os.path.abspath(p).encode("utf-8", "surrogateescape")).hexdigest()[:8]
     stem = re.sub(r"[^\w.\-]+", "_", p.stem)[:80] or "image"
     return f"{stem}-{digest}"
-
-
-def read_records(out_dir: str | os.PathLike) -> list[dict]:
-    """All records of ``out_dir/results.jsonl``, the last one per path winning.
-
-    Lines that are not complete JSON objects (a truncated last line after a kill) are skipped.
-    Returns [] when the file does not exist.
-    """
-    return list(_read_jsonl(Path(out_dir) / RESULTS_JSONL).records.values())
-
-
-@dataclass
-class JsonlContents:
-    """What a results.jsonl holds: the records by path and the lines that are not records."""
-
-    records: dict[str, dict]
-    bad_lines: list[int]  # 1-based line numbers that are not complete JSON records
-    clean: bool  # every byte belongs to a valid, newline-terminated record line (or a blank one)
-
-
-def _read_jsonl(path: Path) -> JsonlContents:
-    """Records keyed by path (in order of their latest write) and the numbers of the bad lines.
-
-    Every valid line is kept, wherever it is: one broken line (a cut write, a hand edit) must not
-    cost the records after it. A last line without a newline counts as bad (it was cut mid-write).
-    """
-    records: dict[str, dict] = {}
-    bad: list[int] = []
-    if not path.exists():
-        return JsonlContents(records, bad, True)
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    tail = lines.pop()  # b"" when the file ends with a newline
-    for number, raw in enumerate(lines, start=1):
-        line = raw.strip()
-        if not line:
-            continue
-        try:
-            rec = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            bad.append(number)
-            continue
-        if not isinstance(rec, dict) or "path" not in rec:
-            bad.append(number)
-            continue
-        key = record_key(rec)
-        records.pop(key, None)  # re-insert so order follows the latest write
-        records[key] = rec
-    if tail.strip():
-        bad.append(len(lines) + 1)
-    return JsonlContents(records, bad, not bad and not tail)
-
-
-LOCK_FILE = ".anomalens.lock"
-
-
-def _lock_output_dir(out_dir: Path):
-    """Hold an exclusive lock on `out_dir` for the writer's lifetime: two runs writing into one
-    folder would splice their rows. The OS drops the lock when the process ends, even on kill -9."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; runs are not protected against each other
-        return None
-    handle = open(out_dir / LOCK_FILE, "a+", encoding="utf-8")
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        from anomalens.errors import UsageError
-
-        raise UsageError(
-            f"{out_dir} is being written by another anomalens run ({holder}); wait for it to finish "
-            "or choose another --out"
-        ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()}\n")
-    handle.flush()
-    return handle
-
-
-def record_key(record: dict) -> str:
-    """One record per input file: records are keyed by the resolved path, so the same image given
-    as ``a.png``, ``./a.png`` or from another working directory is one record."""
-    return str(record.get("resolved_path") or os.path.realpath(str(record["path"])))
-
-
-def _backup_path(path: Path) -> Path:
-    """A new name beside `path` for a copy of it; never an existing file."""
-    n = 1
-    while True:
-        candidate = path.with_name(f"{path.name}.bak{'' if n == 1 else f'.{n}'}")
-        if not candidate.exists():
-            return candidate
-        n += 1
 
 
 def atomic_write(target: Path, write: Callable[[io.BufferedWriter], None]) -> None:
@@ -262,7 +166,7 @@ class OutputWriter:
         self.overlay_alpha = overlay_alpha
 
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = _lock_output_dir(self.out_dir)
+        self._lock = lock_output_dir(self.out_dir)
         self._superseded = 0
         jsonl = self.out_dir / RESULTS_JSONL
         if overwrite:
@@ -278,14 +182,14 @@ class OutputWriter:
         if not marker.exists():  # tells image discovery never to read this folder as input
             marker.write_text("written by anomalens: folders holding this file are never read as input images\n")
 
-        contents = _read_jsonl(jsonl)
+        contents = read_jsonl(jsonl)
         self._records = contents.records
         self.bad_lines: list[int] = contents.bad_lines  # for the run to report
         self.backup: Path | None = None
         if not contents.clean:
             # Appends must start on a clean line: keep the user's file as it was in a backup,
             # then rewrite it with every valid record (none is dropped for a bad neighbour).
-            self.backup = _backup_path(jsonl)
+            self.backup = backup_path(jsonl)
             shutil.copy2(jsonl, self.backup)
             lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self._records.values())
             atomic_write(jsonl, lambda f: f.write(lines.encode("utf-8")))

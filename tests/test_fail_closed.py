@@ -23,7 +23,9 @@ def test_threshold_value_refused(value):
         Threshold.given(value)
 
 
-@pytest.mark.parametrize("field, value", [("quantile", 1.5), ("quantile", math.nan), ("margin", -1.0), ("margin", math.inf)])
+@pytest.mark.parametrize(
+    "field, value", [("quantile", 1.5), ("quantile", math.nan), ("margin", -1.0), ("margin", math.inf)]
+)
 def test_calibration_inputs_refused(field, value):
     with pytest.raises(UsageError, match=field):
         Threshold(value=0.1, method="auto", **{field: value})
