@@ -280,19 +280,15 @@ def _score_and_write(
         for item in detector.predict_iter(
             batch or todo, batch_size=batch_size, jobs=jobs, with_images=True, skip_errors=True
         ):
-            if batch and os.path.realpath(item.path if isinstance(item, ImageLoadError) else item[0].path) not in wanted:
+            item_path = item.path if isinstance(item, ImageLoadError) else item[0].path
+            if batch and os.path.realpath(item_path) not in wanted:
                 continue  # already written by the interrupted run; scored again only as a partner
             if isinstance(item, ImageLoadError):
                 record = writer.record_failure(item.path, item.reason)
             else:
                 result, img = item
-                extra = {
-                    "time": datetime.now().astimezone().isoformat(timespec="seconds"),
-                    "image_size": list(img.original_hw or img.size_hw),
-                    "map_size": list(img.size_hw),
-                }
                 try:
-                    record = writer.write(result, img.rgb, extra=extra)
+                    record = writer.write(result, img.rgb, extra=image_fields(img))
                     scored += 1
                 except Exception as err:  # a full disk or an unwritable file: record it, go on
                     record = writer.record_failure(result.path, f"could not write outputs: {type(err).__name__}: {err}")
@@ -329,6 +325,15 @@ def _write_report(
     except (OSError, ValueError) as err:
         log(f"warning: could not write {out}/report.html: {err}")
         return None
+
+
+def image_fields(img) -> dict:
+    """The record fields every front end adds for a scored image: when, and at what sizes."""
+    return {
+        "time": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "image_size": list(img.original_hw or img.size_hw),
+        "map_size": list(img.size_hw),
+    }
 
 
 def _count(summary: RunSummary, records: list[dict], paths: list[Path]) -> None:

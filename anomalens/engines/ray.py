@@ -33,12 +33,12 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..inspection import image_fields
 from . import listing, shards
 
 JOB_FILE = "job.json"
@@ -154,14 +154,10 @@ class ShardScorer:
                 by_path[item.path] = _failure(item.path, item.reason)
                 continue
             result, img = item
-            extra = {
-                "time": datetime.now().astimezone().isoformat(timespec="seconds"),
-                "image_size": list(img.original_hw or img.size_hw),
-                "map_size": list(img.size_hw),
-            }
             try:
                 files = self._write_files(result, img.rgb)
-                by_path[result.path] = shards.complete_record({**result.to_record(), **extra, **files, "status": "ok"})
+                fields = {**result.to_record(), **image_fields(img), **files, "status": "ok"}
+                by_path[result.path] = shards.complete_record(fields)
             except Exception as err:
                 by_path[result.path] = _failure(result.path, f"could not write outputs: {type(err).__name__}: {err}")
         for p in paths:  # shard order, whatever order results came in

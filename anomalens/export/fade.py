@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..methods.fade import two_class_probability
+from ..methods.fade import combine_classification, two_class_probability
 from .graph import GraphSpec, bank_distance, memory_banks, register_exporter, require, self_distance, upsample
 
 
@@ -69,18 +69,7 @@ class FadeGraph(nn.Module):
 
     def _combine_scores(self, language: torch.Tensor, vision_map: torch.Tensor) -> torch.Tensor:
         """`Fade.combine_scores` on a batch."""
-        s = self.method.settings
-        if not self.few_shot:
-            return language.clamp(0.0, 1.0)
-        vision = (s.ac_few_shot_vision_scale * vision_map).flatten(1).amax(1)
-        if s.classification_mode == "language":
-            score = language
-        elif s.classification_mode == "vision":
-            score = vision
-        else:
-            w = s.ac_few_shot_language_weight
-            score = w * language + (1.0 - w) * vision
-        return score.clamp(0.0, 1.0)
+        return combine_classification(self.method.settings, language, vision_map, self.few_shot)
 
 
 def _resize(maps: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

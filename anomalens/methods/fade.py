@@ -347,18 +347,9 @@ class Fade(Method):
         return combined.clamp(0.0, 1.0)
 
     def combine_scores(self, language: float, vision_map: torch.Tensor, few_shot: bool) -> float:
-        s = self.settings
-        if not few_shot:
-            return float(min(max(language, 0.0), 1.0))  # zero-shot AC: language only
-        vision = float((s.ac_few_shot_vision_scale * vision_map).max())
-        if s.classification_mode == "language":
-            score = language
-        elif s.classification_mode == "vision":
-            score = vision
-        else:
-            w = s.ac_few_shot_language_weight
-            score = w * language + (1.0 - w) * vision
-        return float(min(max(score, 0.0), 1.0))
+        language_ = torch.tensor([float(language)], dtype=torch.float64)  # as Python floats were
+        score = combine_classification(self.settings, language_, vision_map[None], few_shot)
+        return float(score[0])
 
     # ---- persistence ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -386,3 +377,22 @@ def _resize_grid(patch_map: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor
     if tuple(patch_map.shape) == tuple(grid):
         return patch_map
     return F.interpolate(patch_map[None, None], size=grid, mode="bilinear", align_corners=False)[0, 0]
+
+
+def combine_classification(
+    s: FadeSettings, language: torch.Tensor, vision_maps: torch.Tensor, few_shot: bool
+) -> torch.Tensor:
+    """Image scores (B,) from language probabilities (B,) and vision maps (B, ...), clipped to
+    [0, 1]: zero-shot AC is language only; few-shot mixes in the scaled vision maximum. Shared by
+    the method and its ONNX graph (anomalens.export.fade), so both combine alike."""
+    if not few_shot:
+        return language.clamp(0.0, 1.0)
+    vision = (s.ac_few_shot_vision_scale * vision_maps).flatten(1).amax(1).to(language.dtype)
+    if s.classification_mode == "language":
+        score = language
+    elif s.classification_mode == "vision":
+        score = vision
+    else:
+        w = s.ac_few_shot_language_weight
+        score = w * language + (1.0 - w) * vision
+    return score.clamp(0.0, 1.0)
