@@ -53,20 +53,21 @@ def test_score_image_is_max_of_smoothed_upsampled_patch_map():
     torch.manual_seed(0)
     feats = F.normalize(torch.randn(1, 4, 4, 8), dim=-1)
     bank = F.normalize(torch.randn(30, 8), dim=-1)
-    s = PatchKnnSettings(image_size=16, smoothing_sigma=1.0, top_fraction=0.0)
+    s = PatchKnnSettings(image_size=32, smoothing_sigma=1.0, top_fraction=0.0)
     maps, score = score_image(feats, bank, s)
-    # by hand: 0.5 (1 - max cosine), bilinear to 16 x 16, separable Gaussian with reflect padding
+    # by hand: 0.5 (1 - max cosine), bilinear to 32 x 32 (the smallest input allowed),
+    # separable Gaussian with reflect padding
     patches = (0.5 * (1 - (feats.reshape(-1, 8) @ bank.T).max(dim=1).values)).view(1, 1, 4, 4)
-    up = F.interpolate(patches, size=(16, 16), mode="bilinear", align_corners=False)
+    up = F.interpolate(patches, size=(32, 32), mode="bilinear", align_corners=False)
     k = gaussian_kernel(1.0)
     r = k.numel() // 2
     x = F.conv2d(F.pad(up, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
     x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
     torch.testing.assert_close(maps, x[:, 0], atol=1e-6, rtol=0)
     assert float(score) == pytest.approx(float(x.max()), abs=1e-6)
-    # with a top fraction the score is the mean of the top values of that same map
-    _, top = score_image(feats, bank, PatchKnnSettings(image_size=16, smoothing_sigma=1.0, top_fraction=0.1))
-    assert float(top) == pytest.approx(float(x.flatten().topk(26).values.mean()), abs=1e-6)
+    # with a top fraction the score is the mean of the top ceil(0.1 * 32 * 32) = 103 values of that map
+    _, top = score_image(feats, bank, PatchKnnSettings(image_size=32, smoothing_sigma=1.0, top_fraction=0.1))
+    assert float(top) == pytest.approx(float(x.flatten().topk(103).values.mean()), abs=1e-6)
 
 
 def test_reweighting_factor_by_hand():
