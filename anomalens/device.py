@@ -60,7 +60,7 @@ def move_to(value: Any, device: torch.device) -> Any:
     if isinstance(value, tuple) and not hasattr(value, "_fields"):
         return tuple(move_to(v, device) for v in value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        if getattr(value, "__dataclass_params__").frozen:
+        if value.__dataclass_params__.frozen:
             return value  # settings: nothing to move
         for f in dataclasses.fields(value):
             setattr(value, f.name, move_to(getattr(value, f.name), device))

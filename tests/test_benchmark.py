@@ -198,12 +198,12 @@ def test_defects_without_mask_are_left_out_of_pixel_metrics(dataset, tmp_path):
         det = Detector(method="patchknn", image_size=64)
         return split, evaluate_category(det, split, [])
 
-    split, whole = pixel_auroc(dataset)
+    _, whole = pixel_auroc(dataset)
     assert whole["defects_without_mask"] == 0
     # Drop one defect's mask, and make that defect's image defect-free in its unmasked part:
     # counting it as all-normal would bias the pixel metrics; it must be left out and counted.
     (dataset / "tiles" / "ground_truth" / "spot" / "0_mask.png").unlink()
-    split2, partial = pixel_auroc(dataset)
+    _, partial = pixel_auroc(dataset)
     assert partial["defects_without_mask"] == 1
     assert partial["image_auroc"] == whole["image_auroc"]  # image metrics still use every image
     # Equal to the metrics computed without that image at all:

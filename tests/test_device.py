@@ -68,7 +68,7 @@ def test_bad_devices_are_one_line_errors(monkeypatch, count, spec, message):
 
 
 def test_cli_reports_a_bad_device(tmp_path, monkeypatch):
-    from anomalens.cli import app  # noqa: PLC0415
+    from anomalens.cli import app
 
     _gpus(monkeypatch, 0)
     img = tmp_path / "a.png"

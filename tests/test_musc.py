@@ -176,7 +176,7 @@ def test_single_image_falls_back_with_a_warning_or_raises(musc_detector):
     with pytest.warns(UserWarning, match="batch of one image"):
         (result,) = musc_detector.predict(one)
     assert result.score > 0 and result.anomaly_map.shape == (64, 64)
-    with pytest.raises(SingleImageBatchError, match="img0.png"):
+    with pytest.raises(SingleImageBatchError, match=r"img0\.png"):
         Detector("musc", single_image="error", **FAST).predict(one)
 
 
