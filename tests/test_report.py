@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browser_helpers import CHROMIUM, CHROMIUM_ARGS, browser_or_skip
 from PIL import Image
 
 from anomalens.calibration import apply_decision, calibrate_threshold
@@ -18,7 +19,6 @@ from anomalens.outputs import OutputWriter
 from anomalens.report import histogram_svg, write_report
 from anomalens.results import AnomalyResult
 
-CHROMIUM = "/usr/bin/chromium"
 SCORES = [0.31, 0.92, 0.12, 0.55, 0.47, 0.78]
 
 
@@ -160,35 +160,15 @@ def test_report_scales_to_thousands_of_rows(tmp_path):
     assert len(page) < 20_000_000
 
 
-def _browser_or_skip():
-    if not os.path.exists(CHROMIUM) or not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium chromium-driver")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("playwright is not installed: pip install playwright (no `playwright install` needed)")
-    return sync_playwright
-
-
 @pytest.mark.browser
 def test_report_renders_in_chromium(tmp_path):
-    sync_playwright = _browser_or_skip()
+    sync_playwright = browser_or_skip()
     out, threshold = _make_run(tmp_path)
     report = write_report(
         out, summary_info={"threshold": threshold, "method": "fade", "backbone": "ViT-B-16"}
     )
-    args = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-    ]
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             requests: list[str] = []

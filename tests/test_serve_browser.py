@@ -9,28 +9,18 @@ import pytest
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
+from browser_helpers import CHROMIUM, CHROMIUM_ARGS, browser_or_skip
 from serve_helpers import encode, server_in_thread, texture, tiny_detector
-from test_report import CHROMIUM, _browser_or_skip
 
 from anomalens.serve import ModelRegistry, ServeSettings, create_app
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.mark.browser
 def test_page_scores_uploaded_images(tmp_path, monkeypatch):
-    sync_playwright = _browser_or_skip()
+    sync_playwright = browser_or_skip()
     monkeypatch.setenv("ANOMALENS_TEST_PAGE_KEY", "k3y")
     det = tiny_detector()
     registry = ModelRegistry()
@@ -47,7 +37,7 @@ def test_page_scores_uploaded_images(tmp_path, monkeypatch):
 
     app = create_app(registry, ServeSettings(api_key_env="ANOMALENS_TEST_PAGE_KEY"))
     with server_in_thread(app) as base, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             requests: list[str] = []
