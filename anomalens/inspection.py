@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .colour_scale import scale_for_run
 from .errors import ImageLoadError, UsageError
+from .ground_truth import ground_truth_of
 from .images import IMAGE_EXTENSIONS, list_images
 from .outputs import SETTINGS_JSON, OutputWriter, record_key
 
@@ -194,8 +196,9 @@ def run(
         source = f"{n} reference images" if n else "zero-shot (no reference images)"
 
     previous = None if overwrite else _read_json(out / SETTINGS_JSON)
+    scale = scale_for_run(detector)
     try:
-        writer = OutputWriter(out, overwrite=overwrite, map_format=map_format)
+        writer = OutputWriter(out, overwrite=overwrite, map_format=map_format, overlay_scale=scale)
     except (FileExistsError, ValueError, OSError) as err:
         raise UsageError(f"cannot write to {out}: {err}") from err
     if writer.bad_lines:
@@ -206,6 +209,7 @@ def run(
             f"{writer.backup}"
         )
     settings = run_settings(detector, inputs.given, source, options)
+    settings["colour_scale"] = scale.to_dict()
     try:
         writer.write_settings(settings)
         done = {record_key(r) for r in writer.records() if r.get("status") == "ok"}
@@ -230,7 +234,8 @@ def run(
 
     report_path = None
     if report:
-        report_path = _write_report(out, detector, title, source, elapsed, log, len(files))
+        mine = _records_of(writer.records(), [*files, *missing])
+        report_path = _write_report(out, mine, detector, title, source, elapsed, log, len(files), scale, settings)
     summary = RunSummary(
         out=out,
         images=0,
@@ -288,7 +293,11 @@ def _score_and_write(
             else:
                 result, img = item
                 try:
-                    record = writer.write(result, img.rgb, extra=image_fields(img))
+                    extra = image_fields(img)
+                    truth = ground_truth_of(result.path)
+                    if truth is not None:
+                        extra["ground_truth"] = truth
+                    record = writer.write(result, img.rgb, extra=extra)
                     scored += 1
                 except Exception as err:  # a full disk or an unwritable file: record it, go on
                     record = writer.record_failure(result.path, f"could not write outputs: {type(err).__name__}: {err}")
@@ -300,8 +309,19 @@ def _score_and_write(
 
 
 def _write_report(
-    out: Path, detector, title: str, source: str, elapsed: float, log, num_images: int = 0
+    out: Path,
+    records,
+    detector,
+    title: str,
+    source: str,
+    elapsed: float,
+    log,
+    num_images: int = 0,
+    scale=None,
+    settings: dict | None = None,
 ) -> Path | None:
+    """The report of this run only: `records` are those of its inputs (another run into the same
+    folder keeps its own records in results.jsonl, but they are not shown here)."""
     from .report import write_report
 
     info: dict[str, Any] = {
@@ -309,6 +329,7 @@ def _write_report(
         "backbone": detector.backbone_name,
         "total_seconds": elapsed,
         "source": source,
+        "run_settings": settings,
     }
     if detector.threshold is not None:
         info["threshold"] = detector.threshold.value
@@ -321,7 +342,14 @@ def _write_report(
         refs_note = f" and {refs} reference images" if refs else ""
         info["batch"] = f"{num_images} input images scored jointly (each against the others{refs_note})"
     try:
-        return write_report(out, title=title, summary_info=info)
+        return write_report(
+            out,
+            records,
+            title=title,
+            summary_info=info,
+            colour_scale=scale,
+            references=detector.reference_paths,
+        )
     except (OSError, ValueError) as err:
         log(f"warning: could not write {out}/report.html: {err}")
         return None
@@ -336,11 +364,17 @@ def image_fields(img) -> dict:
     }
 
 
+def _records_of(records: list[dict], paths: list[Path]) -> list[dict]:
+    """The records of these input paths (resolved), in input order."""
+    by_path = {record_key(r): r for r in records}
+    wanted = dict.fromkeys(os.path.realpath(p) for p in paths)
+    return [by_path[a] for a in wanted if a in by_path]
+
+
 def _count(summary: RunSummary, records: list[dict], paths: list[Path]) -> None:
     """Fill the counts of `summary` over this run's inputs (resumed ones included)."""
-    by_path = {record_key(r): r for r in records}
     wanted = list(dict.fromkeys(os.path.realpath(p) for p in paths))
-    mine = [by_path[a] for a in wanted if a in by_path]
+    mine = _records_of(records, paths)
     ok = [r for r in mine if r.get("status") == "ok"]
     summary.images = len(wanted)
     summary.done = len(mine)

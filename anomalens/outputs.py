@@ -5,7 +5,7 @@ Layout of ``out_dir``::
     results.jsonl       one JSON object per input image (status "ok" or "error"), append-only
     results.csv         the same as a table (rebuilt from results.jsonl when resuming)
     settings.json       the run's effective settings (older different ones kept as settings.<n>.json)
-    overlays/<name>.png heatmap over the image with the mask contour
+    overlays/<name>.png heatmap over the image with the mask contour (and the run's colour bar below)
     masks/<name>.png    predicted mask, 0/255 (only when the result has a mask)
     maps/<name>.npy     raw float32 anomaly map (or maps/<name>.tiff, 32-bit float TIFF)
 
@@ -31,6 +31,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
+from anomalens.colour_scale import ColourScale, with_colour_bar
 from anomalens.images import OUTPUT_MARKER
 from anomalens.overlay import heatmap_overlay, mask_image
 from anomalens.records import RESULTS_JSONL, backup_path, lock_output_dir, read_jsonl, read_records, record_key
@@ -152,6 +153,7 @@ class OutputWriter:
         resume: bool = True,
         overlay_range: tuple[float, float] | None = None,
         overlay_alpha: float = 0.5,
+        overlay_scale: ColourScale | None = None,
     ):
         if map_format not in ("npy", "tiff"):
             raise ValueError(f"map_format must be 'npy' or 'tiff', got {map_format!r}")
@@ -164,6 +166,9 @@ class OutputWriter:
         # None scales each overlay to its own map's range.
         self.overlay_range = overlay_range
         self.overlay_alpha = overlay_alpha
+        # A run's ColourScale (anomalens.colour_scale): one scale anchored to the threshold, drawn
+        # as a bar under every overlay. It takes precedence over overlay_range.
+        self.overlay_scale = overlay_scale
 
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._lock = lock_output_dir(self.out_dir)
@@ -297,7 +302,9 @@ class OutputWriter:
 
                 image = load_image(result.path).rgb
             vmin, vmax = self.overlay_range if self.overlay_range else (None, None)
-            over = heatmap_overlay(image, amap, result.mask, vmin, vmax, self.overlay_alpha)
+            over = heatmap_overlay(image, amap, result.mask, vmin, vmax, self.overlay_alpha, scale=self.overlay_scale)
+            if self.overlay_scale is not None:
+                over = with_colour_bar(over, self.overlay_scale)
             rel["overlay"] = f"overlays/{name}.png"
             atomic_write(self.out_dir / rel["overlay"], _save_png(over))
 

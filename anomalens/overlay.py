@@ -9,6 +9,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from anomalens.colour_scale import ColourScale
+
 # Control points of a turbo-like rainbow ramp (dark blue -> cyan -> green -> yellow -> dark red),
 # hand-picked so lightness rises then falls smoothly and low values stay dark and unobtrusive.
 _RAMP_POSITIONS = np.linspace(0.0, 1.0, 9)
@@ -106,11 +108,14 @@ def heatmap_overlay(
     vmax: float | None = None,
     alpha: float = 0.5,
     contour_thickness: int = 2,
+    scale: ColourScale | None = None,
 ) -> np.ndarray:
     """Blend a colour-mapped anomaly map over an image and outline the predicted mask.
 
     The map (and mask) are resized to the image if their size differs. `alpha` is the weight of
-    the heatmap (0 = image only, 1 = heatmap only). Returns HxWx3 uint8.
+    the heatmap (0 = image only, 1 = heatmap only). With `scale` (a run's ColourScale) the map is
+    coloured on that scale, cool below its threshold and hot above; without, on the rainbow ramp
+    between vmin and vmax. Returns HxWx3 uint8.
     """
     img = _as_rgb(image_rgb_uint8)
     h, w = img.shape[:2]
@@ -119,7 +124,10 @@ def heatmap_overlay(
         raise ValueError(f"anomaly_map must be HxW, got shape {m.shape}")
     if m.shape != (h, w):
         m = _resize_float(m, (h, w))
-    colours = colormap(normalize_map(m, vmin, vmax)).astype(np.float32)
+    if scale is not None:
+        colours = scale.colours(m).astype(np.float32)
+    else:
+        colours = colormap(normalize_map(m, vmin, vmax)).astype(np.float32)
     a = float(np.clip(alpha, 0.0, 1.0))
     out = np.rint((1.0 - a) * img.astype(np.float32) + a * colours).astype(np.uint8)
     if mask is not None:

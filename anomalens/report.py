@@ -1,15 +1,16 @@
-"""A single self-contained HTML report of a run (no external files or URLs).
+"""A single self-contained HTML report of one run (no external files or URLs).
 
-The report holds a summary, a histogram of the scores with the threshold (inline SVG), a
-table of all images worst first with image and overlay thumbnails (base64 JPEG), sortable by
-clicking a column header (a few lines of inline JavaScript), and a list of failed images.
+The report holds a summary (counts, threshold, the run's own settings and timing), a place for
+the calibration numbers, the reference images, a histogram of the scores with the threshold, the
+overlays' colour scale, and the results: a table rendered page by page from a JSON array embedded
+in the page (filters NG / OK / no decision / failed, sortable columns, thumbnails loaded lazily,
+a click opens image, overlay and mask side by side). Failures are also listed in their own section.
 """
 
 from __future__ import annotations
 
-import base64
 import html
-import io
+import json
 import math
 import os
 import time
@@ -18,74 +19,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image, ImageOps
-
 from anomalens.calibration import Threshold, as_threshold
+from anomalens.colour_scale import ColourScale, scale_svg
 from anomalens.outputs import REPORT_HTML, read_records
+from anomalens.report_assets import CSS, JS
 from anomalens.report_histogram import histogram_svg
+from anomalens.report_thumbs import THUMB_SIDE, mask_data_uri, thumb_data_uri
 
-THUMB_SIDE = 160
-JPEG_QUALITY = 75
+__all__ = ["PAGE_SIZE", "THUMB_SIDE", "histogram_svg", "write_report"]
 
-_CSS = """
-:root{--ok:#1b7f3b;--ng:#c62828;--na:#6b7280;--bg:#f6f7f9;--line:#d9dde3}
-*{box-sizing:border-box}
-body{margin:0;padding:24px;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;
- color:#1f2328;background:var(--bg)}
-h1{margin:0 0 4px;font-size:22px}h2{font-size:17px;margin:0 0 10px}
-.meta{color:var(--na);margin:0}
-section{background:#fff;border:1px solid var(--line);border-radius:8px;padding:16px 20px;margin-top:16px}
-.cards{display:flex;gap:12px;flex-wrap:wrap;margin-bottom:12px}
-.card{min-width:110px;padding:10px 14px;border-radius:8px;border:1px solid var(--line);background:#fafbfc}
-.card .n{font-size:26px;font-weight:600;display:block}
-.card.ok .n{color:var(--ok)}.card.ng .n{color:var(--ng)}.card.failed .n{color:var(--na)}
-dl.info{display:grid;grid-template-columns:max-content 1fr;gap:4px 16px;margin:0}
-dl.info dt{color:var(--na)}dl.info dd{margin:0}
-table{border-collapse:collapse;width:100%}
-th,td{padding:6px 8px;border-bottom:1px solid var(--line);text-align:left;vertical-align:middle}
-th{position:sticky;top:0;background:#eef0f3;white-space:nowrap;user-select:none}
-th[data-type]{cursor:pointer}th[data-type]:hover{background:#e2e6ea}
-th[aria-sort=ascending]::after{content:" \\25B2"}th[aria-sort=descending]::after{content:" \\25BC"}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
-td.path{font-family:ui-monospace,Consolas,monospace;font-size:12px;word-break:break-all;max-width:380px}
-td img{display:block;border-radius:3px}
-.badge{display:inline-block;padding:2px 9px;border-radius:10px;color:#fff;font-weight:600;font-size:12px}
-.badge.ok{background:var(--ok)}.badge.ng{background:var(--ng)}.badge.na{background:var(--na)}
-.missing{color:var(--na);font-style:italic}
-.sim{color:var(--na)}
-svg text{font:11px system-ui,sans-serif;fill:#444}
-"""
-
-# Sorting: numeric columns compare data-v as numbers (empty values last), others as text in
-# natural order (img2 before img10);
-# rank breaks ties so sorting is stable. The first click on a header sorts in the direction
-# given by data-first (descending for scores: worst first).
-_JS = """
-(function(){
-  function val(row,i,num){var c=row.cells[i];var v=c.getAttribute('data-v');
-    if(v===null){v=c.textContent;}if(!num){return v.toLowerCase();}
-    var f=parseFloat(v);return isNaN(f)?null:f;}
-  function sortBy(table,th){
-    var i=th.cellIndex,num=th.getAttribute('data-type')==='num';
-    var cur=th.getAttribute('aria-sort');
-    var dir=cur==='ascending'?'descending':cur==='descending'?'ascending':(th.getAttribute('data-first')||'ascending');
-    var sign=dir==='ascending'?1:-1;
-    var body=table.tBodies[0],rows=Array.prototype.slice.call(body.rows);
-    rows.sort(function(a,b){
-      var x=val(a,i,num),y=val(b,i,num),r=0;
-      if(x===null&&y!==null){return 1;}if(y===null&&x!==null){return -1;}
-      if(x!==null&&y!==null){r=num?(x<y?-1:x>y?1:0):x.localeCompare(y,undefined,{numeric:true});}
-      return r!==0?sign*r:(val(a,0,true)-val(b,0,true));});
-    var frag=document.createDocumentFragment();rows.forEach(function(r){frag.appendChild(r);});
-    body.appendChild(frag);
-    Array.prototype.forEach.call(th.parentNode.cells,function(h){h.removeAttribute('aria-sort');});
-    th.setAttribute('aria-sort',dir);}
-  Array.prototype.forEach.call(document.querySelectorAll('table.sortable'),function(table){
-    Array.prototype.forEach.call(table.tHead.rows[0].cells,function(th){
-      if(th.hasAttribute('data-type')){th.addEventListener('click',function(){sortBy(table,th);});}});});
-})();
-"""
+PAGE_SIZE = 100  # rows per page of the results table
+MAX_REFERENCES_SHOWN = 48
 
 
 def _esc(value: Any) -> str:
@@ -110,49 +54,6 @@ def _fmt_seconds(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min {sec:02d} s" if hours else f"{minutes} min {sec:02d} s"
 
 
-def _open_rgb(path: Path, max_side: int) -> Image.Image:
-    """Open an image as RGB, EXIF-rotated; JPEGs are decoded at reduced scale (draft) for speed."""
-    with Image.open(path) as img:
-        img.draft("RGB", (max_side * 2, max_side * 2))
-        # Shrink huge non-JPEG images before any full-size copy (rotation, conversion) is made.
-        factor = max(img.size) // (max_side * 2)
-        if factor > 1:
-            try:
-                img = img.reduce(factor)
-            except ValueError:  # modes reduce() does not support (e.g. palette): thumbnail copes
-                img.thumbnail((max_side * 2, max_side * 2))
-        img = ImageOps.exif_transpose(img)
-        if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-            # High bit depth grey: stretch the used range, as convert("L") would clip it white.
-            arr = np.asarray(img, dtype=np.float64)
-            lo, hi = float(arr.min()), float(arr.max())
-            arr = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo) * 255.0
-            return Image.fromarray(np.rint(arr).astype(np.uint8)).convert("RGB")
-        return img.convert("RGB")
-
-
-def _thumb_data_uri(path: Path | None, max_side: int) -> tuple[str, int, int] | None:
-    """(data URI of a JPEG thumbnail, width, height), or None if the file cannot be read."""
-    if path is None:
-        return None
-    try:
-        img = _open_rgb(path, max_side)
-    except (OSError, ValueError, SyntaxError):
-        return None
-    img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=3.0)
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=JPEG_QUALITY, optimize=True)
-    uri = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-    return uri, img.width, img.height
-
-
-def _img_cell(thumb: tuple[str, int, int] | None, alt: str) -> str:
-    if thumb is None:
-        return '<td><span class="missing">not available</span></td>'
-    uri, w, h = thumb
-    return f'<td><img src="{uri}" width="{w}" height="{h}" alt="{_esc(alt)}"></td>'
-
-
 def _score_of(rec: dict) -> float | None:
     s = rec.get("score")
     try:
@@ -173,6 +74,13 @@ def _threshold_value(summary_info: dict, records: Sequence[dict]) -> float | Non
         return None
 
 
+def _threshold_row(label: str, value: Any, text: str | None) -> tuple[str, str] | None:
+    if value is None and not text:
+        return None
+    number = "" if value is None else _fmt_num(as_threshold(value).value, 6)
+    return label, f"{number} ({text})" if text and number else number or str(text)
+
+
 def _summary_html(records: Sequence[dict], summary_info: dict, threshold: float | None) -> str:
     ok = [r for r in records if r.get("status") == "ok"]
     counts = {
@@ -190,23 +98,20 @@ def _summary_html(records: Sequence[dict], summary_info: dict, threshold: float 
         for k, v in counts.items()
     )
     info = dict(summary_info)
+    info.pop("calibration", None)  # its own section
+    run_settings = info.pop("run_settings", None)
     rows: list[tuple[str, str]] = []
     thr_obj = info.pop("threshold", None)  # described only when it carries how it was set
     thr_text = info.pop("threshold_description", None) or (
         thr_obj.description() if isinstance(thr_obj, Threshold) else None
     )
-    if threshold is not None or thr_text:
-        value = "" if threshold is None else _fmt_num(threshold, 6)
-        rows.append(("Threshold", f"{value} ({thr_text})" if thr_text and value else value or str(thr_text)))
     pix = info.pop("pixel_threshold", None)
     pix_text = info.pop("pixel_threshold_description", None) or (
         pix.description() if isinstance(pix, Threshold) else None
     )
-    if pix is not None or pix_text:
-        value = _fmt_num(as_threshold(pix).value, 6) if pix is not None else ""
-        rows.append(
-            ("Pixel threshold", f"{value} ({pix_text})" if pix_text and value else value or str(pix_text))
-        )
+    for row in (_threshold_row("Threshold", threshold, thr_text), _threshold_row("Pixel threshold", pix, pix_text)):
+        if row:
+            rows.append(row)
     for key, label in (("method", "Method"), ("backbone", "Backbone")):
         if info.get(key) is not None:
             rows.append((label, str(info.pop(key))))
@@ -219,42 +124,139 @@ def _summary_html(records: Sequence[dict], summary_info: dict, threshold: float 
     for key, value in info.items():
         rows.append((str(key).replace("_", " ").capitalize(), str(value)))
     dl = "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in rows)
-    return f'<section id="summary"><h2>Summary</h2><div class="cards">{cards}</div><dl class="info">{dl}</dl></section>'
+    settings = ""
+    if run_settings:
+        text = json.dumps(run_settings, indent=2, sort_keys=True, default=str)
+        settings = f'<details id="run-settings"><summary>Settings of this run</summary><pre class="settings">{_esc(text)}</pre></details>'
+    return (
+        f'<section id="summary"><h2>Summary</h2><div class="cards">{cards}</div>'
+        f'<dl class="info">{dl}</dl>{settings}</section>'
+    )
 
 
-def _results_table(ok: Sequence[dict], thumbs: dict[int, tuple[Any, Any]]) -> str:
+def calibration_section(calibration: dict | None) -> str:
+    """The "Calibration" section: what the threshold rule promises (expected false-reject rate,
+    its bound, ...), as label -> value pairs given by the calibration code. Empty when none."""
+    if not calibration:
+        return ""
+    dl = "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in calibration.items())
+    return f'<section id="calibration"><h2>Calibration</h2><dl class="info">{dl}</dl></section>'
+
+
+def _references_html(references: Sequence[str], thumb_side: int) -> str:
+    if not references:
+        return ""
+    shown = list(references)[:MAX_REFERENCES_SHOWN]
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        thumbs = list(pool.map(lambda p: thumb_data_uri(Path(p), thumb_side // 2 + 40), shown))
+    figures = []
+    for path, thumb in zip(shown, thumbs):
+        picture = (
+            f'<img src="{thumb[0]}" width="{thumb[1]}" height="{thumb[2]}" alt="reference" loading="lazy">'
+            if thumb
+            else '<span class="missing">not available</span>'
+        )
+        figures.append(f"<figure>{picture}<figcaption>{_esc(Path(path).name)}</figcaption></figure>")
+    more = len(references) - len(shown)
+    note = f'<p class="meta">and {more} more (listed in settings.json)</p>' if more > 0 else ""
+    return (
+        f'<section id="references"><h2>Reference images ({len(references)})</h2>'
+        f'<div class="refs">{"".join(figures)}</div>{note}</section>'
+    )
+
+
+def _scale_html(scale: ColourScale | None) -> str:
+    if scale is None:
+        return ""
+    return (
+        f'<section id="overlay-scale"><h2>Overlay colours</h2>{scale_svg(scale)}'
+        f'<p class="meta">{_esc(scale.basis)}. Every overlay of this run uses this one scale.</p></section>'
+    )
+
+
+def _file_uri(path: Path) -> str | None:
+    try:
+        return path.resolve().as_uri()
+    except (OSError, ValueError):
+        return None
+
+
+def _truth(rec: dict) -> tuple[str | None, str | None]:
+    """(ground-truth label, ground-truth mask path) of a record, when known."""
+    gt = rec.get("ground_truth")
+    if isinstance(gt, dict):
+        return (None if gt.get("label") is None else str(gt["label"])), gt.get("mask")
+    return (None if gt is None else str(gt)), None
+
+
+def _row(rank: int, rec: dict, out: Path, thumb_side: int) -> dict:
+    """One row of the embedded JSON (short keys: the array is the bulk of a large report)."""
+    ok = rec.get("status", "ok") == "ok"
+    src = Path(str(rec.get("path", "")))
+    overlay, mask = rec.get("overlay"), rec.get("mask")
+    image_thumb = thumb_data_uri(src, thumb_side) if rec.get("path") else None
+    overlay_thumb = thumb_data_uri(out / overlay, thumb_side) if overlay else None
+    descriptions = rec.get("descriptions") or []
+    top = descriptions[0] if descriptions else {}
+    label, truth_mask = _truth(rec)
+    row: dict[str, Any] = {
+        "i": rank,
+        "p": str(rec.get("path", "")),
+        "score": _score_of(rec),
+        "d": rec.get("decision") or "",
+        "st": "ok" if ok else "error",
+        "t": top.get("text", ""),
+        "ts": top.get("similarity"),
+    }
+    if not ok:
+        row["e"] = rec.get("error") or "unknown error"
+    if image_thumb:
+        row.update(im=image_thumb[0], w=image_thumb[1], h=image_thumb[2], fi=_file_uri(src))
+    if overlay_thumb:
+        row.update(ov=overlay_thumb[0], ow=overlay_thumb[1], oh=overlay_thumb[2], fo=overlay)
+    if mask:
+        row.update(mk=mask_data_uri(out / mask, thumb_side), fm=mask)
+    if label is not None:
+        row["g"] = label
+        defect = label.lower() not in ("good", "ok", "0", "normal")
+        if ok and row["d"] in ("OK", "NG"):
+            row["miss"] = (row["d"] == "NG") != defect  # an escape or a false reject
+        if truth_mask:
+            row.update(gk=mask_data_uri(Path(truth_mask), thumb_side), fg=_file_uri(Path(truth_mask)))
+    return {k: v for k, v in row.items() if v is not None and v != ""} | {"score": row["score"]}
+
+
+def _results_html(rows: list[dict], has_truth: bool) -> str:
+    truth = "<th data-key=\"g\" data-first=\"ascending\">Truth</th>" if has_truth else ""
     head = (
         "<thead><tr>"
-        '<th data-type="num" data-first="ascending">#</th><th>Image</th><th>Overlay</th>'
-        '<th data-type="text" data-first="ascending">File</th>'
-        '<th data-type="num" data-first="descending" aria-sort="descending">Score</th>'
-        '<th data-type="text" data-first="descending">Decision</th>'
-        '<th data-type="text" data-first="ascending">Top defect description</th>'
+        '<th data-key="i" data-first="ascending">#</th><th>Image</th><th>Overlay</th>'
+        '<th data-key="p" data-first="ascending">File</th>'
+        '<th data-key="score" data-first="descending" aria-sort="descending">Score</th>'
+        '<th data-key="d" data-first="descending">Decision</th>'
+        f'{truth}<th data-key="t" data-first="ascending">Top defect description</th>'
         "</tr></thead>"
     )
-    rows = []
-    for rank, rec in enumerate(ok, start=1):
-        score = _score_of(rec)
-        decision = rec.get("decision")
-        badge = {"OK": "ok", "NG": "ng"}.get(decision or "", "na")
-        descriptions = rec.get("descriptions") or []
-        if descriptions:
-            top = descriptions[0]
-            sim = top.get("similarity")
-            desc = f'{_esc(top.get("text", ""))} <span class="sim">({_fmt_num(sim, 3)})</span>'
-            desc_v = _esc(top.get("text", ""))
-        else:
-            desc, desc_v = "", ""
-        image_thumb, overlay_thumb = thumbs[rank]
-        rows.append(
-            f'<tr class="{badge}"><td class="num" data-v="{rank}">{rank}</td>'
-            f"{_img_cell(image_thumb, 'image')}{_img_cell(overlay_thumb, 'overlay')}"
-            f'<td class="path">{_esc(rec.get("path", ""))}</td>'
-            f'<td class="num" data-v="{"" if score is None else repr(score)}">{_fmt_num(score)}</td>'
-            f'<td data-v="{_esc(decision or "")}"><span class="badge {badge}">{_esc(decision or "n/a")}</span></td>'
-            f'<td data-v="{desc_v}">{desc}</td></tr>'
-        )
-    return f'<table id="results-table" class="sortable">{head}<tbody>{"".join(rows)}</tbody></table>'
+    filters = "".join(
+        f'<button type="button" data-filter="{f}" aria-pressed="{"true" if f == "all" else "false"}">'
+        f'{label} <span class="count"></span></button>'
+        for f, label in (("all", "All"), ("NG", "NG"), ("OK", "OK"), ("none", "No decision"), ("failed", "Failed"))
+    )
+    pager = (
+        '<div class="pager"><button type="button" data-step="-1">&larr; previous</button>'
+        '<span class="page-info"></span><button type="button" data-step="1">next &rarr;</button></div>'
+    )
+    # "</" inside the JSON would end the <script> element early: escape it.
+    data = json.dumps(rows, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
+    return (
+        f'<section id="results"><h2>Results ({len(rows)} images, worst first)</h2>'
+        '<p class="meta">Filter, sort by a column header, click a picture to enlarge '
+        "(image, overlay and mask side by side; arrow keys for the next one).</p>"
+        f'<div class="toolbar" id="filters">{filters}</div>{pager}'
+        f'<table id="results-table" data-page-size="{PAGE_SIZE}" data-truth="{int(has_truth)}">{head}<tbody></tbody></table>'
+        f'{pager}<script type="application/json" id="report-data">{data}</script></section>'
+        '<dialog id="viewer" aria-label="Enlarged image"></dialog>'
+    )
 
 
 def _failures_html(failed: Sequence[dict]) -> str:
@@ -278,14 +280,20 @@ def write_report(
     summary_info: dict | None = None,
     thumb_side: int = THUMB_SIDE,
     workers: int | None = None,
+    colour_scale: ColourScale | None = None,
+    references: Sequence[str] = (),
 ) -> Path:
     """Build ``out_dir/report.html`` and return its path.
 
-    `records` are results.jsonl records (read from ``out_dir/results.jsonl`` when None).
-    `summary_info` may hold "threshold" (number or Threshold), "threshold_description",
-    "pixel_threshold", "pixel_threshold_description", "method", "backbone", "total_seconds";
-    other keys are listed as they are. Input images are read from the records' paths, overlays
-    from ``out_dir``; files that cannot be read show as "not available".
+    `records` are results.jsonl records (all of ``out_dir/results.jsonl`` when None; a run passes
+    only its own). `summary_info` may hold "threshold" (number or Threshold),
+    "threshold_description", "pixel_threshold", "pixel_threshold_description", "method",
+    "backbone", "total_seconds", "run_settings" (a dict, shown folded), "calibration" (label ->
+    value, its own section, see `calibration_section`); other keys are listed as they are.
+    `colour_scale`: the overlays' scale, drawn in the report. `references`: paths of the
+    reference images, shown as thumbnails. A record may carry "ground_truth" (a label, or
+    {"label", "mask"}). Input images are read from the records' paths, overlays and masks from
+    ``out_dir``; files that cannot be read show as "not available".
     """
     out = Path(out_dir)
     records = list(read_records(out) if records is None else records)
@@ -294,19 +302,14 @@ def write_report(
 
     ok = [r for r in records if r.get("status", "ok") == "ok"]
     failed = [r for r in records if r.get("status", "ok") != "ok"]
-    # Worst first; images without a finite score go last (they cannot be ranked).
+    # Worst first; images without a finite score go last (they cannot be ranked), failures after.
     ok.sort(key=lambda r: (_score_of(r) is None, -(_score_of(r) or 0.0)))
-
-    def make_thumbs(rec: dict) -> tuple[Any, Any]:
-        overlay = rec.get("overlay")
-        return (
-            _thumb_data_uri(Path(rec["path"]), thumb_side),
-            _thumb_data_uri(out / overlay if overlay else None, thumb_side),
-        )
+    ordered = ok + failed
 
     # Decoding and resizing release the GIL in Pillow, so threads speed up thousands of images.
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-        thumbs = dict(enumerate(pool.map(make_thumbs, ok), start=1))
+        rows = list(pool.map(lambda a: _row(a[0], a[1], out, thumb_side), enumerate(ordered, start=1)))
+    has_truth = any("g" in r for r in rows)
 
     scored = [(s, r.get("decision")) for r in ok if (s := _score_of(r)) is not None]
     svg = histogram_svg([s for s, _ in scored], [d for _, d in scored], threshold)
@@ -314,15 +317,16 @@ def write_report(
     page = (
         "<!DOCTYPE html>\n"
         f'<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">'
-        f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>"
+        f"<title>{_esc(title)}</title><style>{CSS}</style></head><body>"
         f'<header><h1>{_esc(title)}</h1><p class="meta">Generated {generated} from {_esc(out)}</p></header>'
         f"{_summary_html(records, summary_info, threshold)}"
+        f"{calibration_section(summary_info.get('calibration'))}"
         f'<section id="score-distribution"><h2>Score distribution</h2>{svg}</section>'
-        f'<section id="results"><h2>Results ({len(ok)} images, worst first)</h2>'
-        '<p class="meta">Click a column header to sort.</p>'
-        f"{_results_table(ok, thumbs)}</section>"
+        f"{_scale_html(colour_scale)}"
+        f"{_references_html(references, thumb_side)}"
+        f"{_results_html(rows, has_truth)}"
         f"{_failures_html(failed)}"
-        f"<script>{_JS}</script></body></html>\n"
+        f"<script>{JS}</script></body></html>\n"
     )
     target = out / REPORT_HTML
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")

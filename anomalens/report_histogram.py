@@ -66,10 +66,13 @@ def histogram_svg(
     base = top + ph
     parts.append(f'<line x1="{left}" y1="{base}" x2="{left + pw}" y2="{base}" stroke="#666"/>')
     parts.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{base}" stroke="#666"/>')
-    for v in np.linspace(lo, hi, 5):
+    ticks = np.linspace(lo, hi, 5)
+    for i, v in enumerate(ticks):
         x = x_of(float(v))
+        # The end labels hang inwards from their tick so a long number is never cut by the edge.
+        anchor = "start" if i == 0 else "end" if i == len(ticks) - 1 else "middle"
         parts.append(f'<line x1="{x:.1f}" y1="{base}" x2="{x:.1f}" y2="{base + 4}" stroke="#666"/>')
-        parts.append(f'<text x="{x:.1f}" y="{base + 16}" text-anchor="middle">{float(v):.4g}</text>')
+        parts.append(f'<text x="{x:.1f}" y="{base + 16}" text-anchor="{anchor}">{float(v):.4g}</text>')
     parts.append(f'<text x="{left - 6}" y="{top + 4}" text-anchor="end">{ymax}</text>')
     parts.append(f'<text x="{left - 6}" y="{base}" text-anchor="end">0</text>')
     parts.append(f'<text x="{left + pw / 2:.1f}" y="{height - 4}" text-anchor="middle">anomaly score</text>')

@@ -1,0 +1,66 @@
+"""Small embedded pictures for the HTML report: JPEG thumbnails of images and overlays, 1-bit PNG
+thumbnails of masks, as data URIs (the report is one file that needs nothing else)."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+THUMB_SIDE = 160
+JPEG_QUALITY = 75
+
+
+def _open_rgb(path: Path, max_side: int) -> Image.Image:
+    """Open an image as RGB, EXIF-rotated; JPEGs are decoded at reduced scale (draft) for speed."""
+    with Image.open(path) as img:
+        img.draft("RGB", (max_side * 2, max_side * 2))
+        # Shrink huge non-JPEG images before any full-size copy (rotation, conversion) is made.
+        factor = max(img.size) // (max_side * 2)
+        if factor > 1:
+            try:
+                img = img.reduce(factor)
+            except ValueError:  # modes reduce() does not support (e.g. palette): thumbnail copes
+                img.thumbnail((max_side * 2, max_side * 2))
+        img = ImageOps.exif_transpose(img)
+        if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            # High bit depth grey: stretch the used range, as convert("L") would clip it white.
+            arr = np.asarray(img, dtype=np.float64)
+            lo, hi = float(arr.min()), float(arr.max())
+            arr = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo) * 255.0
+            return Image.fromarray(np.rint(arr).astype(np.uint8)).convert("RGB")
+        return img.convert("RGB")
+
+
+def thumb_data_uri(path: Path | None, max_side: int = THUMB_SIDE) -> tuple[str, int, int] | None:
+    """(data URI of a JPEG thumbnail, width, height), or None if the file cannot be read."""
+    if path is None:
+        return None
+    try:
+        img = _open_rgb(path, max_side)
+    except (OSError, ValueError, SyntaxError):
+        return None
+    img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=JPEG_QUALITY, optimize=True)
+    uri = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return uri, img.width, img.height
+
+
+def mask_data_uri(path: Path | None, max_side: int = THUMB_SIDE) -> str | None:
+    """A mask file as a small 1-bit PNG data URI (a few hundred bytes), or None if unreadable."""
+    if path is None:
+        return None
+    try:
+        with Image.open(path) as img:
+            small = img.convert("L")
+            small.thumbnail((max_side, max_side), Image.Resampling.NEAREST)
+            bits = small.point(lambda v: 255 if v > 127 else 0).convert("1")
+    except (OSError, ValueError, SyntaxError):
+        return None
+    buf = io.BytesIO()
+    bits.save(buf, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
