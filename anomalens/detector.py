@@ -26,6 +26,7 @@ from .model_files import (
     set_default_mode,
     tensor_manifest,
 )
+from .progress import FitProgressCallback, ReportingList
 from .results import AnomalyResult
 
 ImageInput = str | os.PathLike | LoadedImage
@@ -117,11 +118,12 @@ class Detector:
         """Whether the method scores a run's images against each other (then one batch per run)."""
         return self.method.scores_jointly
 
-    def fit(self, reference_images: Iterable[ImageInput] = ()) -> Detector:
+    def fit(self, reference_images: Iterable[ImageInput] = (), progress: FitProgressCallback | None = None) -> Detector:
         """Use good reference images (few-shot); call with none (or not at all) for zero-shot.
 
         Directories are expanded. Unreadable references raise ImageLoadError naming the file:
-        a reference set must be trusted, so it is not silently shrunk.
+        a reference set must be trusted, so it is not silently shrunk. `progress` is called with
+        a FitProgress as references are read ("reading") and fitted ("fitting").
         """
         refs = list(reference_images)
         expanded: list[ImageInput] = []
@@ -133,11 +135,16 @@ class Detector:
                 expanded.extend(found)
             else:
                 expanded.append(r)
+        if progress is not None:
+            expanded = ReportingList(expanded, "reading", progress)
         loaded = [_as_loaded(r) for r in expanded]
         self.reference_paths = [img.path for img in loaded]
         self._references = loaded  # kept for leave-one-out calibration
+        fitting = list(loaded) if progress is None else ReportingList(loaded, "fitting", progress)
         with torch.inference_mode():
-            self.method.fit(loaded)
+            self.method.fit(fitting)
+        if progress is not None:
+            fitting.finish()
         return self
 
     def calibrate(
@@ -147,6 +154,7 @@ class Detector:
         margin: float = DEFAULT_MARGIN,
         pixel_threshold: float | None = None,
         max_images: int = 32,
+        progress: FitProgressCallback | None = None,
     ) -> Detector:
         """Set the OK/NG threshold from good images (see anomalens.calibration for the rule).
 
@@ -156,6 +164,7 @@ class Detector:
         A quantile outside (0, 1], a negative or non-finite margin or pixel threshold is refused
         before anything is scored (fail closed).
         With more than `max_images` references, a seeded subset of them is held out in turn.
+        `progress` is called with a FitProgress ("calibrating") as the references are gone through.
         """
         from .calibration import Threshold, calibrate_threshold, pixel_threshold_from_maps
 
@@ -172,7 +181,10 @@ class Detector:
                 if len(held_out) > max_images:
                     # Enough held-out scores for a quantile, without len(refs) refits.
                     held_out = sorted(random.Random(0).sample(held_out, max_images))
-                outputs = self.method.leave_one_out(refs, held_out)
+                looped = refs if progress is None else ReportingList(refs, "calibrating", progress)
+                outputs = self.method.leave_one_out(looped, held_out)
+                if progress is not None:
+                    looped.finish()
                 if extra:
                     outputs.extend(self.method.predict(extra))
             else:

@@ -122,7 +122,7 @@ def test_mixed_bad_inputs_are_reported_and_the_batch_goes_on(refs, tmp_path, mon
 
 def test_all_good_exits_0(refs, tmp_path):
     Image.fromarray(texture(20)).save(tmp_path / "a.png")
-    res = run(["detect", tmp_path / "a.png", "--refs", refs, "--out", tmp_path / "out", *FAST])
+    res = run(["detect", tmp_path / "a.png", "--refs", refs, "--out", tmp_path / "out", *FAST, "--threshold", "none"])
     assert "1 images: OK 0, NG 0, no decision 1, failed 0" in res.output
 
 

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from anomalens.calibration import calibrate_threshold
 from anomalens.cli import app
+from anomalens.colour_scale import ColourScale, colour_bar
 from anomalens.methods.patchknn import PatchKnn
 from anomalens.outputs import output_name, read_records
 
@@ -90,7 +91,9 @@ def test_detect_writes_every_output_with_a_given_threshold(data, tmp_path):
         else:
             assert not mask.any()
         overlay = Image.open(out / rec["overlay"])
-        assert overlay.size == (64, 64) and overlay.mode == "RGB"
+        # The run's colour bar (anchored to the pixel threshold) is appended under the image.
+        bar = colour_bar(64, ColourScale.around(0.25, "")).shape[0]
+        assert overlay.size == (64, 64 + bar) and overlay.mode == "RGB"
     with open(out / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["path"] for r in rows] == [r["path"] for r in read_records(out)]
@@ -255,7 +258,7 @@ def test_jobs_0_and_3_give_identical_results(data, tmp_path):
 
 
 def test_tiff_maps_hold_the_same_float32_values(data, tmp_path):
-    common = ["detect", data / "queries" / "scratch_0.png", "--refs", data / "refs", *FAST]
+    common = ["detect", data / "queries" / "scratch_0.png", "--refs", data / "refs", *FAST, "--threshold", "none"]
     run([*common, "--out", tmp_path / "npy"])
     run([*common, "--out", tmp_path / "tiff", "--map-format", "tiff"])
     (rn,), (rt,) = read_records(tmp_path / "npy"), read_records(tmp_path / "tiff")

@@ -10,7 +10,8 @@ from ..errors import ImageLoadError, UsageError
 from .app import echo, fail
 from .config import parse_sets
 
-# The options that are method settings; with --model they are the saved model's and ignored.
+# The options that are method settings; with --model they are the saved model's: a different
+# value is refused (see model_overrides).
 METHOD_OPTIONS = (
     "weights", "backbone", "category", "prompts", "checkpoint", "grounding", "image_size", "resize", "set_",
     "describe_",
@@ -80,8 +81,10 @@ def prompt_files(paths) -> str | tuple[str, ...] | None:
     return files[0] if len(files) == 1 else files
 
 
-def build_detector(p: dict[str, Any], explicit: set[str]):
-    """Load --model, or create the method and fit it on --refs (zero-shot without); + a source line."""
+def build_detector(p: dict[str, Any], explicit: set[str], progress=None):
+    """Load --model, or create the method and fit it on --refs (zero-shot without); + a source line.
+
+    progress: a FitProgress callback for reading and fitting the references."""
     from ..detector import Detector, load_detector
 
     if p.get("model") is not None:
@@ -94,14 +97,14 @@ def build_detector(p: dict[str, Any], explicit: set[str]):
             det = load_detector(p["model"], device=p.get("device", "auto"))
         except (ValueError, FileNotFoundError) as err:
             raise UsageError(str(err)) from err
-        ignored = [n.rstrip("_") for n in METHOD_OPTIONS if n in explicit and p.get(n)]
-        if "method" in explicit and p.get("method") != det.method_name:
-            ignored.insert(0, "method")
-        if ignored:
-            echo(
-                f"note: --model {p['model']} holds a fitted {det.method_name} model; its saved "
-                f"settings are used and {', '.join(ignored)} ignored"
+        overridden = model_overrides(p, explicit, det)
+        if overridden:
+            fail(
+                f"--model {p['model']} holds a fitted {det.method_name} model whose saved settings a run cannot "
+                f"change; these options differ from them: {'; '.join(overridden)} (drop them, or fit a new "
+                "model with `anomalens fit`)"
             )
+        p["method"] = det.method_name  # so that settings.json records the model's method
         n = len(det.reference_paths)
         how = f"fitted on {n} reference images" if n else "zero-shot"
         return det, f"model {p['model']} ({det.method_name}, {how})"
@@ -115,7 +118,7 @@ def build_detector(p: dict[str, Any], explicit: set[str]):
         refs = Path(p["refs"])
         if not refs.exists():
             fail(f"{refs}: reference folder does not exist")
-        det.fit([refs])
+        det.fit([refs], progress=progress)
     except ImageLoadError as err:
         raise UsageError(f"cannot use the reference images: {err}") from err
     except UsageError:
@@ -125,8 +128,42 @@ def build_detector(p: dict[str, Any], explicit: set[str]):
     return det, f"{len(det.reference_paths)} reference images from {refs}"
 
 
-def set_threshold(det, p: dict[str, Any], explicit: set[str], value: str | float | None) -> None:
+def _json_value(value: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(value, default=str))
+
+
+def model_overrides(p: dict[str, Any], explicit: set[str], det) -> list[str]:
+    """The options given with --model that would change the saved model, each as
+    "--name value (saved: value)"; options equal to the saved values are not listed."""
+    found = []
+    if "method" in explicit and p.get("method") != det.method_name:
+        found.append(f"-m {p['method']} (saved: {det.method_name})")
+    saved = _json_value(det.settings)
+    given = {k: v for k, v in flag_settings(p).items() if v is not None and k in explicit}
+    for name, value in given.items():
+        if _json_value(value) != saved.get(name):
+            found.append(f"--{name.replace('_', '-')} {value} (saved: {saved.get(name, 'not a setting of this method')})")
+    for name, value in parse_sets(list(p.get("set_") or [])).items():
+        if _json_value(value) != saved.get(name):
+            found.append(f"--set {name}={value} (saved: {saved.get(name, 'not a setting of this method')})")
+    if p.get("describe_") and "describe_" in explicit:
+        found.append("--describe (the saved model's defect phrases are used)")
+    return found
+
+
+def default_threshold(p: dict[str, Any], value: str | float | None) -> str | float | None:
+    """`fit` and `detect` agree: with reference images and no --threshold, the threshold is
+    calibrated on them ("auto"); with --model, the model's; zero-shot without --threshold, none."""
+    if value is None and p.get("model") is None and p.get("refs") is not None:
+        return "auto"
+    return value
+
+
+def set_threshold(det, p: dict[str, Any], explicit: set[str], value: str | float | None, progress=None) -> None:
     """Apply --threshold / --pixel-threshold (a number, calibration from the references, or none)."""
+    value = default_threshold(p, value)
     from ..calibration import Threshold
 
     from_model = p.get("model") is not None
@@ -144,9 +181,15 @@ def set_threshold(det, p: dict[str, Any], explicit: set[str], value: str | float
                 )
     elif value == "auto":
         try:
-            det.calibrate(quantile=p["quantile"], margin=p["margin"], pixel_threshold=p["pixel_threshold"])
+            det.calibrate(
+                quantile=p["quantile"], margin=p["margin"], pixel_threshold=p["pixel_threshold"], progress=progress
+            )
         except ValueError as err:
-            raise UsageError(str(err)) from err
+            if "threshold" in explicit:
+                raise UsageError(str(err)) from err
+            # The default (auto with references) cannot work here, e.g. with one reference image.
+            echo(f"note: no threshold: the default --threshold auto cannot be calibrated ({err})")
+            det.threshold, det.pixel_threshold = None, None
     elif value is not None:
         det.threshold = Threshold.given(float(value))
         det.pixel_threshold = float(value)

@@ -26,7 +26,8 @@ def detect(
         None,
         "--threshold",
         help="Image threshold: a number, 'auto' (calibrated on the references, leave-one-out: "
-        "quantile + margin * (quantile - median)), or 'none'. Default: the model's, else none.",
+        "quantile + margin * (quantile - median)), or 'none'. Default: auto with --refs (as `fit`), "
+        "the model's with --model, none zero-shot.",
     ),
     pixel_threshold: o.PixelThreshold = None,
     quantile: o.Quantile = o.QUANTILE_DEFAULT,

@@ -39,6 +39,7 @@ def fit(
     llm: o.Llm = "embedded",
     llm_model: o.LlmModel = None,
     config: Path | None = typer.Option(None, "--config", help="YAML file with any of these options."),
+    progress: o.Progress = True,
 ) -> None:
     """Fit a detector on good images, calibrate its threshold, and save it (safetensors + JSON).
 
@@ -53,8 +54,9 @@ def fit(
     if (out / "detector.json").exists() and not p["overwrite"]:
         fail(f"{out} already holds a model; pass --overwrite to replace it")
     threshold_value = parse_threshold(p["threshold"])
-    det, source = build_detector({**p, "model": None}, explicit)
-    set_threshold(det, {**p, "model": None}, explicit, threshold_value)
+    with FitProgressBar(enabled=p.get("progress", True)) as bar:
+        det, source = build_detector({**p, "model": None}, explicit, progress=bar)
+        set_threshold(det, {**p, "model": None}, explicit, threshold_value, progress=bar)
     try:
         det.save(out, overwrite=p["overwrite"])
     except (FileExistsError, OSError) as err:
@@ -63,3 +65,37 @@ def fit(
     echo(f"threshold: {describe(det.threshold)}")
     if det.threshold is not None:
         echo(f"pixel threshold: {describe(det.pixel_threshold)}")
+
+
+class FitProgressBar:
+    """One tqdm bar per phase of `fit` (reading, fitting, calibrating the references), on stderr.
+
+    Hidden when stderr is not a terminal (tqdm's disable=None) or with --no-progress."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.bar = None
+        self.phase = None
+
+    def __call__(self, event) -> None:
+        if not self.enabled:
+            return
+        if event.phase != self.phase:
+            self.close()
+            from tqdm.auto import tqdm
+
+            self.phase = event.phase
+            self.bar = tqdm(total=event.total, unit="ref", desc=event.phase, disable=None, dynamic_ncols=True)
+        self.bar.n = event.done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self) -> FitProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -79,7 +79,8 @@ class Method(ABC):
     # The public calls keep the bookkeeping (fitted or not) and delegate to what subclasses write.
     def fit(self, references: list[LoadedImage]) -> Method:
         """Learn from good reference images (few-shot); an empty list means zero-shot."""
-        self._fit(list(references))
+        # A list is passed as it is (a ReportingList reports progress as the method goes through it).
+        self._fit(references if isinstance(references, list) else list(references))
         self.fitted_ = True
         return self
 
@@ -101,7 +102,7 @@ class Method(ABC):
 
     def leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
         """Score each held-out reference with the method fitted on all the others; end fitted on all."""
-        outputs = self._leave_one_out(list(references), held_out)
+        outputs = self._leave_one_out(references if isinstance(references, list) else list(references), held_out)
         self.fitted_ = True
         return outputs
 
