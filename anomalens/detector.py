@@ -6,7 +6,7 @@ import json
 import os
 import random
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,10 @@ import torch
 
 from . import __version__
 from .calibration import DEFAULT_MARGIN, DEFAULT_QUANTILE, Threshold, apply_decision, as_threshold
-from .images import ImageLoadError, LoadedImage, list_images, load_image
+from .image_inputs import NamedInput, load_ahead, named_inputs
+from .image_inputs import as_loaded as _as_loaded
+from .image_inputs import try_load as _try_load
+from .images import ImageLoadError, LoadedImage, list_images
 from .methods import create_method
 from .methods.base import settings_to_dict
 from .model_files import (
@@ -31,35 +34,6 @@ from .results import AnomalyResult
 
 ImageInput = str | os.PathLike | LoadedImage
 
-
-
-def _as_loaded(item: ImageInput) -> LoadedImage:
-    return item if isinstance(item, LoadedImage) else load_image(item)
-
-
-def _try_load(item: ImageInput) -> LoadedImage | ImageLoadError:
-    try:
-        return _as_loaded(item)
-    except ImageLoadError as err:
-        return err
-
-
-def _load_ahead(items: Iterable[ImageInput], jobs: int) -> Iterator[LoadedImage | ImageLoadError]:
-    """Load images in order; with jobs > 0, up to 2 * jobs images are decoded ahead in threads."""
-    if jobs <= 0:
-        yield from map(_try_load, items)
-        return
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        pending: deque = deque()
-        for item in items:
-            pending.append(pool.submit(_try_load, item))
-            if len(pending) >= 2 * jobs:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
 
 
 class Detector:
@@ -201,10 +175,17 @@ class Detector:
             )
         return self
 
-    def predict(self, images: Iterable[ImageInput], batch_size: int = 8) -> list[AnomalyResult]:
-        """Score images; raises ImageLoadError on an unreadable file (see `predict_iter` to go on)."""
+    def predict(
+        self, images: Any, batch_size: int = 8, names: Sequence[str] | None = None
+    ) -> list[AnomalyResult]:
+        """Score images; raises ImageLoadError on an unreadable one (see `predict_iter` to go on).
+
+        `images`: paths, numpy arrays, PIL images, torch tensors or encoded bytes (see
+        `anomalens.image_inputs` for the shapes and dtypes), a sequence of them or one alone.
+        Each result's `path` is its name: `names[i]` if given, else the path, else e.g. "array-0".
+        """
         results = []
-        for item in self.predict_iter(images, batch_size=batch_size):
+        for item in self.predict_iter(images, batch_size=batch_size, names=names):
             if isinstance(item, ImageLoadError):
                 raise item
             results.append(item)
@@ -217,6 +198,7 @@ class Detector:
         jobs: int = 0,
         with_images: bool = False,
         skip_errors: bool = False,
+        names: Sequence[str] | None = None,
     ) -> Iterator[AnomalyResult | ImageLoadError | tuple[AnomalyResult, LoadedImage]]:
         """Yield one result per input in order; an unreadable input yields its ImageLoadError.
 
@@ -225,13 +207,15 @@ class Detector:
         skip_errors=True: when the method fails on a batch, its images are retried one by one
         and an image that still fails yields an ImageLoadError ("could not be scored: ...")
         instead of ending the iteration, so a long run goes on past one bad image.
+        `images` and `names` as for `predict`.
         """
+        images = named_inputs(images, names)
         if self.scores_jointly:
             yield from self._predict_jointly(images, jobs, with_images)
             return
         run = self._run_tolerant if skip_errors else self._run
         batch: list[LoadedImage] = []
-        for loaded in _load_ahead(images, jobs):
+        for loaded in load_ahead(images, jobs):
             if isinstance(loaded, ImageLoadError):
                 yield from run(batch, with_images)
                 batch = []
@@ -254,7 +238,7 @@ class Detector:
         slots: list[ImageLoadError | None] = []  # per input: its load error, or None (in the batch)
 
         def readable() -> Iterator[LoadedImage]:
-            for loaded in _load_ahead(items, jobs):
+            for loaded in load_ahead(items, jobs):
                 slots.append(loaded if isinstance(loaded, ImageLoadError) else None)
                 if not isinstance(loaded, ImageLoadError):
                     yield loaded
@@ -271,7 +255,7 @@ class Detector:
             with torch.inference_mode():
                 out = next(outputs)
             item = items[i]
-            path = item.path if isinstance(item, LoadedImage) else str(item)
+            path = item.path if isinstance(item, LoadedImage) else item.name if isinstance(item, NamedInput) else str(item)
             result = self._result(path, out, per_image)
             if not with_images:
                 yield result
