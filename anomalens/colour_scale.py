@@ -87,8 +87,8 @@ def ramp_colours(position: np.ndarray) -> np.ndarray:
 def hue_family(rgb) -> str:
     """"cool" (blue/cyan) or "hot" (red/orange/yellow) for one RGB colour: which side of the
     threshold a colour tells (used by the tests and to describe the scale)."""
-    r, g, b = (int(x) for x in rgb[:3])
-    return "cool" if b > r else "hot"
+    red, blue = int(rgb[0]), int(rgb[2])
+    return "cool" if blue > red else "hot"
 
 
 def _fmt(value: float) -> str:
@@ -107,7 +107,7 @@ def colour_bar(width: int, scale: ColourScale) -> np.ndarray:
     strip = np.full((ramp_h + text_h + 2, width, 3), 255, np.uint8)
     xs = np.linspace(0.0, 1.0, width)
     strip[1 : 1 + ramp_h] = ramp_colours(xs)[None, :, :]
-    tick = int(round(0.5 * (width - 1)))
+    tick = round(0.5 * (width - 1))
     strip[:, max(0, tick - 1) : tick + 1] = 0  # the threshold: a black line across the strip
     if text_h:
         img = Image.fromarray(strip)
