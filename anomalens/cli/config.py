@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -119,3 +120,10 @@ def int_list(text: str) -> list[int]:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         fail(f"expected comma-separated integers, got {text!r}")
+
+
+def options_into(cls: type, params: dict[str, Any], **converted: Any) -> Any:
+    """The dataclass `cls` built from the options named like its fields, and `converted` values
+    for the fields whose option needs converting first (or is named otherwise)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in params.items() if k in names and k not in converted}, **converted)

@@ -42,7 +42,9 @@ Prompts = Annotated[
 ]
 QuantizeMaps = Annotated[
     bool,
-    typer.Option("--quantize-maps", help="Maps in 1/255 steps before the metrics, as FADE's released evaluation (fade)."),
+    typer.Option(
+        "--quantize-maps", help="Maps in 1/255 steps before the metrics, as FADE's released evaluation (fade)."
+    ),
 ]
 Device = Annotated[
     str, typer.Option("--device", help="Where the models run: cpu | cuda | cuda:N | auto (a GPU when torch sees one).")
