@@ -108,7 +108,7 @@ def colour_bar(width: int, scale: ColourScale) -> np.ndarray:
     xs = np.linspace(0.0, 1.0, width)
     strip[1 : 1 + ramp_h] = ramp_colours(xs)[None, :, :]
     tick = round(0.5 * (width - 1))
-    strip[:, max(0, tick - 1) : tick + 1] = 0  # the threshold: a black line across the strip
+    strip[: ramp_h + 2, max(0, tick - 1) : tick + 1] = 0  # the threshold: a black line across the ramp
     if text_h:
         img = Image.fromarray(strip)
         draw = ImageDraw.Draw(img)

@@ -170,7 +170,8 @@ def _scale_html(scale: ColourScale | None) -> str:
         return ""
     return (
         f'<section id="overlay-scale"><h2>Overlay colours</h2>{scale_svg(scale)}'
-        f'<p class="meta">{_esc(scale.basis)}. Every overlay of this run uses this one scale.</p></section>'
+        f'<p class="meta">{_esc(scale.basis or "cool below the threshold, hot above")}. '
+        "Every overlay of this run uses this one scale.</p></section>"
     )
 
 

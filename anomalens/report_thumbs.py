@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-THUMB_SIDE = 160
-JPEG_QUALITY = 75
+THUMB_SIDE = 120
+JPEG_QUALITY = 70
 
 
 def _open_rgb(path: Path, max_side: int) -> Image.Image:

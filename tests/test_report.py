@@ -18,7 +18,7 @@ from PIL import Image
 from anomalens.calibration import apply_decision, calibrate_threshold
 from anomalens.colour_scale import ColourScale
 from anomalens.outputs import OutputWriter
-from anomalens.report import histogram_svg, write_report
+from anomalens.report import THUMB_SIDE, histogram_svg, write_report
 from anomalens.results import AnomalyResult
 
 SCORES = [0.31, 0.92, 0.12, 0.55, 0.47, 0.78]
@@ -92,8 +92,8 @@ def test_report_content(tmp_path):
     assert all(r["mk"].startswith("data:image/png;base64,") for r in scored)
     assert all(r["fo"].startswith("overlays/") and r["fm"].startswith("masks/") for r in scored)
     thumb = Image.open(io.BytesIO(base64.b64decode(scored[0]["im"].split(",", 1)[1])))
-    assert thumb.format == "JPEG" and max(thumb.size) == 140 and thumb.size == (140, 90)
-    assert (scored[0]["w"], scored[0]["h"]) == (140, 90)
+    assert thumb.format == "JPEG" and thumb.size == (THUMB_SIDE, round(90 * THUMB_SIDE / 140))
+    assert (scored[0]["w"], scored[0]["h"]) == thumb.size
     assert [r["d"] for r in scored].count("NG") == 4
     assert scored[0]["t"] == "defect <1> & co"  # raw in the JSON; the script escapes it
 
