@@ -255,7 +255,8 @@ class Detector:
             with torch.inference_mode():
                 out = next(outputs)
             item = items[i]
-            path = item.path if isinstance(item, LoadedImage) else item.name if isinstance(item, NamedInput) else str(item)
+            named = isinstance(item, NamedInput)
+            path = item.path if isinstance(item, LoadedImage) else item.name if named else str(item)
             result = self._result(path, out, per_image)
             if not with_images:
                 yield result

@@ -111,7 +111,9 @@ def load_input(item: NamedInput) -> LoadedImage:
     if isinstance(value, np.ndarray):
         return LoadedImage(name, array_to_rgb(value, name))
     raise ImageLoadError(
-        name, f"unsupported input type {type(value).__name__} (expected a path, bytes, numpy array, PIL image or torch tensor)"
+        name,
+        f"unsupported input type {type(value).__name__} "
+        "(expected a path, bytes, numpy array, PIL image or torch tensor)",
     )
 
 
@@ -143,7 +145,8 @@ def array_to_rgb(array: np.ndarray, name: str) -> np.ndarray:
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[:, :, 0]
     if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
-        raise ImageLoadError(name, f"an image array must be H x W, H x W x 1, H x W x 3 or H x W x 4, got shape {a.shape}")
+        shapes = "H x W, H x W x 1, H x W x 3 or H x W x 4"
+        raise ImageLoadError(name, f"an image array must be {shapes}, got shape {a.shape}")
     if a.shape[0] < 1 or a.shape[1] < 1:
         raise ImageLoadError(name, f"empty image array, shape {a.shape}")
     if a.dtype == np.uint8:

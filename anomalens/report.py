@@ -127,7 +127,10 @@ def _summary_html(records: Sequence[dict], summary_info: dict, threshold: float 
     settings = ""
     if run_settings:
         text = json.dumps(run_settings, indent=2, sort_keys=True, default=str)
-        settings = f'<details id="run-settings"><summary>Settings of this run</summary><pre class="settings">{_esc(text)}</pre></details>'
+        settings = (
+            '<details id="run-settings"><summary>Settings of this run</summary>'
+            f'<pre class="settings">{_esc(text)}</pre></details>'
+        )
     return (
         f'<section id="summary"><h2>Summary</h2><div class="cards">{cards}</div>'
         f'<dl class="info">{dl}</dl>{settings}</section>'
@@ -254,7 +257,8 @@ def _results_html(rows: list[dict], has_truth: bool) -> str:
         '<p class="meta">Filter, sort by a column header, click a picture to enlarge '
         "(image, overlay and mask side by side; arrow keys for the next one).</p>"
         f'<div class="toolbar" id="filters">{filters}</div>{pager}'
-        f'<table id="results-table" data-page-size="{PAGE_SIZE}" data-truth="{int(has_truth)}">{head}<tbody></tbody></table>'
+        f'<table id="results-table" data-page-size="{PAGE_SIZE}" data-truth="{int(has_truth)}">'
+        f"{head}<tbody></tbody></table>"
         f'{pager}<script type="application/json" id="report-data">{data}</script></section>'
         '<dialog id="viewer" aria-label="Enlarged image"></dialog>'
     )

@@ -142,12 +142,13 @@ def model_overrides(p: dict[str, Any], explicit: set[str], det) -> list[str]:
         found.append(f"-m {p['method']} (saved: {det.method_name})")
     saved = _json_value(det.settings)
     given = {k: v for k, v in flag_settings(p).items() if v is not None and k in explicit}
+    missing = "not a setting of this method"
     for name, value in given.items():
         if _json_value(value) != saved.get(name):
-            found.append(f"--{name.replace('_', '-')} {value} (saved: {saved.get(name, 'not a setting of this method')})")
+            found.append(f"--{name.replace('_', '-')} {value} (saved: {saved.get(name, missing)})")
     for name, value in parse_sets(list(p.get("set_") or [])).items():
         if _json_value(value) != saved.get(name):
-            found.append(f"--set {name}={value} (saved: {saved.get(name, 'not a setting of this method')})")
+            found.append(f"--set {name}={value} (saved: {saved.get(name, missing)})")
     if p.get("describe_") and "describe_" in explicit:
         found.append("--describe (the saved model's defect phrases are used)")
     return found

@@ -186,7 +186,14 @@ class ShardScorer:
         if o["write_overlays"]:
             rel["overlay"] = f"overlays/{name}.png"
             (self.out / "overlays").mkdir(exist_ok=True)
-            atomic_write(self.out / rel["overlay"], _save_png(heatmap_overlay(rgb, amap, result.mask)))
+            if getattr(self, "_scale", None) is None:  # one scale for the job (every actor computes the same)
+                from ..colour_scale import scale_for_run
+
+                self._scale = scale_for_run(self.detector)
+            from ..colour_scale import with_colour_bar
+
+            over = with_colour_bar(heatmap_overlay(rgb, amap, result.mask, scale=self._scale), self._scale)
+            atomic_write(self.out / rel["overlay"], _save_png(over))
         return rel
 
 
