@@ -9,6 +9,7 @@ from PIL import Image
 
 from anomalens import Detector
 from anomalens.errors import ImageLoadError
+from anomalens.images import LoadedImage
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -130,3 +131,13 @@ def test_a_bad_input_in_a_run_is_reported_and_the_others_scored(det, rgb):
                                   skip_errors=True))
     assert [type(i).__name__ for i in items] == ["AnomalyResult", "ImageLoadError", "ImageLoadError", "AnomalyResult"]
     assert items[1].path == "array-1" and items[2].path == "bytes-2"
+
+
+def test_jointly_scoring_method_takes_arrays_with_names():
+    det = Detector("musc", image_size=64, progress=False)  # scores the images against each other
+    frames = [np.clip(texture(s)[:, :, :1].repeat(3, 2).astype(int) + s, 0, 255).astype(np.uint8) for s in range(4)]
+    frames[2][10:20, 20:30] = (255, 0, 0)
+    from_arrays = det.predict(frames, names=["f0", "f1", "f2", "f3"])
+    from_loaded = det.predict([LoadedImage(f"f{i}", f) for i, f in enumerate(frames)])
+    assert [r.path for r in from_arrays] == ["f0", "f1", "f2", "f3"]
+    assert [r.score for r in from_arrays] == pytest.approx([r.score for r in from_loaded], abs=1e-6)
