@@ -309,17 +309,9 @@ def _score_and_write(
 
 
 def _write_report(
-    out: Path,
-    records,
-    detector,
-    title: str,
-    source: str,
-    elapsed: float,
-    log,
-    num_images: int = 0,
-    scale=None,
-    settings: dict | None = None,
-) -> Path | None:
+    out: Path, records, detector, title: str, source: str, elapsed: float, log, num_images: int = 0,
+    scale=None, settings: dict | None = None,
+) -> Path | None:  # fmt: skip
     """The report of this run only: `records` are those of its inputs (another run into the same
     folder keeps its own records in results.jsonl, but they are not shown here)."""
     from .report import write_report
