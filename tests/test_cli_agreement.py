@@ -117,3 +117,41 @@ def test_fit_reports_progress_reference_by_reference(data):
 def test_fit_progress_bar_can_be_turned_off(data, tmp_path):
     res = run(["fit", "--refs", data / "refs", "--out", tmp_path / "m", *FAST, "--no-progress"])
     assert "fitting" not in res.output and "saved patchknn model" in res.output
+
+
+def _run_in_terminal(args: list[str], timeout: float = 120.0) -> str:
+    """Run `python -m anomalens ARGS` with a pseudo-terminal as stdin/stdout/stderr; its output."""
+    import fcntl
+    import os
+    import select
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    pty = pytest.importorskip("pty")
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "anomalens", "--threads", "1", *args],
+                            stdin=slave, stdout=slave, stderr=slave, close_fds=True, env=env)
+    os.close(slave)
+    out = b""
+    while select.select([master], [], [], timeout)[0]:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    proc.wait(timeout=timeout)
+    os.close(master)
+    return out.decode(errors="replace")
+
+
+def test_fit_shows_a_bar_per_phase_in_a_terminal(data, tmp_path):
+    shown = _run_in_terminal(["fit", "--refs", str(data / "refs"), "--out", str(tmp_path / "m"), *FAST])
+    for phase in ("reading", "fitting", "calibrating"):
+        assert f"{phase}: 100%" in shown and "4/4" in shown, shown
+    assert "saved patchknn model" in shown  # (--no-progress: test_fit_progress_bar_can_be_turned_off)
