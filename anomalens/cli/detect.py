@@ -39,6 +39,8 @@ def detect(
     grounding: o.Grounding = None,
     image_size: o.ImageSize = None,
     resize: o.Resize = None,
+    bit_depth: o.BitDepth = None,
+    max_pixels: o.MaxPixels = None,
     device: o.Device = "auto",
     map_format: str = typer.Option("npy", "--map-format", help="Raw map files: npy | tiff (32-bit float)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1),

@@ -32,6 +32,8 @@ def fit(
     grounding: o.Grounding = None,
     image_size: o.ImageSize = None,
     resize: o.Resize = None,
+    bit_depth: o.BitDepth = None,
+    max_pixels: o.MaxPixels = None,
     device: o.Device = "auto",
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model already in --out."),
     set_: o.Set = None,
