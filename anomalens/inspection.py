@@ -30,7 +30,7 @@ from typing import Any
 
 from . import __version__
 from .errors import ImageLoadError, UsageError
-from .images import IMAGE_EXTENSIONS, list_images
+from .images import IMAGE_EXTENSIONS, list_images, missing_reason
 from .outputs import SETTINGS_JSON, OutputWriter, record_key
 
 
@@ -211,7 +211,7 @@ def run(
         done = {record_key(r) for r in writer.records() if r.get("status") == "ok"}
         todo = [f for f in files if os.path.realpath(f) not in done]
         for m in missing:
-            writer.record_failure(m, "file does not exist")
+            writer.record_failure(m, missing_reason(m))
         if len(todo) < len(files):
             log(f"resuming: {len(files) - len(todo)} of {len(files)} images already done in {out}")
             if previous is not None and not _same_run(previous, settings):
@@ -222,7 +222,7 @@ def run(
         joint = _prepare_joint_batch(detector, files, done, out)
         start = time.perf_counter()
         scored, interrupted = _score_and_write(
-            detector, todo, writer, batch_size, jobs, progress, batch=files if joint and todo else None
+            detector, todo, writer, batch_size, jobs, progress, batch=files if joint and todo else None, log=log
         )
         elapsed = time.perf_counter() - start
     finally:
@@ -265,7 +265,7 @@ def _prepare_joint_batch(detector, files: list[Path], done: set[str], out: Path)
 
 
 def _score_and_write(
-    detector, todo, writer: OutputWriter, batch_size, jobs, progress, batch=None
+    detector, todo, writer: OutputWriter, batch_size, jobs, progress, batch=None, log=None
 ) -> tuple[int, bool]:
     """Score `todo` and write each result; returns (images written, interrupted).
 
@@ -287,6 +287,8 @@ def _score_and_write(
                 record = writer.record_failure(item.path, item.reason)
             else:
                 result, img = item
+                if img.notes and log is not None:  # what was read, when not simply the whole image
+                    log(f"note: {img.path}: {'; '.join(img.notes)}")
                 try:
                     record = writer.write(result, img.rgb, extra=image_fields(img))
                     scored += 1
@@ -329,11 +331,14 @@ def _write_report(
 
 def image_fields(img) -> dict:
     """The record fields every front end adds for a scored image: when, and at what sizes."""
-    return {
+    fields = {
         "time": datetime.now().astimezone().isoformat(timespec="seconds"),
         "image_size": list(img.original_hw or img.size_hw),
         "map_size": list(img.size_hw),
     }
+    if getattr(img, "notes", ()):
+        fields["read_note"] = "; ".join(img.notes)  # e.g. "first frame of 12 read"
+    return fields
 
 
 def _count(summary: RunSummary, records: list[dict], paths: list[Path]) -> None:
