@@ -32,6 +32,7 @@ from . import __version__
 from .errors import ImageLoadError, UsageError
 from .images import IMAGE_EXTENSIONS, list_images, missing_reason
 from .outputs import SETTINGS_JSON, OutputWriter, record_key
+from .run_identity import differences, effective_settings, resume_refusal
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,7 @@ def run_settings(detector, inputs: Sequence[Any], source: str, options: dict | N
         "threshold": None if detector.threshold is None else detector.threshold.to_dict(),
         "pixel_threshold": None if detector.pixel_threshold is None else detector.pixel_threshold.to_dict(),
         "options": dict(options or {}),
+        "effective": effective_settings(detector),  # what a resumed run must share (run_identity)
     }
     return json.loads(json.dumps(effective, default=str))
 
@@ -178,7 +180,9 @@ def run(
     `anomalens detect --config OUT/settings.json` repeats the run. progress: called with a
     RunProgress before the first image and after each one. log: one-line notes for a person.
 
-    Raises UsageError for no inputs, no images or an unusable `out`; problems with single
+    Raises UsageError for no inputs, no images, an unusable `out`, or an `out` holding results
+    made with other effective settings (`anomalens.run_identity`; every difference is named, and
+    `overwrite=True` or another `out` is the way out); problems with single
     images are recorded (status "error") and the run goes on. Ctrl-C ends the run early with
     `interrupted=True` in the summary and everything written so far valid. `inputs` may be
     the RunInputs of `collect_inputs` (a front end that checks them before loading a model).
@@ -207,6 +211,8 @@ def run(
         )
     settings = run_settings(detector, inputs.given, source, options)
     try:
+        if any(r.get("status") == "ok" for r in writer.records()):
+            _check_resume(previous, settings, out)
         writer.write_settings(settings)
         done = {record_key(r) for r in writer.records() if r.get("status") == "ok"}
         todo = [f for f in files if os.path.realpath(f) not in done]
@@ -214,11 +220,6 @@ def run(
             writer.record_failure(m, missing_reason(m))
         if len(todo) < len(files):
             log(f"resuming: {len(files) - len(todo)} of {len(files)} images already done in {out}")
-            if previous is not None and not _same_run(previous, settings):
-                log(
-                    "warning: those results were made with other settings (kept as settings.<n>.json); "
-                    "pass --overwrite to redo every image with these"
-                )
         joint = _prepare_joint_batch(detector, files, done, out)
         start = time.perf_counter()
         scored, interrupted = _score_and_write(
@@ -362,10 +363,18 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def _same_run(a: dict | None, b: dict) -> bool:
-    """Do two settings.json describe runs whose results can be mixed (same model and thresholds)?"""
-    keys = ("method", "settings", "source", "threshold", "pixel_threshold")
-    return a is not None and all(a.get(k) == b.get(k) for k in keys)
+def _check_resume(previous: dict | None, settings: dict, out: Path) -> None:
+    """Refuse to add results to `out` when its results were made with other effective settings."""
+    how = "pass --overwrite to redo every image with these settings (the results in it are replaced)"
+    if previous is None:
+        raise UsageError(resume_refusal(f"{out}", ["its settings.json is missing or unreadable"], how))
+    if "effective" in previous:
+        changes = differences(previous["effective"], settings["effective"])
+    else:  # written before effective settings were recorded: compare what it has
+        keys = ("method", "settings", "threshold", "pixel_threshold")
+        changes = differences({k: previous.get(k) for k in keys}, {k: settings.get(k) for k in keys})
+    if changes:
+        raise UsageError(resume_refusal(f"{out}", changes, how))
 
 
 def _no_log(message: str) -> None:
