@@ -183,7 +183,8 @@ def test_rerun_resumes_and_never_overwrites_without_flag(data, tmp_path):
     # Other settings into the same folder: refused (exit 2) with the difference named, nothing written.
     settings_before = (out / "settings.json").read_text()
     res = run([*args[:-1], "0.9"], code=2)
-    assert "holds results made with other settings (pixel_threshold.value: 0.3 -> 0.9; threshold.value: 0.3 -> 0.9)" in res.output
+    named = "(pixel_threshold.value: 0.3 -> 0.9; threshold.value: 0.3 -> 0.9)"
+    assert f"holds results made with other settings {named}" in res.output
     assert "new --out, or pass --overwrite" in res.output
     assert (out / "results.jsonl").read_text() == first and (out / "settings.json").read_text() == settings_before
     assert not (out / "settings.1.json").exists()

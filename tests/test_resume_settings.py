@@ -114,9 +114,11 @@ def test_benchmark_reuses_runs_only_of_the_same_settings_and_data(dataset, tmp_p
     out = tmp_path / "bench"
     calls = []
     real = bench.evaluate_category
-    monkeypatch.setattr(
-        bench, "evaluate_category", lambda det, split, *a, **k: calls.append(split.category) or real(det, split, *a, **k)
-    )
+    def counting(det, split, *args, **kwargs):
+        calls.append(split.category)
+        return real(det, split, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "evaluate_category", counting)
     settings = BenchmarkSettings(data=str(dataset), shots=[0], method_settings={"image_size": 64})
     first = run_benchmark(settings, out, progress=False)
     assert len(calls) == 1
