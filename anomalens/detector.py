@@ -371,18 +371,23 @@ def load_detector(
     if not config_path.exists():
         raise FileNotFoundError(f"{directory} is not a saved anomalens model (no {MODEL_CONFIG})")
     config = read_model_config(config_path)
-    settings = {**config["settings"], **overrides}
-    try:
+    from .device import resolve_device
+
+    device = resolve_device(device)  # a bad --device is the user's error, not the file's
+    try:  # every value read from detector.json: a tampered one is a one-line error naming the file
         reading = ImageReading.from_dict(config.get("image_reading"))
+        det = Detector(method=config["method"], device=device, reading=reading, **{**config["settings"], **overrides})
+        references = config.get("references", [])
+        if not isinstance(references, list) or not all(isinstance(r, str) for r in references):
+            raise ValueError("'references' is not a list of paths")
+        det.reference_paths = references
+        det.method.num_references = int(config.get("num_references", len(references)))
+        det.threshold = config.get("threshold")  # a saved dict (or a number, in older files)
+        det.pixel_threshold = config.get("pixel_threshold")
     except (ValueError, TypeError, AttributeError) as err:
-        raise ModelFileError(f"{config_path}: 'image_reading': {err}") from None
-    det = Detector(method=config["method"], device=device, reading=reading, **settings)
+        raise ModelFileError(f"{config_path}: {err}") from None
     state = read_model_tensors(directory / MODEL_WEIGHTS, config)
     if state is not None:
         det.method.load_state_dict(state)
         det.method.to(det.device)  # the loaded tensors are on the CPU
-    det.reference_paths = list(config.get("references", []))
-    det.method.num_references = int(config.get("num_references", len(det.reference_paths)))
-    det.threshold = config.get("threshold")  # a saved dict (or a number, in older files)
-    det.pixel_threshold = config.get("pixel_threshold")
     return det
