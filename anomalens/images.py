@@ -84,7 +84,7 @@ def missing_reason(path: str | os.PathLike) -> str:
         os.stat(path)
     except OSError as err:
         if err.errno == errno.ELOOP:
-            return "symbolic link loop (the link points back to itself)"
+            return "symbolic link loop (following the links never reaches a file)"
         if os.path.islink(path):
             return f"broken symbolic link (points to {os.readlink(path)}, which does not exist)"
         if err.errno == errno.EACCES:
