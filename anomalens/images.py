@@ -24,7 +24,19 @@ from .bit_depth import full_scale, png_significant_bits, tiff_significant_bits
 from .errors import ImageLoadError
 from .image_reading import DEFAULT_MAX_PIXELS, ImageReading
 
-__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageReading", "LoadedImage", "list_images", "load_image"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
+    "OUTPUT_MARKER",
+    "ImageReading",
+    "LoadedImage",
+    "decode_image",
+    "list_images",
+    "load_image",
+    "load_image_bytes",
+    "missing_reason",
+    "read_ahead",
+]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -35,6 +47,13 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # doubled error limit (2 x MAX_IMAGE_PIXELS) would otherwise say other numbers than ours.
 Image.MAX_IMAGE_PIXELS = None
 
+# Working resolution cap. Models see at most a few hundred pixels per side, so an image above
+# this many pixels is reduced right after decoding (JPEG: decoded at 1/2, 1/4 or 1/8 scale;
+# others: box-filter reduction by an integer factor) to at most MAX_WORKING_PIXELS; its anomaly
+# map, mask and overlay then have the reduced size (LoadedImage.original_hw keeps the file's
+# size). A 20000 x 20000 image is worked on at 4000 x 4000: its float32 map is 64 MB instead
+# of 1.6 GB. Decoding a PNG or TIFF still needs the full image once (3 bytes per pixel for RGB),
+# which `ImageReading.max_pixels` bounds.
 MAX_WORKING_PIXELS = 4096 * 4096
 
 
