@@ -139,3 +139,16 @@ def test_benchmark_reuses_runs_only_of_the_same_settings_and_data(dataset, tmp_p
     assert "the files of tiles changed" in capsys.readouterr().out
     lines = (out / "runs.jsonl").read_text().splitlines()
     assert len(lines) == 4  # every run kept
+
+
+def test_fit_saves_the_bit_depth_and_detect_with_the_model_uses_it(data, tmp_path):
+    run(["fit", "--refs", data / "refs", "--out", tmp_path / "m", "--image-size", "64", "--bit-depth", "12",
+         "--max-pixels", "1000000"])
+    saved = json.loads((tmp_path / "m" / "detector.json").read_text())
+    assert saved["image_reading"] == {"bit_depth": 12, "max_pixels": 1_000_000}
+    out = tmp_path / "out"
+    run(["detect", data / "queries", "--model", tmp_path / "m", "--out", out, "--jobs", "0", "--no-report"])
+    assert json.loads((out / "settings.json").read_text())["effective"]["bit_depth"] == 12
+    res = run(["detect", data / "queries", "--model", tmp_path / "m", "--out", tmp_path / "o2", "--bit-depth", "16",
+               "--jobs", "0", "--no-report"])
+    assert "note: --bit-depth 16; the model's references were read at 12" in res.output
