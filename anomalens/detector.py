@@ -15,10 +15,10 @@ import torch
 
 from . import __version__
 from .calibration import DEFAULT_MARGIN, DEFAULT_QUANTILE, Threshold, apply_decision, as_threshold
-from .image_inputs import NamedInput, load_ahead, named_inputs
+from .errors import ModelFileError
+from .image_inputs import NamedInput, named_inputs
 from .image_inputs import as_loaded as _as_loaded
-from .image_inputs import try_load as _try_load
-from .images import ImageLoadError, LoadedImage, list_images
+from .images import ImageLoadError, ImageReading, LoadedImage, list_images, read_ahead
 from .methods import create_method
 from .methods.base import settings_to_dict
 from .model_files import (
@@ -29,11 +29,10 @@ from .model_files import (
     set_default_mode,
     tensor_manifest,
 )
-from .progress import FitProgressCallback, ReportingList
+from .progress import FitProgressCallback, finish, reporting
 from .results import AnomalyResult
 
 ImageInput = str | os.PathLike | LoadedImage
-
 
 
 class Detector:
@@ -47,9 +46,18 @@ class Detector:
     arguments are that method's settings (see `anomalens.methods.<name>.<Name>Settings`).
     `device` is where the models run: "auto" (a GPU when torch sees one, else the CPU), "cpu",
     "cuda" or "cuda:N". It is not saved with the detector: a saved model loads on any device.
+    `reading` is how image files are read (`ImageReading`: pixel limit, bit depth); it is saved.
     """
 
-    def __init__(self, method: str = "patchknn", device: str | torch.device | None = "auto", **settings: Any):
+    reading = ImageReading()  # the defaults, for subclasses that do not call __init__ (ONNX)
+
+    def __init__(
+        self,
+        method: str = "patchknn",
+        device: str | torch.device | None = "auto",
+        reading: ImageReading | None = None,
+        **settings: Any,
+    ):
         from .device import resolve_device
 
         self.device = resolve_device(device)  # before building the model: a bad device fails fast
@@ -58,6 +66,10 @@ class Detector:
         self.threshold = None  # set by calibrate(), by hand (a number) or by loading
         self.pixel_threshold = None
         self.reference_paths: list[str] = []
+        self.reading = reading or ImageReading()
+
+    def _load(self, item: ImageInput) -> LoadedImage:
+        return _as_loaded(item, self.reading)
 
     # Thresholds are always `Threshold` objects (or None); a number given here becomes a
     # "given" one, so the rest of the code never asks which kind it holds.
@@ -109,16 +121,12 @@ class Detector:
                 expanded.extend(found)
             else:
                 expanded.append(r)
-        if progress is not None:
-            expanded = ReportingList(expanded, "reading", progress)
-        loaded = [_as_loaded(r) for r in expanded]
+        loaded = [self._load(r) for r in reporting(expanded, "reading", progress)]
         self.reference_paths = [img.path for img in loaded]
         self._references = loaded  # kept for leave-one-out calibration
-        fitting = list(loaded) if progress is None else ReportingList(loaded, "fitting", progress)
         with torch.inference_mode():
-            self.method.fit(fitting)
-        if progress is not None:
-            fitting.finish()
+            self.method.fit(fitting := reporting(list(loaded), "fitting", progress))
+        finish(fitting)
         return self
 
     def calibrate(
@@ -146,7 +154,7 @@ class Detector:
         if pixel_threshold is not None:
             Threshold.given(pixel_threshold)
         refs = list(getattr(self, "_references", []))
-        extra = [_as_loaded(i) for i in images] if images is not None else []
+        extra = [self._load(i) for i in images] if images is not None else []
         with torch.inference_mode():
             if refs:
                 if len(refs) < 2:
@@ -155,10 +163,8 @@ class Detector:
                 if len(held_out) > max_images:
                     # Enough held-out scores for a quantile, without len(refs) refits.
                     held_out = sorted(random.Random(0).sample(held_out, max_images))
-                looped = refs if progress is None else ReportingList(refs, "calibrating", progress)
-                outputs = self.method.leave_one_out(looped, held_out)
-                if progress is not None:
-                    looped.finish()
+                outputs = self.method.leave_one_out(looped := reporting(refs, "calibrating", progress), held_out)
+                finish(looped)
                 if extra:
                     outputs.extend(self.method.predict(extra))
             else:
@@ -175,15 +181,12 @@ class Detector:
             )
         return self
 
-    def predict(
-        self, images: Any, batch_size: int = 8, names: Sequence[str] | None = None
-    ) -> list[AnomalyResult]:
+    def predict(self, images: Any, batch_size: int = 8, names: Sequence[str] | None = None) -> list[AnomalyResult]:
         """Score images; raises ImageLoadError on an unreadable one (see `predict_iter` to go on).
 
-        `images`: paths, numpy arrays, PIL images, torch tensors or encoded bytes (see
-        `anomalens.image_inputs` for the shapes and dtypes), a sequence of them or one alone.
-        Each result's `path` is its name: `names[i]` if given, else the path, else e.g. "array-0".
-        """
+        `images`: paths, numpy arrays, PIL images, torch tensors or encoded bytes, a sequence of
+        them or one alone (`anomalens.image_inputs`). Results are named `names[i]`, else the path,
+        else e.g. "array-0"."""
         results = []
         for item in self.predict_iter(images, batch_size=batch_size, names=names):
             if isinstance(item, ImageLoadError):
@@ -192,12 +195,7 @@ class Detector:
         return results
 
     def predict_iter(
-        self,
-        images: Iterable[ImageInput],
-        batch_size: int = 8,
-        jobs: int = 0,
-        with_images: bool = False,
-        skip_errors: bool = False,
+        self, images: Any, batch_size: int = 8, jobs: int = 0, with_images: bool = False, skip_errors: bool = False,
         names: Sequence[str] | None = None,
     ) -> Iterator[AnomalyResult | ImageLoadError | tuple[AnomalyResult, LoadedImage]]:
         """Yield one result per input in order; an unreadable input yields its ImageLoadError.
@@ -215,7 +213,7 @@ class Detector:
             return
         run = self._run_tolerant if skip_errors else self._run
         batch: list[LoadedImage] = []
-        for loaded in load_ahead(images, jobs):
+        for loaded in read_ahead(images, self._load, jobs):
             if isinstance(loaded, ImageLoadError):
                 yield from run(batch, with_images)
                 batch = []
@@ -238,7 +236,7 @@ class Detector:
         slots: list[ImageLoadError | None] = []  # per input: its load error, or None (in the batch)
 
         def readable() -> Iterator[LoadedImage]:
-            for loaded in load_ahead(items, jobs):
+            for loaded in read_ahead(items, self._load, jobs):
                 slots.append(loaded if isinstance(loaded, ImageLoadError) else None)
                 if not isinstance(loaded, ImageLoadError):
                     yield loaded
@@ -261,8 +259,10 @@ class Detector:
             if not with_images:
                 yield result
                 continue
-            img = _try_load(item)  # read again: the batch did not keep every image's pixels
-            yield img if isinstance(img, ImageLoadError) else (result, img)
+            try:  # read again: the batch did not keep every image's pixels
+                yield result, self._load(item)
+            except ImageLoadError as err:
+                yield err
 
     def _run_tolerant(self, batch: list[LoadedImage], with_images: bool = False) -> Iterator:
         try:
@@ -334,6 +334,7 @@ class Detector:
             "pixel_threshold": None if self.pixel_threshold is None else self.pixel_threshold.to_dict(),
             "references": self.reference_paths,
             "num_references": len(self.reference_paths),
+            "image_reading": self.reading.to_dict(),
         }
         # What load_detector checks the tensors against: a model folder missing its tensors must
         # not load as a zero-shot model with a few-shot threshold.
@@ -376,14 +377,23 @@ def load_detector(
     if not config_path.exists():
         raise FileNotFoundError(f"{directory} is not a saved anomalens model (no {MODEL_CONFIG})")
     config = read_model_config(config_path)
-    settings = {**config["settings"], **overrides}
-    det = Detector(method=config["method"], device=device, **settings)
+    from .device import resolve_device
+
+    device = resolve_device(device)  # a bad --device is the user's error, not the file's
+    try:  # every value read from detector.json: a tampered one is a one-line error naming the file
+        reading = ImageReading.from_dict(config.get("image_reading"))
+        det = Detector(method=config["method"], device=device, reading=reading, **{**config["settings"], **overrides})
+        references = config.get("references", [])
+        if not isinstance(references, list) or not all(isinstance(r, str) for r in references):
+            raise ValueError("'references' is not a list of paths")
+        det.reference_paths = references
+        det.method.num_references = int(config.get("num_references", len(references)))
+        det.threshold = config.get("threshold")  # a saved dict (or a number, in older files)
+        det.pixel_threshold = config.get("pixel_threshold")
+    except (ValueError, TypeError, AttributeError) as err:
+        raise ModelFileError(f"{config_path}: {err}") from None
     state = read_model_tensors(directory / MODEL_WEIGHTS, config)
     if state is not None:
         det.method.load_state_dict(state)
         det.method.to(det.device)  # the loaded tensors are on the CPU
-    det.reference_paths = list(config.get("references", []))
-    det.method.num_references = int(config.get("num_references", len(det.reference_paths)))
-    det.threshold = config.get("threshold")  # a saved dict (or a number, in older files)
-    det.pixel_threshold = config.get("pixel_threshold")
     return det

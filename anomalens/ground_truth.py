@@ -27,3 +27,9 @@ def ground_truth_of(path: str | Path) -> dict | None:
                 mask = str(masks / name)
                 break
     return {"label": label, "mask": mask}
+
+
+def ground_truth_fields(path: str | Path) -> dict:
+    """{"ground_truth": ...} for a result record when the image's ground truth is known, else {}."""
+    truth = ground_truth_of(path)
+    return {} if truth is None else {"ground_truth": truth}

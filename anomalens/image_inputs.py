@@ -19,6 +19,7 @@ Results are named by `names` when given, else paths keep their path and other in
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from .bit_depth import full_scale
 from .errors import ImageLoadError
+from .image_reading import ImageReading
 from .images import LoadedImage, _to_rgb_uint8, load_image, load_image_bytes
 
 # Values a float image may stray outside [0, 1] by (rounding in the caller's arithmetic).
@@ -94,22 +97,24 @@ def _default_name(item: Any, index: int) -> str:
     return f"{_kind(item)}-{index}"
 
 
-def load_input(item: NamedInput) -> LoadedImage:
-    """The LoadedImage of one named input; ImageLoadError (naming it) for what cannot be an image."""
+def load_input(item: NamedInput, reading: ImageReading | None = None) -> LoadedImage:
+    """The LoadedImage of one named input; ImageLoadError (naming it) for what cannot be an image.
+
+    `reading` (bit depth, pixel limit) applies as to files: paths and bytes are read with it, and
+    a uint16 grey array's white is 2^bit_depth - 1 when a bit depth is given (else 65535)."""
     value, name = item.value, item.name
     if isinstance(value, LoadedImage):
-        return LoadedImage(name, value.rgb, value.original_hw)
+        return dataclasses.replace(value, path=name)
     if isinstance(value, (str, os.PathLike)):
-        loaded = load_image(value)
-        return LoadedImage(name, loaded.rgb, loaded.original_hw)
+        return dataclasses.replace(load_image(value, reading), path=name)
     if isinstance(value, (bytes, bytearray, memoryview)):
-        return load_image_bytes(bytes(value), name)
+        return load_image_bytes(bytes(value), name, reading)
     if isinstance(value, Image.Image):
         return LoadedImage(name, _pil_rgb(value, name))
     if _is_tensor(value):
-        return LoadedImage(name, array_to_rgb(_tensor_to_hwc(value, name), name))
+        return LoadedImage(name, array_to_rgb(_tensor_to_hwc(value, name), name, reading))
     if isinstance(value, np.ndarray):
-        return LoadedImage(name, array_to_rgb(value, name))
+        return LoadedImage(name, array_to_rgb(value, name, reading))
     raise ImageLoadError(
         name,
         f"unsupported input type {type(value).__name__} "
@@ -139,7 +144,7 @@ def _tensor_to_hwc(tensor: Any, name: str) -> np.ndarray:
     return t.contiguous().numpy()
 
 
-def array_to_rgb(array: np.ndarray, name: str) -> np.ndarray:
+def array_to_rgb(array: np.ndarray, name: str, reading: ImageReading | None = None) -> np.ndarray:
     """An H x W (x 1/3/4) array as RGB uint8, by the rules in this module's docstring."""
     a = np.asarray(array)
     if a.ndim == 3 and a.shape[2] == 1:
@@ -152,8 +157,9 @@ def array_to_rgb(array: np.ndarray, name: str) -> np.ndarray:
     if a.dtype == np.uint8:
         u8 = a
     elif a.dtype == np.uint16:
-        if a.ndim == 2:  # as a 16-bit grey PNG is read
-            return _to_rgb_uint8(Image.fromarray(np.ascontiguousarray(a)))
+        if a.ndim == 2:  # as a 16-bit grey PNG without significant-bits information is read
+            bits = 16 if reading is None or reading.bit_depth == "auto" else int(reading.bit_depth)
+            return _to_rgb_uint8(Image.fromarray(np.ascontiguousarray(a)), full_scale(a, bits))
         u8 = (a >> 8).astype(np.uint8)  # as Pillow reads a 16-bit RGB(A) file
     elif np.issubdtype(a.dtype, np.floating):
         f = a.astype(np.float64)
@@ -174,34 +180,8 @@ def array_to_rgb(array: np.ndarray, name: str) -> np.ndarray:
     return np.ascontiguousarray(u8)
 
 
-# -- loading what predict is given, in order, optionally decoded ahead in threads ----------------
-
-def as_loaded(item: Any) -> LoadedImage:
-    if isinstance(item, NamedInput):  # an image in memory (array, tensor, PIL, bytes), or a renamed one
-        return load_input(item)
-    return item if isinstance(item, LoadedImage) else load_image(item)
-
-
-def try_load(item: Any) -> LoadedImage | ImageLoadError:
-    try:
-        return as_loaded(item)
-    except ImageLoadError as err:
-        return err
-
-
-def load_ahead(items: Iterable[Any], jobs: int) -> Iterator[LoadedImage | ImageLoadError]:
-    """Load images in order; with jobs > 0, up to 2 * jobs images are decoded ahead in threads."""
-    if jobs <= 0:
-        yield from map(try_load, items)
-        return
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        pending: deque = deque()
-        for item in items:
-            pending.append(pool.submit(try_load, item))
-            if len(pending) >= 2 * jobs:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+def as_loaded(item: Any, reading: ImageReading | None = None) -> LoadedImage:
+    """Any input of `predict` (a path, a LoadedImage, a NamedInput) as a LoadedImage."""
+    if isinstance(item, NamedInput):
+        return load_input(item, reading)
+    return item if isinstance(item, LoadedImage) else load_image(item, reading)

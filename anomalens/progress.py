@@ -46,3 +46,14 @@ class ReportingList(list[T]):
     def finish(self) -> None:
         """Report the phase complete (for methods that never iterate the list itself)."""
         self._callback(FitProgress(self._phase, len(self), len(self)))
+
+
+def reporting(items: list[T], phase: str, callback: FitProgressCallback | None) -> list[T]:
+    """`items` as a ReportingList when there is a callback, else as they are."""
+    return items if callback is None else ReportingList(items, phase, callback)
+
+
+def finish(items: list) -> None:
+    """Report a ReportingList's phase complete (no-op for a plain list)."""
+    if isinstance(items, ReportingList):
+        items.finish()
