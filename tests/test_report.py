@@ -158,10 +158,12 @@ def test_report_shows_ground_truth_and_marks_misses(tmp_path):
     mask = tmp_path / "gt.png"
     Image.fromarray(np.full((8, 8), 255, np.uint8)).save(mask)
     records = [
-        {"path": "a.png", "score": 0.9, "decision": "NG", "status": "ok", "ground_truth": {"label": "good", "mask": None}},
+        {"path": "a.png", "score": 0.9, "decision": "NG", "status": "ok",
+         "ground_truth": {"label": "good", "mask": None}},
         {"path": "b.png", "score": 0.2, "decision": "OK", "status": "ok",
          "ground_truth": {"label": "crack", "mask": str(mask)}},
-        {"path": "c.png", "score": 0.8, "decision": "NG", "status": "ok", "ground_truth": {"label": "crack", "mask": None}},
+        {"path": "c.png", "score": 0.8, "decision": "NG", "status": "ok",
+         "ground_truth": {"label": "crack", "mask": None}},
     ]
     rows = {r["p"]: r for r in report_rows(write_report(tmp_path, records=records).read_text())}
     assert rows["a.png"]["g"] == "good" and rows["a.png"]["miss"] is True  # a false reject
@@ -237,7 +239,8 @@ def test_report_renders_in_chromium(tmp_path):
             assert page.locator("svg#histogram rect.bar").count() >= 2
             page.evaluate("window.scrollTo(0, document.body.scrollHeight)")  # lazy images: bring them on screen
             page.wait_for_function(
-                "Array.from(document.querySelectorAll('#results-table img')).every(i => i.complete && i.naturalWidth > 0)"
+                "Array.from(document.querySelectorAll('#results-table img'))"
+                ".every(i => i.complete && i.naturalWidth > 0)"
             )
             assert page.locator("#results-table img").count() == 2 * len(SCORES)
 

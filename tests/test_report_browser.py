@@ -89,7 +89,9 @@ def test_report_with_2000_rows_opens_fast_filters_and_enlarges(tmp_path):
             page.click("#filters button[data-filter='NG']")
             assert page.locator("#filters button[data-filter='NG'] .count").text_content() == str(n_ng)
             assert f"of {n_ng})" in page.locator(".page-info").first.text_content()
-            decisions = page.eval_on_selector_all("#results-table tbody tr", "rs => rs.map(r => r.cells[5].textContent)")
+            decisions = page.eval_on_selector_all(
+                "#results-table tbody tr", "rs => rs.map(r => r.cells[5].textContent)"
+            )
             assert set(decisions) == {"NG"} and len(decisions) == min(PAGE_SIZE, n_ng)
             page.click("#filters button[data-filter='failed']")
             assert rows.count() == N_FAILED
