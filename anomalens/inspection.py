@@ -314,7 +314,7 @@ def _write_report(
 ) -> Path | None:  # fmt: skip
     """The report of this run only: `records` are those of its inputs (another run into the same
     folder keeps its own records in results.jsonl, but they are not shown here)."""
-    from .report import write_report
+    from .report import calibration_rows, write_report
 
     info: dict[str, Any] = {
         "method": detector.method_name,
@@ -326,6 +326,7 @@ def _write_report(
     if detector.threshold is not None:
         info["threshold"] = detector.threshold.value
         info["threshold_description"] = detector.threshold.description()
+        info["calibration"] = calibration_rows(detector.threshold)  # {} until the rule states rates
     if detector.pixel_threshold is not None:
         info["pixel_threshold"] = detector.pixel_threshold.value
         info["pixel_threshold_description"] = detector.pixel_threshold.description()

@@ -146,6 +146,43 @@ def calibration_section(calibration: dict | None) -> str:
     return f'<section id="calibration"><h2>Calibration</h2><dl class="info">{dl}</dl></section>'
 
 
+def _ordinal(k: int) -> str:
+    suffix = "th" if 10 <= k % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(k % 10, "th")
+    return f"{k}{suffix}"
+
+
+def calibration_rows(threshold) -> dict[str, str]:
+    """What a threshold states about its rates, as report rows: the fields the threshold rule fills
+    (`max_false_reject`, `expected_false_reject`, `false_reject_bound`, `confidence`, `n_scores`,
+    `rank`, `defects`, `escapes`, `escape_bound`, `warning`); {} for a threshold without them."""
+
+    def get(name):
+        return getattr(threshold, name, None)
+
+    def pct(x) -> str:
+        return f"{100 * float(x):.3g} %"
+
+    rows: dict[str, str] = {}
+    if get("max_false_reject") is not None:
+        rows["False-reject target"] = pct(get("max_false_reject"))
+    if get("expected_false_reject") is not None:
+        rows["Expected false-reject rate"] = pct(get("expected_false_reject"))
+    if get("false_reject_bound") is not None:
+        conf = f" ({pct(get('confidence'))} confidence)" if get("confidence") is not None else ""
+        rows[f"False-reject rate upper bound{conf}"] = pct(get("false_reject_bound"))
+    if get("n_scores") is not None and get("rank") is not None:
+        k = int(get("rank"))
+        nth = "largest" if k == 1 else f"{_ordinal(k)} largest"
+        rows["Rule"] = f"at the {nth} of {get('n_scores')} good (leave-one-out) scores"
+    if get("defects"):
+        rows["Known defects"] = f"{get('escapes') or 0} of {get('defects')} escape"
+        if get("escape_bound") is not None:
+            rows["Escape rate upper bound"] = pct(get("escape_bound"))
+    if get("warning"):
+        rows["Warning"] = str(get("warning"))
+    return rows
+
+
 def _references_html(references: Sequence[str], thumb_side: int) -> str:
     if not references:
         return ""

@@ -300,3 +300,24 @@ def test_report_renders_in_chromium(tmp_path):
             assert not errors, errors
         finally:
             browser.close()
+
+
+def test_calibration_rows_from_the_threshold_rule_fields(tmp_path):
+    from types import SimpleNamespace
+
+    from anomalens.report import calibration_rows
+
+    assert calibration_rows(SimpleNamespace(value=0.4)) == {}  # a threshold that states no rates
+    stated = SimpleNamespace(max_false_reject=0.01, expected_false_reject=1 / 65, false_reject_bound=0.045,
+                             confidence=0.95, n_scores=64, rank=1, defects=8, escapes=2, escape_bound=0.59,
+                             warning="64 references are too few for 1 %")
+    rows = calibration_rows(stated)
+    assert rows["False-reject target"] == "1 %" and rows["Expected false-reject rate"] == "1.54 %"
+    assert rows["False-reject rate upper bound (95 % confidence)"] == "4.5 %"
+    assert rows["Rule"] == "at the largest of 64 good (leave-one-out) scores"
+    assert calibration_rows(SimpleNamespace(rank=3, n_scores=64))["Rule"].startswith("at the 3rd largest of 64")
+    assert rows["Known defects"] == "2 of 8 escape" and rows["Escape rate upper bound"] == "59 %"
+    assert rows["Warning"].startswith("64 references")
+    page = write_report(tmp_path, records=[], summary_info={"calibration": rows}).read_text()
+    section = page[page.index('id="calibration"') :]
+    assert "Expected false-reject rate</dt><dd>1.54 %" in section
