@@ -11,6 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+import os as _os
+
+# OpenMP threads (torch's CPU kernels) spin-wait between parallel regions by default. On a
+# machine whose cores are taken by other processes, a spinning thread holds a core that the
+# thread it waits for needs: a step that takes milliseconds can take seconds. PASSIVE makes
+# waiting threads sleep. It is read when torch's OpenMP starts, so it is set here (anomalens
+# itself imports torch lazily, after this) and only when the user has not chosen a policy.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from .errors import AnomalensError, ImageLoadError, NotFittedError
 
 # public name -> module that defines it
