@@ -101,6 +101,13 @@ def instrument(totals: dict[str, float], rss: list[tuple[int, float]], every: in
 def child(args: argparse.Namespace) -> None:
     """One measured `anomalens detect` in this process; prints a JSON line."""
     start = time.perf_counter()
+    if args.threads is None:  # what the CLI's --threads 0 does before torch is imported
+        try:
+            from anomalens.cli.app import default_threads
+        except ImportError:  # a version without it: torch's default
+            pass
+        else:
+            os.environ.setdefault("OMP_NUM_THREADS", str(default_threads()))
     totals = dict.fromkeys(STAGES, 0.0)
     rss: list[tuple[int, float]] = []
     instrument(totals, rss, max(1, args.one // 4))
