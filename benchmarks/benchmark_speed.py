@@ -30,6 +30,8 @@ from pathlib import Path
 SIZE_WH = (1130, 460)
 STAGES = ("score", "load_mask", "pixel_update", "pixel_compute", "image_metrics")
 
+DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "magnetic_tile"
+
 
 def make_dataset(source: Path, target: Path, n: int) -> None:
     from PIL import Image
@@ -95,7 +97,7 @@ def child(data: str, out: str, threads: int | None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "magnetic_tile")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--images", default="90,200")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None)
@@ -123,14 +125,15 @@ def main() -> None:
                 row["load"] = load
                 rows.append(row)
                 print(f"{n} images: {row['images'] / row['wall']:.2f} images/s", file=sys.stderr)
-    print(f"\n`anomalens benchmark`, patchknn 4-shot, {SIZE_WH[0]}x{SIZE_WH[1]} px images; configuration: {args.label}\n")
+    size = f"{SIZE_WH[0]}x{SIZE_WH[1]}"
+    print(f"\n`anomalens benchmark`, patchknn 4-shot, {size} px images; configuration: {args.label}\n")
     print("| test images | images/s (whole command) | wall s | scoring s | masks s | pixel update s | pixel metrics s "
           "| exact | image AUROC | pixel AUROC | AUPRO | load avg |")
     print("|" + "---|" * 12)
     for r in rows:
-        print(f"| {r['images']} | {r['images'] / r['wall']:.2f} | {r['wall']:.1f} | {r['score']:.1f} | {r['load_mask']:.1f} | "
-              f"{r['pixel_update']:.1f} | {r['pixel_compute']:.1f} | {r['exact']} | {r['image_auroc']:.6f} | "
-              f"{r['pixel_auroc']:.6f} | {r['pixel_aupro']:.6f} | {r['load']:.1f} |")
+        print(f"| {r['images']} | {r['images'] / r['wall']:.2f} | {r['wall']:.1f} | {r['score']:.1f} | "
+              f"{r['load_mask']:.1f} | {r['pixel_update']:.1f} | {r['pixel_compute']:.1f} | {r['exact']} | "
+              f"{r['image_auroc']:.6f} | {r['pixel_auroc']:.6f} | {r['pixel_aupro']:.6f} | {r['load']:.1f} |")
 
 
 if __name__ == "__main__":

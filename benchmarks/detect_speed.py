@@ -32,6 +32,8 @@ from pathlib import Path
 
 STAGES = ("decode", "prepare", "model", "knn", "write", "report")
 
+DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "magnetic_tile"
+
 
 def select_images(data: Path, n: int) -> list[Path]:
     """n test images spread evenly over the sorted test set (good and every defect type)."""
@@ -144,7 +146,8 @@ def measure(args: argparse.Namespace, images: list[Path], refs: Path, env: dict)
     out = Path(tempfile.mkdtemp(prefix="detect_speed_"))
     listing = out.parent / f"{out.name}.inputs"
     try:
-        cmd = [sys.executable, __file__, "--one", str(len(images)), "--refs-dir", str(refs), "--out-dir", str(out / "o")]
+        cmd = [sys.executable, __file__, "--one", str(len(images)), "--refs-dir", str(refs)]
+        cmd += ["--out-dir", str(out / "o")]
         cmd += [] if args.threads is None else ["--threads", str(args.threads)]
         cmd += ["--batch-size", str(args.batch_size)] if args.batch_size else []
         listing.write_text("\n".join(map(str, images)))
@@ -164,7 +167,7 @@ def start_load(n: int) -> list[subprocess.Popen]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "magnetic_tile")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--images", default="500,1000", help="comma-separated image counts")
     parser.add_argument("--shots", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=1)
