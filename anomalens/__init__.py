@@ -7,11 +7,11 @@ line's `--help`) does not load torch.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+import os as _os
+
+from .errors import AnomalensError, ImageLoadError, NotFittedError
 
 __version__ = "0.1.0"
-
-import os as _os
 
 # OpenMP threads (torch's CPU kernels) spin-wait between parallel regions by default. On a
 # machine whose cores are taken by other processes, a spinning thread holds a core that the
@@ -20,7 +20,9 @@ import os as _os
 # itself imports torch lazily, after this) and only when the user has not chosen a policy.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .errors import AnomalensError, ImageLoadError, NotFittedError
+# Not `from typing import TYPE_CHECKING`: `import anomalens` is the first thing the command line
+# does, and the less it imports, the shorter the moment in which Ctrl-C is Python's, not ours.
+TYPE_CHECKING = False
 
 # public name -> module that defines it
 _LAZY = {
@@ -31,6 +33,8 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any
+
     from .detector import Detector, load_detector
     from .images import load_image
     from .results import AnomalyResult
