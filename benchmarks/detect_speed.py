@@ -73,7 +73,10 @@ def instrument(totals: dict[str, float], rss: list[tuple[int, float]], every: in
 
         return wrapper
 
-    detector._try_load = timed("decode", detector._try_load)
+    if hasattr(detector.Detector, "_load"):  # decoding, in the read-ahead threads
+        detector.Detector._load = timed("decode", detector.Detector._load)
+    else:  # older versions
+        detector._try_load = timed("decode", detector._try_load)
     PatchKnn.model_inputs = timed("prepare", PatchKnn.model_inputs)
     EfficientNetPatchBackbone.forward = timed("model", EfficientNetPatchBackbone.forward)
     PatchKnn.score = timed("knn", PatchKnn.score)
