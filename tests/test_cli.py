@@ -180,10 +180,14 @@ def test_rerun_resumes_and_never_overwrites_without_flag(data, tmp_path):
     assert "resuming: 5 of 5 images already done" in res.output and "scored 0 images" in res.output
     assert (out / "results.jsonl").read_text() == first
     assert [p.stat().st_mtime_ns for p in maps] == mtimes
-    # Other settings into the same folder: still nothing overwritten, and a warning.
-    res = run([*args[:-1], "0.9"])
-    assert "other settings" in res.output and (out / "results.jsonl").read_text() == first
-    assert (out / "settings.1.json").exists()
+    # Other settings into the same folder: refused (exit 2) with the difference named, nothing written.
+    settings_before = (out / "settings.json").read_text()
+    res = run([*args[:-1], "0.9"], code=2)
+    named = "(pixel_threshold.value: 0.3 -> 0.9; threshold.value: 0.3 -> 0.9)"
+    assert f"holds results made with other settings {named}" in res.output
+    assert "new --out, or pass --overwrite" in res.output
+    assert (out / "results.jsonl").read_text() == first and (out / "settings.json").read_text() == settings_before
+    assert not (out / "settings.1.json").exists()
     res = run([*args[:-1], "0.9", "--overwrite"])
     assert "scored 5 images" in res.output
     assert {r["threshold"] for r in read_records(out)} == {0.9}
@@ -307,6 +311,20 @@ def test_config_file_command_line_overrides_and_settings_json_repeats_the_run(da
     assert [(r["path"], r["score"], r["decision"]) for r in read_records(tmp_path / "again")] == [
         (r["path"], r["score"], r["decision"]) for r in recs
     ]
+
+
+def test_command_line_beats_config_even_at_the_default_value(data, tmp_path):
+    """--config values are defaults (click's default_map): any flag given on the command line wins,
+    also one given with the value that is its own default (--jobs 2); the file wins over defaults."""
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({"jobs": 0, "map-format": "tiff", "image-size": 96, "threshold": 0.05}))
+    out = tmp_path / "out"
+    run(["detect", data / "queries", "--config", cfg, "--jobs", "2", "--image-size", "128", "--method", "patchknn",
+         "--out", out])
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["options"]["jobs"] == 2 and settings["options"]["image_size"] == 128
+    assert settings["options"]["map_format"] == "tiff" and settings["settings"]["image_size"] == 128
+    assert {r["threshold"] for r in read_records(out)} == {0.05}
 
 
 def test_config_errors_are_clear(data, tmp_path):

@@ -256,47 +256,49 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
                 raise ServeError(
                     413, "too_many_files", f"{len(uploads)} files sent; the limit is {settings.max_batch_files}"
                 )
-            decoded = await run_in_threadpool(_decode_all, uploads, settings.max_pixels, batch)
+            depth = model.detector.reading.bit_depth
+            decoded = await run_in_threadpool(_decode_all, uploads, settings.max_pixels, batch, depth)
             images = [d for d, _ in decoded if not isinstance(d, ServeError)]
             outcomes, info = await pool().run(model.detector, images) if images else ([], None)
             return await run_in_threadpool(
                 _answer, model.name, decoded, outcomes, info, map_format, overlay, arrived, metrics, batch
             )
 
-    @app.post(
+    def scoring_route(path: str, response_model, body: dict, codes: tuple[int, ...], summary: str, **extra):
+        """The POST route of a scoring endpoint: API key, request body and error responses."""
+        responses = {s: _ERRORS[s] for s in codes}
+        return app.post(
+            path,
+            response_model=response_model,
+            dependencies=guarded,
+            openapi_extra=body,
+            responses=responses,
+            summary=summary,
+            **extra,
+        )
+
+    @scoring_route(
         "/v1/models/{name}/predict",
-        response_model=Prediction,
+        Prediction,
+        _IMAGE_BODY,
+        (400, 401, 404, 413, 415, 422, 503),
+        "Score one image",
         response_model_exclude_none=False,
-        dependencies=guarded,
-        openapi_extra=_IMAGE_BODY,
-        responses={s: _ERRORS[s] for s in (400, 401, 404, 413, 415, 422, 503)},
-        summary="Score one image",
     )
-    async def predict(
-        request: Request,
-        name: str,
-        map: MapQuery = MapFormat.none,
-        overlay: OverlayQuery = False,
-    ):
+    async def predict(request: Request, name: str, map: MapQuery = MapFormat.none, overlay: OverlayQuery = False):
         items = await _score(request, name, False, map, overlay)
         if items[0].status != "ok":
             raise ServeError(items[0].status_code, items[0].error.kind, items[0].error.message, file=items[0].file)
         return items[0].prediction
 
-    @app.post(
+    @scoring_route(
         "/v1/models/{name}/predict/batch",
-        response_model=BatchResponse,
-        dependencies=guarded,
-        openapi_extra=_BATCH_BODY,
-        responses={s: _ERRORS[s] for s in (400, 401, 404, 413, 415, 503)},
-        summary="Score several images; a bad image gets its own error and the others go on",
+        BatchResponse,
+        _BATCH_BODY,
+        (400, 401, 404, 413, 415, 503),
+        "Score several images; a bad image gets its own error and the others go on",
     )
-    async def predict_batch(
-        request: Request,
-        name: str,
-        map: MapQuery = MapFormat.none,
-        overlay: OverlayQuery = False,
-    ):
+    async def predict_batch(request: Request, name: str, map: MapQuery = MapFormat.none, overlay: OverlayQuery = False):
         items = await _score(request, name, True, map, overlay)
         return BatchResponse(model=name, results=[BatchItem(**i.model_dump(exclude={"status_code"})) for i in items])
 
@@ -307,13 +309,13 @@ class _Item(BatchItem):
     status_code: int = 200
 
 
-def _decode_all(uploads, max_pixels: int, batch: bool) -> list:
+def _decode_all(uploads, max_pixels: int, batch: bool, bit_depth: str | int = "auto") -> list:
     """(LoadedImage or ServeError, seconds) per upload; a single upload's error is raised at once."""
     out = []
     for up in uploads:
         start = time.perf_counter()
         try:
-            out.append((decode_upload(up, max_pixels), time.perf_counter() - start))
+            out.append((decode_upload(up, max_pixels, bit_depth), time.perf_counter() - start))
         except ServeError as err:
             if not batch:
                 raise
