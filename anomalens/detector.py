@@ -18,7 +18,7 @@ from .calibration import DEFAULT_MARGIN, DEFAULT_QUANTILE, Threshold, apply_deci
 from .errors import ModelFileError
 from .images import ImageLoadError, ImageReading, LoadedImage, list_images, load_image, read_ahead
 from .methods import create_method
-from .methods.base import settings_to_dict
+from .methods.base import saved_settings, settings_to_dict
 from .model_files import (
     MODEL_CONFIG,
     MODEL_WEIGHTS,
@@ -376,7 +376,7 @@ def load_detector(
     device = resolve_device(device)  # a bad --device is the user's error, not the file's
     try:  # every value read from detector.json: a tampered one is a one-line error naming the file
         reading = ImageReading.from_dict(config.get("image_reading"))
-        det = Detector(method=config["method"], device=device, reading=reading, **{**config["settings"], **overrides})
+        det = Detector(method=config["method"], device=device, reading=reading, **{**saved_settings(config["method"], config["settings"]), **overrides})
         references = config.get("references", [])
         if not isinstance(references, list) or not all(isinstance(r, str) for r in references):
             raise ValueError("'references' is not a list of paths")

@@ -147,6 +147,15 @@ def register_method(cls: type[Method]) -> type[Method]:
     return cls
 
 
+def saved_settings(name: str, saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved model's settings, completed for settings added since with the values it was made with."""
+    from . import available_methods
+
+    available_methods()
+    older = getattr(METHODS[name].Settings, "absent_in_older_models", {}) if name in METHODS else {}
+    return {**older, **saved}
+
+
 def create_method(name: str, **settings: Any) -> Method:
     from . import available_methods
 

@@ -12,6 +12,7 @@ images can be covered by square tiles instead of being squashed (`anomalens.tili
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +88,10 @@ class PatchKnnSettings(MethodSettings):
         16384, "a memory bank above this many patches is reduced to it by greedy k-centre (0 = never)", minimum=0
     )
     batch_size: int = setting(8, "images per forward pass", minimum=1)
+
+    # models saved before these settings existed scored the raw map's maximum (their thresholds
+    # were calibrated on it): they load with these values, not today's defaults
+    absent_in_older_models: ClassVar[dict[str, Any]] = {"smoothing_sigma": 0.0, "edge_weighting": False}
 
 
 def valid_grid_region(
