@@ -57,9 +57,7 @@ PATCHKNN = dict(
     reweight=0,  # PatchCore's reweighting over this many neighbours (0 = off)
     zero_shot_k=2,
 )
-PATCHCORE = dict(
-    pool="zero_pad", norm=False, dist="euclidean", up="nearest", score="raw_max", coreset=0.1, reweight=9
-)
+PATCHCORE = dict(pool="zero_pad", norm=False, dist="euclidean", up="nearest", score="raw_max", coreset=0.1, reweight=9)
 
 
 def key(path) -> str:
@@ -191,13 +189,17 @@ def main() -> None:
                     continue
                 start = time.perf_counter()
                 runs = [
-                    evaluate(split, store, masks, test, sample_references(split, k, s) if k else [], v, s, not args.binned)
+                    evaluate(
+                        split, store, masks, test, sample_references(split, k, s) if k else [], v, s, not args.binned
+                    )
                     for s in (seeds if k else seeds[:1])
                 ]
                 cells = []
                 for m in ("image_auroc", "pixel_auroc", "pixel_aupro"):
                     cells.append("N/A" if runs[0].get(m) is None else f"{100 * np.mean([r[m] for r in runs]):.1f}")
-                std = "N/A" if runs[0]["image_auroc"] is None else f"{100 * np.std([r['image_auroc'] for r in runs]):.1f}"
+                std = (
+                    "N/A" if runs[0]["image_auroc"] is None else f"{100 * np.std([r['image_auroc'] for r in runs]):.1f}"
+                )
                 seconds = time.perf_counter() - start
                 print(f"| {category} | {k} | {name} | {' | '.join(cells)} | {std} | {seconds:.0f} |", flush=True)
 
