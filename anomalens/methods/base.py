@@ -157,9 +157,9 @@ def saved_settings(name: str, saved: dict[str, Any]) -> dict[str, Any]:
 
 
 def create_method(name: str, **settings: Any) -> Method:
-    from . import available_methods
+    from . import load_method
 
-    available_methods()  # importing the method modules registers them
+    load_method(name)  # importing the method's module registers it
 
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
