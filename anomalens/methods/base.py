@@ -149,10 +149,10 @@ def register_method(cls: type[Method]) -> type[Method]:
 
 def saved_settings(name: str, saved: dict[str, Any]) -> dict[str, Any]:
     """A saved model's settings, completed for settings added since with the values it was made with."""
-    from . import available_methods
+    from . import load_method
 
-    available_methods()
-    older = getattr(METHODS[name].Settings, "absent_in_older_models", {}) if name in METHODS else {}
+    method = load_method(name) if isinstance(name, str) else None
+    older = getattr(method.Settings, "absent_in_older_models", {}) if method is not None else {}
     return {**older, **saved}
 
 
