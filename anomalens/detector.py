@@ -20,7 +20,7 @@ from .image_inputs import NamedInput, named_inputs
 from .image_inputs import as_loaded as _as_loaded
 from .images import ImageLoadError, ImageReading, LoadedImage, list_images, read_ahead
 from .methods import create_method
-from .methods.base import settings_to_dict
+from .methods.base import saved_settings, settings_to_dict
 from .model_files import (
     MODEL_CONFIG,
     MODEL_WEIGHTS,
@@ -382,7 +382,8 @@ def load_detector(
     device = resolve_device(device)  # a bad --device is the user's error, not the file's
     try:  # every value read from detector.json: a tampered one is a one-line error naming the file
         reading = ImageReading.from_dict(config.get("image_reading"))
-        det = Detector(method=config["method"], device=device, reading=reading, **{**config["settings"], **overrides})
+        settings = {**saved_settings(config["method"], config["settings"]), **overrides}
+        det = Detector(method=config["method"], device=device, reading=reading, **settings)
         references = config.get("references", [])
         if not isinstance(references, list) or not all(isinstance(r, str) for r in references):
             raise ValueError("'references' is not a list of paths")

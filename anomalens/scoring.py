@@ -99,6 +99,21 @@ def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return x.squeeze(1)
 
 
+def edge_weights(grid_hw: tuple[int, int], neighbourhood: int, size: int) -> torch.Tensor:
+    """(size, size) weights for the image score: the share of each patch's neighbourhood on the grid.
+
+    A patch on the grid's edge averages a window that sticks out of the image (with n = 3: 6 of
+    9 cells on an edge, 4 at a corner). PatchCore's zero-padded average pooling shrinks such
+    patches' features by that share, and with Euclidean distances their anomaly with it; with
+    cosine distances (here) the scale cancels, so the score weighs them explicitly. Interior
+    cells weigh 1; the cell weights are upsampled bilinearly to the map like the patch scores.
+    """
+    cells = torch.ones(1, 1, *grid_hw)
+    if neighbourhood > 1:
+        cells = F.avg_pool2d(cells, neighbourhood, stride=1, padding=neighbourhood // 2, count_include_pad=True)
+    return F.interpolate(cells, size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+
+
 def image_score(values: torch.Tensor, top_fraction: float = 0.0) -> torch.Tensor:
     """The image score of a map's values: their maximum, or the mean of the top `top_fraction` of them."""
     flat = values.reshape(-1)

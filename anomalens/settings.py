@@ -39,6 +39,9 @@ class MethodSettings:
 
     owner: ClassVar[str] = "method"  # the method's name, set by register_method, for messages
     renamed: ClassVar[dict[str, str]] = {}  # old name -> new name, so older saved models load
+    # setting -> the value that reproduces models saved before the setting existed (their
+    # thresholds were calibrated on those scores), where that differs from today's default
+    absent_in_older_models: ClassVar[dict[str, Any]] = {}
 
     def __post_init__(self) -> None:
         validate_settings(self)

@@ -33,11 +33,12 @@ from anomalens.methods.patchknn import PatchKnn, PatchKnnSettings, patch_scores
 from anomalens.metrics import PixelMetricAccumulator, image_metrics
 
 # The settings before issue 17, and the levers tried on top of a base, one at a time.
-OLD_DEFAULT = {"smoothing_sigma": 0.0, "coreset_size": 0}
+OLD_DEFAULT = {"smoothing_sigma": 0.0, "coreset_size": 0, "edge_weighting": False}
 FEATURE_KEYS = ("backbone", "image_size", "resize", "tile_above_aspect", "blocks", "neighbourhood")
 VARIANTS = {
-    "defaults": [],  # the old and the new default themselves
+    "defaults": [{"edge_weighting": False}],  # the old and the new default, and the step between them
     "scoring": [
+        {"edge_weighting": False},
         {"smoothing_sigma": 2.0},
         {"smoothing_sigma": 8.0},
         {"top_fraction": 0.01},

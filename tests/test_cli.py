@@ -82,7 +82,8 @@ def test_detect_writes_every_output_with_a_given_threshold(data, tmp_path):
         assert rec["map"] == f"maps/{stem}.npy" and rec["overlay"] == f"overlays/{stem}.png"
         amap = np.load(out / rec["map"])
         assert amap.dtype == np.float32 and amap.shape == (64, 64)
-        assert float(amap.max()) == pytest.approx(rec["score"], rel=0.05)  # patchknn: score = map max
+        # patchknn: score = max of the map weighted by edge shares in [4/9, 1] (corner .. interior)
+        assert 4 / 9 * 0.95 * float(amap.max()) <= rec["score"] <= 1.05 * float(amap.max())
         mask = np.asarray(Image.open(out / rec["mask"]))
         assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 255}
         if rec["decision"] == "NG":

@@ -84,6 +84,22 @@ def test_save_and_load_give_identical_scores_maps_and_thresholds(files, fitted, 
         load_detector(tmp_path)
 
 
+def test_a_model_saved_before_the_smoothed_edge_weighted_score_keeps_its_raw_max_score(files, fitted, tmp_path):
+    import json
+
+    fitted.save(tmp_path / "old")
+    config_path = tmp_path / "old" / "detector.json"
+    config = json.loads(config_path.read_text())
+    for name in ("smoothing_sigma", "edge_weighting"):  # settings that did not exist when it was saved
+        del config["settings"][name]
+    config_path.write_text(json.dumps(config))
+    old = load_detector(tmp_path / "old")
+    assert old.settings["smoothing_sigma"] == 0.0 and old.settings["edge_weighting"] is False
+    raw = Detector("patchknn", image_size=128, smoothing_sigma=0.0, edge_weighting=False).fit(files["refs"])
+    assert [r.score for r in old.predict(files["queries"])] == [r.score for r in raw.predict(files["queries"])]
+    assert load_detector(tmp_path / "old", smoothing_sigma=4.0).settings["smoothing_sigma"] == 4.0  # overrides win
+
+
 def test_predict_iter_keeps_order_with_errors_and_any_number_of_jobs(files, fitted, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from anomalens.coreset import greedy_coreset
 from anomalens.methods.patchknn import PatchKnnSettings, score_image
-from anomalens.scoring import gaussian_kernel, gaussian_smooth, image_score, reweighting_factor
+from anomalens.scoring import edge_weights, gaussian_kernel, gaussian_smooth, image_score, reweighting_factor
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -53,7 +53,7 @@ def test_score_image_is_max_of_smoothed_upsampled_patch_map():
     torch.manual_seed(0)
     feats = F.normalize(torch.randn(1, 4, 4, 8), dim=-1)
     bank = F.normalize(torch.randn(30, 8), dim=-1)
-    s = PatchKnnSettings(image_size=32, smoothing_sigma=1.0, top_fraction=0.0)
+    s = PatchKnnSettings(image_size=32, smoothing_sigma=1.0, top_fraction=0.0, edge_weighting=False)
     maps, score = score_image(feats, bank, s)
     # by hand: 0.5 (1 - max cosine), bilinear to 32 x 32 (the smallest input allowed),
     # separable Gaussian with reflect padding
@@ -66,8 +66,40 @@ def test_score_image_is_max_of_smoothed_upsampled_patch_map():
     torch.testing.assert_close(maps, x[:, 0], atol=1e-6, rtol=0)
     assert float(score) == pytest.approx(float(x.max()), abs=1e-6)
     # with a top fraction the score is the mean of the top ceil(0.1 * 32 * 32) = 103 values of that map
-    _, top = score_image(feats, bank, PatchKnnSettings(image_size=32, smoothing_sigma=1.0, top_fraction=0.1))
+    s = PatchKnnSettings(image_size=32, smoothing_sigma=1.0, top_fraction=0.1, edge_weighting=False)
+    _, top = score_image(feats, bank, s)
     assert float(top) == pytest.approx(float(x.flatten().topk(103).values.mean()), abs=1e-6)
+    # edge weighting: the same maps; the score is the max of the map times the upsampled cell weights
+    weighted_maps, weighted = score_image(feats, bank, PatchKnnSettings(image_size=32, smoothing_sigma=1.0))
+    torch.testing.assert_close(weighted_maps, maps)
+    cells = torch.tensor([[4, 6, 6, 4], [6, 9, 9, 6], [6, 9, 9, 6], [4, 6, 6, 4]]) / 9.0  # 3 x 3 windows on the grid
+    w = F.interpolate(cells[None, None], size=(32, 32), mode="bilinear", align_corners=False)[0, 0]
+    assert float(weighted) == pytest.approx(float((x[0, 0] * w).max()), abs=1e-6)
+
+
+def test_edge_weights_are_the_share_of_each_window_on_the_grid():
+    # read at the grid's own size (no upsampling), each cell weighs its window's share on the grid
+    three = edge_weights((4, 4), 3, 4)
+    torch.testing.assert_close(three, torch.tensor([[4, 6, 6, 4], [6, 9, 9, 6], [6, 9, 9, 6], [4, 6, 6, 4]]) / 9.0)
+    five = edge_weights((4, 4), 5, 4)  # 5 x 5 windows on a 4 x 4 grid: corner 3 x 3, next 3 x 4, inner 4 x 4 cells
+    assert float(five[0, 0]) == pytest.approx(9 / 25)
+    assert float(five[0, 1]) == pytest.approx(12 / 25)
+    assert float(five[1, 1]) == pytest.approx(16 / 25)
+    assert torch.equal(edge_weights((4, 4), 1, 4), torch.ones(4, 4))  # no pooling, no weighting
+
+
+def test_edge_weighting_lowers_an_edge_spike_not_an_interior_one():
+    # one anomalous patch (distance 1 to the bank) at a corner vs in the interior of an 8 x 8 grid
+    bank = torch.tensor([[1.0, 0.0]])
+    corner, centre = torch.zeros(1, 8, 8, 2), torch.zeros(1, 8, 8, 2)
+    corner[..., 0] = centre[..., 0] = 1.0
+    corner[0, 0, 0] = torch.tensor([-1.0, 0.0])
+    centre[0, 4, 4] = torch.tensor([-1.0, 0.0])
+    off = PatchKnnSettings(image_size=64, smoothing_sigma=0.0, edge_weighting=False)
+    on = PatchKnnSettings(image_size=64, smoothing_sigma=0.0)
+    assert float(score_image(corner, bank, off)[1]) == pytest.approx(1.0)
+    assert float(score_image(corner, bank, on)[1]) < 0.6  # about 4/9 at the corner cell
+    assert float(score_image(centre, bank, on)[1]) == pytest.approx(float(score_image(centre, bank, off)[1]))
 
 
 def test_reweighting_factor_by_hand():

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..scoring import gaussian_smooth
+from ..methods.patchknn import pooling_window
+from ..scoring import edge_weights, gaussian_smooth
 from .graph import GraphSpec, bank_distance, register_exporter, require, self_distance, upsample
 
 # Banks above this many bytes go to a second input when bank="auto".
@@ -20,7 +21,9 @@ BANK_MODES = ("auto", "constant", "input")
 
 
 class PatchKnnGraph(nn.Module):
-    def __init__(self, method, bank: torch.Tensor | None, bank_as_input: bool, with_valid: bool):
+    def __init__(
+        self, method, bank: torch.Tensor | None, bank_as_input: bool, with_valid: bool, grid: tuple[int, int]
+    ):
         super().__init__()
         self.backbone = method.backbone
         self.image_size = method.settings.image_size
@@ -30,6 +33,10 @@ class PatchKnnGraph(nn.Module):
         self.few_shot = bank is not None
         self.bank_as_input = bank_as_input
         self.with_valid = with_valid
+        s = method.settings
+        # as patchknn.score_image: the score reads the edge-weighted map (a constant of the graph)
+        weights = edge_weights(grid, pooling_window(s), s.image_size) if s.edge_weighting else torch.ones(1, 1)
+        self.register_buffer("score_weights", weights)
         if bank is not None and not bank_as_input:
             self.register_buffer("bank", bank.float().contiguous())
 
@@ -49,9 +56,9 @@ class PatchKnnGraph(nn.Module):
         maps = gaussian_smooth(upsample(patch_map, self.image_size), self.smoothing_sigma)
         if valid is not None:
             pixels = torch.nn.functional.interpolate(valid[:, None], size=maps.shape[-2:], mode="nearest")[:, 0]
-            scored = torch.where(pixels > 0.5, maps, torch.full_like(maps, -float("inf")))
+            scored = torch.where(pixels > 0.5, maps * self.score_weights, torch.full_like(maps, -float("inf")))
         else:
-            scored = maps
+            scored = maps * self.score_weights
         score = scored.flatten(1).amax(1)
         return maps, score
 
@@ -87,7 +94,7 @@ def build(method, bank: str = "auto") -> GraphSpec:
             inputs["memory_bank"] = patches.float()
             bank_meta.update(input="memory_bank", array=patches.float().numpy())
     return GraphSpec(
-        module=PatchKnnGraph(method, patches, as_input, with_valid).eval(),
+        module=PatchKnnGraph(method, patches, as_input, with_valid, grid).eval(),
         example_inputs=inputs,
         output_names=["anomaly_map", "score"],
         image_inputs=[{"name": "images", "size": size}],

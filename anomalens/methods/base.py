@@ -148,6 +148,15 @@ def register_method(cls: type[Method]) -> type[Method]:
     return cls
 
 
+def saved_settings(name: str, saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved model's settings, completed for settings added since with the values it was made with."""
+    from . import load_method
+
+    method = load_method(name) if isinstance(name, str) else None
+    older = getattr(method.Settings, "absent_in_older_models", {}) if method is not None else {}
+    return {**older, **saved}
+
+
 def create_method(name: str, **settings: Any) -> Method:
     from . import load_method
 

@@ -12,12 +12,13 @@ images can be covered by square tiles instead of being squashed (`anomalens.tili
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from ..augment import augment_input
-from ..backbones import create_patch_backbone
+from ..backbones import VARIANT_BLOCKS, create_patch_backbone
 from ..coreset import greedy_coreset
 from ..geometry import RESIZE_POLICIES, to_model_input
 from ..images import LoadedImage
@@ -25,6 +26,7 @@ from ..scoring import (
     FEW_SHOT_K,
     ZERO_SHOT_K,
     MemoryBank,
+    edge_weights,
     gaussian_smooth,
     image_score,
     knn_anomaly,
@@ -68,6 +70,11 @@ class PatchKnnSettings(MethodSettings):
         "Gaussian sigma (input pixels) on the upsampled map before the image score (PatchCore: 4; 0 = off)",
         minimum=0,
     )
+    edge_weighting: bool = setting(
+        True,
+        "image score: weigh each pixel of the smoothed map by the share of its patch's neighbourhood that lies "
+        "on the input (edge patches 6/9, corners 4/9; PatchCore's zero-padded pooling does this implicitly)",
+    )
     top_fraction: float = setting(
         0.0, "image score = mean of this top fraction of the smoothed map (0 = its maximum)", minimum=0, maximum=1
     )
@@ -83,6 +90,10 @@ class PatchKnnSettings(MethodSettings):
     batch_size: int = setting(
         0, "images per forward pass (0 = auto: 1 on the CPU, where it is fastest, 8 on a GPU)", minimum=0
     )
+
+    # models saved before these settings existed scored the raw map's maximum (their thresholds
+    # were calibrated on it): they load with these values, not today's defaults
+    absent_in_older_models: ClassVar[dict[str, Any]] = {"smoothing_sigma": 0.0, "edge_weighting": False}
 
 
 def valid_grid_region(
@@ -133,6 +144,11 @@ def patch_scores(
     return (0.5 * (1.0 - kth)).clamp(0.0, 1.0).view(t, h, w)
 
 
+def pooling_window(settings: PatchKnnSettings) -> int:
+    """The neighbourhood the backbone averages patches over (CLIP tokens are not pooled)."""
+    return settings.neighbourhood if settings.backbone in VARIANT_BLOCKS else 1
+
+
 def score_image(
     feats: torch.Tensor,
     bank: torch.Tensor | None,
@@ -151,14 +167,19 @@ def score_image(
         patches = patch_scores(feats, bank, s.few_shot_k, s.zero_shot_k, s.zero_shot_exclusion)
     maps = F.interpolate(patches[:, None], size=(s.image_size, s.image_size), mode="bilinear", align_corners=False)
     maps = gaussian_smooth(maps[:, 0], s.smoothing_sigma)
+    # The image score reads the (edge-weighted) smoothed map; the returned maps stay unweighted.
+    weighted = maps * edge_weights(patches.shape[-2:], pooling_window(s), s.image_size) if s.edge_weighting else maps
     if input_boxes is None:
-        values = maps
+        values = weighted
     else:  # the pixels of the grid cells whose centres lie on the image (as the ONNX graph's valid mask)
         grid = patches.shape[-2:]
         sy, sx = s.image_size // grid[0], s.image_size // grid[1]
         regions = [valid_grid_region(box, s.image_size, grid) for box in input_boxes]
         values = torch.cat(
-            [m[r.start * sy : r.stop * sy, c.start * sx : c.stop * sx].reshape(-1) for m, (r, c) in zip(maps, regions)]
+            [
+                m[r.start * sy : r.stop * sy, c.start * sx : c.stop * sx].reshape(-1)
+                for m, (r, c) in zip(weighted, regions)
+            ]
         )
     score = image_score(values, s.top_fraction)
     if bank is not None and s.reweight_neighbours > 0:
