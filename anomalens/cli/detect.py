@@ -8,7 +8,7 @@ import typer
 
 from . import options as o
 from .app import app, echo, fail
-from .build import build_detector, describe, set_threshold
+from .build import build_detector, describe, report_threshold, set_threshold
 from .config import apply_config, parse_threshold
 
 
@@ -31,6 +31,8 @@ def detect(
     pixel_threshold: o.PixelThreshold = None,
     quantile: o.Quantile = o.QUANTILE_DEFAULT,
     margin: o.Margin = o.MARGIN_DEFAULT,
+    max_false_reject: o.MaxFalseReject = None,
+    defects: o.Defects = None,
     weights: o.Weights = None,
     backbone: o.Backbone = None,
     category: o.Category = None,
@@ -99,8 +101,7 @@ def detect(
     det, source = build_detector(p, explicit)
     set_threshold(det, p, explicit, threshold_value)
     if det.threshold is not None:
-        echo(f"threshold: {describe(det.threshold)}")
-        echo(f"pixel threshold: {describe(det.pixel_threshold)}")
+        report_threshold(det.threshold, det.pixel_threshold)
     elif det.pixel_threshold is not None:
         echo(f"pixel threshold: {describe(det.pixel_threshold)}; no image threshold: no OK/NG decisions")
     else:

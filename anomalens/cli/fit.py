@@ -8,7 +8,7 @@ import typer
 
 from . import options as o
 from .app import app, echo, fail
-from .build import build_detector, describe, set_threshold
+from .build import build_detector, report_threshold, set_threshold
 from .config import apply_config, parse_threshold
 
 
@@ -24,6 +24,8 @@ def fit(
     pixel_threshold: o.PixelThreshold = None,
     quantile: o.Quantile = o.QUANTILE_DEFAULT,
     margin: o.Margin = o.MARGIN_DEFAULT,
+    max_false_reject: o.MaxFalseReject = None,
+    defects: o.Defects = None,
     weights: o.Weights = None,
     backbone: o.Backbone = None,
     category: o.Category = None,
@@ -60,6 +62,4 @@ def fit(
     except (FileExistsError, OSError) as err:
         fail(f"cannot save the model to {out}: {err}")
     echo(f"saved {det.method_name} model fitted on {source} to {out}")
-    echo(f"threshold: {describe(det.threshold)}")
-    if det.threshold is not None:
-        echo(f"pixel threshold: {describe(det.pixel_threshold)}")
+    report_threshold(det.threshold, det.pixel_threshold)
