@@ -225,7 +225,7 @@ def is_pixel_rule(threshold) -> bool:
 
 
 def describe_rate(threshold, at_most: bool = False) -> str:
-    """"; expected false-reject rate 1.2% (95% bound 3.4%)" ("" when not known)."""
+    """ "; expected false-reject rate 1.2% (95% bound 3.4%)" ("" when not known)."""
     if threshold.expected_false_reject is None:
         return ""
     if is_pixel_rule(threshold):

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from test_cli import FAST, run, texture
 
 from anomalens.calibration import calibrate_for_target
 from anomalens.detector import Detector
 from anomalens.images import list_images
-
-from test_cli import FAST, run, texture
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -63,8 +62,21 @@ def test_fit_with_a_target_saves_and_prints_the_stated_rate_and_warns(data, tmp_
 
 def test_detect_with_defects_reports_escapes_everywhere(data, tmp_path):
     out = tmp_path / "out"
-    res = run(["detect", data / "queries", "--refs", data / "refs", "--out", out, *FAST,
-               "--max-false-reject", "0.2", "--defects", data / "defects"])
+    res = run(
+        [
+            "detect",
+            data / "queries",
+            "--refs",
+            data / "refs",
+            "--out",
+            out,
+            *FAST,
+            "--max-false-reject",
+            "0.2",
+            "--defects",
+            data / "defects",
+        ]
+    )
     settings = json.loads((out / "settings.json").read_text())
     t = settings["threshold"]
     # By hand: the leave-one-out scores and the defects scored by the model fitted on all refs.

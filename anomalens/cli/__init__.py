@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from . import benchmark, data, demo, describe, detect, export, fit, methods, serve, train  # noqa: F401  (register the commands)
+from . import benchmark, data, demo, describe, detect, evaluate, export, fit, methods, serve, train  # noqa: F401  (register the commands)
 from .app import app
 
 
