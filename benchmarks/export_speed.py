@@ -63,13 +63,18 @@ def main() -> None:
             t_torch = per_image(det, images)
             t_onnx = per_image(exported, images)
             diff = max(report.max_map_difference, report.max_score_difference)
-            rows.append((name, t_torch, t_onnx, path.stat().st_size / 1e6, report.seconds, diff))
-            print(f"{name}: torch {t_torch:.3f} s, onnxruntime {t_onnx:.3f} s", flush=True)
+            rows.append(row(name, t_torch, t_onnx, path.stat().st_size / 1e6, report.seconds, diff))
+            print(f"done: {rows[-1]}", flush=True)  # each row as soon as it is measured
+            path.unlink()
     print(f"\n{args.images} images of 640x480, {args.threads} thread(s), seconds per image\n")
     print("| method | PyTorch s/image | onnxruntime s/image | speed-up | .onnx MB | export s | max abs diff |")
     print("|---|---|---|---|---|---|---|")
-    for name, a, b, mb, secs, diff in rows:
-        print(f"| {name} | {a:.3f} | {b:.3f} | {a / b:.2f}x | {mb:.0f} | {secs:.0f} | {diff:.1e} |")
+    print("\n".join(rows))
+
+
+def row(name: str, t_torch: float, t_onnx: float, mb: float, export_seconds: float, diff: float) -> str:
+    speedup = t_torch / t_onnx
+    return f"| {name} | {t_torch:.3f} | {t_onnx:.3f} | {speedup:.2f}x | {mb:.0f} | {export_seconds:.0f} | {diff:.1e} |"
 
 
 if __name__ == "__main__":

@@ -309,6 +309,20 @@ def test_config_file_command_line_overrides_and_settings_json_repeats_the_run(da
     ]
 
 
+def test_command_line_beats_config_even_at_the_default_value(data, tmp_path):
+    """--config values are defaults (click's default_map): any flag given on the command line wins,
+    also one given with the value that is its own default (--jobs 2); the file wins over defaults."""
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({"jobs": 0, "map-format": "tiff", "image-size": 96, "threshold": 0.05}))
+    out = tmp_path / "out"
+    run(["detect", data / "queries", "--config", cfg, "--jobs", "2", "--image-size", "128", "--method", "patchknn",
+         "--out", out])
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["options"]["jobs"] == 2 and settings["options"]["image_size"] == 128
+    assert settings["options"]["map_format"] == "tiff" and settings["settings"]["image_size"] == 128
+    assert {r["threshold"] for r in read_records(out)} == {0.05}
+
+
 def test_config_errors_are_clear(data, tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("images: [x]\nthreshhold: 0.3\n")

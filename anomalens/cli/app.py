@@ -27,6 +27,14 @@ class AnomalensGroup(TyperGroup):
         except AnomalensError as err:
             typer.secho(f"error: {err}", err=True, fg="red")
             raise typer.Exit(err.exit_code) from None
+        except typer.BadParameter as err:  # click's own message, unless the value came from --config
+            from .config import config_value_error
+
+            message = config_value_error(err)
+            if message is None:
+                raise
+            typer.secho(f"error: {message}", err=True, fg="red")
+            raise typer.Exit(UsageError.exit_code) from None
 
 
 app = typer.Typer(

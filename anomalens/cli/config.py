@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -13,24 +14,22 @@ from .app import fail
 _CONFIG_ALIASES = {"set": "set_", "describe": "describe_"}
 
 
-def apply_config(ctx: typer.Context, config: Path | None) -> tuple[dict[str, Any], set[str]]:
-    """Fill options not given on the command line from a YAML file.
+CONFIG_FILE = "anomalens.config"  # key in ctx.meta: the --config file, for error messages
 
-    Returns the effective values and the names given explicitly (on the command line or in the
-    file). Keys are option names, with "-" or "_" (``pixel-threshold``, ``pixel_threshold``),
-    ``images`` for the inputs and ``set`` for --set (a list of "key=value", or a mapping).
-    Values are converted and checked as on the command line; the command line wins; relative
-    paths are relative to the working directory. A settings.json written by ``detect`` is a
-    valid config too (its "options" are used), so ``--config OUT/settings.json`` repeats a run.
+
+def load_config(ctx: typer.Context, param: typer.CallbackParam, config: Path | None) -> Path | None:
+    """--config (an eager option): the file's values become the command's defaults.
+
+    Click's documented route for configuration files: the values go into ``ctx.default_map``,
+    so the command line overrides them and click converts and checks them as it does typed
+    options (a bad value is reported by `config_value_error`). Keys are option names, with "-"
+    or "_" (``pixel-threshold``, ``pixel_threshold``), ``images`` for the inputs and ``set``
+    for --set (a list of "key=value", or a mapping). Relative paths are relative to the working
+    directory. A settings.json written by ``detect`` is a valid config too (its "options" are
+    used), so ``--config OUT/settings.json`` repeats a run.
     """
-    import click  # typer's own click: only its exception types are needed here
-
-    params = dict(ctx.params)
-    # By name: typer ships its own copy of click, whose ParameterSource is another enum.
-    defaults = ("DEFAULT", "DEFAULT_MAP")
-    explicit = {n for n in params if getattr(ctx.get_parameter_source(n), "name", "DEFAULT") not in defaults}
-    if config is None:
-        return params, explicit
+    if config is None or ctx.resilient_parsing:
+        return config
     import yaml
 
     try:
@@ -44,30 +43,43 @@ def apply_config(ctx: typer.Context, config: Path | None) -> tuple[dict[str, Any
         if loaded["command"] != ctx.command.name:
             fail(f"{config}: settings of `anomalens {loaded['command']}`, not of `{ctx.command.name}`")
         loaded = {k: v for k, v in loaded["options"].items() if k != "config"}
-    by_name = {prm.name: prm for prm in ctx.command.params}
+    options = {prm.name: prm for prm in ctx.command.params if prm.name != param.name}
+    defaults: dict[str, Any] = {}
     for key, value in loaded.items():
         name = str(key).replace("-", "_")
         name = _CONFIG_ALIASES.get(name, name)
-        if name not in params or name == "config":
-            known = sorted(n.rstrip("_") for n in params if n != "config")
+        if name not in options:
+            known = sorted(n.rstrip("_") for n in options)
             fail(f"{config}: unknown option {key!r}; known: {', '.join(known)}")
-        if name in explicit:
-            continue  # given on the command line: it overrides the file
-        prm = by_name[name]
         if value is None:
-            if prm.default is None or prm.multiple or prm.nargs == -1:
-                params[name] = None
-            continue
+            continue  # null: the option's own default
         if name == "set_" and isinstance(value, dict):
             value = [f"{k}={json.dumps(v)}" for k, v in value.items()]
+        prm = options[name]
         if (prm.multiple or prm.nargs == -1) and not isinstance(value, (list, tuple)):
             value = [value]
-        try:
-            params[name] = prm.process_value(ctx, value)  # the command line's conversion and checks
-        except (typer.BadParameter, click.BadParameter) as err:
-            fail(f"{config}: option {key!r}: {err.message}")
-        explicit.add(name)
+        defaults[name] = value
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    ctx.meta[CONFIG_FILE] = config
+    return config
+
+
+def given_options(ctx: typer.Context) -> tuple[dict[str, Any], set[str]]:
+    """The command's option values and the names given explicitly (command line or --config)."""
+    params = dict(ctx.params)
+    # By name: typer ships its own copy of click, whose ParameterSource is another enum.
+    explicit = {n for n in params if getattr(ctx.get_parameter_source(n), "name", "DEFAULT") != "DEFAULT"}
     return params, explicit
+
+
+def config_value_error(err: Exception) -> str | None:
+    """A one-line message for click's BadParameter when the bad value came from --config."""
+    ctx, prm = getattr(err, "ctx", None), getattr(err, "param", None)
+    if ctx is None or prm is None or CONFIG_FILE not in ctx.meta:
+        return None
+    if getattr(ctx.get_parameter_source(prm.name), "name", "") != "DEFAULT_MAP":
+        return None
+    return f"{ctx.meta[CONFIG_FILE]}: option {prm.name.rstrip('_')!r}: {err.message}"
 
 
 def parse_sets(items: list[str] | None) -> dict[str, Any]:
@@ -108,3 +120,10 @@ def int_list(text: str) -> list[int]:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         fail(f"expected comma-separated integers, got {text!r}")
+
+
+def options_into(cls: type, params: dict[str, Any], **converted: Any) -> Any:
+    """The dataclass `cls` built from the options named like its fields, and `converted` values
+    for the fields whose option needs converting first (or is named otherwise)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in params.items() if k in names and k not in converted}, **converted)

@@ -9,15 +9,15 @@ import typer
 from . import options as o
 from .app import app, echo, fail
 from .build import build_detector, describe, report_threshold, set_threshold
-from .config import apply_config, parse_threshold
+from .config import given_options, parse_threshold
 
 
 @app.command()
+@o.detector_flags
 def detect(
     ctx: typer.Context,
     images: list[Path] = typer.Argument(None, help="Image files and/or directories (searched recursively)."),
     refs: o.Refs = None,
-    method: o.Method = "patchknn",
     out: Path = typer.Option(Path("anomalens_out"), "--out", "-o", help="Output directory."),
     model: Path | None = typer.Option(
         None, "--model", help="A fitted model directory from `anomalens fit`, or a .onnx from `anomalens export`."
@@ -28,20 +28,6 @@ def detect(
         help="Image threshold: a number, 'auto' (calibrated on the references, leave-one-out: "
         "quantile + margin * (quantile - median)), or 'none'. Default: the model's, else none.",
     ),
-    pixel_threshold: o.PixelThreshold = None,
-    quantile: o.Quantile = o.QUANTILE_DEFAULT,
-    margin: o.Margin = o.MARGIN_DEFAULT,
-    max_false_reject: o.MaxFalseReject = None,
-    defects: o.Defects = None,
-    weights: o.Weights = None,
-    backbone: o.Backbone = None,
-    category: o.Category = None,
-    prompts: o.Prompts = None,
-    checkpoint: o.Checkpoint = None,
-    grounding: o.Grounding = None,
-    image_size: o.ImageSize = None,
-    resize: o.Resize = None,
-    device: o.Device = "auto",
     map_format: str = typer.Option("npy", "--map-format", help="Raw map files: npy | tiff (32-bit float)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     jobs: int = typer.Option(
@@ -49,11 +35,6 @@ def detect(
     ),
     overwrite: o.Overwrite = False,
     report: bool = typer.Option(True, "--report/--no-report", help="Write report.html."),
-    set_: o.Set = None,
-    describe_: o.Describe = False,
-    llm: o.Llm = "embedded",
-    llm_model: o.LlmModel = None,
-    config: o.Config = None,
     engine: str = typer.Option(
         "local", "--engine", help="local | ray (inputs may also be text files of paths or glob patterns)."
     ),
@@ -79,7 +60,7 @@ def detect(
     Exit code 0 when every image was processed, 1 when some failed (listed at the end), 2 for
     usage errors, 130 when interrupted (Ctrl-C; what was written is valid, run again to resume).
     """
-    p, explicit = apply_config(ctx, config)
+    p, explicit = given_options(ctx)
     from ..inspection import check_options, collect_inputs, run
 
     out = Path(p["out"])

@@ -5,6 +5,8 @@ A command writes ``weights: Weights = None``; the flag's name and help text live
 
 from __future__ import annotations
 
+import functools
+import inspect
 from pathlib import Path
 from typing import Annotated
 
@@ -57,7 +59,9 @@ Prompts = Annotated[
 ]
 QuantizeMaps = Annotated[
     bool,
-    typer.Option("--quantize-maps", help="Maps in 1/255 steps before the metrics, as FADE's released evaluation (fade)."),
+    typer.Option(
+        "--quantize-maps", help="Maps in 1/255 steps before the metrics, as FADE's released evaluation (fade)."
+    ),
 ]
 Device = Annotated[
     str, typer.Option("--device", help="Where the models run: cpu | cuda | cuda:N | auto (a GPU when torch sees one).")
@@ -86,11 +90,66 @@ Llm = Annotated[str, typer.Option("--llm", help="Language model for --describe: 
 LlmModel = Annotated[str | None, typer.Option("--llm-model", help="Endpoint model name for --describe.")]
 
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace results already in --out.")]
+def _load_config(ctx: typer.Context, param: typer.CallbackParam, value: Path | None) -> Path | None:
+    from .config import load_config
+
+    return load_config(ctx, param, value)
+
+
 Config = Annotated[
     Path | None,
     typer.Option(
         "--config",
         help="YAML file with any of these options (command-line options override it); a run's settings.json works too.",
+        callback=_load_config,
+        is_eager=True,  # read before the other options, whose defaults it sets
     ),
 ]
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
+
+
+# The flags of the commands that build a detector from options (`detect`, `fit`): name -> (type, default).
+DETECTOR_FLAGS = {
+    "method": (Method, "patchknn"),
+    "pixel_threshold": (PixelThreshold, None),
+    "quantile": (Quantile, QUANTILE_DEFAULT),
+    "margin": (Margin, MARGIN_DEFAULT),
+    "max_false_reject": (MaxFalseReject, None),
+    "defects": (Defects, None),
+    "weights": (Weights, None),
+    "backbone": (Backbone, None),
+    "category": (Category, None),
+    "prompts": (Prompts, None),
+    "checkpoint": (Checkpoint, None),
+    "grounding": (Grounding, None),
+    "image_size": (ImageSize, None),
+    "resize": (Resize, None),
+    "device": (Device, "auto"),
+    "set_": (Set, None),
+    "describe_": (Describe, False),
+    "llm": (Llm, "embedded"),
+    "llm_model": (LlmModel, None),
+    "config": (Config, None),
+}
+
+
+def detector_flags(command):
+    """Give `command` the DETECTOR_FLAGS after its own parameters.
+
+    Typer reads a command's options from its signature, so they are added to the signature
+    (`__signature__`, which `inspect.signature` honours); the command reads their values from
+    ``ctx.params`` (`config.given_options`), so its own parameter list names only its own flags.
+    """
+    own = inspect.signature(command, eval_str=True)
+    shared = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind, default=default)
+        for name, (kind, default) in DETECTOR_FLAGS.items()
+        if name not in own.parameters
+    ]
+
+    @functools.wraps(command)
+    def with_flags(**values):
+        return command(**{k: v for k, v in values.items() if k in own.parameters})
+
+    with_flags.__signature__ = own.replace(parameters=[*own.parameters.values(), *shared])
+    return with_flags

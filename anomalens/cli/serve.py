@@ -5,10 +5,12 @@ from __future__ import annotations
 import typer
 
 from .app import app, echo, fail
+from .config import options_into
 
 
 @app.command()
 def serve(
+    ctx: typer.Context,
     model: list[str] = typer.Option(..., "--model", help="A saved model: DIR or name=DIR (repeatable)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default)."),
     port: int = typer.Option(8000, "--port", min=0, max=65535),
@@ -29,16 +31,7 @@ def serve(
     except ModuleNotFoundError as err:
         fail(f"{err.name} is missing: pip install 'anomalens[serve]'")
     try:
-        settings = ServeSettings(
-            host=host,
-            port=port,
-            workers=workers,
-            max_queue=max_queue,
-            max_batch=max_batch,
-            api_key_env=api_key_env,
-            max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-            max_pixels=max_pixels,
-        )
+        settings = options_into(ServeSettings, ctx.params, max_upload_bytes=int(max_upload_mb * 1024 * 1024))
         settings.api_key()  # fail now, not on the first request, if the variable is unset
         registry = load_models(model)
     except (ValueError, FileNotFoundError) as err:

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from .app import app, fail
+from .config import options_into
 
 train_app = typer.Typer(no_args_is_help=True, help="Train the methods that learn (FiLo).")
 
@@ -19,6 +20,7 @@ def _train_group() -> None:
 
 @train_app.command("filo")
 def filo(
+    ctx: typer.Context,
     data: Path = typer.Option(..., "--data", help="Dataset root to train on (labelled test images with masks)."),
     dataset: str = typer.Option("mvtec", "--dataset", help="mvtec | visa | folder | meta | auto"),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (filo.safetensors, filo.json, resume/)."),
@@ -61,27 +63,17 @@ def filo(
         beta_values = ()
     if len(beta_values) != 2:
         fail(f"--betas must be two numbers like 0.5,0.999, got {betas!r}")
-    config = TrainConfig(
+    config = options_into(
+        TrainConfig,
+        ctx.params,
         data=str(data),
         out=str(out),
-        dataset=dataset,
         categories=tuple(c.strip() for c in categories.split(",") if c.strip()) if categories else None,
-        backbone=backbone,
         weights=default_weights(backbone, weights),
-        image_size=image_size,
-        epochs=epochs,
-        adapter_epochs=adapter_epochs,
         vocabulary=str(vocabulary) if vocabulary else None,
-        seed=seed,
-        max_steps=max_steps,
-        checkpoint_every=checkpoint_every,
-        resume=resume,
         betas=beta_values,
         mosaic_probability=mosaic,
         train_positions=positions,
-        device=device,
-        mixed_precision=mixed_precision,
-        workers=workers,
         model=FiloConfig(n_ctx=n_ctx, meta_net=prompt_learner == "cocoop", adapter=adapter),
     )
     try:
@@ -89,9 +81,6 @@ def filo(
     except (ValueError, FileNotFoundError) as err:  # bad data or options (AnomalensErrors pass through)
         fail(str(err))
     typer.echo(f"FiLo written to {result} (filo.safetensors, filo.json)", err=True)
-
-
-app.add_typer(train_app, name="train")
 
 
 app.add_typer(train_app, name="train")

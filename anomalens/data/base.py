@@ -50,6 +50,15 @@ def images_in(directory: Path) -> list[Path]:
     return list_images([directory], recursive=False) if Path(directory).is_dir() else []
 
 
+def find_mask(masks_dir: Path, image: Path, suffixes: tuple[str, ...]) -> Path | None:
+    """The mask file of `image` in `masks_dir`: <stem><suffix> for the first suffix that exists."""
+    for suffix in suffixes:
+        candidate = Path(masks_dir) / f"{image.stem}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def select_categories(available: Iterable[str], requested: Iterable[str] | None) -> list[str]:
     """``requested`` (in its order) checked against ``available``; all available (sorted) when None."""
     available = sorted(available)

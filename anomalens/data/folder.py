@@ -7,20 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from anomalens.data.base import CategorySplit, Sample, images_in
+from anomalens.data.base import CategorySplit, Sample, find_mask, images_in
 
 ANOMALY_DEFECT_TYPE = "anomaly"  # a plain folder does not name defect types
 
 # load_dataset(root, kind="folder") looks for these subfolders of root.
 GOOD_DIR, BAD_DIR, MASKS_DIR, TRAIN_GOOD_DIR = "good", "bad", "masks", "train_good"
-
-
-def _find_mask(masks_dir: Path, image: Path) -> Path | None:
-    for name in (f"{image.stem}.png", f"{image.stem}_mask.png"):
-        candidate = masks_dir / name
-        if candidate.is_file():
-            return candidate
-    return None
+MASK_SUFFIXES = (".png", "_mask.png")  # masks/<stem>.png, or MVTec's <stem>_mask.png
 
 
 def load_folder_dataset(
@@ -47,7 +40,7 @@ def load_folder_dataset(
         test += [Sample(path, 0, None, category, "good") for path in images_in(Path(good_dir))]
     if bad_dir is not None:
         for path in images_in(Path(bad_dir)):
-            mask = _find_mask(Path(masks_dir), path) if masks_dir is not None else None
+            mask = find_mask(Path(masks_dir), path, MASK_SUFFIXES) if masks_dir is not None else None
             test.append(Sample(path, 1, mask, category, ANOMALY_DEFECT_TYPE))
     train_good = images_in(Path(train_good_dir)) if train_good_dir is not None else []
     return CategorySplit(category=category, train_good=train_good, test=test)

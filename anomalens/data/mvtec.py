@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from anomalens.data.base import CategorySplit, Sample, images_in, select_categories
+from anomalens.data.base import CategorySplit, Sample, find_mask, images_in, select_categories
 
 GOOD = "good"
+# MVTec names masks <stem>_mask.png; some derived datasets drop the suffix.
+MASK_SUFFIXES = ("_mask.png", ".png")
 
 
 def mvtec_categories(root: Path) -> list[str]:
@@ -23,15 +25,6 @@ def mvtec_categories(root: Path) -> list[str]:
     return sorted(
         entry.name for entry in root.iterdir() if not entry.name.startswith(".") and (entry / "test").is_dir()
     )
-
-
-def _find_mask(ground_truth_dir: Path, image: Path) -> Path | None:
-    # MVTec names masks <stem>_mask.png; some derived datasets drop the suffix.
-    for name in (f"{image.stem}_mask.png", f"{image.stem}.png"):
-        candidate = ground_truth_dir / name
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def load_mvtec_category(root: Path, category: str) -> CategorySplit:
@@ -51,7 +44,7 @@ def load_mvtec_category(root: Path, category: str) -> CategorySplit:
                 Sample(
                     path=image,
                     label=0 if is_good else 1,
-                    mask_path=None if is_good else _find_mask(ground_truth_dir, image),
+                    mask_path=None if is_good else find_mask(ground_truth_dir, image, MASK_SUFFIXES),
                     category=category,
                     defect_type=defect_type,
                 )

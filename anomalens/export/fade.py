@@ -14,7 +14,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..methods.fade import combine_classification, two_class_probability
-from .graph import GraphSpec, bank_distance, memory_banks, register_exporter, require, self_distance, upsample
+from .graph import (
+    GraphSpec,
+    bank_distance,
+    clip_method_spec,
+    memory_banks,
+    register_exporter,
+    require,
+    self_distance,
+    upsample,
+)
 
 
 class FadeGraph(nn.Module):
@@ -89,18 +98,12 @@ def build(method, bank: str = "auto") -> GraphSpec:
     finest = max(seg)
     text = method.text_features()
     inputs = {f"images_{size}": torch.zeros(2, 3, size, size) for size in sizes}
-    return GraphSpec(
-        module=FadeGraph(method, sizes, finest).eval(),
-        example_inputs=inputs,
-        output_names=["anomaly_map", "score", "description_similarity"],
+    return clip_method_spec(
+        method,
+        FadeGraph(method, sizes, finest),
+        inputs,
+        text.descriptions,
+        banks=bool(memory_banks(method)),
         image_inputs=[{"name": f"images_{size}", "size": size} for size in sizes],
         map_size=finest,
-        dynamic_batch=True,
-        metadata={
-            "category": method.settings.category,
-            "descriptions": list(text.descriptions),
-            "top_descriptions": s.top_descriptions,
-        },
-        memory_bank={"mode": "constant"} if memory_banks(method) else None,
-        clip=method.backbone,
     )

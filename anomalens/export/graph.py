@@ -58,6 +58,27 @@ def build_spec(detector, **options: Any) -> GraphSpec:
     return EXPORTERS[name](detector.method, **options)
 
 
+def clip_method_spec(
+    method, module: nn.Module, inputs: dict[str, torch.Tensor], descriptions, *, banks: bool, **spec: Any
+) -> GraphSpec:
+    """The GraphSpec of a CLIP method (fade, winclip): anomaly map, score and the similarity to each
+    description of the saved category (named in the metadata), memory banks inside the graph."""
+    return GraphSpec(
+        module=module.eval(),
+        example_inputs=inputs,
+        output_names=["anomaly_map", "score", "description_similarity"],
+        dynamic_batch=True,
+        metadata={
+            "category": method.settings.category,
+            "descriptions": list(descriptions),
+            "top_descriptions": method.settings.top_descriptions,
+        },
+        memory_bank={"mode": "constant"} if banks else None,
+        clip=method.backbone,
+        **spec,
+    )
+
+
 def memory_banks(method) -> dict[str, torch.Tensor]:
     """The method's memory banks by name ("patches", "240", "window2", ...), from its state_dict:
     the saved form, so the export sees exactly what a saved model holds."""

@@ -14,7 +14,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..methods.winclip import WinClipFeatures, harmonic_aggregation
-from .graph import GraphSpec, bank_distance, masked_max, memory_banks, register_exporter, require, upsample
+from .graph import (
+    GraphSpec,
+    bank_distance,
+    clip_method_spec,
+    masked_max,
+    memory_banks,
+    register_exporter,
+    require,
+    upsample,
+)
 
 
 class WinClipGraph(nn.Module):
@@ -103,19 +112,13 @@ def build(method, bank: str = "auto") -> GraphSpec:
     if with_valid:
         inputs["valid_patches"] = torch.ones(2, *method.grid)
         valid = {"name": "valid_patches", "grid": list(method.grid), "size": size}
-    return GraphSpec(
-        module=WinClipGraph(method, with_valid).eval(),
-        example_inputs=inputs,
-        output_names=["anomaly_map", "score", "description_similarity"],
+    return clip_method_spec(
+        method,
+        WinClipGraph(method, with_valid),
+        inputs,
+        method.anomalous_prompts,
+        banks=method.few_shot,
         image_inputs=[{"name": "images", "size": size}],
         map_size=size,
-        dynamic_batch=True,
-        metadata={
-            "category": method.settings.category,
-            "descriptions": list(method.anomalous_prompts),
-            "top_descriptions": s.top_descriptions,
-        },
         valid_patches=valid,
-        memory_bank={"mode": "constant"} if method.few_shot else None,
-        clip=method.backbone,
     )

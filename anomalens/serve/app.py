@@ -263,40 +263,41 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
                 _answer, model.name, decoded, outcomes, info, map_format, overlay, arrived, metrics, batch
             )
 
-    @app.post(
+    def scoring_route(path: str, response_model, body: dict, codes: tuple[int, ...], summary: str, **extra):
+        """The POST route of a scoring endpoint: API key, request body and error responses."""
+        responses = {s: _ERRORS[s] for s in codes}
+        return app.post(
+            path,
+            response_model=response_model,
+            dependencies=guarded,
+            openapi_extra=body,
+            responses=responses,
+            summary=summary,
+            **extra,
+        )
+
+    @scoring_route(
         "/v1/models/{name}/predict",
-        response_model=Prediction,
+        Prediction,
+        _IMAGE_BODY,
+        (400, 401, 404, 413, 415, 422, 503),
+        "Score one image",
         response_model_exclude_none=False,
-        dependencies=guarded,
-        openapi_extra=_IMAGE_BODY,
-        responses={s: _ERRORS[s] for s in (400, 401, 404, 413, 415, 422, 503)},
-        summary="Score one image",
     )
-    async def predict(
-        request: Request,
-        name: str,
-        map: MapQuery = MapFormat.none,
-        overlay: OverlayQuery = False,
-    ):
+    async def predict(request: Request, name: str, map: MapQuery = MapFormat.none, overlay: OverlayQuery = False):
         items = await _score(request, name, False, map, overlay)
         if items[0].status != "ok":
             raise ServeError(items[0].status_code, items[0].error.kind, items[0].error.message, file=items[0].file)
         return items[0].prediction
 
-    @app.post(
+    @scoring_route(
         "/v1/models/{name}/predict/batch",
-        response_model=BatchResponse,
-        dependencies=guarded,
-        openapi_extra=_BATCH_BODY,
-        responses={s: _ERRORS[s] for s in (400, 401, 404, 413, 415, 503)},
-        summary="Score several images; a bad image gets its own error and the others go on",
+        BatchResponse,
+        _BATCH_BODY,
+        (400, 401, 404, 413, 415, 503),
+        "Score several images; a bad image gets its own error and the others go on",
     )
-    async def predict_batch(
-        request: Request,
-        name: str,
-        map: MapQuery = MapFormat.none,
-        overlay: OverlayQuery = False,
-    ):
+    async def predict_batch(request: Request, name: str, map: MapQuery = MapFormat.none, overlay: OverlayQuery = False):
         items = await _score(request, name, True, map, overlay)
         return BatchResponse(model=name, results=[BatchItem(**i.model_dump(exclude={"status_code"})) for i in items])
 

@@ -98,15 +98,15 @@ class ThresholdInfo(BaseModel):
 
 
 class ModelInfo(BaseModel):
-    name: str
-    method: str
-    backbone: str
-    threshold: ThresholdInfo | None
-    pixel_threshold: ThresholdInfo | None
-    num_references: int
-    references: list[str]
-    settings: dict
-    directory: str | None
+    name: str = Field(description="the name in the model's URLs: /v1/models/{name}/predict")
+    method: str = Field(description="patchknn | musc | fade | winclip | filo")
+    backbone: str = Field(description="the backbone the method runs on")
+    threshold: ThresholdInfo | None = Field(description="image threshold of OK/NG; null: scores only")
+    pixel_threshold: ThresholdInfo | None = Field(description="threshold of the defect mask")
+    num_references: int = Field(description="good images the model was fitted on")
+    references: list[str] = Field(description="their paths, as given when fitting")
+    settings: dict = Field(description="the method's settings (anomalens methods lists them)")
+    directory: str | None = Field(description="the saved model's folder")
 
 
 class ModelList(BaseModel):

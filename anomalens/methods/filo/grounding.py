@@ -196,18 +196,16 @@ def decode_detections(
     return xyxy.numpy().astype(np.float64), scores.numpy().astype(np.float64)
 
 
-def ground_from_detections(
-    boxes: np.ndarray,
-    scores: np.ndarray,
-    image_hw: tuple[int, int],
-    threshold: float = BOX_THRESHOLD,
-    max_area: float = MAX_BOX_AREA,
-) -> Grounding:
-    """Filter decoded detections and locate the best box."""
-    kept, kept_scores = select_boxes(boxes, scores, image_hw, threshold, max_area)
-    best = None
-    if len(kept):
-        best = kept[int(np.argmax(kept_scores))]
+def ground_from_detections(boxes: np.ndarray, scores: np.ndarray, image_hw: tuple[int, int], **limits) -> Grounding:
+    """Filter decoded detections (`select_boxes`, whose `threshold` and `max_area` pass through)
+    and locate the best box."""
+    kept, kept_scores = select_boxes(boxes, scores, image_hw, **limits)
+    return grounding_of(kept, kept_scores, image_hw)
+
+
+def grounding_of(kept: np.ndarray, kept_scores: np.ndarray, image_hw: tuple[int, int]) -> Grounding:
+    """The kept boxes with the best-scoring one located on the 3x3 grid (none without boxes)."""
+    best = kept[int(np.argmax(kept_scores))] if len(kept) else None
     return Grounding(kept, kept_scores, best, box_position(best, image_hw), image_hw)
 
 
@@ -264,10 +262,8 @@ class GroundingDetector:
             phrases = self.phrases(outputs.logits[0], inputs["input_ids"][0], boxes, kept)
             words = [*RELEASED_CAPTION_WORDS, *phrase_filter]
             good = np.array([phrase_matches(p, words) for p in phrases], dtype=bool)
-            kept, kept_scores = kept[good], kept_scores[good]
-            best = kept[int(np.argmax(kept_scores))] if len(kept) else None
-            return Grounding(kept, kept_scores, best, box_position(best, image_hw), image_hw)
-        return ground_from_detections(boxes, scores, image_hw, self.threshold, self.max_area)
+            return grounding_of(kept[good], kept_scores[good], image_hw)
+        return ground_from_detections(boxes, scores, image_hw, threshold=self.threshold, max_area=self.max_area)
 
     def phrases(self, logits: torch.Tensor, input_ids: torch.Tensor, boxes: np.ndarray, kept: np.ndarray) -> list[str]:
         """Each kept box's phrase: its query's caption tokens scoring above the threshold, decoded."""
