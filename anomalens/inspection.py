@@ -313,6 +313,8 @@ def _write_report(
     if detector.threshold is not None:
         info["threshold"] = detector.threshold.value
         info["threshold_description"] = detector.threshold.description()
+        if detector.threshold.warning:  # e.g. too few references for the false-reject target
+            info["threshold_warning"] = detector.threshold.warning
     if detector.pixel_threshold is not None:
         info["pixel_threshold"] = detector.pixel_threshold.value
         info["pixel_threshold_description"] = detector.pixel_threshold.description()

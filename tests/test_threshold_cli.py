@@ -58,6 +58,9 @@ def test_fit_with_a_target_saves_and_prints_the_stated_rate_and_warns(data, tmp_
         "largest as threshold expects 16.7% (95% bound 45.1%); 19 good reference images give an expected 5%, "
         "59 a 95% bound of 5%"
     ) in res.output
+    # The warning reaches the report of a run with that model.
+    run(["detect", data / "queries", "--model", out, "--out", tmp_path / "run"])
+    assert "too few for a false-reject rate of 5%" in (tmp_path / "run" / "report.html").read_text()
 
 
 def test_detect_with_defects_reports_escapes_everywhere(data, tmp_path):
