@@ -126,7 +126,8 @@ def distribution_svg(rows: list[dict], thresholds: list[tuple[str, float, str]],
     scores = [r["score"] for r in rows if math.isfinite(r["score"])] + [v for _, v, _ in thresholds]
     lo, hi = min(scores), max(scores)
     hi = hi if hi > lo else lo + 1.0
-    left, right, row_h, top = 150, 20, 44, 24
+    left, right, row_h = 150, 20, 44
+    top = 16 + 14 * len(thresholds)  # one label line per threshold above the strips
     x = lambda v: left + (v - lo) / (hi - lo) * (width - left - right)  # noqa: E731
     height = top + row_h * len(classes) + 30
     rng = np.random.default_rng(0)  # jitter only: the same page for the same data
@@ -153,11 +154,12 @@ def distribution_svg(rows: list[dict], thresholds: list[tuple[str, float, str]],
             )
     bottom = top + row_h * len(classes)
     for k, (label, value, colour) in enumerate(thresholds):
+        anchor = "start" if x(value) < (left + width - right) / 2 else "end"
         parts.append(
-            f'<line class="threshold" x1="{x(value):.1f}" y1="{top - 6}" x2="{x(value):.1f}" y2="{bottom}" '
+            f'<line class="threshold" x1="{x(value):.1f}" y1="{12 + 14 * k}" x2="{x(value):.1f}" y2="{bottom}" '
             f'stroke="{colour}" stroke-width="2" stroke-dasharray="5 3"/>'
-            f'<text x="{x(value):.1f}" y="{top - 10 - 12 * k if k else top - 10}" text-anchor="middle" fill="{colour}">'
-            f"{_esc(label)} {value:.4g}</text>"
+            f'<text x="{x(value) + (4 if anchor == "start" else -4):.1f}" y="{14 + 14 * k}" text-anchor="{anchor}" '
+            f'fill="{colour}">{_esc(label)} {value:.4g}</text>'
         )
     parts.append(f'<text x="{left}" y="{bottom + 16}">{lo:.4g}</text>')
     parts.append(f'<text x="{width - right}" y="{bottom + 16}" text-anchor="end">{hi:.4g}</text>')
@@ -203,8 +205,8 @@ def write_page(path: Path, summary: dict, rows: list[dict], miss_maps: dict, cou
         lines.append(
             '<table id="confusion"><tr><th></th><th>decided OK</th><th>decided NG</th></tr>'
             f'<tr><th>good</th><td class="num">{m["good"]["OK"]}</td>'
-            f'<td class="num bad">{m["good"]["NG"]}</td></tr>'
-            f'<tr><th>defect</th><td class="num bad">{m["defect"]["OK"]}</td>'
+            f'<td class="num{" bad" if m["good"]["NG"] else ""}">{m["good"]["NG"]}</td></tr>'
+            f'<tr><th>defect</th><td class="num{" bad" if m["defect"]["OK"] else ""}">{m["defect"]["OK"]}</td>'
             f'<td class="num">{m["defect"]["NG"]}</td></tr>'
             "</table>"
             f'<p id="rates">False-reject rate <b>{_pct(conf["false_reject_rate"])}</b> '
