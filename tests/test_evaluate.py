@@ -194,3 +194,43 @@ def test_cli_evaluate_matches_an_independent_run(tmp_path):
     assert m["defect"]["OK"] == sum(expected[f"b{i}.png"] == "OK" for i in range(3))
     assert "false-reject rate" in res.output and "escape rate" in res.output
     assert (out / "evaluation.html").exists()
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_cli_evaluate_on_a_category_folder_with_shots(tmp_path):
+    """An MVTec category folder given directly; references drawn from its train/good; the
+    threshold calibrated for a target; several categories need --category."""
+    from test_cli import FAST, run, texture
+
+    for cat in ("a", "b"):
+        for sub in ("train/good", "test/good", "test/hole"):
+            (tmp_path / "ds" / cat / sub).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(texture(i)).save(tmp_path / "ds" / cat / "train" / "good" / f"r{i}.png")
+        Image.fromarray(texture(40)).save(tmp_path / "ds" / cat / "test" / "good" / "g.png")
+        Image.fromarray(texture(41, defect=True)).save(tmp_path / "ds" / cat / "test" / "hole" / "h.png")
+    out = tmp_path / "ev"
+    res = run(
+        [
+            "evaluate",
+            tmp_path / "ds" / "a",
+            "--shots",
+            "3",
+            "--max-false-reject",
+            "0.25",
+            "--out",
+            out,
+            "--no-progress",
+            *FAST,
+        ]
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["source"] == "3 references drawn from a train/good (seed 0)"
+    t = summary["threshold"]
+    assert t["max_false_reject"] == 0.25 and t["n_scores"] == 3 and t["rank"] == 1  # floor(0.25 * 4) = 1
+    assert "largest of 3 leave-one-out reference scores" in res.output
+    assert (summary["good"], summary["defects"]) == (1, 1)
+    res = run(["evaluate", tmp_path / "ds", "--shots", "3", "--out", tmp_path / "ev2", *FAST], code=2)
+    assert "holds 2 categories; choose one with --category (a, b)" in res.output
+    res = run(["evaluate", tmp_path / "ds" / "a", "--shots", "3", "--out", out, *FAST], code=2)
+    assert "already holds an evaluation" in res.output

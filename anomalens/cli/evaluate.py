@@ -62,6 +62,10 @@ def evaluate(
     }
     if shots is not None and (refs is not None or model is not None):
         fail("--shots draws the references: give it without --refs and --model")
+    from ..evaluation import SUMMARY_JSON
+
+    if (out / SUMMARY_JSON).exists() and not overwrite:  # before any model is built
+        fail(f"{out} already holds an evaluation; pass --overwrite to replace it")
     split = _load_split(data, dataset, category)
     p["defects"] = None
     if shots is not None:
