@@ -77,7 +77,8 @@ def _map_thumb(amap: np.ndarray, threshold: float | None, top: float) -> str:
     lo = t[..., None] * 2
     rgb = np.where(t[..., None] <= 0.5, blue + (white - blue) * lo, white + (red - white) * (lo - 1))
     img = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB")
-    img = img.resize((THUMB_SIDE, round(THUMB_SIDE * img.height / img.width)), Image.Resampling.NEAREST)
+    scale = THUMB_SIDE / max(img.width, img.height)  # the same box as the image thumbnail
+    img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.NEAREST)
     return f'<img src="{_data_uri(img, "PNG")}" width="{img.width}" height="{img.height}" alt="anomaly map">'
 
 
