@@ -7,11 +7,14 @@ line's `--help`) does not load torch.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+
+from .errors import AnomalensError, ImageLoadError, NotFittedError
 
 __version__ = "0.1.0"
 
-from .errors import AnomalensError, ImageLoadError, NotFittedError
+# Not `from typing import TYPE_CHECKING`: `import anomalens` is the first thing the command line
+# does, and the less it imports, the shorter the moment in which Ctrl-C is Python's, not ours.
+TYPE_CHECKING = False
 
 # public name -> module that defines it
 _LAZY = {
@@ -22,6 +25,8 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any
+
     from .detector import Detector, load_detector
     from .images import load_image
     from .results import AnomalyResult

@@ -1,7 +1,10 @@
 """`anomalens benchmark`: a method on every category and shot count of a dataset, with the papers' metrics.
 
 One *run* is (category, shots, seed). Each finished run is appended to `runs.jsonl` in the output
-directory, so an interrupted benchmark resumes from what it already wrote. Few-shot runs are
+directory, so an interrupted benchmark resumes from what it already wrote. A run is keyed by its
+effective settings and data too (`run_config`, `data_fingerprint`): runs made with other settings
+or on changed data are kept in runs.jsonl but never reused or summarised, and a note names the
+difference. Few-shot runs are
 repeated over seeds (different reference draws) and reported as mean and standard deviation;
 zero-shot runs once. The summary goes to `results.json`, `results.csv` and a Markdown table.
 """
@@ -9,8 +12,10 @@ zero-shot runs once. The summary goes to `results.json`, `results.csv` and a Mar
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
+import os
 import platform
 import resource
 import time
@@ -23,6 +28,7 @@ import numpy as np
 from . import __version__
 from .data import CategorySplit, load_dataset, load_mask, sample_references
 from .detector import Detector
+from .image_reading import ImageReading
 from .images import ImageLoadError
 from .metrics import PixelMetricAccumulator, image_metrics
 
@@ -44,6 +50,44 @@ class BenchmarkSettings:
     method_settings: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 8
     device: str = "auto"  # cpu | cuda | cuda:N | auto
+    image_reading: dict[str, Any] = field(default_factory=dict)  # ImageReading fields (bit depth, pixel limit)
+
+
+def run_config(settings: BenchmarkSettings) -> dict[str, Any]:
+    """What decides a run's numbers besides its category, shots and seed (JSON-ready)."""
+    from .image_reading import ImageReading
+
+    config = {
+        "method": settings.method,
+        "method_settings": settings.method_settings,
+        "dataset": settings.dataset,
+        "data": os.path.realpath(settings.data),
+        "pixel_resolution": settings.pixel_resolution,
+        "bit_depth": ImageReading.from_dict(settings.image_reading).bit_depth,
+    }
+    return json.loads(json.dumps(config, sort_keys=True, default=str))
+
+
+def config_key(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def data_fingerprint(split: CategorySplit) -> str:
+    """sha256 (16 hex digits) of a category's files: names, sizes, labels and masks."""
+
+    def entry(path: Path | None) -> list:
+        if path is None:
+            return [None]
+        try:
+            return [path.name, path.stat().st_size]
+        except OSError:
+            return [path.name, None]
+
+    parts = {
+        "train_good": [entry(p) for p in split.train_good],
+        "test": [[*entry(s.path), s.label, *entry(s.mask_path)] for s in split.test],
+    }
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
 def peak_rss_mb() -> float:
@@ -150,6 +194,24 @@ def _read_runs(path: Path) -> list[dict]:
     return runs
 
 
+def _note_other_runs(others: list[dict], config: dict[str, Any], fingerprints: dict[str, str]) -> None:
+    """Say that runs.jsonl holds runs of another kind, and how the latest one differs."""
+    if not others:
+        return
+    from tqdm.auto import tqdm
+
+    from .run_identity import differences
+
+    latest = others[-1]
+    changes = differences(latest.get("config") or {"recorded": "nothing (an older anomalens)"}, config)
+    if latest.get("data") != fingerprints.get(latest.get("category"), latest.get("data")):
+        changes.append(f"the files of {latest['category']} changed")
+    tqdm.write(
+        f"note: {RUNS_FILE} holds {len(others)} run(s) made with other settings or data; they are kept but "
+        f"not reused or summarised here (latest: {'; '.join(changes) or 'other categories'})"
+    )
+
+
 def summarise(runs: list[dict], categories: list[str], shots: list[int]) -> dict[str, Any]:
     """Per (shots, category): mean/std over seeds; plus the mean over categories."""
     by_shots: dict[str, Any] = {}
@@ -228,8 +290,17 @@ def run_benchmark(settings: BenchmarkSettings, out_dir: str | Path, progress: bo
     splits = load_dataset(settings.data, kind=settings.dataset, categories=settings.categories)
     categories = list(splits)
     runs_path = out / RUNS_FILE
-    done = _read_runs(runs_path)
-    done_keys = {(r["category"], r["shots"], r["seed"]) for r in done if r.get("method") == settings.method}
+    config = run_config(settings)
+    key = config_key(config)
+    fingerprints = {cat: data_fingerprint(splits[cat]) for cat in categories}
+
+    def same_kind(r: dict) -> bool:  # same settings, and the same data for this run's categories
+        return r.get("config_key") == key and r.get("data") == fingerprints.get(r["category"], r.get("data"))
+
+    every_run = _read_runs(runs_path)
+    done = [r for r in every_run if same_kind(r)]
+    _note_other_runs([r for r in every_run if not same_kind(r)], config, fingerprints)
+    done_keys = {(r["category"], r["shots"], r["seed"]) for r in done}
     plan = []
     for cat in categories:
         for k in settings.shots:
@@ -239,7 +310,12 @@ def run_benchmark(settings: BenchmarkSettings, out_dir: str | Path, progress: bo
                 if k > len(splits[cat].train_good):
                     continue  # not enough good images for this shot count: reported as absent
                 plan.append((cat, k, seed))
-    detector = Detector(method=settings.method, device=settings.device, **settings.method_settings) if plan else None
+    reading = ImageReading.from_dict(settings.image_reading)
+    detector = (
+        Detector(method=settings.method, device=settings.device, reading=reading, **settings.method_settings)
+        if plan
+        else None
+    )
     total_images = sum(len(splits[c].test) for c, _, _ in plan)
     bar = tqdm(total=total_images, unit="img", disable=not progress, desc=f"{settings.method}")
     for cat, k, seed in plan:
@@ -253,7 +329,16 @@ def run_benchmark(settings: BenchmarkSettings, out_dir: str | Path, progress: bo
             settings.batch_size,
             on_image=lambda: bar.update(1),
         )
-        record = {"category": cat, "shots": k, "seed": seed, "method": settings.method, "metrics": metrics}
+        record = {
+            "category": cat,
+            "shots": k,
+            "seed": seed,
+            "method": settings.method,
+            "metrics": metrics,
+            "config": config,
+            "config_key": key,
+            "data": fingerprints[cat],
+        }
         if metrics.get("defects_without_mask"):
             tqdm.write(
                 f"warning: {cat}: {metrics['defects_without_mask']} defect image(s) have no mask; "
@@ -264,7 +349,7 @@ def run_benchmark(settings: BenchmarkSettings, out_dir: str | Path, progress: bo
             fh.flush()
         done.append(record)
     bar.close()
-    runs = [r for r in done if r.get("method") == settings.method]
+    runs = done
     summary = summarise(runs, categories, settings.shots)
     skipped = {
         c: [k for k in settings.shots if k > len(splits[c].train_good)]

@@ -14,7 +14,8 @@ import torch
 
 from . import __version__
 from .calibration import DEFAULT_MARGIN, DEFAULT_QUANTILE, Threshold, apply_decision, as_threshold
-from .images import ImageLoadError, LoadedImage, list_images, load_image
+from .errors import ModelFileError
+from .images import ImageLoadError, ImageReading, LoadedImage, list_images, load_image, read_ahead
 from .methods import create_method
 from .methods.base import settings_to_dict
 from .model_files import (
@@ -31,33 +32,8 @@ ImageInput = str | os.PathLike | LoadedImage
 
 
 
-def _as_loaded(item: ImageInput) -> LoadedImage:
-    return item if isinstance(item, LoadedImage) else load_image(item)
-
-
-def _try_load(item: ImageInput) -> LoadedImage | ImageLoadError:
-    try:
-        return _as_loaded(item)
-    except ImageLoadError as err:
-        return err
-
-
-def _load_ahead(items: Iterable[ImageInput], jobs: int) -> Iterator[LoadedImage | ImageLoadError]:
-    """Load images in order; with jobs > 0, up to 2 * jobs images are decoded ahead in threads."""
-    if jobs <= 0:
-        yield from map(_try_load, items)
-        return
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        pending: deque = deque()
-        for item in items:
-            pending.append(pool.submit(_try_load, item))
-            if len(pending) >= 2 * jobs:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+def _as_loaded(item: ImageInput, reading: ImageReading | None = None) -> LoadedImage:
+    return item if isinstance(item, LoadedImage) else load_image(item, reading)
 
 
 class Detector:
@@ -71,9 +47,18 @@ class Detector:
     arguments are that method's settings (see `anomalens.methods.<name>.<Name>Settings`).
     `device` is where the models run: "auto" (a GPU when torch sees one, else the CPU), "cpu",
     "cuda" or "cuda:N". It is not saved with the detector: a saved model loads on any device.
+    `reading` is how image files are read (`ImageReading`: pixel limit, bit depth); it is saved.
     """
 
-    def __init__(self, method: str = "patchknn", device: str | torch.device | None = "auto", **settings: Any):
+    reading = ImageReading()  # the defaults, for subclasses that do not call __init__ (ONNX)
+
+    def __init__(
+        self,
+        method: str = "patchknn",
+        device: str | torch.device | None = "auto",
+        reading: ImageReading | None = None,
+        **settings: Any,
+    ):
         from .device import resolve_device
 
         self.device = resolve_device(device)  # before building the model: a bad device fails fast
@@ -82,6 +67,10 @@ class Detector:
         self.threshold = None  # set by calibrate(), by hand (a number) or by loading
         self.pixel_threshold = None
         self.reference_paths: list[str] = []
+        self.reading = reading or ImageReading()
+
+    def _load(self, item: ImageInput) -> LoadedImage:
+        return _as_loaded(item, self.reading)
 
     # Thresholds are always `Threshold` objects (or None); a number given here becomes a
     # "given" one, so the rest of the code never asks which kind it holds.
@@ -132,7 +121,7 @@ class Detector:
                 expanded.extend(found)
             else:
                 expanded.append(r)
-        loaded = [_as_loaded(r) for r in expanded]
+        loaded = [self._load(r) for r in expanded]
         self.reference_paths = [img.path for img in loaded]
         self._references = loaded  # kept for leave-one-out calibration
         with torch.inference_mode():
@@ -200,7 +189,7 @@ class Detector:
             return
         run = self._run_tolerant if skip_errors else self._run
         batch: list[LoadedImage] = []
-        for loaded in _load_ahead(images, jobs):
+        for loaded in read_ahead(images, self._load, jobs):
             if isinstance(loaded, ImageLoadError):
                 yield from run(batch, with_images)
                 batch = []
@@ -223,7 +212,7 @@ class Detector:
         slots: list[ImageLoadError | None] = []  # per input: its load error, or None (in the batch)
 
         def readable() -> Iterator[LoadedImage]:
-            for loaded in _load_ahead(items, jobs):
+            for loaded in read_ahead(items, self._load, jobs):
                 slots.append(loaded if isinstance(loaded, ImageLoadError) else None)
                 if not isinstance(loaded, ImageLoadError):
                     yield loaded
@@ -245,8 +234,10 @@ class Detector:
             if not with_images:
                 yield result
                 continue
-            img = _try_load(item)  # read again: the batch did not keep every image's pixels
-            yield img if isinstance(img, ImageLoadError) else (result, img)
+            try:  # read again: the batch did not keep every image's pixels
+                yield result, self._load(item)
+            except ImageLoadError as err:
+                yield err
 
     def _run_tolerant(self, batch: list[LoadedImage], with_images: bool = False) -> Iterator:
         try:
@@ -318,6 +309,7 @@ class Detector:
             "pixel_threshold": None if self.pixel_threshold is None else self.pixel_threshold.to_dict(),
             "references": self.reference_paths,
             "num_references": len(self.reference_paths),
+            "image_reading": self.reading.to_dict(),
         }
         # What load_detector checks the tensors against: a model folder missing its tensors must
         # not load as a zero-shot model with a few-shot threshold.
@@ -360,14 +352,23 @@ def load_detector(
     if not config_path.exists():
         raise FileNotFoundError(f"{directory} is not a saved anomalens model (no {MODEL_CONFIG})")
     config = read_model_config(config_path)
-    settings = {**config["settings"], **overrides}
-    det = Detector(method=config["method"], device=device, **settings)
+    from .device import resolve_device
+
+    device = resolve_device(device)  # a bad --device is the user's error, not the file's
+    try:  # every value read from detector.json: a tampered one is a one-line error naming the file
+        reading = ImageReading.from_dict(config.get("image_reading"))
+        det = Detector(method=config["method"], device=device, reading=reading, **{**config["settings"], **overrides})
+        references = config.get("references", [])
+        if not isinstance(references, list) or not all(isinstance(r, str) for r in references):
+            raise ValueError("'references' is not a list of paths")
+        det.reference_paths = references
+        det.method.num_references = int(config.get("num_references", len(references)))
+        det.threshold = config.get("threshold")  # a saved dict (or a number, in older files)
+        det.pixel_threshold = config.get("pixel_threshold")
+    except (ValueError, TypeError, AttributeError) as err:
+        raise ModelFileError(f"{config_path}: {err}") from None
     state = read_model_tensors(directory / MODEL_WEIGHTS, config)
     if state is not None:
         det.method.load_state_dict(state)
         det.method.to(det.device)  # the loaded tensors are on the CPU
-    det.reference_paths = list(config.get("references", []))
-    det.method.num_references = int(config.get("num_references", len(det.reference_paths)))
-    det.threshold = config.get("threshold")  # a saved dict (or a number, in older files)
-    det.pixel_threshold = config.get("pixel_threshold")
     return det

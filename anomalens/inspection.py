@@ -30,8 +30,9 @@ from typing import Any
 
 from . import __version__
 from .errors import ImageLoadError, UsageError
-from .images import IMAGE_EXTENSIONS, list_images
+from .images import IMAGE_EXTENSIONS, list_images, missing_reason
 from .outputs import SETTINGS_JSON, OutputWriter, record_key
+from .run_identity import differences, effective_settings, resume_refusal
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,7 @@ def run_settings(detector, inputs: Sequence[Any], source: str, options: dict | N
         "threshold": None if detector.threshold is None else detector.threshold.to_dict(),
         "pixel_threshold": None if detector.pixel_threshold is None else detector.pixel_threshold.to_dict(),
         "options": dict(options or {}),
+        "effective": effective_settings(detector),  # what a resumed run must share (run_identity)
     }
     return json.loads(json.dumps(effective, default=str))
 
@@ -178,7 +180,9 @@ def run(
     `anomalens detect --config OUT/settings.json` repeats the run. progress: called with a
     RunProgress before the first image and after each one. log: one-line notes for a person.
 
-    Raises UsageError for no inputs, no images or an unusable `out`; problems with single
+    Raises UsageError for no inputs, no images, an unusable `out`, or an `out` holding results
+    made with other effective settings (`anomalens.run_identity`; every difference is named, and
+    `overwrite=True` or another `out` is the way out); problems with single
     images are recorded (status "error") and the run goes on. Ctrl-C ends the run early with
     `interrupted=True` in the summary and everything written so far valid. `inputs` may be
     the RunInputs of `collect_inputs` (a front end that checks them before loading a model).
@@ -207,22 +211,19 @@ def run(
         )
     settings = run_settings(detector, inputs.given, source, options)
     try:
+        if any(r.get("status") == "ok" for r in writer.records()):
+            _check_resume(previous, settings, out)
         writer.write_settings(settings)
         done = {record_key(r) for r in writer.records() if r.get("status") == "ok"}
         todo = [f for f in files if os.path.realpath(f) not in done]
         for m in missing:
-            writer.record_failure(m, "file does not exist")
+            writer.record_failure(m, missing_reason(m))
         if len(todo) < len(files):
             log(f"resuming: {len(files) - len(todo)} of {len(files)} images already done in {out}")
-            if previous is not None and not _same_run(previous, settings):
-                log(
-                    "warning: those results were made with other settings (kept as settings.<n>.json); "
-                    "pass --overwrite to redo every image with these"
-                )
         joint = _prepare_joint_batch(detector, files, done, out)
         start = time.perf_counter()
         scored, interrupted = _score_and_write(
-            detector, todo, writer, batch_size, jobs, progress, batch=files if joint and todo else None
+            detector, todo, writer, batch_size, jobs, progress, batch=files if joint and todo else None, log=log
         )
         elapsed = time.perf_counter() - start
     finally:
@@ -265,7 +266,7 @@ def _prepare_joint_batch(detector, files: list[Path], done: set[str], out: Path)
 
 
 def _score_and_write(
-    detector, todo, writer: OutputWriter, batch_size, jobs, progress, batch=None
+    detector, todo, writer: OutputWriter, batch_size, jobs, progress, batch=None, log=None
 ) -> tuple[int, bool]:
     """Score `todo` and write each result; returns (images written, interrupted).
 
@@ -287,6 +288,8 @@ def _score_and_write(
                 record = writer.record_failure(item.path, item.reason)
             else:
                 result, img = item
+                if img.notes and log is not None:  # what was read, when not simply the whole image
+                    log(f"note: {img.path}: {'; '.join(img.notes)}")
                 try:
                     record = writer.write(result, img.rgb, extra=image_fields(img))
                     scored += 1
@@ -331,11 +334,14 @@ def _write_report(
 
 def image_fields(img) -> dict:
     """The record fields every front end adds for a scored image: when, and at what sizes."""
-    return {
+    fields = {
         "time": datetime.now().astimezone().isoformat(timespec="seconds"),
         "image_size": list(img.original_hw or img.size_hw),
         "map_size": list(img.size_hw),
     }
+    if getattr(img, "notes", ()):
+        fields["read_note"] = "; ".join(img.notes)  # e.g. "first frame of 12 read"
+    return fields
 
 
 def _count(summary: RunSummary, records: list[dict], paths: list[Path]) -> None:
@@ -359,10 +365,18 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def _same_run(a: dict | None, b: dict) -> bool:
-    """Do two settings.json describe runs whose results can be mixed (same model and thresholds)?"""
-    keys = ("method", "settings", "source", "threshold", "pixel_threshold")
-    return a is not None and all(a.get(k) == b.get(k) for k in keys)
+def _check_resume(previous: dict | None, settings: dict, out: Path) -> None:
+    """Refuse to add results to `out` when its results were made with other effective settings."""
+    how = "pass --overwrite to redo every image with these settings (the results in it are replaced)"
+    if previous is None:
+        raise UsageError(resume_refusal(f"{out}", ["its settings.json is missing or unreadable"], how))
+    if "effective" in previous:
+        changes = differences(previous["effective"], settings["effective"])
+    else:  # written before effective settings were recorded: compare what it has
+        keys = ("method", "settings", "threshold", "pixel_threshold")
+        changes = differences({k: previous.get(k) for k in keys}, {k: settings.get(k) for k in keys})
+    if changes:
+        raise UsageError(resume_refusal(f"{out}", changes, how))
 
 
 def _no_log(message: str) -> None:

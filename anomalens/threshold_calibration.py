@@ -9,6 +9,7 @@ target, optionally with known defects).
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterable
 from pathlib import Path
@@ -30,7 +31,7 @@ def expand_folders(items: Iterable, what: str) -> list:
     """Files as given, folders replaced by their images; an empty folder raises ImageLoadError."""
     expanded: list = []
     for item in items:
-        if not isinstance(item, LoadedImage) and Path(item).is_dir():
+        if isinstance(item, (str, os.PathLike)) and Path(item).is_dir():
             found = list_images([item])
             if not found:
                 raise ImageLoadError(item, f"{what} folder holds no images")
@@ -40,8 +41,10 @@ def expand_folders(items: Iterable, what: str) -> list:
     return expanded
 
 
-def _load(item) -> LoadedImage:
-    return item if isinstance(item, LoadedImage) else load_image(item)
+def _loader(detector):
+    """The detector's own image reader (its reading options), or the plain one."""
+    own = getattr(detector, "_load", None)
+    return own if own is not None else (lambda item: item if isinstance(item, LoadedImage) else load_image(item))
 
 
 def calibrate_detector(
@@ -71,8 +74,9 @@ def calibrate_detector(
     if pixel_threshold is not None:
         Threshold.given(pixel_threshold)
     refs = list(getattr(detector, "_references", []))
-    extra = [_load(i) for i in images] if images is not None else []
-    bad = [_load(i) for i in expand_folders(defects, "defect")] if defects is not None else []
+    load = _loader(detector)
+    extra = [load(i) for i in images] if images is not None else []
+    bad = [load(i) for i in expand_folders(defects, "defect")] if defects is not None else []
     if defects is not None and not bad:
         raise ValueError("no known-defect images given")
     with torch.inference_mode():

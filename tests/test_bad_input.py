@@ -181,7 +181,7 @@ def test_huge_image_is_worked_on_at_a_capped_resolution(refs, tmp_path):
     # --no-report: report.html's thumbnails decode the original again (covered by test_report.py).
     # (Its speed is measured by benchmarks, not asserted here: a timed test fails on a busy machine.)
     run(["detect", big, tmp_path / "small.png", "--refs", refs, "--out", out, *FAST, "--jobs", "0",
-         "--threshold", "auto", "--no-report"])
+         "--threshold", "auto", "--no-report", "--max-pixels", 400_000_000])
     recs = {Path(r["path"]).name: r for r in read_records(out)}
     rec = recs["huge_20000.png"]
     assert rec["status"] == "ok" and rec["image_size"] == [20000, 20000] and rec["map_size"] == [4000, 4000]

@@ -180,10 +180,14 @@ def test_rerun_resumes_and_never_overwrites_without_flag(data, tmp_path):
     assert "resuming: 5 of 5 images already done" in res.output and "scored 0 images" in res.output
     assert (out / "results.jsonl").read_text() == first
     assert [p.stat().st_mtime_ns for p in maps] == mtimes
-    # Other settings into the same folder: still nothing overwritten, and a warning.
-    res = run([*args[:-1], "0.9"])
-    assert "other settings" in res.output and (out / "results.jsonl").read_text() == first
-    assert (out / "settings.1.json").exists()
+    # Other settings into the same folder: refused (exit 2) with the difference named, nothing written.
+    settings_before = (out / "settings.json").read_text()
+    res = run([*args[:-1], "0.9"], code=2)
+    named = "(pixel_threshold.value: 0.3 -> 0.9; threshold.value: 0.3 -> 0.9)"
+    assert f"holds results made with other settings {named}" in res.output
+    assert "new --out, or pass --overwrite" in res.output
+    assert (out / "results.jsonl").read_text() == first and (out / "settings.json").read_text() == settings_before
+    assert not (out / "settings.1.json").exists()
     res = run([*args[:-1], "0.9", "--overwrite"])
     assert "scored 5 images" in res.output
     assert {r["threshold"] for r in read_records(out)} == {0.9}

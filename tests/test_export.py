@@ -142,6 +142,14 @@ def exported_file(tmp_path_factory) -> Path:
     return path
 
 
+def test_the_exported_model_reads_files_as_the_model_did(tmp_path):
+    from anomalens.image_reading import ImageReading
+
+    det = Detector("patchknn", image_size=64, reading=ImageReading(bit_depth=12, max_pixels=1_000_000)).fit(REFS[:1])
+    export_onnx(det, tmp_path / "m.onnx", bank="input", verify=False)
+    assert load_onnx_detector(tmp_path / "m.onnx").reading == ImageReading(12, 1_000_000)
+
+
 def test_corrupt_files_and_files_without_metadata_are_refused(exported_file, tmp_path):
     import onnx
 

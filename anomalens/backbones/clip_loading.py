@@ -54,8 +54,9 @@ def weights_hint(arch: str, tag: str | None) -> str:
             sources.append(cfg["url"])
         if sources:
             where = " Fetch " + " or ".join(sources) + " on a machine with network access,"
+    then = f"{where} then pass" if where else " Pass"  # a full sentence either way
     return (
-        f"{where} then pass the file with --weights PATH (Python: pretrained='PATH'). "
+        f"{then} the file with --weights PATH (Python: pretrained='PATH'). "
         f"Known tags for {arch}: {', '.join(t for a, t in open_clip.list_pretrained() if a == arch) or 'none'}."
     )
 

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import sys
 
-from . import benchmark, data, demo, describe, detect, evaluate, export, fit, methods, serve, train  # noqa: F401  (register the commands)
-from .app import app
+try:
+    from . import benchmark, data, demo, describe, detect, evaluate, export, fit, methods, serve, train  # noqa: F401  (register the commands)
+    from .app import app
+except KeyboardInterrupt:  # Ctrl-C while the command line loads: one line, no traceback
+    sys.stderr.write("interrupted (Ctrl-C)\n")
+    raise SystemExit(130) from None
 
 
 def main() -> None:  # pragma: no cover

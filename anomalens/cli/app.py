@@ -5,11 +5,13 @@ Commands live in their own modules (`detect.py`, `fit.py`, ...) and register on 
 `anomalens --help` stays fast. A command reports a problem the user can fix by raising an
 `anomalens.errors.AnomalensError` (or `fail(...)`); `AnomalensGroup` prints it as one line,
 ``error: <message>``, and exits with the error's `exit_code` (2). Run outcomes that are not
-errors (some images failed: 1; interrupted: 130) are `typer.Exit` codes of the command.
+errors (some images failed: 1; interrupted: 130) are `typer.Exit` codes of the command; Ctrl-C
+anywhere else (start-up, loading a model) is one line, ``interrupted (Ctrl-C)``, and exit 130.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any, NoReturn
 
 import typer
@@ -35,9 +37,36 @@ class AnomalensGroup(TyperGroup):
                 raise
             typer.secho(f"error: {message}", err=True, fg="red")
             raise typer.Exit(UsageError.exit_code) from None
+        except KeyboardInterrupt:  # Ctrl-C outside a run loop (loading a model, fitting): no traceback
+            _interrupted()
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt:  # while parsing the command line (typer would exit 130 silently)
+            _interrupted()
 
 
-app = typer.Typer(
+def _interrupted() -> NoReturn:
+    typer.echo(INTERRUPTED, err=True)
+    raise typer.Exit(130) from None
+
+
+INTERRUPTED = "interrupted (Ctrl-C)"
+
+
+class AnomalensTyper(typer.Typer):
+    """Ctrl-C while the commands are being assembled (before click runs) is one line, exit 130."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except KeyboardInterrupt:
+            sys.stderr.write(INTERRUPTED + "\n")
+            raise SystemExit(130) from None
+
+
+app = AnomalensTyper(
     cls=AnomalensGroup,
     add_completion=False,
     no_args_is_help=True,

@@ -30,12 +30,21 @@ def benchmark(
     resize: o.Resize = None,
     prompts: o.Prompts = None,
     quantize_maps: o.QuantizeMaps = False,
+    bit_depth: o.BitDepth = None,
+    max_pixels: o.MaxPixels = None,
     device: o.Device = "auto",
     progress: o.Progress = True,
     set_: o.Set = None,
 ) -> None:
-    """Per-category image and pixel metrics; resumes from what --out already holds."""
+    """Per-category image and pixel metrics; resumes from what --out already holds.
+
+    Runs are reused only when made with the same settings on the same data; others stay in
+    --out/runs.jsonl, unused, and a note names the difference.
+    """
     from ..benchmark import BenchmarkSettings, markdown_table, run_benchmark
+    from .build import image_reading
+
+    reading = image_reading({"bit_depth": bit_depth, "max_pixels": max_pixels})
 
     settings = BenchmarkSettings(
         data=str(data),
@@ -55,6 +64,7 @@ def benchmark(
             parse_sets(set_),
         ),
         device=device,
+        image_reading=reading.to_dict(),
     )
     if quantize_maps and not settings.method_settings.get("quantize_maps"):
         fail(f"--quantize-maps: method {method!r} has no quantize_maps setting (fade has)")

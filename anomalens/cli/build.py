@@ -80,10 +80,22 @@ def prompt_files(paths) -> str | tuple[str, ...] | None:
     return files[0] if len(files) == 1 else files
 
 
+def image_reading(p: dict[str, Any], base=None):
+    """The ImageReading of --bit-depth / --max-pixels; options not given keep `base`'s values."""
+    from ..image_reading import ImageReading
+
+    base = base or ImageReading()
+    return ImageReading(
+        base.bit_depth if p.get("bit_depth") is None else p["bit_depth"],
+        base.max_pixels if p.get("max_pixels") is None else p["max_pixels"],
+    )
+
+
 def build_detector(p: dict[str, Any], explicit: set[str]):
     """Load --model, or create the method and fit it on --refs (zero-shot without); + a source line."""
     from ..detector import Detector, load_detector
 
+    image_reading(p)  # a bad --bit-depth / --max-pixels fails before any model is loaded
     if p.get("model") is not None:
         if p.get("refs") is not None:
             fail(
@@ -94,6 +106,9 @@ def build_detector(p: dict[str, Any], explicit: set[str]):
             det = load_detector(p["model"], device=p.get("device", "auto"))
         except (ValueError, FileNotFoundError) as err:
             raise UsageError(str(err)) from err
+        saved, det.reading = det.reading, image_reading(p, det.reading)
+        if det.reading.bit_depth != saved.bit_depth:
+            echo(f"note: --bit-depth {det.reading.bit_depth}; the model's references were read at {saved.bit_depth}")
         ignored = [n.rstrip("_") for n in METHOD_OPTIONS if n in explicit and p.get(n)]
         if "method" in explicit and p.get("method") != det.method_name:
             ignored.insert(0, "method")
@@ -107,8 +122,9 @@ def build_detector(p: dict[str, Any], explicit: set[str]):
         return det, f"model {p['model']} ({det.method_name}, {how})"
     describe_if_asked(p)
     settings = method_settings(p["method"], flag_settings(p), parse_sets(list(p.get("set_") or [])))
+    reading = image_reading(p)
     try:
-        det = Detector(method=p["method"], device=p.get("device", "auto"), **settings)
+        det = Detector(method=p["method"], device=p.get("device", "auto"), reading=reading, **settings)
         if p.get("refs") is None:
             det.fit([])
             return det, "zero-shot (no reference images)"

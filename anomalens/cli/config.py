@@ -97,7 +97,8 @@ def parse_sets(items: list[str] | None) -> dict[str, Any]:
         try:
             settings[key.strip()] = yaml.safe_load(text)
         except yaml.YAMLError as err:
-            fail(f"--set {item!r}: cannot parse value: {err}")
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            fail(f"--set {item!r}: cannot parse the value as YAML ({problem})")
     return settings
 
 

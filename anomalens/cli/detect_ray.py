@@ -55,6 +55,14 @@ def detect_with_ray(det, p: dict[str, Any], explicit: set[str], inputs: list[str
     threshold: Any = "keep"
     if p.get("model") is not None:
         model = Path(p["model"])
+        if {"bit_depth", "max_pixels"} & explicit and model.suffix.lower() != ".onnx":
+            from ..image_reading import ImageReading
+            from ..model_files import MODEL_CONFIG, read_model_config
+
+            saved = ImageReading.from_dict(read_model_config(model / MODEL_CONFIG).get("image_reading"))
+            if saved != det.reading:  # the actors load the saved model, with its reading
+                fail(f"--bit-depth/--max-pixels with --engine ray --model: the actors read files as {model} "
+                     "says; fit the model with these options (or run without --engine ray)")
         if {"threshold", "pixel_threshold"} & explicit:
             threshold = det.threshold
     else:

@@ -89,6 +89,23 @@ Describe = Annotated[
 Llm = Annotated[str, typer.Option("--llm", help="Language model for --describe: 'embedded' or an endpoint URL.")]
 LlmModel = Annotated[str | None, typer.Option("--llm-model", help="Endpoint model name for --describe.")]
 
+# How image files are read (anomalens.image_reading; saved with a fitted model).
+BitDepth = Annotated[
+    str | None,
+    typer.Option(
+        "--bit-depth",
+        help="Significant bits of 16-bit images: auto (the file's PNG sBIT / TIFF tags, else 16) | 8 | 10 | 12 "
+        "| 14 | 16. Default: the model's, else auto.",
+    ),
+]
+MaxPixels = Annotated[
+    int | None,
+    typer.Option(
+        "--max-pixels",
+        help="Refuse images above this many pixels without decoding them. Default: the model's, else 50000000.",
+    ),
+]
+
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace results already in --out.")]
 def _load_config(ctx: typer.Context, param: typer.CallbackParam, value: Path | None) -> Path | None:
     from .config import load_config
@@ -124,6 +141,8 @@ DETECTOR_FLAGS = {
     "grounding": (Grounding, None),
     "image_size": (ImageSize, None),
     "resize": (Resize, None),
+    "bit_depth": (BitDepth, None),
+    "max_pixels": (MaxPixels, None),
     "device": (Device, "auto"),
     "set_": (Set, None),
     "describe_": (Describe, False),

@@ -18,6 +18,7 @@ import torch
 
 from ..detector import Detector
 from ..geometry import input_box, map_to_image, to_model_input
+from ..image_reading import ImageReading
 from ..images import LoadedImage
 from ..results import AnomalyResult
 from .errors import OnnxModelError, missing_extra
@@ -72,6 +73,10 @@ class OnnxDetector(Detector):
         self.method_name = self.meta["method"]
         self.method = _ExportedMethod(self.meta)
         self.reference_paths = list(self.meta.get("references") or [])
+        try:  # files exported before it was recorded: the defaults
+            self.reading = ImageReading.from_dict(self.meta.get("image_reading"))
+        except (ValueError, TypeError, AttributeError) as err:
+            raise OnnxModelError(f"{self.path}: metadata 'image_reading': {err}") from None
         # Saved dicts (or numbers) become Thresholds through Detector's setters.
         self.threshold = self.meta.get("threshold")
         self.pixel_threshold = self.meta.get("pixel_threshold")

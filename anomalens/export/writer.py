@@ -142,6 +142,7 @@ def _metadata(detector, spec, bank_path: Path) -> dict[str, Any]:
         "backbone": detector.backbone_name,
         "num_references": len(detector.reference_paths) or int(getattr(detector.method, "num_references", 0)),
         "references": list(detector.reference_paths),
+        "image_reading": detector.reading.to_dict(),  # how files are read (bit depth, pixel limit)
         "preprocessing": {
             "inputs": spec.image_inputs,
             "resize": detector.settings.get("resize", "squash"),

@@ -256,7 +256,8 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
                 raise ServeError(
                     413, "too_many_files", f"{len(uploads)} files sent; the limit is {settings.max_batch_files}"
                 )
-            decoded = await run_in_threadpool(_decode_all, uploads, settings.max_pixels, batch)
+            depth = model.detector.reading.bit_depth
+            decoded = await run_in_threadpool(_decode_all, uploads, settings.max_pixels, batch, depth)
             images = [d for d, _ in decoded if not isinstance(d, ServeError)]
             outcomes, info = await pool().run(model.detector, images) if images else ([], None)
             return await run_in_threadpool(
@@ -308,13 +309,13 @@ class _Item(BatchItem):
     status_code: int = 200
 
 
-def _decode_all(uploads, max_pixels: int, batch: bool) -> list:
+def _decode_all(uploads, max_pixels: int, batch: bool, bit_depth: str | int = "auto") -> list:
     """(LoadedImage or ServeError, seconds) per upload; a single upload's error is raised at once."""
     out = []
     for up in uploads:
         start = time.perf_counter()
         try:
-            out.append((decode_upload(up, max_pixels), time.perf_counter() - start))
+            out.append((decode_upload(up, max_pixels, bit_depth), time.perf_counter() - start))
         except ServeError as err:
             if not batch:
                 raise

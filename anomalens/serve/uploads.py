@@ -16,7 +16,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from ..errors import ImageLoadError
-from ..images import LoadedImage, load_image_bytes
+from ..images import ImageReading, LoadedImage, load_image_bytes
 from .errors import ServeError
 
 # Pillow format name -> MIME type of the formats the service takes.
@@ -157,8 +157,9 @@ def _parse_multipart(body: bytes, boundary: bytes) -> list[Upload]:
     return uploads
 
 
-def decode_upload(upload: Upload, max_pixels: int) -> LoadedImage:
-    """Check format and pixel count from the header, then decode as `load_image` reads a file."""
+def decode_upload(upload: Upload, max_pixels: int, bit_depth: str | int = "auto") -> LoadedImage:
+    """Check format and pixel count from the header, then decode as `load_image` reads a file
+    (`bit_depth`: the model's, so uploads are read as its references were)."""
     name = upload.name
     if not upload.data:
         raise ServeError(400, "empty_file", "the upload is empty (0 bytes)", file=name)
@@ -182,7 +183,7 @@ def decode_upload(upload: Upload, max_pixels: int) -> LoadedImage:
             file=name,
         )
     try:
-        return load_image_bytes(upload.data, name)
+        return load_image_bytes(upload.data, name, ImageReading(bit_depth, max_pixels))
     except ImageLoadError as err:
         kind = "truncated_image" if "truncated" in err.reason else "corrupt_image"
         raise ServeError(422, kind, f"cannot decode the {fmt} image: {err.reason}", file=name) from err
