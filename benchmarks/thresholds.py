@@ -71,14 +71,13 @@ def main() -> None:
         "| escape rate | threshold |"
     )
     print("|---|---|---|---|---|---|---|")
-    for n, rule, t, conf, _at, fit_seconds in rows:
+    for n, rule, t, conf, _at, _seconds in rows:
         m = conf["matrix"]
         stated = f"{100 * t['expected_false_reject']:.1f} % ({100 * t['false_reject_bound']:.1f} %)"
         reached = f"{100 * conf['false_reject_rate']:.1f} % ({m['good']['NG']}/{m['good']['OK'] + m['good']['NG']})"
         escaped = f"{100 * conf['escape_rate']:.1f} % ({m['defect']['OK']}/{m['defect']['OK'] + m['defect']['NG']})"
         label = "--quantile 0.99 --margin 0.1" if rule == "quantile" else f"--max-false-reject {rule}"
         print(f"| {n} | {label} | {t['n_scores']} | {stated} | {reached} | {escaped} | {t['value']:.4f} |")
-
 
     timed = [f"{n} refs {rule}: {s:.0f} s" for n, rule, _t, _c, _a, s in rows if s == s]  # NaN: not timed
     if timed:
