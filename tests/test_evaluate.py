@@ -234,3 +234,10 @@ def test_cli_evaluate_on_a_category_folder_with_shots(tmp_path):
     assert "holds 2 categories; choose one with --category (a, b)" in res.output
     res = run(["evaluate", tmp_path / "ds" / "a", "--shots", "3", "--out", out, *FAST], code=2)
     assert "already holds an evaluation" in res.output
+    # With a saved model, --max-false-reject is only the target on this data: the model's threshold stays.
+    run(["fit", "--refs", tmp_path / "ds" / "a" / "train" / "good", "--out", tmp_path / "m", *FAST])
+    run(["evaluate", tmp_path / "ds" / "a", "--model", tmp_path / "m", "--max-false-reject", "0.5",
+         "--out", tmp_path / "ev3", "--no-progress"])
+    summary = json.loads((tmp_path / "ev3" / "summary.json").read_text())
+    saved = json.loads((tmp_path / "m" / "detector.json").read_text())["threshold"]
+    assert summary["threshold"]["value"] == saved["value"] and summary["at_target"]["target"] == 0.5

@@ -85,6 +85,9 @@ def evaluate(
     value = parse_threshold(threshold)
     if value is None and (has_refs and (det.threshold is None)):
         value = "auto"
+    if model is not None:  # the model's threshold stays; --max-false-reject is the target on this data only
+        p["max_false_reject"] = None
+        explicit.discard("max_false_reject")
     set_threshold(det, p, explicit, value)
     report_threshold(det.threshold, det.pixel_threshold)
 
