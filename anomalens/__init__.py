@@ -7,10 +7,18 @@ line's `--help`) does not load torch.
 from __future__ import annotations
 
 import importlib
+import os as _os
 
 from .errors import AnomalensError, ImageLoadError, NotFittedError
 
 __version__ = "0.1.0"
+
+# OpenMP threads (torch's CPU kernels) spin-wait between parallel regions by default. On a
+# machine whose cores are taken by other processes, a spinning thread holds a core that the
+# thread it waits for needs: a step that takes milliseconds can take seconds. PASSIVE makes
+# waiting threads sleep. It is read when torch's OpenMP starts, so it is set here (anomalens
+# itself imports torch lazily, after this) and only when the user has not chosen a policy.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Not `from typing import TYPE_CHECKING`: `import anomalens` is the first thing the command line
 # does, and the less it imports, the shorter the moment in which Ctrl-C is Python's, not ours.

@@ -22,7 +22,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -270,6 +272,11 @@ def _score_and_write(
 ) -> tuple[int, bool]:
     """Score `todo` and write each result; returns (images written, interrupted).
 
+    Files are written by one background thread, in input order, while the model scores the
+    next images (PNG encoding and numpy release the GIL): writing overlaps with scoring
+    instead of adding to it. At most WRITE_AHEAD results wait to be written (memory stays
+    flat). `progress` is called from this thread, in order, once an image's line is written.
+
     batch: for a jointly scoring method, every image of the run: all are scored (each against
     the others, as in the first run) and only those in `todo` are written.
     """
@@ -277,29 +284,58 @@ def _score_and_write(
     progress(RunProgress(0, len(todo)))
     scored = handled = 0
     wanted = {os.path.realpath(f) for f in todo}
-    try:
-        for item in detector.predict_iter(
-            batch or todo, batch_size=batch_size, jobs=jobs, with_images=True, skip_errors=True
-        ):
-            item_path = item.path if isinstance(item, ImageLoadError) else item[0].path
-            if batch and os.path.realpath(item_path) not in wanted:
-                continue  # already written by the interrupted run; scored again only as a partner
-            if isinstance(item, ImageLoadError):
-                record = writer.record_failure(item.path, item.reason)
-            else:
-                result, img = item
-                if img.notes and log is not None:  # what was read, when not simply the whole image
-                    log(f"note: {img.path}: {'; '.join(img.notes)}")
+    pending: deque[Future] = deque()
+
+    def finish(future: Future) -> None:
+        nonlocal scored, handled
+        record, ok = future.result()
+        scored += ok
+        handled += 1
+        progress(RunProgress(handled, len(todo), record))
+
+    interrupted = False
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="anomalens-writer") as pool:
+        try:
+            for item in detector.predict_iter(
+                batch or todo, batch_size=batch_size, jobs=jobs, with_images=True, skip_errors=True
+            ):
+                item_path = item.path if isinstance(item, ImageLoadError) else item[0].path
+                if batch and os.path.realpath(item_path) not in wanted:
+                    continue  # already written by the interrupted run; scored again only as a partner
+                extra = None
+                if not isinstance(item, ImageLoadError):
+                    img = item[1]
+                    extra = image_fields(img)
+                    if img.notes and log is not None:  # what was read, when not simply the whole image
+                        log(f"note: {img.path}: {'; '.join(img.notes)}")
+                pending.append(pool.submit(_write_one, writer, item, extra))
+                while pending and (pending[0].done() or len(pending) > WRITE_AHEAD):
+                    finish(pending.popleft())
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            # What was scored is written (each image's files, then its line), also after Ctrl-C.
+            while pending:
                 try:
-                    record = writer.write(result, img.rgb, extra=image_fields(img))
-                    scored += 1
-                except Exception as err:  # a full disk or an unwritable file: record it, go on
-                    record = writer.record_failure(result.path, f"could not write outputs: {type(err).__name__}: {err}")
-            handled += 1
-            progress(RunProgress(handled, len(todo), record))
-    except KeyboardInterrupt:
-        return scored, True
-    return scored, False
+                    finish(pending.popleft())
+                except KeyboardInterrupt:
+                    interrupted = True
+    return scored, interrupted
+
+
+# Scored images waiting for the writer thread; a few batches' worth keeps both busy.
+WRITE_AHEAD = 16
+
+
+def _write_one(writer: OutputWriter, item, extra: dict | None) -> tuple[dict, bool]:
+    """Write one predict_iter item (a result and its image, or a load error): (record, written ok)."""
+    if isinstance(item, ImageLoadError):
+        return writer.record_failure(item.path, item.reason), False
+    result, img = item
+    try:
+        return writer.write(result, img.rgb, extra=extra), True
+    except Exception as err:  # a full disk or an unwritable file: record it, go on
+        return writer.record_failure(result.path, f"could not write outputs: {type(err).__name__}: {err}"), False
 
 
 def _write_report(

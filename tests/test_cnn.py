@@ -110,3 +110,31 @@ def test_unknown_variant_and_block_are_refused():
         EfficientNetPatchBackbone(variant="efficientnet-lite9")
     with pytest.raises(ValueError, match=r"blocks 0\.\.15"):
         EfficientNetPatchBackbone(blocks=(4, 16))
+
+
+def test_folded_model_computes_the_package_models_blocks(package_model):
+    # fold_for_inference (batch norms folded into the convolutions, padding moved into them,
+    # channels-last) must leave the function unchanged up to float rounding.
+    import copy
+
+    from anomalens.backbones.cnn import fold_for_inference
+
+    folded = fold_for_inference(copy.deepcopy(package_model))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded._blocks.modules())
+    x = images(96, batch=2, seed=3)
+    outputs = {}
+    for name, model in (("package", package_model), ("folded", folded)):
+        handle = model._blocks[10].register_forward_hook(lambda _m, _i, out, n=name: outputs.__setitem__(n, out))
+        try:
+            with torch.no_grad():
+                model(x)
+        finally:
+            handle.remove()
+    torch.testing.assert_close(outputs["folded"], outputs["package"], atol=1e-4, rtol=1e-4)
+
+
+def test_one_image_per_pass_gives_the_same_features_as_a_batch(cnn):
+    x = images(64, batch=3, seed=4)
+    together = cnn(x)
+    alone = torch.cat([cnn(x[i : i + 1]) for i in range(3)])
+    torch.testing.assert_close(alone, together, atol=1e-6, rtol=0)

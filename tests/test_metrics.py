@@ -9,9 +9,11 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from anomalens.metrics import (
     PixelMetricAccumulator,
+    _ranked_counts_exact,
     aupro,
     image_metrics,
     longer_side_shape,
+    region_weights,
     resize_pair,
 )
 
@@ -220,3 +222,31 @@ def test_aupro_matches_reference_implementation():
 
 def test_aupro_without_regions_is_none():
     assert aupro([np.random.default_rng(0).random((4, 4))], [np.zeros((4, 4), bool)]) is None
+
+
+def _ranked_counts_by_argsort(scores, anomalous, weights):
+    """The plain definition: a stable descending ranking of every pixel, cumulative sums, one
+    entry per run of equal scores (the implementation before the sort-only one)."""
+    order = np.argsort(scores, kind="stable")[::-1]
+    ranked = scores[order]
+    ends = np.flatnonzero(np.r_[np.diff(ranked) != 0, True])
+    tp = np.cumsum(anomalous[order], dtype=np.int64)[ends]
+    return tp, (ends + 1) - tp, np.cumsum(weights[order])[ends]
+
+
+@pytest.mark.parametrize("levels", [7, 1000, None])
+def test_exact_counts_are_bit_identical_to_a_full_ranking(levels):
+    # Many ties (few levels) and none (continuous scores); several regions with float weights.
+    rng = np.random.default_rng(3)
+    scores = rng.random(20_000).astype(np.float32)
+    if levels:
+        scores = np.floor(scores * levels).astype(np.float32) / levels
+    mask = np.zeros((100, 200), dtype=bool)
+    mask[10:30, 20:50] = mask[60:61, 100:190] = mask[80:95, 5:9] = True
+    weights, regions = region_weights(mask)
+    anomalous = mask.ravel()
+    counts = _ranked_counts_exact(scores, anomalous, weights.ravel(), regions)
+    tp, fp, pro = _ranked_counts_by_argsort(scores, anomalous, weights.ravel())
+    assert np.array_equal(counts.true_positives, tp)
+    assert np.array_equal(counts.false_positives, fp)
+    assert np.array_equal(counts.pro_overlap, pro)  # same summation order: equal to the last bit

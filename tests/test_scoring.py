@@ -99,3 +99,12 @@ def test_memory_bank_add_score_and_state_dict_round_trip():
     for key in ("s8", "s16"):
         assert torch.equal(restored.banks[key], bank.banks[key])
     torch.testing.assert_close(knn_anomaly(query.reshape(-1, 8), restored.banks["s8"]), expected)
+
+
+def test_few_shot_nearest_is_the_row_maximum_of_topk():
+    # k = 1 takes a row maximum (faster than topk): the same value, to the last bit.
+    g = torch.Generator().manual_seed(5)
+    query, bank = torch.randn(300, 24, generator=g), torch.randn(700, 24, generator=g)
+    sim = F.normalize(query, dim=-1) @ F.normalize(bank, dim=-1).T
+    expected = (0.5 * (1.0 - sim.topk(1, dim=1).values[:, 0])).clamp(0.0, 1.0)
+    assert torch.equal(knn_anomaly(query, bank, k=1), expected)

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .clip import ClipBackbone, ClipFeatures, MissingWeightsError, create_clip, interpolate_pos_embed
 from .cnn import VARIANT_BLOCKS, EfficientNetPatchBackbone
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .clip import ClipBackbone, ClipFeatures, MissingWeightsError, create_clip, interpolate_pos_embed
+
+# Imported on first use: open_clip takes seconds to import and the embedded backbone needs none of it.
+_CLIP_NAMES = ("ClipBackbone", "ClipFeatures", "MissingWeightsError", "create_clip", "interpolate_pos_embed")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CLIP_NAMES:
+        from . import clip
+
+        return getattr(clip, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 EMBEDDED_BACKBONE = "efficientnet-lite0"
 

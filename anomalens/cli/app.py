@@ -11,6 +11,7 @@ anywhere else (start-up, loading a model) is one line, ``interrupted (Ctrl-C)``,
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, NoReturn
 
@@ -74,10 +75,27 @@ app = AnomalensTyper(
 )
 
 
+def default_threads() -> int:
+    """`--threads 0`: every CPU this process may use but one, at least 1.
+
+    torch's default (one thread per core) spends a core that decoding and writing want, and on
+    a machine where another process takes a core, its threads wait for each other: 1 thread on
+    2 cores degrades gracefully where 2 collapse (README "Speed and memory").
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, cpus - 1)
+
+
 @app.callback()
 def _global_options(
     threads: int = typer.Option(
-        0, "--threads", min=0, help="CPU threads for the model (0: torch's default). 1 helps on a busy machine."
+        0,
+        "--threads",
+        min=0,
+        help="CPU threads for the model. 0: OMP_NUM_THREADS if set, else all CPUs but one (at least 1).",
     ),
 ) -> None:
     """Options for every command, given before it: `anomalens --threads 1 detect ...`."""
@@ -85,6 +103,8 @@ def _global_options(
         import torch
 
         torch.set_num_threads(threads)
+    elif "torch" not in sys.modules:  # read by torch when it is imported (by the command, later)
+        os.environ.setdefault("OMP_NUM_THREADS", str(default_threads()))
 
 
 def echo(msg: str) -> None:

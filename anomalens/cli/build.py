@@ -23,10 +23,10 @@ def method_settings(method: str, flags: dict[str, Any], sets: dict[str, Any] | N
     The shared flags (--weights, --category, ...) exist for every method, so one the method
     does not have is ignored with a note; a --set name the method does not have is an error.
     """
-    from ..methods import METHODS, available_methods
+    from ..methods import METHODS, load_method
     from ..settings import build_settings
 
-    available_methods()
+    load_method(method)
     if method not in METHODS:
         fail(f"unknown method {method!r}; available: {', '.join(sorted(METHODS))}")
     known = {f.name for f in dataclasses.fields(METHODS[method].Settings)}

@@ -148,9 +148,9 @@ def register_method(cls: type[Method]) -> type[Method]:
 
 
 def create_method(name: str, **settings: Any) -> Method:
-    from . import available_methods
+    from . import load_method
 
-    available_methods()  # importing the method modules registers them
+    load_method(name)  # importing the method's module registers it
 
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")

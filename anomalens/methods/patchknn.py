@@ -80,7 +80,9 @@ class PatchKnnSettings(MethodSettings):
     coreset_size: int = setting(
         16384, "a memory bank above this many patches is reduced to it by greedy k-centre (0 = never)", minimum=0
     )
-    batch_size: int = setting(8, "images per forward pass", minimum=1)
+    batch_size: int = setting(
+        0, "images per forward pass (0 = auto: 1 on the CPU, where it is fastest, 8 on a GPU)", minimum=0
+    )
 
 
 def valid_grid_region(
@@ -202,7 +204,9 @@ class PatchKnn(Method):
         return inputs, Layout(img.size_hw, tiles, boxes)
 
     def _encode(self, inputs: list[torch.Tensor]) -> torch.Tensor:
-        b = self.settings.batch_size
+        # On the CPU one 256 px image per pass keeps its activations in cache: 28 ms/image
+        # against 47 at 8 per pass (EfficientNet-Lite0, one thread); the results are identical.
+        b = self.settings.batch_size or (1 if self.device.type == "cpu" else 8)
         return torch.cat(
             [self.backbone(torch.stack(inputs[i : i + b]).to(self.device)) for i in range(0, len(inputs), b)]
         ).cpu()
