@@ -95,6 +95,49 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def score_samples(
+    detector: Detector,
+    samples: list,
+    pixels: PixelMetricAccumulator | None,
+    batch_size: int = 8,
+    on_image=None,
+    on_result=None,
+) -> tuple[list[int], list[float], list[dict], list[str]]:
+    """Score labelled samples: (labels, scores, failures, defects without a mask).
+
+    `pixels` (None: no pixel metrics) is fed each map with its ground-truth mask; a defect
+    without its mask is left out of it. `on_result(sample, result)` sees every scored result
+    (`on_image()` every sample, failed ones too). `anomalens evaluate` shares this loop.
+    """
+    labels, scores, failures, unmasked = [], [], [], []
+    for sample, result in zip(samples, detector.predict_iter([s.path for s in samples], batch_size=batch_size)):
+        if isinstance(result, ImageLoadError):
+            failures.append({"path": str(sample.path), "error": result.reason})
+        else:
+            labels.append(sample.label)
+            scores.append(result.score)
+            if pixels is not None and sample.label == 1 and sample.mask_path is None:
+                # A defect without its mask is not defect-free: leave it out of pixel metrics.
+                unmasked.append(str(sample.path))
+            elif pixels is not None:
+                pixels.update(result.anomaly_map, load_mask(sample, result.anomaly_map.shape))
+            if on_result is not None:
+                on_result(sample, result)
+        if on_image is not None:
+            on_image()
+    return labels, scores, failures, unmasked
+
+
+def category_metrics(labels: list[int], scores: list[float], pixels: PixelMetricAccumulator | None) -> dict:
+    """The benchmark's image metrics, and its pixel metrics when `pixels` is given."""
+    metrics: dict[str, Any] = dict(image_metrics(labels, scores)) if labels else dict.fromkeys(IMAGE_METRICS)
+    if pixels is not None and labels:
+        metrics.update(pixels.compute())
+    else:
+        metrics.update(dict.fromkeys(PIXEL_METRICS))
+    return metrics
+
+
 def evaluate_category(
     detector: Detector,
     split: CategorySplit,
@@ -108,32 +151,13 @@ def evaluate_category(
     detector.method.set_category(split.category)
     detector.fit(references)
     fit_seconds = time.perf_counter() - start
-    labels, scores, failures, unmasked = [], [], [], []
-    pixels = PixelMetricAccumulator(resolution=pixel_resolution)
     use_pixels = split.has_masks
+    pixels = PixelMetricAccumulator(resolution=pixel_resolution) if use_pixels else None
     predict_start = time.perf_counter()
     samples = split.test
-    for sample, result in zip(
-        samples, detector.predict_iter([s.path for s in samples], batch_size=batch_size)
-    ):
-        if isinstance(result, ImageLoadError):
-            failures.append({"path": str(sample.path), "error": result.reason})
-        else:
-            labels.append(sample.label)
-            scores.append(result.score)
-            if use_pixels and sample.label == 1 and sample.mask_path is None:
-                # A defect without its mask is not defect-free: leave it out of pixel metrics.
-                unmasked.append(str(sample.path))
-            elif use_pixels:
-                pixels.update(result.anomaly_map, load_mask(sample, result.anomaly_map.shape))
-        if on_image is not None:
-            on_image()
+    labels, scores, failures, unmasked = score_samples(detector, samples, pixels, batch_size, on_image)
     predict_seconds = time.perf_counter() - predict_start
-    metrics: dict[str, Any] = dict(image_metrics(labels, scores)) if labels else dict.fromkeys(IMAGE_METRICS)
-    if use_pixels and labels:
-        metrics.update(pixels.compute())
-    else:
-        metrics.update(dict.fromkeys(PIXEL_METRICS))
+    metrics = category_metrics(labels, scores, pixels)
     n = len(labels)
     metrics.update(
         images=n,

@@ -35,6 +35,17 @@ from typing import Literal
 import numpy as np
 
 from anomalens.results import AnomalyResult
+from anomalens.threshold_rule import (
+    CONFIDENCE,
+    RateEstimate,
+    describe_rate,
+    describe_target_rule,
+    false_reject_at,
+    pixel_rank_for_target,
+    threshold_for_target,
+    threshold_with_defects,
+    too_few_warning,
+)
 
 # Pooling every pixel of many large maps would cost gigabytes; a fixed-seed random sample of
 # this many values gives quantiles accurate to well under 0.1 percentile point.
@@ -61,6 +72,20 @@ class Threshold:
     n_images: int | None = None
     basis: str = ""
     spread: float | None = None
+    # What the threshold means (anomalens.threshold_rule): the false-reject target asked for
+    # (None: the quantile rule), k (the threshold is at or above the k-th largest of n_scores
+    # good scores), the expected false-reject rate on new good parts and its one-sided upper
+    # bound at `confidence`; with known defects, how many of them escape and that rate's bound.
+    max_false_reject: float | None = None
+    n_scores: int | None = None
+    rank: int | None = None
+    expected_false_reject: float | None = None
+    false_reject_bound: float | None = None
+    confidence: float | None = None
+    defects: int | None = None
+    escapes: int | None = None
+    escape_bound: float | None = None
+    warning: str = ""
 
     def __post_init__(self) -> None:
         # Fail closed: a NaN threshold makes every comparison False (every part OK).
@@ -69,7 +94,7 @@ class Threshold:
         value = self.value
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise UsageError(f"threshold must be a finite number, got {value!r}")
-        for name, low, high in (("quantile", 0.0, 1.0), ("margin", 0.0, math.inf)):
+        for name, low, high in (("quantile", 0.0, 1.0), ("margin", 0.0, math.inf), ("max_false_reject", 0.0, 1.0)):
             v = getattr(self, name)
             if v is not None and not (math.isfinite(v) and low <= v <= high):
                 raise UsageError(f"threshold {name} must be a finite number in [{low:g}, {high:g}], got {v!r}")
@@ -90,15 +115,18 @@ class Threshold:
         scores + 10% of (p99 - median) = 0.4213"."""
         if self.method == "given":
             return f"given: {self.value:.6g}"
+        if self.max_false_reject is not None:
+            return describe_target_rule(self)
         if self.quantile is None:
             return f"auto: {self.basis} = {self.value:.6g}"
         pct = _percentile_name(self.quantile)
         margin_pct = f"{(self.margin or 0.0) * 100:g}%"
         short = f"p{self.quantile * 100:g}"
-        return (
+        text = (
             f"auto: {pct} percentile of {self.n_images} {self.basis} "
             f"+ {margin_pct} of ({short} - median) = {self.value:.6g}"
         )
+        return text + describe_rate(self, at_most=True)
 
     def to_dict(self) -> dict:
         """JSON-serialisable fields plus the description, for settings.json and reports."""
@@ -146,7 +174,10 @@ def _check_rule_args(quantile: float, margin: float) -> None:
 
 
 def calibrate_threshold(
-    reference_scores: Sequence[float] | np.ndarray, quantile: float = DEFAULT_QUANTILE, margin: float = DEFAULT_MARGIN
+    reference_scores: Sequence[float] | np.ndarray,
+    quantile: float = DEFAULT_QUANTILE,
+    margin: float = DEFAULT_MARGIN,
+    confidence: float = CONFIDENCE,
 ) -> Threshold:
     """Image threshold from the (leave-one-out) scores of good reference images.
 
@@ -160,6 +191,11 @@ def calibrate_threshold(
     if not np.isfinite(scores).all():
         raise ValueError("reference scores contain NaN or infinite values")
     value, spread = _quantile_rule(scores, quantile, margin)
+    meaning = false_reject_at(scores, value, confidence)
+    implied = 1.0 - float(quantile)  # the rate the quantile asks for
+    warning = too_few_warning(scores.size, implied, "leave-one-out reference scores", confidence) if implied > 0 else ""
+    if warning:
+        warning += f" (--quantile {quantile:g} asks for {implied:.3g})"
     return Threshold(
         value=value,
         method="auto",
@@ -168,6 +204,49 @@ def calibrate_threshold(
         n_images=int(scores.size),
         basis="leave-one-out reference scores",
         spread=spread,
+        **_meaning_fields(meaning),
+        warning=warning,
+    )
+
+
+def _meaning_fields(meaning: RateEstimate) -> dict:
+    return {
+        "n_scores": meaning.n,
+        "rank": meaning.rank,
+        "expected_false_reject": meaning.expected,
+        "false_reject_bound": meaning.bound,
+        "confidence": meaning.confidence,
+    }
+
+
+def calibrate_for_target(
+    reference_scores: Sequence[float] | np.ndarray,
+    max_false_reject: float,
+    defect_scores: Sequence[float] | np.ndarray | None = None,
+    confidence: float = CONFIDENCE,
+) -> Threshold:
+    """Image threshold for a false-reject target (the order-statistic rule, anomalens.threshold_rule).
+
+    Without defects: the k-th largest leave-one-out score, k the largest with k/(N+1) <=
+    target. With `defect_scores` (known-bad images scored by the fitted detector): the
+    threshold that keeps the target and catches the most of them. Raises ValueError for a
+    target outside (0, 1), no scores or non-finite scores.
+    """
+    if defect_scores is None:
+        chosen = threshold_for_target(reference_scores, max_false_reject, confidence)
+    else:
+        chosen = threshold_with_defects(reference_scores, defect_scores, max_false_reject, confidence)
+    return Threshold(
+        value=chosen.value,
+        method="auto",
+        n_images=chosen.estimate.n,
+        basis="leave-one-out reference scores",
+        max_false_reject=float(max_false_reject),
+        **_meaning_fields(chosen.estimate),
+        defects=chosen.defects,
+        escapes=chosen.escapes,
+        escape_bound=chosen.escape_bound,
+        warning=chosen.warning,
     )
 
 
@@ -178,9 +257,12 @@ def pixel_threshold_from_maps(
     margin: float = DEFAULT_MARGIN,
     max_pixels: int = MAX_CALIBRATION_PIXELS,
     seed: int = 0,
+    max_false_reject: float | None = None,
 ) -> Threshold:
     """Pixel threshold for the binary mask: the image rule over pooled reference-map pixels.
 
+    With `max_false_reject`, the k-th largest pixel instead, k the largest with k/(M+1) <=
+    the target (M pixels): the expected fraction of a good part's pixels above it is the target.
     Non-finite pixels are ignored. With no reference maps (None or empty) it falls back to
     `image_threshold`, and raises ValueError if that is missing too.
     """
@@ -196,6 +278,20 @@ def pixel_threshold_from_maps(
         return Threshold(value=float(value), method="auto", basis="same as the image threshold")
     if pixels.size > max_pixels:
         pixels = np.random.default_rng(seed).choice(pixels, size=max_pixels, replace=False)
+    if max_false_reject is not None:
+        rank = pixel_rank_for_target(int(pixels.size), max_false_reject)
+        value = float(np.partition(pixels, pixels.size - rank)[pixels.size - rank])
+        above = int(np.count_nonzero(pixels > value))  # ties at the value are not marked
+        return Threshold(
+            value=value,
+            method="auto",
+            n_images=n_images,
+            basis="reference maps' pixels",
+            max_false_reject=float(max_false_reject),
+            n_scores=int(pixels.size),
+            rank=rank,
+            expected_false_reject=(above + 1) / (pixels.size + 1),
+        )
     value, spread = _quantile_rule(pixels.astype(np.float64), quantile, margin)
     return Threshold(
         value=value,

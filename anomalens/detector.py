@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -137,49 +136,30 @@ class Detector:
         pixel_threshold: float | None = None,
         max_images: int = 32,
         progress: FitProgressCallback | None = None,
+        max_false_reject: float | None = None,
+        defects: Iterable[ImageInput] | None = None,
     ) -> Detector:
-        """Set the OK/NG threshold from good images (see anomalens.calibration for the rule).
+        """Set the OK/NG threshold from good images; see `anomalens.threshold_calibration`.
 
-        Few-shot: leave-one-out over the references (each is scored by a detector fitted on
-        the others), so the threshold sees scores of good images the model did not memorise.
-        Zero-shot: the given good images (or the references) are scored as they are.
-        A quantile outside (0, 1], a negative or non-finite margin or pixel threshold is refused
-        before anything is scored (fail closed).
-        With more than `max_images` references, a seeded subset of them is held out in turn.
-        `progress` is called with a FitProgress ("calibrating") as the references are gone through.
+        Few-shot: leave-one-out over the references (at most `max_images` held out, seeded),
+        the quantile rule (`quantile`, `margin`) or, with `max_false_reject`, the
+        order-statistic rule for that false-reject rate; `defects` (known-bad images or
+        folders) choose, among thresholds that keep the target, the one catching most of them.
+        Zero-shot: the given good `images` are scored as they are.
         """
-        from .calibration import Threshold, calibrate_threshold, pixel_threshold_from_maps
+        from .threshold_calibration import calibrate_detector
 
-        Threshold(value=0.0, method="auto", quantile=quantile, margin=margin)  # validates both
-        if pixel_threshold is not None:
-            Threshold.given(pixel_threshold)
-        refs = list(getattr(self, "_references", []))
-        extra = [self._load(i) for i in images] if images is not None else []
-        with torch.inference_mode():
-            if refs:
-                if len(refs) < 2:
-                    raise ValueError("--threshold auto needs at least 2 reference images for leave-one-out")
-                held_out = list(range(len(refs)))
-                if len(held_out) > max_images:
-                    # Enough held-out scores for a quantile, without len(refs) refits.
-                    held_out = sorted(random.Random(0).sample(held_out, max_images))
-                outputs = self.method.leave_one_out(looped := reporting(refs, "calibrating", progress), held_out)
-                finish(looped)
-                if extra:
-                    outputs.extend(self.method.predict(extra))
-            else:
-                if not extra:
-                    raise ValueError("--threshold auto needs good reference images (--refs)")
-                self._ensure_fitted()
-                outputs = self.method.predict(extra)
-        self.threshold = calibrate_threshold([o.score for o in outputs], quantile=quantile, margin=margin)
-        if pixel_threshold is not None:
-            self.pixel_threshold = pixel_threshold
-        else:
-            self.pixel_threshold = pixel_threshold_from_maps(
-                [o.anomaly_map for o in outputs], self.threshold, quantile=quantile, margin=margin
-            )
-        return self
+        return calibrate_detector(
+            self,
+            images,
+            quantile=quantile,
+            margin=margin,
+            pixel_threshold=pixel_threshold,
+            max_images=max_images,
+            max_false_reject=max_false_reject,
+            defects=defects,
+            progress=progress,
+        )
 
     def predict(self, images: Any, batch_size: int = 8, names: Sequence[str] | None = None) -> list[AnomalyResult]:
         """Score images; raises ImageLoadError on an unreadable one (see `predict_iter` to go on).

@@ -36,7 +36,8 @@ from .errors import ImageLoadError, UsageError
 from .ground_truth import ground_truth_fields
 from .images import IMAGE_EXTENSIONS, list_images, missing_reason
 from .outputs import SETTINGS_JSON, OutputWriter, record_key
-from .run_identity import differences, effective_settings, resume_refusal
+from .run_identity import check_resume, effective_settings
+from .run_report import write_run_report
 
 
 @dataclass(frozen=True)
@@ -218,7 +219,7 @@ def run(
     settings["colour_scale"] = scale.to_dict()
     try:
         if any(r.get("status") == "ok" for r in writer.records()):
-            _check_resume(previous, settings, out)
+            check_resume(previous, settings, out)
         writer.write_settings(settings)
         done = {record_key(r) for r in writer.records() if r.get("status") == "ok"}
         todo = [f for f in files if os.path.realpath(f) not in done]
@@ -238,7 +239,7 @@ def run(
     report_path = None
     if report:
         mine = _records_of(writer.records(), [*files, *missing])
-        report_path = _write_report(out, mine, detector, title, source, elapsed, log, len(files), scale, settings)
+        report_path = write_run_report(out, mine, detector, title, source, elapsed, log, len(files), scale, settings)
     summary = RunSummary(
         out=out,
         images=0,
@@ -343,41 +344,6 @@ def _write_one(writer: OutputWriter, item, extra: dict | None) -> tuple[dict, bo
         return writer.record_failure(result.path, f"could not write outputs: {type(err).__name__}: {err}"), False
 
 
-def _write_report(
-    out: Path, records, detector, title: str, source: str, elapsed: float, log, num_images: int = 0,
-    scale=None, settings: dict | None = None,
-) -> Path | None:  # fmt: skip
-    """The report of this run only: `records` are those of its inputs (another run into the same
-    folder keeps its own records in results.jsonl, but they are not shown here)."""
-    from .report import calibration_rows, write_report
-
-    info: dict[str, Any] = {
-        "method": detector.method_name,
-        "backbone": detector.backbone_name,
-        "total_seconds": elapsed,
-        "source": source,
-        "run_settings": settings,
-    }
-    if detector.threshold is not None:
-        info["threshold"] = detector.threshold.value
-        info["threshold_description"] = detector.threshold.description()
-        info["calibration"] = calibration_rows(detector.threshold)  # {} until the rule states rates
-    if detector.pixel_threshold is not None:
-        info["pixel_threshold"] = detector.pixel_threshold.value
-        info["pixel_threshold_description"] = detector.pixel_threshold.description()
-    if detector.scores_jointly and num_images:
-        refs = len(detector.reference_paths)
-        refs_note = f" and {refs} reference images" if refs else ""
-        info["batch"] = f"{num_images} input images scored jointly (each against the others{refs_note})"
-    try:
-        return write_report(
-            out, records, title=title, summary_info=info, colour_scale=scale, references=detector.reference_paths
-        )
-    except (OSError, ValueError) as err:
-        log(f"warning: could not write {out}/report.html: {err}")
-        return None
-
-
 def image_fields(img) -> dict:
     """The record fields every front end adds for a scored image: when, and at what sizes."""
     fields = {
@@ -415,20 +381,6 @@ def _read_json(path: Path) -> dict | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-
-
-def _check_resume(previous: dict | None, settings: dict, out: Path) -> None:
-    """Refuse to add results to `out` when its results were made with other effective settings."""
-    how = "pass --overwrite to redo every image with these settings (the results in it are replaced)"
-    if previous is None:
-        raise UsageError(resume_refusal(f"{out}", ["its settings.json is missing or unreadable"], how))
-    if "effective" in previous:
-        changes = differences(previous["effective"], settings["effective"])
-    else:  # written before effective settings were recorded: compare what it has
-        keys = ("method", "settings", "threshold", "pixel_threshold")
-        changes = differences({k: previous.get(k) for k in keys}, {k: settings.get(k) for k in keys})
-    if changes:
-        raise UsageError(resume_refusal(f"{out}", changes, how))
 
 
 def _no_log(message: str) -> None:

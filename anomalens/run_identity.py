@@ -14,6 +14,8 @@ import json
 import os
 from typing import Any
 
+from .errors import UsageError
+
 
 def model_fingerprint(detector: Any) -> str:
     """sha256 (16 hex digits) of the method's learned tensors: names, dtypes, shapes and bytes."""
@@ -84,3 +86,17 @@ def resume_refusal(what: str, changes: list[str], how_to_start_afresh: str) -> s
         f"{what} holds results made with other settings ({shown}); resuming would mix them. "
         f"Write to a new --out, or {how_to_start_afresh}"
     )
+
+
+def check_resume(previous: dict | None, settings: dict, out) -> None:
+    """Refuse to add results to `out` when its results were made with other effective settings."""
+    how = "pass --overwrite to redo every image with these settings (the results in it are replaced)"
+    if previous is None:
+        raise UsageError(resume_refusal(f"{out}", ["its settings.json is missing or unreadable"], how))
+    if "effective" in previous:
+        changes = differences(previous["effective"], settings["effective"])
+    else:  # written before effective settings were recorded: compare what it has
+        keys = ("method", "settings", "threshold", "pixel_threshold")
+        changes = differences({k: previous.get(k) for k in keys}, {k: settings.get(k) for k in keys})
+    if changes:
+        raise UsageError(resume_refusal(f"{out}", changes, how))

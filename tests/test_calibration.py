@@ -65,6 +65,8 @@ def test_descriptions():
     t = calibrate_threshold(list(range(1, 11)), quantile=0.9, margin=0.1)
     assert t.description() == (
         "auto: 90th percentile of 10 leave-one-out reference scores + 10% of (p90 - median) = 9.46"
+        # one score (10) above 9.46: k = 2, expected 2/11, bound Beta(2, 9)'s 95th percentile
+        "; expected false-reject rate at most 18.2% (95% bound 39.4%)"
     )
     assert Threshold.given(0.5).description() == "given: 0.5"
     d = t.to_dict()

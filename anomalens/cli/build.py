@@ -184,25 +184,36 @@ def set_threshold(det, p: dict[str, Any], explicit: set[str], value: str | float
     from ..calibration import Threshold
 
     from_model = p.get("model") is not None
+    value = _target_options(p, explicit, value)
     if value == "none":
         det.threshold, det.pixel_threshold = None, None
     elif value == "auto" and from_model:
         saved = det.threshold
         if saved is None or saved.method != "auto":
             fail(f"{p['model']} holds no calibrated threshold; fit it with --threshold auto, or pass --threshold X")
-        for name in ("quantile", "margin"):
-            if name in explicit and getattr(saved, name) != p[name]:
+        for name in ("quantile", "margin", "max_false_reject"):
+            if name in explicit and getattr(saved, name) != p.get(name):
                 fail(
                     f"{p['model']} was calibrated with {name} {getattr(saved, name)}, not {p[name]}: "
                     "calibration needs the references, so fit the model again to change it"
                 )
     elif value == "auto":
+        defects = p.get("defects")
+        if defects is not None and not Path(defects).exists():
+            fail(f"{defects}: known-defect folder does not exist")
         try:
             det.calibrate(
-                quantile=p["quantile"], margin=p["margin"], pixel_threshold=p["pixel_threshold"], progress=progress
+                quantile=p["quantile"],
+                margin=p["margin"],
+                pixel_threshold=p["pixel_threshold"],
+                max_false_reject=p.get("max_false_reject"),
+                defects=None if defects is None else [defects],
+                progress=progress,
             )
+        except ImageLoadError as err:
+            raise UsageError(f"cannot use the known-defect images: {err}") from err
         except ValueError as err:
-            if "threshold" in explicit:
+            if explicit & {"threshold", "max_false_reject", "defects"}:
                 raise UsageError(str(err)) from err
             # The default (auto with references) cannot work here, e.g. with one reference image.
             echo(f"note: no threshold: the default --threshold auto cannot be calibrated ({err})")
@@ -212,6 +223,32 @@ def set_threshold(det, p: dict[str, Any], explicit: set[str], value: str | float
         det.pixel_threshold = float(value)
     if p.get("pixel_threshold") is not None:
         det.pixel_threshold = float(p["pixel_threshold"])
+
+
+def _target_options(p: dict[str, Any], explicit: set[str], value: str | float | None) -> str | float | None:
+    """Check --max-false-reject / --defects against the other threshold options; they imply auto."""
+    target, defects = p.get("max_false_reject"), p.get("defects")
+    if target is None and defects is None:
+        return value
+    given = "--max-false-reject" if target is not None else "--defects"
+    if value not in (None, "auto"):
+        fail(f"{given} calibrates the threshold; it cannot be combined with --threshold {value}")
+    if target is not None and "margin" in explicit:
+        fail("--margin belongs to the --quantile rule; --max-false-reject takes the order statistic as it is")
+    if target is not None and "quantile" in explicit:
+        fail("give either --quantile or --max-false-reject, not both")
+    if defects is not None and p.get("model") is not None:
+        fail("--defects needs the references to calibrate; fit the model again with --defects")
+    return "auto"
+
+
+def report_threshold(threshold, pixel_threshold=None) -> None:
+    """Print how the thresholds were set, their stated rates and any warning."""
+    echo(f"threshold: {describe(threshold)}")
+    if threshold is not None and getattr(threshold, "warning", ""):
+        echo(f"warning: {threshold.warning}")
+    if threshold is not None:
+        echo(f"pixel threshold: {describe(pixel_threshold)}")
 
 
 def describe(threshold) -> str:

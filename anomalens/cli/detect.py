@@ -8,7 +8,7 @@ import typer
 
 from . import options as o
 from .app import app, echo, fail
-from .build import build_detector, describe, set_threshold
+from .build import build_detector, describe, report_threshold, set_threshold
 from .config import given_options, parse_threshold
 
 
@@ -83,8 +83,7 @@ def detect(
     det, source = build_detector(p, explicit)
     set_threshold(det, p, explicit, threshold_value)
     if det.threshold is not None:
-        echo(f"threshold: {describe(det.threshold)}")
-        echo(f"pixel threshold: {describe(det.pixel_threshold)}")
+        report_threshold(det.threshold, det.pixel_threshold)
     elif det.pixel_threshold is not None:
         echo(f"pixel threshold: {describe(det.pixel_threshold)}; no image threshold: no OK/NG decisions")
     else:

@@ -8,7 +8,7 @@ import typer
 
 from . import options as o
 from .app import app, echo, fail
-from .build import build_detector, describe, set_threshold
+from .build import build_detector, report_threshold, set_threshold
 from .config import given_options, parse_threshold
 
 
@@ -45,9 +45,7 @@ def fit(
     except (FileExistsError, OSError) as err:
         fail(f"cannot save the model to {out}: {err}")
     echo(f"saved {det.method_name} model fitted on {source} to {out}")
-    echo(f"threshold: {describe(det.threshold)}")
-    if det.threshold is not None:
-        echo(f"pixel threshold: {describe(det.pixel_threshold)}")
+    report_threshold(det.threshold, det.pixel_threshold)
 
 
 class FitProgressBar:

@@ -26,6 +26,23 @@ PixelThreshold = Annotated[
 ]
 Quantile = Annotated[float, typer.Option("--quantile", help="Quantile of good scores for --threshold auto.")]
 Margin = Annotated[float, typer.Option("--margin", help="Margin for --threshold auto (see README).")]
+MaxFalseReject = Annotated[
+    float | None,
+    typer.Option(
+        "--max-false-reject",
+        help="Target false-reject rate of good parts, e.g. 0.01: --threshold auto takes the order statistic "
+        "of the leave-one-out reference scores that expects this rate, and reports its 95% bound "
+        "(instead of --quantile/--margin).",
+    ),
+]
+Defects = Annotated[
+    Path | None,
+    typer.Option(
+        "--defects",
+        help="Folder of a few known-bad images: --threshold auto keeps the false-reject target and catches "
+        "the most of them; the escape rate on them is reported.",
+    ),
+]
 
 # The options that become method settings (see anomalens.methods.<name> for what each method has).
 Weights = Annotated[str | None, typer.Option("--weights", help="CLIP weights: a local file or an open_clip tag.")]
@@ -114,6 +131,8 @@ DETECTOR_FLAGS = {
     "pixel_threshold": (PixelThreshold, None),
     "quantile": (Quantile, QUANTILE_DEFAULT),
     "margin": (Margin, MARGIN_DEFAULT),
+    "max_false_reject": (MaxFalseReject, None),
+    "defects": (Defects, None),
     "weights": (Weights, None),
     "backbone": (Backbone, None),
     "category": (Category, None),
