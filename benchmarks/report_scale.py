@@ -4,7 +4,7 @@ Each image has its own picture files (textured 256 x 256 PNGs, overlays and mask
 row's thumbnails are distinct, as in a real run. Prints, per size: seconds to write report.html,
 its size, and in Chromium the first contentful paint and the time until the table is interactive.
 
-    flock /work/heavy.lock python benchmarks/report_scale.py --sizes 1000 10000
+    python benchmarks/report_scale.py --sizes 1000 10000
 """
 
 from __future__ import annotations

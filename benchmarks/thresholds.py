@@ -6,7 +6,7 @@ model on the category's labelled test images. The table compares the false-rejec
 calibration states (expected, 95 % bound) with the one reached on the test's good images, and
 gives the escape rate. Every command is printed before it runs (the README shows them).
 
-    flock /work/heavy.lock python benchmarks/thresholds.py --data ../shared/data/magnetic_tile \
+    python benchmarks/thresholds.py --data ../shared/data/magnetic_tile \
         --runs 8:quantile 8:0.01 64:0.01 64:0.05 200:0.01
 """
 
