@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from synthetic import striped_texture
 from typer.testing import CliRunner
 
 from anomalens.cli import app
@@ -24,10 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def texture(seed: int, h: int = 64, w: int = 64) -> np.ndarray:
-    yy, xx = np.mgrid[0:h, 0:w]
-    base = 128 + 50 * np.sin(xx / 3.0) * np.cos(yy / 5.0)
-    noise = np.random.default_rng(seed).normal(0, 6, (h, w, 3))
-    return np.clip(base[:, :, None] + noise, 0, 255).astype(np.uint8)
+    return striped_texture(seed, h, w)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from synthetic import striped_texture
 from typer.testing import CliRunner
 
 from anomalens import Detector
@@ -21,9 +22,7 @@ FAST = ["--method", "patchknn", "--image-size", "64"]
 
 
 def texture(seed: int, defect: bool = False) -> np.ndarray:
-    yy, xx = np.mgrid[0:48, 0:48]
-    base = 128 + 50 * np.sin(xx / 3.0) * np.cos(yy / 5.0)
-    img = np.clip(base[:, :, None] + np.random.default_rng(seed).normal(0, 6, (48, 48, 3)), 0, 255).astype(np.uint8)
+    img = striped_texture(seed, 48, 48)
     if defect:
         img[16:26, 24:34] = (20, 15, 10)
     return img

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from synthetic import striped_texture
 
 from anomalens import Detector
 from anomalens.errors import ImageLoadError
@@ -17,10 +18,7 @@ H, W = 40, 56
 
 
 def texture(seed: int) -> np.ndarray:
-    yy, xx = np.mgrid[0:H, 0:W]
-    base = 128 + 50 * np.sin(xx / 3.0) * np.cos(yy / 5.0)
-    noise = np.random.default_rng(seed).normal(0, 8, (H, W, 3))
-    return np.clip(base[:, :, None] + noise, 0, 255).astype(np.uint8)
+    return striped_texture(seed, H, W, noise=8.0)
 
 
 @pytest.fixture(scope="module")

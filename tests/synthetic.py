@@ -1,0 +1,13 @@
+"""Synthetic test images shared by the test modules (each module paints its own defects)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def striped_texture(seed: int, h: int = 48, w: int = 48, noise: float = 6.0) -> np.ndarray:
+    """An h x w x 3 uint8 striped texture with seeded Gaussian noise: the same part, photographed again."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = 128 + 50 * np.sin(xx / 3.0) * np.cos(yy / 5.0)
+    img = base[:, :, None] + np.random.default_rng(seed).normal(0, noise, (h, w, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
