@@ -37,6 +37,7 @@ from .ground_truth import ground_truth_fields
 from .images import IMAGE_EXTENSIONS, list_images, missing_reason
 from .outputs import SETTINGS_JSON, OutputWriter, record_key
 from .run_identity import check_resume, effective_settings
+from .report_thumbs import THUMB_SIDE
 from .run_report import write_run_report
 
 
@@ -205,7 +206,9 @@ def run(
     previous = None if overwrite else _read_json(out / SETTINGS_JSON)
     scale = scale_for_run(detector)
     try:
-        writer = OutputWriter(out, overwrite=overwrite, map_format=map_format, overlay_scale=scale)
+        writer = OutputWriter(
+            out, overwrite=overwrite, map_format=map_format, overlay_scale=scale, thumbnails=THUMB_SIDE if report else 0
+        )
     except (FileExistsError, ValueError, OSError) as err:
         raise UsageError(f"cannot write to {out}: {err}") from err
     if writer.bad_lines:
@@ -239,7 +242,9 @@ def run(
     report_path = None
     if report:
         mine = _records_of(writer.records(), [*files, *missing])
-        report_path = write_run_report(out, mine, detector, title, source, elapsed, log, len(files), scale, settings)
+        report_path = write_run_report(
+            out, mine, detector, title, source, elapsed, log, len(files), scale, settings, writer.thumbs
+        )
     summary = RunSummary(
         out=out,
         images=0,
