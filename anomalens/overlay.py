@@ -165,10 +165,11 @@ def heatmap_overlay(
         mk = np.asarray(mask, dtype=bool)
         if mk.shape != (h, w):
             mk = _resize_mask(mk, (h, w))
-        contour = mask_contour(mk, contour_thickness)
-        halo = ndimage.binary_dilation(contour, iterations=1) & ~mk
-        out[halo] = CONTOUR_HALO
-        out[contour] = CONTOUR_COLOUR
+        if mk.any():  # most parts are clean: no contour to draw
+            contour = mask_contour(mk, contour_thickness)
+            halo = ndimage.binary_dilation(contour, iterations=1) & ~mk
+            out[halo] = CONTOUR_HALO
+            out[contour] = CONTOUR_COLOUR
     return out
 
 

@@ -200,6 +200,9 @@ class Layout:
 class PatchKnn(Method):
     name = "patchknn"
     Settings = PatchKnnSettings
+    # predict keeps no state between calls (the backbone returns its block outputs, no hooks):
+    # `anomalens.inspection` may score two batches at once in two threads
+    concurrent_predict = True
 
     def __init__(self, settings: PatchKnnSettings, backbone: torch.nn.Module | None = None):
         super().__init__(settings)
