@@ -311,7 +311,8 @@ def _scored(detector, todo, batch_size: int, jobs: int, workers: int, batch=None
     """`detector.predict_iter` items (result and image, or load error) of `todo`, in input order.
 
     workers > 1: batches of `batch_size` images are read and scored by that many threads at
-    once (torch releases the GIL), at most 2 x workers batches ahead of what was yielded."""
+    once (torch releases the GIL); a batch starts when the oldest one is handed on, so at most
+    `workers` batches are held besides the one being yielded (memory stays bounded)."""
     if workers <= 1 or batch is not None:
         yield from detector.predict_iter(
             batch or todo, batch_size=batch_size, jobs=jobs, with_images=True, skip_errors=True
@@ -324,7 +325,7 @@ def _scored(detector, todo, batch_size: int, jobs: int, workers: int, batch=None
     chunks = iter([todo[i : i + batch_size] for i in range(0, len(todo), batch_size)])
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="anomalens-score")
     try:
-        pending = deque(pool.submit(score, chunk) for chunk in islice(chunks, 2 * workers))
+        pending = deque(pool.submit(score, chunk) for chunk in islice(chunks, workers))
         while pending:
             items = pending.popleft().result()
             chunk = next(chunks, None)
