@@ -73,3 +73,24 @@ def test_leave_one_out_above_the_coreset_size_drops_the_held_out_patches_from_on
 def _features_of(method, image):
     feats, layouts = method._features([image])
     return feats[0], layouts[0]
+
+
+def test_leave_one_out_after_fit_on_the_same_references_reuses_the_bank(monkeypatch):
+    import pickle
+
+    torch.manual_seed(0)
+    settings = {"image_size": 32, "coreset_size": 40}
+    refs = _images(3)
+    fresh = create_method("patchknn", **settings).leave_one_out(refs, [0, 1, 2])
+    method = create_method("patchknn", **settings).fit(refs)
+    copy = pickle.loads(pickle.dumps(method))  # a copy does not carry the reference images
+    assert copy._bank_source is None and torch.equal(copy.bank_.banks["patches"], method.bank_.banks["patches"])
+    calls = []
+    monkeypatch.setattr(method, "reference_patches", lambda img: calls.append(img) or 1 / 0)
+    again = method.leave_one_out(refs, [0, 1, 2])  # no reference features, no second coreset
+    assert calls == []
+    for a, b in zip(fresh, again):
+        assert a.score == pytest.approx(b.score, abs=1e-6)
+        np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, atol=1e-6)
+    with pytest.raises(ZeroDivisionError):  # other reference objects: features are computed again
+        method.leave_one_out(_images(3), [0])

@@ -215,6 +215,7 @@ class PatchKnn(Method):
             clip_layers=settings.clip_layers,
         )
         self.bank_ = MemoryBank()
+        self._bank_source: tuple[list[LoadedImage], torch.Tensor] | None = None
 
     def model_inputs(self, img: LoadedImage) -> tuple[list[torch.Tensor], Layout]:
         """The normalised (3, S, S) inputs of one image (one per tile) and its layout."""
@@ -268,8 +269,17 @@ class PatchKnn(Method):
     def _fit(self, references: list[LoadedImage]) -> None:
         self.bank_ = MemoryBank()
         self.num_references = len(references)
-        if references:
-            self.bank_.banks["patches"] = self.build_bank([self.reference_patches(r) for r in references])
+        self._bank_source = None
+        kept, patches = [], []
+        for r in references:  # one pass: `references` may report progress as it is iterated
+            kept.append(r)
+            patches.append(self.reference_patches(r))
+        if kept:
+            bank, origin = self.bank_with_origin(patches)
+            self.bank_.banks["patches"] = bank
+            # which references (the objects themselves) the bank came from, and each patch's
+            # reference: leave-one-out on the same references (calibration after fit) reuses both
+            self._bank_source = (kept, origin)
 
     def _predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
         feats, layouts = self._features(images)
@@ -296,19 +306,28 @@ class PatchKnn(Method):
         with a refit; measured in the README ("Choosing a threshold"). One coreset instead of
         one per held-out reference: 64 references take seconds instead of over 15 minutes.
         """
-        per_reference = [self.reference_patches(r) for r in references]
-        bank, origin = self.bank_with_origin([p.reshape(-1, p.shape[-1]) for p in per_reference])
-        self.num_references = len(per_reference)
-        self.bank_ = MemoryBank()
-        self.bank_.banks["patches"] = bank
+        source = getattr(self, "_bank_source", None)
+        if source is not None and self._same_references(source[0], references) and "patches" in self.bank_:
+            bank, origin = self.bank_.banks["patches"].cpu(), source[1]  # fitted on these: no second coreset
+        else:
+            self._fit(references)
+            bank, origin = self.bank_.banks["patches"], self._bank_source[1]
         feats, layouts = self._features([references[i] for i in held_out])
         outputs = []
         for i, f, layout in zip(held_out, feats, layouts):
             others = bank[origin != i]
             if others.shape[0] == 0:  # every chosen patch was r's (a degenerate bank): refit without r
-                others = self.build_bank(per_reference[:i] + per_reference[i + 1 :])
+                others = self.build_bank([self.reference_patches(r) for j, r in enumerate(references) if j != i])
             outputs.append(self.score(f, layout, others))
         return outputs
+
+    def __getstate__(self) -> dict:
+        # a copy (pickled for another process) does not carry the reference images along
+        return {**self.__dict__, "_bank_source": None}
+
+    @staticmethod
+    def _same_references(fitted: list[LoadedImage], references: list[LoadedImage]) -> bool:
+        return len(fitted) == len(references) and all(a is b for a, b in zip(fitted, references))
 
     def fit_features(self, per_reference: list[torch.Tensor] | torch.Tensor) -> None:
         """Fit from precomputed bank patches: a list of (P, C) (or (..., C)) tensors, one per reference."""
@@ -316,12 +335,14 @@ class PatchKnn(Method):
             per_reference = list(per_reference)
         self.num_references = len(per_reference)
         self.bank_ = MemoryBank()
+        self._bank_source = None
         self.bank_.banks["patches"] = self.build_bank([p.reshape(-1, p.shape[-1]) for p in per_reference])
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.bank_.state_dict()
 
     def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self._bank_source = None
         self.bank_.load_state_dict(state)
         if "patches" in self.bank_:
             self.num_references = max(self.num_references, 1)
