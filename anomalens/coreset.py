@@ -14,7 +14,7 @@ largest distance (distances only shrink). The next pick is found by bringing onl
 with the highest bound up to date (all centres it missed in one matrix product) until the
 highest bound belongs to an up-to-date block: its farthest point is then the farthest of all.
 The picks are those of the textbook loop (up to float rounding in near-ties); on real patches
-a pick updates ~2-3 blocks of 200, and the 204,800-patch coreset takes ~30 s.
+a pick updates ~2-3 blocks of 200, and the 204,800-patch coreset takes ~20 s.
 """
 
 from __future__ import annotations
