@@ -37,8 +37,8 @@ from .errors import ImageLoadError, UsageError
 from .ground_truth import ground_truth_fields
 from .images import IMAGE_EXTENSIONS, list_images, missing_reason
 from .outputs import SETTINGS_JSON, OutputWriter, record_key
-from .run_identity import check_resume, effective_settings
 from .report_thumbs import THUMB_SIDE
+from .run_identity import check_resume, effective_settings
 from .run_report import write_run_report
 
 

@@ -36,8 +36,8 @@ from PIL import Image
 from anomalens.colour_scale import ColourScale, with_colour_bar
 from anomalens.images import OUTPUT_MARKER
 from anomalens.overlay import heatmap_overlay, mask_image
-from anomalens.report_thumbs import array_thumb_uri, mask_array_uri, mask_data_uri
 from anomalens.records import RESULTS_JSONL, backup_path, lock_output_dir, read_jsonl, read_records, record_key
+from anomalens.report_thumbs import array_thumb_uri, mask_array_uri, mask_data_uri
 from anomalens.results import AnomalyResult
 
 __all__ = ["RESULTS_JSONL", "OutputWriter", "atomic_write", "output_name", "read_records", "record_key"]

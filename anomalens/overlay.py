@@ -5,11 +5,11 @@ Only numpy, scipy.ndimage and Pillow are used, so drawing needs no plotting libr
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from PIL import Image
 from scipy import ndimage
-
-from functools import lru_cache
 
 from anomalens.colour_scale import ColourScale, ramp_colours
 

@@ -359,9 +359,10 @@ def write_report(
     # Decoding and resizing release the GIL in Pillow, so threads speed up thousands of images.
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
         made = thumbs or {}
-        rows = list(
-            pool.map(lambda a: _row(a[0], a[1], out, thumb_side, made.get(record_key(a[1]))), enumerate(ordered, start=1))
-        )
+        def row(ranked: tuple[int, dict]) -> dict:
+            return _row(ranked[0], ranked[1], out, thumb_side, made.get(record_key(ranked[1])))
+
+        rows = list(pool.map(row, enumerate(ordered, start=1)))
     has_truth = any("g" in r for r in rows)
 
     scored = [(s, r.get("decision")) for r in ok if (s := _score_of(r)) is not None]

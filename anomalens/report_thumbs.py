@@ -81,7 +81,8 @@ def mask_data_uri(path: Path | None, max_side: int = THUMB_SIDE) -> str | None:
 def mask_array_uri(mask: np.ndarray, max_side: int = THUMB_SIDE) -> str:
     """`mask_data_uri` of a boolean (or 0/255) mask in memory."""
     arr = np.asarray(mask)
-    return _mask_uri(Image.fromarray(np.where(arr > (0 if arr.dtype == bool else 127), 255, 0).astype(np.uint8)), max_side)
+    on = arr if arr.dtype == bool else arr > 127
+    return _mask_uri(Image.fromarray(np.where(on, 255, 0).astype(np.uint8)), max_side)
 
 
 def _mask_uri(small: Image.Image, max_side: int) -> str:

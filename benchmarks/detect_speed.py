@@ -234,7 +234,8 @@ def main() -> None:
         rss = ", ".join(f"{mb:.0f}" for _, mb in r["rss"])
         print(f"| {r['images']} | {r['scored'] / r['run_seconds']:.1f} | {r['images'] / r['wall']:.1f} | "
               f"{r['decode']:.1f} | {r['prepare']:.1f} | {r['model']:.1f} | {r['knn']:.1f} | {r['write']:.1f} | "
-              f"{r['report']:.1f} | {r['cpu']:.0f} | {r['torch_threads']} x {r.get('workers_used', 1)} | {r['peak_rss_mb']:.0f} | {rss} | "
+              f"{r['report']:.1f} | {r['cpu']:.0f} | {r['torch_threads']} x {r.get('workers_used', 1)} | "
+              f"{r['peak_rss_mb']:.0f} | {rss} | "
               f"{r['load_before']:.1f} -> {r['load_after']:.1f} |")
 
 

@@ -15,7 +15,7 @@ from anomalens.colour_scale import ColourScale, hue_family
 from anomalens.outputs import OutputWriter, record_key
 from anomalens.overlay import scale_colours
 from anomalens.report import write_report
-from anomalens.report_thumbs import THUMB_SIDE, array_thumb_uri, mask_array_uri, mask_data_uri, thumb_data_uri
+from anomalens.report_thumbs import THUMB_SIDE, array_thumb_uri, mask_data_uri, thumb_data_uri
 from anomalens.results import AnomalyResult
 
 
@@ -70,9 +70,8 @@ def test_array_thumbnail_of_grey_and_large_images():
 
 def test_overlay_colour_table_within_one_level_of_the_exact_scale():
     scale = ColourScale(0.1, 0.25, 0.6)
-    values = np.concatenate(
-        [np.linspace(-0.2, 0.9, 100_001), [0.25, np.nextafter(np.float32(0.25), np.float32(1)), np.nan, np.inf, -np.inf]]
-    ).astype(np.float32)
+    edges = [0.25, np.nextafter(np.float32(0.25), np.float32(1)), np.nan, np.inf, -np.inf]
+    values = np.concatenate([np.linspace(-0.2, 0.9, 100_001), edges]).astype(np.float32)
     exact, fast = scale.colours(values).astype(int), scale_colours(scale, values).astype(int)
     assert np.abs(exact - fast).max() <= 1
     # the threshold boundary is exact: at or below it cool, above it hot, NaN hot
