@@ -162,7 +162,7 @@ def augmented_reference_levels(refs: list, v: dict, net) -> list[torch.Tensor]:
 
 def nearest(query: torch.Tensor, bank: torch.Tensor, v: dict, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """k-th nearest bank patch of each query row: (distance, index)."""
-    if v["dist"] == "cosine":
+    if v["dist"] == "cosine" and not v["soft"] > 0:  # soft-normalised features are compared by Euclidean distance
         sim, idx = (F.normalize(query, dim=1) @ F.normalize(bank, dim=1).T).topk(k, dim=1)
         return 0.5 * (1 - sim[:, k - 1]), idx[:, k - 1]
     dist, idx = torch.cdist(query, bank).topk(k, dim=1, largest=False)
