@@ -13,6 +13,13 @@ They differ in how patches are embedded, compared and turned into scores:
 | coreset / reweight | none | greedy k-centre 10 %, reweighting over 9 neighbours |
 | edge | - | (patchknn's new `edge_weighting`: the score weighs edge patches as zero padding does) |
 
+Levers tried after the factors above (session 3 of issue 17), also JSON changes: `blocks` (which
+Lite0 blocks are read, e.g. [4, 14] adds the stride-32 stage end instead of block 10), `photometric`
+("standardise": each model input to mean 0, std 0.5), `soft` (soft normalisation
+f / sqrt(|f|^2 + (soft * tau)^2), tau the bank's median patch norm per block, Euclidean distance;
+0 = patchknn's L2 normalisation, large = raw magnitudes) and `augment` ("flips" / "dihedral"
+copies of the references in the bank).
+
 Raw block outputs are extracted once per category into --cache (about 190 MB for
 magnetic_tile); every variant then runs on them in seconds. Each variant is a JSON dict of
 changes to `PATCHKNN` below; `PATCHCORE` is the whole anomalib pipeline (it reproduces the peer
@@ -56,6 +63,11 @@ PATCHKNN = dict(
     coreset=0.0,  # fraction of the bank kept by greedy k-centre (0 = all)
     reweight=0,  # PatchCore's reweighting over this many neighbours (0 = off)
     zero_shot_k=2,
+    # Levers tried after the PatchCore factors (issue 17, session 3):
+    blocks=[4, 10],  # Lite0 blocks read (4: stride 8, 10: stride 16, 14: stride 32); the first sets the grid
+    photometric="none",  # "standardise": each model input shifted/scaled to mean 0, std 0.5 before the backbone
+    soft=0.0,  # > 0: each block f / sqrt(|f|^2 + (soft * tau)^2), Euclidean; tau = median pooled norm of the bank
+    augment="none",  # references also enter the bank "flips" (x4) or "dihedral" (x8)
 )
 PATCHCORE = dict(pool="zero_pad", norm=False, dist="euclidean", up="nearest", score="raw_max", coreset=0.1, reweight=9)
 
@@ -64,17 +76,29 @@ def key(path) -> str:
     return str(Path(path).resolve())
 
 
-def extract(category: str, split, cache: Path) -> dict:
-    """{path: ([block 4 (40, 32, 32), block 10 (112, 16, 16)] float16, image (h, w))}, cached on disk."""
-    file = cache / f"raw-{category}-{SIZE}.pt"
+def model_input(path, photometric: str) -> torch.Tensor:
+    """One image as the backbone sees it (squash, [-1, 1]), optionally standardised per image."""
+    x = to_model_input(load_image(path).rgb, SIZE, LITE_MEAN, LITE_STD, "squash")[0]
+    if photometric == "standardise":
+        x = (x - x.mean()) / x.std().clamp_min(1e-3) * 0.5
+    return x
+
+
+def extract(category: str, split, cache: Path, blocks=(4, 10), photometric: str = "none") -> dict:
+    """{path: ([raw output of each block (C_b, h_b, w_b)] float16, image (h, w))}, cached on disk."""
+    blocks = tuple(blocks)
+    name = f"raw-{category}-{SIZE}"
+    if blocks != (4, 10) or photometric != "none":
+        name += f"-b{'_'.join(map(str, blocks))}-{photometric}"
+    file = cache / f"{name}.pt"
     if file.exists():
         return torch.load(file, weights_only=False)
-    net = EfficientNetPatchBackbone(image_size=SIZE, blocks=(4, 10), neighbourhood=1)
+    net = EfficientNetPatchBackbone(image_size=SIZE, blocks=blocks, neighbourhood=1)
     paths = list(split.train_good) + [s.path for s in split.test]
     store = {}
     for i in range(0, len(paths), 16):
         images = [load_image(p) for p in paths[i : i + 16]]
-        x = torch.stack([to_model_input(im.rgb, SIZE, LITE_MEAN, LITE_STD, "squash")[0] for im in images])
+        x = torch.stack([model_input(p, photometric) for p in paths[i : i + 16]])
         for j, levels in enumerate(zip(*net.block_outputs(x))):
             store[key(paths[i + j])] = ([level.half().clone() for level in levels], images[j].size_hw)
     cache.mkdir(parents=True, exist_ok=True)
@@ -83,23 +107,62 @@ def extract(category: str, split, cache: Path) -> dict:
     return store
 
 
-def embed(levels: list[torch.Tensor], v: dict) -> torch.Tensor:
-    """(N, C_b, h_b, w_b) raw block outputs -> (N, h * w, C) patch embeddings on the stride-8 grid."""
+def pooled(levels: list[torch.Tensor], v: dict) -> list[torch.Tensor]:
+    """Each block 3 x 3 average-pooled and brought to the first block's grid."""
     grid = levels[0].shape[-2:]
     out = []
     for feat in levels:
         feat = F.avg_pool2d(feat, 3, stride=1, padding=1, count_include_pad=v["pool"] == "zero_pad")
         if feat.shape[-2:] != grid:
             feat = F.interpolate(feat, size=grid, mode="bilinear", align_corners=False)
-        out.append(F.normalize(feat, dim=1) if v["norm"] else feat)
+        out.append(feat)
+    return out
+
+
+def soft_scales(levels: list[torch.Tensor], v: dict) -> list[torch.Tensor]:
+    """tau of each block for the soft normalisation: the median pooled patch norm over these images."""
+    return [feat.norm(dim=1).median() for feat in pooled(levels, v)]
+
+
+def embed(levels: list[torch.Tensor], v: dict, taus: list | None = None) -> torch.Tensor:
+    """(N, C_b, h_b, w_b) raw block outputs -> (N, h * w, C) patch embeddings on the stride-8 grid.
+
+    With v["soft"] > 0 and no taus (zero-shot), each image's own median norm is its tau.
+    """
+    out = []
+    for b, feat in enumerate(pooled(levels, v)):
+        if v["soft"] > 0:
+            norm = feat.norm(dim=1, keepdim=True)
+            tau = taus[b] if taus is not None else norm.flatten(1).median(dim=1).values.view(-1, 1, 1, 1)
+            out.append(feat / torch.sqrt(norm**2 + (v["soft"] * tau) ** 2))
+        else:
+            out.append(F.normalize(feat, dim=1) if v["norm"] else feat)
     emb = torch.cat(out, 1)
-    emb = F.normalize(emb, dim=1) if v["norm"] else emb
+    if v["soft"] > 0:
+        emb = emb / len(out) ** 0.5
+    elif v["norm"]:
+        emb = F.normalize(emb, dim=1)
     return emb.permute(0, 2, 3, 1).reshape(emb.shape[0], -1, emb.shape[1])
+
+
+def augmented_reference_levels(refs: list, v: dict, net) -> list[torch.Tensor]:
+    """Raw block outputs of the references, each also rotated/flipped (v["augment"])."""
+    views = []
+    for path in refs:
+        x = model_input(path, v["photometric"])
+        turns = range(8) if v["augment"] == "dihedral" else range(4)
+        for t in turns:
+            if v["augment"] == "dihedral":
+                y = torch.rot90(x, t % 4, dims=(1, 2))
+                views.append(torch.flip(y, dims=(2,)) if t >= 4 else y)
+            else:  # flips: none, vertical, horizontal, both
+                views.append(torch.flip(x, dims=[d for d, on in ((1, t & 1), (2, t & 2)) if on]) if t else x)
+    return [level.float() for level in net.block_outputs(torch.stack(views))]
 
 
 def nearest(query: torch.Tensor, bank: torch.Tensor, v: dict, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """k-th nearest bank patch of each query row: (distance, index)."""
-    if v["dist"] == "cosine":
+    if v["dist"] == "cosine" and not v["soft"] > 0:  # soft-normalised features are compared by Euclidean distance
         sim, idx = (F.normalize(query, dim=1) @ F.normalize(bank, dim=1).T).topk(k, dim=1)
         return 0.5 * (1 - sim[:, k - 1]), idx[:, k - 1]
     dist, idx = torch.cdist(query, bank).topk(k, dim=1, largest=False)
@@ -112,13 +175,21 @@ def reweighting(query: torch.Tensor, matched: torch.Tensor, bank: torch.Tensor, 
     return 1 - torch.softmax((bank[support] - query).norm(dim=1), 0)[0]
 
 
-def evaluate(split, store: dict, masks: dict, test: torch.Tensor, refs: list, v: dict, seed: int, exact: bool) -> dict:
-    bank = None
+def evaluate(
+    split, store: dict, masks: dict, raw_test: list, refs: list, v: dict, seed: int, exact: bool, net=None
+) -> dict:
+    bank, taus = None, None
     if refs:
-        bank = embed([torch.stack([store[key(p)][0][i] for p in refs]).float() for i in range(2)], v)
+        if v["augment"] != "none":
+            ref_levels = augmented_reference_levels(refs, v, net)
+        else:
+            ref_levels = [torch.stack([store[key(p)][0][i] for p in refs]).float() for i in range(len(raw_test))]
+        taus = soft_scales(ref_levels, v) if v["soft"] > 0 else None
+        bank = embed(ref_levels, v, taus)
         bank = bank.reshape(-1, bank.shape[-1])
         if v["coreset"] > 0:
             bank = bank[greedy_coreset(bank, max(1, int(v["coreset"] * len(bank))), seed=seed)[0]]
+    test = embed(raw_test, v, taus)
     grid = (SIZE // 8, SIZE // 8)
     weights = edge_weights(grid, 3, SIZE) if v["edge"] else None
     labels, scores = [], []
@@ -174,15 +245,22 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for category in args.categories.split(","):
         split = load_dataset(args.data, categories=[category])[category]
-        store = extract(category, split, Path(args.cache))
-        masks = {key(s.path): load_mask(s, store[key(s.path)][1]) for s in split.test} if split.has_masks else {}
-        raw_test = [torch.stack([store[key(s.path)][0][i] for s in split.test]).float() for i in range(2)]
+        masks, loaded = None, None
         for change in variants:
             v = {**PATCHKNN, **change}
             unknown = set(change) - set(PATCHKNN)
             if unknown:
                 raise SystemExit(f"unknown factor(s) {sorted(unknown)}; choose from {sorted(PATCHKNN)}")
-            test = embed(raw_test, v)
+            features = (tuple(v["blocks"]), v["photometric"])
+            if features != loaded:
+                store = extract(category, split, Path(args.cache), *features)
+                raw_test = [
+                    torch.stack([store[key(s.path)][0][i] for s in split.test]).float() for i in range(len(v["blocks"]))
+                ]
+                net = EfficientNetPatchBackbone(image_size=SIZE, blocks=features[0], neighbourhood=1)
+                loaded = features
+            if masks is None:
+                masks = {key(s.path): load_mask(s, store[key(s.path)][1]) for s in split.test} if split.has_masks else {}
             name = "patchcore" if change is PATCHCORE else (json.dumps(change) if change else "patchknn")
             for k in shots:
                 if k > len(split.train_good):
@@ -190,7 +268,15 @@ def main() -> None:
                 start = time.perf_counter()
                 runs = [
                     evaluate(
-                        split, store, masks, test, sample_references(split, k, s) if k else [], v, s, not args.binned
+                        split,
+                        store,
+                        masks,
+                        raw_test,
+                        sample_references(split, k, s) if k else [],
+                        v,
+                        s,
+                        not args.binned,
+                        net,
                     )
                     for s in (seeds if k else seeds[:1])
                 ]
