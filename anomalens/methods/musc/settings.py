@@ -8,6 +8,7 @@ from ...geometry import RESIZE_POLICIES
 from ...settings import MethodSettings, setting
 from .lnamd import DEFAULT_DEGREES
 from .msm import DEFAULT_CHUNK_ELEMENTS, DEFAULT_INTERVAL
+from .postprocess import PHOTOMETRIC_MODES
 from .rscin import DEFAULT_NEIGHBOURS
 
 
@@ -35,6 +36,17 @@ class MuScSettings(MethodSettings):
     rscin: bool = setting(True, "RsCIN image-level re-scoring")
     rscin_neighbours: tuple[int, ...] = setting(
         DEFAULT_NEIGHBOURS, "RsCIN window sizes k, itself included (code: 1, 2, 3; VisA 1, 8, 9)", minimum=1
+    )
+    photometric: str = setting(
+        "none", "per-image grey-level standardisation before the backbone (not in the paper)", choices=PHOTOMETRIC_MODES
+    )
+    self_weight: float = setting(
+        0.0, "weight of the image's own single-image score mixed into the mutual score (paper: 0)", minimum=0.0, maximum=1.0
+    )
+    smoothing_sigma: float = setting(0.0, "Gaussian blur of the map in input pixels (paper: none)", minimum=0.0)
+    image_score_top: float = setting(0.0, "image score: mean of this top fraction of the map (0: max, paper)", minimum=0.0, maximum=1.0)
+    edge_neighbourhood: int = setting(
+        1, "image score: weigh grid-edge cells by the share of this n x n window on the grid (1: off, paper)", minimum=1
     )
     max_partners: int = setting(32, "partner images per image, a seeded sample (0: all others, the paper)", minimum=0)
     partner_seed: int = setting(0, "seed of the partner sample")
