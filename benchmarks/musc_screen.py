@@ -70,8 +70,28 @@ def cached_features(det: Detector, split, cache: Path) -> BatchFeatures:
     return feats
 
 
-def evaluate(det: Detector, split, feats: BatchFeatures, resolution: int) -> dict:
-    maps, scores = det.method.score_features(feats, feats.paths)
+def evaluate(
+    det: Detector, split, feats: BatchFeatures, resolution: int, save: Path | None = None, base: Path | None = None
+) -> dict:
+    if base is not None:  # only the steps after mutual scoring change: reuse a saved run's raw maps
+        saved = torch.load(base, weights_only=False)
+        raw = saved["raw_maps"] if saved.get("raw_maps") is not None else saved["maps"]  # sigma 0: the same
+        maps, scores = det.method.finish(raw.float(), feats)
+    else:
+        raw = {}
+        finish = det.method.finish
+        det.method.finish = lambda m, f: (raw.setdefault("maps", m), finish(m, f))[1]
+        maps, scores = det.method.score_features(feats, feats.paths)
+        det.method.finish = finish
+    if save is not None:  # for musc_analyse.py: per-class and per-image looks without re-scoring
+        save.parent.mkdir(parents=True, exist_ok=True)
+        tmp = save.with_suffix(f".tmp{os.getpid()}")
+        torch.save(
+            {"maps": maps.half(), "raw_maps": raw["maps"] if base is None else None, "scores": scores,
+             "boxes": feats.boxes, "paths": feats.paths},
+            tmp,
+        )
+        os.replace(tmp, save)
     labels = [s.label for s in split.test]
     metrics = {"image_auroc": image_metrics(labels, scores.numpy())["image_auroc"]}
     pixels = PixelMetricAccumulator(resolution=resolution)
@@ -102,6 +122,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--variant", action="append", default=None, help="JSON settings (repeatable)")
     parser.add_argument("--jsonl", default=None, help="also append one JSON line per row here")
+    parser.add_argument("--save-maps", default=None, help="folder: save each run's grid maps and scores")
+    parser.add_argument(
+        "--from-maps", default=None,
+        help="JSON variant whose saved raw maps (--save-maps folder) are reused: only smoothing, "
+        "image score and RsCIN settings may differ from it",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     splits = load_dataset(args.data, categories=args.categories.split(",") if args.categories else None)
@@ -126,7 +152,16 @@ def main() -> None:
             rows = []
             for seed in run_seeds:
                 det.method.settings.partner_seed = seed
-                rows.append(evaluate(det, split, feats, args.pixel_resolution))
+                save = None
+                if args.save_maps:
+                    tag = hashlib.sha256(json.dumps(variant, sort_keys=True).encode()).hexdigest()[:10]
+                    save = Path(args.save_maps) / f"{cat}-{tag}-seed{seed}.pt"
+                base = None
+                if args.from_maps is not None:
+                    tag0 = hashlib.sha256(json.dumps(json.loads(args.from_maps), sort_keys=True).encode()).hexdigest()[:10]
+                    base = Path(args.save_maps) / f"{cat}-{tag0}-seed{seed}.pt"
+                    save = None
+                rows.append(evaluate(det, split, feats, args.pixel_resolution, save, base))
                 exact &= rows[-1]["exact"]
             per_cat[cat] = {k: [r[k] for r in rows] for k in KEYS}
         cells = " | ".join(_cell(per_cat[c][k]) for c in cats for k in KEYS)

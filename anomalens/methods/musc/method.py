@@ -189,9 +189,14 @@ class MuSc(Method):
                 layer_map = F.interpolate(layer_map, size=grid, mode="bilinear", align_corners=False)
             total += layer_map[:, 0]
         bar.close()
-        maps = smooth_maps(total / len(feats.patches), s.smoothing_sigma, s.image_size)
+        return self.finish(total / len(feats.patches), feats)
+
+    def finish(self, maps: torch.Tensor, feats: BatchFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mutual-score maps (N, h, w) -> (smoothed maps, image scores after RsCIN)."""
+        s = self.settings
+        maps = smooth_maps(maps, s.smoothing_sigma, s.image_size)
         scores = image_scores(maps, feats.boxes, s.image_size, s.image_score_top, s.edge_neighbourhood)
-        if s.rscin and n > 1:
+        if s.rscin and maps.shape[0] > 1:
             scores = rescore(scores, feats.image_features, s.rscin_neighbours)
         return maps, scores
 
