@@ -79,3 +79,16 @@ def test_self_weight_mixes_mutual_and_single_image_scores_linearly():
     assert torch.allclose(mixed, 0.75 * mutual + 0.25 * own, atol=1e-5)
     assert torch.allclose(scores, mixed.flatten(1).amax(dim=1))
     assert not torch.allclose(mutual, own)
+
+
+def test_median_baseline_is_subtracted_per_image_inside_its_box():
+    from anomalens.methods.musc.postprocess import subtract_baseline
+
+    maps = torch.tensor([[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]], [[2.0] * 3] * 3])
+    boxes = [(0, 0, 30, 30), (0, 10, 30, 10)]  # image 2 occupies the middle column only
+    out = subtract_baseline(maps, boxes, 30, "median")
+    assert torch.allclose(out[0], maps[0] - 5.0)  # median of 1..9
+    assert torch.allclose(out[1], torch.zeros(3, 3))
+    assert subtract_baseline(maps, boxes, 30) is maps
+    with pytest.raises(ValueError, match="baseline"):
+        subtract_baseline(maps, boxes, 30, "mean")

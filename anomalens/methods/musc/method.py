@@ -16,7 +16,7 @@ from ..base import Method, MethodOutput, register_method
 from .extract import create_layer_backbone
 from .lnamd import lnamd
 from .msm import choose_partners, interval_bounds, mutual_scores
-from .postprocess import image_scores, smooth_maps, standardise_photometry
+from .postprocess import image_scores, smooth_maps, standardise_photometry, subtract_baseline
 from .rscin import rescore
 from .settings import MuScSettings
 
@@ -195,6 +195,7 @@ class MuSc(Method):
         """Mutual-score maps (N, h, w) -> (smoothed maps, image scores after RsCIN)."""
         s = self.settings
         maps = smooth_maps(maps, s.smoothing_sigma, s.image_size)
+        maps = subtract_baseline(maps, feats.boxes, s.image_size, s.map_baseline)
         scores = image_scores(maps, feats.boxes, s.image_size, s.image_score_top, s.edge_neighbourhood)
         if s.rscin and maps.shape[0] > 1:
             scores = rescore(scores, feats.image_features, s.rscin_neighbours)

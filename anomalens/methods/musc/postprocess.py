@@ -4,6 +4,7 @@
   the backbone, so a darker or lower-contrast image does not look unlike all its partners.
 * `smooth_maps`: a Gaussian blur of the patch maps (PatchCore / patchknn smooth with sigma 4 px),
   so one noisy patch does not decide the image score.
+* `subtract_baseline`: each map minus the image's own median level (relative maps).
 * `image_scores`: the maximum of each image's map (paper and code) or the mean of its top
   fraction, optionally with grid-edge cells down-weighted (`anomalens.scoring.edge_weights`).
 """
@@ -17,6 +18,7 @@ from ...scoring import edge_weights, gaussian_smooth, image_score
 from ..patchknn import valid_grid_region
 
 PHOTOMETRIC_MODES = ("none", "standardise")
+BASELINES = ("none", "median")
 TARGET_MEAN, TARGET_STD = 0.45, 0.225  # about ImageNet's grey mean and spread
 
 
@@ -38,6 +40,23 @@ def smooth_maps(maps: torch.Tensor, sigma_pixels: float, image_size: int) -> tor
     if sigma_pixels <= 0:
         return maps
     return gaussian_smooth(maps, sigma_pixels * maps.shape[-1] / image_size)
+
+
+def subtract_baseline(
+    maps: torch.Tensor, boxes: list[tuple[int, int, int, int]], image_size: int, baseline: str = "none"
+) -> torch.Tensor:
+    """(N, h, w) maps minus each image's median cell inside its box ("median"), or as is ("none").
+
+    An image whose whole texture is rare in the batch scores high everywhere; relative to its
+    own typical level only the cells that stand out of the image remain high.
+    """
+    if baseline == "none":
+        return maps
+    if baseline not in BASELINES:
+        raise ValueError(f"unknown baseline {baseline!r}; use one of {', '.join(BASELINES)}")
+    grid = tuple(maps.shape[-2:])
+    levels = torch.stack([maps[i][valid_grid_region(box, image_size, grid)].median() for i, box in enumerate(boxes)])
+    return maps - levels.view(-1, 1, 1)
 
 
 def image_scores(

@@ -8,7 +8,7 @@ from ...geometry import RESIZE_POLICIES
 from ...settings import MethodSettings, setting
 from .lnamd import DEFAULT_DEGREES
 from .msm import DEFAULT_CHUNK_ELEMENTS, DEFAULT_INTERVAL
-from .postprocess import PHOTOMETRIC_MODES
+from .postprocess import BASELINES, PHOTOMETRIC_MODES
 from .rscin import DEFAULT_NEIGHBOURS
 
 
@@ -42,6 +42,9 @@ class MuScSettings(MethodSettings):
     )
     self_weight: float = setting(
         0.0, "weight of the image's own single-image score mixed into the mutual score (paper: 0)", minimum=0.0, maximum=1.0
+    )
+    map_baseline: str = setting(
+        "none", "subtract each image's median map level (median) or not (none, paper)", choices=BASELINES
     )
     smoothing_sigma: float = setting(0.0, "Gaussian blur of the map in input pixels (paper: none)", minimum=0.0)
     image_score_top: float = setting(0.0, "image score: mean of this top fraction of the map (0: max, paper)", minimum=0.0, maximum=1.0)
