@@ -8,6 +8,8 @@ find many similar patches in the other images, a defect finds few.
               the interval average of the smallest 30 %; averaged over layers and degrees.
 * `rscin.py`  RsCIN: image scores smoothed over each image's k most similar images, k in (1, 2, 3).
 * `extract.py` layer maps from the embedded EfficientNet-Lite0 or from a CLIP ViT.
+* `postprocess.py` optional steps outside the paper (off by default): photometric
+              standardisation, map smoothing, median baseline, image score rules.
 * `method.py` the method: a joint `predict` over the whole batch, references as known-normal.
 
 Paper vs. official code (xrli-U/MuSc) vs. this implementation:
@@ -41,6 +43,13 @@ Paper vs. official code (xrli-U/MuSc) vs. this implementation:
   `max_partners=0` is the paper's all-partner rule.
 * Features are stored as float16 (`feature_dtype`) and multiplied in float32 chunks of at most
   `chunk_elements`; the maps differ from float32 storage by < 1e-3 (tests, benchmark).
+* Optional steps that are in neither the paper nor the code, all off by default (screened on
+  our data in session 3, README variants table; none helped on the mean over categories
+  enough to become a default): `photometric` (per-image grey-level standardisation),
+  `self_weight` (mix in the single-image score), `smoothing_sigma` (Gaussian blur of the map),
+  `map_baseline` (subtract the image's median map level), `image_score_top` (top-fraction
+  mean instead of the max), `edge_neighbourhood` (down-weight grid-edge cells). See
+  `postprocess.py`.
 * Not in the paper: reference images (`--refs`, `fit`) join every image's partners as
   known-normal images and are not scored; a batch of one image with no references falls back
   to single-image zero-shot (nearest other patch of the same image) with a warning, or raises
