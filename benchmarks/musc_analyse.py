@@ -17,6 +17,7 @@ prints, without any backbone pass or re-scoring:
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
 
 import numpy as np
@@ -64,7 +65,8 @@ def main() -> None:
 
     types = sorted({s.defect_type for s in samples if s.label == 1})
     normals = [k for k, s in enumerate(samples) if s.label == 0]
-    print(f"{args.category}: {len(samples)} images, {len(normals)} normal; all: image AUROC {_auroc(labels, scores):.1f}\n")
+    overall = _auroc(labels, scores)
+    print(f"{args.category}: {len(samples)} images, {len(normals)} normal; all: image AUROC {overall:.1f}\n")
     print("| defect type | images | share of defect pixels | image AUROC vs normals | pixel AUROC | AUPRO |")
     print("|---|---|---|---|---|---|")
     normal_maps = [(full_map(k), k) for k in normals]
@@ -95,9 +97,10 @@ def main() -> None:
     print("| |log(w/h)| bin | normals | defects | image AUROC in bin |")
     print("|---|---|---|---|")
     edges = np.quantile(aspect, [0, 0.25, 0.5, 0.75, 1.0])
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in itertools.pairwise(edges):
         sel = (aspect >= lo) & (aspect <= hi)
-        print(f"| {lo:.2f}-{hi:.2f} | {(sel & (labels == 0)).sum()} | {(sel & (labels == 1)).sum()} | {_auroc(labels[sel], scores[sel]):.1f} |")
+        counts = f"{(sel & (labels == 0)).sum()} | {(sel & (labels == 1)).sum()}"
+        print(f"| {lo:.2f}-{hi:.2f} | {counts} | {_auroc(labels[sel], scores[sel]):.1f} |")
 
     if len(samples) > 100 and len(normals) < len(samples):
         draws = []
@@ -106,8 +109,10 @@ def main() -> None:
             random.Random(seed).shuffle(order)
             sub = order[:100]
             draws.append(_auroc(labels[sub], scores[sub]))
-        print(f"\nimage AUROC of 20 seeded 100-image subsets of these scores: mean {np.nanmean(draws):.1f}, "
-              f"std {np.nanstd(draws):.1f}, min {np.nanmin(draws):.1f}, max {np.nanmax(draws):.1f}")
+        print(
+            f"\nimage AUROC of 20 seeded 100-image subsets of these scores: mean {np.nanmean(draws):.1f}, "
+            f"std {np.nanstd(draws):.1f}, min {np.nanmin(draws):.1f}, max {np.nanmax(draws):.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -43,8 +43,16 @@ from anomalens.pixel_accumulator import PixelMetricAccumulator
 
 KEYS = ("image_auroc", "pixel_auroc", "pixel_aupro")
 FEATURE_SETTINGS = (
-    "backbone", "weights", "image_size", "resize", "blocks", "score_stride", "clip_layers",
-    "degrees", "feature_dtype", "photometric",
+    "backbone",
+    "weights",
+    "image_size",
+    "resize",
+    "blocks",
+    "score_stride",
+    "clip_layers",
+    "degrees",
+    "feature_dtype",
+    "photometric",
 )
 
 
@@ -87,8 +95,13 @@ def evaluate(
         save.parent.mkdir(parents=True, exist_ok=True)
         tmp = save.with_suffix(f".tmp{os.getpid()}")
         torch.save(
-            {"maps": maps.half(), "raw_maps": raw["maps"] if base is None else None, "scores": scores,
-             "boxes": feats.boxes, "paths": feats.paths},
+            {
+                "maps": maps.half(),
+                "raw_maps": raw["maps"] if base is None else None,
+                "scores": scores,
+                "boxes": feats.boxes,
+                "paths": feats.paths,
+            },
             tmp,
         )
         os.replace(tmp, save)
@@ -124,7 +137,8 @@ def main() -> None:
     parser.add_argument("--jsonl", default=None, help="also append one JSON line per row here")
     parser.add_argument("--save-maps", default=None, help="folder: save each run's grid maps and scores")
     parser.add_argument(
-        "--from-maps", default=None,
+        "--from-maps",
+        default=None,
         help="JSON variant whose saved raw maps (--save-maps folder) are reused: only smoothing, "
         "image score and RsCIN settings may differ from it",
     )
@@ -158,7 +172,9 @@ def main() -> None:
                     save = Path(args.save_maps) / f"{cat}-{tag}-seed{seed}.pt"
                 base = None
                 if args.from_maps is not None:
-                    tag0 = hashlib.sha256(json.dumps(json.loads(args.from_maps), sort_keys=True).encode()).hexdigest()[:10]
+                    tag0 = hashlib.sha256(json.dumps(json.loads(args.from_maps), sort_keys=True).encode()).hexdigest()[
+                        :10
+                    ]
                     base = Path(args.save_maps) / f"{cat}-{tag0}-seed{seed}.pt"
                     save = None
                 rows.append(evaluate(det, split, feats, args.pixel_resolution, save, base))
