@@ -23,10 +23,11 @@ import json
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from .errors import ImageLoadError, UsageError
 from .ground_truth import ground_truth_fields
 from .images import IMAGE_EXTENSIONS, list_images, missing_reason
 from .outputs import SETTINGS_JSON, OutputWriter, record_key
+from .report_thumbs import THUMB_SIDE
 from .run_identity import check_resume, effective_settings
 from .run_report import write_run_report
 
@@ -168,6 +170,7 @@ def run(
     map_format: str = "npy",
     batch_size: int = 8,
     jobs: int = 2,
+    workers: int = 0,
     report: bool = True,
     title: str = "anomalens inspection report",
     source: str | None = None,
@@ -179,7 +182,8 @@ def run(
 
     overwrite: start afresh (delete this run's kind of files in out) instead of resuming.
     map_format: "npy" or "tiff" (32-bit float) for the raw maps. batch_size: images per model
-    call; jobs: threads decoding images ahead of the model. report: write report.html.
+    call; jobs: threads decoding images ahead of the model. workers: batches scored at once,
+    each in its own thread (0 = auto, `scoring_workers`). report: write report.html.
     source: how the detector came to be (for settings.json and the report; default: its
     reference count). options: the front end's options, recorded in settings.json so that
     `anomalens detect --config OUT/settings.json` repeats the run. progress: called with a
@@ -205,7 +209,9 @@ def run(
     previous = None if overwrite else _read_json(out / SETTINGS_JSON)
     scale = scale_for_run(detector)
     try:
-        writer = OutputWriter(out, overwrite=overwrite, map_format=map_format, overlay_scale=scale)
+        writer = OutputWriter(
+            out, overwrite=overwrite, map_format=map_format, overlay_scale=scale, thumbnails=THUMB_SIDE if report else 0
+        )
     except (FileExistsError, ValueError, OSError) as err:
         raise UsageError(f"cannot write to {out}: {err}") from err
     if writer.bad_lines:
@@ -230,7 +236,8 @@ def run(
         joint = _prepare_joint_batch(detector, files, done, out)
         start = time.perf_counter()
         scored, interrupted = _score_and_write(
-            detector, todo, writer, batch_size, jobs, progress, batch=files if joint and todo else None, log=log
+            detector, todo, writer, batch_size, jobs, progress, batch=files if joint and todo else None, log=log,
+            workers=workers or scoring_workers(detector),
         )
         elapsed = time.perf_counter() - start
     finally:
@@ -239,7 +246,9 @@ def run(
     report_path = None
     if report:
         mine = _records_of(writer.records(), [*files, *missing])
-        report_path = write_run_report(out, mine, detector, title, source, elapsed, log, len(files), scale, settings)
+        report_path = write_run_report(
+            out, mine, detector, title, source, elapsed, log, len(files), scale, settings, writer.thumbs
+        )
     summary = RunSummary(
         out=out,
         images=0,
@@ -273,8 +282,62 @@ def _prepare_joint_batch(detector, files: list[Path], done: set[str], out: Path)
     return True
 
 
+def scoring_workers(detector) -> int:
+    """Batches scored at once by default: 2 when the model runs on the CPU with one torch thread,
+    the machine has 2 or more CPUs and the method can predict in two threads at once
+    (`concurrent_predict`, patchknn), else 1.
+
+    With one thread per batch nothing waits for another thread inside an operation: on 2 cores
+    two batches and the writer share them evenly, where 2 torch threads on one batch stall each
+    time the writer (or another process) takes one of the cores (README "Speed and memory").
+    """
+    import torch
+
+    if (
+        detector.scores_jointly
+        or not getattr(detector.method, "concurrent_predict", False)
+        or getattr(detector.device, "type", "cpu") != "cpu"
+        or torch.get_num_threads() > 1
+    ):
+        return 1
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return 2 if cpus >= 2 else 1
+
+
+def _scored(detector, todo, batch_size: int, jobs: int, workers: int, batch=None) -> Iterator:
+    """`detector.predict_iter` items (result and image, or load error) of `todo`, in input order.
+
+    workers > 1: batches of `batch_size` images are read and scored by that many threads at
+    once (torch releases the GIL); a batch starts when the oldest one is handed on, so at most
+    `workers` batches are held besides the one being yielded (memory stays bounded)."""
+    if workers <= 1 or batch is not None:
+        yield from detector.predict_iter(
+            batch or todo, batch_size=batch_size, jobs=jobs, with_images=True, skip_errors=True
+        )
+        return
+
+    def score(chunk: list) -> list:
+        return list(detector.predict_iter(chunk, batch_size=len(chunk), jobs=0, with_images=True, skip_errors=True))
+
+    chunks = iter([todo[i : i + batch_size] for i in range(0, len(todo), batch_size)])
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="anomalens-score")
+    try:
+        pending = deque(pool.submit(score, chunk) for chunk in islice(chunks, workers))
+        while pending:
+            items = pending.popleft().result()
+            chunk = next(chunks, None)
+            if chunk is not None:
+                pending.append(pool.submit(score, chunk))
+            yield from items
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: the batches being scored end, no new ones
+
+
 def _score_and_write(
-    detector, todo, writer: OutputWriter, batch_size, jobs, progress, batch=None, log=None
+    detector, todo, writer: OutputWriter, batch_size, jobs, progress, batch=None, log=None, workers: int = 1
 ) -> tuple[int, bool]:
     """Score `todo` and write each result; returns (images written, interrupted).
 
@@ -302,9 +365,7 @@ def _score_and_write(
     interrupted = False
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="anomalens-writer") as pool:
         try:
-            for item in detector.predict_iter(
-                batch or todo, batch_size=batch_size, jobs=jobs, with_images=True, skip_errors=True
-            ):
+            for item in _scored(detector, todo, batch_size, jobs, workers, batch):
                 item_path = item.path if isinstance(item, ImageLoadError) else item[0].path
                 if batch and os.path.realpath(item_path) not in wanted:
                     continue  # already written by the interrupted run; scored again only as a partner

@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +37,7 @@ from anomalens.colour_scale import ColourScale, with_colour_bar
 from anomalens.images import OUTPUT_MARKER
 from anomalens.overlay import heatmap_overlay, mask_image
 from anomalens.records import RESULTS_JSONL, backup_path, lock_output_dir, read_jsonl, read_records, record_key
+from anomalens.report_thumbs import array_thumb_uri, mask_array_uri, mask_data_uri
 from anomalens.results import AnomalyResult
 
 __all__ = ["RESULTS_JSONL", "OutputWriter", "atomic_write", "output_name", "read_records", "record_key"]
@@ -82,8 +84,16 @@ PNG_COMPRESS_LEVEL = 1
 FSYNC_INTERVAL_SECONDS = 2.0
 
 
-def _save_png(array: np.ndarray) -> Callable[[io.BufferedWriter], None]:
-    return lambda f: Image.fromarray(array).save(f, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+# Overlays (photographic, little repetition) are Huffman-coded only, without deflate's string
+# matching: 6.0 instead of 7.2 ms for a 400 x 250 overlay, the file ~4 % larger. Masks keep
+# deflate (long runs of 0 and 255 shrink to a few KB).
+OVERLAY_PNG_STRATEGY = zlib.Z_HUFFMAN_ONLY
+
+
+def _save_png(array: np.ndarray, strategy: int = zlib.Z_DEFAULT_STRATEGY) -> Callable[[io.BufferedWriter], None]:
+    return lambda f: Image.fromarray(array).save(
+        f, format="PNG", compress_level=PNG_COMPRESS_LEVEL, compress_type=strategy
+    )
 
 
 def _save_npy(array: np.ndarray) -> Callable[[io.BufferedWriter], None]:
@@ -163,6 +173,7 @@ class OutputWriter:
         overlay_range: tuple[float, float] | None = None,
         overlay_alpha: float = 0.5,
         overlay_scale: ColourScale | None = None,
+        thumbnails: int = 0,
     ):
         if map_format not in ("npy", "tiff"):
             raise ValueError(f"map_format must be 'npy' or 'tiff', got {map_format!r}")
@@ -178,6 +189,11 @@ class OutputWriter:
         # A run's ColourScale (anomalens.colour_scale): one scale anchored to the threshold, drawn
         # as a bar under every overlay. It takes precedence over overlay_range.
         self.overlay_scale = overlay_scale
+        # thumbnails > 0: while an image, its overlay and masks are in memory, also make the
+        # report's thumbnails of that side (`thumbs`, by record key), so that report.html need
+        # not read every file again at the end of a run.
+        self.thumb_side = thumbnails
+        self.thumbs: dict[str, dict[str, Any]] = {}
 
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._lock = lock_output_dir(self.out_dir)
@@ -305,9 +321,13 @@ class OutputWriter:
         saver = _save_npy if self.map_format == "npy" else _save_tiff
         atomic_write(self.out_dir / rel["map"], saver(amap))
 
+        thumbs: dict[str, Any] = {}
         if self.write_masks and result.mask is not None:
             rel["mask"] = f"masks/{name}.png"
-            atomic_write(self.out_dir / rel["mask"], _save_png(mask_image(result.mask)))
+            mask = mask_image(result.mask)
+            atomic_write(self.out_dir / rel["mask"], _save_png(mask))
+            if self.thumb_side:
+                thumbs["mk"] = mask_array_uri(mask, self.thumb_side)
 
         if self.write_overlays:
             if image is None:
@@ -319,10 +339,19 @@ class OutputWriter:
             if self.overlay_scale is not None:
                 over = with_colour_bar(over, self.overlay_scale)
             rel["overlay"] = f"overlays/{name}.png"
-            atomic_write(self.out_dir / rel["overlay"], _save_png(over))
+            atomic_write(self.out_dir / rel["overlay"], _save_png(over, OVERLAY_PNG_STRATEGY))
+            if self.thumb_side:
+                thumbs["ov"] = array_thumb_uri(over, self.thumb_side)
+        if self.thumb_side and image is not None:
+            thumbs["im"] = array_thumb_uri(image, self.thumb_side)
+        truth_mask = ((extra or {}).get("ground_truth") or {}) if self.thumb_side else {}
+        if isinstance(truth_mask, dict) and truth_mask.get("mask"):
+            thumbs["gk"] = mask_data_uri(Path(truth_mask["mask"]), self.thumb_side)
 
         record = {**result.to_record(), **(extra or {}), **rel, "status": "ok", "error": None}
         self._append(record)
+        if thumbs:
+            self.thumbs[record_key(record)] = thumbs
         return record
 
     def record_failure(self, path: str | os.PathLike, error_message: str) -> dict:

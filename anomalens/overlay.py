@@ -5,11 +5,13 @@ Only numpy, scipy.ndimage and Pillow are used, so drawing needs no plotting libr
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from anomalens.colour_scale import ColourScale
+from anomalens.colour_scale import ColourScale, ramp_colours
 
 # Control points of a turbo-like rainbow ramp (dark blue -> cyan -> green -> yellow -> dark red),
 # hand-picked so lightness rises then falls smoothly and low values stay dark and unobtrusive.
@@ -100,6 +102,35 @@ def mask_contour(mask: np.ndarray, thickness: int = 2) -> np.ndarray:
     return mask & ~eroded
 
 
+# Colours on a run's scale come from a table of this many steps per half of the ramp: one
+# float32 index and one lookup per pixel instead of float64 interpolation per channel (10 ms
+# of a 330 x 320 overlay, then ~1 ms). A colour differs from the exact ramp by at most 1 of
+# 255 per channel; cool (<= threshold) and hot (above) stay exact.
+SCALE_STEPS = 1024
+
+
+@lru_cache(maxsize=16)
+def _scale_table(scale: ColourScale) -> np.ndarray:
+    """(2 * SCALE_STEPS + 2, 3) uint8: the cool half at positions 0 .. 0.5, then the hot half just above 0.5 .. 1."""
+    steps = np.arange(SCALE_STEPS + 1) / (2 * SCALE_STEPS)
+    hot = np.maximum(0.5 + steps, np.nextafter(0.5, 1.0))
+    return np.concatenate([ramp_colours(steps), ramp_colours(hot)])
+
+
+def scale_colours(scale: ColourScale, values: np.ndarray) -> np.ndarray:
+    """`scale.colours(values)` from a lookup table (within 1 level per channel; NaN counts as worst)."""
+    v = np.asarray(values, dtype=np.float32)
+    lo, anchor, hi = scale.low, scale.anchor, scale.high
+    hot = np.greater(v, np.float64(anchor)) | np.isnan(v)  # float64 comparison, as scale.position
+    cool_steps = (v - np.float32(lo)) * np.float32(SCALE_STEPS / (anchor - lo))
+    hot_steps = (v - np.float32(anchor)) * np.float32(SCALE_STEPS / (hi - anchor))
+    steps = np.where(hot, hot_steps, cool_steps)
+    np.nan_to_num(steps, copy=False, nan=SCALE_STEPS)
+    np.clip(steps, 0, SCALE_STEPS, out=steps)
+    index = np.rint(steps).astype(np.intp) + hot * (SCALE_STEPS + 1)
+    return _scale_table(scale)[index]
+
+
 def heatmap_overlay(
     image_rgb_uint8: np.ndarray,
     anomaly_map: np.ndarray,
@@ -125,7 +156,7 @@ def heatmap_overlay(
     if m.shape != (h, w):
         m = _resize_float(m, (h, w))
     if scale is not None:
-        colours = scale.colours(m).astype(np.float32)
+        colours = scale_colours(scale, m).astype(np.float32)
     else:
         colours = colormap(normalize_map(m, vmin, vmax)).astype(np.float32)
     a = float(np.clip(alpha, 0.0, 1.0))
@@ -134,10 +165,11 @@ def heatmap_overlay(
         mk = np.asarray(mask, dtype=bool)
         if mk.shape != (h, w):
             mk = _resize_mask(mk, (h, w))
-        contour = mask_contour(mk, contour_thickness)
-        halo = ndimage.binary_dilation(contour, iterations=1) & ~mk
-        out[halo] = CONTOUR_HALO
-        out[contour] = CONTOUR_COLOUR
+        if mk.any():  # most parts are clean: no contour to draw
+            contour = mask_contour(mk, contour_thickness)
+            halo = ndimage.binary_dilation(contour, iterations=1) & ~mk
+            out[halo] = CONTOUR_HALO
+            out[contour] = CONTOUR_COLOUR
     return out
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from anomalens.calibration import Threshold, as_threshold
 from anomalens.colour_scale import ColourScale, scale_svg
-from anomalens.outputs import REPORT_HTML, read_records
+from anomalens.outputs import REPORT_HTML, read_records, record_key
 from anomalens.report_assets import CSS, JS
 from anomalens.report_histogram import histogram_svg
 from anomalens.report_thumbs import THUMB_SIDE, mask_data_uri, thumb_data_uri
@@ -230,13 +230,17 @@ def _truth(rec: dict) -> tuple[str | None, str | None]:
     return (None if gt is None else str(gt)), None
 
 
-def _row(rank: int, rec: dict, out: Path, thumb_side: int) -> dict:
-    """One row of the embedded JSON (short keys: the array is the bulk of a large report)."""
+def _row(rank: int, rec: dict, out: Path, thumb_side: int, made: dict | None = None) -> dict:
+    """One row of the embedded JSON (short keys: the array is the bulk of a large report).
+
+    `made`: the thumbnails the output writer made for this record ("im", "ov", "mk", "gk");
+    those missing are made from the files."""
     ok = rec.get("status", "ok") == "ok"
+    made = (made or {}) if ok else {}
     src = Path(str(rec.get("path", "")))
     overlay, mask = rec.get("overlay"), rec.get("mask")
-    image_thumb = thumb_data_uri(src, thumb_side) if rec.get("path") else None
-    overlay_thumb = thumb_data_uri(out / overlay, thumb_side) if overlay else None
+    image_thumb = made.get("im") or (thumb_data_uri(src, thumb_side) if rec.get("path") else None)
+    overlay_thumb = (made.get("ov") or thumb_data_uri(out / overlay, thumb_side)) if overlay else None
     descriptions = rec.get("descriptions") or []
     top = descriptions[0] if descriptions else {}
     label, truth_mask = _truth(rec)
@@ -256,14 +260,15 @@ def _row(rank: int, rec: dict, out: Path, thumb_side: int) -> dict:
     if overlay_thumb:
         row.update(ov=overlay_thumb[0], ow=overlay_thumb[1], oh=overlay_thumb[2], fo=overlay)
     if mask:
-        row.update(mk=mask_data_uri(out / mask, thumb_side), fm=mask)
+        row.update(mk=made.get("mk") or mask_data_uri(out / mask, thumb_side), fm=mask)
     if label is not None:
         row["g"] = label
         defect = label.lower() not in ("good", "ok", "0", "normal")
         if ok and row["d"] in ("OK", "NG"):
             row["miss"] = (row["d"] == "NG") != defect  # an escape or a false reject
         if truth_mask:
-            row.update(gk=mask_data_uri(Path(truth_mask), thumb_side), fg=_file_uri(Path(truth_mask)))
+            gk = made.get("gk") or mask_data_uri(Path(truth_mask), thumb_side)
+            row.update(gk=gk, fg=_file_uri(Path(truth_mask)))
     return {k: v for k, v in row.items() if v is not None and v != ""} | {"score": row["score"]}
 
 
@@ -324,6 +329,7 @@ def write_report(
     workers: int | None = None,
     colour_scale: ColourScale | None = None,
     references: Sequence[str] = (),
+    thumbs: dict[str, dict] | None = None,
 ) -> Path:
     """Build ``out_dir/report.html`` and return its path.
 
@@ -335,7 +341,9 @@ def write_report(
     `colour_scale`: the overlays' scale, drawn in the report. `references`: paths of the
     reference images, shown as thumbnails. A record may carry "ground_truth" (a label, or
     {"label", "mask"}). Input images are read from the records' paths, overlays and masks from
-    ``out_dir``; files that cannot be read show as "not available".
+    ``out_dir``; files that cannot be read show as "not available". `thumbs` (record key ->
+    thumbnails, `OutputWriter.thumbs`) holds thumbnails made while the run wrote its files, so
+    that those files are not read again (made at `thumb_side`).
     """
     out = Path(out_dir)
     records = list(read_records(out) if records is None else records)
@@ -350,7 +358,11 @@ def write_report(
 
     # Decoding and resizing release the GIL in Pillow, so threads speed up thousands of images.
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-        rows = list(pool.map(lambda a: _row(a[0], a[1], out, thumb_side), enumerate(ordered, start=1)))
+        made = thumbs or {}
+        def row(ranked: tuple[int, dict]) -> dict:
+            return _row(ranked[0], ranked[1], out, thumb_side, made.get(record_key(ranked[1])))
+
+        rows = list(pool.map(row, enumerate(ordered, start=1)))
     has_truth = any("g" in r for r in rows)
 
     scored = [(s, r.get("decision")) for r in ok if (s := _score_of(r)) is not None]

@@ -43,7 +43,24 @@ def thumb_data_uri(path: Path | None, max_side: int = THUMB_SIDE) -> tuple[str, 
         img = _open_rgb(path, max_side)
     except (OSError, ValueError, SyntaxError):
         return None
-    img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return _jpeg_uri(img, max_side)
+
+
+def array_thumb_uri(rgb: np.ndarray, max_side: int = THUMB_SIDE) -> tuple[str, int, int]:
+    """`thumb_data_uri` of pixels already in memory (HxW or HxWx3 uint8): what the output writer
+    makes while it holds an image and its overlay, so the report need not read them again."""
+    arr = np.asarray(rgb)
+    img = Image.fromarray(arr[:, :, :3] if arr.ndim == 3 else arr).convert("RGB")
+    factor = max(img.size) // (max_side * 2)
+    if factor > 1:
+        img = img.reduce(factor)
+    return _jpeg_uri(img, max_side)
+
+
+def _jpeg_uri(img: Image.Image, max_side: int) -> tuple[str, int, int]:
+    # Pillow's bilinear filter widens with the reduction (antialiased): at 120 px it looks as
+    # Lanczos does and takes a third of the time (0.6 against 1.7 ms for a 400 x 250 overlay).
+    img.thumbnail((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=3.0)
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=JPEG_QUALITY, optimize=True)
     uri = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
@@ -56,11 +73,21 @@ def mask_data_uri(path: Path | None, max_side: int = THUMB_SIDE) -> str | None:
         return None
     try:
         with Image.open(path) as img:
-            small = img.convert("L")
-            small.thumbnail((max_side, max_side), Image.Resampling.NEAREST)
-            bits = small.point(lambda v: 255 if v > 127 else 0).convert("1")
+            return _mask_uri(img.convert("L"), max_side)
     except (OSError, ValueError, SyntaxError):
         return None
+
+
+def mask_array_uri(mask: np.ndarray, max_side: int = THUMB_SIDE) -> str:
+    """`mask_data_uri` of a boolean (or 0/255) mask in memory."""
+    arr = np.asarray(mask)
+    on = arr if arr.dtype == bool else arr > 127
+    return _mask_uri(Image.fromarray(np.where(on, 255, 0).astype(np.uint8)), max_side)
+
+
+def _mask_uri(small: Image.Image, max_side: int) -> str:
+    small.thumbnail((max_side, max_side), Image.Resampling.NEAREST)
+    bits = small.point(lambda v: 255 if v > 127 else 0).convert("1")
     buf = io.BytesIO()
     bits.save(buf, format="PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")

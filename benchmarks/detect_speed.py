@@ -51,7 +51,7 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def instrument(totals: dict[str, float], rss: list[tuple[int, float]], every: int) -> None:
+def instrument(totals: dict[str, float], rss: list[tuple[int, float]], every: int, workers: int | None = None) -> None:
     """Wrap each stage's function so that its wall seconds add up in `totals`."""
     import anomalens.detector as detector
     import anomalens.inspection as inspection
@@ -95,6 +95,10 @@ def instrument(totals: dict[str, float], rss: list[tuple[int, float]], every: in
     run = inspection.run
 
     def run_and_keep(*args, **kwargs):
+        if workers is not None:
+            kwargs["workers"] = workers
+        auto = getattr(inspection, "scoring_workers", lambda detector: 1)  # versions without it: 1
+        totals["workers_used"] = kwargs.get("workers") or auto(args[0])
         summary = run(*args, **kwargs)
         totals["run_seconds"] = summary.seconds
         totals["scored"] = summary.scored
@@ -115,7 +119,7 @@ def child(args: argparse.Namespace) -> None:
             os.environ.setdefault("OMP_NUM_THREADS", str(default_threads()))
     totals = dict.fromkeys(STAGES, 0.0)
     rss: list[tuple[int, float]] = []
-    instrument(totals, rss, max(1, args.one // 4))
+    instrument(totals, rss, max(1, args.one // 4), args.workers)
     from anomalens.cli import app
 
     argv = [] if args.threads is None else ["--threads", str(args.threads)]
@@ -152,6 +156,7 @@ def measure(args: argparse.Namespace, images: list[Path], refs: Path, env: dict)
         cmd = [sys.executable, __file__, "--one", str(len(images)), "--refs-dir", str(refs)]
         cmd += ["--out-dir", str(out / "o")]
         cmd += [] if args.threads is None else ["--threads", str(args.threads)]
+        cmd += [] if args.workers is None else ["--workers", str(args.workers)]
         cmd += ["--batch-size", str(args.batch_size)] if args.batch_size else []
         listing.write_text("\n".join(map(str, images)))
         cmd += ["--inputs-file", str(listing)]
@@ -176,6 +181,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="anomalens --threads (default: its default)")
     parser.add_argument("--batch-size", type=int, default=0, help="detect --batch-size (default: its default)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="inspection.run(workers=N): batches scored at once (default: auto)"
+    )
     parser.add_argument("--load", type=int, default=0, help="busy-loop processes kept running while measuring")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the measured process")
     parser.add_argument("--label", default="", help="a name for this configuration in the table")
@@ -220,13 +228,14 @@ def main() -> None:
     print(f"\n`anomalens detect`, patchknn, {args.shots} references, {data.name}; configuration: {label}; "
           f"busy-loop processes: {args.load}\n")
     print("| images | images/s (run) | images/s (whole command) | decode s | prepare s | model s | kNN+map s "
-          "| write s | report s | CPU s | threads | peak RSS MB | RSS MB at 1/4, 1/2, 3/4, all | load avg |")
+          "| write s | report s | CPU s | threads x workers | peak RSS MB | RSS MB at 1/4, 1/2, 3/4, all | load avg |")
     print("|" + "---|" * 14)
     for r in rows:
         rss = ", ".join(f"{mb:.0f}" for _, mb in r["rss"])
         print(f"| {r['images']} | {r['scored'] / r['run_seconds']:.1f} | {r['images'] / r['wall']:.1f} | "
               f"{r['decode']:.1f} | {r['prepare']:.1f} | {r['model']:.1f} | {r['knn']:.1f} | {r['write']:.1f} | "
-              f"{r['report']:.1f} | {r['cpu']:.0f} | {r['torch_threads']} | {r['peak_rss_mb']:.0f} | {rss} | "
+              f"{r['report']:.1f} | {r['cpu']:.0f} | {r['torch_threads']} x {r.get('workers_used', 1)} | "
+              f"{r['peak_rss_mb']:.0f} | {rss} | "
               f"{r['load_before']:.1f} -> {r['load_after']:.1f} |")
 
 

@@ -98,3 +98,22 @@ def test_collect_inputs_skips_duplicates_and_the_output_folder(data, tmp_path):
     empty.mkdir()
     with pytest.raises(UsageError, match="no image files found"):
         collect_inputs([empty], tmp_path / "elsewhere", notes.append)
+
+
+def test_two_scoring_threads_write_what_one_writes_in_the_same_order(data, detector, tmp_path):
+    from anomalens.inspection import scoring_workers
+
+    inputs = [data / "good", data / "refs", data / "bad"]  # 6 images and one unreadable file
+    one = run(detector, inputs, tmp_path / "one", batch_size=2, workers=1, report=False)
+    two = run(detector, inputs, tmp_path / "two", batch_size=2, workers=2, report=False)
+    lines = {
+        name: [json.loads(line) for line in (tmp_path / name / "results.jsonl").read_text().splitlines()]
+        for name in ("one", "two")
+    }
+    assert [r["path"] for r in lines["one"]] == [r["path"] for r in lines["two"]]  # input order, failure in place
+    for a, b in zip(lines["one"], lines["two"]):
+        assert (a["status"], a["score"], a["decision"]) == (b["status"], b["score"], b["decision"])
+        if a["status"] == "ok":
+            np.testing.assert_array_equal(np.load(tmp_path / "one" / a["map"]), np.load(tmp_path / "two" / b["map"]))
+    assert (one.scored, one.failed) == (two.scored, two.failed) == (6, 1)
+    assert scoring_workers(detector) in (1, 2)  # 2 on a multi-core machine with one torch thread

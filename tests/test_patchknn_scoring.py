@@ -132,6 +132,33 @@ def test_coreset_keeps_the_farthest_points_and_radius_decreases():
     assert float(radii[-1]) < 0.1  # with the 3 outliers chosen, only the small cluster is left
 
 
+def _textbook_coreset(points: torch.Tensor, size: int, first: int) -> torch.Tensor:
+    """Greedy k-centre as algorithm 1 of PatchCore writes it: every distance updated after every pick."""
+    nearest = torch.full((points.shape[0],), float("inf"))
+    chosen, picks = first, []
+    for _ in range(size):
+        picks.append(chosen)
+        nearest = torch.minimum(nearest, (points - points[chosen]).norm(dim=1))
+        chosen = int(nearest.argmax())
+    return torch.tensor(picks)
+
+
+def test_lazy_block_coreset_picks_what_the_textbook_loop_picks():
+    # 2,600 points (three blocks of the lazy update, the last one partial) in clusters of varied size
+    generator = torch.Generator().manual_seed(3)
+    centres = 2.0 * torch.randn(40, 8, generator=generator)
+    members = torch.randint(40, (2600,), generator=generator)
+    points = centres[members] + 0.3 * torch.rand(40, generator=generator)[members, None] * torch.randn(
+        2600, 8, generator=generator
+    )
+    indices, radii = greedy_coreset(points, 120, projection_dim=0)
+    expected = _textbook_coreset(points, 120, first=int(indices[0]))
+    assert torch.equal(indices, expected)
+    nearest = torch.cdist(points, points[indices]).min(dim=1).values
+    assert float(radii[-1]) == pytest.approx(float(nearest.max()), rel=1e-4)
+    assert torch.all(radii[1:] <= radii[:-1] + 1e-6)
+
+
 def test_coreset_with_projection_still_keeps_outliers():
     torch.manual_seed(1)
     points = torch.cat([0.01 * torch.randn(300, 64), 3.0 * torch.eye(64)[:4]])

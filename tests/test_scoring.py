@@ -108,3 +108,16 @@ def test_few_shot_nearest_is_the_row_maximum_of_topk():
     sim = F.normalize(query, dim=-1) @ F.normalize(bank, dim=-1).T
     expected = (0.5 * (1.0 - sim.topk(1, dim=1).values[:, 0])).clamp(0.0, 1.0)
     assert torch.equal(knn_anomaly(query, bank, k=1), expected)
+
+
+def test_nearest_neighbour_over_bank_blocks_equals_the_whole_matrix():
+    # a bank of 2.5 blocks (BANK_BLOCK patches each) and query chunks: the same values as topk's
+    # over the whole similarity matrix, bit for bit
+    from anomalens.scoring import BANK_BLOCK
+
+    generator = torch.Generator().manual_seed(5)
+    query = torch.randn(300, 16, generator=generator)
+    bank = torch.randn(BANK_BLOCK * 5 // 2, 16, generator=generator)
+    q, b = torch.nn.functional.normalize(query, dim=-1), torch.nn.functional.normalize(bank, dim=-1)
+    expected = (0.5 * (1.0 - (q @ b.T).topk(1, dim=1).values[:, 0])).clamp(0.0, 1.0)
+    assert torch.equal(knn_anomaly(query, bank, chunk=128), expected)

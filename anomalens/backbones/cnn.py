@@ -105,20 +105,14 @@ class EfficientNetPatchBackbone(nn.Module):
         if max(self.blocks) >= len(self.model._blocks) or min(self.blocks) < 0:
             raise ValueError(f"{variant} has blocks 0..{len(self.model._blocks) - 1}; got blocks={self.blocks}")
         self.neighbourhood = neighbourhood
-        self._captured: dict[int, torch.Tensor] = {}
-        for index in self.blocks:
-            self.model._blocks[index].register_forward_hook(self._capture(index))
         self._last_block = max(self.blocks)
         fold_for_inference(self.model)
 
-    def _capture(self, index: int):
-        def hook(_module, _inputs, output):
-            self._captured[index] = output
-
-        return hook
-
-    def _run_until_last_block(self, x: torch.Tensor) -> None:
+    def _run_until_last_block(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        """The outputs of the read blocks, by index. Kept in this call's own dict (no forward hooks
+        writing to the module), so that threads can run the backbone at the same time."""
         # Stop after the deepest block we read: the head and later blocks are wasted work.
+        outputs: dict[int, torch.Tensor] = {}
         m = self.model
         x = x.contiguous(memory_format=torch.channels_last)
         x = m._swish(m._bn0(m._conv_stem(x)))
@@ -127,15 +121,17 @@ class EfficientNetPatchBackbone(nn.Module):
             rate = m._global_params.drop_connect_rate
             rate = rate * float(idx) / n if rate else None
             x = block(x, drop_connect_rate=rate)
+            if idx in self.blocks:
+                outputs[idx] = x
             if idx == self._last_block:
                 break
+        return outputs
 
     @torch.no_grad()
     def block_outputs(self, images: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, H, W) normalised images -> the raw (B, C_b, h_b, w_b) output of each read block."""
-        self._captured.clear()
-        self._run_until_last_block(images)
-        return [self._captured[i] for i in self.blocks]
+        outputs = self._run_until_last_block(images)
+        return [outputs[i] for i in self.blocks]
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
