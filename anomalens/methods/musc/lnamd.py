@@ -45,7 +45,9 @@ def tokens_to_map(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return patches.transpose(1, 2).reshape(tokens.shape[0], -1, *grid)
 
 
-def lnamd(layer_maps: Sequence[torch.Tensor], degrees: Sequence[int] = DEFAULT_DEGREES) -> dict[tuple[int, int], torch.Tensor]:
+def lnamd(
+    layer_maps: Sequence[torch.Tensor], degrees: Sequence[int] = DEFAULT_DEGREES
+) -> dict[tuple[int, int], torch.Tensor]:
     """{(layer index, degree): (B, H_l*W_l, C_l) features} for every layer and degree."""
     out = {}
     for li, fmap in enumerate(layer_maps):

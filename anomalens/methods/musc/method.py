@@ -13,10 +13,10 @@ from ...errors import SettingsError, UsageError
 from ...geometry import map_to_image, to_model_input
 from ...images import LoadedImage
 from ..base import Method, MethodOutput, register_method
-from ..patchknn import valid_grid_region
 from .extract import create_layer_backbone
 from .lnamd import lnamd
 from .msm import choose_partners, interval_bounds, mutual_scores
+from .postprocess import image_scores, smooth_maps, standardise_photometry, subtract_baseline
 from .rscin import rescore
 from .settings import MuScSettings
 
@@ -98,7 +98,8 @@ class MuSc(Method):
         for batch in _batched(images, s.batch_size):
             inputs = []
             for img in batch:
-                x, box = to_model_input(img.rgb, s.image_size, self.backbone.mean, self.backbone.std, s.resize)
+                rgb = standardise_photometry(img.rgb, s.photometric)
+                x, box = to_model_input(rgb, s.image_size, self.backbone.mean, self.backbone.std, s.resize)
                 inputs.append(x)
                 boxes.append(box)
                 paths.append(img.path)
@@ -179,17 +180,24 @@ class MuSc(Method):
                 patch_scores = mutual_scores(
                     z, partners, known, tuple(s.interval), s.chunk_elements, on_image=lambda: bar.update(1)
                 )
+                if s.self_weight > 0:
+                    own = torch.stack([_self_scores(z[i], s.chunk_elements) for i in range(n)])
+                    patch_scores = (1.0 - s.self_weight) * patch_scores + s.self_weight * own
             h, w = feats.grids[layer]
             layer_map = patch_scores.view(n, 1, h, w)
             if (h, w) != grid:
                 layer_map = F.interpolate(layer_map, size=grid, mode="bilinear", align_corners=False)
             total += layer_map[:, 0]
         bar.close()
-        maps = total / len(feats.patches)
-        scores = torch.stack(
-            [maps[i][valid_grid_region(feats.boxes[i], s.image_size, grid)].max() for i in range(n)]
-        )
-        if s.rscin and n > 1:
+        return self.finish(total / len(feats.patches), feats)
+
+    def finish(self, maps: torch.Tensor, feats: BatchFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mutual-score maps (N, h, w) -> (smoothed maps, image scores after RsCIN)."""
+        s = self.settings
+        maps = smooth_maps(maps, s.smoothing_sigma, s.image_size)
+        maps = subtract_baseline(maps, feats.boxes, s.image_size, s.map_baseline)
+        scores = image_scores(maps, feats.boxes, s.image_size, s.image_score_top, s.edge_neighbourhood)
+        if s.rscin and maps.shape[0] > 1:
             scores = rescore(scores, feats.image_features, s.rscin_neighbours)
         return maps, scores
 

@@ -23,7 +23,9 @@ import torch.nn.functional as F
 DEFAULT_NEIGHBOURS = (1, 2, 3)  # official code, MVTec AD and BTAD; (1, 8, 9) for VisA
 
 
-def rescore(scores: torch.Tensor, image_features: torch.Tensor, neighbours: Sequence[int] = DEFAULT_NEIGHBOURS) -> torch.Tensor:
+def rescore(
+    scores: torch.Tensor, image_features: torch.Tensor, neighbours: Sequence[int] = DEFAULT_NEIGHBOURS
+) -> torch.Tensor:
     """(N,) scores, (N, D) image features -> (N,) re-scored scores (same units as the input).
 
     Negative similarities are clipped to 0 so a row's weights stay a convex combination; k is
