@@ -39,6 +39,7 @@ from anomalens.overlay import heatmap_overlay, mask_image
 from anomalens.records import RESULTS_JSONL, backup_path, lock_output_dir, read_jsonl, read_records, record_key
 from anomalens.report_thumbs import array_thumb_uri, mask_array_uri, mask_data_uri
 from anomalens.results import AnomalyResult
+from anomalens.results_table import CSV_COLUMNS, csv_row, json_safe
 
 __all__ = ["RESULTS_JSONL", "OutputWriter", "atomic_write", "output_name", "read_records", "record_key"]
 
@@ -46,7 +47,6 @@ RESULTS_CSV = "results.csv"
 SETTINGS_JSON = "settings.json"
 REPORT_HTML = "report.html"
 SUBDIRS = ("overlays", "masks", "maps")
-CSV_COLUMNS = ("path", "score", "decision", "threshold", "top_description", "seconds", "status", "error")
 
 MapFormat = Literal["npy", "tiff"]
 
@@ -112,45 +112,6 @@ def _save_tiff(array: np.ndarray) -> Callable[[io.BufferedWriter], None]:
             img.save(f, format="TIFF")
 
     return write
-
-
-def _json_safe(value: Any) -> Any:
-    """Replace non-finite floats by None, recursively: JSON has no NaN, and a line with one
-    would not parse in strict readers (browsers, jq)."""
-    if isinstance(value, float):
-        return value if np.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def _csv_cell(value: Any) -> Any:
-    """A text cell that a spreadsheet would run as a formula (=, +, -, @, tab, CR first) gets a
-    leading apostrophe, the usual escape; numbers stay numbers."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value
-
-
-def _csv_row(rec: dict) -> list[Any]:
-    return [_csv_cell(v) for v in _csv_values(rec)]
-
-
-def _csv_values(rec: dict) -> list[Any]:
-    descriptions = rec.get("descriptions") or []
-    top = descriptions[0]["text"] if descriptions else ""
-    return [
-        rec.get("path"),
-        "" if rec.get("score") is None else rec["score"],
-        rec.get("decision") or "",
-        "" if rec.get("threshold") is None else rec["threshold"],
-        top,
-        "" if rec.get("seconds") is None else rec["seconds"],
-        rec.get("status", ""),
-        rec.get("error") or "",
-    ]
 
 
 class OutputWriter:
@@ -232,7 +193,7 @@ class OutputWriter:
         self._csv = csv.writer(self._csv_file)
         self._csv.writerow(CSV_COLUMNS)
         for rec in self._records.values():
-            self._csv.writerow(_csv_row(rec))
+            self._csv.writerow(csv_row(rec))
         self._csv_file.flush()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -261,7 +222,7 @@ class OutputWriter:
         writer = csv.writer(table)
         writer.writerow(CSV_COLUMNS)
         for rec in records:
-            writer.writerow(_csv_row(rec))
+            writer.writerow(csv_row(rec))
         data = table.getvalue().encode("utf-8")
         atomic_write(self.out_dir / RESULTS_CSV, lambda f: f.write(data))
 
@@ -374,7 +335,7 @@ class OutputWriter:
         return record
 
     def _append(self, record: dict) -> None:
-        clean = _json_safe({**record, "resolved_path": os.path.realpath(str(record["path"]))})
+        clean = json_safe({**record, "resolved_path": os.path.realpath(str(record["path"]))})
         key = record_key(clean)
         if key in self._records:
             self._superseded += 1  # a retried failure: compacted to one record at close()
@@ -384,7 +345,7 @@ class OutputWriter:
         if now - self._synced >= FSYNC_INTERVAL_SECONDS:
             os.fsync(self._jsonl.fileno())
             self._synced = now
-        self._csv.writerow(_csv_row(clean))
+        self._csv.writerow(csv_row(clean))
         self._csv_file.flush()
         self._records.pop(key, None)
         self._records[key] = clean

@@ -101,7 +101,7 @@ def test_collect_inputs_skips_duplicates_and_the_output_folder(data, tmp_path):
 
 
 def test_two_scoring_threads_write_what_one_writes_in_the_same_order(data, detector, tmp_path):
-    from anomalens.inspection import scoring_workers
+    from anomalens.scoring_threads import scoring_workers
 
     inputs = [data / "good", data / "refs", data / "bad"]  # 6 images and one unreadable file
     one = run(detector, inputs, tmp_path / "one", batch_size=2, workers=1, report=False)

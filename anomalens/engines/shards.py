@@ -80,11 +80,11 @@ def write_shard(out: Path, index: int, records: list[dict[str, Any]]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ..outputs import _json_safe
+    from ..results_table import json_safe
 
     folder = out / SHARDS_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    rows = [complete_record(_json_safe(r)) for r in records]
+    rows = [complete_record(json_safe(r)) for r in records]
     stem = shard_stem(index)
     suffix = f".tmp-{os.getpid()}"
     jsonl_tmp = folder / f".{stem}.jsonl{suffix}"
