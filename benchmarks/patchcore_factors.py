@@ -76,9 +76,9 @@ def key(path) -> str:
     return str(Path(path).resolve())
 
 
-def model_input(path, photometric: str) -> torch.Tensor:
+def model_input(rgb: np.ndarray, photometric: str) -> torch.Tensor:
     """One image as the backbone sees it (squash, [-1, 1]), optionally standardised per image."""
-    x = to_model_input(load_image(path).rgb, SIZE, LITE_MEAN, LITE_STD, "squash")[0]
+    x = to_model_input(rgb, SIZE, LITE_MEAN, LITE_STD, "squash")[0]
     if photometric == "standardise":
         x = (x - x.mean()) / x.std().clamp_min(1e-3) * 0.5
     return x
@@ -98,7 +98,7 @@ def extract(category: str, split, cache: Path, blocks=(4, 10), photometric: str 
     store = {}
     for i in range(0, len(paths), 16):
         images = [load_image(p) for p in paths[i : i + 16]]
-        x = torch.stack([model_input(p, photometric) for p in paths[i : i + 16]])
+        x = torch.stack([model_input(im.rgb, photometric) for im in images])
         for j, levels in enumerate(zip(*net.block_outputs(x))):
             store[key(paths[i + j])] = ([level.half().clone() for level in levels], images[j].size_hw)
     cache.mkdir(parents=True, exist_ok=True)
@@ -149,7 +149,7 @@ def augmented_reference_levels(refs: list, v: dict, net) -> list[torch.Tensor]:
     """Raw block outputs of the references, each also rotated/flipped (v["augment"])."""
     views = []
     for path in refs:
-        x = model_input(path, v["photometric"])
+        x = model_input(load_image(path).rgb, v["photometric"])
         turns = range(8) if v["augment"] == "dihedral" else range(4)
         for t in turns:
             if v["augment"] == "dihedral":
@@ -245,7 +245,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for category in args.categories.split(","):
         split = load_dataset(args.data, categories=[category])[category]
-        masks, loaded = None, None
+        masks, loaded = ({} if not split.has_masks else None), None
         for change in variants:
             v = {**PATCHKNN, **change}
             unknown = set(change) - set(PATCHKNN)
@@ -257,10 +257,11 @@ def main() -> None:
                 raw_test = [
                     torch.stack([store[key(s.path)][0][i] for s in split.test]).float() for i in range(len(v["blocks"]))
                 ]
+                net, loaded = None, features
+            if v["augment"] != "none" and net is None:  # only augmented references need the backbone here
                 net = EfficientNetPatchBackbone(image_size=SIZE, blocks=features[0], neighbourhood=1)
-                loaded = features
-            if masks is None:
-                masks = {key(s.path): load_mask(s, store[key(s.path)][1]) for s in split.test} if split.has_masks else {}
+            if masks is None and split.has_masks:
+                masks = {key(s.path): load_mask(s, store[key(s.path)][1]) for s in split.test}
             name = "patchcore" if change is PATCHCORE else (json.dumps(change) if change else "patchknn")
             for k in shots:
                 if k > len(split.train_good):
