@@ -4,6 +4,9 @@ A patch's anomaly is 0.5 * (1 - cosine similarity) to its k-th most similar patc
 bank (so it lies in [0, 1]). Few-shot: the bank holds the reference images' patches and k = 1.
 Zero-shot: the bank is the query image's own patches, which contains the patch itself, so
 k = 2 gives its nearest *other* patch (as in the FADE authors' code).
+
+`metric="euclidean"` (patchknn's `magnitudes` mode) compares features that are not unit vectors
+by their Euclidean distance instead; it is not bounded by 1.
 """
 
 from __future__ import annotations
@@ -15,29 +18,42 @@ import torch.nn.functional as F
 
 FEW_SHOT_K = 1
 ZERO_SHOT_K = 2
+METRICS = ("cosine", "euclidean")
 
 
 def knn_anomaly(
-    query: torch.Tensor, bank: torch.Tensor, k: int = FEW_SHOT_K, chunk: int = 4096
+    query: torch.Tensor, bank: torch.Tensor, k: int = FEW_SHOT_K, chunk: int = 4096, metric: str = "cosine"
 ) -> torch.Tensor:
-    """Anomaly of each query patch: 0.5 * (1 - cos) to its k-th nearest bank patch.
+    """Anomaly of each query patch: its distance to its k-th nearest bank patch.
 
-    query: (N, C), bank: (M, C); both are L2-normalised here, so a matrix product gives the
-    cosine similarities. Query rows are processed in chunks to bound memory.
+    query: (N, C), bank: (M, C). "cosine": both are L2-normalised here, so a matrix product gives
+    the cosine similarities, and the anomaly is 0.5 * (1 - cos), in [0, 1]. "euclidean": ||q - b||,
+    from the same matrix product as ||q||^2 - 2 (q.b - ||b||^2 / 2), so its cost is the cosine's.
+    Query rows are processed in chunks to bound memory.
     """
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     if bank.shape[0] < k:
         raise ValueError(f"memory bank has {bank.shape[0]} patches, fewer than k={k}")
-    query = F.normalize(query.float(), dim=-1)
-    bank = F.normalize(bank.float(), dim=-1)
+    euclidean = metric == "euclidean"
+    query, bank = query.float(), bank.float()
+    if not euclidean:
+        query, bank = F.normalize(query, dim=-1), F.normalize(bank, dim=-1)
+    # q.b - ||b||^2 / 2 ranks bank rows as -||q - b||^2 / 2 does (up to the row constant ||q||^2 / 2)
+    half_norms = 0.5 * (bank * bank).sum(-1) if euclidean else None
     out = torch.empty(query.shape[0], device=query.device)
     for start in range(0, query.shape[0], chunk):
         rows = query[start : start + chunk]
         if k == 1:  # few-shot: a row maximum, the same value as topk's, ~30 % less time
-            kth = _row_max_similarity(rows, bank)
+            kth = _row_max_similarity(rows, bank, half_norms)
         else:
-            kth = (rows @ bank.T).topk(k, dim=1).values[:, k - 1]
-        out[start : start + chunk] = 0.5 * (1.0 - kth)
-    return out.clamp_(0.0, 1.0)
+            sim = rows @ bank.T
+            kth = (sim if half_norms is None else sim - half_norms).topk(k, dim=1).values[:, k - 1]
+        if euclidean:
+            out[start : start + chunk] = ((rows * rows).sum(-1) - 2.0 * kth).clamp_(min=0.0).sqrt_()
+        else:
+            out[start : start + chunk] = (0.5 * (1.0 - kth)).clamp_(0.0, 1.0)
+    return out
 
 
 # Bank patches per block of the row maximum: a (1024 x BANK_BLOCK) block of similarities stays in
@@ -46,10 +62,12 @@ def knn_anomaly(
 BANK_BLOCK = 1024
 
 
-def _row_max_similarity(rows: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+def _row_max_similarity(rows: torch.Tensor, bank: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Per row, max over bank rows j of rows @ bank[j] (minus bias[j] when given)."""
     best = None
     for j in range(0, bank.shape[0], BANK_BLOCK):
-        block = (rows @ bank[j : j + BANK_BLOCK].T).amax(dim=1)
+        sim = rows @ bank[j : j + BANK_BLOCK].T
+        block = (sim if bias is None else sim - bias[j : j + BANK_BLOCK]).amax(dim=1)
         best = block if best is None else torch.maximum(best, block)
     return best
 
@@ -140,7 +158,7 @@ def image_score(values: torch.Tensor, top_fraction: float = 0.0) -> torch.Tensor
 
 
 def reweighting_factor(
-    query: torch.Tensor, bank: torch.Tensor, patch_scores: torch.Tensor, neighbours: int
+    query: torch.Tensor, bank: torch.Tensor, patch_scores: torch.Tensor, neighbours: int, metric: str = "cosine"
 ) -> torch.Tensor:
     """PatchCore's neighbourhood-density reweighting of the image score (Roth et al., CVPR 2022, eq. 7).
 
@@ -148,12 +166,17 @@ def reweighting_factor(
     nearest bank patches of m* (m* included): factor = 1 - softmax_N(||q - m||)[m*]. A query
     patch whose nearest normal patch sits in a sparse region of the bank (a rare normal
     appearance) weighs more; one in a dense region weighs less. Euclidean distances between
-    unit vectors, as the bank and features here are L2-normalised.
+    unit vectors for "cosine" (bank and features L2-normalised), of the raw features for "euclidean".
     """
-    q = F.normalize(query[int(patch_scores.reshape(-1).argmax())].float(), dim=-1)
-    bank = F.normalize(bank.float(), dim=-1)
-    nearest = int((bank @ q).argmax())
-    support = (bank @ bank[nearest]).topk(min(neighbours, bank.shape[0])).indices  # m* first
+    q = query[int(patch_scores.reshape(-1).argmax())].float()
+    bank = bank.float()
+    if metric == "cosine":
+        q, bank = F.normalize(q, dim=-1), F.normalize(bank, dim=-1)
+        nearest = int((bank @ q).argmax())
+        support = (bank @ bank[nearest]).topk(min(neighbours, bank.shape[0])).indices  # m* first
+    else:
+        nearest = int((bank - q).norm(dim=-1).argmin())
+        support = (bank - bank[nearest]).norm(dim=-1).topk(min(neighbours, bank.shape[0]), largest=False).indices
     support = torch.cat([torch.tensor([nearest]), support[support != nearest]])[: support.numel()]
     distances = (bank[support] - q).norm(dim=-1)
     return 1.0 - torch.softmax(distances, dim=0)[0]

@@ -15,7 +15,10 @@ They differ in how patches are embedded, compared and turned into scores:
 
 Levers tried after the factors above (session 3 of issue 17), also JSON changes: `blocks` (which
 Lite0 blocks are read, e.g. [4, 14] adds the stride-32 stage end instead of block 10), `photometric`
-("standardise": each model input to mean 0, std 0.5), `soft` (soft normalisation
+("standardise": each model input to mean 0, std 0.5), `gain` ("layer": each block's raw output
+layer-normalised over (C, H, W) per image, as MuSc's LNAMD does, and divided by sqrt(C) so blocks weigh
+alike; with `norm` false and Euclidean distance it keeps local magnitudes but not an image's global
+gain), `soft` (soft normalisation
 f / sqrt(|f|^2 + (soft * tau)^2), tau the bank's median patch norm per block, Euclidean distance;
 0 = patchknn's L2 normalisation, large = raw magnitudes) and `augment` ("flips" / "dihedral"
 copies of the references in the bank).
@@ -68,7 +71,12 @@ PATCHKNN = dict(
     photometric="none",  # "standardise": each model input shifted/scaled to mean 0, std 0.5 before the backbone
     soft=0.0,  # > 0: each block f / sqrt(|f|^2 + (soft * tau)^2), Euclidean; tau = median pooled norm of the bank
     augment="none",  # references also enter the bank "flips" (x4) or "dihedral" (x8)
+    # Issue 17, session 4: keep the magnitudes (Euclidean) but remove each image's global gain.
+    gain="none",  # "layer": each block layer-normalised over its (C, H, W) per image (MuSc's LNAMD step)
+    mix=0.0,  # > 0: patch distance + mix * the Euclidean distance of the gain="layer", zero-padded embedding
 )
+# The second embedding of `mix`: per-image layer-normalised magnitudes, compared by Euclidean distance.
+MAGNITUDES = dict(gain="layer", norm=False, dist="euclidean", pool="zero_pad", soft=0.0, mix=0.0)
 PATCHCORE = dict(pool="zero_pad", norm=False, dist="euclidean", up="nearest", score="raw_max", coreset=0.1, reweight=9)
 
 
@@ -112,6 +120,10 @@ def pooled(levels: list[torch.Tensor], v: dict) -> list[torch.Tensor]:
     grid = levels[0].shape[-2:]
     out = []
     for feat in levels:
+        if v["gain"] == "layer":  # per image: zero mean, unit variance over the block's whole map
+            flat = feat.flatten(1)
+            feat = ((flat - flat.mean(1, keepdim=True)) / flat.std(1, keepdim=True).clamp_min(1e-6)).view_as(feat)
+            feat = feat / feat.shape[1] ** 0.5  # each block then weighs about equally in the distance
         feat = F.avg_pool2d(feat, 3, stride=1, padding=1, count_include_pad=v["pool"] == "zero_pad")
         if feat.shape[-2:] != grid:
             feat = F.interpolate(feat, size=grid, mode="bilinear", align_corners=False)
@@ -190,6 +202,13 @@ def evaluate(
         if v["coreset"] > 0:
             bank = bank[greedy_coreset(bank, max(1, int(v["coreset"] * len(bank))), seed=seed)[0]]
     test = embed(raw_test, v, taus)
+    if v["mix"] > 0:  # the magnitude term's own bank and queries
+        vm = {**v, **MAGNITUDES}
+        test_m = embed(raw_test, vm)
+        bank_m = None
+        if refs:
+            bank_m = embed(ref_levels, vm)
+            bank_m = bank_m.reshape(-1, bank_m.shape[-1])
     grid = (SIZE // 8, SIZE // 8)
     weights = edge_weights(grid, 3, SIZE) if v["edge"] else None
     labels, scores = [], []
@@ -201,6 +220,13 @@ def evaluate(
         else:
             pairs = [nearest(q, q, v, v["zero_shot_k"]) for q in query]
             dist, idx = torch.cat([d for d, _ in pairs]), torch.cat([i for _, i in pairs])
+        if v["mix"] > 0:
+            q_m = test_m[start : start + 16]
+            if bank_m is not None:
+                dist_m = nearest(q_m.reshape(-1, q_m.shape[-1]), bank_m, vm)[0]
+            else:
+                dist_m = torch.cat([nearest(q, q, vm, v["zero_shot_k"])[0] for q in q_m])
+            dist = dist + v["mix"] * dist_m
         dist, idx = dist.view(len(samples), -1), idx.view(len(samples), -1)
         up = F.interpolate(dist.view(-1, 1, *grid), size=(SIZE, SIZE), mode=v["up"])[:, 0]
         maps = gaussian_smooth(up, v["sigma"])

@@ -29,7 +29,7 @@ import torch
 from anomalens.benchmark import IMAGE_METRICS, PIXEL_METRICS
 from anomalens.data import load_dataset, load_mask, sample_references
 from anomalens.images import load_image
-from anomalens.methods.patchknn import PatchKnn, PatchKnnSettings, patch_scores
+from anomalens.methods.patchknn import PatchKnn, PatchKnnSettings, distance_metric, patch_scores
 from anomalens.metrics import PixelMetricAccumulator, image_metrics
 
 # The settings before issue 17, and the levers tried on top of a base, one at a time.
@@ -128,7 +128,9 @@ def evaluate(method: PatchKnn, cache: FeatureCache, split, refs: list[Path]) -> 
         feats = feats.float()
         key = (*bank_key, str(sample.path))
         if key not in PATCH_MAPS:
-            PATCH_MAPS[key] = patch_scores(feats, bank, s.few_shot_k, s.zero_shot_k, s.zero_shot_exclusion).half()
+            PATCH_MAPS[key] = patch_scores(
+                feats, bank, s.few_shot_k, s.zero_shot_k, s.zero_shot_exclusion, distance_metric(s)
+            ).half()
         out = method.score(feats, layout, bank, PATCH_MAPS[key].float())
         labels.append(sample.label)
         scores.append(out.score)

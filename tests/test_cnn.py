@@ -138,3 +138,41 @@ def test_one_image_per_pass_gives_the_same_features_as_a_batch(cnn):
     together = cnn(x)
     alone = torch.cat([cnn(x[i : i + 1]) for i in range(3)])
     torch.testing.assert_close(alone, together, atol=1e-6, rtol=0)
+
+
+def test_magnitude_features_are_the_layer_normalised_zero_padded_block_averages(package_model):
+    """`magnitudes`: each block layer-normalised per image, / sqrt(C), 3 x 3 average counting the
+    zero padding, block 10 upsampled to the stride-8 grid, concatenated, not normalised."""
+    captured = {}
+    hooks = [
+        package_model._blocks[b].register_forward_hook(lambda _m, _i, out, b=b: captured.__setitem__(b, out))
+        for b in (4, 10)
+    ]
+    x = images(64, batch=2)
+    try:
+        with torch.no_grad():
+            package_model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    levels = []
+    for b in (4, 10):
+        f = captured[b]
+        mean = f.mean(dim=(1, 2, 3), keepdim=True)
+        std = f.var(dim=(1, 2, 3), unbiased=False, keepdim=True).add(1e-5).sqrt()
+        f = F.avg_pool2d((f - mean) / std / f.shape[1] ** 0.5, 3, stride=1, padding=1, count_include_pad=True)
+        levels.append(F.interpolate(f, size=(8, 8), mode="bilinear", align_corners=False))
+    expected = torch.cat(levels, 1).permute(0, 2, 3, 1)
+    got = EfficientNetPatchBackbone(image_size=64, magnitudes=True)(x)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    # lengths vary from patch to patch (they carry local contrast); edge patches shrink with the padding
+    norms = got.norm(dim=-1)
+    assert norms.std() > 0.05 * norms.mean()
+    assert norms[:, 0, 0].mean() < norms[:, 3:5, 3:5].mean()
+
+
+def test_magnitude_features_ignore_a_global_gain_of_the_block_outputs():
+    from anomalens.backbones.cnn import layer_normalise
+
+    f = torch.randn(2, 5, 4, 4, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(layer_normalise(3.0 * f + 2.0), layer_normalise(f), atol=1e-5, rtol=1e-4)

@@ -72,6 +72,18 @@ def test_patchknn_export_gives_the_pytorch_maps_scores_and_decisions(tmp_path, r
     assert {r.decision for r in expected} == {"OK", "NG"} or not fit
 
 
+@pytest.mark.parametrize("fit", [True, False])
+def test_patchknn_export_with_magnitudes_gives_the_pytorch_results(tmp_path, fit):
+    # Euclidean distances of the layer-normalised features, few- and zero-shot, through the graph
+    det = Detector("patchknn", image_size=64, magnitudes=True).fit(REFS if fit else [])
+    det.threshold, det.pixel_threshold = Threshold.given(0.5), 0.4
+    export_onnx(det, tmp_path / "m.onnx", verify=False)
+    exported = load_onnx_detector(tmp_path / "m.onnx")
+    assert exported.settings["magnitudes"] is True
+    expected, _ = assert_same_results(det, exported)
+    assert max(float(r.anomaly_map.max()) for r in expected) > 0  # distances, not the cosine's [0, 1] by design
+
+
 def test_export_verification_refuses_a_graph_that_disagrees(tmp_path, monkeypatch):
     from anomalens.export import patchknn as exporter
 

@@ -164,3 +164,35 @@ def test_coreset_with_projection_still_keeps_outliers():
     points = torch.cat([0.01 * torch.randn(300, 64), 3.0 * torch.eye(64)[:4]])
     indices, _ = greedy_coreset(points, 6, projection_dim=16)
     assert set(range(300, 304)) <= set(indices.tolist())
+
+
+def test_reweighting_factor_euclidean_by_hand():
+    # the bank's raw vectors: q's nearest is m* = (2, 0); its 2 nearest bank patches are m* and (3, 0)
+    bank = torch.tensor([[2.0, 0.0], [3.0, 0.0], [10.0, 0.0]])
+    query = torch.tensor([[0.0, 0.0], [2.0, 1.0]])
+    factor = reweighting_factor(query, bank, torch.tensor([0.0, 1.0]), neighbours=2, metric="euclidean")
+    d_star, d_other = 1.0, math.hypot(1.0, 1.0)
+    expected = 1 - math.exp(d_star) / (math.exp(d_star) + math.exp(d_other))
+    assert float(factor) == pytest.approx(expected, abs=1e-6)
+
+
+def test_patch_scores_with_magnitudes_see_a_brighter_copy_of_a_normal_patch():
+    from anomalens.methods.patchknn import patch_scores
+
+    g = torch.Generator().manual_seed(0)
+    bank = torch.randn(64, 8, generator=g)
+    feats = bank[:16].clone().view(1, 4, 4, 8)
+    feats[0, 1, 2] *= 3.0  # same direction, three times the length
+    cosine = patch_scores(feats, bank, 1, 2)
+    euclid = patch_scores(feats, bank, 1, 2, metric="euclidean")
+    assert float(cosine.max()) < 1e-6  # every patch has an exact direction match
+    assert euclid[0].argmax() == 1 * 4 + 2 and float(euclid[0, 1, 2]) == pytest.approx(
+        2 * float(bank[6].norm()), rel=1e-4
+    )
+    # zero-shot with an exclusion window: the Euclidean k-th neighbour outside it, as cdist gives
+    flat = feats.reshape(-1, 8)
+    got = patch_scores(feats, None, 1, 2, zero_shot_exclusion=1, metric="euclidean").reshape(-1)
+    from anomalens.methods.patchknn import window_mask
+
+    expected = torch.cdist(flat, flat).masked_fill(window_mask(1, 4, 4, 1), float("inf")).min(dim=1).values
+    torch.testing.assert_close(got, expected)

@@ -121,3 +121,26 @@ def test_nearest_neighbour_over_bank_blocks_equals_the_whole_matrix():
     q, b = torch.nn.functional.normalize(query, dim=-1), torch.nn.functional.normalize(bank, dim=-1)
     expected = (0.5 * (1.0 - (q @ b.T).topk(1, dim=1).values[:, 0])).clamp(0.0, 1.0)
     assert torch.equal(knn_anomaly(query, bank, chunk=128), expected)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_euclidean_knn_is_the_kth_smallest_cdist(k):
+    # the "euclidean" metric (patchknn `magnitudes`) against torch.cdist, over bank blocks and query chunks
+    from anomalens.scoring import BANK_BLOCK
+
+    g = torch.Generator().manual_seed(7)
+    query, bank = 3 * torch.randn(300, 16, generator=g), 2 * torch.randn(BANK_BLOCK * 3 // 2, 16, generator=g)
+    expected = torch.cdist(query, bank).topk(k, dim=1, largest=False).values[:, k - 1]
+    got = knn_anomaly(query, bank, k=k, chunk=128, metric="euclidean")
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert got.max() > 1.0  # not clipped to the cosine's [0, 1]
+
+
+def test_euclidean_knn_by_hand_sees_length_cosine_does_not():
+    bank = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    query = torch.tensor([[3.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    torch.testing.assert_close(knn_anomaly(query, bank, metric="euclidean"), torch.tensor([2.0, 0.0, 1.0]))
+    cosine = knn_anomaly(query, bank)
+    assert cosine[0] == 0 and cosine[1] == 0  # a longer copy of a bank patch is normal to the cosine
+    with pytest.raises(ValueError, match="metric"):
+        knn_anomaly(query, bank, metric="manhattan")

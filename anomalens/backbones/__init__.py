@@ -53,12 +53,16 @@ def create_patch_backbone(
     blocks: tuple[int, ...] | None = None,
     neighbourhood: int = 3,
     clip_layers: tuple[int, ...] = (6, 9),
+    magnitudes: bool = False,
 ) -> nn.Module:
-    """A module mapping (B, 3, S, S) normalised images to (B, h, w, C) unit-norm patch features."""
+    """A module mapping (B, 3, S, S) normalised images to (B, h, w, C) patch features: unit-norm, or
+    for an EfficientNet with `magnitudes`, layer-normalised with their lengths kept."""
     if name in VARIANT_BLOCKS:
         return EfficientNetPatchBackbone(
-            image_size=image_size, blocks=blocks, neighbourhood=neighbourhood, variant=name
+            image_size=image_size, blocks=blocks, neighbourhood=neighbourhood, variant=name, magnitudes=magnitudes
         )
+    if magnitudes:
+        raise ValueError(f"magnitudes needs an EfficientNet backbone ({', '.join(VARIANT_BLOCKS)}), not {name!r}")
     from .clip import create_method_clip
 
     clip = create_method_clip(name, weights)

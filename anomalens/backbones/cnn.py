@@ -4,6 +4,13 @@ It gives the vision-only path real, offline weights. Patch features are read fro
 and a stride-16 block with forward hooks, each averaged over a small neighbourhood (so a patch
 describes its surroundings, as in PatchCore), brought to the stride-8 grid, L2-normalised per
 level so both levels weigh the same, concatenated and L2-normalised again.
+
+With `magnitudes=True` the patch features keep their lengths instead (patchknn's `magnitudes`
+mode, compared by Euclidean distance): each block's output is layer-normalised over its whole
+(C, H, W) map per image (zero mean, unit variance: an image's global gain is removed, local
+brightness and contrast stay) and divided by sqrt(C) so every block weighs about the same; the
+neighbourhood average counts the zero padding, as PatchCore's does (edge patches shrink), and
+nothing is L2-normalised.
 """
 
 from __future__ import annotations
@@ -25,6 +32,14 @@ LITE_STD = (0.5, 0.5, 0.5)
 DEFAULT_BLOCKS = (4, 10)
 # The same two stage ends for each variant (Lite1/Lite2 have more blocks per stage).
 VARIANT_BLOCKS = {"efficientnet-lite0": (4, 10), "efficientnet-lite1": (6, 14), "efficientnet-lite2": (6, 14)}
+
+
+def layer_normalise(feature_map: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """(B, C, H, W) -> zero mean, unit variance over each image's whole (C, H, W) map."""
+    flat = feature_map.float().flatten(1)
+    mean = flat.mean(dim=1, keepdim=True)
+    var = flat.var(dim=1, unbiased=False, keepdim=True)
+    return ((flat - mean) / torch.sqrt(var + eps)).view_as(feature_map)
 
 
 def load_efficientnet_lite(variant: str = "efficientnet-lite0") -> nn.Module:
@@ -96,8 +111,10 @@ class EfficientNetPatchBackbone(nn.Module):
         blocks: tuple[int, ...] | None = None,
         neighbourhood: int = 3,
         variant: str = "efficientnet-lite0",
+        magnitudes: bool = False,
     ):
         super().__init__()
+        self.magnitudes = magnitudes
         self.model = load_efficientnet_lite(variant)
         self.name = variant
         self.image_size = image_size
@@ -139,15 +156,23 @@ class EfficientNetPatchBackbone(nn.Module):
         return self.combine(self.block_outputs(images))
 
     def combine(self, levels: list[torch.Tensor]) -> torch.Tensor:
-        """Raw block outputs -> pooled, stride-8 grid, per-level then overall L2-normalised features."""
+        """Raw block outputs -> pooled, stride-8 grid features: per-level then overall L2-normalised
+        (or, with `magnitudes`, per-image layer-normalised and left unnormalised)."""
         grid = levels[0].shape[-2:]
         pad = self.neighbourhood // 2
         out = []
         for feat in levels:
+            feat = feat.float()
+            if self.magnitudes:
+                feat = layer_normalise(feat) / feat.shape[1] ** 0.5
             if self.neighbourhood > 1:
-                feat = F.avg_pool2d(feat, self.neighbourhood, stride=1, padding=pad, count_include_pad=False)
+                feat = F.avg_pool2d(
+                    feat, self.neighbourhood, stride=1, padding=pad, count_include_pad=self.magnitudes
+                )
             if feat.shape[-2:] != grid:
                 feat = F.interpolate(feat, size=grid, mode="bilinear", align_corners=False)
-            out.append(F.normalize(feat.float(), dim=1))
-        feats = F.normalize(torch.cat(out, dim=1), dim=1)
+            out.append(feat if self.magnitudes else F.normalize(feat, dim=1))
+        feats = torch.cat(out, dim=1)
+        if not self.magnitudes:
+            feats = F.normalize(feats, dim=1)
         return feats.permute(0, 2, 3, 1).contiguous()

@@ -99,15 +99,28 @@ def kth_nearest_distance(similarity: torch.Tensor, k: int) -> torch.Tensor:
     return (0.5 * (1.0 - kth)).clamp(0.0, 1.0)
 
 
-def bank_distance(query: torch.Tensor, bank: torch.Tensor, k: int) -> torch.Tensor:
+def bank_distance(query: torch.Tensor, bank: torch.Tensor, k: int, metric: str = "cosine") -> torch.Tensor:
     """(B, N, C) queries against an (M, C) bank -> (B, N), as `scoring.knn_anomaly`."""
+    if metric == "euclidean":
+        return kth_smallest_euclidean(query, bank.unsqueeze(0), k)
     return kth_nearest_distance(F.normalize(query, dim=-1) @ F.normalize(bank, dim=-1).T, k)
 
 
-def self_distance(query: torch.Tensor, k: int) -> torch.Tensor:
+def self_distance(query: torch.Tensor, k: int, metric: str = "cosine") -> torch.Tensor:
     """(B, N, C) queries against their own image's patches -> (B, N) (zero-shot)."""
+    if metric == "euclidean":
+        return kth_smallest_euclidean(query, query, k)
     q = F.normalize(query, dim=-1)
     return kth_nearest_distance(q @ q.transpose(1, 2), k)
+
+
+def kth_smallest_euclidean(query: torch.Tensor, keys: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, N, C) queries, (B or 1, M, C) keys -> (B, N) Euclidean distance to the k-th nearest key
+    (||q||^2 + ||b||^2 - 2 q.b: matrix products, which every ONNX runtime has)."""
+    norms = (query * query).sum(-1, keepdim=True) + (keys * keys).sum(-1).unsqueeze(1)
+    squared = norms - 2 * query @ keys.transpose(1, 2)
+    kth = squared.amin(-1) if k == 1 else squared.topk(k, dim=-1, largest=False).values[..., k - 1]
+    return kth.clamp(min=0.0).sqrt()
 
 
 def upsample(patch_maps: torch.Tensor, size: int) -> torch.Tensor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..methods.patchknn import pooling_window
+from ..methods.patchknn import distance_metric, pooling_window
 from ..scoring import edge_weights, gaussian_smooth
 from .graph import GraphSpec, bank_distance, register_exporter, require, self_distance, upsample
 
@@ -30,6 +30,7 @@ class PatchKnnGraph(nn.Module):
         self.few_shot_k = method.settings.few_shot_k
         self.zero_shot_k = method.settings.zero_shot_k
         self.smoothing_sigma = method.settings.smoothing_sigma
+        self.metric = distance_metric(method.settings)
         self.few_shot = bank is not None
         self.bank_as_input = bank_as_input
         self.with_valid = with_valid
@@ -48,9 +49,9 @@ class PatchKnnGraph(nn.Module):
         flat = feats.reshape(b, h * w, c)
         if self.few_shot:
             bank = extra.pop(0) if self.bank_as_input else self.bank
-            patch_map = bank_distance(flat, bank, self.few_shot_k)
+            patch_map = bank_distance(flat, bank, self.few_shot_k, self.metric)
         else:
-            patch_map = self_distance(flat, self.zero_shot_k)
+            patch_map = self_distance(flat, self.zero_shot_k, self.metric)
         patch_map = patch_map.reshape(b, h, w)
         # as patchknn.score_image: upsample, smooth, score over the pixels of the valid cells
         maps = gaussian_smooth(upsample(patch_map, self.image_size), self.smoothing_sigma)

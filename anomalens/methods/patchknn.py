@@ -57,6 +57,11 @@ class PatchKnnSettings(MethodSettings):
         maximum=20,
     )
     neighbourhood: int = setting(3, "local aggregation window, in patches", minimum=1)
+    magnitudes: bool = setting(
+        False,
+        "EfficientNet only: compare per-image layer-normalised features by Euclidean distance instead of unit "
+        "features by cosine (keeps local brightness/contrast; for textured surfaces, see README)",
+    )
     clip_layers: tuple[int, ...] = setting((6, 9), "CLIP blocks whose tokens are used (1-based)", minimum=1)
     few_shot_k: int = setting(FEW_SHOT_K, "nearest reference patch used (few-shot)", minimum=1)
     zero_shot_k: int = setting(
@@ -124,7 +129,12 @@ def window_mask(tiles: int, h: int, w: int, radius: int) -> torch.Tensor:
 
 
 def patch_scores(
-    feats: torch.Tensor, bank: torch.Tensor | None, few_shot_k: int, zero_shot_k: int, zero_shot_exclusion: int = 0
+    feats: torch.Tensor,
+    bank: torch.Tensor | None,
+    few_shot_k: int,
+    zero_shot_k: int,
+    zero_shot_exclusion: int = 0,
+    metric: str = "cosine",
 ) -> torch.Tensor:
     """(T, h, w, C) features of one image's tiles -> (T, h, w) patch anomalies.
 
@@ -136,14 +146,23 @@ def patch_scores(
     t, h, w, c = feats.shape
     flat = feats.reshape(-1, c)
     if bank is not None:
-        return knn_anomaly(flat, bank, k=few_shot_k).view(t, h, w)
+        return knn_anomaly(flat, bank, k=few_shot_k, metric=metric).view(t, h, w)
     if zero_shot_exclusion <= 0:
-        return knn_anomaly(flat, flat, k=zero_shot_k).view(t, h, w)
-    unit = F.normalize(flat.float(), dim=-1)
-    sim = (unit @ unit.T).masked_fill(window_mask(t, h, w, zero_shot_exclusion), -1.0)
+        return knn_anomaly(flat, flat, k=zero_shot_k, metric=metric).view(t, h, w)
+    excluded = window_mask(t, h, w, zero_shot_exclusion)
     k = max(1, zero_shot_k - 1)
+    if metric == "euclidean":
+        dist = torch.cdist(flat.float(), flat.float()).masked_fill(excluded, float("inf"))
+        return dist.topk(k, dim=1, largest=False).values[:, k - 1].view(t, h, w)
+    unit = F.normalize(flat.float(), dim=-1)
+    sim = (unit @ unit.T).masked_fill(excluded, -1.0)
     kth = sim.topk(k, dim=1).values[:, k - 1]
     return (0.5 * (1.0 - kth)).clamp(0.0, 1.0).view(t, h, w)
+
+
+def distance_metric(settings: PatchKnnSettings) -> str:
+    """How patch features are compared: Euclidean for `magnitudes`, else cosine."""
+    return "euclidean" if settings.magnitudes else "cosine"
 
 
 def pooling_window(settings: PatchKnnSettings) -> int:
@@ -166,7 +185,7 @@ def score_image(
     """
     s = settings
     if patches is None:
-        patches = patch_scores(feats, bank, s.few_shot_k, s.zero_shot_k, s.zero_shot_exclusion)
+        patches = patch_scores(feats, bank, s.few_shot_k, s.zero_shot_k, s.zero_shot_exclusion, distance_metric(s))
     maps = F.interpolate(patches[:, None], size=(s.image_size, s.image_size), mode="bilinear", align_corners=False)
     maps = gaussian_smooth(maps[:, 0], s.smoothing_sigma)
     # The image score reads the (edge-weighted) smoothed map; the returned maps stay unweighted.
@@ -185,7 +204,9 @@ def score_image(
         )
     score = image_score(values, s.top_fraction)
     if bank is not None and s.reweight_neighbours > 0:
-        score = score * reweighting_factor(feats.reshape(-1, feats.shape[-1]), bank, patches, s.reweight_neighbours)
+        score = score * reweighting_factor(
+            feats.reshape(-1, feats.shape[-1]), bank, patches, s.reweight_neighbours, distance_metric(s)
+        )
     return maps, score
 
 
@@ -215,6 +236,7 @@ class PatchKnn(Method):
             blocks=settings.blocks,
             neighbourhood=settings.neighbourhood,
             clip_layers=settings.clip_layers,
+            magnitudes=settings.magnitudes,
         )
         self.bank_ = MemoryBank()
         self._bank_source: tuple[list[LoadedImage], torch.Tensor] | None = None
@@ -258,7 +280,9 @@ class PatchKnn(Method):
 
     def bank_with_origin(self, per_reference: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The bank of `build_bank` and, per bank patch, the index of the reference it came from."""
-        bank = F.normalize(torch.cat(per_reference).float(), dim=-1)
+        bank = torch.cat(per_reference).float()
+        if not self.settings.magnitudes:
+            bank = F.normalize(bank, dim=-1)
         origin = torch.repeat_interleave(
             torch.arange(len(per_reference)), torch.tensor([p.shape[0] for p in per_reference])
         )
