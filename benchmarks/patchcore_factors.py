@@ -74,6 +74,7 @@ PATCHKNN = dict(
     # Issue 17, session 4: keep the magnitudes (Euclidean) but remove each image's global gain.
     gain="none",  # "layer": each block layer-normalised over its (C, H, W) per image (MuSc's LNAMD step)
     mix=0.0,  # > 0: patch distance + mix * the Euclidean distance of the gain="layer", zero-padded embedding
+    mix_auto=False,  # with references: d / s + d_m / s_m, s the 99th percentile of the references' own distances
 )
 # The second embedding of `mix`: per-image layer-normalised magnitudes, compared by Euclidean distance.
 MAGNITUDES = dict(gain="layer", norm=False, dist="euclidean", pool="zero_pad", soft=0.0, mix=0.0)
@@ -202,6 +203,21 @@ def evaluate(
         if v["coreset"] > 0:
             bank = bank[greedy_coreset(bank, max(1, int(v["coreset"] * len(bank))), seed=seed)[0]]
     test = embed(raw_test, v, taus)
+    scales = None
+    if v["mix_auto"] and refs:  # each metric scaled by how far normal patches lie from other normal patches
+        vm = {**v, **MAGNITUDES}
+        scales = []
+        for var, levels in ((v, ref_levels), (vm, ref_levels)):
+            per_ref = embed(levels, var, taus if var is v else None)
+            if len(per_ref) >= 2:
+                normal = torch.cat(
+                    [nearest(per_ref[r], torch.cat([per_ref[o] for o in range(len(per_ref)) if o != r]), var)[0]
+                     for r in range(len(per_ref))]
+                )
+            else:
+                normal = nearest(per_ref[0], per_ref[0], var, 2)[0]
+            scales.append(torch.quantile(normal.float(), 0.99))
+        v = {**v, "mix": float(scales[0] / scales[1])}  # d / s + d_m / s_m = (d + (s / s_m) d_m) / s
     if v["mix"] > 0:  # the magnitude term's own bank and queries
         vm = {**v, **MAGNITUDES}
         test_m = embed(raw_test, vm)

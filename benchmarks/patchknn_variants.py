@@ -34,7 +34,7 @@ from anomalens.metrics import PixelMetricAccumulator, image_metrics
 
 # The settings before issue 17, and the levers tried on top of a base, one at a time.
 OLD_DEFAULT = {"smoothing_sigma": 0.0, "coreset_size": 0, "edge_weighting": False}
-FEATURE_KEYS = ("backbone", "image_size", "resize", "tile_above_aspect", "blocks", "neighbourhood")
+FEATURE_KEYS = ("backbone", "image_size", "resize", "tile_above_aspect", "blocks", "neighbourhood", "magnitudes")
 VARIANTS = {
     "defaults": [{"edge_weighting": False}],  # the old and the new default, and the step between them
     "scoring": [
@@ -62,6 +62,12 @@ VARIANTS = {
         {"neighbourhood": 5},
         {"backbone": "efficientnet-lite1"},
         {"backbone": "efficientnet-lite2"},
+    ],
+    # issue 17, session 4: Euclidean distances of per-image layer-normalised features (the texture recipe)
+    "magnitudes": [
+        {"magnitudes": True},
+        {"magnitudes": True, "blocks": (4, 10, 14)},
+        {"blocks": (4, 10, 14)},
     ],
 }
 METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro")
