@@ -7,6 +7,11 @@ second nearest neighbour (the first is itself). The patch map is upsampled to th
 smoothed with a Gaussian (PatchCore: sigma 4), and the image score is its maximum (or the mean
 of its top fraction), optionally reweighted by PatchCore's neighbourhood density. Elongated
 images can be covered by square tiles instead of being squashed (`anomalens.tiling`).
+
+`magnitudes` compares per-image layer-normalised features by Euclidean distance instead of unit
+features by cosine: brighter or darker patches of the same texture then count as different. It
+wins on textured surfaces with intensity defects and loses on parts whose normal lighting varies
+(README "Keeping the magnitudes"), so it is an opt-in, not the default.
 """
 
 from __future__ import annotations
@@ -60,7 +65,8 @@ class PatchKnnSettings(MethodSettings):
     magnitudes: bool = setting(
         False,
         "EfficientNet only: compare per-image layer-normalised features by Euclidean distance instead of unit "
-        "features by cosine (keeps local brightness/contrast; for textured surfaces, see README)",
+        "features by cosine (keeps local brightness/contrast: for textured surfaces; on reflective parts it "
+        "loses, zero-shot even below chance: see README)",
     )
     clip_layers: tuple[int, ...] = setting((6, 9), "CLIP blocks whose tokens are used (1-based)", minimum=1)
     few_shot_k: int = setting(FEW_SHOT_K, "nearest reference patch used (few-shot)", minimum=1)
