@@ -5,6 +5,14 @@ nn.LayerNorm([C, H, W]) without learned scale), then, for each degree r, every p
 replaced by the mean of its r x r neighbourhood (r = 1: the patch alone) and L2-normalised.
 Small r keeps small defects sharp, large r lets a patch describe a larger defect.
 
+`patch_norm="none"` (not in the paper) skips the per-patch L2 normalisation: MSM then compares
+the layer-normalised features by Euclidean distance, so a patch with the texture of its
+neighbours but a larger or smaller activation (a brighter or darker region: magnetic_tile's
+"uneven", steel_strip's "patches") is far from the normal patches, while the per-image layer
+norm still removes each image's global gain (lighting). Every layer is divided by sqrt(C): a
+layer-normalised element has unit variance, so a degree-1 patch has expected squared length
+1 in every layer, whatever its channel count, and the layers weigh alike in MSM's average.
+
 The official code unfolds r x r patches with zero padding and averages each channel over them
 with adaptive average pooling; that is an r x r average pool whose border patches count the
 padding. Counting it or not changes only a border patch's length, which the L2 normalisation
@@ -13,12 +21,14 @@ removes, so a plain average pool gives the same unit vectors.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 DEFAULT_DEGREES = (1, 3, 5)  # paper and official code
+PATCH_NORMS = ("l2", "none")  # l2: paper and official code (unit patches); none: see above
 
 
 def layer_normalise(feature_map: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -29,14 +39,23 @@ def layer_normalise(feature_map: torch.Tensor, eps: float = 1e-5) -> torch.Tenso
     return ((flat - mean) / torch.sqrt(var + eps)).view_as(feature_map)
 
 
-def aggregate(feature_map: torch.Tensor, degree: int) -> torch.Tensor:
-    """(B, C, H, W) layer-normalised map -> (B, H*W, C) unit patch features averaged over r x r."""
+def aggregate(feature_map: torch.Tensor, degree: int, patch_norm: str = "l2") -> torch.Tensor:
+    """(B, C, H, W) layer-normalised map -> (B, H*W, C) patch features averaged over r x r.
+
+    "l2": unit vectors (paper). "none": the averages divided by sqrt(C) (border patches average
+    only the cells inside the map, so their length is comparable to inner patches').
+    """
     if degree < 1 or degree % 2 == 0:
         raise ValueError(f"aggregation degree must be an odd number >= 1, got {degree}")
+    if patch_norm not in PATCH_NORMS:
+        raise ValueError(f"unknown patch_norm {patch_norm!r}; use one of {', '.join(PATCH_NORMS)}")
     x = feature_map
     if degree > 1:
         x = F.avg_pool2d(x, degree, stride=1, padding=degree // 2, count_include_pad=False)
-    return F.normalize(x.flatten(2).transpose(1, 2), dim=-1)
+    x = x.flatten(2).transpose(1, 2)
+    if patch_norm == "none":
+        return x / math.sqrt(x.shape[-1])
+    return F.normalize(x, dim=-1)
 
 
 def tokens_to_map(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -46,12 +65,12 @@ def tokens_to_map(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 
 
 def lnamd(
-    layer_maps: Sequence[torch.Tensor], degrees: Sequence[int] = DEFAULT_DEGREES
+    layer_maps: Sequence[torch.Tensor], degrees: Sequence[int] = DEFAULT_DEGREES, patch_norm: str = "l2"
 ) -> dict[tuple[int, int], torch.Tensor]:
     """{(layer index, degree): (B, H_l*W_l, C_l) features} for every layer and degree."""
     out = {}
     for li, fmap in enumerate(layer_maps):
         normed = layer_normalise(fmap)
         for r in degrees:
-            out[(li, r)] = aggregate(normed, r)
+            out[(li, r)] = aggregate(normed, r, patch_norm)
     return out

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from ...geometry import RESIZE_POLICIES
 from ...settings import MethodSettings, setting
-from .lnamd import DEFAULT_DEGREES
-from .msm import DEFAULT_CHUNK_ELEMENTS
+from .lnamd import DEFAULT_DEGREES, PATCH_NORMS
+from .msm import DEFAULT_CHUNK_ELEMENTS, SCORE_SCALES
 from .postprocess import BASELINES, PHOTOMETRIC_MODES
 from .rscin import DEFAULT_NEIGHBOURS
 
@@ -38,6 +38,17 @@ class MuScSettings(MethodSettings):
         (6, 12, 18, 24), "ViT blocks (1-based) scored; paper: the 4 stages of ViT-L-14", minimum=1
     )
     degrees: tuple[int, ...] = setting(DEFAULT_DEGREES, "LNAMD aggregation degrees r (paper: 1, 3, 5), odd", minimum=1)
+    patch_norm: str = setting(
+        "l2",
+        "LNAMD patch features: l2 (unit vectors, paper) or none (layer-normalised lengths / sqrt(C), "
+        "Euclidean: brighter or darker regions count; lnamd.py)",
+        choices=PATCH_NORMS,
+    )
+    score_scale: str = setting(
+        "none",
+        "each (layer, degree)'s MSM scores divided by their batch median before the average (none: paper; msm.py)",
+        choices=SCORE_SCALES,
+    )
     interval: tuple[float, ...] = setting(
         CNN_INTERVAL,
         "MSM interval average: from..to fraction of the sorted partner scores (paper and code: 0, 0.3)",

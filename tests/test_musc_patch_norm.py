@@ -1,0 +1,152 @@
+"""`musc` patch_norm="none" (layer-normalised magnitudes, Euclidean) and score_scale (synthetic, fast)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from anomalens import Detector
+from anomalens.images import LoadedImage
+from anomalens.methods.musc.lnamd import aggregate, lnamd
+from anomalens.methods.musc.msm import (
+    choose_partners,
+    mutual_scores,
+    nearest_patch_distances,
+    scale_scores,
+    self_distances,
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+FAST = {"image_size": 64, "progress": False}
+
+
+def test_euclidean_nearest_patch_distances_by_hand():
+    query = torch.tensor([[3.0, 4.0], [0.0, 1.0]])
+    partners = torch.tensor([[[0.0, 0.0], [3.0, 0.0]], [[6.0, 8.0], [0.0, -1.0]]])
+    # (3, 4): to (0, 0) 5, to (3, 0) 4 -> 4; to (6, 8) 5, to (0, -1) sqrt(9 + 25) -> 5.
+    # (0, 1): to (0, 0) 1, to (3, 0) sqrt(10) -> 1; to (6, 8) sqrt(36 + 49), to (0, -1) 2 -> 2.
+    expected = torch.tensor([[4.0, 5.0], [1.0, 2.0]])
+    got = nearest_patch_distances(query, partners, patch_norm="none")
+    assert torch.allclose(got, expected, atol=1e-5)
+    # The paper's unit features see only directions: (3, 4) and (6, 8) are the same patch.
+    assert nearest_patch_distances(query, partners)[0, 1].item() == pytest.approx(0.0, abs=1e-3)
+
+
+def test_aggregate_none_keeps_lengths_divided_by_sqrt_channels():
+    fmap = torch.arange(2 * 3 * 3, dtype=torch.float32).view(1, 2, 3, 3)
+    one = aggregate(fmap, 1, "none")
+    assert torch.allclose(one[0, 4], torch.tensor([4.0, 13.0]) / math.sqrt(2))
+    three = aggregate(fmap, 3, "none")
+    # Corner cell (0, 0): the mean of the 2 x 2 cells inside the map, padding not counted.
+    corner = torch.tensor([(0 + 1 + 3 + 4) / 4, (9 + 10 + 12 + 13) / 4]) / math.sqrt(2)
+    assert torch.allclose(three[0, 0], corner)
+    assert torch.allclose(aggregate(fmap, 3, "l2"), torch.nn.functional.normalize(three, dim=-1), atol=1e-6)
+    with pytest.raises(ValueError, match="patch_norm"):
+        aggregate(fmap, 1, "unit")
+
+
+def test_layer_normalised_patches_have_unit_mean_square_length_in_every_layer():
+    torch.manual_seed(0)
+    maps = [torch.randn(2, 16, 8, 8) * 7 + 3, torch.randn(2, 320, 4, 4) * 0.1]
+    feats = lnamd(maps, (1,), "none")
+    for layer in range(2):
+        assert (feats[(layer, 1)] ** 2).sum(-1).mean().item() == pytest.approx(1.0, abs=0.05)
+
+
+def test_euclidean_chunked_equals_unchunked_and_brute_force():
+    torch.manual_seed(1)
+    z = torch.randn(7, 12, 5) * torch.rand(7, 12, 1) * 3
+    partners = choose_partners([f"k{i}" for i in range(7)], 0)
+    whole = mutual_scores(z, partners, chunk_elements=1 << 30, patch_norm="none", interval=(0.0, 1.0))
+    tiny = mutual_scores(z, partners, chunk_elements=12, patch_norm="none", interval=(0.0, 1.0))
+    assert torch.allclose(whole, tiny, atol=1e-6)
+    brute = torch.stack(
+        [
+            torch.stack([torch.cdist(z[i], z[j]).min(dim=1).values for j in partners[i]], dim=1).mean(dim=1)
+            for i in range(7)
+        ]
+    )
+    assert torch.allclose(whole, brute, atol=1e-4)
+
+
+def test_euclidean_self_distances_exclude_the_patch_itself():
+    torch.manual_seed(2)
+    z = torch.randn(9, 4) * 2
+    brute = torch.cdist(z, z) + torch.diag(torch.full((9,), float("inf")))
+    for chunk in (1 << 20, 9):
+        assert torch.allclose(self_distances(z, chunk, "none"), brute.min(dim=1).values, atol=1e-4)
+    assert torch.allclose(self_distances(z[:1], patch_norm="none"), torch.zeros(1))
+
+
+def _maps_with_a_brighter_patch(gain: float) -> torch.Tensor:
+    """8 images of one texture: every cell one of 3 channel patterns plus a little noise; image 3's
+    cell (2, 2) has the pattern of its neighbours times `gain` (brighter, same direction). The
+    patterns have zero channel mean, so the layer norm's mean shift keeps the direction."""
+    torch.manual_seed(3)
+    patterns = torch.randn(3, 16)
+    patterns -= patterns.mean(dim=1, keepdim=True)
+    kinds = torch.arange(36).view(6, 6) % 3
+    maps = patterns[kinds].permute(2, 0, 1).repeat(8, 1, 1, 1) + 0.05 * torch.randn(8, 16, 6, 6)
+    maps[3, :, 2, 2] *= gain
+    return maps
+
+
+def test_a_brighter_planted_patch_scores_highest_only_without_l2():
+    maps = _maps_with_a_brighter_patch(3.0)
+    partners = choose_partners([f"k{i}" for i in range(8)], 0)
+    scores = {}
+    for norm in ("none", "l2"):
+        z = lnamd([maps], (1,), norm)[(0, 1)]
+        scores[norm] = mutual_scores(z, partners, patch_norm=norm)
+    planted = 3 * 36 + 2 * 6 + 2
+    assert int(scores["none"].flatten().argmax()) == planted
+    # Unit vectors see the same direction as the neighbours: an ordinary patch, below the top.
+    l2 = scores["l2"].flatten()
+    assert l2[planted] < l2.quantile(0.9)
+
+
+def test_median_score_scale_divides_by_the_batch_median():
+    scores = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 7.0]])
+    assert torch.equal(scale_scores(scores, "none"), scores)
+    assert torch.allclose(scale_scores(scores, "median"), scores / 3.0)  # torch: the lower middle value
+    with pytest.raises(ValueError, match="score_scale"):
+        scale_scores(scores, "mean")
+
+
+def _texture(seed: int, size: int = 64) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    noise = torch.tensor(rng.random((1, 1, size // 4, size // 4)), dtype=torch.float32)
+    grey = torch.nn.functional.interpolate(noise, size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+    grey = (90 + 60 * grey.numpy()).astype(np.uint8)
+    return np.repeat(grey[:, :, None], 3, axis=2)
+
+
+@pytest.mark.parametrize("scale", ["none", "median"])
+def test_detector_with_magnitudes_finds_a_planted_defect_and_scores_equal_images_zero(scale):
+    det = Detector("musc", patch_norm="none", score_scale=scale, **FAST)
+    images = [LoadedImage(path=f"img{i}.png", rgb=_texture(i)) for i in range(6)]
+    images[2].rgb[24:36, 24:36] = (255, 0, 0)
+    scores = [r.score for r in det.predict(images)]
+    assert int(np.argmax(scores)) == 2
+    same = [LoadedImage(path=f"same{i}.png", rgb=_texture(7)) for i in range(4)]
+    assert max(r.score for r in Detector("musc", patch_norm="none", **FAST).predict(same)) < 1e-2
+
+
+def test_magnitude_features_in_float16_change_scores_little():
+    images = [LoadedImage(path=f"img{i}.png", rgb=_texture(i)) for i in range(5)]
+    half = Detector("musc", patch_norm="none", feature_dtype="float16", **FAST).predict(images)
+    full = Detector("musc", patch_norm="none", feature_dtype="float32", **FAST).predict(images)
+    for a, b in zip(half, full):
+        assert abs(a.score - b.score) < 5e-3 * max(1.0, abs(b.score))
+
+
+@pytest.mark.parametrize("bad", [{"patch_norm": "unit"}, {"score_scale": "mean"}])
+def test_bad_norm_settings_are_settings_errors(bad):
+    from anomalens.errors import SettingsError
+
+    with pytest.raises(SettingsError):
+        Detector("musc", **bad)
