@@ -10,7 +10,7 @@ import torch
 
 from anomalens import Detector
 from anomalens.images import LoadedImage
-from anomalens.methods.musc.lnamd import aggregate, lnamd
+from anomalens.methods.musc.lnamd import aggregate, lnamd, weigh_length
 from anomalens.methods.musc.msm import (
     choose_partners,
     mutual_scores,
@@ -47,6 +47,18 @@ def test_aggregate_none_keeps_lengths_divided_by_sqrt_channels():
     assert torch.allclose(aggregate(fmap, 3, "l2"), torch.nn.functional.normalize(three, dim=-1), atol=1e-6)
     with pytest.raises(ValueError, match="patch_norm"):
         aggregate(fmap, 1, "unit")
+
+
+def test_l2_length_is_direction_plus_weighted_length_difference():
+    fmap = torch.tensor([[3.0, 6.0], [4.0, 8.0]]).view(1, 2, 1, 2)  # patches (3, 4) and (6, 8)
+    z = aggregate(fmap, 1, "l2_length")
+    assert torch.allclose(z[0], torch.tensor([[0.6, 0.8, 5 / math.sqrt(2)], [0.6, 0.8, 10 / math.sqrt(2)]]))
+    # Same direction: the distance is sqrt(w) times the length difference 5 / sqrt(2).
+    for w in (1.0, 4.0):
+        zw = weigh_length(z, w)
+        d = nearest_patch_distances(zw[0, :1], zw[:, 1:], patch_norm="l2_length")
+        assert d.item() == pytest.approx(math.sqrt(w * 12.5), rel=1e-5)
+    assert torch.equal(z[0, 0, -1], torch.tensor(5 / math.sqrt(2)))  # weigh_length copies
 
 
 def test_layer_normalised_patches_have_unit_mean_square_length_in_every_layer():
@@ -95,15 +107,16 @@ def _maps_with_a_brighter_patch(gain: float) -> torch.Tensor:
     return maps
 
 
-def test_a_brighter_planted_patch_scores_highest_only_without_l2():
+def test_a_brighter_planted_patch_scores_highest_only_with_its_length():
     maps = _maps_with_a_brighter_patch(3.0)
     partners = choose_partners([f"k{i}" for i in range(8)], 0)
     scores = {}
-    for norm in ("none", "l2"):
+    for norm in ("none", "l2_length", "l2"):
         z = lnamd([maps], (1,), norm)[(0, 1)]
         scores[norm] = mutual_scores(z, partners, patch_norm=norm)
     planted = 3 * 36 + 2 * 6 + 2
     assert int(scores["none"].flatten().argmax()) == planted
+    assert int(scores["l2_length"].flatten().argmax()) == planted
     # Unit vectors see the same direction as the neighbours: an ordinary patch, below the top.
     l2 = scores["l2"].flatten()
     assert l2[planted] < l2.quantile(0.9)
@@ -125,15 +138,15 @@ def _texture(seed: int, size: int = 64) -> np.ndarray:
     return np.repeat(grey[:, :, None], 3, axis=2)
 
 
-@pytest.mark.parametrize("scale", ["none", "median"])
-def test_detector_with_magnitudes_finds_a_planted_defect_and_scores_equal_images_zero(scale):
-    det = Detector("musc", patch_norm="none", score_scale=scale, **FAST)
+@pytest.mark.parametrize("norm,scale", [("none", "none"), ("none", "median"), ("l2_length", "none")])
+def test_detector_with_magnitudes_finds_a_planted_defect_and_scores_equal_images_zero(norm, scale):
+    det = Detector("musc", patch_norm=norm, score_scale=scale, length_weight=4.0, **FAST)
     images = [LoadedImage(path=f"img{i}.png", rgb=_texture(i)) for i in range(6)]
     images[2].rgb[24:36, 24:36] = (255, 0, 0)
     scores = [r.score for r in det.predict(images)]
     assert int(np.argmax(scores)) == 2
     same = [LoadedImage(path=f"same{i}.png", rgb=_texture(7)) for i in range(4)]
-    assert max(r.score for r in Detector("musc", patch_norm="none", **FAST).predict(same)) < 1e-2
+    assert max(r.score for r in Detector("musc", patch_norm=norm, **FAST).predict(same)) < 1e-2
 
 
 def test_magnitude_features_in_float16_change_scores_little():

@@ -13,6 +13,13 @@ norm still removes each image's global gain (lighting). Every layer is divided b
 layer-normalised element has unit variance, so a degree-1 patch has expected squared length
 1 in every layer, whatever its channel count, and the layers weigh alike in MSM's average.
 
+`patch_norm="l2_length"` (not in the paper) keeps the paper's unit direction and appends the
+patch's length (|x| / sqrt(C), as in "none") as one more channel, so the Euclidean distance is
+||u_a - u_b||^2 + w (m_a - m_b)^2: direction as in the paper plus a length difference, without
+"none"'s scaling of direction differences by the lengths (|a| |b| (2 - 2 cos)). The weight w
+(`length_weight`) is applied at scoring time (`weigh_length`), so stored features do not depend
+on it.
+
 The official code unfolds r x r patches with zero padding and averages each channel over them
 with adaptive average pooling; that is an r x r average pool whose border patches count the
 padding. Counting it or not changes only a border patch's length, which the L2 normalisation
@@ -28,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 DEFAULT_DEGREES = (1, 3, 5)  # paper and official code
-PATCH_NORMS = ("l2", "none")  # l2: paper and official code (unit patches); none: see above
+PATCH_NORMS = ("l2", "none", "l2_length")  # l2: paper and official code (unit patches); others: see above
 
 
 def layer_normalise(feature_map: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -44,6 +51,7 @@ def aggregate(feature_map: torch.Tensor, degree: int, patch_norm: str = "l2") ->
 
     "l2": unit vectors (paper). "none": the averages divided by sqrt(C) (border patches average
     only the cells inside the map, so their length is comparable to inner patches').
+    "l2_length": (B, H*W, C + 1), the unit vector and then the "none" length.
     """
     if degree < 1 or degree % 2 == 0:
         raise ValueError(f"aggregation degree must be an odd number >= 1, got {degree}")
@@ -55,7 +63,17 @@ def aggregate(feature_map: torch.Tensor, degree: int, patch_norm: str = "l2") ->
     x = x.flatten(2).transpose(1, 2)
     if patch_norm == "none":
         return x / math.sqrt(x.shape[-1])
+    if patch_norm == "l2_length":
+        length = x.norm(dim=-1, keepdim=True) / math.sqrt(x.shape[-1])
+        return torch.cat([F.normalize(x, dim=-1), length], dim=-1)
     return F.normalize(x, dim=-1)
+
+
+def weigh_length(features: torch.Tensor, weight: float) -> torch.Tensor:
+    """Features of patch_norm "l2_length" (..., C + 1) -> the length channel times sqrt(weight) (a copy)."""
+    out = features.clone()
+    out[..., -1] *= math.sqrt(weight)
+    return out
 
 
 def tokens_to_map(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

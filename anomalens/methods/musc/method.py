@@ -14,7 +14,7 @@ from ...geometry import map_to_image, to_model_input
 from ...images import LoadedImage
 from ..base import Method, MethodOutput, register_method
 from .extract import create_layer_backbone
-from .lnamd import lnamd
+from .lnamd import lnamd, weigh_length
 from .msm import choose_partners, interval_bounds, mutual_scores, scale_scores, self_distances
 from .postprocess import image_scores, smooth_maps, standardise_photometry, subtract_baseline
 from .rscin import rescore
@@ -173,6 +173,9 @@ class MuSc(Method):
         bar = _bar(n * len(feats.patches), "musc mutual scoring", s.progress)
         for (layer, _degree), z in feats.patches.items():
             known = None if known_normal is None else known_normal.patches[(layer, _degree)]
+            if s.patch_norm == "l2_length":
+                z = weigh_length(z, s.length_weight)
+                known = None if known is None else weigh_length(known, s.length_weight)
             if n == 1 and num_known == 0:
                 patch_scores = self_distances(z[0], s.chunk_elements, s.patch_norm)[None]
                 bar.update(1)

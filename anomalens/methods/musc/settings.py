@@ -44,6 +44,9 @@ class MuScSettings(MethodSettings):
         "Euclidean: brighter or darker regions count; lnamd.py)",
         choices=PATCH_NORMS,
     )
+    length_weight: float = setting(
+        1.0, "patch_norm=l2_length: weight w of the squared length difference (lnamd.py)", minimum=0.0
+    )
     score_scale: str = setting(
         "none",
         "each (layer, degree)'s MSM scores divided by their batch median before the average (none: paper; msm.py)",
