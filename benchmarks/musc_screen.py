@@ -62,6 +62,8 @@ def feature_key(settings: dict, category: str, paths: list[str]) -> str:
     for name, old in (("photometric", "none"), ("patch_norm", "l2")):
         if chosen.get(name) == old:  # the key of caches made before this setting existed
             del chosen[name]
+    if settings.get("intensity_weight", 0) > 0:  # the intensity layer is stored unweighted
+        chosen["intensity"] = True
     text = json.dumps([category, chosen, sorted(paths)], sort_keys=True, default=list)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

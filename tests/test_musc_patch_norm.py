@@ -10,7 +10,7 @@ import torch
 
 from anomalens import Detector
 from anomalens.images import LoadedImage
-from anomalens.methods.musc.lnamd import aggregate, lnamd, weigh_length
+from anomalens.methods.musc.lnamd import aggregate, intensity_map, lnamd, weigh_length
 from anomalens.methods.musc.msm import (
     choose_partners,
     mutual_scores,
@@ -163,3 +163,33 @@ def test_bad_norm_settings_are_settings_errors(bad):
 
     with pytest.raises(SettingsError):
         Detector("musc", **bad)
+
+
+def test_intensity_map_is_the_pooled_grey_level_minus_the_image_median():
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.5)
+    grey = torch.full((1, 1, 8, 8), 0.5)
+    grey[..., :4, :4] = 0.1  # a dark quarter: one cell of the 2 x 2 grid
+    rgb = grey.expand(1, 3, 8, 8)
+    normalised = (rgb - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    got = intensity_map(normalised, mean, std, (2, 2))
+    assert torch.allclose(got, torch.tensor([[[[-0.4, 0.0], [0.0, 0.0]]]]), atol=1e-6)
+    # A uniformly brighter image: the same map (relative to its own median).
+    brighter = (rgb + 0.2 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    assert torch.allclose(intensity_map(brighter, mean, std, (2, 2)), got, atol=1e-6)
+
+
+def test_intensity_layer_scores_a_darker_blotch_by_its_grey_offset():
+    images = [LoadedImage(path=f"img{i}.png", rgb=_texture(i)) for i in range(6)]
+    images[4].rgb[16:48, 16:48] -= 80  # same texture, 80 grey levels darker
+    det = Detector("musc", image_size=128, progress=False, intensity_weight=8.0, degrees=(1,))
+    results = det.predict(images)
+    assert int(np.argmax([r.score for r in results])) == 4
+    feats = det.method.features(images)
+    assert len(feats.grids) == 4 and feats.patches[(3, 1)].shape[-1] == 1  # blocks 7, 10, 14 + intensity
+    z = feats.patches[(3, 1)]  # 8 x 8 grid of 16 input px: the blotch is input 32..96, cells 2..5
+    grey = mutual_scores(z, choose_partners([f"k{i}" for i in range(6)], 0), patch_norm="none").view(6, 8, 8)
+    # The texture's own grey level spans 90..150, so the nearest partner cell is darker than the
+    # median by up to ~30 of the 80 levels: the blotch keeps at least ~50 / 255.
+    assert grey[4, 3:5, 3:5].min() > 0.15
+    others = torch.cat([grey[:4], grey[5:]])
+    assert others.max() < 0.05 and grey[4, 6:, 6:].max() < 0.05

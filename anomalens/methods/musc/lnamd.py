@@ -76,6 +76,24 @@ def weigh_length(features: torch.Tensor, weight: float) -> torch.Tensor:
     return out
 
 
+def intensity_map(
+    images: torch.Tensor, mean: Sequence[float], std: Sequence[float], grid: tuple[int, int]
+) -> torch.Tensor:
+    """(B, 3, S, S) normalised model inputs -> (B, 1, h, w) grey level (0..1, mean of the channels)
+    average-pooled to `grid`, minus each image's median cell.
+
+    Not in the paper: the "intensity layer". A dark blotch or a brighter band is a local offset
+    of the grey level, which the CNN's edge and texture features hardly show; relative to the
+    image's median (not its spread: a flat image must stay flat) it is scored like any layer,
+    by Euclidean distance without layer norm (`MuSc.features`).
+    """
+    m = torch.tensor(mean, dtype=images.dtype).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=images.dtype).view(1, 3, 1, 1)
+    grey = (images * s + m).mean(dim=1, keepdim=True)
+    pooled = F.adaptive_avg_pool2d(grey, grid)
+    return pooled - pooled.flatten(1).median(dim=1).values.view(-1, 1, 1, 1)
+
+
 def tokens_to_map(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """ViT tokens (B, 1 + H*W, D) with the class token first -> (B, D, H, W)."""
     patches = tokens[:, 1:]

@@ -47,6 +47,12 @@ class MuScSettings(MethodSettings):
     length_weight: float = setting(
         1.0, "patch_norm=l2_length: weight w of the squared length difference (lnamd.py)", minimum=0.0
     )
+    intensity_weight: float = setting(
+        0.0,
+        "weight of an extra grey-level layer (pooled grey minus the image median, Euclidean; "
+        "0: off, paper; lnamd.intensity_map)",
+        minimum=0.0,
+    )
     score_scale: str = setting(
         "none",
         "each (layer, degree)'s MSM scores divided by their batch median before the average (none: paper; msm.py)",
