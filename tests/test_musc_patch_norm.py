@@ -193,3 +193,19 @@ def test_intensity_layer_scores_a_darker_blotch_by_its_grey_offset():
     assert grey[4, 3:5, 3:5].min() > 0.15
     others = torch.cat([grey[:4], grey[5:]])
     assert others.max() < 0.05 and grey[4, 6:, 6:].max() < 0.05
+
+
+def test_models_saved_before_the_magnitude_settings_load_as_the_paper(tmp_path):
+    import json
+
+    from anomalens import load_detector
+
+    refs = [LoadedImage(path=f"ref{i}.png", rgb=_texture(10 + i)) for i in range(3)]
+    Detector("musc", patch_norm="l2", **FAST).fit(refs).save(tmp_path / "m")
+    config_path = tmp_path / "m" / "detector.json"
+    config = json.loads(config_path.read_text())
+    for key in ("patch_norm", "length_weight", "intensity_weight", "score_scale"):
+        del config["settings"][key]  # as an older model wrote it
+    config_path.write_text(json.dumps(config))
+    settings = load_detector(tmp_path / "m").method.settings
+    assert (settings.patch_norm, settings.intensity_weight, settings.score_scale) == ("l2", 0.0, "none")
