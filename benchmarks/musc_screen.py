@@ -3,7 +3,7 @@
 The backbone pass is the only costly step that scoring variants (interval, partners, RsCIN,
 smoothing, image score rule) do not change, so each category's LNAMD features are computed once
 per *feature settings* (backbone, image size, resize, blocks, stride, degrees, photometric
-normalisation) and cached under --cache (atomic writes: a temporary file renamed into place).
+normalisation, patch_norm) and cached under --cache (atomic writes: a temporary file renamed into place).
 Every variant then runs the method's own `score_features` on the cached features.
 
 Rows = variants, columns = each category's metrics and their mean. Variants are JSON objects of
@@ -53,13 +53,17 @@ FEATURE_SETTINGS = (
     "degrees",
     "feature_dtype",
     "photometric",
+    "patch_norm",
 )
 
 
 def feature_key(settings: dict, category: str, paths: list[str]) -> str:
     chosen = {k: settings[k] for k in FEATURE_SETTINGS if k in settings}
-    if chosen.get("photometric") == "none":  # the key of caches made before this setting existed
-        del chosen["photometric"]
+    for name, old in (("photometric", "none"), ("patch_norm", "l2")):
+        if chosen.get(name) == old:  # the key of caches made before this setting existed
+            del chosen[name]
+    if settings.get("intensity_weight", 0) > 0:  # the intensity layer is stored unweighted
+        chosen["intensity"] = True
     text = json.dumps([category, chosen, sorted(paths)], sort_keys=True, default=list)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

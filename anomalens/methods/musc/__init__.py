@@ -14,7 +14,9 @@ find many similar patches in the other images, a defect finds few.
 
 Paper vs. official code (xrli-U/MuSc) vs. this implementation:
 
-* Distance: Euclidean between L2-normalised features (paper and code).
+* Distance: Euclidean between L2-normalised features (paper and code). Our default since
+  session 4 is `patch_norm="l2_length"`: the same unit vector plus the patch's length as one
+  more channel (weight 4), chosen on the mean over our three categories (see below).
 * Interval average: code's rule, int(fraction * partners) ranks; paper and code average the
   smallest 0 % .. 30 %, our default is 0 % .. 70 % (chosen with blocks 7, 10, 14 on the mean
   over our three categories, full test sets: README variants table; `interval=0,0.3` is the
@@ -54,6 +56,13 @@ Paper vs. official code (xrli-U/MuSc) vs. this implementation:
   `map_baseline` (subtract the image's median map level), `image_score_top` (top-fraction
   mean instead of the max), `edge_neighbourhood` (down-weight grid-edge cells). See
   `postprocess.py`.
+* Magnitudes (session 4, not in the paper; README musc section): `patch_norm` "none" keeps the
+  layer-normalised patch lengths (divided by sqrt(C)) and compares them by Euclidean distance;
+  "l2_length" keeps the paper's unit direction and appends the length as one more channel,
+  weighed by `length_weight`; `score_scale="median"` divides each (layer, degree)'s scores by
+  their batch median; `intensity_weight` adds a grey-level layer (pooled grey minus the image's
+  median, Euclidean), aimed at dark blotches and bright bands that the CNN's texture features
+  hardly show. See lnamd.py and msm.py.
 * Not in the paper: reference images (`--refs`, `fit`) join every image's partners as
   known-normal images and are not scored; a batch of one image with no references falls back
   to single-image zero-shot (nearest other patch of the same image) with a warning, or raises

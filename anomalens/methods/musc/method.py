@@ -14,8 +14,8 @@ from ...geometry import map_to_image, to_model_input
 from ...images import LoadedImage
 from ..base import Method, MethodOutput, register_method
 from .extract import create_layer_backbone
-from .lnamd import lnamd
-from .msm import choose_partners, interval_bounds, mutual_scores
+from .lnamd import aggregate, intensity_map, lnamd, weigh_length
+from .msm import choose_partners, interval_bounds, mutual_scores, scale_scores, self_distances
 from .postprocess import image_scores, smooth_maps, standardise_photometry, subtract_baseline
 from .rscin import rescore
 from .settings import MuScSettings
@@ -106,8 +106,14 @@ class MuSc(Method):
                 sizes.append(img.size_hw)
             maps, image_feats = self.backbone(torch.stack(inputs))
             grids = [tuple(m.shape[-2:]) for m in maps]
-            for key, value in lnamd(maps, s.degrees).items():
+            for key, value in lnamd(maps, s.degrees, s.patch_norm).items():
                 chunks.setdefault(key, []).append(value.to(dtype))
+            if s.intensity_weight > 0:  # one more layer, last: see lnamd.intensity_map
+                grid = max(grids, key=lambda g: g[0] * g[1])
+                grey = intensity_map(torch.stack(inputs), self.backbone.mean, self.backbone.std, grid)
+                for r in s.degrees:
+                    chunks.setdefault((len(grids), r), []).append(aggregate(grey, r, "none").to(dtype))
+                grids.append(grid)
             globals_.append(image_feats.float())
             bar.update(len(batch))
         bar.close()
@@ -173,16 +179,31 @@ class MuSc(Method):
         bar = _bar(n * len(feats.patches), "musc mutual scoring", s.progress)
         for (layer, _degree), z in feats.patches.items():
             known = None if known_normal is None else known_normal.patches[(layer, _degree)]
+            norm = s.patch_norm
+            if s.intensity_weight > 0 and layer == len(feats.grids) - 1:  # the intensity layer
+                norm = "none"
+                z = z.float() * s.intensity_weight
+                known = None if known is None else known.float() * s.intensity_weight
+            elif norm == "l2_length":
+                z = weigh_length(z, s.length_weight)
+                known = None if known is None else weigh_length(known, s.length_weight)
             if n == 1 and num_known == 0:
-                patch_scores = _self_scores(z[0], s.chunk_elements)[None]
+                patch_scores = self_distances(z[0], s.chunk_elements, norm)[None]
                 bar.update(1)
             else:
                 patch_scores = mutual_scores(
-                    z, partners, known, tuple(s.interval), s.chunk_elements, on_image=lambda: bar.update(1)
+                    z,
+                    partners,
+                    known,
+                    tuple(s.interval),
+                    s.chunk_elements,
+                    on_image=lambda: bar.update(1),
+                    patch_norm=norm,
                 )
                 if s.self_weight > 0:
-                    own = torch.stack([_self_scores(z[i], s.chunk_elements) for i in range(n)])
+                    own = torch.stack([self_distances(z[i], s.chunk_elements, norm) for i in range(n)])
                     patch_scores = (1.0 - s.self_weight) * patch_scores + s.self_weight * own
+            patch_scores = scale_scores(patch_scores, s.score_scale)
             h, w = feats.grids[layer]
             layer_map = patch_scores.view(n, 1, h, w)
             if (h, w) != grid:
@@ -238,16 +259,3 @@ def _batched(images: Iterable[LoadedImage], size: int) -> Iterator[list[LoadedIm
             batch = []
     if batch:
         yield batch
-
-
-def _self_scores(z: torch.Tensor, chunk_elements: int) -> torch.Tensor:
-    """Single-image fallback: each patch's distance to the nearest *other* patch of the image."""
-    zf = F.normalize(z.float(), dim=-1)
-    out = torch.empty(zf.shape[0])
-    step = max(1, chunk_elements // max(1, zf.shape[0]))
-    for start in range(0, zf.shape[0], step):
-        sim = zf[start : start + step] @ zf.T
-        rows = torch.arange(sim.shape[0])
-        sim[rows, rows + start] = -1.0  # not itself
-        out[start : start + step] = (2.0 - 2.0 * sim.amax(dim=1)).clamp_(min=0.0).sqrt_()
-    return out

@@ -8,6 +8,13 @@ average*: the mean of the sorted scores between the `low` and `high` fractions (
 the official code: the smallest 30 %, `(0.0, 0.3)`), which ignores partners that happen to show
 the same defect.
 
+With `patch_norm="none"` (lnamd.py) the features keep their layer-normalised lengths and the
+distance is the plain Euclidean one, from ||a - b||^2 = |a|^2 + |b|^2 - 2 a.b (clamped at 0).
+`score_scale="median"` divides each (layer, degree)'s scores by their median over the batch
+before MSM's average: Euclidean distances shrink with the aggregation degree (an r x r mean is
+shorter than one patch) and differ between layers, so without it the finest degree would
+dominate the average. (Unit features have distances on one scale already; the paper has none.)
+
 Memory: the similarities of one query image against a chunk of partner images are one matrix
 product of at most `chunk_elements` float32 numbers; features may be stored as float16 and are
 converted per chunk, so a batch of 1,000 images never holds an N x N patch matrix.
@@ -24,6 +31,7 @@ import torch.nn.functional as F
 
 DEFAULT_INTERVAL = (0.0, 0.3)  # official code: topmin_min=0, topmin_max=0.3
 DEFAULT_CHUNK_ELEMENTS = 1 << 24  # 64 MB of float32 similarities per matrix product
+SCORE_SCALES = ("none", "median")  # none: paper; median: see above
 
 
 def interval_bounds(num_partners: int, interval: tuple[float, float] = DEFAULT_INTERVAL) -> tuple[int, int]:
@@ -50,24 +58,65 @@ def interval_average(scores: torch.Tensor, interval: tuple[float, float] = DEFAU
 
 
 def nearest_patch_distances(
-    query: torch.Tensor, partners: torch.Tensor, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS
+    query: torch.Tensor,
+    partners: torch.Tensor,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    patch_norm: str = "l2",
 ) -> torch.Tensor:
     """(P, C) query patches, (J, Q, C) partner images -> (P, J) distance to each partner's nearest patch.
 
-    Features are unit vectors, so ||a - b|| = sqrt(2 - 2 a.b) and the nearest patch is the most
-    similar one. Partners are taken in chunks so one product holds <= chunk_elements numbers.
+    "l2": features are unit vectors, so ||a - b|| = sqrt(2 - 2 a.b) and the nearest patch is the
+    most similar one. "none": ||a - b||^2 = |a|^2 - max_b (2 a.b - |b|^2), one matrix product
+    with the partners' squared lengths as its bias. Partners are taken in chunks so one product
+    holds <= chunk_elements numbers.
     """
     # Re-normalised in float32: a float16-rounded unit vector is off by ~1e-3 in length, which
     # sqrt(2 - 2 a.b) would turn into a distance of ~0.01 between identical patches.
-    q = F.normalize(query.float(), dim=-1)
+    unit = patch_norm == "l2"
+    q = F.normalize(query.float(), dim=-1) if unit else query.float()
     num_partners, per_partner, _ = partners.shape
     step = max(1, chunk_elements // max(1, q.shape[0] * per_partner))
     best = torch.empty(q.shape[0], num_partners)
     for start in range(0, num_partners, step):
-        block = F.normalize(partners[start : start + step].float(), dim=-1)
-        sim = q @ block.reshape(-1, block.shape[-1]).T  # (P, j * Q)
-        best[:, start : start + block.shape[0]] = sim.view(q.shape[0], block.shape[0], per_partner).amax(dim=2)
-    return (2.0 - 2.0 * best).clamp_(min=0.0).sqrt_()
+        block = partners[start : start + step].float().reshape(-1, partners.shape[-1])
+        if unit:
+            sim = q @ F.normalize(block, dim=-1).T  # (P, j * Q)
+        else:
+            sim = torch.addmm(-(block * block).sum(dim=1)[None], q, block.T, alpha=2.0)
+        count = sim.shape[1] // per_partner
+        best[:, start : start + count] = sim.view(q.shape[0], count, per_partner).amax(dim=2)
+    if unit:
+        return (2.0 - 2.0 * best).clamp_(min=0.0).sqrt_()
+    return ((q * q).sum(dim=1, keepdim=True) - best).clamp_(min=0.0).sqrt_()
+
+
+def self_distances(
+    z: torch.Tensor, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, patch_norm: str = "l2"
+) -> torch.Tensor:
+    """(P, C) patches of one image -> (P,) distance of each to its nearest *other* patch."""
+    unit = patch_norm == "l2"
+    zf = F.normalize(z.float(), dim=-1) if unit else z.float()
+    sq = (zf * zf).sum(dim=1)
+    out = torch.empty(zf.shape[0])
+    step = max(1, chunk_elements // max(1, zf.shape[0]))
+    for start in range(0, zf.shape[0], step):
+        rows = zf[start : start + step]
+        sim = rows @ zf.T if unit else torch.addmm(-sq[None], rows, zf.T, alpha=2.0)
+        index = torch.arange(sim.shape[0])
+        sim[index, index + start] = -1.0 if unit else -float("inf")  # not itself (l2: as far as can be)
+        nearest = sim.amax(dim=1)
+        sq_dist = 2.0 - 2.0 * nearest if unit else sq[start : start + step] - nearest
+        out[start : start + step] = sq_dist.clamp_(min=0.0).sqrt_()
+    return out.nan_to_num_(posinf=0.0)  # "none", a one-patch map: no other patch, no distance
+
+
+def scale_scores(scores: torch.Tensor, mode: str = "none", eps: float = 1e-12) -> torch.Tensor:
+    """(N, P) patch scores of one (layer, degree) -> divided by their median over the batch ("median")."""
+    if mode == "none":
+        return scores
+    if mode not in SCORE_SCALES:
+        raise ValueError(f"unknown score_scale {mode!r}; use one of {', '.join(SCORE_SCALES)}")
+    return scores / scores.median().clamp(min=eps)
 
 
 def stable_key_hash(key: str) -> int:
@@ -101,6 +150,7 @@ def mutual_scores(
     interval: tuple[float, float] = DEFAULT_INTERVAL,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     on_image: Callable[[], None] | None = None,
+    patch_norm: str = "l2",
 ) -> torch.Tensor:
     """(N, P, C) batch features -> (N, P) patch scores, each image against its partners.
 
@@ -115,7 +165,7 @@ def mutual_scores(
             pool = torch.cat([pool, known_normal.to(pool.dtype)])
         if pool.shape[0] == 0:
             raise ValueError("mutual scoring needs at least two images (or reference images)")
-        distances = nearest_patch_distances(features[i], pool, chunk_elements)
+        distances = nearest_patch_distances(features[i], pool, chunk_elements, patch_norm)
         out[i] = interval_average(distances, interval)
         if on_image is not None:
             on_image()
