@@ -34,16 +34,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ...backbones.cnn import layer_normalise  # one home: also patchknn's `magnitudes`
+
 DEFAULT_DEGREES = (1, 3, 5)  # paper and official code
 PATCH_NORMS = ("l2", "none", "l2_length")  # l2: paper and official code (unit patches); others: see above
-
-
-def layer_normalise(feature_map: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """(B, C, H, W) -> zero mean, unit variance over each image's whole (C, H, W) map."""
-    flat = feature_map.float().flatten(1)
-    mean = flat.mean(dim=1, keepdim=True)
-    var = flat.var(dim=1, unbiased=False, keepdim=True)
-    return ((flat - mean) / torch.sqrt(var + eps)).view_as(feature_map)
 
 
 def aggregate(feature_map: torch.Tensor, degree: int, patch_norm: str = "l2") -> torch.Tensor:
