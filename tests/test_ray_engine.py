@@ -163,3 +163,28 @@ def test_cli_detect_engine_ray_with_an_exported_model(local_ray, data, tmp_path)
     for r in ok:
         assert abs(r["score"] - local[r["path"]]["score"]) <= 1e-4
         assert np.load(tmp_path / "out" / r["map"]).dtype == np.float32
+
+
+@pytest.mark.parametrize("kind", ["dir", "onnx"])
+def test_an_actor_scores_from_its_copy_of_the_model_and_leaves_no_copy_behind(data, tmp_path, monkeypatch, kind):
+    from anomalens.engines import ray as engine
+
+    model = data / "model"
+    if kind == "onnx":
+        pytest.importorskip("onnxruntime")
+        from anomalens.export import export_onnx
+
+        model = tmp_path / "m.onnx"
+        export_onnx(load_detector(data / "model"), model, verify=False)
+    payload = engine.model_payload(model)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(engine.tempfile, "tempdir", str(scratch))
+    monkeypatch.setattr(ray, "get", lambda value: value)  # the payload itself, not an object-store reference
+    options = {"threads": 1, "batch_size": 1, "jobs": 1, "write_maps": False, "write_overlays": False}
+    scorer = ShardScorer([payload], str(tmp_path / "out"), "keep", "keep", options)
+    assert list(scratch.iterdir()) == []  # removed once loaded
+    image = str(data / "images" / "a2.png")
+    record = scorer.score_shard([image])[0]
+    expected = load_detector(data / "model").predict([image])[0].score
+    assert record["status"] == "ok" and abs(record["score"] - expected) <= 1e-4

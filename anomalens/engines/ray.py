@@ -31,6 +31,7 @@ import shutil
 import tempfile
 import time
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +101,18 @@ def _load_payload(payload: dict[str, Any], folder: Path):
 # ---- the actor ---------------------------------------------------------------------------------
 
 
+def _remove_when_loaded(owner: object, folder: Path) -> None:
+    """Remove an actor's copy of the model, so that actors leave nothing in the temporary folder.
+
+    A loaded model holds its weights in memory; an ONNX model's bank is memory-mapped, which on
+    POSIX stays readable after its file is removed. Elsewhere the folder goes with the actor.
+    """
+    if os.name == "posix":
+        shutil.rmtree(folder, ignore_errors=True)
+    else:
+        weakref.finalize(owner, shutil.rmtree, folder, True)
+
+
 def _failure(path: str, reason: str) -> dict[str, Any]:
     return shards.complete_record({"path": path, "descriptions": [], "status": "error", "error": reason})
 
@@ -114,8 +127,11 @@ class ShardScorer:
         self.options = options
         torch.set_num_threads(max(1, int(options.get("threads", 1))))
         payload = ray.get(payload_ref[0])
-        self._folder = Path(tempfile.mkdtemp(prefix="anomalens-model-"))
-        self.detector = _load_payload(payload, self._folder)
+        folder = Path(tempfile.mkdtemp(prefix="anomalens-model-"))
+        try:
+            self.detector = _load_payload(payload, folder)
+        finally:
+            _remove_when_loaded(self, folder)
         if threshold != "keep":  # saved dicts become Thresholds through the detector's setters
             self.detector.threshold = threshold
             self.detector.pixel_threshold = pixel_threshold
