@@ -75,6 +75,11 @@ PATCHKNN = dict(
     gain="none",  # "layer": each block layer-normalised over its (C, H, W) per image (MuSc's LNAMD step)
     mix=0.0,  # > 0: patch distance + mix * the Euclidean distance of the gain="layer", zero-padded embedding
     mix_auto=False,  # with references: d / s + d_m / s_m, s the 99th percentile of the references' own distances
+    # Issue 17, session 5: the cosine direction plus each block's length as one more channel (MuSc's l2_length).
+    length=0.0,  # > 0: weight w of the length channels; Euclidean distance on [unit directions / sqrt(B), sqrt(w) L_b]
+    length_kind="linear",  # L_b: "linear" |LN(f_b)| / sqrt(C_b) (layer-normalised per image) or "log" its logarithm
+    dir_blocks=None,  # with length: positions in `blocks` whose directions are used (None = all)
+    len_blocks=None,  # with length: positions in `blocks` whose lengths are used (None = all)
 )
 # The second embedding of `mix`: per-image layer-normalised magnitudes, compared by Euclidean distance.
 MAGNITUDES = dict(gain="layer", norm=False, dist="euclidean", pool="zero_pad", soft=0.0, mix=0.0)
@@ -143,6 +148,15 @@ def embed(levels: list[torch.Tensor], v: dict, taus: list | None = None) -> torc
     With v["soft"] > 0 and no taus (zero-shot), each image's own median norm is its tau.
     """
     out = []
+    if v["length"] > 0:  # directions as patchknn's default, lengths of the gain-free magnitudes
+        dirs = v["dir_blocks"] if v["dir_blocks"] is not None else range(len(levels))
+        lens = v["len_blocks"] if v["len_blocks"] is not None else range(len(levels))
+        units = [F.normalize(feat, dim=1) / len(dirs) ** 0.5 for feat in pooled([levels[b] for b in dirs], v)]
+        lengths = [feat.norm(dim=1, keepdim=True) for feat in pooled([levels[b] for b in lens], {**v, "gain": "layer"})]
+        if v["length_kind"] == "log":
+            lengths = [torch.log(length.clamp_min(1e-3)) for length in lengths]
+        emb = torch.cat(units + [v["length"] ** 0.5 * length for length in lengths], 1)
+        return emb.permute(0, 2, 3, 1).reshape(emb.shape[0], -1, emb.shape[1])
     for b, feat in enumerate(pooled(levels, v)):
         if v["soft"] > 0:
             norm = feat.norm(dim=1, keepdim=True)
@@ -175,7 +189,8 @@ def augmented_reference_levels(refs: list, v: dict, net) -> list[torch.Tensor]:
 
 def nearest(query: torch.Tensor, bank: torch.Tensor, v: dict, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """k-th nearest bank patch of each query row: (distance, index)."""
-    if v["dist"] == "cosine" and not v["soft"] > 0:  # soft-normalised features are compared by Euclidean distance
+    # soft-normalised features and lengths are compared by Euclidean distance
+    if v["dist"] == "cosine" and not v["soft"] > 0 and not v["length"] > 0:
         sim, idx = (F.normalize(query, dim=1) @ F.normalize(bank, dim=1).T).topk(k, dim=1)
         return 0.5 * (1 - sim[:, k - 1]), idx[:, k - 1]
     dist, idx = torch.cdist(query, bank).topk(k, dim=1, largest=False)

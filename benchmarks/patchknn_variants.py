@@ -29,12 +29,23 @@ import torch
 from anomalens.benchmark import IMAGE_METRICS, PIXEL_METRICS
 from anomalens.data import load_dataset, load_mask, sample_references
 from anomalens.images import load_image
-from anomalens.methods.patchknn import PatchKnn, PatchKnnSettings, distance_metric, patch_scores
+from anomalens.methods.patch_distances import distance_metric, patch_scores, zero_shot_features
+from anomalens.methods.patchknn import PatchKnn, PatchKnnSettings
 from anomalens.metrics import PixelMetricAccumulator, image_metrics
 
 # The settings before issue 17, and the levers tried on top of a base, one at a time.
 OLD_DEFAULT = {"smoothing_sigma": 0.0, "coreset_size": 0, "edge_weighting": False}
-FEATURE_KEYS = ("backbone", "image_size", "resize", "tile_above_aspect", "blocks", "neighbourhood", "magnitudes")
+FEATURE_KEYS = (
+    "backbone",
+    "image_size",
+    "resize",
+    "tile_above_aspect",
+    "blocks",
+    "neighbourhood",
+    "magnitudes",
+    "length_weight",
+    "length_log",
+)
 VARIANTS = {
     "defaults": [{"edge_weighting": False}],  # the old and the new default, and the step between them
     "scoring": [
@@ -68,6 +79,13 @@ VARIANTS = {
         {"magnitudes": True},
         {"magnitudes": True, "blocks": (4, 10, 14)},
         {"blocks": (4, 10, 14)},
+    ],
+    # issue 17, session 5: each block's length beside the unit direction (few-shot; zero-shot is the cosine)
+    "lengths": [
+        {"length_weight": 16.0},
+        {"length_weight": 16.0, "length_log": True},
+        {"length_weight": 4.0},
+        {"length_weight": 64.0},
     ],
 }
 METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro")
@@ -134,8 +152,10 @@ def evaluate(method: PatchKnn, cache: FeatureCache, split, refs: list[Path]) -> 
         feats = feats.float()
         key = (*bank_key, str(sample.path))
         if key not in PATCH_MAPS:
+            compared = feats if bank is not None else zero_shot_features(feats, s)
+            metric = distance_metric(s, few_shot=bank is not None)
             PATCH_MAPS[key] = patch_scores(
-                feats, bank, s.few_shot_k, s.zero_shot_k, s.zero_shot_exclusion, distance_metric(s)
+                compared, bank, s.few_shot_k, s.zero_shot_k, s.zero_shot_exclusion, metric
             ).half()
         out = method.score(feats, layout, bank, PATCH_MAPS[key].float())
         labels.append(sample.label)

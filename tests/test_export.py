@@ -84,6 +84,19 @@ def test_patchknn_export_with_magnitudes_gives_the_pytorch_results(tmp_path, fit
     assert max(float(r.anomaly_map.max()) for r in expected) > 0  # distances, not the cosine's [0, 1] by design
 
 
+@pytest.mark.parametrize("fit", [True, False])
+def test_patchknn_export_with_length_channels_gives_the_pytorch_results(tmp_path, fit):
+    # few-shot: Euclidean distance of directions and log lengths; zero-shot: the directions alone
+    det = Detector("patchknn", image_size=64, length_weight=16.0, length_log=True).fit(REFS if fit else [])
+    scores = [r.score for r in det.predict(QUERIES)]
+    det.threshold, det.pixel_threshold = Threshold.given((min(scores) + max(scores)) / 2), min(scores)
+    export_onnx(det, tmp_path / "m.onnx", verify=False)
+    exported = load_onnx_detector(tmp_path / "m.onnx")
+    assert exported.settings["length_weight"] == 16.0
+    expected, _ = assert_same_results(det, exported)
+    assert {r.decision for r in expected} == {"OK", "NG"}
+
+
 def test_export_verification_refuses_a_graph_that_disagrees(tmp_path, monkeypatch):
     from anomalens.export import patchknn as exporter
 

@@ -177,7 +177,7 @@ def test_reweighting_factor_euclidean_by_hand():
 
 
 def test_patch_scores_with_magnitudes_see_a_brighter_copy_of_a_normal_patch():
-    from anomalens.methods.patchknn import patch_scores
+    from anomalens.methods.patch_distances import patch_scores
 
     g = torch.Generator().manual_seed(0)
     bank = torch.randn(64, 8, generator=g)
@@ -192,7 +192,7 @@ def test_patch_scores_with_magnitudes_see_a_brighter_copy_of_a_normal_patch():
     # zero-shot with an exclusion window: the Euclidean k-th neighbour outside it, as cdist gives
     flat = feats.reshape(-1, 8)
     got = patch_scores(feats, None, 1, 2, zero_shot_exclusion=1, metric="euclidean").reshape(-1)
-    from anomalens.methods.patchknn import window_mask
+    from anomalens.methods.patch_distances import window_mask
 
     expected = torch.cdist(flat, flat).masked_fill(window_mask(1, 4, 4, 1), float("inf")).min(dim=1).values
     torch.testing.assert_close(got, expected)

