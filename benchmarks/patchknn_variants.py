@@ -45,6 +45,7 @@ FEATURE_KEYS = (
     "magnitudes",
     "length_weight",
     "length_log",
+    "length_blocks",
 )
 VARIANTS = {
     "defaults": [{"edge_weighting": False}],  # the old and the new default, and the step between them
@@ -86,6 +87,8 @@ VARIANTS = {
         {"length_weight": 16.0, "length_log": True},
         {"length_weight": 4.0},
         {"length_weight": 64.0},
+        {"length_weight": 4.0, "length_log": True},
+        {"length_weight": 4.0, "length_log": True, "length_blocks": (4, 10, 14)},
     ],
 }
 METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro")

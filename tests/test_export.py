@@ -84,10 +84,11 @@ def test_patchknn_export_with_magnitudes_gives_the_pytorch_results(tmp_path, fit
     assert max(float(r.anomaly_map.max()) for r in expected) > 0  # distances, not the cosine's [0, 1] by design
 
 
-@pytest.mark.parametrize("fit", [True, False])
-def test_patchknn_export_with_length_channels_gives_the_pytorch_results(tmp_path, fit):
+@pytest.mark.parametrize("fit,length_blocks", [(True, None), (False, None), (True, (4, 10, 14))])
+def test_patchknn_export_with_length_channels_gives_the_pytorch_results(tmp_path, fit, length_blocks):
     # few-shot: Euclidean distance of directions and log lengths; zero-shot: the directions alone
-    det = Detector("patchknn", image_size=64, length_weight=16.0, length_log=True).fit(REFS if fit else [])
+    det = Detector("patchknn", image_size=64, length_weight=16.0, length_log=True, length_blocks=length_blocks)
+    det.fit(REFS if fit else [])
     scores = [r.score for r in det.predict(QUERIES)]
     det.threshold, det.pixel_threshold = Threshold.given((min(scores) + max(scores)) / 2), min(scores)
     export_onnx(det, tmp_path / "m.onnx", verify=False)

@@ -44,12 +44,13 @@ def hooked_blocks(blocks: tuple[int, ...], x: torch.Tensor) -> dict[int, torch.T
     return captured
 
 
-@pytest.mark.parametrize("log", [False, True])
-def test_length_features_are_the_unit_features_and_the_weighted_layer_normalised_lengths(log):
+@pytest.mark.parametrize("log,length_blocks", [(False, None), (True, None), (True, (4, 10, 14))])
+def test_length_features_are_the_unit_features_and_the_weighted_layer_normalised_lengths(log, length_blocks):
     x = images(64)
-    captured = hooked_blocks((4, 10), x)
+    read = length_blocks or (4, 10)
+    captured = hooked_blocks(read, x)
     lengths = []
-    for b in (4, 10):
+    for b in read:
         f = captured[b]
         mean = f.mean(dim=(1, 2, 3), keepdim=True)
         std = f.var(dim=(1, 2, 3), unbiased=False, keepdim=True).add(1e-5).sqrt()
@@ -58,12 +59,14 @@ def test_length_features_are_the_unit_features_and_the_weighted_layer_normalised
         length = F.interpolate(f, size=(8, 8), mode="bilinear", align_corners=False).norm(dim=1)
         lengths.append(torch.log(length) if log else length)
     expected_lengths = 16.0**0.5 * torch.stack(lengths, dim=-1)
-    got = EfficientNetPatchBackbone(image_size=64, length_weight=16.0, length_log=log)(x)
+    net = EfficientNetPatchBackbone(image_size=64, length_weight=16.0, length_log=log, length_blocks=length_blocks)
+    got = net(x)
     plain = EfficientNetPatchBackbone(image_size=64)(x)
-    assert got.shape[-1] == plain.shape[-1] + 2
-    torch.testing.assert_close(got[..., :-2], plain, atol=1e-6, rtol=0)  # the directions are the default's
-    torch.testing.assert_close(got[..., -2:], expected_lengths, atol=1e-4, rtol=1e-4)
-    assert got[..., -2:].std() > 0.01 * got[..., -2:].abs().mean()  # lengths differ between patches
+    n = len(read)
+    assert got.shape[-1] == plain.shape[-1] + n == plain.shape[-1] + net.length_channels
+    torch.testing.assert_close(got[..., :-n], plain, atol=1e-6, rtol=0)  # the directions are the default's
+    torch.testing.assert_close(got[..., -n:], expected_lengths, atol=1e-4, rtol=1e-4)
+    assert got[..., -n:].std() > 0.01 * got[..., -n:].abs().mean()  # lengths differ between patches
 
 
 def test_lengths_are_compared_by_euclidean_distance_only_against_a_bank():
@@ -71,6 +74,7 @@ def test_lengths_are_compared_by_euclidean_distance_only_against_a_bank():
     assert length_channels(s) == 2  # one per block read (4 and 10)
     assert (distance_metric(s), distance_metric(s, few_shot=False)) == ("euclidean", "cosine")
     assert length_channels(PatchKnnSettings(blocks=(4, 10, 14), length_weight=4)) == 3
+    assert length_channels(PatchKnnSettings(length_blocks=(4, 10, 14), length_weight=4)) == 3
     assert length_channels(PatchKnnSettings()) == 0 and distance_metric(PatchKnnSettings()) == "cosine"  # off
     with pytest.raises(ValueError, match="EfficientNet"):
         Detector("patchknn", backbone="test-tiny", length_weight=4.0)

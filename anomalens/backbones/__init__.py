@@ -56,6 +56,7 @@ def create_patch_backbone(
     magnitudes: bool = False,
     length_weight: float = 0.0,
     length_log: bool = False,
+    length_blocks: tuple[int, ...] | None = None,
 ) -> nn.Module:
     """A module mapping (B, 3, S, S) normalised images to (B, h, w, C) patch features: unit-norm, or
     for an EfficientNet with `magnitudes`, layer-normalised with their lengths kept, or with
@@ -69,6 +70,7 @@ def create_patch_backbone(
             magnitudes=magnitudes,
             length_weight=length_weight,
             length_log=length_log,
+            length_blocks=length_blocks,
         )
     if magnitudes or length_weight > 0:
         raise ValueError(

@@ -16,8 +16,9 @@ With `length_weight=w > 0` each patch is the default unit vector followed by one
 per block: sqrt(w) times the length of the block's layer-normalised (as above, / sqrt(C))
 neighbourhood average, or its logarithm with `length_log`. Euclidean distance on these is
 2 - 2 cos + w x the sum of the squared length differences: the direction says what the texture is,
-the length how strongly it is there, without the image's global gain (patchknn's few-shot default;
-MuSc's `l2_length` is the same idea with one length).
+the length how strongly it is there, without the image's global gain (MuSc's `l2_length` is the
+same idea with one length). `length_blocks` may read lengths from other blocks than the directions
+(e.g. also the stride-32 block 14, whose directions hurt reflective parts).
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ class EfficientNetPatchBackbone(nn.Module):
         magnitudes: bool = False,
         length_weight: float = 0.0,
         length_log: bool = False,
+        length_blocks: tuple[int, ...] | None = None,
     ):
         super().__init__()
         if magnitudes and length_weight > 0:
@@ -134,10 +136,14 @@ class EfficientNetPatchBackbone(nn.Module):
         self.name = variant
         self.image_size = image_size
         self.blocks = tuple(blocks) if blocks else VARIANT_BLOCKS[variant]
-        if max(self.blocks) >= len(self.model._blocks) or min(self.blocks) < 0:
-            raise ValueError(f"{variant} has blocks 0..{len(self.model._blocks) - 1}; got blocks={self.blocks}")
+        # the blocks whose lengths follow the directions (unset: the direction blocks)
+        self.length_blocks = tuple(length_blocks) if length_blocks else self.blocks
+        for name, chosen in (("blocks", self.blocks), ("length_blocks", self.length_blocks)):
+            if max(chosen) >= len(self.model._blocks) or min(chosen) < 0:
+                raise ValueError(f"{variant} has blocks 0..{len(self.model._blocks) - 1}; got {name}={chosen}")
         self.neighbourhood = neighbourhood
-        self._last_block = max(self.blocks)
+        self._read = set(self.blocks) | (set(self.length_blocks) if self.length_channels else set())
+        self._last_block = max(self._read)
         fold_for_inference(self.model)
 
     def _run_until_last_block(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
@@ -153,7 +159,7 @@ class EfficientNetPatchBackbone(nn.Module):
             rate = m._global_params.drop_connect_rate
             rate = rate * float(idx) / n if rate else None
             x = block(x, drop_connect_rate=rate)
-            if idx in self.blocks:
+            if idx in self._read:
                 outputs[idx] = x
             if idx == self._last_block:
                 break
@@ -168,22 +174,27 @@ class EfficientNetPatchBackbone(nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised images -> (B, h, w, C) unit-norm patch features (stride 8)."""
-        return self.combine(self.block_outputs(images))
+        outputs = self._run_until_last_block(images)
+        lengths = [outputs[i] for i in self.length_blocks] if self.length_channels else []
+        return self.combine([outputs[i] for i in self.blocks], lengths)
 
-    def combine(self, levels: list[torch.Tensor]) -> torch.Tensor:
+    def combine(self, levels: list[torch.Tensor], length_levels: list[torch.Tensor] = ()) -> torch.Tensor:
         """Raw block outputs -> pooled, stride-8 grid features: per-level then overall L2-normalised
-        (or, with `magnitudes`, per-image layer-normalised and left unnormalised)."""
+        (or, with `magnitudes`, per-image layer-normalised and left unnormalised), followed by the
+        weighted lengths of `length_levels` (the outputs of `length_blocks`) with `length_weight`."""
         grid = levels[0].shape[-2:]
-        out, lengths = [], []
+        out = []
         for feat in levels:
             feat = feat.float()
             if self.magnitudes:
                 out.append(self._local(layer_normalise(feat) / feat.shape[1] ** 0.5, grid))
-                continue
-            out.append(F.normalize(self._local(feat, grid), dim=1))
-            if self.length_weight > 0:
-                length = self._local(layer_normalise(feat) / feat.shape[1] ** 0.5, grid).norm(dim=1, keepdim=True)
-                lengths.append(torch.log(length.clamp_min(LOG_LENGTH_FLOOR)) if self.length_log else length)
+            else:
+                out.append(F.normalize(self._local(feat, grid), dim=1))
+        lengths = []
+        for feat in length_levels:
+            feat = feat.float()
+            length = self._local(layer_normalise(feat) / feat.shape[1] ** 0.5, grid).norm(dim=1, keepdim=True)
+            lengths.append(torch.log(length.clamp_min(LOG_LENGTH_FLOOR)) if self.length_log else length)
         feats = torch.cat(out, dim=1)
         if not self.magnitudes:
             feats = F.normalize(feats, dim=1)
@@ -194,7 +205,7 @@ class EfficientNetPatchBackbone(nn.Module):
     @property
     def length_channels(self) -> int:
         """How many trailing feature channels are lengths (0 without `length_weight`)."""
-        return len(self.blocks) if self.length_weight > 0 and not self.magnitudes else 0
+        return len(self.length_blocks) if self.length_weight > 0 and not self.magnitudes else 0
 
     def _local(self, feat: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """The neighbourhood average (zero padding counted for `magnitudes`, as PatchCore) on the stride-8 grid."""

@@ -60,7 +60,7 @@ def length_channels(settings: PatchKnnSettings) -> int:
     """How many trailing feature channels are lengths (one per block read)."""
     if settings.length_weight <= 0:
         return 0
-    return len(settings.blocks or VARIANT_BLOCKS[settings.backbone])
+    return len(settings.length_blocks or settings.blocks or VARIANT_BLOCKS[settings.backbone])
 
 
 def distance_metric(settings: PatchKnnSettings, few_shot: bool = True) -> str:

@@ -82,6 +82,12 @@ class PatchKnnSettings(MethodSettings):
         minimum=0,
     )
     length_log: bool = setting(False, "with length_weight: compare the logarithms of the lengths")
+    length_blocks: tuple[int, ...] | None = setting(
+        None,
+        "with length_weight: EfficientNet blocks whose lengths are added (unset = `blocks`)",
+        minimum=0,
+        maximum=20,
+    )
     clip_layers: tuple[int, ...] = setting((6, 9), "CLIP blocks whose tokens are used (1-based)", minimum=1)
     few_shot_k: int = setting(FEW_SHOT_K, "nearest reference patch used (few-shot)", minimum=1)
     zero_shot_k: int = setting(
@@ -212,6 +218,7 @@ class PatchKnn(Method):
                 magnitudes=settings.magnitudes,
                 length_weight=settings.length_weight,
                 length_log=settings.length_log,
+                length_blocks=settings.length_blocks,
             )
         )
         self.bank_ = MemoryBank()
