@@ -60,7 +60,8 @@ def assert_same_results(torch_det, onnx_det, images=QUERIES):
 )
 def test_patchknn_export_gives_the_pytorch_maps_scores_and_decisions(tmp_path, resize, fit, bank):
     det = Detector("patchknn", image_size=64, resize=resize).fit(REFS if fit else [])
-    det.threshold, det.pixel_threshold = Threshold.given(0.1), 0.09
+    scores = [r.score for r in det.predict(QUERIES)]  # thresholds between the scores: both decisions occur
+    det.threshold, det.pixel_threshold = Threshold.given((min(scores) + max(scores)) / 2), 0.9 * min(scores)
     report = export_onnx(det, tmp_path / "m.onnx", bank=bank, verify=False)
     assert (report.bank_file is not None) == (bank == "input")
     exported = load_onnx_detector(tmp_path / "m.onnx")

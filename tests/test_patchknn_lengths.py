@@ -14,7 +14,7 @@ from anomalens.backbones.cnn import EfficientNetPatchBackbone
 from anomalens.detector import Detector, load_detector
 from anomalens.export.graph import synthetic_image
 from anomalens.images import LoadedImage
-from anomalens.methods.patch_distances import distance_metric, length_channels
+from anomalens.methods.patch_distances import distance_metric, length_channels, length_weight
 from anomalens.methods.patchknn import PatchKnnSettings, score_image
 
 
@@ -75,7 +75,12 @@ def test_lengths_are_compared_by_euclidean_distance_only_against_a_bank():
     assert (distance_metric(s), distance_metric(s, few_shot=False)) == ("euclidean", "cosine")
     assert length_channels(PatchKnnSettings(blocks=(4, 10, 14), length_weight=4)) == 3
     assert length_channels(PatchKnnSettings(length_blocks=(4, 10, 14), length_weight=4)) == 3
-    assert length_channels(PatchKnnSettings()) == 0 and distance_metric(PatchKnnSettings()) == "cosine"  # off
+    default = PatchKnnSettings()  # EfficientNet: log lengths weighed 4, few-shot only
+    assert default.length_weight is None and default.length_log and length_weight(default) == 4.0
+    assert length_channels(default) == 2 and distance_metric(default, few_shot=False) == "cosine"
+    assert length_channels(PatchKnnSettings(backbone="ViT-B-16")) == 0  # CLIP tokens: off
+    assert length_channels(PatchKnnSettings(magnitudes=True)) == 0
+    assert distance_metric(PatchKnnSettings(length_weight=0)) == "cosine"
     with pytest.raises(ValueError, match="EfficientNet"):
         Detector("patchknn", backbone="test-tiny", length_weight=4.0)
     with pytest.raises(ValueError, match="magnitudes"):
@@ -114,7 +119,7 @@ def texture(seed: int, contrast: float = 1.0) -> LoadedImage:
 def test_zero_shot_scores_are_the_cosine_ones_and_few_shot_finds_a_contrast_change():
     refs, queries = [texture(1), texture(2)], [texture(3), texture(4, contrast=2.5)]
     with_lengths = Detector("patchknn", image_size=64, length_weight=16)
-    without = Detector("patchknn", image_size=64)
+    without = Detector("patchknn", image_size=64, length_weight=0)
     for a, b in zip(with_lengths.predict(queries), without.predict(queries)):  # zero-shot
         assert a.score == pytest.approx(b.score, abs=1e-6)
         np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, atol=1e-6)
@@ -133,14 +138,14 @@ def test_saved_models_keep_their_lengths_and_older_models_load_without(tmp_path)
     again = load_detector(tmp_path / "lengths")
     assert (again.method.settings.length_weight, again.method.settings.length_log) == (16.0, True)
     assert again.predict(query)[0].score == pytest.approx(fitted.predict(query)[0].score, abs=1e-6)
-    Detector("patchknn", image_size=64).fit(refs).save(tmp_path / "m")
+    Detector("patchknn", image_size=64, length_weight=0, length_log=False).fit(refs).save(tmp_path / "m")
     config_path = tmp_path / "m" / "detector.json"
     config = json.loads(config_path.read_text())
     for key in ("length_weight", "length_log"):
         del config["settings"][key]  # as an older model wrote it
     config_path.write_text(json.dumps(config))
     loaded = load_detector(tmp_path / "m")
-    assert loaded.method.settings.length_weight == 0.0
+    assert (loaded.method.settings.length_weight, loaded.method.settings.length_log) == (0.0, False)
     assert loaded.predict(query)[0].score == pytest.approx(
-        Detector("patchknn", image_size=64).fit(refs).predict(query)[0].score, abs=1e-6
+        Detector("patchknn", image_size=64, length_weight=0).fit(refs).predict(query)[0].score, abs=1e-6
     )

@@ -53,7 +53,7 @@ def test_score_image_is_max_of_smoothed_upsampled_patch_map():
     torch.manual_seed(0)
     feats = F.normalize(torch.randn(1, 4, 4, 8), dim=-1)
     bank = F.normalize(torch.randn(30, 8), dim=-1)
-    s = PatchKnnSettings(image_size=32, smoothing_sigma=1.0, top_fraction=0.0, edge_weighting=False)
+    s = PatchKnnSettings(image_size=32, smoothing_sigma=1.0, top_fraction=0.0, edge_weighting=False, length_weight=0)
     maps, score = score_image(feats, bank, s)
     # by hand: 0.5 (1 - max cosine), bilinear to 32 x 32 (the smallest input allowed),
     # separable Gaussian with reflect padding
@@ -66,11 +66,12 @@ def test_score_image_is_max_of_smoothed_upsampled_patch_map():
     torch.testing.assert_close(maps, x[:, 0], atol=1e-6, rtol=0)
     assert float(score) == pytest.approx(float(x.max()), abs=1e-6)
     # with a top fraction the score is the mean of the top ceil(0.1 * 32 * 32) = 103 values of that map
-    s = PatchKnnSettings(image_size=32, smoothing_sigma=1.0, top_fraction=0.1, edge_weighting=False)
+    s = PatchKnnSettings(image_size=32, smoothing_sigma=1.0, top_fraction=0.1, edge_weighting=False, length_weight=0)
     _, top = score_image(feats, bank, s)
     assert float(top) == pytest.approx(float(x.flatten().topk(103).values.mean()), abs=1e-6)
     # edge weighting: the same maps; the score is the max of the map times the upsampled cell weights
-    weighted_maps, weighted = score_image(feats, bank, PatchKnnSettings(image_size=32, smoothing_sigma=1.0))
+    cosine = PatchKnnSettings(image_size=32, smoothing_sigma=1.0, length_weight=0)  # hand-made unit features
+    weighted_maps, weighted = score_image(feats, bank, cosine)
     torch.testing.assert_close(weighted_maps, maps)
     cells = torch.tensor([[4, 6, 6, 4], [6, 9, 9, 6], [6, 9, 9, 6], [4, 6, 6, 4]]) / 9.0  # 3 x 3 windows on the grid
     w = F.interpolate(cells[None, None], size=(32, 32), mode="bilinear", align_corners=False)[0, 0]
@@ -95,8 +96,8 @@ def test_edge_weighting_lowers_an_edge_spike_not_an_interior_one():
     corner[..., 0] = centre[..., 0] = 1.0
     corner[0, 0, 0] = torch.tensor([-1.0, 0.0])
     centre[0, 4, 4] = torch.tensor([-1.0, 0.0])
-    off = PatchKnnSettings(image_size=64, smoothing_sigma=0.0, edge_weighting=False)
-    on = PatchKnnSettings(image_size=64, smoothing_sigma=0.0)
+    off = PatchKnnSettings(image_size=64, smoothing_sigma=0.0, edge_weighting=False, length_weight=0)
+    on = PatchKnnSettings(image_size=64, smoothing_sigma=0.0, length_weight=0)
     assert float(score_image(corner, bank, off)[1]) == pytest.approx(1.0)
     assert float(score_image(corner, bank, on)[1]) < 0.6  # about 4/9 at the corner cell
     assert float(score_image(centre, bank, on)[1]) == pytest.approx(float(score_image(centre, bank, off)[1]))

@@ -115,12 +115,16 @@ def self_distance(query: torch.Tensor, k: int, metric: str = "cosine") -> torch.
 
 
 def kth_smallest_euclidean(query: torch.Tensor, keys: torch.Tensor, k: int) -> torch.Tensor:
-    """(B, N, C) queries, (B or 1, M, C) keys -> (B, N) Euclidean distance to the k-th nearest key
-    (||q||^2 + ||b||^2 - 2 q.b: matrix products, which every ONNX runtime has)."""
-    norms = (query * query).sum(-1, keepdim=True) + (keys * keys).sum(-1).unsqueeze(1)
-    squared = norms - 2 * query @ keys.transpose(1, 2)
-    kth = squared.amin(-1) if k == 1 else squared.topk(k, dim=-1, largest=False).values[..., k - 1]
-    return kth.clamp(min=0.0).sqrt()
+    """(B, N, C) queries, (B or 1, M, C) keys -> (B, N) Euclidean distance to the k-th nearest key.
+
+    As `scoring.knn_anomaly`: the key is found by matrix products (||b||^2 - 2 q.b, which every ONNX
+    runtime has), the distance to it computed directly (no float32 cancellation near 0).
+    """
+    ranking = (keys * keys).sum(-1).unsqueeze(1) - 2 * query @ keys.transpose(1, 2)
+    index = ranking.argmin(-1) if k == 1 else ranking.topk(k, dim=-1, largest=False).indices[..., k - 1]
+    keys = keys.expand(query.shape[0], -1, -1)
+    nearest = torch.gather(keys, 1, index.unsqueeze(-1).expand(-1, -1, query.shape[-1]))
+    return (query - nearest).norm(dim=-1)
 
 
 def upsample(patch_maps: torch.Tensor, size: int) -> torch.Tensor:

@@ -56,9 +56,21 @@ def patch_scores(
     return (0.5 * (1.0 - kth)).clamp(0.0, 1.0).view(t, h, w)
 
 
+# patchknn's few-shot length weight on EfficientNet, with log lengths (README "Lengths beside the
+# directions": 4 raised every few-shot number over 3 seeds; 16 and 64 cost some)
+DEFAULT_LENGTH_WEIGHT = 4.0
+
+
+def length_weight(settings: PatchKnnSettings) -> float:
+    """The length channels' weight: the setting, or when unset the default for the backbone."""
+    if settings.length_weight is not None:
+        return float(settings.length_weight)
+    return DEFAULT_LENGTH_WEIGHT if settings.backbone in VARIANT_BLOCKS and not settings.magnitudes else 0.0
+
+
 def length_channels(settings: PatchKnnSettings) -> int:
-    """How many trailing feature channels are lengths (one per block read)."""
-    if settings.length_weight <= 0:
+    """How many trailing feature channels are lengths (one per length block)."""
+    if length_weight(settings) <= 0:
         return 0
     return len(settings.length_blocks or settings.blocks or VARIANT_BLOCKS[settings.backbone])
 

@@ -13,12 +13,12 @@ features by cosine: brighter or darker patches of the same texture then count as
 wins on textured surfaces with intensity defects and loses on parts whose normal lighting varies
 (README "Keeping the magnitudes"), so it is an opt-in, not the default.
 
-`length_weight` keeps the cosine's unit directions and adds each block's length as one more
-channel (`anomalens.backbones.cnn`), compared by Euclidean distance against the bank: a patch whose
-texture is right but too strong or too weak then counts, without the global gain that varies
-between images. Zero-shot compares the directions alone (a part's own highlights are unique
-lengths in the image). Its gains were mixed over 3 seeds (README "Lengths beside the directions"),
-so it is an opt-in.
+With references, the EfficientNet default keeps the cosine's unit directions and adds each block's
+log length as one more channel (`length_weight`, `length_log`; `anomalens.backbones.cnn`), compared
+by Euclidean distance against the bank: a patch whose texture is right but too strong or too weak
+then counts, without the global gain that varies between images. It raised every few-shot number
+on magnetic_tile and mpdd_metal_plate over 3 seeds (README "Lengths beside the directions").
+Zero-shot compares the directions alone: a part's own highlights are unique lengths in the image.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from ..scoring import (
 from ..settings import MethodSettings, setting
 from ..tiling import Box, assemble, crop, tile_boxes
 from .base import Method, MethodOutput, register_method
-from .patch_distances import distance_metric, patch_scores, zero_shot_features
+from .patch_distances import DEFAULT_LENGTH_WEIGHT, distance_metric, length_weight, patch_scores, zero_shot_features
 
 
 @dataclass
@@ -75,13 +75,14 @@ class PatchKnnSettings(MethodSettings):
         "features by cosine (keeps local brightness/contrast: for textured surfaces; on reflective parts it "
         "loses, zero-shot even below chance: see README)",
     )
-    length_weight: float = setting(
-        0.0,
+    length_weight: float | None = setting(
+        None,
         "EfficientNet, few-shot: weight of each block's patch length (layer-normalised per image) beside the unit "
-        "direction, compared by Euclidean distance; zero-shot compares the directions alone (0 = off; 16 measured)",
+        f"direction, compared by Euclidean distance; zero-shot compares the directions alone; unset = "
+        f"{DEFAULT_LENGTH_WEIGHT:g} on EfficientNet, 0 (off) with CLIP or magnitudes",
         minimum=0,
     )
-    length_log: bool = setting(False, "with length_weight: compare the logarithms of the lengths")
+    length_log: bool = setting(True, "with length_weight: compare the logarithms of the lengths")
     length_blocks: tuple[int, ...] | None = setting(
         None,
         "with length_weight: EfficientNet blocks whose lengths are added (unset = `blocks`)",
@@ -126,7 +127,12 @@ class PatchKnnSettings(MethodSettings):
 
     # models saved before these settings existed scored the raw map's maximum (their thresholds
     # were calibrated on it): they load with these values, not today's defaults
-    absent_in_older_models: ClassVar[dict[str, Any]] = {"smoothing_sigma": 0.0, "edge_weighting": False}
+    absent_in_older_models: ClassVar[dict[str, Any]] = {
+        "smoothing_sigma": 0.0,
+        "edge_weighting": False,
+        "length_weight": 0.0,
+        "length_log": False,
+    }
 
 
 def valid_grid_region(box: tuple[int, int, int, int], size: int, grid: tuple[int, int]) -> tuple[slice, slice]:
@@ -216,7 +222,7 @@ class PatchKnn(Method):
                 neighbourhood=settings.neighbourhood,
                 clip_layers=settings.clip_layers,
                 magnitudes=settings.magnitudes,
-                length_weight=settings.length_weight,
+                length_weight=length_weight(settings),
                 length_log=settings.length_log,
                 length_blocks=settings.length_blocks,
             )
