@@ -139,15 +139,16 @@ def test_euclidean_knn_is_the_kth_smallest_cdist(k):
 def test_euclidean_knn_keeps_small_distances_between_long_vectors():
     # near-copies of long bank rows: ||q||^2 - 2 (q.b - ||b||^2 / 2) would lose 1e-3 here to
     # float32 cancellation; the distance to the chosen neighbour is computed directly
-    from anomalens.export.graph import kth_smallest_euclidean
+    from anomalens.export.graph import bank_distance
 
     g = torch.Generator().manual_seed(3)
     bank = 10 * torch.randn(2000, 32, generator=g)
     offset = 1e-3 * torch.randn(100, 32, generator=g)
     query = bank[:100] + offset
     expected = offset.norm(dim=-1)  # each near-copy's nearest row is its original
-    for k1 in (knn_anomaly(query, bank, metric="euclidean"), kth_smallest_euclidean(query[None], bank[None], 1)[0]):
-        torch.testing.assert_close(k1, expected, atol=2e-6, rtol=1e-3)
+    graph = bank_distance(query[None], bank, 1, metric="euclidean")[0]  # the ONNX graph's version
+    for got in (knn_anomaly(query, bank, metric="euclidean"), graph):
+        torch.testing.assert_close(got, expected, atol=2e-6, rtol=1e-3)
 
 
 def test_euclidean_knn_by_hand_sees_length_cosine_does_not():

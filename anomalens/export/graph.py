@@ -102,29 +102,41 @@ def kth_nearest_distance(similarity: torch.Tensor, k: int) -> torch.Tensor:
 def bank_distance(query: torch.Tensor, bank: torch.Tensor, k: int, metric: str = "cosine") -> torch.Tensor:
     """(B, N, C) queries against an (M, C) bank -> (B, N), as `scoring.knn_anomaly`."""
     if metric == "euclidean":
-        return kth_smallest_euclidean(query, bank.unsqueeze(0), k)
+        bank_t = bank.transpose(0, 1)
+        return euclidean_bank_distance(query, bank_t, (bank_t * bank_t).sum(0), k)
     return kth_nearest_distance(F.normalize(query, dim=-1) @ F.normalize(bank, dim=-1).T, k)
+
+
+def euclidean_bank_distance(query: torch.Tensor, bank_t: torch.Tensor, squared_norms: torch.Tensor, k: int):
+    """(B, N, C) queries, the (C, M) transposed bank and its (M,) squared row norms -> (B, N).
+
+    A graph with a constant bank passes both as buffers: every step reads them as they are, so the
+    exported model holds the bank once (derived copies would each become a constant).
+    """
+    ranking = squared_norms - 2 * query @ bank_t
+    nearest = bank_t[:, _kth_smallest_index(ranking, k)].permute(1, 2, 0)
+    return (query - nearest).norm(dim=-1)
 
 
 def self_distance(query: torch.Tensor, k: int, metric: str = "cosine") -> torch.Tensor:
     """(B, N, C) queries against their own image's patches -> (B, N) (zero-shot)."""
     if metric == "euclidean":
-        return kth_smallest_euclidean(query, query, k)
+        ranking = (query * query).sum(-1).unsqueeze(1) - 2 * query @ query.transpose(1, 2)
+        index = _kth_smallest_index(ranking, k)
+        nearest = torch.gather(query, 1, index.unsqueeze(-1).expand(-1, -1, query.shape[-1]))
+        return (query - nearest).norm(dim=-1)
     q = F.normalize(query, dim=-1)
     return kth_nearest_distance(q @ q.transpose(1, 2), k)
 
 
-def kth_smallest_euclidean(query: torch.Tensor, keys: torch.Tensor, k: int) -> torch.Tensor:
-    """(B, N, C) queries, (B or 1, M, C) keys -> (B, N) Euclidean distance to the k-th nearest key.
+def _kth_smallest_index(ranking: torch.Tensor, k: int) -> torch.Tensor:
+    """Index of the k-th smallest entry along the last axis.
 
-    As `scoring.knn_anomaly`: the key is found by matrix products (||b||^2 - 2 q.b, which every ONNX
-    runtime has), the distance to it computed directly (no float32 cancellation near 0).
+    Euclidean distances, as `scoring.knn_anomaly`: the key is found by matrix products
+    (||b||^2 - 2 q.b, which every ONNX runtime has), the distance to it is then computed directly
+    (no float32 cancellation near 0).
     """
-    ranking = (keys * keys).sum(-1).unsqueeze(1) - 2 * query @ keys.transpose(1, 2)
-    index = ranking.argmin(-1) if k == 1 else ranking.topk(k, dim=-1, largest=False).indices[..., k - 1]
-    keys = keys.expand(query.shape[0], -1, -1)
-    nearest = torch.gather(keys, 1, index.unsqueeze(-1).expand(-1, -1, query.shape[-1]))
-    return (query - nearest).norm(dim=-1)
+    return ranking.argmin(-1) if k == 1 else ranking.topk(k, dim=-1, largest=False).indices[..., k - 1]
 
 
 def upsample(patch_maps: torch.Tensor, size: int) -> torch.Tensor:

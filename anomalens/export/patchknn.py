@@ -14,7 +14,15 @@ from torch import nn
 from ..methods.patch_distances import distance_metric, length_channels
 from ..methods.patchknn import pooling_window
 from ..scoring import edge_weights, gaussian_smooth
-from .graph import GraphSpec, bank_distance, register_exporter, require, self_distance, upsample
+from .graph import (
+    GraphSpec,
+    bank_distance,
+    euclidean_bank_distance,
+    register_exporter,
+    require,
+    self_distance,
+    upsample,
+)
 
 # Banks above this many bytes go to a second input when bank="auto".
 MAX_CONSTANT_BANK_BYTES = 1 << 30
@@ -39,7 +47,11 @@ class PatchKnnGraph(nn.Module):
         weights = edge_weights(grid, pooling_window(s), s.image_size) if s.edge_weighting else torch.ones(1, 1)
         self.register_buffer("score_weights", weights)
         if bank is not None and not bank_as_input:
-            self.register_buffer("bank", bank.float().contiguous())
+            if self.metric == "euclidean":  # stored as the distance reads it (see euclidean_bank_distance)
+                self.register_buffer("bank_t", bank.float().T.contiguous())
+                self.register_buffer("bank_squared_norms", (bank.float() ** 2).sum(-1))
+            else:
+                self.register_buffer("bank", bank.float().contiguous())
 
     def forward(self, images: torch.Tensor, *extra: torch.Tensor):
         extra = list(extra)
@@ -48,8 +60,12 @@ class PatchKnnGraph(nn.Module):
         b, h, w, c = feats.shape
         flat = feats.reshape(b, h * w, c)
         if self.few_shot:
-            bank = extra.pop(0) if self.bank_as_input else self.bank
-            patch_map = bank_distance(flat, bank, self.few_shot_k, self.metric)
+            if self.bank_as_input:
+                patch_map = bank_distance(flat, extra.pop(0), self.few_shot_k, self.metric)
+            elif self.metric == "euclidean":
+                patch_map = euclidean_bank_distance(flat, self.bank_t, self.bank_squared_norms, self.few_shot_k)
+            else:
+                patch_map = bank_distance(flat, self.bank, self.few_shot_k, self.metric)
         else:
             directions = flat[..., : c - self.length_channels]
             patch_map = self_distance(directions, self.zero_shot_k, self.metric)
