@@ -5,8 +5,8 @@ bank (so it lies in [0, 1]). Few-shot: the bank holds the reference images' patc
 Zero-shot: the bank is the query image's own patches, which contains the patch itself, so
 k = 2 gives its nearest *other* patch (as in the FADE authors' code).
 
-`metric="euclidean"` (patchknn's `magnitudes` mode) compares features that are not unit vectors
-by their Euclidean distance instead; it is not bounded by 1.
+`metric="euclidean"` (patchknn's `magnitudes`, and its length channels against a bank) compares
+features that are not unit vectors by their Euclidean distance instead; it is not bounded by 1.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def knn_anomaly(
     query, bank = query.float(), bank.float()
     if not euclidean:
         query, bank = F.normalize(query, dim=-1), F.normalize(bank, dim=-1)
-    if euclidean:
+    else:
         # q.b - ||b||^2 / 2 ranks bank rows as -||q - b||^2 / 2 does (up to the row constant ||q||^2 / 2);
         # a column of ones on the queries and of -||b||^2 / 2 on the bank make it one matrix product
         # (a separate subtraction pass over the products cost twice the product itself)

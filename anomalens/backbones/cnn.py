@@ -44,12 +44,18 @@ VARIANT_BLOCKS = {"efficientnet-lite0": (4, 10), "efficientnet-lite1": (6, 14), 
 LOG_LENGTH_FLOOR = 1e-3
 
 
+def layer_statistics(feature_map: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C, H, W) -> each image's mean and standard deviation over its whole (C, H, W) map, (B, 1, 1, 1)."""
+    flat = feature_map.float().flatten(1)
+    mean = flat.mean(dim=1)
+    var = flat.var(dim=1, unbiased=False)
+    return mean.view(-1, 1, 1, 1), torch.sqrt(var + eps).view(-1, 1, 1, 1)
+
+
 def layer_normalise(feature_map: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """(B, C, H, W) -> zero mean, unit variance over each image's whole (C, H, W) map."""
-    flat = feature_map.float().flatten(1)
-    mean = flat.mean(dim=1, keepdim=True)
-    var = flat.var(dim=1, unbiased=False, keepdim=True)
-    return ((flat - mean) / torch.sqrt(var + eps)).view_as(feature_map)
+    mean, std = layer_statistics(feature_map, eps)
+    return (feature_map.float() - mean) / std
 
 
 def load_efficientnet_lite(variant: str = "efficientnet-lite0") -> nn.Module:
@@ -183,17 +189,23 @@ class EfficientNetPatchBackbone(nn.Module):
         (or, with `magnitudes`, per-image layer-normalised and left unnormalised), followed by the
         weighted lengths of `length_levels` (the outputs of `length_blocks`) with `length_weight`."""
         grid = levels[0].shape[-2:]
-        out = []
+        out, averaged = [], {}
         for feat in levels:
             feat = feat.float()
             if self.magnitudes:
                 out.append(self._local(layer_normalise(feat) / feat.shape[1] ** 0.5, grid))
             else:
-                out.append(F.normalize(self._local(feat, grid), dim=1))
+                averaged[id(feat)] = local = self._local(feat, grid)
+                out.append(F.normalize(local, dim=1))
         lengths = []
         for feat in length_levels:
             feat = feat.float()
-            length = self._local(layer_normalise(feat) / feat.shape[1] ** 0.5, grid).norm(dim=1, keepdim=True)
+            local = averaged.get(id(feat))  # a direction block: already averaged above
+            local = self._local(feat, grid) if local is None else local
+            # layer normalisation is affine per image, and the (valid-cell) average and the bilinear
+            # upsampling keep constants: the average of the normalised map is the normalised average
+            mean, std = layer_statistics(feat)
+            length = ((local - mean) / std).norm(dim=1, keepdim=True) / feat.shape[1] ** 0.5
             lengths.append(torch.log(length.clamp_min(LOG_LENGTH_FLOOR)) if self.length_log else length)
         feats = torch.cat(out, dim=1)
         if not self.magnitudes:
