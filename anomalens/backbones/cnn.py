@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import MissingBackboneError
+from .cnn_runtime import block_session, graph_key, run_blocks, use_onnxruntime, weights_fingerprint
 
 # Input normalised to [-1, 1], as EfficientNet-Lite was trained.
 LITE_MEAN = (0.5, 0.5, 0.5)
@@ -150,11 +151,24 @@ class EfficientNetPatchBackbone(nn.Module):
         self.neighbourhood = neighbourhood
         self._read = set(self.blocks) | (set(self.length_blocks) if self.length_channels else set())
         self._last_block = max(self._read)
+        self._graph_key: str | None = None  # names the ONNX Runtime graph (first CPU call)
         fold_for_inference(self.model)
 
     def _run_until_last_block(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
-        """The outputs of the read blocks, by index. Kept in this call's own dict (no forward hooks
-        writing to the module), so that threads can run the backbone at the same time."""
+        """The outputs of the read blocks, by index: in ONNX Runtime on the CPU when it is there
+        (3-4x faster; `cnn_runtime`), else in PyTorch."""
+        if not use_onnxruntime(self.model, x):
+            return self.run_blocks_in_torch(x)
+        order = tuple(sorted(self._read))
+        if self._graph_key is None:
+            self._graph_key = graph_key(self.name, order, weights_fingerprint(self.model))
+        session = block_session(self._graph_key, self, order, x[:1])
+        return dict(zip(order, run_blocks(session, x)))
+
+    def run_blocks_in_torch(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        """`_run_until_last_block` in PyTorch (also the function exported to ONNX Runtime). Kept in
+        this call's own dict (no forward hooks writing to the module), so that threads can run the
+        backbone at the same time."""
         # Stop after the deepest block we read: the head and later blocks are wasted work.
         outputs: dict[int, torch.Tensor] = {}
         m = self.model

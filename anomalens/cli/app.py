@@ -97,8 +97,18 @@ def _global_options(
         min=0,
         help="CPU threads for the model. 0: OMP_NUM_THREADS if set, else all CPUs but one (at least 1).",
     ),
+    cnn_runtime: str = typer.Option(
+        None,
+        "--cnn-runtime",
+        help="Where the EfficientNet backbone runs on the CPU: auto (ONNX Runtime when installed, "
+        "3-4x faster; else PyTorch), torch or onnxruntime. Default: $ANOMALENS_CNN_RUNTIME, else auto.",
+    ),
 ) -> None:
     """Options for every command, given before it: `anomalens --threads 1 detect ...`."""
+    if cnn_runtime:
+        if cnn_runtime not in ("auto", "torch", "onnxruntime"):
+            raise typer.BadParameter(f"{cnn_runtime!r}: use auto, torch or onnxruntime", param_hint="--cnn-runtime")
+        os.environ["ANOMALENS_CNN_RUNTIME"] = cnn_runtime  # read by the backbone (backbones/cnn_runtime.py)
     if threads:
         import torch
 
