@@ -75,6 +75,8 @@ VARIANTS = {
         {"backbone": "efficientnet-lite1"},
         {"backbone": "efficientnet-lite2"},
     ],
+    # issue 17, session 6: square tiles of the short side over elongated images instead of squashing them
+    "tiling": [{"tile_above_aspect": 2.0}, {"tile_above_aspect": 1.5}],
     # issue 17, session 4: Euclidean distances of per-image layer-normalised features (the texture recipe)
     "magnitudes": [
         {"magnitudes": True},

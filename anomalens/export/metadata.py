@@ -7,7 +7,12 @@ ONNX tool: `onnx.load(f).metadata_props`, or onnxruntime's `custom_metadata_map`
 * `method`, `settings` (the method's full settings), `backbone`, `num_references`
 * `preprocessing`: `resize` ("squash" | "pad"), `interpolation` (bicubic with antialiasing),
   `mean`, `std`, `value_range` ([0, 1] before normalising), `layout` ("NCHW", RGB), and
-  `inputs`: one {`name`, `size`} per image input (FADE reads the image at several sizes)
+  `inputs`: one {`name`, `size`} per image input (FADE reads the image at several sizes),
+  `tile_above_aspect` and `tile_overlap` (patchknn: an image whose long side exceeds that many
+  short sides is cut into overlapping square tiles of its short side, `anomalens.tiling.tile_boxes`;
+  each tile is one graph input, the score is the maximum over its tiles, the maps are averaged where
+  tiles overlap; absent or 0: no tiling), and `tiles_scored_together` (zero-shot with tiles: feed
+  one image's tiles as the batch, the graph compares each patch with all of them)
 * `valid_patches`: for "pad", the name and grid of the 0/1 input that marks the patches lying on
   the image (the image score is the maximum over them); null otherwise
 * `outputs`: `anomaly_map` (B, S, S) on the square model input of side `map_size`, `score` (B,),

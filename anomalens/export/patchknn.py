@@ -41,6 +41,9 @@ class PatchKnnGraph(nn.Module):
         self.metric = distance_metric(method.settings, few_shot=self.few_shot)
         self.length_channels = length_channels(method.settings)  # dropped zero-shot, as patchknn.score_image
         self.bank_as_input = bank_as_input
+        # zero-shot on tiles compares a patch with every patch of the image's tiles (patch_scores):
+        # the runner feeds one image's tiles as the batch and the graph pools over it
+        self.pool_batch = not self.few_shot and method.settings.tile_above_aspect > 0
         self.with_valid = with_valid
         s = method.settings
         # as patchknn.score_image: the score reads the edge-weighted map (a constant of the graph)
@@ -68,6 +71,8 @@ class PatchKnnGraph(nn.Module):
                 patch_map = bank_distance(flat, self.bank, self.few_shot_k, self.metric)
         else:
             directions = flat[..., : c - self.length_channels]
+            if self.pool_batch:
+                directions = directions.reshape(1, b * h * w, -1)
             patch_map = self_distance(directions, self.zero_shot_k, self.metric)
         patch_map = patch_map.reshape(b, h, w)
         # as patchknn.score_image: upsample, smooth, score over the pixels of the valid cells
@@ -86,7 +91,6 @@ def build(method, bank: str = "auto") -> GraphSpec:
     s = method.settings
     require(bank in BANK_MODES, f"bank must be one of {BANK_MODES}, got {bank!r}")
     require(s.resize in ("squash", "pad"), f"patchknn resize policy {s.resize!r} cannot be exported")
-    require(s.tile_above_aspect == 0, "patchknn with tiling (tile_above_aspect > 0) cannot be exported")
     require(s.reweight_neighbours == 0, "patchknn with reweighting (reweight_neighbours > 0) cannot be exported")
     require(s.top_fraction == 0, "patchknn with a top-fraction image score cannot be exported (use the maximum)")
     patches = method.bank_.banks.get("patches")

@@ -21,6 +21,7 @@ from ..geometry import input_box, map_to_image, to_model_input
 from ..image_reading import ImageReading
 from ..images import LoadedImage
 from ..results import AnomalyResult
+from ..tiling import Box, assemble, crop, tile_boxes
 from .errors import OnnxModelError, missing_extra
 from .graph import valid_mask
 from .metadata import decode
@@ -166,26 +167,49 @@ class OnnxDetector(Detector):
         feeds, boxes = self._feeds(batch)
         return dict(zip(self.meta["outputs"], self.session.run(None, feeds))), boxes
 
+    def _tiles(self, batch: list[LoadedImage]) -> tuple[list[LoadedImage], list[list[Box]]]:
+        """Each image's tiles (patchknn's `tile_above_aspect`, as `PatchKnn.model_inputs`) as images of
+        their own, and per image its tile boxes; files exported without tiling: the images themselves."""
+        above = float(self.meta["preprocessing"].get("tile_above_aspect") or 0)
+        tiles = [tile_boxes(*img.size_hw, above) for img in batch]
+        crops = [LoadedImage(img.path, crop(img.rgb, box)) for img, boxes in zip(batch, tiles) for box in boxes]
+        return crops, tiles
+
     def _run(self, batch: list[LoadedImage], with_images: bool = False) -> Iterator:
         if not batch:
             return
         from ..calibration import apply_decision
 
         start = time.perf_counter()
-        out, boxes = self._infer(batch)
+        crops, tiles = self._tiles(batch)
+        if self.meta["preprocessing"].get("tiles_scored_together"):  # zero-shot: one image's tiles per call
+            first = np.cumsum([0] + [len(t) for t in tiles])
+            parts = [self._infer(crops[first[i] : first[i + 1]]) for i in range(len(batch))]
+            out = {k: np.concatenate([p[0][k] for p in parts]) for k in parts[0][0]}
+            boxes = [b for p in parts for b in p[1]]
+        else:
+            out, boxes = self._infer(crops)
         size = self.meta["map_size"]
         descriptions = self.meta.get("descriptions") or []
         top = int(self.meta.get("top_descriptions", 0))
         results = []
-        for i, (img, box) in enumerate(zip(batch, boxes)):
-            amap = map_to_image(torch.from_numpy(np.ascontiguousarray(out["anomaly_map"][i])), box, size, img.size_hw)
+        first = np.cumsum([0] + [len(t) for t in tiles])
+        for i, (img, image_tiles) in enumerate(zip(batch, tiles)):
+            rows = range(first[i], first[i + 1])
+            maps = [torch.from_numpy(np.ascontiguousarray(out["anomaly_map"][r])) for r in rows]
+            if len(image_tiles) == 1:
+                amap = map_to_image(maps[0], boxes[rows[0]], size, img.size_hw)
+            else:  # the image score is the maximum over all its tiles' maps (export needs top_fraction 0)
+                cropped = [m[t : t + h, left : left + w] for m, (t, left, h, w) in zip(maps, (boxes[r] for r in rows))]
+                amap = assemble(cropped, image_tiles, img.size_hw)
+            score = max(float(out["score"][r]) for r in rows)
             described = []
-            if "description_similarity" in out and top:
-                sims = torch.from_numpy(out["description_similarity"][i])
+            if "description_similarity" in out and top:  # language methods are not tiled: one row
+                sims = torch.from_numpy(out["description_similarity"][rows[0]])
                 best = sims.topk(min(top, len(descriptions)))
                 described = [(descriptions[j], float(v)) for v, j in zip(best.values, best.indices)]
             results.append(
-                AnomalyResult(path=img.path, score=float(out["score"][i]), anomaly_map=amap, descriptions=described)
+                AnomalyResult(path=img.path, score=score, anomaly_map=amap, descriptions=described)
             )
         per_image = (time.perf_counter() - start) / len(batch)
         for img, result in zip(batch, results):

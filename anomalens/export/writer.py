@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..tiling import TILE_OVERLAP
 from .errors import ExportError, missing_extra
 from .graph import build_spec, synthetic_image, tracing_context
 from .metadata import METADATA_KEY, encode
@@ -146,6 +147,11 @@ def _metadata(detector, spec, bank_path: Path) -> dict[str, Any]:
         "preprocessing": {
             "inputs": spec.image_inputs,
             "resize": detector.settings.get("resize", "squash"),
+            # patchknn: images longer than this ratio are scored as square tiles (anomalens.tiling)
+            "tile_above_aspect": detector.settings.get("tile_above_aspect", 0.0),
+            "tile_overlap": TILE_OVERLAP,
+            # zero-shot with tiles: one image's tiles are one batch, compared with each other
+            "tiles_scored_together": bool(getattr(spec.module, "pool_batch", False)),
             "interpolation": "bicubic, antialiased (torch.nn.functional.interpolate), clipped to [0, 1]",
             "value_range": [0.0, 1.0],
             "mean": list(backbone.mean),
