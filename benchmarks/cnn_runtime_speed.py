@@ -51,13 +51,15 @@ def main() -> None:
             for threads in (int(t) for t in args.threads.split(",")):
                 torch.set_num_threads(threads)
                 with torch.no_grad():
-                    torch_ms = median_ms(lambda: net.run_blocks_in_torch(x), args.repeat)
+                    torch_ms = median_ms(lambda n=net, x=x: n.run_blocks_in_torch(x), args.repeat)
                     os.environ[cnn_runtime.RUNTIME_ENV] = "onnxruntime"
-                    ort_ms = median_ms(lambda: net._run_until_last_block(x), args.repeat)
+                    ort_ms = median_ms(lambda n=net, x=x: n._run_until_last_block(x), args.repeat)
                     got, want = net._run_until_last_block(x), net.run_blocks_in_torch(x)
                 diff = max(float((got[b] - want[b]).abs().max() / want[b].abs().max()) for b in want)
-                print(f"| {variant} | {size} | {threads} | {torch_ms:.1f} | {ort_ms:.1f} | {torch_ms / ort_ms:.1f} x | "
-                      f"{diff:.1e} |")
+                print(
+                    f"| {variant} | {size} | {threads} | {torch_ms:.1f} | {ort_ms:.1f} | {torch_ms / ort_ms:.1f} x | "
+                    f"{diff:.1e} |"
+                )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import os
 # Nothing in the test suite may reach the network (Hugging Face hub included).
 os.environ["HF_HUB_OFFLINE"] = "1"
 # The EfficientNet graphs exported for ONNX Runtime are cached in a folder of this run, not the user's.
-import tempfile  # noqa: E402
+import tempfile
 
 os.environ["ANOMALENS_GRAPH_CACHE"] = tempfile.mkdtemp(prefix="anomalens-test-graphs-")
 

@@ -76,7 +76,8 @@ def test_missing_onnxruntime(fresh, backbone, monkeypatch):
 def test_tracing_and_gradients_run_in_torch(fresh, backbone):
     traced = torch.jit.trace(lambda x: backbone.block_outputs(x)[0], images(batch=1), check_trace=False)
     assert not cnn_runtime._sessions
-    torch.testing.assert_close(traced(images(batch=1, seed=2)), backbone.run_blocks_in_torch(images(batch=1, seed=2))[4])
+    other = images(batch=1, seed=2)
+    torch.testing.assert_close(traced(other), backbone.run_blocks_in_torch(other)[4])
     x = images(batch=1).requires_grad_(True)
     assert not cnn_runtime.use_onnxruntime(backbone.model, x)
 

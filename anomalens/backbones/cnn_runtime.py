@@ -16,6 +16,7 @@ backbone itself), and when gradients are needed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -49,6 +50,7 @@ def chosen_runtime() -> str:
     return value
 
 
+@functools.cache
 def onnxruntime_available() -> bool:
     try:
         import onnx  # noqa: F401  (the exporter writes the graph with it)

@@ -182,8 +182,8 @@ class OnnxDetector(Detector):
 
         start = time.perf_counter()
         crops, tiles = self._tiles(batch)
+        first = np.cumsum([0] + [len(t) for t in tiles])  # image i's tiles are rows first[i]:first[i + 1]
         if self.meta["preprocessing"].get("tiles_scored_together"):  # zero-shot: one image's tiles per call
-            first = np.cumsum([0] + [len(t) for t in tiles])
             parts = [self._infer(crops[first[i] : first[i + 1]]) for i in range(len(batch))]
             out = {k: np.concatenate([p[0][k] for p in parts]) for k in parts[0][0]}
             boxes = [b for p in parts for b in p[1]]
@@ -193,24 +193,22 @@ class OnnxDetector(Detector):
         descriptions = self.meta.get("descriptions") or []
         top = int(self.meta.get("top_descriptions", 0))
         results = []
-        first = np.cumsum([0] + [len(t) for t in tiles])
         for i, (img, image_tiles) in enumerate(zip(batch, tiles)):
             rows = range(first[i], first[i + 1])
             maps = [torch.from_numpy(np.ascontiguousarray(out["anomaly_map"][r])) for r in rows]
             if len(image_tiles) == 1:
                 amap = map_to_image(maps[0], boxes[rows[0]], size, img.size_hw)
-            else:  # the image score is the maximum over all its tiles' maps (export needs top_fraction 0)
+            else:  # as PatchKnn.score: each tile's map on its input box, put back on the image
                 cropped = [m[t : t + h, left : left + w] for m, (t, left, h, w) in zip(maps, (boxes[r] for r in rows))]
                 amap = assemble(cropped, image_tiles, img.size_hw)
+            # the maximum over all tiles' maps (the export requires the maximum as image score)
             score = max(float(out["score"][r]) for r in rows)
             described = []
             if "description_similarity" in out and top:  # language methods are not tiled: one row
                 sims = torch.from_numpy(out["description_similarity"][rows[0]])
                 best = sims.topk(min(top, len(descriptions)))
                 described = [(descriptions[j], float(v)) for v, j in zip(best.values, best.indices)]
-            results.append(
-                AnomalyResult(path=img.path, score=score, anomaly_map=amap, descriptions=described)
-            )
+            results.append(AnomalyResult(path=img.path, score=score, anomaly_map=amap, descriptions=described))
         per_image = (time.perf_counter() - start) / len(batch)
         for img, result in zip(batch, results):
             result.seconds = per_image
