@@ -73,13 +73,16 @@ def test_missing_onnxruntime(fresh, backbone, monkeypatch):
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.trace: what the ONNX exporter uses
-def test_tracing_and_gradients_run_in_torch(fresh, backbone):
+def test_tracing_gradients_and_other_devices_run_in_torch(fresh, backbone):
     traced = torch.jit.trace(lambda x: backbone.block_outputs(x)[0], images(batch=1), check_trace=False)
     assert not cnn_runtime._sessions
     other = images(batch=1, seed=2)
     torch.testing.assert_close(traced(other), backbone.run_blocks_in_torch(other)[4])
     x = images(batch=1).requires_grad_(True)
     assert not cnn_runtime.use_onnxruntime(backbone.model, x)
+    # inputs on another device (a GPU; here the storage-less meta device) stay with PyTorch
+    assert not cnn_runtime.use_onnxruntime(backbone.model, torch.empty(1, 3, 64, 64, device="meta"))
+    assert cnn_runtime.use_onnxruntime(backbone.model, images(batch=1))
 
 
 def test_graph_cache_round_trip(fresh, backbone, monkeypatch):
