@@ -126,12 +126,16 @@ def _export(backbone: nn.Module, order: tuple[int, ...], example: torch.Tensor) 
     return buffer.getvalue()
 
 
+def _cache_file(key: str) -> Path | None:
+    cache = default_cache_dir()
+    return cache / f"{key}.onnx" if cache else None
+
+
 def _graph_bytes(key: str, backbone: nn.Module, order: tuple[int, ...], example: torch.Tensor) -> bytes:
     """The graph from memory, the disk cache (written atomically), or a fresh export."""
     if key in _graphs:
         return _graphs[key]
-    cache = default_cache_dir()
-    path = cache / f"{key}.onnx" if cache else None
+    path = _cache_file(key)
     data = None
     if path is not None and path.is_file():
         data = path.read_bytes()
@@ -173,9 +177,9 @@ def block_session(key: str, backbone: nn.Module, order: tuple[int, ...], example
                 session = _new_session(data, threads)
             except Exception:  # a damaged cache file: export again, once
                 _graphs.pop(key, None)
-                path = default_cache_dir()
+                path = _cache_file(key)
                 if path is not None:
-                    (path / f"{key}.onnx").unlink(missing_ok=True)
+                    path.unlink(missing_ok=True)
                 session = _new_session(_graph_bytes(key, backbone, order, example), threads)
             _sessions[(key, threads)] = session
     return session

@@ -159,9 +159,7 @@ class OnnxDetector(Detector):
             feeds, boxes = self._feeds(batch)
             outputs = self.session.run(None, feeds)
             return dict(zip(self.meta["outputs"], outputs)), boxes
-        parts = [self._infer_fixed([img]) for img in batch]  # fixed batch of 1
-        merged = {k: np.concatenate([p[0][k] for p in parts]) for k in parts[0][0]}
-        return merged, [b for p in parts for b in p[1]]
+        return _concatenated([self._infer_fixed([img]) for img in batch])  # fixed batch of 1
 
     def _infer_fixed(self, batch):
         feeds, boxes = self._feeds(batch)
@@ -184,9 +182,7 @@ class OnnxDetector(Detector):
         crops, tiles = self._tiles(batch)
         first = np.cumsum([0] + [len(t) for t in tiles])  # image i's tiles are rows first[i]:first[i + 1]
         if self.meta["preprocessing"].get("tiles_scored_together"):  # zero-shot: one image's tiles per call
-            parts = [self._infer(crops[first[i] : first[i + 1]]) for i in range(len(batch))]
-            out = {k: np.concatenate([p[0][k] for p in parts]) for k in parts[0][0]}
-            boxes = [b for p in parts for b in p[1]]
+            out, boxes = _concatenated([self._infer(crops[first[i] : first[i + 1]]) for i in range(len(batch))])
         else:
             out, boxes = self._infer(crops)
         size = self.meta["map_size"]
@@ -215,6 +211,11 @@ class OnnxDetector(Detector):
             if self.threshold is not None or self.pixel_threshold is not None:
                 apply_decision(result, self.threshold, self.pixel_threshold)
             yield (result, img) if with_images else result
+
+
+def _concatenated(parts: list[tuple[dict[str, np.ndarray], list]]) -> tuple[dict[str, np.ndarray], list]:
+    """The outputs and boxes of several `_infer` calls as those of one call on all their images."""
+    return {k: np.concatenate([p[0][k] for p in parts]) for k in parts[0][0]}, [b for p in parts for b in p[1]]
 
 
 def load_onnx_detector(path: str | os.PathLike, threads: int | None = None) -> OnnxDetector:
