@@ -80,6 +80,10 @@ PATCHKNN = dict(
     length_kind="linear",  # L_b: "linear" |LN(f_b)| / sqrt(C_b) (layer-normalised per image) or "log" its logarithm
     dir_blocks=None,  # with length: positions in `blocks` whose directions are used (None = all)
     len_blocks=None,  # with length: positions in `blocks` whose lengths are used (None = all)
+    # Issue 17, session 8: deeper blocks scored on their own coarse grid (a second, small kNN), the
+    # map upsampled to the stride-8 grid and added; the main embedding then reads `dir_blocks`/`len_blocks`.
+    coarse=None,  # positions in `blocks` embedded (as the main one) and compared on their own grid
+    coarse_weight=1.0,  # weight of the coarse map in the sum
 )
 # The second embedding of `mix`: per-image layer-normalised magnitudes, compared by Euclidean distance.
 MAGNITUDES = dict(gain="layer", norm=False, dist="euclidean", pool="zero_pad", soft=0.0, mix=0.0)
@@ -240,6 +244,14 @@ def evaluate(
         if refs:
             bank_m = embed(ref_levels, vm)
             bank_m = bank_m.reshape(-1, bank_m.shape[-1])
+    if v["coarse"]:  # the deep blocks' own embedding, bank and queries on their grid
+        vc = {**v, "dir_blocks": None, "len_blocks": None}
+        test_c = embed([raw_test[p] for p in v["coarse"]], vc)
+        coarse_grid = raw_test[v["coarse"][0]].shape[-2:]
+        bank_c = None
+        if refs:
+            bank_c = embed([ref_levels[p] for p in v["coarse"]], vc)
+            bank_c = bank_c.reshape(-1, bank_c.shape[-1])
     grid = (SIZE // 8, SIZE // 8)
     weights = edge_weights(grid, 3, SIZE) if v["edge"] else None
     labels, scores = [], []
@@ -258,6 +270,14 @@ def evaluate(
             else:
                 dist_m = torch.cat([nearest(q, q, vm, v["zero_shot_k"])[0] for q in q_m])
             dist = dist + v["mix"] * dist_m
+        if v["coarse"]:
+            q_c = test_c[start : start + 16]
+            if bank_c is not None:
+                dist_c = nearest(q_c.reshape(-1, q_c.shape[-1]), bank_c, vc)[0]
+            else:
+                dist_c = torch.cat([nearest(q, q, vc, v["zero_shot_k"])[0] for q in q_c])
+            dist_c = F.interpolate(dist_c.view(-1, 1, *coarse_grid), size=grid, mode="bilinear", align_corners=False)
+            dist = dist + v["coarse_weight"] * dist_c.reshape(dist.shape)
         dist, idx = dist.view(len(samples), -1), idx.view(len(samples), -1)
         up = F.interpolate(dist.view(-1, 1, *grid), size=(SIZE, SIZE), mode=v["up"])[:, 0]
         maps = gaussian_smooth(up, v["sigma"])

@@ -29,7 +29,7 @@ import torch
 from anomalens.benchmark import IMAGE_METRICS, PIXEL_METRICS
 from anomalens.data import load_dataset, load_mask, sample_references
 from anomalens.images import load_image
-from anomalens.methods.patch_distances import distance_metric, patch_scores, zero_shot_features
+from anomalens.methods.patch_distances import coarse_blocks, patch_anomalies
 from anomalens.methods.patchknn import PatchKnn, PatchKnnSettings
 from anomalens.metrics import PixelMetricAccumulator, image_metrics
 
@@ -83,6 +83,8 @@ VARIANTS = {
         {"magnitudes": True, "blocks": (4, 10, 14)},
         {"blocks": (4, 10, 14)},
     ],
+    # issue 17, session 8: the stride-32 block compared on its own grid, its map added (few-shot)
+    "coarse": [{"coarse_weight": 0.25}, {"coarse_weight": 0.5}, {"coarse_weight": 1.0}],
     # issue 17, session 5: each block's length beside the unit direction (few-shot; zero-shot is the cosine)
     "lengths": [
         {"length_weight": 16.0},
@@ -98,6 +100,8 @@ METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro")
 
 def feature_key(settings: PatchKnnSettings) -> str:
     values = {k: getattr(settings, k) for k in FEATURE_KEYS}
+    if coarse_blocks(settings):  # the coarse map's channels; its weight only changes the scores
+        values["coarse_blocks"] = coarse_blocks(settings)
     return hashlib.sha1(json.dumps(values, sort_keys=True, default=list).encode()).hexdigest()[:12]
 
 
@@ -146,7 +150,7 @@ def evaluate(method: PatchKnn, cache: FeatureCache, split, refs: list[Path]) -> 
     total = sum(p.shape[0] for p in ref_patches)
     coreset = s.coreset_size if 0 < s.coreset_size < total else 0
     k = s.few_shot_k if refs else (s.zero_shot_k, s.zero_shot_exclusion)
-    bank_key = (feature_key(s), aug, coreset, k, tuple(map(str, refs)))
+    bank_key = (feature_key(s), aug, coreset, k, s.coarse_weight, tuple(map(str, refs)))
     if refs and (s.reweight_neighbours or not all((*bank_key, str(t.path)) in PATCH_MAPS for t in split.test)):
         bank = method.build_bank([p.float() for p in ref_patches])
     test = cache.get(method, split.category, [s.path for s in split.test])
@@ -157,11 +161,7 @@ def evaluate(method: PatchKnn, cache: FeatureCache, split, refs: list[Path]) -> 
         feats = feats.float()
         key = (*bank_key, str(sample.path))
         if key not in PATCH_MAPS:
-            compared = feats if bank is not None else zero_shot_features(feats, s)
-            metric = distance_metric(s, few_shot=bank is not None)
-            PATCH_MAPS[key] = patch_scores(
-                compared, bank, s.few_shot_k, s.zero_shot_k, s.zero_shot_exclusion, metric
-            ).half()
+            PATCH_MAPS[key] = patch_anomalies(feats, bank, s, method.coarse_layout).half()
         out = method.score(feats, layout, bank, PATCH_MAPS[key].float())
         labels.append(sample.label)
         scores.append(out.score)

@@ -112,6 +112,27 @@ def test_patchknn_export_with_length_channels_gives_the_pytorch_results(tmp_path
     assert {r.decision for r in expected} == {"OK", "NG"}
 
 
+@pytest.mark.parametrize(
+    "fit,bank,extra",
+    [
+        (True, "constant", {}),
+        (True, "input", {"length_weight": 0.0}),
+        (False, "auto", {}),
+        (True, "auto", {"resize": "pad", "tile_above_aspect": 1.5}),
+    ],
+)
+def test_patchknn_export_with_the_coarse_map_gives_the_pytorch_results(tmp_path, fit, bank, extra):
+    # the coarse cells against the bank's coarse channels (Euclidean with lengths, cosine without,
+    # the bank a constant or an input), upsampled and added; zero-shot without them
+    det = Detector("patchknn", image_size=64, coarse_weight=1.0, **extra).fit(REFS if fit else [])
+    assert det.method.coarse_layout is not None
+    export_onnx(det, tmp_path / "m.onnx", bank=bank, verify=False)
+    exported = load_onnx_detector(tmp_path / "m.onnx")
+    assert exported.settings["coarse_weight"] == 1.0
+    elongated = image(23, 40, 130, defect=True)
+    assert_same_results(det, exported, [*QUERIES, elongated])
+
+
 def test_export_verification_refuses_a_graph_that_disagrees(tmp_path, monkeypatch):
     from anomalens.export import patchknn as exporter
 

@@ -57,10 +57,12 @@ def create_patch_backbone(
     length_weight: float = 0.0,
     length_log: bool = False,
     length_blocks: tuple[int, ...] | None = None,
+    coarse_blocks: tuple[int, ...] = (),
 ) -> nn.Module:
     """A module mapping (B, 3, S, S) normalised images to (B, h, w, C) patch features: unit-norm, or
     for an EfficientNet with `magnitudes`, layer-normalised with their lengths kept, or with
-    `length_weight`, unit-norm followed by one weighted length channel per block."""
+    `length_weight`, unit-norm followed by one weighted length channel per block; `coarse_blocks`
+    append the channels of patchknn's coarse map (EfficientNet only)."""
     if name in VARIANT_BLOCKS:
         return EfficientNetPatchBackbone(
             image_size=image_size,
@@ -71,10 +73,12 @@ def create_patch_backbone(
             length_weight=length_weight,
             length_log=length_log,
             length_blocks=length_blocks,
+            coarse_blocks=coarse_blocks,
         )
-    if magnitudes or length_weight > 0:
+    if magnitudes or length_weight > 0 or coarse_blocks:
         raise ValueError(
-            f"magnitudes and length_weight need an EfficientNet backbone ({', '.join(VARIANT_BLOCKS)}), not {name!r}"
+            "magnitudes, length_weight and coarse_blocks need an EfficientNet backbone "
+            f"({', '.join(VARIANT_BLOCKS)}), not {name!r}"
         )
     from .clip import create_method_clip
 

@@ -19,6 +19,11 @@ neighbourhood average, or its logarithm with `length_log`. Euclidean distance on
 the length how strongly it is there, without the image's global gain (MuSc's `l2_length` is the
 same idea with one length). `length_blocks` may read lengths from other blocks than the directions
 (e.g. also the stride-32 block 14, whose directions hurt reflective parts).
+
+With `coarse_blocks` (patchknn's coarse map) the features of those deeper blocks are built the same
+way on their own, coarser grid, and each stride-8 patch carries its coarse cell's features as
+trailing channels (nearest cell: the coarse cells are read back exactly by `coarse_cells`), so one
+tensor, one bank and one coreset serve both; patchknn compares them on the coarse grid.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ LITE_STD = (0.5, 0.5, 0.5)
 DEFAULT_BLOCKS = (4, 10)
 # The same two stage ends for each variant (Lite1/Lite2 have more blocks per stage).
 VARIANT_BLOCKS = {"efficientnet-lite0": (4, 10), "efficientnet-lite1": (6, 14), "efficientnet-lite2": (6, 14)}
+# The stride-32 stage end before the last stage of each variant: patchknn's coarse map.
+VARIANT_COARSE_BLOCKS = {"efficientnet-lite0": (14,), "efficientnet-lite1": (19,), "efficientnet-lite2": (19,)}
 # log lengths: a patch whose layer-normalised average is (almost) zero gets this length, not log 0
 LOG_LENGTH_FLOOR = 1e-3
 
@@ -116,6 +123,16 @@ def fold_for_inference(model: nn.Module) -> nn.Module:
     return model.to(memory_format=torch.channels_last).requires_grad_(False)
 
 
+def nearest_cells(fine: int, coarse: int) -> list[int]:
+    """For each of `fine` cells along an axis, the coarse cell it lies in (nearest interpolation)."""
+    return [i * coarse // fine for i in range(fine)]
+
+
+def coarse_cells(fine: int, coarse: int) -> list[int]:
+    """For each coarse cell, the first fine cell lying in it (the inverse of `nearest_cells`)."""
+    return [-(-j * fine // coarse) for j in range(coarse)]
+
+
 class EfficientNetPatchBackbone(nn.Module):
     """Multi-level, locally aggregated, L2-normalised patch features from EfficientNet-Lite."""
 
@@ -132,6 +149,7 @@ class EfficientNetPatchBackbone(nn.Module):
         length_weight: float = 0.0,
         length_log: bool = False,
         length_blocks: tuple[int, ...] | None = None,
+        coarse_blocks: tuple[int, ...] = (),
     ):
         super().__init__()
         if magnitudes and length_weight > 0:
@@ -145,11 +163,17 @@ class EfficientNetPatchBackbone(nn.Module):
         self.blocks = tuple(blocks) if blocks else VARIANT_BLOCKS[variant]
         # the blocks whose lengths follow the directions (unset: the direction blocks)
         self.length_blocks = tuple(length_blocks) if length_blocks else self.blocks
-        for name, chosen in (("blocks", self.blocks), ("length_blocks", self.length_blocks)):
+        self.coarse_blocks = tuple(coarse_blocks)
+        for name, chosen in (
+            ("blocks", self.blocks),
+            ("length_blocks", self.length_blocks),
+            ("coarse_blocks", self.coarse_blocks or (0,)),
+        ):
             if max(chosen) >= len(self.model._blocks) or min(chosen) < 0:
                 raise ValueError(f"{variant} has blocks 0..{len(self.model._blocks) - 1}; got {name}={chosen}")
         self.neighbourhood = neighbourhood
         self._read = set(self.blocks) | (set(self.length_blocks) if self.length_channels else set())
+        self._read |= set(self.coarse_blocks)
         self._last_block = max(self._read)
         self._graph_key: str | None = None  # names the ONNX Runtime graph (first CPU call)
         fold_for_inference(self.model)
@@ -196,7 +220,32 @@ class EfficientNetPatchBackbone(nn.Module):
         """(B, 3, H, W) normalised images -> (B, h, w, C) unit-norm patch features (stride 8)."""
         outputs = self._run_until_last_block(images)
         lengths = [outputs[i] for i in self.length_blocks] if self.length_channels else []
-        return self.combine([outputs[i] for i in self.blocks], lengths)
+        feats = self.combine([outputs[i] for i in self.blocks], lengths)
+        if not self.coarse_blocks:
+            return feats
+        coarse = [outputs[i] for i in self.coarse_blocks]
+        coarse = self.combine(coarse, coarse if self.length_channels else [])  # on the coarse grid
+        rows = nearest_cells(feats.shape[1], coarse.shape[1])
+        cols = nearest_cells(feats.shape[2], coarse.shape[2])
+        return torch.cat([feats, coarse[:, rows][:, :, cols]], dim=-1)
+
+    @property
+    def coarse_channels(self) -> int:
+        """How many trailing feature channels are the coarse blocks' (directions, then lengths)."""
+        if not self.coarse_blocks:
+            return 0
+        widths = sum(self.model._blocks[i]._block_args.output_filters for i in self.coarse_blocks)
+        return widths + (len(self.coarse_blocks) if self.length_channels else 0)
+
+    def coarse_grid(self, image_size: int) -> tuple[int, int]:
+        """The coarse blocks' grid on an (S, S) input (one pass of zeros through the blocks, once per size)."""
+        grids = self.__dict__.setdefault("_coarse_grids", {})
+        if image_size not in grids:
+            with torch.no_grad():
+                zeros = torch.zeros(1, 3, image_size, image_size, device=next(self.model.parameters()).device)
+                out = self.run_blocks_in_torch(zeros)[self.coarse_blocks[0]]
+            grids[image_size] = tuple(out.shape[-2:])
+        return grids[image_size]
 
     def combine(self, levels: list[torch.Tensor], length_levels: list[torch.Tensor] = ()) -> torch.Tensor:
         """Raw block outputs -> pooled, stride-8 grid features: per-level then overall L2-normalised

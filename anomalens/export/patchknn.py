@@ -9,9 +9,11 @@ settings); the bank is a constant of the graph, or for large banks a second inpu
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ..methods.patch_distances import distance_metric, length_channels
+from ..backbones.cnn import coarse_cells
+from ..methods.patch_distances import distance_metric, length_channels, split_coarse
 from ..methods.patchknn import pooling_window
 from ..scoring import edge_weights, gaussian_smooth
 from .graph import (
@@ -41,6 +43,18 @@ class PatchKnnGraph(nn.Module):
         self.metric = distance_metric(method.settings, few_shot=self.few_shot)
         self.length_channels = length_channels(method.settings)  # dropped zero-shot, as patchknn.score_image
         self.bank_as_input = bank_as_input
+        # the coarse map (patchknn.patch_anomalies): its channels are dropped zero-shot, compared on
+        # its own grid with references; the cells it reads are constants of the graph
+        self.coarse = method.coarse_layout
+        self.coarse_weight = method.settings.coarse_weight
+        if self.coarse is not None:
+            rows, cols = coarse_cells(grid[0], self.coarse.grid[0]), coarse_cells(grid[1], self.coarse.grid[1])
+            self.register_buffer("coarse_rows", torch.tensor(rows), persistent=False)
+            self.register_buffer("coarse_cols", torch.tensor(cols), persistent=False)
+            if bank is not None:
+                bank, coarse_bank = split_coarse(bank, self.coarse)
+                if not bank_as_input:
+                    self.register_buffer("coarse_bank", coarse_bank.float().contiguous())
         # zero-shot on tiles compares a patch with every patch of the image's tiles (patch_scores):
         # the runner feeds one image's tiles as the batch and the graph pools over it
         self.pool_batch = not self.few_shot and method.settings.tile_above_aspect > 0
@@ -60,11 +74,14 @@ class PatchKnnGraph(nn.Module):
         extra = list(extra)
         valid = extra.pop(0) if self.with_valid else None
         feats = self.backbone(images)  # (B, h, w, C)
+        feats, coarse_feats = split_coarse(feats, self.coarse)
         b, h, w, c = feats.shape
         flat = feats.reshape(b, h * w, c)
+        coarse_bank = getattr(self, "coarse_bank", None)
         if self.few_shot:
             if self.bank_as_input:
-                patch_map = bank_distance(flat, extra.pop(0), self.few_shot_k, self.metric)
+                bank, coarse_bank = split_coarse(extra.pop(0), self.coarse)
+                patch_map = bank_distance(flat, bank, self.few_shot_k, self.metric)
             elif self.metric == "euclidean":
                 patch_map = euclidean_bank_distance(flat, self.bank_t, self.bank_squared_norms, self.few_shot_k)
             else:
@@ -75,6 +92,8 @@ class PatchKnnGraph(nn.Module):
                 directions = directions.reshape(1, b * h * w, -1)
             patch_map = self_distance(directions, self.zero_shot_k, self.metric)
         patch_map = patch_map.reshape(b, h, w)
+        if self.few_shot and coarse_feats is not None and self.coarse_weight > 0:
+            patch_map = patch_map + self.coarse_weight * self._coarse_map(coarse_feats, coarse_bank)
         # as patchknn.score_image: upsample, smooth, score over the pixels of the valid cells
         maps = gaussian_smooth(upsample(patch_map, self.image_size), self.smoothing_sigma)
         if valid is not None:
@@ -84,6 +103,14 @@ class PatchKnnGraph(nn.Module):
             scored = maps * self.score_weights
         score = scored.flatten(1).amax(1)
         return maps, score
+
+    def _coarse_map(self, coarse_feats: torch.Tensor, coarse_bank: torch.Tensor) -> torch.Tensor:
+        """As patch_distances.coarse_scores: each coarse cell against the bank's, upsampled to (h, w)."""
+        b, h, w, c = coarse_feats.shape
+        cells = coarse_feats.index_select(1, self.coarse_rows).index_select(2, self.coarse_cols)
+        gh, gw = self.coarse.grid
+        dist = bank_distance(cells.reshape(b, gh * gw, c), coarse_bank, self.few_shot_k, self.metric)
+        return F.interpolate(dist.reshape(b, 1, gh, gw), size=(h, w), mode="bilinear", align_corners=False)[:, 0]
 
 
 @register_exporter("patchknn")

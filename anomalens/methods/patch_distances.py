@@ -1,14 +1,17 @@
 """How `patchknn` compares patches: nearest-neighbour distances to the bank or to the image's own
-patches, the metric its features call for, and which channels zero-shot compares."""
+patches, the metric its features call for, which channels zero-shot compares, and the coarse map
+(deeper blocks compared on their own grid, added to the stride-8 map)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from ..backbones import VARIANT_BLOCKS
+from ..backbones.cnn import VARIANT_COARSE_BLOCKS, coarse_cells
 from ..scoring import knn_anomaly
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -84,3 +87,61 @@ def zero_shot_features(feats: torch.Tensor, settings: PatchKnnSettings) -> torch
     """Zero-shot compares the unit directions alone: the length channels are dropped."""
     n = length_channels(settings)
     return feats[..., : feats.shape[-1] - n] if n else feats
+
+
+@dataclass(frozen=True)
+class CoarseLayout:
+    """Where the coarse map's features sit: the trailing `channels` of each patch, on a `grid` of cells."""
+
+    channels: int
+    grid: tuple[int, int]
+
+
+def coarse_blocks(settings: PatchKnnSettings) -> tuple[int, ...]:
+    """The blocks of the coarse map: the setting, or when unset the backbone's stride-32 stage end
+    (none with CLIP backbones or `coarse_weight` 0)."""
+    if settings.coarse_weight <= 0 or settings.backbone not in VARIANT_BLOCKS:
+        return ()
+    return tuple(settings.coarse_blocks or VARIANT_COARSE_BLOCKS[settings.backbone])
+
+
+def split_coarse(feats: torch.Tensor, coarse: CoarseLayout | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(..., C) features -> the stride-8 patch channels and the coarse channels (None without)."""
+    if coarse is None or coarse.channels == 0:
+        return feats, None
+    cut = feats.shape[-1] - coarse.channels
+    return feats[..., :cut], feats[..., cut:]
+
+
+def coarse_scores(feats: torch.Tensor, bank: torch.Tensor, grid: tuple[int, int], k: int, metric: str) -> torch.Tensor:
+    """(T, h, w, Cc) coarse channels on the stride-8 grid and the bank's -> (T, h, w) distances.
+
+    Each coarse cell is compared once (its features repeat over the stride-8 cells it covers) and
+    the (T, gh, gw) distance map is upsampled bilinearly to the stride-8 grid.
+    """
+    t, h, w, c = feats.shape
+    cells = feats[:, coarse_cells(h, grid[0])][:, :, coarse_cells(w, grid[1])]
+    dist = knn_anomaly(cells.reshape(-1, c), bank, k=k, metric=metric).view(t, 1, *grid)
+    return F.interpolate(dist, size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+
+
+def patch_anomalies(
+    feats: torch.Tensor, bank: torch.Tensor | None, settings: PatchKnnSettings, coarse: CoarseLayout | None = None
+) -> torch.Tensor:
+    """(T, h, w, C) features of one image's tiles -> (T, h, w) patch anomalies, as patchknn scores them.
+
+    Against the bank: the stride-8 distances plus `coarse_weight` x the coarse map's. Zero-shot:
+    the stride-8 directions alone (neither lengths nor the coarse map: a part's own highlights and
+    large structures are unique in the image).
+    """
+    s = settings
+    metric = distance_metric(s, few_shot=bank is not None)
+    feats, coarse_feats = split_coarse(feats, coarse)
+    if bank is None:
+        compared = zero_shot_features(feats, s)
+        return patch_scores(compared, None, s.few_shot_k, s.zero_shot_k, s.zero_shot_exclusion, metric)
+    bank, coarse_bank = split_coarse(bank, coarse)
+    scores = patch_scores(feats, bank, s.few_shot_k, s.zero_shot_k, s.zero_shot_exclusion, metric)
+    if coarse_feats is not None and s.coarse_weight > 0:
+        scores = scores + s.coarse_weight * coarse_scores(coarse_feats, coarse_bank, coarse.grid, s.few_shot_k, metric)
+    return scores

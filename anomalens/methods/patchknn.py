@@ -19,6 +19,10 @@ by Euclidean distance against the bank: a patch whose texture is right but too s
 then counts, without the global gain that varies between images. It raised every few-shot number
 on magnetic_tile and mpdd_metal_plate over 3 seeds (README "Lengths beside the directions").
 Zero-shot compares the directions alone: a part's own highlights are unique lengths in the image.
+
+`coarse_weight` > 0 adds, with references, the stride-32 block's distance map on its own coarse grid
+(`patch_distances.patch_anomalies`): it lifts magnetic_tile's large defects and costs small ones, so it
+is an opt-in (README "A coarse map beside the fine one").
 """
 
 from __future__ import annotations
@@ -46,7 +50,14 @@ from ..scoring import (
 from ..settings import MethodSettings, setting
 from ..tiling import Box, assemble, crop, tile_boxes
 from .base import Method, MethodOutput, register_method
-from .patch_distances import DEFAULT_LENGTH_WEIGHT, distance_metric, length_weight, patch_scores, zero_shot_features
+from .patch_distances import (
+    DEFAULT_LENGTH_WEIGHT,
+    CoarseLayout,
+    coarse_blocks,
+    distance_metric,
+    length_weight,
+    patch_anomalies,
+)
 
 
 @dataclass
@@ -91,6 +102,16 @@ class PatchKnnSettings(MethodSettings):
         "with length_weight: EfficientNet blocks whose lengths are added (unset = `blocks`)",
         minimum=0,
         maximum=20,
+    )
+    coarse_weight: float = setting(
+        0.0,
+        "EfficientNet, few-shot: weight of the coarse map (the `coarse_blocks` compared on their own grid against "
+        "the references', upsampled) added to the stride-8 map (0 = off; 0.5-1 for textured surfaces with "
+        "large defects: README)",
+        minimum=0,
+    )
+    coarse_blocks: tuple[int, ...] | None = setting(
+        None, "EfficientNet blocks of the coarse map (unset = the stride-32 stage end: Lite0 14, Lite1/2 19)", minimum=0
     )
     clip_layers: tuple[int, ...] = setting((6, 9), "CLIP blocks whose tokens are used (1-based)", minimum=1)
     few_shot_k: int = setting(FEW_SHOT_K, "nearest reference patch used (few-shot)", minimum=1)
@@ -160,18 +181,18 @@ def score_image(
     settings: PatchKnnSettings,
     input_boxes: list[Box] | None = None,
     patches: torch.Tensor | None = None,
+    coarse: CoarseLayout | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """patchknn's scoring as one torch function: (T, h, w, C) features and the bank -> (T, S, S) maps, score.
 
     S is the model input size; the maps are upsampled and smoothed; the score is taken over the
-    part of each map that shows the image (`input_boxes`, default: all of it). `patches` may
-    pass `patch_scores(feats, bank, ...)` computed before (the variant benchmark reuses them).
+    part of each map that shows the image (`input_boxes`, default: all of it). `coarse` says
+    which trailing channels are the coarse map's (`PatchKnn.coarse_layout`). `patches` may pass
+    `patch_anomalies(feats, bank, ...)` computed before (the variant benchmark reuses them).
     """
     s = settings
     if patches is None:
-        metric = distance_metric(s, few_shot=bank is not None)
-        compared = feats if bank is not None else zero_shot_features(feats, s)
-        patches = patch_scores(compared, bank, s.few_shot_k, s.zero_shot_k, s.zero_shot_exclusion, metric)
+        patches = patch_anomalies(feats, bank, s, coarse)
     maps = F.interpolate(patches[:, None], size=(s.image_size, s.image_size), mode="bilinear", align_corners=False)
     maps = gaussian_smooth(maps[:, 0], s.smoothing_sigma)
     # The image score reads the (edge-weighted) smoothed map; the returned maps stay unweighted.
@@ -229,10 +250,19 @@ class PatchKnn(Method):
                 length_weight=length_weight(settings),
                 length_log=settings.length_log,
                 length_blocks=settings.length_blocks,
+                coarse_blocks=coarse_blocks(settings),
             )
         )
         self.bank_ = MemoryBank()
         self._bank_source: tuple[list[LoadedImage], torch.Tensor] | None = None
+
+    @property
+    def coarse_layout(self) -> CoarseLayout | None:
+        """Which trailing feature channels are the coarse map's, and its grid (None without one)."""
+        channels = getattr(self.backbone, "coarse_channels", 0)
+        if not channels:
+            return None
+        return CoarseLayout(channels, self.backbone.coarse_grid(self.settings.image_size))
 
     def model_inputs(self, img: LoadedImage) -> tuple[list[torch.Tensor], Layout]:
         """The normalised (3, S, S) inputs of one image (one per tile) and its layout."""
@@ -310,7 +340,7 @@ class PatchKnn(Method):
         self, feats: torch.Tensor, layout: Layout, bank: torch.Tensor | None, patches: torch.Tensor | None = None
     ) -> MethodOutput:
         """One image's tile features -> its score and its map at the image's size."""
-        maps, score = score_image(feats, bank, self.settings, layout.input_boxes, patches)
+        maps, score = score_image(feats, bank, self.settings, layout.input_boxes, patches, self.coarse_layout)
         tile_maps = [m[top : top + h, left : left + w] for m, (top, left, h, w) in zip(maps, layout.input_boxes)]
         return MethodOutput(float(score), assemble(tile_maps, layout.tiles, layout.size_hw))
 
