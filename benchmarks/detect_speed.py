@@ -125,6 +125,7 @@ def child(args: argparse.Namespace) -> None:
     argv = [] if args.threads is None else ["--threads", str(args.threads)]
     argv += ["detect", *args.inputs, "--refs", args.refs, "--out", args.out, "--threshold", "auto", "--overwrite"]
     argv += ["--batch-size", str(args.batch_size)] if args.batch_size else []
+    argv += [a for item in args.set for a in ("--set", item)]
     try:
         app(argv, standalone_mode=False)
     except SystemExit as exit_:
@@ -158,6 +159,7 @@ def measure(args: argparse.Namespace, images: list[Path], refs: Path, env: dict)
         cmd += [] if args.threads is None else ["--threads", str(args.threads)]
         cmd += [] if args.workers is None else ["--workers", str(args.workers)]
         cmd += ["--batch-size", str(args.batch_size)] if args.batch_size else []
+        cmd += [a for item in args.set for a in ("--set", item)]
         listing.write_text("\n".join(map(str, images)))
         cmd += ["--inputs-file", str(listing)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -187,6 +189,7 @@ def main() -> None:
     parser.add_argument("--load", type=int, default=0, help="busy-loop processes kept running while measuring")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the measured process")
     parser.add_argument("--label", default="", help="a name for this configuration in the table")
+    parser.add_argument("--set", action="append", default=[], help="a method setting for detect, key=value")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--refs-dir", help=argparse.SUPPRESS)
     parser.add_argument("--out-dir", help=argparse.SUPPRESS)
