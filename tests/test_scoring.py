@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from anomalens.scoring import FEW_SHOT_K, ZERO_SHOT_K, MemoryBank, knn_anomaly
+from anomalens.scoring import FEW_SHOT_K, ZERO_SHOT_K, MemoryBank, gaussian_smooth, knn_anomaly, upsample_and_smooth
 
 
 def unit(deg: float) -> list[float]:
@@ -159,3 +159,28 @@ def test_euclidean_knn_by_hand_sees_length_cosine_does_not():
     assert cosine[0] == 0 and cosine[1] == 0  # a longer copy of a bank patch is normal to the cosine
     with pytest.raises(ValueError, match="metric"):
         knn_anomaly(query, bank, metric="manhattan")
+
+
+@pytest.mark.parametrize(
+    "shape, size, sigma",
+    [
+        ((1, 32, 32), 256, 4.0),
+        ((3, 30, 17), 240, 2.0),
+        ((1, 8, 8), 64, 4.0),
+        ((2, 2, 3), 16, 4.0),  # the reflect pad truncated to the side
+        ((1, 5, 5), 40, 0.0),
+    ],
+)
+def test_upsample_and_smooth_is_bilinear_upsampling_then_the_gaussian(shape, size, sigma):
+    maps = torch.rand(*shape, generator=torch.Generator().manual_seed(3))
+    upsampled = F.interpolate(maps[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    expected = gaussian_smooth(upsampled, sigma)
+    got = upsample_and_smooth(maps, size, sigma)
+    assert got.shape == (shape[0], size, size)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+def test_upsample_and_smooth_of_a_constant_map_is_that_constant():
+    # both operations preserve constants (normalised kernel, reflect padding): a hand-computed case
+    got = upsample_and_smooth(torch.full((1, 4, 6), 0.25), 48, 4.0)
+    torch.testing.assert_close(got, torch.full((1, 48, 48), 0.25), rtol=0, atol=1e-6)

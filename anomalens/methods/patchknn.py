@@ -43,9 +43,9 @@ from ..scoring import (
     ZERO_SHOT_K,
     MemoryBank,
     edge_weights,
-    gaussian_smooth,
     image_score,
     reweighting_factor,
+    upsample_and_smooth,
 )
 from ..settings import MethodSettings, setting
 from ..tiling import Box, assemble, crop, tile_boxes
@@ -193,8 +193,7 @@ def score_image(
     s = settings
     if patches is None:
         patches = patch_anomalies(feats, bank, s, coarse)
-    maps = F.interpolate(patches[:, None], size=(s.image_size, s.image_size), mode="bilinear", align_corners=False)
-    maps = gaussian_smooth(maps[:, 0], s.smoothing_sigma)
+    maps = upsample_and_smooth(patches, s.image_size, s.smoothing_sigma)
     # The image score reads the (edge-weighted) smoothed map; the returned maps stay unweighted.
     weighted = maps * edge_weights(patches.shape[-2:], pooling_window(s), s.image_size) if s.edge_weighting else maps
     if input_boxes is None:
