@@ -3,6 +3,9 @@ runtime, the graph cache on disk, and threads sharing one session."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -143,3 +146,20 @@ def test_threads_share_one_session(fresh, backbone):
         t.join()
     assert all(torch.equal(a, b) for a, b in zip(alone, results))
     assert len(cnn_runtime._sessions) == 1
+
+
+def test_a_cached_graph_runs_without_importing_onnx(fresh, backbone):
+    """onnx (with ml_dtypes, ~1.2 s) is needed to export a graph, not to run a cached one."""
+    backbone(images(batch=1))  # exports the graph into this test's cache
+    code = (
+        "import sys, torch\n"
+        "from anomalens.backbones.cnn import EfficientNetPatchBackbone\n"
+        "b = EfficientNetPatchBackbone(image_size=64, length_weight=4.0, length_log=True)\n"
+        "b(torch.zeros(1, 3, 64, 64))\n"
+        "from anomalens.backbones import cnn_runtime\n"
+        "assert cnn_runtime._sessions, 'ran in PyTorch'\n"
+        "assert 'onnx' not in sys.modules, 'onnx was imported'\n"
+    )
+    env = {**os.environ, cnn_runtime.CACHE_ENV: str(fresh)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
