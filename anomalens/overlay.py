@@ -9,7 +9,6 @@ from functools import lru_cache
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 from anomalens.colour_scale import ColourScale, ramp_colours
 
@@ -97,6 +96,8 @@ def mask_contour(mask: np.ndarray, thickness: int = 2) -> np.ndarray:
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         return np.zeros_like(mask)
+    from scipy import ndimage  # imported on first use: ~0.3 s of start-up, needed only for NG masks
+
     # border_value=0 so a region touching the image edge is outlined along the edge too.
     eroded = ndimage.binary_erosion(mask, iterations=max(1, int(thickness)), border_value=0)
     return mask & ~eroded
@@ -167,6 +168,8 @@ def heatmap_overlay(
             mk = _resize_mask(mk, (h, w))
         if mk.any():  # most parts are clean: no contour to draw
             contour = mask_contour(mk, contour_thickness)
+            from scipy import ndimage
+
             halo = ndimage.binary_dilation(contour, iterations=1) & ~mk
             out[halo] = CONTOUR_HALO
             out[contour] = CONTOUR_COLOUR
