@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +83,14 @@ def mask_array_uri(mask: np.ndarray, max_side: int = THUMB_SIDE) -> str:
     """`mask_data_uri` of a boolean (or 0/255) mask in memory."""
     arr = np.asarray(mask)
     on = arr if arr.dtype == bool else arr > 127
+    if not on.any():  # most parts are clean: one thumbnail per mask size, not one per image
+        return _empty_mask_uri(on.shape[:2], max_side)
     return _mask_uri(Image.fromarray(np.where(on, 255, 0).astype(np.uint8)), max_side)
+
+
+@lru_cache(maxsize=64)
+def _empty_mask_uri(shape_hw: tuple[int, int], max_side: int) -> str:
+    return _mask_uri(Image.new("L", (shape_hw[1], shape_hw[0]), 0), max_side)
 
 
 def _mask_uri(small: Image.Image, max_side: int) -> str:

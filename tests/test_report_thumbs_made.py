@@ -15,7 +15,7 @@ from anomalens.colour_scale import ColourScale, hue_family
 from anomalens.outputs import OutputWriter, record_key
 from anomalens.overlay import scale_colours
 from anomalens.report import write_report
-from anomalens.report_thumbs import THUMB_SIDE, array_thumb_uri, mask_data_uri, thumb_data_uri
+from anomalens.report_thumbs import THUMB_SIDE, array_thumb_uri, mask_array_uri, mask_data_uri, thumb_data_uri
 from anomalens.results import AnomalyResult
 
 
@@ -77,3 +77,18 @@ def test_overlay_colour_table_within_one_level_of_the_exact_scale():
     # the threshold boundary is exact: at or below it cool, above it hot, NaN hot
     assert [hue_family(c) for c in fast[-5:]] == ["cool", "hot", "hot", "hot", "cool"]
     assert all(hue_family(a) == hue_family(b) for a, b in zip(exact, fast))
+
+
+def test_an_empty_mask_thumbnail_is_the_one_made_from_its_file(tmp_path):
+    # the writer reuses one thumbnail per size for clean parts; it must equal the file's
+    for h, w in ((150, 260), (397, 262), (40, 1130)):
+        empty = np.zeros((h, w), dtype=bool)
+        path = tmp_path / f"empty_{h}x{w}.png"
+        Image.fromarray(np.zeros((h, w), np.uint8)).save(path)
+        assert mask_array_uri(empty) == mask_data_uri(path)
+        assert mask_array_uri(np.zeros((h, w), np.uint8)) == mask_data_uri(path)
+    marked = np.zeros((150, 260), dtype=bool)
+    marked[60:90, 100:140] = True
+    Image.fromarray(np.where(marked, 255, 0).astype(np.uint8)).save(tmp_path / "marked.png")
+    assert mask_array_uri(marked) == mask_data_uri(tmp_path / "marked.png")
+    assert mask_array_uri(marked) != mask_array_uri(np.zeros_like(marked))
