@@ -30,7 +30,7 @@ from anomalens.benchmark import IMAGE_METRICS, PIXEL_METRICS
 from anomalens.data import load_dataset, load_mask, sample_references
 from anomalens.images import load_image
 from anomalens.methods.patch_distances import coarse_blocks, patch_anomalies
-from anomalens.methods.patchknn import PatchKnn, PatchKnnSettings
+from anomalens.methods.patchknn import PatchKnn, PatchKnnSettings, coreset_target
 from anomalens.metrics import PixelMetricAccumulator, image_metrics
 
 # The settings before issue 17, and the levers tried on top of a base, one at a time.
@@ -85,6 +85,8 @@ VARIANTS = {
     ],
     # issue 17, session 8: the stride-32 block compared on its own grid, its map added (few-shot)
     "coarse": [{"coarse_weight": 0.25}, {"coarse_weight": 0.5}, {"coarse_weight": 1.0}],
+    # issue 17, session 9: PatchCore's share of the bank on few-shot banks (the kNN's time scales with it)
+    "coreset_ratio": [{"coreset_ratio": 0.5}, {"coreset_ratio": 0.25}, {"coreset_ratio": 0.1}],
     # issue 17, session 5: each block's length beside the unit direction (few-shot; zero-shot is the cosine)
     "lengths": [
         {"length_weight": 16.0},
@@ -147,8 +149,7 @@ def evaluate(method: PatchKnn, cache: FeatureCache, split, refs: list[Path]) -> 
         ref_feats = cache.get(method, split.category, refs, aug)
         ref_patches = [ref_feats[str(p)][0].reshape(-1, ref_feats[str(p)][0].shape[-1]) for p in refs]
     # The coreset only matters once the bank is larger than it.
-    total = sum(p.shape[0] for p in ref_patches)
-    coreset = s.coreset_size if 0 < s.coreset_size < total else 0
+    coreset = coreset_target(s, sum(p.shape[0] for p in ref_patches))
     k = s.few_shot_k if refs else (s.zero_shot_k, s.zero_shot_exclusion)
     bank_key = (feature_key(s), aug, coreset, k, s.coarse_weight, tuple(map(str, refs)))
     if refs and (s.reweight_neighbours or not all((*bank_key, str(t.path)) in PATCH_MAPS for t in split.test)):

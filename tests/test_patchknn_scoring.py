@@ -197,3 +197,48 @@ def test_patch_scores_with_magnitudes_see_a_brighter_copy_of_a_normal_patch():
 
     expected = torch.cdist(flat, flat).masked_fill(window_mask(1, 4, 4, 1), float("inf")).min(dim=1).values
     torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize(
+    "ratio, floor, size, patches, kept",
+    [
+        (0.1, 1024, 12288, 1024, 0),  # the defaults: one reference at 256 px keeps its whole bank
+        (0.1, 1024, 12288, 4096, 1024),  # 4 references: the floor, a quarter
+        (0.1, 1024, 12288, 16384, 1639),  # 16 references: ceil(1638.4)
+        (0.1, 1024, 12288, 204800, 12288),  # 200 references: coreset_size caps
+        (1.0, 1024, 12288, 4096, 0),  # ratio 1: the whole bank (what models saved before it load with)
+        (0.1, 1, 0, 4096, 410),  # ceil(409.6), no floor, no cap
+        (0.25, 1, 500, 4096, 500),
+        (0.5, 1, 0, 1, 0),  # ceil(0.5) = 1: everything kept, no coreset computed
+        (0.001, 1, 0, 10, 1),
+    ],
+)
+def test_coreset_target_by_hand(ratio, floor, size, patches, kept):
+    from anomalens.methods.patchknn import coreset_target
+
+    settings = PatchKnnSettings(coreset_ratio=ratio, coreset_floor=floor, coreset_size=size)
+    assert coreset_target(settings, patches) == kept
+
+
+def test_coreset_ratio_keeps_that_share_of_the_references_patches_and_they_score_as_normal():
+    from anomalens.images import LoadedImage
+    from anomalens.methods import create_method
+
+    g = torch.Generator().manual_seed(0)
+    refs = [
+        LoadedImage(f"ref{i}.png", (torch.rand(64, 64, 3, generator=g) * 255).to(torch.uint8).numpy()) for i in range(2)
+    ]
+    whole = create_method("patchknn", image_size=64).fit(refs)  # 128 patches: below the floor, all kept
+    quarter = create_method("patchknn", image_size=64, coreset_ratio=0.25, coreset_floor=1).fit(refs)
+    n = whole.bank_.banks["patches"].shape[0]  # 2 references x 8 x 8 patches
+    assert n == 128 and quarter.bank_.banks["patches"].shape[0] == 32
+    # every coreset patch is one of the whole bank's
+    bank, kept = whole.bank_.banks["patches"], quarter.bank_.banks["patches"]
+    exact = "donot_use_mm_for_euclid_dist"
+    assert torch.cdist(kept, bank, compute_mode=exact).min(dim=1).values.max() < 1e-5
+    # a reference against a quarter of the bank: farther than against all of it, but no farther
+    # than the coreset's covering radius (the map only averages patch distances)
+    radius = float(torch.cdist(bank, kept, compute_mode=exact).min(dim=1).values.max())
+    full, reduced = whole.predict(refs[:1])[0], quarter.predict(refs[:1])[0]
+    assert reduced.score >= full.score - 1e-6 and float(full.anomaly_map.max()) < 1e-2
+    assert 0 < float(reduced.anomaly_map.max()) <= radius + 1e-3

@@ -16,6 +16,11 @@ from anomalens.images import list_images
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
+# The whole bank (no coreset): leave-one-out then equals refitting without the held-out reference,
+# which these tests compute by hand. With a coreset, leave-one-out drops the held-out reference's
+# patches from one coreset over all references (README "Choosing a threshold"; tests/test_leave_one_out.py).
+WHOLE_BANK = ["--set", "coreset_ratio=1.0"]
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
@@ -35,14 +40,14 @@ def data(tmp_path_factory) -> Path:
 def _loo_scores(refs: list[Path]) -> list[float]:
     scores = []
     for i in range(len(refs)):
-        det = Detector("patchknn", image_size=128).fit(refs[:i] + refs[i + 1 :])
+        det = Detector("patchknn", image_size=128, coreset_ratio=1.0).fit(refs[:i] + refs[i + 1 :])
         scores.append(det.predict([refs[i]])[0].score)
     return scores
 
 
 def test_fit_with_a_target_saves_and_prints_the_stated_rate_and_warns(data, tmp_path):
     out = tmp_path / "model"
-    res = run(["fit", "--refs", data / "refs", "--out", out, *FAST, "--max-false-reject", "0.2"])
+    res = run(["fit", "--refs", data / "refs", "--out", out, *FAST, *WHOLE_BANK, "--max-false-reject", "0.2"])
     saved = json.loads((out / "detector.json").read_text())["threshold"]
     # 5 references: k = floor(0.2 * 6) = 1, the largest leave-one-out score; expected 1/6.
     loo = _loo_scores(list_images([data / "refs"]))
@@ -52,7 +57,9 @@ def test_fit_with_a_target_saves_and_prints_the_stated_rate_and_warns(data, tmp_
     assert "largest of 5 leave-one-out reference scores, for a false-reject target of 20%" in res.output
     assert "expected false-reject rate 16.7% (95% bound 45.1%)" in res.output
     assert "warning" not in res.output  # 1/6 <= 20%: 5 references are enough for this target
-    res = run(["fit", "--refs", data / "refs", "--out", out, *FAST, "--max-false-reject", "0.05", "--overwrite"])
+    res = run(
+        ["fit", "--refs", data / "refs", "--out", out, *FAST, *WHOLE_BANK, "--max-false-reject", "0.05", "--overwrite"]
+    )
     assert (
         "warning: 5 leave-one-out reference scores are too few for a false-reject rate of 5%: even their "
         "largest as threshold expects 16.7% (95% bound 45.1%); 19 good reference images give an expected 5%, "
@@ -74,6 +81,7 @@ def test_detect_with_defects_reports_escapes_everywhere(data, tmp_path):
             "--out",
             out,
             *FAST,
+            *WHOLE_BANK,
             "--max-false-reject",
             "0.2",
             "--defects",
@@ -84,7 +92,7 @@ def test_detect_with_defects_reports_escapes_everywhere(data, tmp_path):
     t = settings["threshold"]
     # By hand: the leave-one-out scores and the defects scored by the model fitted on all refs.
     refs = list_images([data / "refs"])
-    full = Detector("patchknn", image_size=128).fit(refs)
+    full = Detector("patchknn", image_size=128, coreset_ratio=1.0).fit(refs)
     bad = [r.score for r in full.predict(list_images([data / "defects"]))]
     expected = calibrate_for_target(_loo_scores(refs), 0.2, bad)
     assert t["value"] == pytest.approx(expected.value, rel=1e-5)

@@ -27,6 +27,7 @@ is an opt-in (README "A coarse map beside the fine one").
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -145,19 +146,45 @@ class PatchKnnSettings(MethodSettings):
     coreset_size: int = setting(
         12288, "a memory bank above this many patches is reduced to it by greedy k-centre (0 = never)", minimum=0
     )
+    # PatchCore keeps a share of its bank (the paper's sampling ratio: 10 % and 1 %). On few-shot
+    # banks 10 % kept every dev metric within noise (3 seeds; README "A share of the bank:
+    # coreset_ratio") and makes the kNN 4-10x cheaper, so it is the default since session 9; the
+    # floor keeps one reference's worth of patches (32 x 32 at 256 px), so one reference, and small
+    # images, keep their whole bank and 4 references keep a quarter.
+    coreset_ratio: float = setting(
+        0.1,
+        "share of the bank's patches kept by greedy k-centre (PatchCore's sampling ratio; 1 = all), "
+        "never fewer than coreset_floor; coreset_size still caps the bank",
+        minimum=0.001,
+        maximum=1.0,
+    )
+    coreset_floor: int = setting(1024, "coreset_ratio never keeps fewer patches than this", minimum=1)
     batch_size: int = setting(
         0, "images per forward pass (0 = auto: 1 on the CPU, where it is fastest, 8 on a GPU)", minimum=0
     )
 
     # models saved before these settings existed scored the raw map's maximum without lengths and
-    # squashed every image (their thresholds were calibrated on that): they load with these values
+    # squashed every image and kept their whole bank (their thresholds were calibrated on that):
+    # they load with these values
     absent_in_older_models: ClassVar[dict[str, Any]] = {
         "smoothing_sigma": 0.0,
         "edge_weighting": False,
         "length_weight": 0.0,
         "length_log": False,
         "tile_above_aspect": 0.0,
+        "coreset_ratio": 1.0,
     }
+
+
+def coreset_target(settings: PatchKnnSettings, patches: int) -> int:
+    """How many of a bank's `patches` the coreset keeps: `coreset_ratio` of them but at least
+    `coreset_floor`, and at most `coreset_size`; 0 when it keeps them all (no coreset is computed)."""
+    target = patches
+    if settings.coreset_ratio < 1.0:
+        target = max(settings.coreset_floor, math.ceil(settings.coreset_ratio * patches))
+    if settings.coreset_size > 0:
+        target = min(target, settings.coreset_size)
+    return 0 if target >= patches else target
 
 
 def valid_grid_region(box: tuple[int, int, int, int], size: int, grid: tuple[int, int]) -> tuple[slice, slice]:
@@ -297,7 +324,7 @@ class PatchKnn(Method):
         return feats.reshape(-1, feats.shape[-1])
 
     def build_bank(self, per_reference: list[torch.Tensor]) -> torch.Tensor:
-        """All references' patches as one bank, reduced by greedy k-centre above `coreset_size`."""
+        """All references' patches as one bank, reduced by greedy k-centre (`coreset_target`)."""
         return self.bank_with_origin(per_reference)[0]
 
     def bank_with_origin(self, per_reference: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -308,8 +335,8 @@ class PatchKnn(Method):
         origin = torch.repeat_interleave(
             torch.arange(len(per_reference)), torch.tensor([p.shape[0] for p in per_reference])
         )
-        size = self.settings.coreset_size
-        if size > 0 and bank.shape[0] > size:
+        size = coreset_target(self.settings, bank.shape[0])
+        if size:
             indices, _ = greedy_coreset(bank, size)
             bank, origin = bank[indices], origin[indices]
         return bank, origin
