@@ -202,11 +202,11 @@ def test_patch_scores_with_magnitudes_see_a_brighter_copy_of_a_normal_patch():
 @pytest.mark.parametrize(
     "ratio, floor, size, patches, kept",
     [
-        (0.1, 1024, 12288, 1024, 0),  # the defaults: one reference at 256 px keeps its whole bank
-        (0.1, 1024, 12288, 4096, 1024),  # 4 references: the floor, a quarter
-        (0.1, 1024, 12288, 16384, 1639),  # 16 references: ceil(1638.4)
-        (0.1, 1024, 12288, 204800, 12288),  # 200 references: coreset_size caps
-        (1.0, 1024, 12288, 4096, 0),  # ratio 1: the whole bank (what models saved before it load with)
+        (0.1, 1024, 8192, 1024, 0),  # the defaults: one reference at 256 px keeps its whole bank
+        (0.1, 1024, 8192, 4096, 1024),  # 4 references: the floor, a quarter
+        (0.1, 1024, 8192, 16384, 1639),  # 16 references: ceil(1638.4)
+        (0.1, 1024, 8192, 204800, 8192),  # 200 references: coreset_size caps
+        (1.0, 1024, 8192, 4096, 0),  # ratio 1: the whole bank (what models saved before it load with)
         (0.1, 1, 0, 4096, 410),  # ceil(409.6), no floor, no cap
         (0.25, 1, 500, 4096, 500),
         (0.5, 1, 0, 1, 0),  # ceil(0.5) = 1: everything kept, no coreset computed
