@@ -6,13 +6,18 @@ import os
 
 # Nothing in the test suite may reach the network (Hugging Face hub included).
 os.environ["HF_HUB_OFFLINE"] = "1"
-# The EfficientNet graphs exported for ONNX Runtime are cached in a folder of this run, not the user's.
+# The EfficientNet graphs exported for ONNX Runtime are cached in a folder of this run, not the
+# user's, and removed when the run ends.
+import atexit
+import shutil
 import tempfile
 
 os.environ["ANOMALENS_GRAPH_CACHE"] = tempfile.mkdtemp(prefix="anomalens-test-graphs-")
 
 import pytest
 import torch
+
+atexit.register(shutil.rmtree, os.environ["ANOMALENS_GRAPH_CACHE"], True)
 
 
 @pytest.fixture(scope="session")
