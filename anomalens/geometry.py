@@ -72,3 +72,13 @@ def input_box(height: int, width: int, size: int, policy: ResizePolicy = "squash
     scale = size / max(height, width)
     nh, nw = max(1, round(height * scale)), max(1, round(width * scale))
     return ((size - nh) // 2, (size - nw) // 2, nh, nw)
+
+
+def valid_grid_region(box: tuple[int, int, int, int], size: int, grid: tuple[int, int]) -> tuple[slice, slice]:
+    """Grid cells whose centres lie inside the image's box on the model input (for "pad")."""
+    top, left, bh, bw = box
+    gh, gw = grid
+    ch, cw = size / gh, size / gw
+    rows = [i for i in range(gh) if top <= (i + 0.5) * ch < top + bh] or [min(gh - 1, int((top + bh / 2) / ch))]
+    cols = [j for j in range(gw) if left <= (j + 0.5) * cw < left + bw] or [min(gw - 1, int((left + bw / 2) / cw))]
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)

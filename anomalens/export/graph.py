@@ -162,7 +162,7 @@ def synthetic_image(height: int = 96, width: int = 80, seed: int = 0) -> np.ndar
 
 def valid_mask(box: tuple[int, int, int, int], size: int, grid: tuple[int, int]) -> np.ndarray:
     """(h, w) 0/1 mask of the patches whose centres lie on the image, as the methods' scores use."""
-    from ..methods.patchknn import valid_grid_region
+    from ..geometry import valid_grid_region
 
     rows, cols = valid_grid_region(box, size, grid)
     mask = np.zeros(grid, dtype=np.float32)

@@ -13,8 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones.cnn import coarse_cells
-from ..methods.patch_distances import distance_metric, length_channels, split_coarse
-from ..methods.patchknn import pooling_window
+from ..methods.patch_distances import distance_metric, length_channels, pooling_window, split_coarse
 from ..scoring import edge_weights, gaussian_smooth
 from .graph import (
     GraphSpec,

@@ -1,6 +1,7 @@
 """How `patchknn` compares patches: nearest-neighbour distances to the bank or to the image's own
-patches, the metric its features call for, which channels zero-shot compares, and the coarse map
-(deeper blocks compared on their own grid, added to the stride-8 map)."""
+patches, the metric its features call for, which channels zero-shot compares, the coarse map
+(deeper blocks compared on their own grid, added to the stride-8 map), and `score_image`, which
+turns one image's patch distances into its maps and score."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ import torch.nn.functional as F
 
 from ..backbones import VARIANT_BLOCKS
 from ..backbones.cnn import VARIANT_COARSE_BLOCKS, coarse_cells
-from ..scoring import knn_anomaly
+from ..geometry import valid_grid_region
+from ..scoring import edge_weights, image_score, knn_anomaly, reweighting_factor, upsample_and_smooth
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..tiling import Box
     from .patchknn import PatchKnnSettings
 
 
@@ -145,3 +148,49 @@ def patch_anomalies(
     if coarse_feats is not None and s.coarse_weight > 0:
         scores = scores + s.coarse_weight * coarse_scores(coarse_feats, coarse_bank, coarse.grid, s.few_shot_k, metric)
     return scores
+
+
+def pooling_window(settings: PatchKnnSettings) -> int:
+    """The neighbourhood the backbone averages patches over (CLIP tokens are not pooled)."""
+    return settings.neighbourhood if settings.backbone in VARIANT_BLOCKS else 1
+
+
+def score_image(
+    feats: torch.Tensor,
+    bank: torch.Tensor | None,
+    settings: PatchKnnSettings,
+    input_boxes: list[Box] | None = None,
+    patches: torch.Tensor | None = None,
+    coarse: CoarseLayout | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """patchknn's scoring as one torch function: (T, h, w, C) features and the bank -> (T, S, S) maps, score.
+
+    S is the model input size; the maps are upsampled and smoothed; the score is taken over the
+    part of each map that shows the image (`input_boxes`, default: all of it). `coarse` says
+    which trailing channels are the coarse map's (`PatchKnn.coarse_layout`). `patches` may pass
+    `patch_anomalies(feats, bank, ...)` computed before (the variant benchmark reuses them).
+    """
+    s = settings
+    if patches is None:
+        patches = patch_anomalies(feats, bank, s, coarse)
+    maps = upsample_and_smooth(patches, s.image_size, s.smoothing_sigma)
+    # The image score reads the (edge-weighted) smoothed map; the returned maps stay unweighted.
+    weighted = maps * edge_weights(patches.shape[-2:], pooling_window(s), s.image_size) if s.edge_weighting else maps
+    if input_boxes is None:
+        values = weighted
+    else:  # the pixels of the grid cells whose centres lie on the image (as the ONNX graph's valid mask)
+        grid = patches.shape[-2:]
+        sy, sx = s.image_size // grid[0], s.image_size // grid[1]
+        regions = [valid_grid_region(box, s.image_size, grid) for box in input_boxes]
+        values = torch.cat(
+            [
+                m[r.start * sy : r.stop * sy, c.start * sx : c.stop * sx].reshape(-1)
+                for m, (r, c) in zip(weighted, regions)
+            ]
+        )
+    score = image_score(values, s.top_fraction)
+    if bank is not None and s.reweight_neighbours > 0:
+        score = score * reweighting_factor(
+            feats.reshape(-1, feats.shape[-1]), bank, patches, s.reweight_neighbours, distance_metric(s)
+        )
+    return maps, score

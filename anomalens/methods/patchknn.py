@@ -35,19 +35,11 @@ import torch
 import torch.nn.functional as F
 
 from ..augment import augment_input
-from ..backbones import VARIANT_BLOCKS, create_patch_backbone
+from ..backbones import create_patch_backbone
 from ..coreset import greedy_coreset
 from ..geometry import RESIZE_POLICIES, to_model_input
 from ..images import LoadedImage
-from ..scoring import (
-    FEW_SHOT_K,
-    ZERO_SHOT_K,
-    MemoryBank,
-    edge_weights,
-    image_score,
-    reweighting_factor,
-    upsample_and_smooth,
-)
+from ..scoring import FEW_SHOT_K, ZERO_SHOT_K, MemoryBank
 from ..settings import MethodSettings, setting
 from ..tiling import Box, assemble, crop, tile_boxes
 from .base import Method, MethodOutput, register_method
@@ -57,7 +49,7 @@ from .patch_distances import (
     coarse_blocks,
     distance_metric,
     length_weight,
-    patch_anomalies,
+    score_image,
 )
 
 
@@ -186,62 +178,6 @@ def coreset_target(settings: PatchKnnSettings, patches: int) -> int:
     if settings.coreset_size > 0:
         target = min(target, settings.coreset_size)
     return 0 if target >= patches else target
-
-
-def valid_grid_region(box: tuple[int, int, int, int], size: int, grid: tuple[int, int]) -> tuple[slice, slice]:
-    """Grid cells whose centres lie inside the image's box on the model input (for "pad")."""
-    top, left, bh, bw = box
-    gh, gw = grid
-    ch, cw = size / gh, size / gw
-    rows = [i for i in range(gh) if top <= (i + 0.5) * ch < top + bh] or [min(gh - 1, int((top + bh / 2) / ch))]
-    cols = [j for j in range(gw) if left <= (j + 0.5) * cw < left + bw] or [min(gw - 1, int((left + bw / 2) / cw))]
-    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
-
-
-def pooling_window(settings: PatchKnnSettings) -> int:
-    """The neighbourhood the backbone averages patches over (CLIP tokens are not pooled)."""
-    return settings.neighbourhood if settings.backbone in VARIANT_BLOCKS else 1
-
-
-def score_image(
-    feats: torch.Tensor,
-    bank: torch.Tensor | None,
-    settings: PatchKnnSettings,
-    input_boxes: list[Box] | None = None,
-    patches: torch.Tensor | None = None,
-    coarse: CoarseLayout | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """patchknn's scoring as one torch function: (T, h, w, C) features and the bank -> (T, S, S) maps, score.
-
-    S is the model input size; the maps are upsampled and smoothed; the score is taken over the
-    part of each map that shows the image (`input_boxes`, default: all of it). `coarse` says
-    which trailing channels are the coarse map's (`PatchKnn.coarse_layout`). `patches` may pass
-    `patch_anomalies(feats, bank, ...)` computed before (the variant benchmark reuses them).
-    """
-    s = settings
-    if patches is None:
-        patches = patch_anomalies(feats, bank, s, coarse)
-    maps = upsample_and_smooth(patches, s.image_size, s.smoothing_sigma)
-    # The image score reads the (edge-weighted) smoothed map; the returned maps stay unweighted.
-    weighted = maps * edge_weights(patches.shape[-2:], pooling_window(s), s.image_size) if s.edge_weighting else maps
-    if input_boxes is None:
-        values = weighted
-    else:  # the pixels of the grid cells whose centres lie on the image (as the ONNX graph's valid mask)
-        grid = patches.shape[-2:]
-        sy, sx = s.image_size // grid[0], s.image_size // grid[1]
-        regions = [valid_grid_region(box, s.image_size, grid) for box in input_boxes]
-        values = torch.cat(
-            [
-                m[r.start * sy : r.stop * sy, c.start * sx : c.stop * sx].reshape(-1)
-                for m, (r, c) in zip(weighted, regions)
-            ]
-        )
-    score = image_score(values, s.top_fraction)
-    if bank is not None and s.reweight_neighbours > 0:
-        score = score * reweighting_factor(
-            feats.reshape(-1, feats.shape[-1]), bank, patches, s.reweight_neighbours, distance_metric(s)
-        )
-    return maps, score
 
 
 @dataclass

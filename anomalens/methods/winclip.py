@@ -32,14 +32,13 @@ import torch
 import torch.nn.functional as F
 
 from ..backbones.clip import ClipBackbone, create_method_clip
-from ..geometry import RESIZE_POLICIES, map_to_image, to_model_input
+from ..geometry import RESIZE_POLICIES, map_to_image, to_model_input, valid_grid_region
 from ..images import LoadedImage
 from ..scoring import FEW_SHOT_K, MemoryBank, knn_anomaly
 from ..settings import MethodSettings, setting
 from ..text.features import DEFAULT_CACHE, TextFeatureCache
 from ..text.prompts import clean_class_name, defect_prompts, winclip_prompts
 from .base import Method, MethodOutput, register_method
-from .patchknn import valid_grid_region
 
 NORMAL, ANOMALOUS = 0, 1  # rows of the text prototypes
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ...geometry import valid_grid_region
 from ...scoring import edge_weights, gaussian_smooth, image_score
-from ..patchknn import valid_grid_region
 
 PHOTOMETRIC_MODES = ("none", "standardise")
 BASELINES = ("none", "median")
