@@ -17,6 +17,13 @@ AUGMENTATIONS = {
 }
 
 
+def augmentation_copies(mode: str) -> int:
+    """How many copies of a square input `mode` makes (identity included)."""
+    if mode not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {mode!r}; choose one of {', '.join(AUGMENTATIONS)}")
+    return len(AUGMENTATIONS[mode])
+
+
 def augment_input(x: torch.Tensor, mode: str = "none") -> list[torch.Tensor]:
     """The transformed copies of one (C, H, W) input for `mode` ("none", "flips", "dihedral"); identity first."""
     if mode not in AUGMENTATIONS:

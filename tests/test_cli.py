@@ -67,15 +67,15 @@ def records_by_name(out: Path) -> dict[str, dict]:
 def test_detect_writes_every_output_with_a_given_threshold(data, tmp_path):
     out = tmp_path / "out"
     res = run(["detect", data / "queries", "--refs", data / "refs", "--out", out, *FAST,
-               "--threshold", "0.3", "--pixel-threshold", "0.25"])
-    assert "threshold: given: 0.3" in res.output and "pixel threshold: given: 0.25" in res.output
+               "--threshold", "0.6", "--pixel-threshold", "0.25"])
+    assert "threshold: given: 0.6" in res.output and "pixel threshold: given: 0.25" in res.output
     assert "images/s" in res.output
     recs = records_by_name(out)
     assert sorted(recs) == ["ok_0.png", "ok_1.png", "ok_2.png", "scratch_0.png", "scratch_1.png"]
     for name, rec in recs.items():
         assert rec["status"] == "ok" and rec["error"] is None
         assert rec["decision"] == ("NG" if name.startswith("scratch") else "OK"), (name, rec["score"])
-        assert rec["threshold"] == 0.3 and rec["pixel_threshold"] == 0.25
+        assert rec["threshold"] == 0.6 and rec["pixel_threshold"] == 0.25
         assert rec["descriptions"] == [] and rec["seconds"] >= 0 and rec["time"]
         assert rec["image_size"] == [64, 64] == rec["map_size"]
         stem = output_name(rec["path"])
@@ -103,13 +103,14 @@ def test_detect_writes_every_output_with_a_given_threshold(data, tmp_path):
     for name in recs:
         assert name in html
     settings = json.loads((out / "settings.json").read_text())
-    assert settings["threshold"]["method"] == "given" and settings["options"]["threshold"] == "0.3"
+    assert settings["threshold"]["method"] == "given" and settings["options"]["threshold"] == "0.6"
 
 
 def test_threshold_auto_is_leave_one_out_and_says_how(data, tmp_path):
     out = tmp_path / "out"
+    # the whole bank (no coreset), so that leaving a reference's patches out equals refitting without it
     res = run(["detect", data / "queries", "--refs", data / "refs", "--out", out, *FAST, "--threshold", "auto",
-               "--quantile", "0.9", "--margin", "0.5"])
+               "--quantile", "0.9", "--margin", "0.5", "--set", "coreset_ratio=1.0"])
     # The rule, recomputed by hand: score each reference against the other three.
     from anomalens.detector import Detector
     from anomalens.images import list_images
@@ -117,7 +118,7 @@ def test_threshold_auto_is_leave_one_out_and_says_how(data, tmp_path):
     refs = list_images([data / "refs"])
     loo = []
     for i in range(len(refs)):
-        det = Detector("patchknn", image_size=128).fit(refs[:i] + refs[i + 1 :])
+        det = Detector("patchknn", image_size=128, coreset_ratio=1.0).fit(refs[:i] + refs[i + 1 :])
         loo.append(det.predict([refs[i]])[0].score)
     q = np.quantile(loo, 0.9)
     expected = q + 0.5 * (q - np.median(loo))

@@ -15,6 +15,9 @@ from anomalens.images import ImageLoadError, LoadedImage
 from anomalens.methods.patchknn import PatchKnn
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+# the whole bank (no coreset: 4 references x 256 patches x 4 flips are above the floor), so that
+# leaving a reference's patches out equals refitting without it
+WHOLE_BANK = {"coreset_ratio": 1.0}
 
 
 def texture(seed: int, h: int = 64, w: int = 64, defect: bool = False) -> np.ndarray:
@@ -42,18 +45,18 @@ def files(tmp_path_factory) -> dict[str, list[Path]]:
 
 @pytest.fixture(scope="module")
 def fitted(files) -> Detector:
-    return Detector("patchknn", image_size=128).fit(files["refs"]).calibrate()
+    return Detector("patchknn", image_size=128, **WHOLE_BANK).fit(files["refs"]).calibrate()
 
 
 def test_calibrate_is_leave_one_out_and_restores_the_full_memory_bank(files, fitted):
     loo = []
     for i, held_out in enumerate(files["refs"]):
         others = files["refs"][:i] + files["refs"][i + 1 :]
-        loo.append(Detector("patchknn", image_size=128).fit(others).predict([held_out])[0].score)
+        loo.append(Detector("patchknn", image_size=128, **WHOLE_BANK).fit(others).predict([held_out])[0].score)
     assert fitted.threshold == calibrate_threshold(loo, 0.99, 0.1)
     assert fitted.threshold.n_images == 4 and "leave-one-out" in fitted.threshold.description()
     assert isinstance(fitted.pixel_threshold, Threshold)
-    fresh = Detector("patchknn", image_size=128).fit(files["refs"])
+    fresh = Detector("patchknn", image_size=128, **WHOLE_BANK).fit(files["refs"])
     assert [r.score for r in fitted.predict(files["queries"])] == [r.score for r in fresh.predict(files["queries"])]
     decisions = [r.decision for r in fitted.predict(files["queries"])]
     assert decisions == ["OK", "NG", "OK", "NG"]
@@ -95,7 +98,7 @@ def test_a_model_saved_before_the_smoothed_edge_weighted_score_keeps_its_raw_max
     config_path.write_text(json.dumps(config))
     old = load_detector(tmp_path / "old")
     assert old.settings["smoothing_sigma"] == 0.0 and old.settings["edge_weighting"] is False
-    raw = Detector("patchknn", image_size=128, smoothing_sigma=0.0, edge_weighting=False).fit(files["refs"])
+    raw = Detector("patchknn", image_size=128, smoothing_sigma=0.0, edge_weighting=False, **WHOLE_BANK).fit(files["refs"])
     assert [r.score for r in old.predict(files["queries"])] == [r.score for r in raw.predict(files["queries"])]
     assert load_detector(tmp_path / "old", smoothing_sigma=4.0).settings["smoothing_sigma"] == 4.0  # overrides win
 

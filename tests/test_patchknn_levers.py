@@ -56,6 +56,30 @@ def test_rotated_copy_of_a_reference_scores_as_normal_with_augmentation():
     assert method.predict([LoadedImage("d.png", defect)])[0].score > 5 * max(scores["dihedral"], 1e-3)
 
 
+def test_the_default_flips_cover_mirrored_references_but_not_quarter_turns():
+    """Default `augment=flips`: a mirrored or half-turned copy of the reference is normal; a quarter turn
+    (a texture whose axes changed, e.g. a scratch across machining marks) still stands out."""
+    ref = texture(64, 64)
+    method = create_method("patchknn", image_size=64)
+    assert method.settings.augment == "flips"
+    method.fit([LoadedImage("ref.png", ref)])
+    plain = create_method("patchknn", image_size=64, augment="none").fit([LoadedImage("ref.png", ref)])
+    copies = {
+        "mirrored": np.fliplr(ref),
+        "upside down": np.flipud(ref),
+        "half turn": np.rot90(ref, 2),
+        "quarter turn": np.rot90(ref),
+    }
+    scores = {
+        name: [m.predict([LoadedImage(f"{name}.png", np.ascontiguousarray(img))])[0].score for m in (method, plain)]
+        for name, img in copies.items()
+    }
+    for name in ("mirrored", "upside down", "half turn"):
+        flipped, without = scores[name]
+        assert flipped < 0.01 and without > 5 * max(flipped, 1e-3), (name, scores[name])
+    assert scores["quarter turn"][0] > 5 * max(scores["mirrored"][0], 1e-3), scores
+
+
 @pytest.mark.parametrize(("height", "width"), [(64, 192), (300, 100), (460, 1130), (50, 50), (60, 80)])
 def test_tiles_cover_the_image_with_overlap(height, width):
     boxes = tile_boxes(height, width, above_aspect=1.5)

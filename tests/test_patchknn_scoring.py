@@ -200,23 +200,29 @@ def test_patch_scores_with_magnitudes_see_a_brighter_copy_of_a_normal_patch():
 
 
 @pytest.mark.parametrize(
-    "ratio, floor, size, patches, kept",
+    "ratio, floor, size, patches, kept, augment",
     [
-        (0.1, 1024, 8192, 1024, 0),  # the defaults: one reference at 256 px keeps its whole bank
-        (0.1, 1024, 8192, 4096, 1024),  # 4 references: the floor, a quarter
-        (0.1, 1024, 8192, 16384, 1639),  # 16 references: ceil(1638.4)
-        (0.1, 1024, 8192, 204800, 8192),  # 200 references: coreset_size caps
-        (1.0, 1024, 8192, 4096, 0),  # ratio 1: the whole bank (what models saved before it load with)
-        (0.1, 1, 0, 4096, 410),  # ceil(409.6), no floor, no cap
-        (0.25, 1, 500, 4096, 500),
-        (0.5, 1, 0, 1, 0),  # ceil(0.5) = 1: everything kept, no coreset computed
-        (0.001, 1, 0, 10, 1),
+        (0.1, 1024, 8192, 1024, 0, "none"),  # one reference at 256 px keeps its whole bank
+        (0.1, 1024, 8192, 4096, 1024, "none"),  # 4 references: the floor, a quarter
+        (0.1, 1024, 8192, 16384, 1639, "none"),  # 16 references: ceil(1638.4)
+        (0.1, 1024, 8192, 204800, 8192, "none"),  # 200 references: coreset_size caps
+        (1.0, 1024, 8192, 4096, 0, "none"),  # ratio 1: the whole bank (what models saved before it load with)
+        (0.1, 1, 0, 4096, 410, "none"),  # ceil(409.6), no floor, no cap
+        (0.25, 1, 500, 4096, 500, "none"),
+        (0.5, 1, 0, 1, 0, "none"),  # ceil(0.5) = 1: everything kept, no coreset computed
+        (0.001, 1, 0, 10, 1, "none"),
+        # the defaults (flips): one reference's 1,024 patches x 4 copies keep one reference's worth
+        (0.1, 1024, 8192, 4096, 1024, "flips"),
+        (0.1, 1024, 8192, 65536, 1639, "flips"),  # 16 references: 10 % of their own 16,384
+        (0.1, 1, 0, 32768, 410, "dihedral"),  # 4 references x 8 copies: ceil(409.6)
+        (1.0, 1024, 8192, 4096, 0, "flips"),  # ratio 1 keeps every patch, copies too
+        (0.1, 1024, 8192, 819200, 8192, "flips"),  # 200 references: coreset_size caps
     ],
 )
-def test_coreset_target_by_hand(ratio, floor, size, patches, kept):
+def test_coreset_target_by_hand(ratio, floor, size, patches, kept, augment):
     from anomalens.methods.patchknn import coreset_target
 
-    settings = PatchKnnSettings(coreset_ratio=ratio, coreset_floor=floor, coreset_size=size)
+    settings = PatchKnnSettings(coreset_ratio=ratio, coreset_floor=floor, coreset_size=size, augment=augment)
     assert coreset_target(settings, patches) == kept
 
 
@@ -228,10 +234,11 @@ def test_coreset_ratio_keeps_that_share_of_the_references_patches_and_they_score
     refs = [
         LoadedImage(f"ref{i}.png", (torch.rand(64, 64, 3, generator=g) * 255).to(torch.uint8).numpy()) for i in range(2)
     ]
-    whole = create_method("patchknn", image_size=64).fit(refs)  # 128 patches: below the floor, all kept
+    # 2 references x 8 x 8 patches x 4 flips = 512: their own 128 are below the floor, all are kept
+    whole = create_method("patchknn", image_size=64).fit(refs)
     quarter = create_method("patchknn", image_size=64, coreset_ratio=0.25, coreset_floor=1).fit(refs)
-    n = whole.bank_.banks["patches"].shape[0]  # 2 references x 8 x 8 patches
-    assert n == 128 and quarter.bank_.banks["patches"].shape[0] == 32
+    n = whole.bank_.banks["patches"].shape[0]
+    assert n == 512 and quarter.bank_.banks["patches"].shape[0] == 32  # a quarter of their own 128
     # every coreset patch is one of the whole bank's
     bank, kept = whole.bank_.banks["patches"], quarter.bank_.banks["patches"]
     exact = "donot_use_mm_for_euclid_dist"
