@@ -11,6 +11,7 @@ printed once); references are the first N of `train/good` in sorted order (as
     python benchmarks/coreset_scale.py --data ../shared/data/magnetic_tile \\
         --runs 4:0 4:1024 4:410 200:16384 200:4096
     python benchmarks/coreset_scale.py --data ../shared/data/magnetic_tile --runs 200:0 200:16384 --every 4
+    python benchmarks/coreset_scale.py --data ../shared/data/magnetic_tile --runs 4:8192 200:8192 --set augment='"none"'
 
 `SHOTS:0` is the whole bank (no coreset); a coreset size at or above the bank changes nothing.
 """
@@ -18,6 +19,7 @@ printed once); references are the first N of `train/good` in sorted order (as
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -35,6 +37,7 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", default=["4:0", "4:1024", "200:16384", "200:4096"], help="SHOTS:CORESET")
     parser.add_argument("--every", type=int, default=1, help="score every N-th test image (sorted)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--set", action="append", default=[], help="a patchknn setting, key=value (JSON value)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = args.data.resolve()
@@ -42,7 +45,7 @@ def main() -> None:
     test = sorted(split.test, key=lambda s: str(s.path))[:: args.every]
     runs = [tuple(int(v) for v in r.split(":")) for r in args.runs]
 
-    method = PatchKnn(PatchKnnSettings())
+    method = PatchKnn(PatchKnnSettings(**{k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}))
     with torch.inference_mode():
         start = time.perf_counter()
         test_feats = [method._features([load_image(s.path)]) for s in test]

@@ -87,6 +87,21 @@ VARIANTS = {
     "coarse": [{"coarse_weight": 0.25}, {"coarse_weight": 0.5}, {"coarse_weight": 1.0}],
     # issue 17, session 9: PatchCore's share of the bank on few-shot banks (the kNN's time scales with it)
     "coreset_ratio": [{"coreset_ratio": 0.5}, {"coreset_ratio": 0.25}, {"coreset_ratio": 0.1}],
+    # issue 17, session 10: mirrored / turned references (the default is flips since then); the coreset
+    # keeps a share of the references' own patches, so ratios 0.4 / 0.8 keep 4 / 8 x as many (the bank x4/x8)
+    "augment": [
+        {"augment": "none"},
+        {"augment": "flips", "coreset_ratio": 0.4},
+        {"augment": "dihedral", "coreset_ratio": 0.8},
+        {"augment": "dihedral"},
+    ],
+    # issue 17, session 10: the other ImageNet EfficientNet-Lite weights (measured with augment=none)
+    "backbones": [
+        {"backbone": "efficientnet-lite1"},
+        {"backbone": "efficientnet-lite2"},
+        {"backbone": "efficientnet-lite0+efficientnet-lite1"},
+        {"backbone": "efficientnet-lite0+efficientnet-lite2"},
+    ],
     # issue 17, session 5: each block's length beside the unit direction (few-shot; zero-shot is the cosine)
     "lengths": [
         {"length_weight": 16.0},

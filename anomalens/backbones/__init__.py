@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cnn import VARIANT_BLOCKS, EfficientNetPatchBackbone
+from .ensemble import EfficientNetEnsemble, ensemble_members, is_efficientnet
 
 if TYPE_CHECKING:  # pragma: no cover
     from .clip import ClipBackbone, ClipFeatures, MissingWeightsError, create_clip, interpolate_pos_embed
@@ -62,7 +63,27 @@ def create_patch_backbone(
     """A module mapping (B, 3, S, S) normalised images to (B, h, w, C) patch features: unit-norm, or
     for an EfficientNet with `magnitudes`, layer-normalised with their lengths kept, or with
     `length_weight`, unit-norm followed by one weighted length channel per block; `coarse_blocks`
-    append the channels of patchknn's coarse map (EfficientNet only)."""
+    append the channels of patchknn's coarse map (EfficientNet only). "a+b" joins EfficientNet
+    variants (`ensemble.EfficientNetEnsemble`)."""
+    members = ensemble_members(name)
+    if members:
+        if blocks or length_blocks or magnitudes or coarse_blocks:
+            raise ValueError(
+                f"backbone {name!r}: an ensemble reads each member's default blocks, with unit directions "
+                "and lengths; blocks, length_blocks, magnitudes and the coarse map are for one backbone"
+            )
+        return EfficientNetEnsemble(
+            [
+                EfficientNetPatchBackbone(
+                    image_size=image_size,
+                    neighbourhood=neighbourhood,
+                    variant=member,
+                    length_weight=length_weight,
+                    length_log=length_log,
+                )
+                for member in members
+            ]
+        )
     if name in VARIANT_BLOCKS:
         return EfficientNetPatchBackbone(
             image_size=image_size,
@@ -78,7 +99,7 @@ def create_patch_backbone(
     if magnitudes or length_weight > 0 or coarse_blocks:
         raise ValueError(
             "magnitudes, length_weight and coarse_blocks need an EfficientNet backbone "
-            f"({', '.join(VARIANT_BLOCKS)}), not {name!r}"
+            f"({', '.join(VARIANT_BLOCKS)}, or an ensemble of them), not {name!r}"
         )
     from .clip import create_method_clip
 
@@ -92,9 +113,12 @@ __all__ = [
     "ClipBackbone",
     "ClipFeatures",
     "ClipPatchBackbone",
+    "EfficientNetEnsemble",
     "EfficientNetPatchBackbone",
     "MissingWeightsError",
     "create_clip",
     "create_patch_backbone",
+    "ensemble_members",
     "interpolate_pos_embed",
+    "is_efficientnet",
 ]

