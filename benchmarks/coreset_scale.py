@@ -27,7 +27,7 @@ import torch
 
 from anomalens.data import load_dataset, load_mask
 from anomalens.images import load_image
-from anomalens.methods.patchknn import PatchKnn, PatchKnnSettings
+from anomalens.methods.patchknn import PatchKnn, PatchKnnSettings, reference_augmentation
 from anomalens.metrics import PixelMetricAccumulator, image_metrics
 
 
@@ -50,16 +50,20 @@ def main() -> None:
         start = time.perf_counter()
         test_feats = [method._features([load_image(s.path)]) for s in test]
         model_ms = 1000 * (time.perf_counter() - start) / len(test)
-        per_reference: list[torch.Tensor] = []
+        # per augmentation (`reference_augmentation`: none above augment_max_references), the
+        # references' patches, and the seconds spent reading and encoding them, cumulative over the
+        # growing reference list
+        per_reference: dict[str, list[torch.Tensor]] = {}
+        elapsed: dict[str, float] = {}
         extract_seconds: dict[int, float] = {}
         references = sorted(split.train_good)
-        elapsed = 0.0  # reading and encoding references, cumulative over the growing reference list
         for shots in sorted({s for s, _ in runs}):
+            augment = reference_augmentation(method.settings, shots)
+            done = per_reference.setdefault(augment, [])
             start = time.perf_counter()
-            new = references[len(per_reference) : shots]
-            per_reference += [method.reference_patches(load_image(p)) for p in new]
-            elapsed += time.perf_counter() - start
-            extract_seconds[shots] = elapsed
+            done += [method.reference_patches(load_image(p), augment) for p in references[len(done) : shots]]
+            elapsed[augment] = elapsed.get(augment, 0.0) + time.perf_counter() - start
+            extract_seconds[shots] = elapsed[augment]
 
         print(f"{data.name}: {len(test)} test images; decode + backbone {model_ms:.1f} ms/image; "
               f"torch threads {args.threads}\n")
@@ -69,7 +73,8 @@ def main() -> None:
         for shots, size in runs:
             method.settings.coreset_size = size
             start = time.perf_counter()
-            bank = method.build_bank(per_reference[:shots])
+            chosen = per_reference[reference_augmentation(method.settings, shots)][:shots]
+            bank = method.build_bank(chosen)
             coreset_seconds = time.perf_counter() - start
             labels, scores = [], []
             pixels = PixelMetricAccumulator()
@@ -82,7 +87,7 @@ def main() -> None:
                 scores.append(out.score)
                 pixels.update(out.anomaly_map, load_mask(sample, out.anomaly_map.shape))
             metrics = {**image_metrics(labels, scores), **pixels.compute()}
-            total = sum(p.shape[0] for p in per_reference[:shots])
+            total = sum(p.shape[0] for p in chosen)
             features = extract_seconds[shots]
             fit = f"{features + coreset_seconds:.1f} ({features:.1f} + {coreset_seconds:.1f})"
             print(

@@ -20,7 +20,7 @@ import torch
 
 from anomalens.data import load_dataset, sample_references
 from anomalens.images import load_image
-from anomalens.methods.patchknn import PatchKnn, PatchKnnSettings
+from anomalens.methods.patchknn import PatchKnn, PatchKnnSettings, reference_augmentation
 
 
 def main() -> None:
@@ -38,7 +38,8 @@ def main() -> None:
     method = PatchKnn(PatchKnnSettings())
     with torch.inference_mode():
         start = time.perf_counter()
-        per_reference = [method.reference_patches(r) for r in refs]
+        augment = reference_augmentation(method.settings, len(refs))
+        per_reference = [method.reference_patches(r, augment) for r in refs]
         features = time.perf_counter() - start
         start = time.perf_counter()
         bank, origin = method.bank_with_origin(per_reference)

@@ -30,7 +30,7 @@ from anomalens.benchmark import IMAGE_METRICS, PIXEL_METRICS
 from anomalens.data import load_dataset, load_mask, sample_references
 from anomalens.images import load_image
 from anomalens.methods.patch_distances import coarse_blocks, patch_anomalies
-from anomalens.methods.patchknn import PatchKnn, PatchKnnSettings, coreset_target
+from anomalens.methods.patchknn import PatchKnn, PatchKnnSettings, coreset_target, reference_augmentation
 from anomalens.metrics import PixelMetricAccumulator, image_metrics
 
 # The settings before issue 17, and the levers tried on top of a base, one at a time.
@@ -143,7 +143,7 @@ class FeatureCache:
                 feats, layouts = method._features([img])
                 store[str(path)] = (feats[0].half(), layouts[0])
             else:
-                store[str(path)] = (method.reference_patches(img).half(), None)
+                store[str(path)] = (method.reference_patches(img, augment).half(), None)
         if missing:  # write then rename: a concurrent or interrupted run never sees half a file
             partial = file.with_suffix(f".{os.getpid()}.part")
             torch.save(store, partial)
@@ -157,14 +157,14 @@ PATCH_MAPS: dict[tuple, torch.Tensor] = {}
 
 def evaluate(method: PatchKnn, cache: FeatureCache, split, refs: list[Path]) -> dict:
     s = method.settings
-    aug = s.augment
+    aug = reference_augmentation(s, len(refs))
     bank = None
     ref_patches = []
     if refs:
         ref_feats = cache.get(method, split.category, refs, aug)
         ref_patches = [ref_feats[str(p)][0].reshape(-1, ref_feats[str(p)][0].shape[-1]) for p in refs]
     # The coreset only matters once the bank is larger than it.
-    coreset = coreset_target(s, sum(p.shape[0] for p in ref_patches))
+    coreset = coreset_target(s, sum(p.shape[0] for p in ref_patches), len(refs))
     k = s.few_shot_k if refs else (s.zero_shot_k, s.zero_shot_exclusion)
     bank_key = (feature_key(s), aug, coreset, k, s.coarse_weight, tuple(map(str, refs)))
     if refs and (s.reweight_neighbours or not all((*bank_key, str(t.path)) in PATCH_MAPS for t in split.test)):

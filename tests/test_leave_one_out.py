@@ -85,7 +85,7 @@ def test_leave_one_out_after_fit_on_the_same_references_reuses_the_bank(monkeypa
     copy = pickle.loads(pickle.dumps(method))  # a copy does not carry the reference images
     assert copy._bank_source is None and torch.equal(copy.bank_.banks["patches"], method.bank_.banks["patches"])
     calls = []
-    monkeypatch.setattr(method, "reference_patches", lambda img: calls.append(img) or 1 / 0)
+    monkeypatch.setattr(method, "reference_patches", lambda img, augment=None: calls.append(img) or 1 / 0)
     again = method.leave_one_out(refs, [0, 1, 2])  # no reference features, no second coreset
     assert calls == []
     for a, b in zip(fresh, again):

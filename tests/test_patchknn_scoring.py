@@ -216,7 +216,7 @@ def test_patch_scores_with_magnitudes_see_a_brighter_copy_of_a_normal_patch():
         (0.1, 1024, 8192, 65536, 1639, "flips"),  # 16 references: 10 % of their own 16,384
         (0.1, 1, 0, 32768, 410, "dihedral"),  # 4 references x 8 copies: ceil(409.6)
         (1.0, 1024, 8192, 4096, 0, "flips"),  # ratio 1 keeps every patch, copies too
-        (0.1, 1024, 8192, 819200, 8192, "flips"),  # 200 references: coreset_size caps
+        (0.1, 1024, 8192, 819200, 8192, "flips"),  # 204,800 own patches x 4: coreset_size caps
     ],
 )
 def test_coreset_target_by_hand(ratio, floor, size, patches, kept, augment):
@@ -224,6 +224,26 @@ def test_coreset_target_by_hand(ratio, floor, size, patches, kept, augment):
 
     settings = PatchKnnSettings(coreset_ratio=ratio, coreset_floor=floor, coreset_size=size, augment=augment)
     assert coreset_target(settings, patches) == kept
+
+
+def test_many_references_are_not_augmented():
+    from anomalens.images import LoadedImage
+    from anomalens.methods import create_method
+    from anomalens.methods.patchknn import coreset_target, reference_augmentation
+
+    s = PatchKnnSettings()  # flips, up to 16 references
+    assert reference_augmentation(s, 16) == "flips" and reference_augmentation(s, 17) == "none"
+    assert reference_augmentation(PatchKnnSettings(augment_max_references=0), 500) == "flips"  # 0: always
+    assert coreset_target(s, 16 * 1024 * 4, references=16) == 1639  # 10 % of their own 16,384
+    assert coreset_target(s, 20 * 1024, references=20) == 2048  # no copies: 10 % of the bank itself
+    assert coreset_target(s, 200 * 1024, references=200) == 8192  # coreset_size caps
+    g = torch.Generator().manual_seed(0)
+    refs = [
+        LoadedImage(f"ref{i}.png", (torch.rand(32, 32, 3, generator=g) * 255).to(torch.uint8).numpy()) for i in range(3)
+    ]
+    for limit, copies in ((3, 4), (2, 1)):  # 3 references x 4 x 4 patches, in 4 copies or 1
+        method = create_method("patchknn", image_size=32, augment_max_references=limit).fit(refs)
+        assert method.bank_.banks["patches"].shape[0] == 3 * 16 * copies
 
 
 def test_coreset_ratio_keeps_that_share_of_the_references_patches_and_they_score_as_normal():

@@ -141,6 +141,12 @@ class PatchKnnSettings(MethodSettings):
         "reference rotations/flips: none, flips (x4: both mirrors and the half turn) or dihedral (x8)",
         choices=("none", "flips", "dihedral"),
     )
+    # Many references show the variation themselves, and their copies take the coreset's places:
+    # on magnetic_tile flips were level at 16 references and cost 1.6 / 4.9 pixel-AUROC points at
+    # 48 / 200 (README "Flipped references").
+    augment_max_references: int = setting(
+        16, "augment references only when there are at most this many (0 = always)", minimum=0
+    )
     # 8,192 keeps 200 references within 2x of the 4-reference time per image (1.8x end to end) once
     # 4 references keep 10 % of their bank; 12,288 (the default before) costs 2.2x for 1.0 point of
     # pixel AUROC on magnetic_tile (README "Many references: the coreset").
@@ -179,14 +185,21 @@ class PatchKnnSettings(MethodSettings):
     }
 
 
-def coreset_target(settings: PatchKnnSettings, patches: int) -> int:
-    """How many of a bank's `patches` the coreset keeps: `coreset_ratio` of the references' own
-    patches (the bank's divided by the augmented copies of each: they compete for the places but
-    do not add to them) but at least `coreset_floor`, and at most `coreset_size`; 0 when it keeps
-    them all (no coreset is computed; ratio 1 keeps every patch, augmented copies too)."""
+def reference_augmentation(settings: PatchKnnSettings, references: int) -> str:
+    """How `references` references are augmented: `augment`, or none above `augment_max_references`."""
+    limit = settings.augment_max_references
+    return settings.augment if limit == 0 or references <= limit else "none"
+
+
+def coreset_target(settings: PatchKnnSettings, patches: int, references: int = 1) -> int:
+    """How many of a bank's `patches` (from `references` references) the coreset keeps:
+    `coreset_ratio` of the references' own patches (the bank's divided by the augmented copies of
+    each: they compete for the places but do not add to them) but at least `coreset_floor`, and at
+    most `coreset_size`; 0 when it keeps them all (no coreset is computed; ratio 1 keeps every
+    patch, augmented copies too)."""
     target = patches
     if settings.coreset_ratio < 1.0:
-        originals = patches / augmentation_copies(settings.augment)
+        originals = patches / augmentation_copies(reference_augmentation(settings, references))
         target = max(settings.coreset_floor, math.ceil(settings.coreset_ratio * originals))
     if settings.coreset_size > 0:
         target = min(target, settings.coreset_size)
@@ -266,10 +279,12 @@ class PatchKnn(Method):
         counts = [len(per_image) for per_image in inputs]
         return list(torch.split(feats, counts)), list(layouts)
 
-    def reference_patches(self, img: LoadedImage) -> torch.Tensor:
-        """(P, C) bank patches of one reference: every tile, in every augmentation."""
+    def reference_patches(self, img: LoadedImage, augment: str | None = None) -> torch.Tensor:
+        """(P, C) bank patches of one reference: every tile, in every augmentation (default: `augment`;
+        a set of references takes `reference_augmentation`)."""
         inputs, _ = self.model_inputs(img)
-        augmented = [y for x in inputs for y in augment_input(x, self.settings.augment)]
+        mode = self.settings.augment if augment is None else augment
+        augmented = [y for x in inputs for y in augment_input(x, mode)]
         feats = self._encode(augmented)
         return feats.reshape(-1, feats.shape[-1])
 
@@ -285,7 +300,7 @@ class PatchKnn(Method):
         origin = torch.repeat_interleave(
             torch.arange(len(per_reference)), torch.tensor([p.shape[0] for p in per_reference])
         )
-        size = coreset_target(self.settings, bank.shape[0])
+        size = coreset_target(self.settings, bank.shape[0], len(per_reference))
         if size:
             indices, _ = greedy_coreset(bank, size)
             bank, origin = bank[indices], origin[indices]
@@ -296,9 +311,10 @@ class PatchKnn(Method):
         self.num_references = len(references)
         self._bank_source = None
         kept, patches = [], []
+        augment = reference_augmentation(self.settings, len(references))
         for r in references:  # one pass: `references` may report progress as it is iterated
             kept.append(r)
-            patches.append(self.reference_patches(r))
+            patches.append(self.reference_patches(r, augment))
         if kept:
             bank, origin = self.bank_with_origin(patches)
             self.bank_.banks["patches"] = bank
@@ -343,7 +359,8 @@ class PatchKnn(Method):
         for i, f, layout in zip(held_out, feats, layouts):
             others = bank[origin != i]
             if others.shape[0] == 0:  # every chosen patch was r's (a degenerate bank): refit without r
-                others = self.build_bank([self.reference_patches(r) for j, r in enumerate(references) if j != i])
+                augment = reference_augmentation(self.settings, len(references) - 1)
+                others = self.build_bank([self.reference_patches(r, augment) for j, r in enumerate(references) if j != i])
             outputs.append(self.score(f, layout, others))
         return outputs
 
@@ -356,7 +373,8 @@ class PatchKnn(Method):
         return len(fitted) == len(references) and all(a is b for a, b in zip(fitted, references))
 
     def fit_features(self, per_reference: list[torch.Tensor] | torch.Tensor) -> None:
-        """Fit from precomputed bank patches: a list of (P, C) (or (..., C)) tensors, one per reference."""
+        """Fit from precomputed bank patches: a list of (P, C) (or (..., C)) tensors, one per reference
+        (`reference_patches(img, reference_augmentation(settings, len(references)))` of each)."""
         if isinstance(per_reference, torch.Tensor):
             per_reference = list(per_reference)
         self.num_references = len(per_reference)
