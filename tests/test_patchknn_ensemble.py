@@ -30,7 +30,8 @@ def image(seed: int, defect: bool = False) -> LoadedImage:
 
 def test_names():
     assert ensemble_members(PAIR) == ("efficientnet-lite0", "efficientnet-lite2")
-    assert ensemble_members("efficientnet-lite0") == () and is_efficientnet(PAIR) and is_efficientnet("efficientnet-lite1")
+    assert ensemble_members("efficientnet-lite0") == ()
+    assert is_efficientnet(PAIR) and is_efficientnet("efficientnet-lite1")
     assert not is_efficientnet("ViT-B-16")
     for bad in ("efficientnet-lite0+efficientnet-lite0", "efficientnet-lite0+resnet50", "efficientnet-lite0+"):
         with pytest.raises(ValueError, match="two or more different EfficientNet-Lite"):

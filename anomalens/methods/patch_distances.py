@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from ..backbones import VARIANT_BLOCKS
-from ..backbones.ensemble import direction_blocks, ensemble_members, is_efficientnet
 from ..backbones.cnn import VARIANT_COARSE_BLOCKS, coarse_cells
+from ..backbones.ensemble import direction_blocks, ensemble_members, is_efficientnet
 from ..geometry import valid_grid_region
 from ..scoring import edge_weights, image_score, knn_anomaly, reweighting_factor, upsample_and_smooth
 

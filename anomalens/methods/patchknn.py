@@ -1,9 +1,9 @@
 """`patchknn`: FADE's vision guidance alone, on any backbone with patch features, with PatchCore's scoring.
 
 Few-shot: patches of the k reference images (by default also mirrored and half-turned, and
-reduced by a greedy k-centre coreset to a share of the references' own patches) form the memory bank and each query patch scores its
-distance to the nearest one. Zero-shot: each query patch against the query's own patches,
-second nearest neighbour (the first is itself). The patch map is upsampled to the model input,
+reduced by a greedy k-centre coreset to a share of the references' own patches) form the memory
+bank and each query patch scores its distance to the nearest one. Zero-shot: each query patch
+against the query's own patches, second nearest neighbour (the first is itself). The patch map is upsampled to the model input,
 smoothed with a Gaussian (PatchCore: sigma 4), and the image score is its maximum (or the mean
 of its top fraction), optionally reweighted by PatchCore's neighbourhood density. Elongated
 images can be covered by square tiles instead of being squashed (`anomalens.tiling`).
@@ -360,7 +360,8 @@ class PatchKnn(Method):
             others = bank[origin != i]
             if others.shape[0] == 0:  # every chosen patch was r's (a degenerate bank): refit without r
                 augment = reference_augmentation(self.settings, len(references) - 1)
-                others = self.build_bank([self.reference_patches(r, augment) for j, r in enumerate(references) if j != i])
+                rest = [r for j, r in enumerate(references) if j != i]
+                others = self.build_bank([self.reference_patches(r, augment) for r in rest])
             outputs.append(self.score(f, layout, others))
         return outputs
 
