@@ -1,12 +1,12 @@
 """`patchknn`: FADE's vision guidance alone, on any backbone with patch features, with PatchCore's scoring.
 
-Few-shot: patches of the k reference images (by default also mirrored and half-turned, and
-reduced by a greedy k-centre coreset to a share of the references' own patches) form the memory
-bank and each query patch scores its distance to the nearest one. Zero-shot: each query patch
-against the query's own patches, second nearest neighbour (the first is itself). The patch map
-is upsampled to the model input, smoothed with a Gaussian (PatchCore: sigma 4), and the image score is its maximum (or the mean
-of its top fraction), optionally reweighted by PatchCore's neighbourhood density. Elongated
-images can be covered by square tiles instead of being squashed (`anomalens.tiling`).
+Few-shot: patches of the k reference images (by default also mirrored and half-turned, and reduced
+by a greedy k-centre coreset to a share of the references' own patches) form the memory bank and
+each query patch scores its distance to the nearest one. Zero-shot: each query patch against the
+query's own patches, second nearest neighbour (the first is itself). The patch map is upsampled to
+the model input, smoothed with a Gaussian (PatchCore: sigma 4), and the image score is its maximum
+(or the mean of its top fraction), optionally reweighted by PatchCore's neighbourhood density.
+Elongated images can be covered by square tiles instead of being squashed (`anomalens.tiling`).
 
 `magnitudes` compares per-image layer-normalised features by Euclidean distance instead of unit
 features by cosine: brighter or darker patches of the same texture then count as different. It
