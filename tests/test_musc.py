@@ -138,6 +138,16 @@ def test_planted_defect_scores_highest(musc_detector):
     assert 20 <= row <= 40 and 20 <= col <= 40
 
 
+def test_the_larger_lite_backbones_read_their_own_stage_ends():
+    # Lite2's stage ends (10, 14: stride 16; 19: stride 32) play Lite0's 7, 10, 14
+    det = Detector("musc", **{**FAST, "backbone": "efficientnet-lite2", "blocks": (10, 14, 19)})
+    assert det.method.backbone.net.name == "efficientnet-lite2"
+    scores = [r.score for r in det.predict(_batch())]
+    assert int(np.argmax(scores)) == 2
+    with pytest.raises(ValueError, match="efficientnet-lite0 has blocks 0..15"):
+        Detector("musc", **{**FAST, "blocks": (10, 14, 19)})
+
+
 def test_identical_normal_images_score_zero(musc_detector):
     same = [LoadedImage(path=f"same{i}.png", rgb=_texture(7)) for i in range(4)]
     for r in musc_detector.predict(same):

