@@ -8,7 +8,7 @@ nearest neighbour for all of them; zero-shot, which drops the trailing length ch
 the joined directions, whose cosine is the mean of the members' cosines.
 
 Measured (README "EfficientNet-Lite1, Lite2 and an ensemble"): Lite0 + Lite2 raise every few-shot mean
-on the dev data at about twice the cost per image; zero-shot it loses on reflective parts.
+on the dev data (about a point) at 1.6 times the CPU per image; zero-shot it loses on reflective parts.
 """
 
 from __future__ import annotations
