@@ -17,19 +17,21 @@ AUGMENTATIONS = {
 }
 
 
-def augmentation_copies(mode: str) -> int:
-    """How many copies of a square input `mode` makes (identity included)."""
+def _transforms(mode: str) -> tuple[tuple[int, bool], ...]:
     if mode not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation {mode!r}; choose one of {', '.join(AUGMENTATIONS)}")
-    return len(AUGMENTATIONS[mode])
+    return AUGMENTATIONS[mode]
+
+
+def augmentation_copies(mode: str) -> int:
+    """How many copies of a square input `mode` makes (identity included)."""
+    return len(_transforms(mode))
 
 
 def augment_input(x: torch.Tensor, mode: str = "none") -> list[torch.Tensor]:
     """The transformed copies of one (C, H, W) input for `mode` ("none", "flips", "dihedral"); identity first."""
-    if mode not in AUGMENTATIONS:
-        raise ValueError(f"unknown augmentation {mode!r}; choose one of {', '.join(AUGMENTATIONS)}")
     out = []
-    for turns, flip in AUGMENTATIONS[mode]:
+    for turns, flip in _transforms(mode):
         if turns % 2 and x.shape[-1] != x.shape[-2]:
             continue
         y = torch.flip(x, dims=(-1,)) if flip else x
