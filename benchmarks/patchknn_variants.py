@@ -21,16 +21,24 @@ import hashlib
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from anomalens.benchmark import IMAGE_METRICS, PIXEL_METRICS
 from anomalens.data import load_dataset, load_mask, sample_references
 from anomalens.images import load_image
 from anomalens.methods.patch_distances import coarse_blocks, patch_anomalies
-from anomalens.methods.patchknn import PatchKnn, PatchKnnSettings, coreset_target, reference_augmentation
+from anomalens.methods.patchknn import (
+    PatchKnn,
+    PatchKnnSettings,
+    coreset_target,
+    model_side,
+    reference_augmentation,
+)
 from anomalens.metrics import PixelMetricAccumulator, image_metrics
 
 # The settings before issue 17, and the levers tried on top of a base, one at a time.
@@ -188,18 +196,24 @@ def evaluate(method: PatchKnn, cache: FeatureCache, split, refs: list[Path]) -> 
     return metrics
 
 
+def sized_method(settings: PatchKnnSettings, refs: list[Path], methods: dict[int, PatchKnn]) -> PatchKnn:
+    """patchknn at the model side `fit` would choose for these references (`model_side`), one per side."""
+    side = model_side(settings, [min(Image.open(p).size) for p in refs])
+    if side not in methods:
+        methods[side] = PatchKnn(replace(settings, image_size=side))
+    return methods[side]
+
+
 def run_variant(settings: dict, splits: dict, shots: list[int], seeds: list[int], cache: FeatureCache) -> dict:
     """{(category, shots): {metric: mean over seeds}}."""
-    method = PatchKnn(PatchKnnSettings(**settings))
+    requested, methods = PatchKnnSettings(**settings), {}
     results = {}
     for category, split in splits.items():
         for k in shots:
             if k > len(split.train_good):
                 continue
-            runs = [
-                evaluate(method, cache, split, sample_references(split, k, seed) if k else [])
-                for seed in (seeds if k else seeds[:1])
-            ]
+            draws = [sample_references(split, k, seed) if k else [] for seed in (seeds if k else seeds[:1])]
+            runs = [evaluate(sized_method(requested, refs, methods), cache, split, refs) for refs in draws]
             results[(category, k)] = {
                 m: (float(np.mean([r[m] for r in runs])) if runs[0][m] is not None else None)
                 for m in IMAGE_METRICS + PIXEL_METRICS

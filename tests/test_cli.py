@@ -147,6 +147,7 @@ def test_fit_then_detect_with_model_gives_identical_results(data, tmp_path):
     model = tmp_path / "model"
     res = run(["fit", "--refs", data / "refs", "--out", model, *FAST])
     assert "fitted on 4 reference images" in res.output and "auto: 99th percentile of 4" in res.output
+    assert "model input: 128 px\n" in res.output  # 64 px references: the requested side
     config = json.loads((model / "detector.json").read_text())
     assert config["method"] == "patchknn" and config["settings"]["image_size"] == 128
     assert config["threshold"]["method"] == "auto" and config["num_references"] == 4

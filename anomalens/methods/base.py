@@ -58,7 +58,7 @@ class Method(ABC):
 
         device = torch.device(device)
         for name, value in list(vars(self).items()):
-            if name not in ("device", "settings"):
+            if name not in ("device", "settings", "requested_settings"):
                 setattr(self, name, move_to(value, device))
         self.device = device
         return self
@@ -70,6 +70,10 @@ class Method(ABC):
     def describe_backbone(self) -> str:
         """The backbone's name for results and reports (every method has `self.backbone`)."""
         return self.backbone.name
+
+    def describe_fit(self) -> str | None:
+        """A line on what `fit` chose from the references, for the user (None: nothing to say)."""
+        return None
 
     def set_category(self, name: str) -> None:
         """Name the object class the prompts describe (updates `settings.category`, so a saved
