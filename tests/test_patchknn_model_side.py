@@ -39,6 +39,12 @@ def test_the_side_by_hand(short_sides, expected):
     assert model_side(PatchKnnSettings(), short_sides) == expected
 
 
+def test_a_side_you_choose_is_kept_unless_you_let_it_grow():
+    assert model_side(PatchKnnSettings(image_size=128), [512]) == 128
+    assert model_side(PatchKnnSettings(image_size=320), [512]) == 320
+    assert model_side(PatchKnnSettings(image_size=128, image_size_up_to=256), [512]) == 256
+
+
 def test_the_growth_can_be_turned_off_or_capped():
     assert model_side(PatchKnnSettings(image_size_up_to=0), [512]) == 256
     assert model_side(PatchKnnSettings(image_size_up_to=200), [512]) == 256  # a cap below image_size: no growth
@@ -133,5 +139,5 @@ def test_fit_says_which_side_it_chose(tmp_path):
     args = ["fit", "--refs", tmp_path / "refs", "--out", tmp_path / "m", "--image-size", "64", "--threshold", "none"]
     result = CliRunner().invoke(app, [str(a) for a in [*args, "--set", "image_size_up_to=192"]])
     assert result.exit_code == 0, result.output
-    assert "model input: 128 px, not 64: the references are large enough (image_size_up_to=192" in result.output
+    assert "model input: 128 px, not 64: the references are large enough (up to 192: image_size_up_to" in result.output
     assert json.loads((tmp_path / "m" / "detector.json").read_text())["settings"]["image_size"] == 128

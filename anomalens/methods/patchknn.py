@@ -53,6 +53,10 @@ from .patch_distances import (
 )
 
 
+DEFAULT_IMAGE_SIZE = 256
+DEFAULT_SIDE_UP_TO = 384
+
+
 @dataclass
 class PatchKnnSettings(MethodSettings):
     backbone: str = setting(
@@ -63,7 +67,7 @@ class PatchKnnSettings(MethodSettings):
     )
     weights: str | None = setting(None, "CLIP weights (tag or file) when backbone is a CLIP architecture")
     image_size: int = setting(
-        256,
+        DEFAULT_IMAGE_SIZE,
         "model input side in pixels (256 beat 320 on magnetic_tile: see README); with references the smallest "
         "side (image_size_up_to)",
         minimum=32,
@@ -72,10 +76,12 @@ class PatchKnnSettings(MethodSettings):
     # 384 px raised every few-shot number (AUPRO +2.6 / +3.2) while on magnetic_tile (short sides
     # 120-380 px) 320 px lost 2 pixel-AUROC points, so the side follows the references' own
     # resolution and never upsamples them beyond a step (README "The model side follows the references").
-    image_size_up_to: int = setting(
-        384,
+    image_size_up_to: int | None = setting(
+        None,
         "with references: the model side grows from image_size in steps of 64 px up to this while the "
-        "references' median short side still fills it (0 = always image_size); zero-shot uses image_size",
+        f"references' median short side still fills it (0 = always image_size); unset = {DEFAULT_SIDE_UP_TO} "
+        f"with the default image_size {DEFAULT_IMAGE_SIZE}, else image_size (a side you choose is kept); "
+        "zero-shot uses image_size",
         minimum=0,
     )
     resize: str = setting("squash", "squash (papers) or pad (keep the aspect ratio)", choices=RESIZE_POLICIES)
@@ -205,11 +211,18 @@ class PatchKnnSettings(MethodSettings):
 MODEL_SIDE_STEP = 64
 
 
+def side_up_to(settings: PatchKnnSettings) -> int:
+    """`image_size_up_to`, or when unset the default's growth for the default side (none for a side chosen)."""
+    if settings.image_size_up_to is not None:
+        return settings.image_size_up_to
+    return DEFAULT_SIDE_UP_TO if settings.image_size == DEFAULT_IMAGE_SIZE else settings.image_size
+
+
 def model_side(settings: PatchKnnSettings, short_sides: list[int]) -> int:
     """The model input side for references whose short sides (pixels; a tiled image's tiles have its
     short side) are `short_sides`: the largest image_size + n x 64 that their median still fills,
     at most `image_size_up_to`; image_size without references or with the growth off."""
-    base, cap = settings.image_size, settings.image_size_up_to
+    base, cap = settings.image_size, side_up_to(settings)
     if not short_sides or cap <= base:
         return base
     median = sorted(short_sides)[(len(short_sides) - 1) // 2]  # the lower median: never upsample the middle one
@@ -370,7 +383,7 @@ class PatchKnn(Method):
             return f"model input: {side} px"
         return (
             f"model input: {side} px, not {requested.image_size}: the references are large enough "
-            f"(image_size_up_to={requested.image_size_up_to}; 0 keeps image_size)"
+            f"(up to {side_up_to(requested)}: image_size_up_to; 0 keeps image_size)"
         )
 
     def _predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
