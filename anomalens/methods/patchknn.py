@@ -7,6 +7,8 @@ query's own patches, second nearest neighbour (the first is itself). The patch m
 the model input, smoothed with a Gaussian (PatchCore: sigma 4), and the image score is its maximum
 (or the mean of its top fraction), optionally reweighted by PatchCore's neighbourhood density.
 Elongated images can be covered by square tiles instead of being squashed (`anomalens.tiling`).
+With references the model side follows their resolution (`model_side`: 256 px, larger in steps of
+64 px up to `image_size_up_to` while the references fill it), so large parts keep their small defects.
 
 `magnitudes` compares per-image layer-normalised features by Euclidean distance instead of unit
 features by cosine: brighter or darker patches of the same texture then count as different. It
