@@ -302,6 +302,7 @@ def evaluate(
 
 
 def main() -> None:
+    global SIZE
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="../shared/data")
     parser.add_argument("--categories", default="magnetic_tile,mpdd_metal_plate,steel_strip_sd900")
@@ -311,8 +312,10 @@ def main() -> None:
     parser.add_argument("--binned", action="store_true", help="binned pixel metrics (faster)")
     parser.add_argument("--patchcore", action="store_true", help="add the whole PatchCore pipeline as a variant")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--size", type=int, default=SIZE, help="model input side for both pipelines (pixels)")
     parser.add_argument("variants", nargs="*", help="JSON dicts of changes to patchknn's pipeline")
     args = parser.parse_args()
+    SIZE = args.size  # every function here reads it when called
     torch.set_num_threads(args.threads)
     shots = [int(k) for k in args.shots.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
