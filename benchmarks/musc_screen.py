@@ -35,7 +35,6 @@ import torch
 from anomalens import Detector
 from anomalens.data import load_dataset
 from anomalens.data.base import load_mask
-from anomalens.geometry import map_to_image
 from anomalens.images import load_image
 from anomalens.methods.musc.method import BatchFeatures
 from anomalens.metrics import image_metrics
@@ -54,12 +53,13 @@ FEATURE_SETTINGS = (
     "feature_dtype",
     "photometric",
     "patch_norm",
+    "tile_above_aspect",
 )
 
 
 def feature_key(settings: dict, category: str, paths: list[str]) -> str:
     chosen = {k: settings[k] for k in FEATURE_SETTINGS if k in settings}
-    for name, old in (("photometric", "none"), ("patch_norm", "l2")):
+    for name, old in (("photometric", "none"), ("patch_norm", "l2"), ("tile_above_aspect", 0.0)):
         if chosen.get(name) == old:  # the key of caches made before this setting existed
             del chosen[name]
     if settings.get("intensity_weight", 0) > 0:  # the intensity layer is stored unweighted
@@ -95,6 +95,8 @@ def evaluate(
         det.method.finish = lambda m, f: (raw.setdefault("maps", m), finish(m, f))[1]
         maps, scores = det.method.score_features(feats, feats.paths)
         det.method.finish = finish
+    if save is not None and len(feats.owners()) != len(feats.paths):
+        raise SystemExit("--save keeps one map per image: run it with tile_above_aspect 0")
     if save is not None:  # for musc_analyse.py: per-class and per-image looks without re-scoring
         save.parent.mkdir(parents=True, exist_ok=True)
         tmp = save.with_suffix(f".tmp{os.getpid()}")
@@ -113,7 +115,7 @@ def evaluate(
     metrics = {"image_auroc": image_metrics(labels, scores.numpy())["image_auroc"]}
     pixels = PixelMetricAccumulator(resolution=resolution)
     for i, sample in enumerate(split.test):
-        full = map_to_image(maps[i], feats.boxes[i], det.method.settings.image_size, feats.sizes[i])
+        full = det.method.image_map(feats, i, maps)
         pixels.update(full, load_mask(sample, full.shape))
     metrics.update({k: v for k, v in pixels.compute().items() if k in KEYS})
     metrics["exact"] = pixels.is_exact

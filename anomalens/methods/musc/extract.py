@@ -33,9 +33,7 @@ class CnnLayers(nn.Module):
         maps = self.net.block_outputs(images)
         image_feature = F.normalize(maps[-1].mean(dim=(2, 3)), dim=-1)
         if self.max_grid:
-            maps = [
-                F.adaptive_avg_pool2d(m, self.max_grid) if m.shape[-1] > self.max_grid else m for m in maps
-            ]
+            maps = [F.adaptive_avg_pool2d(m, self.max_grid) if m.shape[-1] > self.max_grid else m for m in maps]
         return maps, image_feature
 
 

@@ -6,12 +6,14 @@ import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ...errors import SettingsError, UsageError
 from ...geometry import map_to_image, to_model_input
 from ...images import LoadedImage
+from ...tiling import Box, assemble, crop, tile_boxes
 from ..base import Method, MethodOutput, register_method
 from .extract import create_layer_backbone
 from .lnamd import aggregate, intensity_map, lnamd, weigh_length
@@ -29,7 +31,10 @@ class SingleImageBatchError(UsageError):
 
 @dataclass
 class BatchFeatures:
-    """LNAMD features of a batch: {(layer, degree): (N, P_l, C_l)}, grids, image features, boxes."""
+    """LNAMD features of a batch, one row per model input: {(layer, degree): (T, P_l, C_l)}, grids,
+    (T, D) image features, boxes. An image is one input, or several tiles (`tile_above_aspect`):
+    `owner[t]` is input t's image and `tiles[i]` image i's tile boxes (empty lists: one input
+    per image, as features saved before tiles)."""
 
     patches: dict[tuple[int, int], torch.Tensor]
     grids: list[tuple[int, int]]
@@ -37,16 +42,48 @@ class BatchFeatures:
     boxes: list[tuple[int, int, int, int]]
     paths: list[str] = field(default_factory=list)
     sizes: list[tuple[int, int]] = field(default_factory=list)
+    owner: list[int] = field(default_factory=list)
+    tiles: list[list[Box]] = field(default_factory=list)
+
+    def owners(self) -> list[int]:
+        """The image of each input."""
+        return list(self.owner) if self.owner else list(range(self.image_features.shape[0]))
+
+    @property
+    def num_images(self) -> int:
+        owners = self.owners()
+        return max(owners) + 1 if owners else 0
+
+    def inputs_of(self) -> list[list[int]]:
+        """Per image, its inputs (tiles) in order."""
+        out: list[list[int]] = [[] for _ in range(self.num_images)]
+        for t, i in enumerate(self.owners()):
+            out[i].append(t)
+        return out
+
+    def per_image_features(self) -> torch.Tensor:
+        """(N, D) image features, the mean over each image's tiles (RsCIN compares images)."""
+        owners = self.owners()
+        if len(owners) == self.num_images:
+            return self.image_features
+        index = torch.as_tensor(owners, dtype=torch.long)
+        total = torch.zeros(self.num_images, self.image_features.shape[1]).index_add_(0, index, self.image_features)
+        return total / torch.bincount(index, minlength=self.num_images).clamp_min(1)[:, None]
 
     def select(self, index: list[int]) -> BatchFeatures:
-        idx = torch.as_tensor(index, dtype=torch.long)
+        """The features of images `index` (all their tiles), in that order."""
+        inputs = self.inputs_of()
+        rows = [t for i in index for t in inputs[i]]
+        idx = torch.as_tensor(rows, dtype=torch.long)
         return BatchFeatures(
             {k: v.index_select(0, idx) for k, v in self.patches.items()},
             self.grids,
             self.image_features.index_select(0, idx),
-            [self.boxes[i] for i in index],
-            [self.paths[i] for i in index],
-            [self.sizes[i] for i in index],
+            [self.boxes[t] for t in rows],
+            [self.paths[i] for i in index] if self.paths else [],
+            [self.sizes[i] for i in index] if self.sizes else [],
+            [new for new, i in enumerate(index) for _ in inputs[i]],
+            [self.tiles[i] for i in index] if self.tiles else [],
         )
 
 
@@ -92,16 +129,22 @@ class MuSc(Method):
         dtype = DTYPES[s.feature_dtype]
         chunks: dict[tuple[int, int], list[torch.Tensor]] = {}
         grids: list[tuple[int, int]] = []
-        globals_, boxes, paths, sizes = [], [], [], []
+        globals_, boxes, paths, sizes, owner, tiles = [], [], [], [], [], []
         total = len(images) if hasattr(images, "__len__") else None
         bar = _bar(total, desc, s.progress)
         for batch in _batched(images, s.batch_size):
             inputs = []
             for img in batch:
                 rgb = standardise_photometry(img.rgb, s.photometric)
-                x, box = to_model_input(rgb, s.image_size, self.backbone.mean, self.backbone.std, s.resize)
-                inputs.append(x)
-                boxes.append(box)
+                boxes_of_image = tile_boxes(*img.size_hw, s.tile_above_aspect)
+                for tile in boxes_of_image:
+                    x, box = to_model_input(
+                        crop(rgb, tile), s.image_size, self.backbone.mean, self.backbone.std, s.resize
+                    )
+                    inputs.append(x)
+                    boxes.append(box)
+                    owner.append(len(paths))
+                tiles.append(boxes_of_image)
                 paths.append(img.path)
                 sizes.append(img.size_hw)
             maps, image_feats = self.backbone(torch.stack(inputs))
@@ -119,7 +162,7 @@ class MuSc(Method):
         bar.close()
         patches = {k: torch.cat(v) for k, v in chunks.items()}
         image_features = torch.cat(globals_) if globals_ else torch.empty(0)
-        return BatchFeatures(patches, grids, image_features, boxes, paths, sizes)
+        return BatchFeatures(patches, grids, image_features, boxes, paths, sizes, owner, tiles)
 
     # ---- fit / predict -------------------------------------------------------------------
     def _fit(self, references: list[LoadedImage]) -> None:
@@ -141,7 +184,7 @@ class MuSc(Method):
             "max_partners": self.settings.max_partners,
             "partner_seed": self.settings.partner_seed,
         }
-        return (self._output(feats, i, maps[i], float(scores[i])) for i in range(len(feats.paths)))
+        return (self._output(feats, i, maps, float(scores[i])) for i in range(len(feats.paths)))
 
     def _leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
         """Each held-out reference scored against all the other references; ends fitted on all."""
@@ -151,17 +194,17 @@ class MuSc(Method):
             others = feats.select([j for j in range(len(references)) if j != i])
             one = feats.select([i])
             maps, scores = self.score_features(one, one.paths, others)
-            outputs.append(self._output(one, 0, maps[0], float(scores[0])))
+            outputs.append(self._output(one, 0, maps, float(scores[0])))
         self.references, self.num_references = feats, len(references)
         return outputs
 
     def score_features(
         self, feats: BatchFeatures, keys: list[str], known_normal: BatchFeatures | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, h, w) patch maps on the finest grid and (N,) image scores of one batch."""
+        """(T, h, w) patch maps of the inputs (tiles) on the finest grid and (N,) image scores of one batch."""
         s = self.settings
         n = len(keys)
-        num_known = 0 if known_normal is None else known_normal.image_features.shape[0]
+        num_known = 0 if known_normal is None else known_normal.num_images
         if n == 1 and num_known == 0:
             if s.single_image == "error":
                 raise SingleImageBatchError(
@@ -173,10 +216,12 @@ class MuSc(Method):
                 "single-image zero-shot (each patch against the image's own other patches)",
                 stacklevel=2,
             )
-        partners = choose_partners(keys, s.max_partners, s.partner_seed) if n > 1 else [[]]
+        image_partners = choose_partners(keys, s.max_partners, s.partner_seed) if n > 1 else [[]]
+        partners, groups, known_groups = self._tile_partners(feats, image_partners, known_normal)
+        rows = len(feats.owners())
         grid = max(feats.grids, key=lambda g: g[0] * g[1])
-        total = torch.zeros(n, *grid)
-        bar = _bar(n * len(feats.patches), "musc mutual scoring", s.progress)
+        total = torch.zeros(rows, *grid)
+        bar = _bar(rows * len(feats.patches), "musc mutual scoring", s.progress)
         for (layer, _degree), z in feats.patches.items():
             known = None if known_normal is None else known_normal.patches[(layer, _degree)]
             norm = s.patch_norm
@@ -188,8 +233,8 @@ class MuSc(Method):
                 z = weigh_length(z, s.length_weight)
                 known = None if known is None else weigh_length(known, s.length_weight)
             if n == 1 and num_known == 0:
-                patch_scores = self_distances(z[0], s.chunk_elements, norm)[None]
-                bar.update(1)
+                patch_scores = torch.stack([self_distances(z[t], s.chunk_elements, norm) for t in range(rows)])
+                bar.update(rows)
             else:
                 patch_scores = mutual_scores(
                     z,
@@ -199,31 +244,62 @@ class MuSc(Method):
                     s.chunk_elements,
                     on_image=lambda: bar.update(1),
                     patch_norm=norm,
+                    groups=groups,
+                    known_groups=known_groups,
                 )
                 if s.self_weight > 0:
-                    own = torch.stack([self_distances(z[i], s.chunk_elements, norm) for i in range(n)])
+                    own = torch.stack([self_distances(z[t], s.chunk_elements, norm) for t in range(rows)])
                     patch_scores = (1.0 - s.self_weight) * patch_scores + s.self_weight * own
             patch_scores = scale_scores(patch_scores, s.score_scale)
             h, w = feats.grids[layer]
-            layer_map = patch_scores.view(n, 1, h, w)
+            layer_map = patch_scores.view(rows, 1, h, w)
             if (h, w) != grid:
                 layer_map = F.interpolate(layer_map, size=grid, mode="bilinear", align_corners=False)
             total += layer_map[:, 0]
         bar.close()
         return self.finish(total / len(feats.patches), feats)
 
+    @staticmethod
+    def _tile_partners(
+        feats: BatchFeatures, image_partners: list[list[int]], known_normal: BatchFeatures | None
+    ) -> tuple[list[list[int]], list[list[int]] | None, list[int] | None]:
+        """Per input (tile): the partner inputs (all tiles of its image's partner images) and, when
+        any image has several tiles, the partner image of each (None otherwise: one row per image)."""
+        owners, inputs = feats.owners(), feats.inputs_of()
+        known_owners = None if known_normal is None else known_normal.owners()
+        known_tiled = known_owners is not None and len(known_owners) != known_normal.num_images
+        tiled = len(owners) != len(inputs) or known_tiled
+        partners, groups = [], []
+        for i in owners:
+            partners.append([t for j in image_partners[i] for t in inputs[j]])
+            groups.append([g for g, j in enumerate(image_partners[i]) for _ in inputs[j]])
+        return partners, (groups if tiled else None), (known_owners if tiled else None)
+
     def finish(self, maps: torch.Tensor, feats: BatchFeatures) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mutual-score maps (N, h, w) -> (smoothed maps, image scores after RsCIN)."""
+        """Mutual-score maps (T, h, w) of the inputs -> (smoothed maps, (N,) image scores after RsCIN)."""
         s = self.settings
         maps = smooth_maps(maps, s.smoothing_sigma, s.image_size)
         maps = subtract_baseline(maps, feats.boxes, s.image_size, s.map_baseline)
-        scores = image_scores(maps, feats.boxes, s.image_size, s.image_score_top, s.edge_neighbourhood)
-        if s.rscin and maps.shape[0] > 1:
-            scores = rescore(scores, feats.image_features, s.rscin_neighbours)
+        scores = image_scores(
+            maps, feats.boxes, s.image_size, s.image_score_top, s.edge_neighbourhood, feats.inputs_of()
+        )
+        if s.rscin and scores.shape[0] > 1:
+            scores = rescore(scores, feats.per_image_features(), s.rscin_neighbours)
         return maps, scores
 
-    def _output(self, feats: BatchFeatures, i: int, patch_map: torch.Tensor, score: float) -> MethodOutput:
-        return MethodOutput(score, map_to_image(patch_map, feats.boxes[i], self.settings.image_size, feats.sizes[i]))
+    def image_map(self, feats: BatchFeatures, i: int, maps: torch.Tensor) -> np.ndarray:
+        """Image i's map at its own size from the inputs' maps (its tiles resized onto their boxes)."""
+        inputs, size = feats.inputs_of()[i], self.settings.image_size
+        if len(inputs) == 1:
+            return map_to_image(maps[inputs[0]], feats.boxes[inputs[0]], size, feats.sizes[i])
+        tiles = feats.tiles[i]
+        parts = [
+            torch.from_numpy(map_to_image(maps[t], feats.boxes[t], size, tile[2:])) for t, tile in zip(inputs, tiles)
+        ]
+        return assemble(parts, tiles, feats.sizes[i])
+
+    def _output(self, feats: BatchFeatures, i: int, maps: torch.Tensor, score: float) -> MethodOutput:
+        return MethodOutput(score, self.image_map(feats, i, maps))
 
     # ---- persistence: the references' features -------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -233,6 +309,7 @@ class MuSc(Method):
         state["ref.image_features"] = self.references.image_features.contiguous()
         state["ref.grids"] = torch.tensor(self.references.grids, dtype=torch.long)
         state["ref.boxes"] = torch.tensor(self.references.boxes, dtype=torch.long)
+        state["ref.owner"] = torch.tensor(self.references.owners(), dtype=torch.long)
         return state
 
     def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
@@ -246,8 +323,9 @@ class MuSc(Method):
                 patches[(int(parts[1]), int(parts[2]))] = value
         grids = [tuple(int(v) for v in g) for g in state["ref.grids"].tolist()]
         boxes = [tuple(int(v) for v in b) for b in state["ref.boxes"].tolist()]
-        self.references = BatchFeatures(patches, grids, state["ref.image_features"], boxes)
-        self.num_references = state["ref.image_features"].shape[0]
+        owner = state["ref.owner"].tolist() if "ref.owner" in state else []  # saved before tiles: one row each
+        self.references = BatchFeatures(patches, grids, state["ref.image_features"], boxes, owner=owner)
+        self.num_references = self.references.num_images
 
 
 def _batched(images: Iterable[LoadedImage], size: int) -> Iterator[list[LoadedImage]]:

@@ -151,10 +151,16 @@ def mutual_scores(
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     on_image: Callable[[], None] | None = None,
     patch_norm: str = "l2",
+    groups: Sequence[Sequence[int]] | None = None,
+    known_groups: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """(N, P, C) batch features -> (N, P) patch scores, each image against its partners.
 
     known_normal (R, P, C): reference images that join every image's partners (never scored).
+    With tiles, a row is one tile and a partner image is several rows: `groups[i]` gives each of
+    `partners[i]` its partner image (0, 1, ...) and `known_groups` each row of known_normal its
+    reference image; a patch's distance to a partner image is then its nearest patch in any of
+    that image's tiles, and the interval average runs over partner images, not tiles.
     """
     n = features.shape[0]
     out = torch.empty(n, features.shape[1])
@@ -166,7 +172,27 @@ def mutual_scores(
         if pool.shape[0] == 0:
             raise ValueError("mutual scoring needs at least two images (or reference images)")
         distances = nearest_patch_distances(features[i], pool, chunk_elements, patch_norm)
+        if groups is not None:
+            distances = nearest_per_group(distances, pooled_groups(groups[i], known_groups, pool.shape[0]))
         out[i] = interval_average(distances, interval)
         if on_image is not None:
             on_image()
     return out
+
+
+def pooled_groups(partner_groups: Sequence[int], known_groups: Sequence[int] | None, rows: int) -> torch.Tensor:
+    """The partner image of each pool row: the partners' groups, then the references' after them."""
+    first = (max(partner_groups) + 1) if len(partner_groups) else 0
+    known = [] if known_groups is None else [first + g for g in known_groups]
+    ids = torch.as_tensor([*partner_groups, *known], dtype=torch.long)
+    if ids.shape[0] != rows:
+        raise ValueError(f"{rows} partner rows but {ids.shape[0]} group labels")
+    return ids
+
+
+def nearest_per_group(distances: torch.Tensor, group_of_row: torch.Tensor) -> torch.Tensor:
+    """(P, J) distances to J pool rows and each row's group -> (P, G) the smallest per group."""
+    count = int(group_of_row.max()) + 1 if group_of_row.numel() else 0
+    out = torch.full((distances.shape[0], count), float("inf"))
+    index = group_of_row[None].expand(distances.shape[0], -1)
+    return out.scatter_reduce_(1, index, distances.float(), reduce="amin", include_self=True)

@@ -65,19 +65,23 @@ def image_scores(
     image_size: int,
     top_fraction: float = 0.0,
     edge_neighbourhood: int = 1,
+    inputs_of: list[list[int]] | None = None,
 ) -> torch.Tensor:
-    """(N,) image scores from (N, h, w) grid maps, each over the cells inside its image's box.
+    """(N,) image scores from (T, h, w) grid maps, each over the cells inside its input's box.
 
     top_fraction 0: the maximum (paper). edge_neighbourhood n > 1: each cell first weighted by
     the share of its n x n window inside the grid (edge cells of a 3 x 3 window: 6/9).
+    `inputs_of[i]`: the maps (tiles) of image i, scored together (default: one map per image).
     """
     grid = tuple(maps.shape[-2:])
     weights = edge_weights(grid, edge_neighbourhood, grid[0]) if edge_neighbourhood > 1 else None
     if weights is not None and grid[0] != grid[1]:
         weights = torch.nn.functional.interpolate(weights[None, None], size=grid, mode="bilinear")[0, 0]
     out = []
-    for i, box in enumerate(boxes):
-        region = valid_grid_region(box, image_size, grid)
-        values = maps[i][region] if weights is None else (maps[i] * weights)[region]
-        out.append(image_score(values, top_fraction))
+    for rows in inputs_of if inputs_of is not None else [[i] for i in range(len(boxes))]:
+        values = []
+        for t in rows:
+            region = valid_grid_region(boxes[t], image_size, grid)
+            values.append((maps[t] if weights is None else maps[t] * weights)[region].reshape(-1))
+        out.append(image_score(torch.cat(values), top_fraction))
     return torch.stack(out) if out else torch.zeros(0)

@@ -32,6 +32,7 @@ class MuScSettings(MethodSettings):
         "length_weight": 1.0,
         "intensity_weight": 0.0,
         "score_scale": "none",
+        "tile_above_aspect": 0.0,
     }
 
     backbone: str = setting(
@@ -42,6 +43,12 @@ class MuScSettings(MethodSettings):
     weights: str | None = setting(None, "CLIP weights (tag or file) when backbone is a CLIP architecture")
     image_size: int = setting(256, "model input side (paper: 518 with ViT-L-14-336; 256 for the CNN)", minimum=32)
     resize: str = setting("squash", "squash (paper) or pad (keep the aspect ratio)", choices=RESIZE_POLICIES)
+    tile_above_aspect: float = setting(
+        0.0,
+        "long/short side ratio above which an image is scored as overlapping square tiles of its short side "
+        "instead of being squashed; a partner image is all its tiles (0 = never, the paper)",
+        minimum=0,
+    )
     blocks: tuple[int, ...] = setting(
         (7, 10, 14),
         "EfficientNet-Lite0 blocks scored as the CNN's stages (7, 10: stride 16; 14: stride 32; Lite1/2: 10, 14, 19)",
