@@ -63,6 +63,11 @@ Paper vs. official code (xrli-U/MuSc) vs. this implementation:
   their batch median; `intensity_weight` adds a grey-level layer (pooled grey minus the image's
   median, Euclidean), aimed at dark blotches and bright bands that the CNN's texture features
   hardly show. See lnamd.py and msm.py.
+* Not in the paper: `tile_above_aspect` scores an elongated image as overlapping square tiles of
+  its short side (as patchknn does) instead of squashing it; a partner image is then all its tiles
+  (a patch's distance to a partner is its nearest patch in any of them, `msm.nearest_per_group`),
+  the image score is taken over all its tiles, RsCIN compares the mean of its tiles' features, and
+  its map is the tiles' maps resized onto their boxes. 0 (the paper's squash) unless measured better.
 * Not in the paper: reference images (`--refs`, `fit`) join every image's partners as
   known-normal images and are not scored; a batch of one image with no references falls back
   to single-image zero-shot (nearest other patch of the same image) with a warning, or raises
