@@ -141,3 +141,21 @@ def test_fit_says_which_side_it_chose(tmp_path):
     assert result.exit_code == 0, result.output
     assert "model input: 128 px, not 64: the references are large enough (up to 192: image_size_up_to" in result.output
     assert json.loads((tmp_path / "m" / "detector.json").read_text())["settings"]["image_size"] == 128
+
+
+def test_detect_with_references_says_which_side_it_chose(tmp_path):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from anomalens.cli import app
+
+    for folder, seeds in (("refs", (0, 1)), ("queries", (5,))):
+        (tmp_path / folder).mkdir()
+        for i in seeds:
+            Image.fromarray(picture(i, 140).rgb).save(tmp_path / folder / f"img_{i}.png")
+    args = ["detect", tmp_path / "queries", "--refs", tmp_path / "refs", "--out", tmp_path / "out"]
+    args += ["--image-size", "64", "--set", "image_size_up_to=192", "--threshold", "none"]
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    assert "model input: 128 px, not 64" in result.output
+    assert json.loads((tmp_path / "out" / "settings.json").read_text())["settings"]["image_size"] == 128

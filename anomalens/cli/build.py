@@ -135,6 +135,8 @@ def build_detector(p: dict[str, Any], explicit: set[str], progress=None):
         if not refs.exists():
             fail(f"{refs}: reference folder does not exist")
         det.fit([refs], progress=progress)
+        if (chosen := det.method.describe_fit()) is not None:  # e.g. the model side the references chose
+            echo(chosen)
     except ImageLoadError as err:
         raise UsageError(f"cannot use the reference images: {err}") from err
     except UsageError:

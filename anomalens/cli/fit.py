@@ -45,8 +45,6 @@ def fit(
     except (FileExistsError, OSError) as err:
         fail(f"cannot save the model to {out}: {err}")
     echo(f"saved {det.method_name} model fitted on {source} to {out}")
-    if (chosen := det.method.describe_fit()) is not None:
-        echo(chosen)
     report_threshold(det.threshold, det.pixel_threshold)
 
 
