@@ -114,8 +114,9 @@ def evaluate(
     labels = [s.label for s in split.test]
     metrics = {"image_auroc": image_metrics(labels, scores.numpy())["image_auroc"]}
     pixels = PixelMetricAccumulator(resolution=resolution)
+    inputs = feats.inputs_of()
     for i, sample in enumerate(split.test):
-        full = det.method.image_map(feats, i, maps)
+        full = det.method.image_map(feats, i, maps, inputs[i])
         pixels.update(full, load_mask(sample, full.shape))
     metrics.update({k: v for k, v in pixels.compute().items() if k in KEYS})
     metrics["exact"] = pixels.is_exact

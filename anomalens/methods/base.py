@@ -58,7 +58,7 @@ class Method(ABC):
 
         device = torch.device(device)
         for name, value in list(vars(self).items()):
-            if name not in ("device", "settings", "requested_settings"):
+            if name not in ("device", "settings"):
                 setattr(self, name, move_to(value, device))
         self.device = device
         return self

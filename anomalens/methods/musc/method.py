@@ -184,7 +184,8 @@ class MuSc(Method):
             "max_partners": self.settings.max_partners,
             "partner_seed": self.settings.partner_seed,
         }
-        return (self._output(feats, i, maps, float(scores[i])) for i in range(len(feats.paths)))
+        inputs = feats.inputs_of()  # once: each image's maps are found by it
+        return (self._output(feats, i, maps, float(scores[i]), inputs[i]) for i in range(len(feats.paths)))
 
     def _leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
         """Each held-out reference scored against all the other references; ends fitted on all."""
@@ -194,7 +195,7 @@ class MuSc(Method):
             others = feats.select([j for j in range(len(references)) if j != i])
             one = feats.select([i])
             maps, scores = self.score_features(one, one.paths, others)
-            outputs.append(self._output(one, 0, maps, float(scores[0])))
+            outputs.append(self._output(one, 0, maps, float(scores[0]), one.inputs_of()[0]))
         self.references, self.num_references = feats, len(references)
         return outputs
 
@@ -269,11 +270,11 @@ class MuSc(Method):
         known_owners = None if known_normal is None else known_normal.owners()
         known_tiled = known_owners is not None and len(known_owners) != known_normal.num_images
         tiled = len(owners) != len(inputs) or known_tiled
-        partners, groups = [], []
-        for i in owners:
-            partners.append([t for j in image_partners[i] for t in inputs[j]])
-            groups.append([g for g, j in enumerate(image_partners[i]) for _ in inputs[j]])
-        return partners, (groups if tiled else None), (known_owners if tiled else None)
+        if not tiled:  # one row per image: the partner rows are the partner images
+            return [image_partners[i] for i in owners], None, None
+        partners = [[t for j in image_partners[i] for t in inputs[j]] for i in owners]
+        groups = [[g for g, j in enumerate(image_partners[i]) for _ in inputs[j]] for i in owners]
+        return partners, groups, known_owners
 
     def finish(self, maps: torch.Tensor, feats: BatchFeatures) -> tuple[torch.Tensor, torch.Tensor]:
         """Mutual-score maps (T, h, w) of the inputs -> (smoothed maps, (N,) image scores after RsCIN)."""
@@ -287,9 +288,10 @@ class MuSc(Method):
             scores = rescore(scores, feats.per_image_features(), s.rscin_neighbours)
         return maps, scores
 
-    def image_map(self, feats: BatchFeatures, i: int, maps: torch.Tensor) -> np.ndarray:
-        """Image i's map at its own size from the inputs' maps (its tiles resized onto their boxes)."""
-        inputs, size = feats.inputs_of()[i], self.settings.image_size
+    def image_map(self, feats: BatchFeatures, i: int, maps: torch.Tensor, inputs: list[int]) -> np.ndarray:
+        """Image i's map at its own size from the maps of its `inputs` (`feats.inputs_of()[i]`: its
+        tiles, resized onto their boxes)."""
+        size = self.settings.image_size
         if len(inputs) == 1:
             return map_to_image(maps[inputs[0]], feats.boxes[inputs[0]], size, feats.sizes[i])
         tiles = feats.tiles[i]
@@ -298,8 +300,10 @@ class MuSc(Method):
         ]
         return assemble(parts, tiles, feats.sizes[i])
 
-    def _output(self, feats: BatchFeatures, i: int, maps: torch.Tensor, score: float) -> MethodOutput:
-        return MethodOutput(score, self.image_map(feats, i, maps))
+    def _output(
+        self, feats: BatchFeatures, i: int, maps: torch.Tensor, score: float, inputs: list[int]
+    ) -> MethodOutput:
+        return MethodOutput(score, self.image_map(feats, i, maps, inputs))
 
     # ---- persistence: the references' features -------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
