@@ -37,12 +37,20 @@ import torch.nn.functional as F
 from ..augment import augment_input
 from ..backbones import create_patch_backbone
 from ..coreset import greedy_coreset
+from ..errors import SettingsError
 from ..geometry import to_model_input
 from ..images import LoadedImage
 from ..scoring import MemoryBank
 from ..tiling import Box, assemble, crop, tile_boxes
 from .base import Method, MethodOutput, register_method
-from .patch_distances import CoarseLayout, coarse_blocks, distance_metric, length_weight, score_image
+from .patch_distances import (
+    CoarseLayout,
+    coarse_blocks,
+    distance_metric,
+    length_weight,
+    patch_anomalies,
+    score_image,
+)
 from .patchknn_settings import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_SIDE_UP_TO,
@@ -217,6 +225,24 @@ class PatchKnn(Method):
         maps, score = score_image(feats, bank, self.settings, layout.input_boxes, patches, self.coarse_layout)
         tile_maps = [m[top : top + h, left : left + w] for m, (top, left, h, w) in zip(maps, layout.input_boxes)]
         return MethodOutput(float(score), assemble(tile_maps, layout.tiles, layout.size_hw))
+
+    def patch_maps(self, images: list[LoadedImage]) -> list[tuple[torch.Tensor, Layout]]:
+        """Per image: its (T, h, w) patch anomalies and layout, a few kB where the output's map is the
+        image's size: a caller that holds a whole batch before making the outputs (`musc` with
+        references) keeps these and makes each output later with `output_from_patches`."""
+        if self.settings.reweight_neighbours > 0:  # the reweighting needs the features themselves
+            raise SettingsError("patchknn: patch_maps does not support reweight_neighbours > 0")
+        feats, layouts = self._features(images)
+        bank = self.bank_.banks.get("patches")
+        bank = bank.cpu() if bank is not None else None
+        return [
+            (patch_anomalies(f, bank, self.settings, self.coarse_layout), layout) for f, layout in zip(feats, layouts)
+        ]
+
+    def output_from_patches(self, patches: torch.Tensor, layout: Layout) -> MethodOutput:
+        """The output `score` makes for an image whose `patch_maps` entry this is."""
+        bank = self.bank_.banks.get("patches")
+        return self.score(torch.empty(0), layout, bank.cpu() if bank is not None else None, patches)
 
     def _leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
         """Features and bank once; each held-out reference against the bank without its own patches.

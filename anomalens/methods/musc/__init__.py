@@ -72,6 +72,14 @@ Paper vs. official code (xrli-U/MuSc) vs. this implementation:
   known-normal images and are not scored; a batch of one image with no references falls back
   to single-image zero-shot (nearest other patch of the same image) with a warning, or raises
   with `single_image="error"`.
+* Not in the paper (session 12, README "musc with references"): with references, `fit` also fits
+  `patchknn` (its own defaults: the embedded backbone, its model side, flipped references, coreset)
+  on them, and each image's score and map are `reference_knn_weight` (0.5) x patchknn's plus the
+  rest x the mutual score's. Both are distances on similar scales (map medians 0.5-0.6 on our
+  data), so they are added as they are, with no batch statistics: an image's output does not
+  depend on which others are in the batch beyond its partners. patchknn only sees the image
+  batch by batch as musc reads it and keeps its (T, h, w) patch maps until the outputs are made.
+  `reference_knn_weight=0` gives the rule before (references only join the partners).
 """
 
 from .method import MuSc, SingleImageBatchError

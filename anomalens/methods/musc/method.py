@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -13,8 +12,10 @@ import torch.nn.functional as F
 from ...errors import SettingsError, UsageError
 from ...geometry import map_to_image, to_model_input
 from ...images import LoadedImage
-from ...tiling import Box, assemble, crop, tile_boxes
+from ...tiling import assemble, crop, tile_boxes
 from ..base import Method, MethodOutput, register_method
+from ..patchknn import PatchKnn, PatchKnnSettings
+from .batch_features import BatchFeatures
 from .extract import create_layer_backbone
 from .lnamd import aggregate, intensity_map, lnamd, weigh_length
 from .msm import choose_partners, interval_bounds, mutual_scores, scale_scores, self_distances
@@ -27,64 +28,6 @@ DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 class SingleImageBatchError(UsageError):
     """Mutual scoring got one image and no references, and the fallback is off."""
-
-
-@dataclass
-class BatchFeatures:
-    """LNAMD features of a batch, one row per model input: {(layer, degree): (T, P_l, C_l)}, grids,
-    (T, D) image features, boxes. An image is one input, or several tiles (`tile_above_aspect`):
-    `owner[t]` is input t's image and `tiles[i]` image i's tile boxes (empty lists: one input
-    per image, as features saved before tiles)."""
-
-    patches: dict[tuple[int, int], torch.Tensor]
-    grids: list[tuple[int, int]]
-    image_features: torch.Tensor
-    boxes: list[tuple[int, int, int, int]]
-    paths: list[str] = field(default_factory=list)
-    sizes: list[tuple[int, int]] = field(default_factory=list)
-    owner: list[int] = field(default_factory=list)
-    tiles: list[list[Box]] = field(default_factory=list)
-
-    def owners(self) -> list[int]:
-        """The image of each input."""
-        return list(self.owner) if self.owner else list(range(self.image_features.shape[0]))
-
-    @property
-    def num_images(self) -> int:
-        owners = self.owners()
-        return max(owners) + 1 if owners else 0
-
-    def inputs_of(self) -> list[list[int]]:
-        """Per image, its inputs (tiles) in order."""
-        out: list[list[int]] = [[] for _ in range(self.num_images)]
-        for t, i in enumerate(self.owners()):
-            out[i].append(t)
-        return out
-
-    def per_image_features(self) -> torch.Tensor:
-        """(N, D) image features, the mean over each image's tiles (RsCIN compares images)."""
-        owners = self.owners()
-        if len(owners) == self.num_images:
-            return self.image_features
-        index = torch.as_tensor(owners, dtype=torch.long)
-        total = torch.zeros(self.num_images, self.image_features.shape[1]).index_add_(0, index, self.image_features)
-        return total / torch.bincount(index, minlength=self.num_images).clamp_min(1)[:, None]
-
-    def select(self, index: list[int]) -> BatchFeatures:
-        """The features of images `index` (all their tiles), in that order."""
-        inputs = self.inputs_of()
-        rows = [t for i in index for t in inputs[i]]
-        idx = torch.as_tensor(rows, dtype=torch.long)
-        return BatchFeatures(
-            {k: v.index_select(0, idx) for k, v in self.patches.items()},
-            self.grids,
-            self.image_features.index_select(0, idx),
-            [self.boxes[t] for t in rows],
-            [self.paths[i] for i in index] if self.paths else [],
-            [self.sizes[i] for i in index] if self.sizes else [],
-            [new for new, i in enumerate(index) for _ in inputs[i]],
-            [self.tiles[i] for i in index] if self.tiles else [],
-        )
 
 
 def _bar(total: int, desc: str, enabled: bool):
@@ -120,11 +63,39 @@ class MuSc(Method):
             s.backbone, s.weights, s.image_size, tuple(s.blocks), tuple(s.clip_layers), s.score_stride
         )
         self.references: BatchFeatures | None = None
+        # with references and reference_knn_weight > 0: patchknn fitted on them (`reference_knn`)
+        self.reference_knn_: PatchKnn | None = None
         self.last_batch: dict = {}
 
+    def to(self, device: str | torch.device) -> MuSc:
+        super().to(device)
+        if self.reference_knn_ is not None:  # a method of its own: Method.to leaves it where it is
+            self.reference_knn_.to(device)
+        return self
+
+    def describe_fit(self) -> str | None:
+        if self.reference_knn_ is None:
+            return None
+        w = self.settings.reference_knn_weight
+        knn = self.reference_knn_.describe_fit()
+        return f"references also scored by patchknn (weight {w:g}: reference_knn_weight); its {knn}"
+
+    def reference_knn(self, references: list[LoadedImage]) -> PatchKnn | None:
+        """patchknn with its defaults for these references, not yet fitted (None without references
+        or with reference_knn_weight 0)."""
+        if not references or self.settings.reference_knn_weight <= 0:
+            return None
+        return PatchKnn(PatchKnnSettings()).to(self.device)
+
     # ---- features ------------------------------------------------------------------------
-    def features(self, images: Iterable[LoadedImage], desc: str = "musc features") -> BatchFeatures:
-        """LNAMD features of images read one batch at a time (the pixels are not kept)."""
+    def features(
+        self,
+        images: Iterable[LoadedImage],
+        desc: str = "musc features",
+        also: Callable[[list[LoadedImage]], None] | None = None,
+    ) -> BatchFeatures:
+        """LNAMD features of images read one batch at a time (the pixels are not kept; `also` is
+        called with each batch of images while they are in memory)."""
         s = self.settings
         dtype = DTYPES[s.feature_dtype]
         chunks: dict[tuple[int, int], list[torch.Tensor]] = {}
@@ -158,6 +129,8 @@ class MuSc(Method):
                     chunks.setdefault((len(grids), r), []).append(aggregate(grey, r, "none").to(dtype))
                 grids.append(grid)
             globals_.append(image_feats.float())
+            if also is not None:
+                also(batch)
             bar.update(len(batch))
         bar.close()
         patches = {k: torch.cat(v) for k, v in chunks.items()}
@@ -168,13 +141,18 @@ class MuSc(Method):
     def _fit(self, references: list[LoadedImage]) -> None:
         self.num_references = len(references)
         self.references = self.features(references, "musc references") if references else None
+        self.reference_knn_ = self.reference_knn(references)
+        if self.reference_knn_ is not None:  # indexed: a ReportingList reports only musc's own pass
+            self.reference_knn_.fit([references[i] for i in range(len(references))])
 
     def _predict(self, images: Iterable[LoadedImage]) -> list[MethodOutput]:
         """Score the batch jointly; `images` may be a stream (each is read once)."""
         return list(self.predict_joint(images))
 
     def predict_joint(self, images: Iterable[LoadedImage]) -> Iterator[MethodOutput]:
-        feats = self.features(images)
+        knn = self.reference_knn_
+        knn_maps: list = []  # per image its patchknn patch maps: a few kB, not the full-size map
+        feats = self.features(images, also=(lambda batch: knn_maps.extend(knn.patch_maps(batch))) if knn else None)
         if not feats.paths:
             return iter(())
         maps, scores = self.score_features(feats, feats.paths, self.references)
@@ -184,8 +162,26 @@ class MuSc(Method):
             "max_partners": self.settings.max_partners,
             "partner_seed": self.settings.partner_seed,
         }
+        return self._outputs(feats, maps, scores, knn_maps)
+
+    def _outputs(
+        self, feats: BatchFeatures, maps: torch.Tensor, scores: torch.Tensor, knn_maps: list
+    ) -> Iterator[MethodOutput]:
+        """The batch's outputs one by one (a generator: the full-size maps are made as they are consumed)."""
         inputs = feats.inputs_of()  # once: each image's maps are found by it
-        return (self._output(feats, i, maps, float(scores[i]), inputs[i]) for i in range(len(feats.paths)))
+        for i in range(len(feats.paths)):
+            out = self._output(feats, i, maps, float(scores[i]), inputs[i])
+            if knn_maps:
+                out = self.with_reference_knn(out, self.reference_knn_.output_from_patches(*knn_maps[i]))
+            yield out
+
+    def with_reference_knn(self, mutual: MethodOutput, knn: MethodOutput) -> MethodOutput:
+        """One image's output: the mutual score and map averaged with patchknn's (`reference_knn_weight`)."""
+        w = self.settings.reference_knn_weight
+        return MethodOutput(
+            (1.0 - w) * mutual.score + w * knn.score,
+            ((1.0 - w) * mutual.anomaly_map + w * knn.anomaly_map).astype(np.float32),
+        )
 
     def _leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
         """Each held-out reference scored against all the other references; ends fitted on all."""
@@ -197,6 +193,11 @@ class MuSc(Method):
             maps, scores = self.score_features(one, one.paths, others)
             outputs.append(self._output(one, 0, maps, float(scores[0]), one.inputs_of()[0]))
         self.references, self.num_references = feats, len(references)
+        self.reference_knn_ = self.reference_knn(references)
+        if self.reference_knn_ is not None:  # patchknn's own leave-one-out, merged as in predict
+            plain = [references[i] for i in range(len(references))]
+            knn_outputs = self.reference_knn_.leave_one_out(plain, held_out)
+            outputs = [self.with_reference_knn(m, k) for m, k in zip(outputs, knn_outputs)]
         return outputs
 
     def score_features(
@@ -309,14 +310,32 @@ class MuSc(Method):
     def state_dict(self) -> dict[str, torch.Tensor]:
         if self.references is None:
             return {}
-        state = {f"ref.{layer}.{r}": v.contiguous() for (layer, r), v in self.references.patches.items()}
+        state = self._reference_knn_state()
+        state |= {f"ref.{layer}.{r}": v.contiguous() for (layer, r), v in self.references.patches.items()}
         state["ref.image_features"] = self.references.image_features.contiguous()
         state["ref.grids"] = torch.tensor(self.references.grids, dtype=torch.long)
         state["ref.boxes"] = torch.tensor(self.references.boxes, dtype=torch.long)
         state["ref.owner"] = torch.tensor(self.references.owners(), dtype=torch.long)
         return state
 
+    def _reference_knn_state(self) -> dict[str, torch.Tensor]:
+        """patchknn's bank and its model side (`fit` may raise it), under "knn."."""
+        knn = self.reference_knn_
+        if knn is None:
+            return {}
+        state = {f"knn.{k}": v for k, v in knn.state_dict().items()}
+        state["knn.image_size"] = torch.tensor([knn.settings.image_size], dtype=torch.long)
+        return state
+
     def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.reference_knn_ = None
+        if "knn.image_size" in state:
+            self.reference_knn_ = PatchKnn(PatchKnnSettings()).to(self.device)
+            self.reference_knn_.use_image_size(int(state["knn.image_size"][0]))
+            knn_state = {
+                k[len("knn.") :]: v for k, v in state.items() if k.startswith("knn.") and k != "knn.image_size"
+            }
+            self.reference_knn_.load_state_dict(knn_state)
         if "ref.image_features" not in state:
             self.references = None
             return

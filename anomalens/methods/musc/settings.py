@@ -21,6 +21,7 @@ CNN_INTERVAL = (0.0, 0.7)
 # 81.4 -> 81.7, AUPRO 66.3 -> 67.7).
 DEFAULT_PATCH_NORM = "l2_length"
 DEFAULT_LENGTH_WEIGHT = 4.0
+DEFAULT_REFERENCE_KNN_WEIGHT = 0.5
 
 
 @dataclass
@@ -33,6 +34,7 @@ class MuScSettings(MethodSettings):
         "intensity_weight": 0.0,
         "score_scale": "none",
         "tile_above_aspect": 0.0,
+        "reference_knn_weight": 0.0,
     }
 
     backbone: str = setting(
@@ -87,6 +89,17 @@ class MuScSettings(MethodSettings):
     interval: tuple[float, ...] = setting(
         CNN_INTERVAL,
         "MSM interval average: from..to fraction of the sorted partner scores (paper and code: 0, 0.3)",
+        minimum=0.0,
+        maximum=1.0,
+    )
+    # Session 12 (README "musc with references"): with references, patchknn's map and score, fitted
+    # on the same references, averaged half and half with the mutual score beat both methods on
+    # their own on the mean of every few-shot cell of magnetic_tile and mpdd_metal_plate.
+    reference_knn_weight: float = setting(
+        DEFAULT_REFERENCE_KNN_WEIGHT,
+        "with references: weight of patchknn's map and score (its defaults, fitted on the same references) "
+        "in each image's, the batch's mutual score having 1 - this; 0 = the references only join every "
+        "image's partners (the paper has no references)",
         minimum=0.0,
         maximum=1.0,
     )

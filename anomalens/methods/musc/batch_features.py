@@ -1,0 +1,68 @@
+"""`musc`'s features of one batch: LNAMD patches per (layer, degree), image features, boxes, and
+which image each model input (tile) belongs to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ...tiling import Box
+
+
+@dataclass
+class BatchFeatures:
+    """LNAMD features of a batch, one row per model input: {(layer, degree): (T, P_l, C_l)}, grids,
+    (T, D) image features, boxes. An image is one input, or several tiles (`tile_above_aspect`):
+    `owner[t]` is input t's image and `tiles[i]` image i's tile boxes (empty lists: one input
+    per image, as features saved before tiles)."""
+
+    patches: dict[tuple[int, int], torch.Tensor]
+    grids: list[tuple[int, int]]
+    image_features: torch.Tensor
+    boxes: list[tuple[int, int, int, int]]
+    paths: list[str] = field(default_factory=list)
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+    owner: list[int] = field(default_factory=list)
+    tiles: list[list[Box]] = field(default_factory=list)
+
+    def owners(self) -> list[int]:
+        """The image of each input."""
+        return list(self.owner) if self.owner else list(range(self.image_features.shape[0]))
+
+    @property
+    def num_images(self) -> int:
+        owners = self.owners()
+        return max(owners) + 1 if owners else 0
+
+    def inputs_of(self) -> list[list[int]]:
+        """Per image, its inputs (tiles) in order."""
+        out: list[list[int]] = [[] for _ in range(self.num_images)]
+        for t, i in enumerate(self.owners()):
+            out[i].append(t)
+        return out
+
+    def per_image_features(self) -> torch.Tensor:
+        """(N, D) image features, the mean over each image's tiles (RsCIN compares images)."""
+        owners = self.owners()
+        if len(owners) == self.num_images:
+            return self.image_features
+        index = torch.as_tensor(owners, dtype=torch.long)
+        total = torch.zeros(self.num_images, self.image_features.shape[1]).index_add_(0, index, self.image_features)
+        return total / torch.bincount(index, minlength=self.num_images).clamp_min(1)[:, None]
+
+    def select(self, index: list[int]) -> BatchFeatures:
+        """The features of images `index` (all their tiles), in that order."""
+        inputs = self.inputs_of()
+        rows = [t for i in index for t in inputs[i]]
+        idx = torch.as_tensor(rows, dtype=torch.long)
+        return BatchFeatures(
+            {k: v.index_select(0, idx) for k, v in self.patches.items()},
+            self.grids,
+            self.image_features.index_select(0, idx),
+            [self.boxes[t] for t in rows],
+            [self.paths[i] for i in index] if self.paths else [],
+            [self.sizes[i] for i in index] if self.sizes else [],
+            [new for new, i in enumerate(index) for _ in inputs[i]],
+            [self.tiles[i] for i in index] if self.tiles else [],
+        )
