@@ -74,7 +74,7 @@ Paper vs. official code (xrli-U/MuSc) vs. this implementation:
   with `single_image="error"`.
 * Not in the paper (session 12, README "musc with references"): with references, `fit` also fits
   `patchknn` (its own defaults: the embedded backbone, its model side, flipped references, coreset)
-  on them, and each image's score and map are `reference_knn_weight` (0.5) x patchknn's plus the
+  on them, and each image's score and map are `reference_knn_weight` (0.25) x patchknn's plus the
   rest x the mutual score's. Both are distances on similar scales (map medians 0.5-0.6 on our
   data), so they are added as they are, with no batch statistics: an image's output does not
   depend on which others are in the batch beyond its partners. patchknn only sees the image
