@@ -1,0 +1,143 @@
+"""Screens for musc + patchknn on a batch (README "musc with references"), on cached features.
+
+Each category's test images are the batch. musc's mutual score (its defaults, partner seed 0, no
+references) is averaged with patchknn's map and score, weighted by --weights (patchknn's share):
+
+* `--shots K --seeds 0,1,2`: patchknn fitted on K references (the benchmark's draws), as
+  `reference_knn_weight` does; `--normalise` first divides each method's scores and maps by the
+  batch's median and MAD (the screen that showed raw distances need no normalisation).
+* `--pseudo N`: zero-shot; musc's N lowest-scored images of the batch are patchknn's references,
+  each image scored against the bank without its own patches.
+
+Pixel metrics at a longer side of 256 px (binned beyond 5e7 pixels), so they read higher than
+`anomalens benchmark`'s full-resolution ones. Features come from the caches of musc_screen.py
+(--musc-cache) and patchknn_variants.py (--patchknn-cache).
+
+    python benchmarks/musc_batch_fusion.py --data ../shared/data --categories magnetic_tile --shots 4 --weights 0.25,0.5
+    python benchmarks/musc_batch_fusion.py --data ../shared/data --categories mpdd_metal_plate --pseudo 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+import musc_screen
+import patchknn_variants
+
+from anomalens import Detector
+from anomalens.data import load_dataset, sample_references
+from anomalens.data.base import load_mask
+from anomalens.methods.patchknn import PatchKnnSettings, reference_augmentation
+from anomalens.metrics import image_metrics
+from anomalens.pixel_accumulator import PixelMetricAccumulator
+
+KEYS = ("image_auroc", "pixel_auroc", "pixel_aupro")
+
+
+def robust(values: np.ndarray, sample: np.ndarray) -> tuple[float, float]:
+    """(median, MAD) of `sample`, the scale of `values`' normalisation."""
+    med = float(np.median(sample))
+    return med, float(np.median(np.abs(sample - med))) + 1e-12
+
+
+def mutual(split, cache: Path) -> tuple[np.ndarray, list[np.ndarray]]:
+    det = Detector("musc", progress=False)
+    feats = musc_screen.cached_features(det, split, cache)
+    maps, scores = det.method.score_features(feats, feats.paths)
+    inputs = feats.inputs_of()
+    return scores.numpy(), [det.method.image_map(feats, i, maps, inputs[i]) for i in range(len(split.test))]
+
+
+def knn_outputs(split, cache, refs: list, exclude: dict | None = None):
+    """patchknn's scores and maps for the batch with these references (`exclude`: image -> its index in refs)."""
+    method = patchknn_variants.sized_method(PatchKnnSettings(), refs, {})
+    aug = "none" if exclude is not None else reference_augmentation(method.settings, len(refs))
+    bank_feats = cache.get(method, split.category, refs, aug)
+    per_ref = [bank_feats[str(p)][0].reshape(-1, bank_feats[str(p)][0].shape[-1]).float() for p in refs]
+    bank, origin = method.bank_with_origin(per_ref)
+    test = cache.get(method, split.category, [s.path for s in split.test])
+    scores, maps = [], []
+    for i, sample in enumerate(split.test):
+        feats, layout = test[str(sample.path)]
+        own = None if exclude is None else exclude.get(i)
+        out = method.score(feats.float(), layout, bank if own is None else bank[origin != own])
+        scores.append(out.score)
+        maps.append(out.anomaly_map)
+    return np.array(scores), maps
+
+
+def fused_metrics(split, labels, masks, mutual_out, knn_out, weight: float, normalise: bool) -> dict:
+    (ms, mm), (ks, km) = mutual_out, knn_out
+    if normalise:
+        sample = lambda maps: np.concatenate([m[::8, ::8].ravel() for m in maps])  # noqa: E731
+        (a, b), (c, d) = robust(ms, ms), robust(ks, ks)
+        ms, ks = (ms - a) / b, (ks - c) / d
+        (a, b), (c, d) = robust(None, sample(mm)), robust(None, sample(km))
+        mm = [(m - a) / b for m in mm]
+        km = [(m - c) / d for m in km]
+    result = {"image_auroc": image_metrics(labels, weight * ks + (1 - weight) * ms)["image_auroc"]}
+    pixels = PixelMetricAccumulator(resolution=256)
+    for i in range(len(split.test)):
+        pixels.update(weight * km[i] + (1 - weight) * mm[i], masks[i])
+    result.update(pixels.compute())
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--categories", default="magnetic_tile,mpdd_metal_plate")
+    parser.add_argument("--shots", type=int, default=0, help="references drawn as the benchmark does")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--pseudo", type=int, default=0, help="zero-shot: musc's N lowest-scored images as references")
+    parser.add_argument("--weights", default="0,0.25,0.5,0.75,1", help="patchknn's share")
+    parser.add_argument("--normalise", action="store_true", help="batch median / MAD per method first")
+    parser.add_argument("--musc-cache", default="/tmp/musc-cache")
+    parser.add_argument("--patchknn-cache", default="/tmp/anomalens-features")
+    args = parser.parse_args()
+    if bool(args.shots) == bool(args.pseudo):
+        raise SystemExit("give either --shots K or --pseudo N")
+    weights = [float(w) for w in args.weights.split(",")]
+    cache = patchknn_variants.FeatureCache(Path(args.patchknn_cache))
+    print("| category | references | patchknn weight | image AUROC / pixel AUROC / AUPRO |")
+    print("|---|---|---|---|")
+    for category in args.categories.split(","):
+        split = load_dataset(Path(args.data), categories=[category])[category]
+        labels = np.array([s.label for s in split.test])
+        mutual_out = mutual(split, Path(args.musc_cache))
+        masks = [load_mask(s, mutual_out[1][i].shape) for i, s in enumerate(split.test)]
+        if args.pseudo:
+            chosen = [int(i) for i in np.argsort(mutual_out[0])[: args.pseudo]]
+            refs = [split.test[i].path for i in chosen]
+            draws = [
+                (
+                    f"{args.pseudo} pseudo ({int(labels[chosen].sum())} defective)",
+                    refs,
+                    {i: j for j, i in enumerate(chosen)},
+                )
+            ]
+        else:
+            draws = [
+                (f"{args.shots}-shot seed {seed}", sample_references(split, args.shots, seed), None)
+                for seed in map(int, args.seeds.split(","))
+            ]
+        results: dict[float, list[dict]] = {}
+        for _, refs, exclude in draws:
+            knn_out = knn_outputs(split, cache, refs, exclude)
+            for w in weights:
+                results.setdefault(w, []).append(
+                    fused_metrics(split, labels, masks, mutual_out, knn_out, w, args.normalise)
+                )
+        for w, runs in results.items():
+            cell = " / ".join(f"{100 * np.mean([r[k] for r in runs]):.1f}" for k in KEYS)
+            refs_name = draws[0][0] if args.pseudo else f"{args.shots}-shot, {len(draws)} seeds"
+            print(f"| {category} | {refs_name} | {w:g} | {cell} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
