@@ -11,3 +11,16 @@ def striped_texture(seed: int, h: int = 48, w: int = 48, noise: float = 6.0) -> 
     base = 128 + 50 * np.sin(xx / 3.0) * np.cos(yy / 5.0)
     img = base[:, :, None] + np.random.default_rng(seed).normal(0, noise, (h, w, 3))
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def smooth_texture(seed: int, h: int, w: int | None = None, cell: int = 4) -> np.ndarray:
+    """(h, w, 3) uint8 grey texture: seeded noise on a grid of `cell`-pixel cells, bilinearly
+    upsampled, grey 90-150. One distribution: every image looks alike, none is equal."""
+    import torch
+    import torch.nn.functional as F
+
+    w = h if w is None else w
+    rng = np.random.default_rng(seed)
+    noise = torch.tensor(rng.random((1, 1, h // cell, w // cell)), dtype=torch.float32)
+    grey = F.interpolate(noise, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+    return np.repeat((90 + 60 * grey).astype(np.uint8)[:, :, None], 3, axis=2)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from synthetic import smooth_texture
 
 from anomalens import Detector, load_detector
 from anomalens.images import ImageLoadError, LoadedImage
@@ -26,12 +27,7 @@ FAST = {"image_size": 64, "progress": False}
 
 
 def _texture(seed: int, size: int = 64) -> np.ndarray:
-    """A smooth random texture from one distribution: every image looks alike, none is equal."""
-    rng = np.random.default_rng(seed)
-    noise = torch.tensor(rng.random((1, 1, size // 4, size // 4)), dtype=torch.float32)
-    grey = F.interpolate(noise, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
-    grey = (90 + 60 * grey).astype(np.uint8)
-    return np.repeat(grey[:, :, None], 3, axis=2)
+    return smooth_texture(seed, size, cell=4)
 
 
 def _batch(n: int = 6, defect: int | None = 2) -> list[LoadedImage]:

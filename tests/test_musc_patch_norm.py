@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from synthetic import smooth_texture
 
 from anomalens import Detector
 from anomalens.images import LoadedImage
@@ -131,11 +132,7 @@ def test_median_score_scale_divides_by_the_batch_median():
 
 
 def _texture(seed: int, size: int = 64) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    noise = torch.tensor(rng.random((1, 1, size // 4, size // 4)), dtype=torch.float32)
-    grey = torch.nn.functional.interpolate(noise, size=(size, size), mode="bilinear", align_corners=False)[0, 0]
-    grey = (90 + 60 * grey.numpy()).astype(np.uint8)
-    return np.repeat(grey[:, :, None], 3, axis=2)
+    return smooth_texture(seed, size, cell=4)
 
 
 @pytest.mark.parametrize("norm,scale", [("none", "none"), ("none", "median"), ("l2_length", "none")])

@@ -8,8 +8,7 @@ import json
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
+from synthetic import smooth_texture
 
 from anomalens import Detector, load_detector
 from anomalens.images import LoadedImage
@@ -21,10 +20,7 @@ FAST = {"image_size": 64, "progress": False}
 
 
 def _texture(seed: int, size: int = 64) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    noise = torch.tensor(rng.random((1, 1, size // 8, size // 8)), dtype=torch.float32)
-    grey = F.interpolate(noise, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
-    return np.repeat((90 + 60 * grey).astype(np.uint8)[:, :, None], 3, axis=2)
+    return smooth_texture(seed, size, cell=8)
 
 
 def _images(seeds, prefix: str, size: int = 64, defect: int | None = None) -> list[LoadedImage]:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from synthetic import smooth_texture
 
 from anomalens import Detector, load_detector
 from anomalens.images import LoadedImage
@@ -46,10 +47,7 @@ def test_grouped_mutual_scores_equal_partners_made_of_all_their_tiles():
 
 
 def _texture(seed: int, h: int, w: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    noise = torch.tensor(rng.random((1, 1, h // 8, w // 8)), dtype=torch.float32)
-    grey = F.interpolate(noise, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
-    return np.repeat((90 + 60 * grey).astype(np.uint8)[:, :, None], 3, axis=2)
+    return smooth_texture(seed, h, w, cell=8)
 
 
 def _elongated(n: int = 6, defect: int | None = 2) -> list[LoadedImage]:
