@@ -88,6 +88,11 @@ def fused_metrics(split, labels, masks, mutual_out, knn_out, weight: float, norm
     return result
 
 
+def _mean_cell(values: list) -> str:
+    """Percent, or N/A for a metric the category does not have (image AUROC without normals)."""
+    return "N/A" if any(v is None for v in values) else f"{100 * np.mean(values):.1f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
@@ -134,7 +139,7 @@ def main() -> None:
                     fused_metrics(split, labels, masks, mutual_out, knn_out, w, args.normalise)
                 )
         for w, runs in results.items():
-            cell = " / ".join(f"{100 * np.mean([r[k] for r in runs]):.1f}" for k in KEYS)
+            cell = " / ".join(_mean_cell([r[k] for r in runs]) for k in KEYS)
             refs_name = draws[0][0] if args.pseudo else f"{args.shots}-shot, {len(draws)} seeds"
             print(f"| {category} | {refs_name} | {w:g} | {cell} |", flush=True)
 
