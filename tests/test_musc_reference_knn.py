@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from synthetic import smooth_texture
 
 from anomalens import Detector, load_detector
@@ -119,3 +120,12 @@ def _drop_key(value, key: str) -> None:
     elif isinstance(value, list):
         for v in value:
             _drop_key(v, key)
+
+
+def test_moving_musc_moves_its_patchknn():
+    """On the 'meta' device (CPU-only machines have it): the patchknn musc holds goes where musc goes."""
+    method = create_method("musc", **FAST).fit(_images([1, 2], "r"))
+    method.to("meta")
+    knn = method.reference_knn_
+    assert method.device == knn.device == torch.device("meta")
+    assert knn.bank_.banks["patches"].device.type == "meta"
