@@ -39,8 +39,8 @@ from anomalens.pixel_accumulator import PixelMetricAccumulator
 KEYS = ("image_auroc", "pixel_auroc", "pixel_aupro")
 
 
-def robust(values: np.ndarray, sample: np.ndarray) -> tuple[float, float]:
-    """(median, MAD) of `sample`, the scale of `values`' normalisation."""
+def robust(sample: np.ndarray) -> tuple[float, float]:
+    """(median, MAD) of `sample`: the offset and scale of a method's normalisation."""
     med = float(np.median(sample))
     return med, float(np.median(np.abs(sample - med))) + 1e-12
 
@@ -75,9 +75,9 @@ def fused_metrics(split, labels, masks, mutual_out, knn_out, weight: float, norm
     (ms, mm), (ks, km) = mutual_out, knn_out
     if normalise:
         sample = lambda maps: np.concatenate([m[::8, ::8].ravel() for m in maps])  # noqa: E731
-        (a, b), (c, d) = robust(ms, ms), robust(ks, ks)
+        (a, b), (c, d) = robust(ms), robust(ks)
         ms, ks = (ms - a) / b, (ks - c) / d
-        (a, b), (c, d) = robust(None, sample(mm)), robust(None, sample(km))
+        (a, b), (c, d) = robust(sample(mm)), robust(sample(km))
         mm = [(m - a) / b for m in mm]
         km = [(m - c) / d for m in km]
     result = {"image_auroc": image_metrics(labels, weight * ks + (1 - weight) * ms)["image_auroc"]}

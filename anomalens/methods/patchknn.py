@@ -212,10 +212,14 @@ class PatchKnn(Method):
             f"(up to {side_up_to(requested)}: image_size_up_to; 0 keeps image_size)"
         )
 
+    def _scoring_bank(self) -> torch.Tensor | None:
+        """The bank where the features are scored (they come back on the CPU: see _encode); None zero-shot."""
+        bank = self.bank_.banks.get("patches")
+        return bank.cpu() if bank is not None else None
+
     def _predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
         feats, layouts = self._features(images)
-        bank = self.bank_.banks.get("patches")
-        bank = bank.cpu() if bank is not None else None  # features come back on the CPU (see _encode)
+        bank = self._scoring_bank()
         return [self.score(f, layout, bank) for f, layout in zip(feats, layouts)]
 
     def score(
@@ -233,16 +237,15 @@ class PatchKnn(Method):
         if self.settings.reweight_neighbours > 0:  # the reweighting needs the features themselves
             raise SettingsError("patchknn: patch_maps does not support reweight_neighbours > 0")
         feats, layouts = self._features(images)
-        bank = self.bank_.banks.get("patches")
-        bank = bank.cpu() if bank is not None else None
+        bank = self._scoring_bank()
         return [
             (patch_anomalies(f, bank, self.settings, self.coarse_layout), layout) for f, layout in zip(feats, layouts)
         ]
 
     def output_from_patches(self, patches: torch.Tensor, layout: Layout) -> MethodOutput:
         """The output `score` makes for an image whose `patch_maps` entry this is."""
-        bank = self.bank_.banks.get("patches")
-        return self.score(torch.empty(0), layout, bank.cpu() if bank is not None else None, patches)
+        # no features: `patches` replaces them, and the reweighting that would read them is refused
+        return self.score(torch.empty(0), layout, self._scoring_bank(), patches)
 
     def _leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
         """Features and bank once; each held-out reference against the bank without its own patches.
