@@ -6,8 +6,10 @@ references) is averaged with patchknn's map and score, weighted by --weights (pa
 * `--shots K --seeds 0,1,2`: patchknn fitted on K references (the benchmark's draws), as
   `reference_knn_weight` does; `--normalise` first divides each method's scores and maps by the
   batch's median and MAD (the screen that showed raw distances need no normalisation).
-* `--pseudo N`: zero-shot; musc's N lowest-scored images of the batch are patchknn's references,
-  each image scored against the bank without its own patches.
+* `--pseudo N`: zero-shot; musc's N lowest-scored images of the batch (N < 1: that share of it)
+  are patchknn's references, each image scored against the bank without its own patches; one draw
+  per partner seed in --seeds (the mutual score that chooses them). `--side S` fixes patchknn's
+  model side (0: as `fit` chooses it for the chosen images).
 
 Pixel metrics at a longer side of 256 px (binned beyond 5e7 pixels), so they read higher than
 `anomalens benchmark`'s full-resolution ones. Features come from the caches of musc_screen.py
@@ -45,17 +47,19 @@ def robust(sample: np.ndarray) -> tuple[float, float]:
     return med, float(np.median(np.abs(sample - med))) + 1e-12
 
 
-def mutual(split, cache: Path) -> tuple[np.ndarray, list[np.ndarray]]:
-    det = Detector("musc", progress=False)
+def mutual(split, cache: Path, partner_seed: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
+    det = Detector("musc", progress=False, partner_seed=partner_seed)
     feats = musc_screen.cached_features(det, split, cache)
     maps, scores = det.method.score_features(feats, feats.paths)
     inputs = feats.inputs_of()
     return scores.numpy(), [det.method.image_map(feats, i, maps, inputs[i]) for i in range(len(split.test))]
 
 
-def knn_outputs(split, cache, refs: list, exclude: dict | None = None):
-    """patchknn's scores and maps for the batch with these references (`exclude`: image -> its index in refs)."""
-    method = patchknn_variants.sized_method(PatchKnnSettings(), refs, {})
+def knn_outputs(split, cache, refs: list, exclude: dict | None = None, side: int = 0):
+    """patchknn's scores and maps for the batch with these references (`exclude`: image -> its index in
+    refs; `side`: its model side, 0 = the one `fit` would choose for the references)."""
+    settings = PatchKnnSettings() if not side else PatchKnnSettings(image_size=side, image_size_up_to=side)
+    method = patchknn_variants.sized_method(settings, refs, {})
     aug = "none" if exclude is not None else reference_augmentation(method.settings, len(refs))
     bank_feats = cache.get(method, split.category, refs, aug)
     per_ref = [bank_feats[str(p)][0].reshape(-1, bank_feats[str(p)][0].shape[-1]).float() for p in refs]
@@ -99,7 +103,10 @@ def main() -> None:
     parser.add_argument("--categories", default="magnetic_tile,mpdd_metal_plate")
     parser.add_argument("--shots", type=int, default=0, help="references drawn as the benchmark does")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--pseudo", type=int, default=0, help="zero-shot: musc's N lowest-scored images as references")
+    parser.add_argument(
+        "--pseudo", type=float, default=0, help="zero-shot: musc's N lowest-scored images as references (< 1: a share)"
+    )
+    parser.add_argument("--side", type=int, default=0, help="patchknn's model side (0: as fit chooses)")
     parser.add_argument("--weights", default="0,0.25,0.5,0.75,1", help="patchknn's share")
     parser.add_argument("--normalise", action="store_true", help="batch median / MAD per method first")
     parser.add_argument("--musc-cache", default="/tmp/musc-cache")
@@ -116,31 +123,34 @@ def main() -> None:
         labels = np.array([s.label for s in split.test])
         mutual_out = mutual(split, Path(args.musc_cache))
         masks = [load_mask(s, mutual_out[1][i].shape) for i, s in enumerate(split.test)]
-        if args.pseudo:
-            chosen = [int(i) for i in np.argsort(mutual_out[0])[: args.pseudo]]
-            refs = [split.test[i].path for i in chosen]
-            draws = [
-                (
-                    f"{args.pseudo} pseudo ({int(labels[chosen].sum())} defective)",
-                    refs,
-                    {i: j for j, i in enumerate(chosen)},
-                )
-            ]
+        if args.pseudo:  # one draw per partner seed: the mutual score chooses the pseudo-references
+            count = int(args.pseudo) if args.pseudo >= 1 else max(1, round(args.pseudo * len(split.test)))
+            draws = []
+            for seed in map(int, args.seeds.split(",")):
+                seeded = mutual_out if seed == 0 else mutual(split, Path(args.musc_cache), seed)
+                chosen = [int(i) for i in np.argsort(seeded[0], kind="stable")[:count]]
+                name = f"{count} pseudo (partner seed {seed}: {int(labels[chosen].sum())} defective)"
+                draws.append((name, [split.test[i].path for i in chosen], {i: j for j, i in enumerate(chosen)}, seeded))
         else:
             draws = [
-                (f"{args.shots}-shot seed {seed}", sample_references(split, args.shots, seed), None)
+                (f"{args.shots}-shot seed {seed}", sample_references(split, args.shots, seed), None, mutual_out)
                 for seed in map(int, args.seeds.split(","))
             ]
         results: dict[float, list[dict]] = {}
-        for _, refs, exclude in draws:
-            knn_out = knn_outputs(split, cache, refs, exclude)
+        for name, refs, exclude, mutual_draw in draws:
+            print(f"<!-- {category}: {name} -->", flush=True)
+            knn_out = knn_outputs(split, cache, refs, exclude, args.side)
             for w in weights:
                 results.setdefault(w, []).append(
-                    fused_metrics(split, labels, masks, mutual_out, knn_out, w, args.normalise)
+                    fused_metrics(split, labels, masks, mutual_draw, knn_out, w, args.normalise)
                 )
         for w, runs in results.items():
             cell = " / ".join(_mean_cell([r[k] for r in runs]) for k in KEYS)
-            refs_name = draws[0][0] if args.pseudo else f"{args.shots}-shot, {len(draws)} seeds"
+            refs_name = (
+                f"{count} pseudo, {len(draws)} partner seeds"
+                if args.pseudo
+                else f"{args.shots}-shot, {len(draws)} seeds"
+            )
             print(f"| {category} | {refs_name} | {w:g} | {cell} |", flush=True)
 
 

@@ -50,7 +50,7 @@ def test_the_default_weighs_a_quarter_and_zero_shot_has_no_patchknn():
     method = create_method("musc", **FAST)
     assert method.settings.reference_knn_weight == 0.25
     method.fit([])
-    assert method.reference_knn_ is None and method.describe_fit() is None
+    assert method.reference_knn_ is None and "pseudo_reference_share" in method.describe_fit()
     method.fit(_images([1, 2], "r"))
     assert method.reference_knn_ is not None and method.reference_knn_.num_references == 2
     assert "patchknn (weight 0.25" in method.describe_fit() and "model input: 256 px" in method.describe_fit()

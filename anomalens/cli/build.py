@@ -130,6 +130,8 @@ def build_detector(p: dict[str, Any], explicit: set[str], progress=None):
         det = Detector(method=p["method"], device=p.get("device", "auto"), reading=reading, **settings)
         if p.get("refs") is None:
             det.fit([])
+            if (pseudo := det.method.describe_fit()) is not None:  # musc: the batch's pseudo-references
+                echo(pseudo)
             return det, "zero-shot (no reference images)"
         refs = Path(p["refs"])
         if not refs.exists():

@@ -230,6 +230,11 @@ class PatchKnn(Method):
         tile_maps = [m[top : top + h, left : left + w] for m, (top, left, h, w) in zip(maps, layout.input_boxes)]
         return MethodOutput(float(score), assemble(tile_maps, layout.tiles, layout.size_hw))
 
+    def score_against(self, img: LoadedImage, bank: torch.Tensor | None) -> MethodOutput:
+        """One image scored against `bank` (e.g. the fitted bank without some reference's patches)."""
+        feats, layouts = self._features([img])
+        return self.score(feats[0], layouts[0], bank)
+
     def patch_maps(self, images: list[LoadedImage]) -> list[tuple[torch.Tensor, Layout]]:
         """Per image: its (T, h, w) patch anomalies and layout, a few kB where the output's map is the
         image's size: a caller that holds a whole batch before making the outputs (`musc` with

@@ -20,6 +20,13 @@ from .extract import create_layer_backbone
 from .lnamd import aggregate, intensity_map, lnamd, weigh_length
 from .msm import choose_partners, interval_bounds, mutual_scores, scale_scores, self_distances
 from .postprocess import image_scores, smooth_maps, standardise_photometry, subtract_baseline
+from .pseudo_references import (
+    HeldImages,
+    PseudoReferenceKnn,
+    lowest_scored,
+    pseudo_reference_count,
+    pseudo_reference_settings,
+)
 from .rscin import rescore
 from .settings import MuScSettings
 
@@ -74,6 +81,12 @@ class MuSc(Method):
         return self
 
     def describe_fit(self) -> str | None:
+        s = self.settings
+        if self.references is None and s.pseudo_reference_share > 0:
+            return (
+                f"the {s.pseudo_reference_share:.0%} of the batch the mutual score ranks lowest become patchknn's "
+                f"references (pseudo_reference_share), weight {s.pseudo_reference_weight:g} (pseudo_reference_weight)"
+            )
         if self.reference_knn_ is None:
             return None
         w = self.settings.reference_knn_weight
@@ -150,34 +163,71 @@ class MuSc(Method):
         return list(self.predict_joint(images))
 
     def predict_joint(self, images: Iterable[LoadedImage]) -> Iterator[MethodOutput]:
+        s = self.settings
         knn = self.reference_knn_
         knn_maps: list = []  # per image its patchknn patch maps: a few kB, not the full-size map
-        feats = self.features(images, also=(lambda batch: knn_maps.extend(knn.patch_maps(batch))) if knn else None)
+        # zero-shot: the images are held (reduced) until the pseudo-references are known
+        held = (
+            HeldImages(pseudo_reference_settings())
+            if self.references is None and s.pseudo_reference_share > 0
+            else None
+        )
+
+        def also(batch: list[LoadedImage]) -> None:
+            if knn is not None:
+                knn_maps.extend(knn.patch_maps(batch))
+            if held is not None:
+                held.add(batch)
+
+        feats = self.features(images, also=also if knn is not None or held is not None else None)
         if not feats.paths:
             return iter(())
         maps, scores = self.score_features(feats, feats.paths, self.references)
+        pseudo = self.pseudo_reference_knn(held, scores, feats.paths) if held is not None else None
         self.last_batch = {
             "images": list(feats.paths),
             "references": self.num_references,
-            "max_partners": self.settings.max_partners,
-            "partner_seed": self.settings.partner_seed,
+            "max_partners": s.max_partners,
+            "partner_seed": s.partner_seed,
+            "pseudo_references": [] if pseudo is None else [feats.paths[i] for i in pseudo.chosen],
         }
-        return self._outputs(feats, maps, scores, knn_maps)
+        return self._outputs(feats, maps, scores, knn_maps, pseudo)
+
+    def pseudo_reference_knn(
+        self, held: HeldImages, scores: torch.Tensor, paths: list[str]
+    ) -> PseudoReferenceKnn | None:
+        """patchknn on the batch's lowest-scored images (None when the batch is too small for them)."""
+        s = self.settings
+        count = pseudo_reference_count(s.pseudo_reference_share, s.pseudo_reference_minimum, len(paths))
+        if count == 0:
+            return None
+        return PseudoReferenceKnn(held, lowest_scored(scores, paths, count), self.device)
 
     def _outputs(
-        self, feats: BatchFeatures, maps: torch.Tensor, scores: torch.Tensor, knn_maps: list
+        self,
+        feats: BatchFeatures,
+        maps: torch.Tensor,
+        scores: torch.Tensor,
+        knn_maps: list,
+        pseudo: PseudoReferenceKnn | None = None,
     ) -> Iterator[MethodOutput]:
         """The batch's outputs one by one (a generator: the full-size maps are made as they are consumed)."""
         inputs = feats.inputs_of()  # once: each image's maps are found by it
+        bar = _bar(len(feats.paths), "patchknn on pseudo-references", self.settings.progress and pseudo is not None)
         for i in range(len(feats.paths)):
             out = self._output(feats, i, maps, float(scores[i]), inputs[i])
             if knn_maps:
                 out = self.with_reference_knn(out, self.reference_knn_.output_from_patches(*knn_maps[i]))
+            if pseudo is not None:
+                out = self.with_reference_knn(out, pseudo.output(i), self.settings.pseudo_reference_weight)
+                bar.update(1)
             yield out
+        bar.close()
 
-    def with_reference_knn(self, mutual: MethodOutput, knn: MethodOutput) -> MethodOutput:
-        """One image's output: the mutual score and map averaged with patchknn's (`reference_knn_weight`)."""
-        w = self.settings.reference_knn_weight
+    def with_reference_knn(self, mutual: MethodOutput, knn: MethodOutput, weight: float | None = None) -> MethodOutput:
+        """One image's output: the mutual score and map averaged with patchknn's (`weight`, by default
+        `reference_knn_weight`)."""
+        w = self.settings.reference_knn_weight if weight is None else weight
         return MethodOutput(
             (1.0 - w) * mutual.score + w * knn.score,
             ((1.0 - w) * mutual.anomaly_map + w * knn.anomaly_map).astype(np.float32),

@@ -22,6 +22,8 @@ CNN_INTERVAL = (0.0, 0.7)
 DEFAULT_PATCH_NORM = "l2_length"
 DEFAULT_LENGTH_WEIGHT = 4.0
 DEFAULT_REFERENCE_KNN_WEIGHT = 0.25
+DEFAULT_PSEUDO_REFERENCE_SHARE = 0.1
+DEFAULT_PSEUDO_REFERENCE_WEIGHT = 0.5
 
 
 @dataclass
@@ -35,6 +37,7 @@ class MuScSettings(MethodSettings):
         "score_scale": "none",
         "tile_above_aspect": 0.0,
         "reference_knn_weight": 0.0,
+        "pseudo_reference_share": 0.0,
     }
 
     backbone: str = setting(
@@ -103,6 +106,24 @@ class MuScSettings(MethodSettings):
         "image's partners (the paper has no references)",
         minimum=0.0,
         maximum=1.0,
+    )
+    # Session 13 (README "Pseudo-references"): zero-shot, musc's lowest-scored tenth of the batch as
+    # patchknn's references, half of each image's score and map.
+    pseudo_reference_share: float = setting(
+        DEFAULT_PSEUDO_REFERENCE_SHARE,
+        "without references: this share of the batch, the images the mutual score ranks lowest, become "
+        "patchknn's references (pseudo-references; each scored without its own patches); 0 = off, the paper",
+        minimum=0.0,
+        maximum=0.5,
+    )
+    pseudo_reference_weight: float = setting(
+        DEFAULT_PSEUDO_REFERENCE_WEIGHT,
+        "weight of patchknn's map and score on the pseudo-references in each image's (the mutual score has 1 - this)",
+        minimum=0.0,
+        maximum=1.0,
+    )
+    pseudo_reference_minimum: int = setting(
+        2, "fewer pseudo-references than this (a small batch): none are used", minimum=2
     )
     rscin: bool = setting(True, "RsCIN image-level re-scoring")
     rscin_neighbours: tuple[int, ...] = setting(

@@ -1,0 +1,104 @@
+"""Pseudo-references: zero-shot, the images of the batch that musc scores lowest become patchknn's references.
+
+Mutual scoring ranks the batch without any known-good image; its lowest-scored images are nearly all
+normal (on our data 0 of 14 on mpdd_metal_plate, 14 of 114 on magnetic_tile), so `patchknn` fitted
+on them adds a second, reference-based opinion, as it does with real references (`reference_knn_weight`).
+A pseudo-reference is scored without its own patches in the bank (no image vouches for itself).
+
+patchknn's model side follows its references (`model_side`), which are known only once the whole
+batch is scored, so the images are held until then: as read, or, when their short side exceeds the
+largest side patchknn would choose (`side_up_to`, 384 px), as a copy reduced to that short side
+(about 0.45 MB for a square image; what patchknn would read of them anyway).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...images import LoadedImage
+from ..base import MethodOutput
+from ..patchknn import PatchKnn, PatchKnnSettings
+from ..patchknn_settings import model_side, side_up_to
+
+
+def pseudo_reference_count(share: float, minimum: int, batch: int) -> int:
+    """How many of a batch of `batch` images become pseudo-references: `share` of them, rounded,
+    and none when that is fewer than `minimum` (a bank of one image's patches leaves that image none)."""
+    count = math.floor(share * batch + 0.5)
+    return count if count >= minimum and count < batch else 0
+
+
+def lowest_scored(scores: torch.Tensor | np.ndarray, paths: list[str], count: int) -> list[int]:
+    """Indices of the `count` lowest scores, ties broken by path: the choice does not depend on the order."""
+    values = np.asarray(scores, dtype=np.float64)
+    return sorted(range(len(paths)), key=lambda i: (values[i], str(paths[i])))[:count]
+
+
+def reduced_copy(img: LoadedImage, short_side: int) -> LoadedImage:
+    """`img` itself when its short side is at most `short_side`, else a copy reduced to it (as
+    `to_model_input` resizes: bicubic with antialiasing)."""
+    h, w = img.size_hw
+    if min(h, w) <= short_side:
+        return img
+    scale = short_side / min(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    x = torch.from_numpy(np.ascontiguousarray(img.rgb)).permute(2, 0, 1)[None].float()
+    x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
+    rgb = x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+    return LoadedImage(path=img.path, rgb=rgb, original_hw=img.original_hw, notes=img.notes)
+
+
+def pseudo_reference_settings() -> PatchKnnSettings:
+    """patchknn's defaults without reference flips: the batch shows its own variation, and many
+    references get no flips anyway (`augment_max_references`)."""
+    return replace(PatchKnnSettings(), augment="none")
+
+
+class HeldImages:
+    """The batch's images, as patchknn will read them, until the pseudo-references are known."""
+
+    def __init__(self, settings: PatchKnnSettings):
+        self.cap = side_up_to(settings)
+        self.images: list[LoadedImage] = []
+        self.sizes: list[tuple[int, int]] = []  # each image's own size, where its output map goes
+
+    def add(self, batch: list[LoadedImage]) -> None:
+        for img in batch:
+            self.images.append(reduced_copy(img, self.cap))
+            self.sizes.append(img.size_hw)
+
+
+class PseudoReferenceKnn:
+    """patchknn fitted on the chosen images of `held`; `outputs()` scores every held image, each
+    pseudo-reference against the bank without its own patches."""
+
+    def __init__(
+        self, held: HeldImages, chosen: list[int], device: torch.device, settings: PatchKnnSettings | None = None
+    ):
+        self.held, self.chosen = held, chosen
+        self.knn = PatchKnn(settings or pseudo_reference_settings()).to(device)
+        refs = [held.images[i] for i in chosen]
+        self.knn.use_image_size(model_side(self.knn.requested_settings, [min(r.size_hw) for r in refs]))
+        per_ref = [self.knn.reference_patches(r, "none") for r in refs]
+        self.bank_, self.origin_ = self.knn.bank_with_origin(per_ref)
+        self.own_ = {image: j for j, image in enumerate(chosen)}
+
+    def output(self, i: int) -> MethodOutput:
+        """Image i's patchknn output at its own size."""
+        j = self.own_.get(i)
+        out = self.knn.score_against(self.held.images[i], self.bank_ if j is None else self.bank_[self.origin_ != j])
+        size = self.held.sizes[i]
+        if out.anomaly_map.shape == size:
+            return out
+        grown = F.interpolate(torch.from_numpy(out.anomaly_map)[None, None], size=size, mode="bilinear")
+        return MethodOutput(out.score, grown[0, 0].numpy().astype(np.float32))
+
+    def outputs(self) -> Iterator[MethodOutput]:
+        for i in range(len(self.held.images)):
+            yield self.output(i)
