@@ -94,8 +94,8 @@ def test_outputs_are_the_weighted_mean_of_the_mutual_score_and_patchknn_on_the_c
         if img.path in chosen:
             continue  # scored without its own patches: the test above
         k = knn.predict([img])[0]
-        assert out.score == pytest.approx(0.5 * m.score + 0.5 * k.score, abs=1e-5)
-        np.testing.assert_allclose(out.anomaly_map, 0.5 * m.anomaly_map + 0.5 * k.anomaly_map, atol=1e-5)
+        assert out.score == pytest.approx(0.625 * m.score + 0.375 * k.score, abs=1e-5)
+        np.testing.assert_allclose(out.anomaly_map, 0.625 * m.anomaly_map + 0.375 * k.anomaly_map, atol=1e-5)
     assert int(np.argmax([o.score for o in outputs])) == 5
 
 

@@ -10,6 +10,7 @@ find many similar patches in the other images, a defect finds few.
 * `extract.py` layer maps from the embedded EfficientNet-Lite0 or from a CLIP ViT.
 * `postprocess.py` optional steps outside the paper (off by default): photometric
               standardisation, map smoothing, median baseline, image score rules.
+* `pseudo_references.py` zero-shot: patchknn on the batch's lowest-scored images.
 * `method.py` the method: a joint `predict` over the whole batch, references as known-normal.
 
 Paper vs. official code (xrli-U/MuSc) vs. this implementation:
@@ -80,6 +81,13 @@ Paper vs. official code (xrli-U/MuSc) vs. this implementation:
   depend on which others are in the batch beyond its partners. patchknn only sees the image
   batch by batch as musc reads it and keeps its (T, h, w) patch maps until the outputs are made.
   `reference_knn_weight=0` gives the rule before (references only join the partners).
+* Not in the paper (session 13, README "Pseudo-references"): without references, the tenth of the
+  batch the mutual score ranks lowest (`pseudo_reference_share`) become `patchknn`'s references
+  (its defaults without flips; each of them scored without its own patches) and each image's score
+  and map are `pseudo_reference_weight` (0.375) x patchknn's plus the rest x the mutual score's.
+  The images are held (reduced to patchknn's largest side) until the batch is scored. Batches
+  that give fewer than `pseudo_reference_minimum` (2) of them, i.e. under 15 images, are scored
+  as before; `pseudo_reference_share=0` is the paper's rule. `pseudo_references.py`.
 """
 
 from .method import MuSc, SingleImageBatchError
