@@ -130,3 +130,26 @@ def test_benchmark_zero_shot_uses_the_test_images_as_the_batch(tmp_path):
     assert run_record["metrics"]["batch"] == {"images": 9, "references": 0}
     # 48 px images on a 4 x 4 patch grid (64 px input, stride 16): coarse maps, still far above chance.
     assert run_record["metrics"]["image_auroc"] > 0.9 and run_record["metrics"]["pixel_auroc"] > 0.85
+
+
+def test_zero_shot_pseudo_references_are_listed_in_batch_json_and_resume_identically(tmp_path):
+    root = tmp_path / "line"
+    root.mkdir()
+    for i in range(16):
+        Image.fromarray(texture(i)).save(root / f"ok_{i:02d}.png")
+    Image.fromarray(texture(50, defect=True)).save(root / "bad_0.png")
+    out = tmp_path / "out"
+    result = run(["detect", root, "--out", out, *FAST])
+    assert "pseudo_reference_share" in result.output and "pseudo-references: the 2 images" in result.output
+    chosen = json.loads((out / "batch.json").read_text())["pseudo_references"]
+    assert len(chosen) == 2 and all(Path(p).parent == root and Path(p).name.startswith("ok_") for p in chosen)
+    scores = _scores(out)
+    assert max(scores, key=scores.get) == "bad_0.png"
+
+    jsonl = out / "results.jsonl"
+    jsonl.write_text("\n".join(jsonl.read_text().splitlines()[:5]) + "\n")  # interrupted after 5 images
+    run(["detect", root, "--out", out, *FAST])
+    resumed = _scores(out)
+    assert resumed.keys() == scores.keys()
+    for name, value in scores.items():
+        assert resumed[name] == pytest.approx(value, abs=1e-6)
