@@ -61,3 +61,15 @@ def write_batch(out: str | os.PathLike, record: dict) -> Path:
     tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def record_pseudo_references(out: str | os.PathLike, last_batch: dict) -> int:
+    """Add to batch.json the images a zero-shot `musc` run used as patchknn's references (its
+    `last_batch`); returns how many (0: none, nothing written)."""
+    chosen = last_batch.get("pseudo_references")
+    batch = read_batch(out)
+    if not chosen or batch is None:
+        return 0
+    batch["pseudo_references"] = sorted(os.path.abspath(p) for p in chosen)
+    write_batch(out, batch)
+    return len(chosen)

@@ -240,8 +240,11 @@ def run(
             workers=workers or scoring_workers(detector),
         )
         elapsed = time.perf_counter() - start
-        if joint and todo and not interrupted:
-            _record_pseudo_references(detector, out, log)
+        if joint and todo and not interrupted:  # musc zero-shot: which images served as references
+            from .batch_record import record_pseudo_references
+
+            if chosen := record_pseudo_references(out, getattr(detector.method, "last_batch", {})):
+                log(f"pseudo-references: the {chosen} images the mutual score ranked lowest (listed in batch.json)")
     finally:
         writer.close()
 
@@ -282,19 +285,6 @@ def _prepare_joint_batch(detector, files: list[Path], done: set[str], out: Path)
         raise UsageError(conflict)
     write_batch(out, batch)
     return True
-
-
-def _record_pseudo_references(detector, out: Path, log) -> None:
-    """`musc` zero-shot: which images of the batch served as patchknn's references, into batch.json."""
-    from .batch_record import read_batch, write_batch
-
-    chosen = getattr(detector.method, "last_batch", {}).get("pseudo_references")
-    batch = read_batch(out)
-    if not chosen or batch is None:
-        return
-    batch["pseudo_references"] = sorted(os.path.abspath(p) for p in chosen)
-    write_batch(out, batch)
-    log(f"pseudo-references: the {len(chosen)} images the mutual score ranked lowest (listed in batch.json)")
 
 
 def _score_and_write(

@@ -3,10 +3,12 @@ which image each model input (tile) belongs to."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 
+from ...images import LoadedImage
 from ...tiling import Box
 
 
@@ -66,3 +68,29 @@ class BatchFeatures:
             [new for new, i in enumerate(index) for _ in inputs[i]],
             [self.tiles[i] for i in index] if self.tiles else [],
         )
+
+    def tile_partners(
+        self, image_partners: list[list[int]], known_normal: BatchFeatures | None
+    ) -> tuple[list[list[int]], list[list[int]] | None, list[int] | None]:
+        """Per input (tile): the partner inputs (all tiles of its image's partner images) and, when
+        any image has several tiles, the partner image of each (None otherwise: one row per image)."""
+        owners, inputs = self.owners(), self.inputs_of()
+        known_owners = None if known_normal is None else known_normal.owners()
+        known_tiled = known_owners is not None and len(known_owners) != known_normal.num_images
+        tiled = len(owners) != len(inputs) or known_tiled
+        if not tiled:  # one row per image: the partner rows are the partner images
+            return [image_partners[i] for i in owners], None, None
+        partners = [[t for j in image_partners[i] for t in inputs[j]] for i in owners]
+        groups = [[g for g, j in enumerate(image_partners[i]) for _ in inputs[j]] for i in owners]
+        return partners, groups, known_owners
+
+
+def batched(images: Iterable[LoadedImage], size: int) -> Iterator[list[LoadedImage]]:
+    batch: list[LoadedImage] = []
+    for img in images:
+        batch.append(img)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -15,7 +15,7 @@ from ...images import LoadedImage
 from ...tiling import assemble, crop, tile_boxes
 from ..base import Method, MethodOutput, register_method
 from ..patchknn import PatchKnn, PatchKnnSettings
-from .batch_features import BatchFeatures
+from .batch_features import BatchFeatures, batched
 from .extract import create_layer_backbone
 from .lnamd import aggregate, intensity_map, lnamd, weigh_length
 from .msm import choose_partners, interval_bounds, mutual_scores, scale_scores, self_distances
@@ -116,7 +116,7 @@ class MuSc(Method):
         globals_, boxes, paths, sizes, owner, tiles = [], [], [], [], [], []
         total = len(images) if hasattr(images, "__len__") else None
         bar = _bar(total, desc, s.progress)
-        for batch in _batched(images, s.batch_size):
+        for batch in batched(images, s.batch_size):
             inputs = []
             for img in batch:
                 rgb = standardise_photometry(img.rgb, s.photometric)
@@ -269,7 +269,7 @@ class MuSc(Method):
                 stacklevel=2,
             )
         image_partners = choose_partners(keys, s.max_partners, s.partner_seed) if n > 1 else [[]]
-        partners, groups, known_groups = self._tile_partners(feats, image_partners, known_normal)
+        partners, groups, known_groups = feats.tile_partners(image_partners, known_normal)
         rows = len(feats.owners())
         grid = max(feats.grids, key=lambda g: g[0] * g[1])
         total = torch.zeros(rows, *grid)
@@ -310,22 +310,6 @@ class MuSc(Method):
             total += layer_map[:, 0]
         bar.close()
         return self.finish(total / len(feats.patches), feats)
-
-    @staticmethod
-    def _tile_partners(
-        feats: BatchFeatures, image_partners: list[list[int]], known_normal: BatchFeatures | None
-    ) -> tuple[list[list[int]], list[list[int]] | None, list[int] | None]:
-        """Per input (tile): the partner inputs (all tiles of its image's partner images) and, when
-        any image has several tiles, the partner image of each (None otherwise: one row per image)."""
-        owners, inputs = feats.owners(), feats.inputs_of()
-        known_owners = None if known_normal is None else known_normal.owners()
-        known_tiled = known_owners is not None and len(known_owners) != known_normal.num_images
-        tiled = len(owners) != len(inputs) or known_tiled
-        if not tiled:  # one row per image: the partner rows are the partner images
-            return [image_partners[i] for i in owners], None, None
-        partners = [[t for j in image_partners[i] for t in inputs[j]] for i in owners]
-        groups = [[g for g, j in enumerate(image_partners[i]) for _ in inputs[j]] for i in owners]
-        return partners, groups, known_owners
 
     def finish(self, maps: torch.Tensor, feats: BatchFeatures) -> tuple[torch.Tensor, torch.Tensor]:
         """Mutual-score maps (T, h, w) of the inputs -> (smoothed maps, (N,) image scores after RsCIN)."""
@@ -399,14 +383,3 @@ class MuSc(Method):
         owner = state["ref.owner"].tolist() if "ref.owner" in state else []  # saved before tiles: one row each
         self.references = BatchFeatures(patches, grids, state["ref.image_features"], boxes, owner=owner)
         self.num_references = self.references.num_images
-
-
-def _batched(images: Iterable[LoadedImage], size: int) -> Iterator[list[LoadedImage]]:
-    batch: list[LoadedImage] = []
-    for img in images:
-        batch.append(img)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
