@@ -48,7 +48,7 @@ def reduced_copy(img: LoadedImage, short_side: int) -> LoadedImage:
         return img
     scale = short_side / min(h, w)
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    x = torch.from_numpy(np.ascontiguousarray(img.rgb)).permute(2, 0, 1)[None].float()
+    x = torch.from_numpy(np.array(img.rgb, dtype=np.float32)).permute(2, 0, 1)[None]  # a copy: rgb may be read-only
     x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
     rgb = x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
     return LoadedImage(path=img.path, rgb=rgb, original_hw=img.original_hw, notes=img.notes)
