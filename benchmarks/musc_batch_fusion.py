@@ -9,7 +9,8 @@ references) is averaged with patchknn's map and score, weighted by --weights (pa
 * `--pseudo N`: zero-shot; musc's N lowest-scored images of the batch (N < 1: that share of it)
   are patchknn's references, each image scored against the bank without its own patches; one draw
   per partner seed in --seeds (the mutual score that chooses them). `--side S` fixes patchknn's
-  model side (0: as `fit` chooses it for the chosen images).
+  model side (0: as `fit` chooses it for the chosen images). `--shots K --with-pseudo S`: the K
+  references and the batch's lowest-scored share S together (the pseudo ones without their own patches).
 
 Pixel metrics at a longer side of 256 px (binned beyond 5e7 pixels), so they read higher than
 `anomalens benchmark`'s full-resolution ones. Features come from the caches of musc_screen.py
@@ -107,6 +108,9 @@ def main() -> None:
         "--pseudo", type=float, default=0, help="zero-shot: musc's N lowest-scored images as references (< 1: a share)"
     )
     parser.add_argument("--side", type=int, default=0, help="patchknn's model side (0: as fit chooses)")
+    parser.add_argument(
+        "--with-pseudo", type=float, default=0, help="with --shots: this share of the batch joins the references"
+    )
     parser.add_argument("--weights", default="0,0.25,0.5,0.75,1", help="patchknn's share")
     parser.add_argument("--normalise", action="store_true", help="batch median / MAD per method first")
     parser.add_argument("--musc-cache", default="/tmp/musc-cache")
@@ -136,6 +140,14 @@ def main() -> None:
                 (f"{args.shots}-shot seed {seed}", sample_references(split, args.shots, seed), None, mutual_out)
                 for seed in map(int, args.seeds.split(","))
             ]
+            if args.with_pseudo:  # the references and the batch's lowest-scored share together
+                count = round(args.with_pseudo * len(split.test))
+                chosen = [int(i) for i in np.argsort(mutual_out[0], kind="stable")[:count]]
+                pseudo = [split.test[i].path for i in chosen]
+                draws = [
+                    (f"{name} + {count} pseudo", refs + pseudo, {i: len(refs) + j for j, i in enumerate(chosen)}, m)
+                    for name, refs, _, m in draws
+                ]
         results: dict[float, list[dict]] = {}
         for name, refs, exclude, mutual_draw in draws:
             print(f"<!-- {category}: {name} -->", flush=True)
@@ -149,7 +161,7 @@ def main() -> None:
             refs_name = (
                 f"{count} pseudo, {len(draws)} partner seeds"
                 if args.pseudo
-                else f"{args.shots}-shot, {len(draws)} seeds"
+                else f"{args.shots}-shot{f' + {count} pseudo' if args.with_pseudo else ''}, {len(draws)} seeds"
             )
             print(f"| {category} | {refs_name} | {w:g} | {cell} |", flush=True)
 
