@@ -110,18 +110,39 @@ def test_the_order_of_the_batch_does_not_change_the_outputs():
         np.testing.assert_allclose(out.anomaly_map, first[img.path].anomaly_map, atol=1e-5)
 
 
-def test_small_batches_and_batches_with_references_have_no_pseudo_references():
+def test_small_batches_have_no_pseudo_references():
     small = _images(range(6), defect=2)
     on, off = (create_method("musc", **FAST, pseudo_reference_share=w).fit([]) for w in (0.1, 0.0))
     for a, b in zip(on.predict(small), off.predict(small), strict=True):
         assert a.score == b.score
     assert on.last_batch["pseudo_references"] == []
-    refs, batch = _images([40, 41]), _images(range(16), defect=2)
-    on.fit(refs)
-    off.fit(refs)
-    for a, b in zip(on.predict(batch), off.predict(batch), strict=True):
-        assert a.score == b.score
-    assert on.last_batch["pseudo_references"] == []
+
+
+def test_with_references_the_pseudo_references_join_their_bank():
+    refs, images = _images([40, 41]), _images(range(6))
+    held = HeldImages(pseudo_reference_settings())
+    held.add(images)
+    settings = pseudo_reference_settings()
+    settings = type(settings)(**{**settings.__dict__, "coreset_ratio": 1.0})  # no coreset: exactly a refit
+    fitted = PatchKnn(settings).fit(refs)
+    pseudo = PseudoReferenceKnn(held, [2, 5], torch.device("cpu"), references=fitted)
+    for i in range(6):
+        others = refs + [images[j] for j in (2, 5) if j != i]
+        expected = PatchKnn(settings).fit(others).predict([images[i]])[0]
+        got = pseudo.output(i)
+        assert got.score == pytest.approx(expected.score, abs=1e-5)
+        np.testing.assert_allclose(got.anomaly_map, expected.anomaly_map, atol=1e-5)
+    alone = PseudoReferenceKnn(held, [], torch.device("cpu"), references=fitted)  # a small batch: the references
+    expected = fitted.predict([images[0]])[0]
+    assert alone.output(0).score == pytest.approx(expected.score, abs=1e-6)
+
+
+def test_a_batch_with_references_uses_pseudo_references_and_finds_the_defect():
+    method = create_method("musc", **FAST).fit(_images([40, 41]))
+    outputs = method.predict(_images(range(16), defect=4))
+    chosen = method.last_batch["pseudo_references"]
+    assert len(chosen) == 2 and "q04.png" not in chosen
+    assert int(np.argmax([o.score for o in outputs])) == 4
 
 
 def test_large_images_get_maps_of_their_own_size():

@@ -37,7 +37,6 @@ import torch.nn.functional as F
 from ..augment import augment_input
 from ..backbones import create_patch_backbone
 from ..coreset import greedy_coreset
-from ..errors import SettingsError
 from ..geometry import to_model_input
 from ..images import LoadedImage
 from ..scoring import MemoryBank
@@ -48,7 +47,6 @@ from .patch_distances import (
     coarse_blocks,
     distance_metric,
     length_weight,
-    patch_anomalies,
     score_image,
 )
 from .patchknn_settings import (
@@ -234,23 +232,6 @@ class PatchKnn(Method):
         """One image scored against `bank` (e.g. the fitted bank without some reference's patches)."""
         feats, layouts = self._features([img])
         return self.score(feats[0], layouts[0], bank)
-
-    def patch_maps(self, images: list[LoadedImage]) -> list[tuple[torch.Tensor, Layout]]:
-        """Per image: its (T, h, w) patch anomalies and layout, a few kB where the output's map is the
-        image's size: a caller that holds a whole batch before making the outputs (`musc` with
-        references) keeps these and makes each output later with `output_from_patches`."""
-        if self.settings.reweight_neighbours > 0:  # the reweighting needs the features themselves
-            raise SettingsError("patchknn: patch_maps does not support reweight_neighbours > 0")
-        feats, layouts = self._features(images)
-        bank = self._scoring_bank()
-        return [
-            (patch_anomalies(f, bank, self.settings, self.coarse_layout), layout) for f, layout in zip(feats, layouts)
-        ]
-
-    def output_from_patches(self, patches: torch.Tensor, layout: Layout) -> MethodOutput:
-        """The output `score` makes for an image whose `patch_maps` entry this is."""
-        # no features: `patches` replaces them, and the reweighting that would read them is refused
-        return self.score(torch.empty(0), layout, self._scoring_bank(), patches)
 
     def _leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
         """Features and bank once; each held-out reference against the bank without its own patches.

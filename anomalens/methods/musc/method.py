@@ -164,62 +164,49 @@ class MuSc(Method):
 
     def predict_joint(self, images: Iterable[LoadedImage]) -> Iterator[MethodOutput]:
         s = self.settings
-        knn = self.reference_knn_
-        knn_maps: list = []  # per image its patchknn patch maps: a few kB, not the full-size map
-        # zero-shot: the images are held (reduced) until the pseudo-references are known
-        held = (
-            HeldImages(pseudo_reference_settings())
-            if self.references is None and s.pseudo_reference_share > 0
-            else None
-        )
-
-        def also(batch: list[LoadedImage]) -> None:
-            if knn is not None:
-                knn_maps.extend(knn.patch_maps(batch))
-            if held is not None:
-                held.add(batch)
-
-        feats = self.features(images, also=also if knn is not None or held is not None else None)
+        # patchknn scores the batch once it is ranked (its pseudo-references are the images the
+        # mutual score ranks lowest), so the images are held (reduced) until then
+        wanted = self.reference_knn_ is not None or (self.references is None and s.pseudo_reference_share > 0)
+        held = HeldImages(pseudo_reference_settings()) if wanted else None
+        feats = self.features(images, also=held.add if held is not None else None)
         if not feats.paths:
             return iter(())
         maps, scores = self.score_features(feats, feats.paths, self.references)
-        pseudo = self.pseudo_reference_knn(held, scores, feats.paths) if held is not None else None
+        knn = self.batch_knn(held, scores, feats.paths) if held is not None else None
         self.last_batch = {
             "images": list(feats.paths),
             "references": self.num_references,
             "max_partners": s.max_partners,
             "partner_seed": s.partner_seed,
-            "pseudo_references": [] if pseudo is None else [feats.paths[i] for i in pseudo.chosen],
+            "pseudo_references": [] if knn is None else [feats.paths[i] for i in knn.chosen],
         }
-        return self._outputs(feats, maps, scores, knn_maps, pseudo)
+        return self._outputs(feats, maps, scores, knn)
 
-    def pseudo_reference_knn(
-        self, held: HeldImages, scores: torch.Tensor, paths: list[str]
-    ) -> PseudoReferenceKnn | None:
-        """patchknn on the batch's lowest-scored images (None when the batch is too small for them)."""
+    def batch_knn(self, held: HeldImages, scores: torch.Tensor, paths: list[str]) -> PseudoReferenceKnn | None:
+        """patchknn for this batch: on the fitted references and the batch's lowest-scored images
+        (pseudo-references); None when there are neither."""
         s = self.settings
         count = pseudo_reference_count(s.pseudo_reference_share, s.pseudo_reference_minimum, len(paths))
-        if count == 0:
+        chosen = lowest_scored(scores, paths, count) if count else []
+        if not chosen and self.reference_knn_ is None:
             return None
-        return PseudoReferenceKnn(held, lowest_scored(scores, paths, count), self.device)
+        return PseudoReferenceKnn(held, chosen, self.device, references=self.reference_knn_)
+
+    def knn_weight(self) -> float:
+        """patchknn's share of each output: `reference_knn_weight` with references, else `pseudo_reference_weight`."""
+        s = self.settings
+        return s.reference_knn_weight if self.reference_knn_ is not None else s.pseudo_reference_weight
 
     def _outputs(
-        self,
-        feats: BatchFeatures,
-        maps: torch.Tensor,
-        scores: torch.Tensor,
-        knn_maps: list,
-        pseudo: PseudoReferenceKnn | None = None,
+        self, feats: BatchFeatures, maps: torch.Tensor, scores: torch.Tensor, knn: PseudoReferenceKnn | None
     ) -> Iterator[MethodOutput]:
         """The batch's outputs one by one (a generator: the full-size maps are made as they are consumed)."""
         inputs = feats.inputs_of()  # once: each image's maps are found by it
-        bar = _bar(len(feats.paths), "patchknn on pseudo-references", self.settings.progress and pseudo is not None)
+        bar = _bar(len(feats.paths), "patchknn", self.settings.progress and knn is not None)
         for i in range(len(feats.paths)):
             out = self._output(feats, i, maps, float(scores[i]), inputs[i])
-            if knn_maps:
-                out = self.with_reference_knn(out, self.reference_knn_.output_from_patches(*knn_maps[i]))
-            if pseudo is not None:
-                out = self.with_reference_knn(out, pseudo.output(i), self.settings.pseudo_reference_weight)
+            if knn is not None:
+                out = self.with_reference_knn(out, knn.output(i), self.knn_weight())
                 bar.update(1)
             yield out
         bar.close()

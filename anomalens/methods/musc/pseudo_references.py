@@ -14,7 +14,6 @@ largest side patchknn would choose (`side_up_to`, 384 px), as a copy reduced to 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import replace
 
 import numpy as np
@@ -75,19 +74,31 @@ class HeldImages:
 
 
 class PseudoReferenceKnn:
-    """patchknn fitted on the chosen images of `held`; `outputs()` scores every held image, each
-    pseudo-reference against the bank without its own patches."""
+    """patchknn fitted on the chosen images of `held` (with `references`, a patchknn fitted on real
+    references: those images join its bank, at its model side); `output(i)` scores held image i,
+    a pseudo-reference against the bank without its own patches."""
 
     def __init__(
-        self, held: HeldImages, chosen: list[int], device: torch.device, settings: PatchKnnSettings | None = None
+        self,
+        held: HeldImages,
+        chosen: list[int],
+        device: torch.device,
+        settings: PatchKnnSettings | None = None,
+        references: PatchKnn | None = None,
     ):
         self.held, self.chosen = held, chosen
-        self.knn = PatchKnn(settings or pseudo_reference_settings()).to(device)
-        refs = [held.images[i] for i in chosen]
-        self.knn.use_image_size(model_side(self.knn.requested_settings, [min(r.size_hw) for r in refs]))
-        per_ref = [self.knn.reference_patches(r, "none") for r in refs]
-        self.bank_, self.origin_ = self.knn.bank_with_origin(per_ref)
-        self.own_ = {image: j for j, image in enumerate(chosen)}
+        if references is not None:
+            self.knn, groups = references, [references.bank_.banks["patches"].cpu()]  # group 0: the references
+        else:
+            self.knn, groups = PatchKnn(settings or pseudo_reference_settings()).to(device), []
+            sides = [min(held.images[i].size_hw) for i in chosen]
+            self.knn.use_image_size(model_side(self.knn.requested_settings, sides))
+        if chosen:
+            per_image = [self.knn.reference_patches(held.images[i], "none") for i in chosen]
+            self.bank_, self.origin_ = self.knn.bank_with_origin(groups + per_image)
+        else:  # the references' bank as fitted (no second coreset)
+            self.bank_, self.origin_ = groups[0], torch.zeros(groups[0].shape[0], dtype=torch.long)
+        self.own_ = {image: len(groups) + j for j, image in enumerate(chosen)}
 
     def output(self, i: int) -> MethodOutput:
         """Image i's patchknn output at its own size."""
@@ -99,6 +110,3 @@ class PseudoReferenceKnn:
         grown = F.interpolate(torch.from_numpy(out.anomaly_map)[None, None], size=size, mode="bilinear")
         return MethodOutput(out.score, grown[0, 0].numpy().astype(np.float32))
 
-    def outputs(self) -> Iterator[MethodOutput]:
-        for i in range(len(self.held.images)):
-            yield self.output(i)
