@@ -75,19 +75,19 @@ Paper vs. official code (xrli-U/MuSc) vs. this implementation:
   with `single_image="error"`.
 * Not in the paper (session 12, README "musc with references"): with references, `fit` also fits
   `patchknn` (its own defaults: the embedded backbone, its model side, flipped references, coreset)
-  on them, and each image's score and map are `reference_knn_weight` (0.25) x patchknn's plus the
-  rest x the mutual score's. Both are distances on similar scales (map medians 0.5-0.6 on our
-  data), so they are added as they are, with no batch statistics: an image's output does not
-  depend on which others are in the batch beyond its partners. patchknn only sees the image
-  batch by batch as musc reads it and keeps its (T, h, w) patch maps until the outputs are made.
+  on them, and each image's score and map are `reference_knn_weight` (0.375 since session 13) x
+  patchknn's plus the rest x the mutual score's. Both are distances on similar scales (map medians
+  0.5-0.6 on our data), so they are added as they are, with no batch statistics.
   `reference_knn_weight=0` gives the rule before (references only join the partners).
-* Not in the paper (session 13, README "Pseudo-references"): without references, the tenth of the
-  batch the mutual score ranks lowest (`pseudo_reference_share`) become `patchknn`'s references
-  (its defaults without flips; each of them scored without its own patches) and each image's score
-  and map are `pseudo_reference_weight` (0.375) x patchknn's plus the rest x the mutual score's.
-  The images are held (reduced to patchknn's largest side) until the batch is scored. Batches
-  that give fewer than `pseudo_reference_minimum` (2) of them, i.e. under 15 images, are scored
-  as before; `pseudo_reference_share=0` is the paper's rule. `pseudo_references.py`.
+* Not in the paper (session 13, README "Pseudo-references"): the tenth of the batch the mutual
+  score ranks lowest (`pseudo_reference_share`) become `patchknn`'s references too: without
+  references a patchknn of their own (its defaults without flips, weight `pseudo_reference_weight`,
+  0.375), with references they join the references' bank (at the references' model side; a second
+  coreset over both). Each of them is scored without its own patches. patchknn scores the batch
+  once it is ranked, so the images are held until then (reduced to patchknn's largest side,
+  384 px). Batches that give fewer than `pseudo_reference_minimum` (2) of them, i.e. under 15
+  images, use the references alone (or none); `pseudo_reference_share=0` is the rule before.
+  `pseudo_references.py`.
 """
 
 from .method import MuSc, SingleImageBatchError

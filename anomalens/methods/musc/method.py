@@ -91,7 +91,13 @@ class MuSc(Method):
             return None
         w = self.settings.reference_knn_weight
         knn = self.reference_knn_.describe_fit()
-        return f"references also scored by patchknn (weight {w:g}: reference_knn_weight); its {knn}"
+        joined = (
+            f", joined by the {s.pseudo_reference_share:.0%} of the batch the mutual score ranks lowest "
+            "(pseudo_reference_share)"
+            if s.pseudo_reference_share > 0
+            else ""
+        )
+        return f"references also scored by patchknn (weight {w:g}: reference_knn_weight){joined}; its {knn}"
 
     def reference_knn(self, references: list[LoadedImage]) -> PatchKnn | None:
         """patchknn with its defaults for these references, not yet fitted (None without references

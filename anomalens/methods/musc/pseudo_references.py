@@ -2,8 +2,9 @@
 
 Mutual scoring ranks the batch without any known-good image; its lowest-scored images are nearly all
 normal (on our data 0 of 14 on mpdd_metal_plate, 14 of 114 on magnetic_tile), so `patchknn` fitted
-on them adds a second, reference-based opinion, as it does with real references (`reference_knn_weight`).
-A pseudo-reference is scored without its own patches in the bank (no image vouches for itself).
+on them adds a second, reference-based opinion, as it does with real references (`reference_knn_weight`);
+with real references they join their bank. A pseudo-reference is scored without its own patches in
+the bank (no image vouches for itself).
 
 patchknn's model side follows its references (`model_side`), which are known only once the whole
 batch is scored, so the images are held until then: as read, or, when their short side exceeds the
