@@ -1,7 +1,7 @@
-"""Pseudo-references: zero-shot, the images of the batch that musc scores lowest become patchknn's references.
+"""Pseudo-references: the images of the batch that musc scores lowest become patchknn's references.
 
 Mutual scoring ranks the batch without any known-good image; its lowest-scored images are nearly all
-normal (on our data 0 of 14 on mpdd_metal_plate, 14 of 114 on magnetic_tile), so `patchknn` fitted
+normal (on our data 0 of 14 on mpdd_metal_plate, 4 of 114 on magnetic_tile), so `patchknn` fitted
 on them adds a second, reference-based opinion, as it does with real references (`reference_knn_weight`);
 with real references they join their bank. A pseudo-reference is scored without its own patches in
 the bank (no image vouches for itself).
