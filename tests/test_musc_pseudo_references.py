@@ -5,6 +5,7 @@ patchknn fitted on the same images on its own, and for order, small batches, ref
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -68,8 +69,7 @@ def test_a_pseudo_reference_is_scored_as_patchknn_fitted_on_the_others():
     images = _images(range(6))
     held = HeldImages(pseudo_reference_settings())
     held.add(images)
-    settings = pseudo_reference_settings()
-    settings = type(settings)(**{**settings.__dict__, "coreset_ratio": 1.0})  # no coreset: exactly a refit
+    settings = replace(pseudo_reference_settings(), coreset_ratio=1.0)  # no coreset: exactly a refit
     pseudo = PseudoReferenceKnn(held, [1, 3, 4], torch.device("cpu"), settings)
     for i in range(6):
         others = [images[j] for j in (1, 3, 4) if j != i]
@@ -122,8 +122,7 @@ def test_with_references_the_pseudo_references_join_their_bank():
     refs, images = _images([40, 41]), _images(range(6))
     held = HeldImages(pseudo_reference_settings())
     held.add(images)
-    settings = pseudo_reference_settings()
-    settings = type(settings)(**{**settings.__dict__, "coreset_ratio": 1.0})  # no coreset: exactly a refit
+    settings = replace(pseudo_reference_settings(), coreset_ratio=1.0)  # no coreset: exactly a refit
     fitted = PatchKnn(settings).fit(refs)
     pseudo = PseudoReferenceKnn(held, [2, 5], torch.device("cpu"), references=fitted)
     for i in range(6):
