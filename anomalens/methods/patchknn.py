@@ -228,10 +228,11 @@ class PatchKnn(Method):
         tile_maps = [m[top : top + h, left : left + w] for m, (top, left, h, w) in zip(maps, layout.input_boxes)]
         return MethodOutput(float(score), assemble(tile_maps, layout.tiles, layout.size_hw))
 
-    def score_against(self, img: LoadedImage, bank: torch.Tensor | None) -> MethodOutput:
-        """One image scored against `bank` (e.g. the fitted bank without some reference's patches)."""
+    def image_features(self, img: LoadedImage) -> tuple[torch.Tensor, Layout]:
+        """One image's (T, h, w, C) tile features and layout: what `score` reads, and flattened, what a
+        reference without augmentation adds to the bank."""
         feats, layouts = self._features([img])
-        return self.score(feats[0], layouts[0], bank)
+        return feats[0], layouts[0]
 
     def _leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
         """Features and bank once; each held-out reference against the bank without its own patches.

@@ -82,22 +82,20 @@ class MuSc(Method):
 
     def describe_fit(self) -> str | None:
         s = self.settings
+        pseudo = f"the {s.pseudo_reference_share:.0%} of the batch the mutual score ranks lowest"
         if self.references is None and s.pseudo_reference_share > 0:
             return (
-                f"the {s.pseudo_reference_share:.0%} of the batch the mutual score ranks lowest become patchknn's "
-                f"references (pseudo_reference_share), weight {s.pseudo_reference_weight:g} (pseudo_reference_weight)"
+                f"{pseudo} become patchknn's references (pseudo_reference_share), "
+                f"weight {s.pseudo_reference_weight:g} (pseudo_reference_weight)"
             )
         if self.reference_knn_ is None:
             return None
-        w = self.settings.reference_knn_weight
+        joined = f", joined by {pseudo} (pseudo_reference_share)" if s.pseudo_reference_share > 0 else ""
         knn = self.reference_knn_.describe_fit()
-        joined = (
-            f", joined by the {s.pseudo_reference_share:.0%} of the batch the mutual score ranks lowest "
-            "(pseudo_reference_share)"
-            if s.pseudo_reference_share > 0
-            else ""
+        return (
+            f"references also scored by patchknn (weight {s.reference_knn_weight:g}: reference_knn_weight)"
+            f"{joined}; its {knn}"
         )
-        return f"references also scored by patchknn (weight {w:g}: reference_knn_weight){joined}; its {knn}"
 
     def reference_knn(self, references: list[LoadedImage]) -> PatchKnn | None:
         """patchknn with its defaults for these references, not yet fitted (None without references

@@ -94,8 +94,10 @@ class PseudoReferenceKnn:
             self.knn, groups = PatchKnn(settings or pseudo_reference_settings()).to(device), []
             sides = [min(held.images[i].size_hw) for i in chosen]
             self.knn.use_image_size(model_side(self.knn.requested_settings, sides))
+        # each pseudo-reference is encoded once: its features are its bank patches and what it is scored by
+        self.features_ = {i: self.knn.image_features(held.images[i]) for i in chosen}
         if chosen:
-            per_image = [self.knn.reference_patches(held.images[i], "none") for i in chosen]
+            per_image = [self.features_[i][0].reshape(-1, self.features_[i][0].shape[-1]) for i in chosen]
             self.bank_, self.origin_ = self.knn.bank_with_origin(groups + per_image)
         else:  # the references' bank as fitted (no second coreset)
             self.bank_, self.origin_ = groups[0], torch.zeros(groups[0].shape[0], dtype=torch.long)
@@ -104,10 +106,10 @@ class PseudoReferenceKnn:
     def output(self, i: int) -> MethodOutput:
         """Image i's patchknn output at its own size."""
         j = self.own_.get(i)
-        out = self.knn.score_against(self.held.images[i], self.bank_ if j is None else self.bank_[self.origin_ != j])
+        feats, layout = self.features_.pop(i) if i in self.features_ else self.knn.image_features(self.held.images[i])
+        out = self.knn.score(feats, layout, self.bank_ if j is None else self.bank_[self.origin_ != j])
         size = self.held.sizes[i]
         if out.anomaly_map.shape == size:
             return out
         grown = F.interpolate(torch.from_numpy(out.anomaly_map)[None, None], size=size, mode="bilinear")
         return MethodOutput(out.score, grown[0, 0].numpy().astype(np.float32))
-
