@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--method", default="patchknn")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--shots", type=int, default=None, help="references per texture (default: the demo's)")
     parser.add_argument("variants", nargs="*", help="JSON objects of settings; none = the defaults")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -44,10 +45,12 @@ def main() -> None:
             for variant in variants:
                 det = Detector(args.method, **variant)
                 for name, split in splits.items():
-                    refs = sample_references(split, settings.references, seed)
+                    shots = settings.references if args.shots is None else args.shots
+                    refs = sample_references(split, shots, seed) if shots else []
                     results.setdefault((json.dumps(variant), name), []).append(evaluate_category(det, split, refs))
     textures = sorted({name for _, name in results})
-    print(f"{args.method}, seeds {seeds}: image AUROC / pixel AUROC / AUPRO, mean over seeds\n")
+    shots = "the demo's references" if args.shots is None else f"{args.shots} references"
+    print(f"{args.method}, {shots}, seeds {seeds}: image AUROC / pixel AUROC / AUPRO, mean over seeds\n")
     print("| variant | " + " | ".join(textures) + " | mean |")
     print("|---" * (len(textures) + 2) + "|")
     for variant in variants:

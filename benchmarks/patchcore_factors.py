@@ -208,7 +208,16 @@ def reweighting(query: torch.Tensor, matched: torch.Tensor, bank: torch.Tensor, 
 
 
 def evaluate(
-    split, store: dict, masks: dict, raw_test: list, refs: list, v: dict, seed: int, exact: bool, net=None
+    split,
+    store: dict,
+    masks: dict,
+    raw_test: list,
+    refs: list,
+    v: dict,
+    seed: int,
+    exact: bool,
+    net=None,
+    by_type: bool = False,
 ) -> dict:
     bank, taus = None, None
     if refs:
@@ -230,8 +239,10 @@ def evaluate(
             per_ref = embed(levels, var, taus if var is v else None)
             if len(per_ref) >= 2:
                 normal = torch.cat(
-                    [nearest(per_ref[r], torch.cat([per_ref[o] for o in range(len(per_ref)) if o != r]), var)[0]
-                     for r in range(len(per_ref))]
+                    [
+                        nearest(per_ref[r], torch.cat([per_ref[o] for o in range(len(per_ref)) if o != r]), var)[0]
+                        for r in range(len(per_ref))
+                    ]
                 )
             else:
                 normal = nearest(per_ref[0], per_ref[0], var, 2)[0]
@@ -256,6 +267,9 @@ def evaluate(
     weights = edge_weights(grid, 3, SIZE) if v["edge"] else None
     labels, scores = [], []
     pixels = PixelMetricAccumulator(exact_pixel_limit=DEFAULT_EXACT_PIXEL_LIMIT if exact else 0)
+    # --by-type: one binned accumulator per defect type, over the normals' pixels and that type's images
+    kinds = sorted({s.defect_type for s in split.test if s.label}) if by_type and split.has_masks else []
+    per_type = {kind: PixelMetricAccumulator(exact_pixel_limit=0) for kind in kinds}
     for start in range(0, len(split.test), 16):
         samples, query = split.test[start : start + 16], test[start : start + 16]
         if bank is not None:
@@ -295,9 +309,14 @@ def evaluate(
                 hw = store[key(sample.path)][1]
                 amap = F.interpolate(maps[i][None, None], size=hw, mode="bilinear", align_corners=False)[0, 0]
                 pixels.update(amap.numpy(), masks[key(sample.path)])
+                for kind, acc in per_type.items():
+                    if not sample.label or sample.defect_type == kind:
+                        acc.update(amap.numpy(), masks[key(sample.path)])
     metrics = dict(image_metrics(labels, scores))
     if split.has_masks:
         metrics.update(pixels.compute())
+    for kind, acc in per_type.items():
+        metrics[f"pixel_auroc[{kind}]"] = acc.compute()["pixel_auroc"]
     return metrics
 
 
@@ -313,6 +332,9 @@ def main() -> None:
     parser.add_argument("--patchcore", action="store_true", help="add the whole PatchCore pipeline as a variant")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--size", type=int, default=SIZE, help="model input side for both pipelines (pixels)")
+    parser.add_argument(
+        "--by-type", action="store_true", help="also print each defect type's pixel AUROC (normals + that type, binned)"
+    )
     parser.add_argument("variants", nargs="*", help="JSON dicts of changes to patchknn's pipeline")
     args = parser.parse_args()
     SIZE = args.size  # every function here reads it when called
@@ -358,6 +380,7 @@ def main() -> None:
                         s,
                         not args.binned,
                         net,
+                        args.by_type,
                     )
                     for s in (seeds if k else seeds[:1])
                 ]
@@ -369,6 +392,13 @@ def main() -> None:
                 )
                 seconds = time.perf_counter() - start
                 print(f"| {category} | {k} | {name} | {' | '.join(cells)} | {std} | {seconds:.0f} |", flush=True)
+                types = sorted(m for m in runs[0] if m.startswith("pixel_auroc["))
+                if types:  # one line per variant: each defect type's pixel AUROC, mean over the seeds
+                    print(
+                        "|  |  | pixel AUROC by type: "
+                        + ", ".join(f"{m[12:-1]} {100 * np.mean([r[m] for r in runs]):.1f}" for m in types)
+                        + " |  |  |  |  |  |"
+                    )
 
 
 if __name__ == "__main__":
