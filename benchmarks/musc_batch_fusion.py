@@ -1,7 +1,7 @@
 """Screens for musc + patchknn on a batch (README "musc with references"), on cached features.
 
-Each category's test images are the batch. musc's mutual score (its defaults, partner seed 0, no
-references) is averaged with patchknn's map and score, weighted by --weights (patchknn's share):
+Each category's test images are the batch. musc's mutual score (its defaults or --musc, partner seed 0,
+no references) is averaged with patchknn's map and score, weighted by --weights (patchknn's share):
 
 * `--shots K --seeds 0,1,2`: patchknn fitted on K references (the benchmark's draws), as
   `reference_knn_weight` does; `--normalise` first divides each method's scores and maps by the
@@ -23,6 +23,7 @@ Pixel metrics at a longer side of 256 px (binned beyond 5e7 pixels), so they rea
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -48,8 +49,8 @@ def robust(sample: np.ndarray) -> tuple[float, float]:
     return med, float(np.median(np.abs(sample - med))) + 1e-12
 
 
-def mutual(split, cache: Path, partner_seed: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
-    det = Detector("musc", progress=False, partner_seed=partner_seed)
+def mutual(split, cache: Path, partner_seed: int = 0, settings: dict | None = None) -> tuple[np.ndarray, list]:
+    det = Detector("musc", progress=False, partner_seed=partner_seed, **(settings or {}))
     feats = musc_screen.cached_features(det, split, cache)
     maps, scores = det.method.score_features(feats, feats.paths)
     inputs = feats.inputs_of()
@@ -113,25 +114,29 @@ def main() -> None:
     )
     parser.add_argument("--weights", default="0,0.25,0.5,0.75,1", help="patchknn's share")
     parser.add_argument("--normalise", action="store_true", help="batch median / MAD per method first")
+    parser.add_argument(
+        "--musc", default="{}", help="musc settings, JSON (session 13's screens: '{\"intensity_weight\": 0}')"
+    )
     parser.add_argument("--musc-cache", default="/tmp/musc-cache")
     parser.add_argument("--patchknn-cache", default="/tmp/anomalens-features")
     args = parser.parse_args()
     if bool(args.shots) == bool(args.pseudo):
         raise SystemExit("give either --shots K or --pseudo N")
     weights = [float(w) for w in args.weights.split(",")]
+    musc_settings = json.loads(args.musc)
     cache = patchknn_variants.FeatureCache(Path(args.patchknn_cache))
     print("| category | references | patchknn weight | image AUROC / pixel AUROC / AUPRO |")
     print("|---|---|---|---|")
     for category in args.categories.split(","):
         split = load_dataset(Path(args.data), categories=[category])[category]
         labels = np.array([s.label for s in split.test])
-        mutual_out = mutual(split, Path(args.musc_cache))
+        mutual_out = mutual(split, Path(args.musc_cache), 0, musc_settings)
         masks = [load_mask(s, mutual_out[1][i].shape) for i, s in enumerate(split.test)]
         if args.pseudo:  # one draw per partner seed: the mutual score chooses the pseudo-references
             count = int(args.pseudo) if args.pseudo >= 1 else max(1, round(args.pseudo * len(split.test)))
             draws = []
             for seed in map(int, args.seeds.split(",")):
-                seeded = mutual_out if seed == 0 else mutual(split, Path(args.musc_cache), seed)
+                seeded = mutual_out if seed == 0 else mutual(split, Path(args.musc_cache), seed, musc_settings)
                 chosen = [int(i) for i in np.argsort(seeded[0], kind="stable")[:count]]
                 name = f"{count} pseudo (partner seed {seed}: {int(labels[chosen].sum())} defective)"
                 draws.append((name, [split.test[i].path for i in chosen], {i: j for j, i in enumerate(chosen)}, seeded))

@@ -63,7 +63,8 @@ Paper vs. official code (xrli-U/MuSc) vs. this implementation:
   weighed by `length_weight`; `score_scale="median"` divides each (layer, degree)'s scores by
   their batch median; `intensity_weight` adds a grey-level layer (pooled grey minus the image's
   median, Euclidean), aimed at dark blotches and bright bands that the CNN's texture features
-  hardly show. See lnamd.py and msm.py.
+  hardly show: weight 4 by default since session 14 (README "The intensity layer"; 0 = the
+  paper). See lnamd.py and msm.py.
 * Not in the paper: `tile_above_aspect` scores an elongated image as overlapping square tiles of
   its short side (as patchknn does) instead of squashing it; a partner image is then all its tiles
   (a patch's distance to a partner is its nearest patch in any of them, `msm.nearest_per_group`),
