@@ -36,6 +36,7 @@ import patchknn_variants
 from anomalens import Detector
 from anomalens.data import load_dataset, sample_references
 from anomalens.data.base import load_mask
+from anomalens.methods.musc.pseudo_references import lowest_scored
 from anomalens.methods.patchknn import PatchKnnSettings, reference_augmentation
 from anomalens.metrics import image_metrics
 from anomalens.pixel_accumulator import PixelMetricAccumulator
@@ -130,6 +131,7 @@ def main() -> None:
     for category in args.categories.split(","):
         split = load_dataset(Path(args.data), categories=[category])[category]
         labels = np.array([s.label for s in split.test])
+        paths = [str(s.path) for s in split.test]  # the library's tie-break (`lowest_scored`)
         mutual_out = mutual(split, Path(args.musc_cache), 0, musc_settings)
         masks = [load_mask(s, mutual_out[1][i].shape) for i, s in enumerate(split.test)]
         if args.pseudo:  # one draw per partner seed: the mutual score chooses the pseudo-references
@@ -137,7 +139,7 @@ def main() -> None:
             draws = []
             for seed in map(int, args.seeds.split(",")):
                 seeded = mutual_out if seed == 0 else mutual(split, Path(args.musc_cache), seed, musc_settings)
-                chosen = [int(i) for i in np.argsort(seeded[0], kind="stable")[:count]]
+                chosen = lowest_scored(seeded[0], paths, count)
                 name = f"{count} pseudo (partner seed {seed}: {int(labels[chosen].sum())} defective)"
                 draws.append((name, [split.test[i].path for i in chosen], {i: j for j, i in enumerate(chosen)}, seeded))
         else:
@@ -147,7 +149,7 @@ def main() -> None:
             ]
             if args.with_pseudo:  # the references and the batch's lowest-scored share together
                 count = round(args.with_pseudo * len(split.test))
-                chosen = [int(i) for i in np.argsort(mutual_out[0], kind="stable")[:count]]
+                chosen = lowest_scored(mutual_out[0], paths, count)
                 pseudo = [split.test[i].path for i in chosen]
                 draws = [
                     (f"{name} + {count} pseudo", refs + pseudo, {i: len(refs) + j for j, i in enumerate(chosen)}, m)

@@ -307,11 +307,12 @@ def evaluate(
             scores.append(float(score))
             if split.has_masks:
                 hw = store[key(sample.path)][1]
-                amap = F.interpolate(maps[i][None, None], size=hw, mode="bilinear", align_corners=False)[0, 0]
-                pixels.update(amap.numpy(), masks[key(sample.path)])
+                amap = F.interpolate(maps[i][None, None], size=hw, mode="bilinear", align_corners=False)[0, 0].numpy()
+                mask = masks[key(sample.path)]
+                pixels.update(amap, mask)
                 for kind, acc in per_type.items():
                     if not sample.label or sample.defect_type == kind:
-                        acc.update(amap.numpy(), masks[key(sample.path)])
+                        acc.update(amap, mask)
     metrics = dict(image_metrics(labels, scores))
     if split.has_masks:
         metrics.update(pixels.compute())
