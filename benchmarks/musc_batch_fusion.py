@@ -61,7 +61,9 @@ def mutual(split, cache: Path, partner_seed: int = 0, settings: dict | None = No
 def knn_outputs(split, cache, refs: list, exclude: dict | None = None, side: int = 0):
     """patchknn's scores and maps for the batch with these references (`exclude`: image -> its index in
     refs; `side`: its model side, 0 = the one `fit` would choose for the references)."""
-    settings = PatchKnnSettings() if not side else PatchKnnSettings(image_size=side, image_size_up_to=side)
+    # musc's own patchknn: without the bank's Gaussian (musc_references_knn_settings)
+    sized = {} if not side else {"image_size": side, "image_size_up_to": side}
+    settings = PatchKnnSettings(gaussian_weight=0.0, **sized)
     method = patchknn_variants.sized_method(settings, refs, {})
     aug = "none" if exclude is not None else reference_augmentation(method.settings, len(refs))
     bank_feats = cache.get(method, split.category, refs, aug)

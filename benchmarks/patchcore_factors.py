@@ -84,6 +84,14 @@ PATCHKNN = dict(
     # map upsampled to the stride-8 grid and added; the main embedding then reads `dir_blocks`/`len_blocks`.
     coarse=None,  # positions in `blocks` embedded (as the main one) and compared on their own grid
     coarse_weight=1.0,  # weight of the coarse map in the sum
+    # Issue 17, session 15 (with references only): the bank's patches as one Gaussian ...
+    whiten=0.0,  # > 0: the kNN compares patches whitened by the bank's covariance plus this share of its mean variance
+    gauss_weight=0.0,  # > 0: + this times each patch's Mahalanobis distance to the bank's Gaussian / sqrt(dim)
+    gauss_shrink=0.1,  # ... whose covariance gets this share of its mean variance on the diagonal
+    # ... and a patch's distance from its own image's per-channel median patch beyond what its nearest
+    # reference patch has from its image's median ("a second finish in one tile")
+    context_weight=0.0,
+    context_blocks=None,  # positions in `blocks` of that embedding, on their own grid (None = the main embedding)
 )
 # The second embedding of `mix`: per-image layer-normalised magnitudes, compared by Euclidean distance.
 MAGNITUDES = dict(gain="layer", norm=False, dist="euclidean", pool="zero_pad", soft=0.0, mix=0.0)
@@ -176,6 +184,25 @@ def embed(levels: list[torch.Tensor], v: dict, taus: list | None = None) -> torc
     return emb.permute(0, 2, 3, 1).reshape(emb.shape[0], -1, emb.shape[1])
 
 
+def context_map(levels: list[torch.Tensor], v: dict, taus) -> torch.Tensor:
+    """(N, h * w) distance of each patch from its image's per-channel median patch, on the stride-8 grid."""
+    sub = levels if v["context_blocks"] is None else [levels[p] for p in v["context_blocks"]]
+    emb = embed(sub, v if v["context_blocks"] is None else {**v, "dir_blocks": None, "len_blocks": None}, taus)
+    dev = (emb - emb.median(dim=1, keepdim=True).values).norm(dim=-1).view(len(emb), 1, *sub[0].shape[-2:])
+    return F.interpolate(dev, size=levels[0].shape[-2:], mode="bilinear", align_corners=False).flatten(1)
+
+
+def gaussian_of(bank: torch.Tensor, v: dict) -> tuple:
+    """(mean, W) of the bank: W whitens (v["whiten"]) or is the Cholesky factor of the shrunk precision."""
+    mean = bank.mean(0)
+    cov = torch.cov((bank - mean).T.double())
+    eye = torch.eye(len(cov), dtype=cov.dtype) * cov.diagonal().mean()
+    if v["whiten"] > 0:  # (C + s I)^(-1/2), scaled so distances stay comparable with the other terms
+        vals, vecs = torch.linalg.eigh(cov + v["whiten"] * eye)
+        return mean, ((vecs * vals.rsqrt()) @ vecs.T).float() / len(cov) ** 0.5
+    return mean, torch.linalg.cholesky(torch.linalg.inv(cov + v["gauss_shrink"] * eye)).float() / len(cov) ** 0.5
+
+
 def augmented_reference_levels(refs: list, v: dict, net) -> list[torch.Tensor]:
     """Raw block outputs of the references, each also rotated/flipped (v["augment"])."""
     views = []
@@ -228,9 +255,18 @@ def evaluate(
         taus = soft_scales(ref_levels, v) if v["soft"] > 0 else None
         bank = embed(ref_levels, v, taus)
         bank = bank.reshape(-1, bank.shape[-1])
+        if v["context_weight"] > 0:
+            ref_context = context_map(ref_levels, v, taus).reshape(-1)
+            if v["coreset"] > 0:
+                raise SystemExit("context_weight needs the whole bank (coreset 0)")
         if v["coreset"] > 0:
             bank = bank[greedy_coreset(bank, max(1, int(v["coreset"] * len(bank))), seed=seed)[0]]
     test = embed(raw_test, v, taus)
+    gauss = gaussian_of(bank, v) if bank is not None and (v["whiten"] > 0 or v["gauss_weight"] > 0) else None
+    if gauss is not None and v["whiten"] > 0:
+        bank, test, gauss = (bank - gauss[0]) @ gauss[1], (test - gauss[0]) @ gauss[1], None
+    if v["context_weight"] > 0 and bank is not None:
+        test_context = context_map(raw_test, v, taus)
     scales = None
     if v["mix_auto"] and refs:  # each metric scaled by how far normal patches lie from other normal patches
         vm = {**v, **MAGNITUDES}
@@ -284,6 +320,11 @@ def evaluate(
             else:
                 dist_m = torch.cat([nearest(q, q, vm, v["zero_shot_k"])[0] for q in q_m])
             dist = dist + v["mix"] * dist_m
+        if gauss is not None:  # Mahalanobis distance |L^T (x - mu)|, inv(C) = L L^T
+            dist = dist + v["gauss_weight"] * ((query.reshape(-1, query.shape[-1]) - gauss[0]) @ gauss[1]).norm(dim=1)
+        if v["context_weight"] > 0 and bank is not None:
+            excess = test_context[start : start + 16].reshape(-1) - ref_context[idx]
+            dist = dist + v["context_weight"] * excess.clamp_min(0)
         if v["coarse"]:
             q_c = test_c[start : start + 16]
             if bank_c is not None:

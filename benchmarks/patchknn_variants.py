@@ -31,7 +31,7 @@ from PIL import Image
 from anomalens.benchmark import IMAGE_METRICS, PIXEL_METRICS
 from anomalens.data import load_dataset, load_mask, sample_references
 from anomalens.images import load_image
-from anomalens.methods.patch_distances import coarse_blocks, patch_anomalies
+from anomalens.methods.patch_distances import coarse_blocks, gaussian_weight, patch_anomalies
 from anomalens.methods.patchknn import (
     PatchKnn,
     PatchKnnSettings,
@@ -174,7 +174,8 @@ def evaluate(method: PatchKnn, cache: FeatureCache, split, refs: list[Path]) -> 
     # The coreset only matters once the bank is larger than it.
     coreset = coreset_target(s, sum(p.shape[0] for p in ref_patches), len(refs))
     k = s.few_shot_k if refs else (s.zero_shot_k, s.zero_shot_exclusion)
-    bank_key = (feature_key(s), aug, coreset, k, s.coarse_weight, tuple(map(str, refs)))
+    bank_key = (feature_key(s), aug, coreset, k, s.coarse_weight, gaussian_weight(s), s.gaussian_shrinkage)
+    bank_key += (tuple(map(str, refs)),)
     if refs and (s.reweight_neighbours or not all((*bank_key, str(t.path)) in PATCH_MAPS for t in split.test)):
         bank = method.build_bank([p.float() for p in ref_patches])
     test = cache.get(method, split.category, [s.path for s in split.test])

@@ -73,7 +73,7 @@ def test_coarse_distances_by_direct_computation():
     torch.testing.assert_close(got, expected)
     # the few-shot map is the stride-8 map plus coarse_weight x the coarse one
     main, main_bank = torch.randn(1, 6, 6, 4, generator=g), torch.randn(7, 4, generator=g)
-    s = PatchKnnSettings(length_weight=4.0, coarse_weight=0.5)
+    s = PatchKnnSettings(length_weight=4.0, coarse_weight=0.5, gaussian_weight=0)  # test_patch_gaussian adds it
     layout = CoarseLayout(5, (2, 2))
     both = patch_anomalies(torch.cat([main, feats], -1), torch.cat([main_bank, bank], -1), s, layout)
     fine = torch.cdist(main.reshape(36, 4), main_bank).min(dim=1).values.view(1, 6, 6)

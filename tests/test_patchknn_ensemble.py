@@ -55,7 +55,7 @@ def test_the_joined_features_are_the_members_directions_then_lengths_over_sqrt_n
 
 def test_distances_to_a_bank_are_the_mean_of_the_members_squared_distances():
     torch.manual_seed(1)
-    s = PatchKnnSettings(backbone=PAIR, image_size=64)
+    s = PatchKnnSettings(backbone=PAIR, image_size=64, gaussian_weight=0)  # the kNN alone
     assert length_channels(s) == 4
     a = create_patch_backbone("efficientnet-lite0", image_size=64, length_weight=4.0, length_log=True)
     b = create_patch_backbone("efficientnet-lite2", image_size=64, length_weight=4.0, length_log=True)

@@ -76,7 +76,7 @@ def test_few_shot_distance_is_the_euclidean_of_directions_and_lengths_by_hand():
     bank = torch.cat([unit, lengths], dim=1)
     query = bank[:4].clone()
     query[1, 4:] += torch.tensor([0.6, 0.8])  # right direction, lengths off by (0.6, 0.8): distance <= 1
-    s = PatchKnnSettings(image_size=32, smoothing_sigma=0.0, edge_weighting=False, length_weight=16)
+    s = PatchKnnSettings(image_size=32, smoothing_sigma=0.0, edge_weighting=False, length_weight=16, gaussian_weight=0)
     _, score = score_image(query.view(1, 2, 2, 6), bank, s)
     expected = torch.cdist(query, bank).min(dim=1).values
     assert float(expected[1]) > 0.1 and float(expected[[0, 2, 3]].max()) < 1e-6

@@ -42,8 +42,8 @@ def test_rotated_copy_of_a_reference_scores_as_normal_with_augmentation():
     ref = texture(64, 64)
     turned = LoadedImage("turned.png", np.ascontiguousarray(np.rot90(ref)))
     scores = {}
-    for mode in ("none", "dihedral"):
-        method = create_method("patchknn", image_size=64, augment=mode)
+    for mode in ("none", "dihedral"):  # the kNN alone (the bank's Gaussian adds what outlying patches reach)
+        method = create_method("patchknn", image_size=64, augment=mode, gaussian_weight=0)
         method.fit([LoadedImage("ref.png", ref)])
         scores[mode] = method.predict([turned])[0].score
     assert scores["dihedral"] < 0.01  # its patches are in the augmented bank
@@ -51,7 +51,7 @@ def test_rotated_copy_of_a_reference_scores_as_normal_with_augmentation():
     # augmentation does not hide a real defect on the turned copy
     defect = turned.rgb.copy()
     defect[24:36, 24:36] = 255
-    method = create_method("patchknn", image_size=64, augment="dihedral")
+    method = create_method("patchknn", image_size=64, augment="dihedral", gaussian_weight=0)
     method.fit([LoadedImage("ref.png", ref)])
     assert method.predict([LoadedImage("d.png", defect)])[0].score > 5 * max(scores["dihedral"], 1e-3)
 
@@ -60,10 +60,12 @@ def test_the_default_flips_cover_mirrored_references_but_not_quarter_turns():
     """Default `augment=flips`: a mirrored or half-turned copy of the reference is normal; a quarter turn
     (a texture whose axes changed, e.g. a scratch across machining marks) still stands out."""
     ref = texture(64, 64)
-    method = create_method("patchknn", image_size=64)
+    method = create_method("patchknn", image_size=64, gaussian_weight=0)  # the kNN alone, as above
     assert method.settings.augment == "flips"
     method.fit([LoadedImage("ref.png", ref)])
-    plain = create_method("patchknn", image_size=64, augment="none").fit([LoadedImage("ref.png", ref)])
+    plain = create_method("patchknn", image_size=64, augment="none", gaussian_weight=0).fit(
+        [LoadedImage("ref.png", ref)]
+    )
     copies = {
         "mirrored": np.fliplr(ref),
         "upside down": np.flipud(ref),

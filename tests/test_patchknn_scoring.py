@@ -53,7 +53,9 @@ def test_score_image_is_max_of_smoothed_upsampled_patch_map():
     torch.manual_seed(0)
     feats = F.normalize(torch.randn(1, 4, 4, 8), dim=-1)
     bank = F.normalize(torch.randn(30, 8), dim=-1)
-    s = PatchKnnSettings(image_size=32, smoothing_sigma=1.0, top_fraction=0.0, edge_weighting=False, length_weight=0)
+    s = PatchKnnSettings(
+        image_size=32, smoothing_sigma=1.0, top_fraction=0.0, edge_weighting=False, length_weight=0, gaussian_weight=0
+    )
     maps, score = score_image(feats, bank, s)
     # by hand: 0.5 (1 - max cosine), bilinear to 32 x 32 (the smallest input allowed),
     # separable Gaussian with reflect padding
@@ -66,11 +68,15 @@ def test_score_image_is_max_of_smoothed_upsampled_patch_map():
     torch.testing.assert_close(maps, x[:, 0], atol=1e-6, rtol=0)
     assert float(score) == pytest.approx(float(x.max()), abs=1e-6)
     # with a top fraction the score is the mean of the top ceil(0.1 * 32 * 32) = 103 values of that map
-    s = PatchKnnSettings(image_size=32, smoothing_sigma=1.0, top_fraction=0.1, edge_weighting=False, length_weight=0)
+    s = PatchKnnSettings(
+        image_size=32, smoothing_sigma=1.0, top_fraction=0.1, edge_weighting=False, length_weight=0, gaussian_weight=0
+    )
     _, top = score_image(feats, bank, s)
     assert float(top) == pytest.approx(float(x.flatten().topk(103).values.mean()), abs=1e-6)
     # edge weighting: the same maps; the score is the max of the map times the upsampled cell weights
-    cosine = PatchKnnSettings(image_size=32, smoothing_sigma=1.0, length_weight=0)  # hand-made unit features
+    cosine = PatchKnnSettings(
+        image_size=32, smoothing_sigma=1.0, length_weight=0, gaussian_weight=0
+    )  # hand-made unit features
     weighted_maps, weighted = score_image(feats, bank, cosine)
     torch.testing.assert_close(weighted_maps, maps)
     cells = torch.tensor([[4, 6, 6, 4], [6, 9, 9, 6], [6, 9, 9, 6], [4, 6, 6, 4]]) / 9.0  # 3 x 3 windows on the grid
@@ -96,8 +102,8 @@ def test_edge_weighting_lowers_an_edge_spike_not_an_interior_one():
     corner[..., 0] = centre[..., 0] = 1.0
     corner[0, 0, 0] = torch.tensor([-1.0, 0.0])
     centre[0, 4, 4] = torch.tensor([-1.0, 0.0])
-    off = PatchKnnSettings(image_size=64, smoothing_sigma=0.0, edge_weighting=False, length_weight=0)
-    on = PatchKnnSettings(image_size=64, smoothing_sigma=0.0, length_weight=0)
+    off = PatchKnnSettings(image_size=64, smoothing_sigma=0.0, edge_weighting=False, length_weight=0, gaussian_weight=0)
+    on = PatchKnnSettings(image_size=64, smoothing_sigma=0.0, length_weight=0, gaussian_weight=0)
     assert float(score_image(corner, bank, off)[1]) == pytest.approx(1.0)
     assert float(score_image(corner, bank, on)[1]) < 0.6  # about 4/9 at the corner cell
     assert float(score_image(centre, bank, on)[1]) == pytest.approx(float(score_image(centre, bank, off)[1]))
@@ -255,8 +261,9 @@ def test_coreset_ratio_keeps_that_share_of_the_references_patches_and_they_score
         LoadedImage(f"ref{i}.png", (torch.rand(64, 64, 3, generator=g) * 255).to(torch.uint8).numpy()) for i in range(2)
     ]
     # 2 references x 8 x 8 patches x 4 flips = 512: their own 128 are below the floor, all are kept
-    whole = create_method("patchknn", image_size=64).fit(refs)
-    quarter = create_method("patchknn", image_size=64, coreset_ratio=0.25, coreset_floor=1).fit(refs)
+    # the kNN alone: the bank's Gaussian (fitted on each bank) would differ between the two banks
+    whole = create_method("patchknn", image_size=64, gaussian_weight=0).fit(refs)
+    quarter = create_method("patchknn", image_size=64, coreset_ratio=0.25, coreset_floor=1, gaussian_weight=0).fit(refs)
     n = whole.bank_.banks["patches"].shape[0]
     assert n == 512 and quarter.bank_.banks["patches"].shape[0] == 32  # a quarter of their own 128
     # every coreset patch is one of the whole bank's

@@ -13,7 +13,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones.cnn import coarse_cells
-from ..methods.patch_distances import distance_metric, length_channels, pooling_window, split_coarse
+from ..methods.patch_distances import (
+    distance_metric,
+    gaussian_weight,
+    length_channels,
+    pooling_window,
+    split_coarse,
+)
+from ..methods.patch_gaussian import bank_gaussian
 from ..scoring import edge_weights, gaussian_smooth
 from .graph import (
     GraphSpec,
@@ -46,6 +53,15 @@ class PatchKnnGraph(nn.Module):
         # its own grid with references; the cells it reads are constants of the graph
         self.coarse = method.coarse_layout
         self.coarse_weight = method.settings.coarse_weight
+        # the bank's Gaussian (patch_distances.gaussian_distances) is fitted here, a constant of the graph
+        # even when the bank itself is an input
+        self.gaussian_weight = gaussian_weight(method.settings) if bank is not None else 0.0
+        if self.gaussian_weight > 0:
+            channels = bank.shape[-1] - (self.coarse.channels if self.coarse is not None else 0)
+            gaussian = bank_gaussian(bank, method.settings.gaussian_shrinkage, channels)
+            self.register_buffer("gaussian_mean", gaussian.mean.contiguous())
+            self.register_buffer("gaussian_factor", gaussian.factor.contiguous())
+            self.gaussian_baseline = gaussian.baseline
         if self.coarse is not None:
             rows, cols = coarse_cells(grid[0], self.coarse.grid[0]), coarse_cells(grid[1], self.coarse.grid[1])
             self.register_buffer("coarse_rows", torch.tensor(rows), persistent=False)
@@ -90,6 +106,10 @@ class PatchKnnGraph(nn.Module):
             if self.pool_batch:
                 directions = directions.reshape(1, b * h * w, -1)
             patch_map = self_distance(directions, self.zero_shot_k, self.metric)
+        if self.gaussian_weight > 0:
+            query = F.normalize(flat, dim=-1) if self.metric == "cosine" else flat
+            distance = ((query - self.gaussian_mean) @ self.gaussian_factor).norm(dim=-1)
+            patch_map = patch_map + self.gaussian_weight * (distance - self.gaussian_baseline).clamp_min(0.0)
         patch_map = patch_map.reshape(b, h, w)
         if self.few_shot and coarse_feats is not None and self.coarse_weight > 0:
             patch_map = patch_map + self.coarse_weight * self._coarse_map(coarse_feats, coarse_bank)

@@ -16,6 +16,7 @@ from ..backbones.cnn import VARIANT_COARSE_BLOCKS, coarse_cells
 from ..backbones.ensemble import direction_blocks, ensemble_members, is_efficientnet
 from ..geometry import valid_grid_region
 from ..scoring import edge_weights, image_score, knn_anomaly, reweighting_factor, upsample_and_smooth
+from .patch_gaussian import DEFAULT_GAUSSIAN_WEIGHT, bank_gaussian
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..tiling import Box
@@ -73,6 +74,22 @@ def length_weight(settings: PatchKnnSettings) -> float:
     if settings.length_weight is not None:
         return float(settings.length_weight)
     return DEFAULT_LENGTH_WEIGHT if is_efficientnet(settings.backbone) and not settings.magnitudes else 0.0
+
+
+def gaussian_weight(settings: PatchKnnSettings) -> float:
+    """The bank Gaussian's weight: the setting, or when unset the default for the backbone."""
+    if settings.gaussian_weight is not None:
+        return float(settings.gaussian_weight)
+    return DEFAULT_GAUSSIAN_WEIGHT if is_efficientnet(settings.backbone) and not settings.magnitudes else 0.0
+
+
+def gaussian_distances(feats: torch.Tensor, bank: torch.Tensor, settings: PatchKnnSettings) -> torch.Tensor:
+    """(T, h, w, C) stride-8 features -> (T, h, w) Mahalanobis distances to the Gaussian of the bank's first
+    C channels beyond what the bank's own patches reach (`PatchGaussian.excess`; the coarse map's trailing
+    channels are not part of it), on the features as the bank holds them (unit vectors under cosine)."""
+    if distance_metric(settings) == "cosine":
+        feats = F.normalize(feats.float(), dim=-1)
+    return bank_gaussian(bank, settings.gaussian_shrinkage, feats.shape[-1]).excess(feats)
 
 
 def length_channels(settings: PatchKnnSettings) -> int:
@@ -136,7 +153,8 @@ def patch_anomalies(
 ) -> torch.Tensor:
     """(T, h, w, C) features of one image's tiles -> (T, h, w) patch anomalies, as patchknn scores them.
 
-    Against the bank: the stride-8 distances plus `coarse_weight` x the coarse map's. Zero-shot:
+    Against the bank: the stride-8 distances plus `gaussian_weight` x their Mahalanobis distances to the
+    bank's Gaussian plus `coarse_weight` x the coarse map's. Zero-shot:
     the stride-8 directions alone (neither lengths nor the coarse map: a part's own highlights and
     large structures are unique in the image).
     """
@@ -146,8 +164,11 @@ def patch_anomalies(
     if bank is None:
         compared = zero_shot_features(feats, s)
         return patch_scores(compared, None, s.few_shot_k, s.zero_shot_k, s.zero_shot_exclusion, metric)
+    full_bank = bank
     bank, coarse_bank = split_coarse(bank, coarse)
     scores = patch_scores(feats, bank, s.few_shot_k, s.zero_shot_k, s.zero_shot_exclusion, metric)
+    if gaussian_weight(s) > 0:  # fitted on the whole bank tensor's leading channels: cached across images
+        scores = scores + gaussian_weight(s) * gaussian_distances(feats, full_bank, s)
     if coarse_feats is not None and s.coarse_weight > 0:
         scores = scores + s.coarse_weight * coarse_scores(coarse_feats, coarse_bank, coarse.grid, s.few_shot_k, metric)
     return scores

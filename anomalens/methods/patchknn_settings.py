@@ -13,6 +13,7 @@ from ..geometry import RESIZE_POLICIES
 from ..scoring import FEW_SHOT_K, ZERO_SHOT_K
 from ..settings import MethodSettings, setting
 from .patch_distances import DEFAULT_LENGTH_WEIGHT
+from .patch_gaussian import DEFAULT_GAUSSIAN_SHRINKAGE, DEFAULT_GAUSSIAN_WEIGHT
 
 DEFAULT_IMAGE_SIZE = 256
 DEFAULT_SIDE_UP_TO = 384
@@ -88,6 +89,20 @@ class PatchKnnSettings(MethodSettings):
     )
     coarse_blocks: tuple[int, ...] | None = setting(
         None, "EfficientNet blocks of the coarse map (unset = the stride-32 stage end: Lite0 14, Lite1/2 19)", minimum=0
+    )
+    # A patch between normal patches, in a direction normal patches hardly vary in, still finds a near
+    # neighbour; its Mahalanobis distance to the bank's Gaussian does not (`patch_gaussian`).
+    gaussian_weight: float | None = setting(
+        None,
+        "few-shot: weight of each patch's Mahalanobis distance to the Gaussian of the bank's patches (divided "
+        f"by sqrt(channels)), added to its nearest-neighbour distance; unset = {DEFAULT_GAUSSIAN_WEIGHT:g} on "
+        "EfficientNet, 0 (off) with CLIP or magnitudes",
+        minimum=0,
+    )
+    gaussian_shrinkage: float = setting(
+        DEFAULT_GAUSSIAN_SHRINKAGE,
+        "with gaussian_weight: share of the bank's mean variance added to its covariance's diagonal",
+        minimum=0,
     )
     clip_layers: tuple[int, ...] = setting((6, 9), "CLIP blocks whose tokens are used (1-based)", minimum=1)
     few_shot_k: int = setting(FEW_SHOT_K, "nearest reference patch used (few-shot)", minimum=1)
@@ -165,6 +180,7 @@ class PatchKnnSettings(MethodSettings):
         "coreset_ratio": 1.0,
         "augment": "none",
         "image_size_up_to": 0,
+        "gaussian_weight": 0.0,
     }
 
 

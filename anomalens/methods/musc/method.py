@@ -14,7 +14,7 @@ from ...geometry import map_to_image, to_model_input
 from ...images import LoadedImage
 from ...tiling import assemble, crop, tile_boxes
 from ..base import Method, MethodOutput, register_method
-from ..patchknn import PatchKnn, PatchKnnSettings
+from ..patchknn import PatchKnn
 from .batch_features import BatchFeatures, batched
 from .extract import create_layer_backbone
 from .lnamd import aggregate, intensity_map, lnamd, weigh_length
@@ -24,6 +24,7 @@ from .pseudo_references import (
     HeldImages,
     PseudoReferenceKnn,
     lowest_scored,
+    musc_references_knn_settings,
     pseudo_reference_count,
     pseudo_reference_settings,
 )
@@ -102,7 +103,7 @@ class MuSc(Method):
         or with reference_knn_weight 0)."""
         if not references or self.settings.reference_knn_weight <= 0:
             return None
-        return PatchKnn(PatchKnnSettings()).to(self.device)
+        return PatchKnn(musc_references_knn_settings()).to(self.device)
 
     # ---- features ------------------------------------------------------------------------
     def features(
@@ -355,7 +356,7 @@ class MuSc(Method):
     def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.reference_knn_ = None
         if "knn.image_size" in state:
-            self.reference_knn_ = PatchKnn(PatchKnnSettings()).to(self.device)
+            self.reference_knn_ = PatchKnn(musc_references_knn_settings()).to(self.device)
             self.reference_knn_.use_image_size(int(state["knn.image_size"][0]))
             knn_state = {
                 k[len("knn.") :]: v for k, v in state.items() if k.startswith("knn.") and k != "knn.image_size"

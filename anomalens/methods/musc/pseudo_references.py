@@ -56,8 +56,15 @@ def reduced_copy(img: LoadedImage, short_side: int) -> LoadedImage:
 
 def pseudo_reference_settings() -> PatchKnnSettings:
     """patchknn's defaults without reference flips: the batch shows its own variation, and many
-    references get no flips anyway (`augment_max_references`)."""
-    return replace(PatchKnnSettings(), augment="none")
+    references get no flips anyway (`augment_max_references`). Without the bank's Gaussian: musc's
+    shares and weights were measured before it existed (`musc_references_knn_settings`)."""
+    return replace(musc_references_knn_settings(), augment="none")
+
+
+def musc_references_knn_settings() -> PatchKnnSettings:
+    """The patchknn that musc fits on real references: patchknn's defaults without the bank's Gaussian
+    (`gaussian_weight`, patchknn's default since issue 17 session 15), which was not measured inside musc."""
+    return replace(PatchKnnSettings(), gaussian_weight=0.0)
 
 
 class HeldImages:
