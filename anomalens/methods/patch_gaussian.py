@@ -60,11 +60,11 @@ class PatchGaussian:
         mean = x.mean(0)
         centred = x - mean
         cov = centred.T @ centred / max(1, x.shape[0] - 1)
+        eye = torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
         floor = max(float(shrinkage * cov.diagonal().mean()), 1e-8)  # identical patches: still invertible
-        cov = cov + floor * torch.eye(cov.shape[0], dtype=cov.dtype)
+        cov = cov + floor * eye
         # cov = L L^T, so |L^-1 (x - mean)| is the Mahalanobis distance: factor = L^-T
-        lower = torch.linalg.cholesky(cov)
-        inverse = torch.linalg.solve_triangular(lower, torch.eye(cov.shape[0], dtype=cov.dtype), upper=False)
+        inverse = torch.linalg.solve_triangular(torch.linalg.cholesky(cov), eye, upper=False)
         # divided by sqrt(C): the distance is then about 1 for a typical patch, whatever the width
         fitted = cls(mean.float(), (inverse.T / cov.shape[0] ** 0.5).float())
         own = fitted.distance(x)
