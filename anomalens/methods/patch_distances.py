@@ -154,7 +154,8 @@ def patch_anomalies(
     """(T, h, w, C) features of one image's tiles -> (T, h, w) patch anomalies, as patchknn scores them.
 
     Against the bank: the stride-8 distances plus `gaussian_weight` x their Mahalanobis distances to the
-    bank's Gaussian plus `coarse_weight` x the coarse map's. Zero-shot:
+    bank's Gaussian beyond the bank's own median (`gaussian_distances`) plus `coarse_weight` x the coarse
+    map's. Zero-shot:
     the stride-8 directions alone (neither lengths nor the coarse map: a part's own highlights and
     large structures are unique in the image).
     """

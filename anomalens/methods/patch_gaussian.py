@@ -12,7 +12,7 @@ fits one per location; here one Gaussian over all patches, so parts need not be 
 The default shrinkage adds twice the bank's mean variance to every direction, so the distance lies
 between the Euclidean distance to the bank's mean patch and the full Mahalanobis distance: it still
 weighs the directions normal patches hardly vary in most (in the squared distance a direction without
-variance counts 1.5 times one of average variance, 3 times one of twice the average), without
+variance counts 1.5 times one of average variance, twice one of twice the average), without
 trusting a few references' covariance completely. What a patch adds is the part of
 its distance beyond the median the bank's own patches reach, so normal patches add about nothing.
 
