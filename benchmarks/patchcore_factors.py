@@ -92,6 +92,10 @@ PATCHKNN = dict(
     # reference patch has from its image's median ("a second finish in one tile")
     context_weight=0.0,
     context_blocks=None,  # positions in `blocks` of that embedding, on their own grid (None = the main embedding)
+    # Issue 17, session 16: the reference image that matches the whole query best ("one finish per tile"):
+    # map = nearest over all references + per_ref x (nearest within that one reference - nearest over all)
+    per_ref=0.0,
+    per_ref_pick="mean",  # how the best reference is chosen: lowest "mean" or "median" patch distance
 )
 # The second embedding of `mix`: per-image layer-normalised magnitudes, compared by Euclidean distance.
 MAGNITUDES = dict(gain="layer", norm=False, dist="euclidean", pool="zero_pad", soft=0.0, mix=0.0)
@@ -228,6 +232,20 @@ def nearest(query: torch.Tensor, bank: torch.Tensor, v: dict, k: int = 1) -> tup
     return dist[:, k - 1], idx[:, k - 1]
 
 
+def per_reference_nearest(query: torch.Tensor, bank: torch.Tensor, owner: torch.Tensor, v: dict) -> torch.Tensor:
+    """(N, P, C) queries -> (N * P,) distances: the union's nearest plus v["per_ref"] x the gap to the nearest
+    patch of the one reference whose patches lie closest to the whole image."""
+    refs = int(owner.max()) + 1
+    out = []
+    for q in query:
+        dist = torch.cdist(q, bank)
+        per = torch.stack([dist[:, owner == r].min(1).values for r in range(refs)])  # (R, P)
+        union = per.min(0).values
+        level = per.mean(1) if v["per_ref_pick"] == "mean" else per.median(1).values
+        out.append(union + v["per_ref"] * (per[int(level.argmin())] - union))
+    return torch.cat(out)
+
+
 def reweighting(query: torch.Tensor, matched: torch.Tensor, bank: torch.Tensor, v: dict) -> torch.Tensor:
     """PatchCore eq. 7 for the worst query patch and its nearest bank patch."""
     support = torch.cdist(matched[None], bank)[0].topk(min(v["reweight"], len(bank)), largest=False).indices
@@ -254,13 +272,16 @@ def evaluate(
             ref_levels = [torch.stack([store[key(p)][0][i] for p in refs]).float() for i in range(len(raw_test))]
         taus = soft_scales(ref_levels, v) if v["soft"] > 0 else None
         bank = embed(ref_levels, v, taus)
+        views = len(bank) // len(refs)  # augmented copies of one reference are that reference's
+        owner = torch.arange(len(bank)).repeat_interleave(bank.shape[1]) // views
         bank = bank.reshape(-1, bank.shape[-1])
         if v["context_weight"] > 0:
             ref_context = context_map(ref_levels, v, taus).reshape(-1)
             if v["coreset"] > 0:
                 raise SystemExit("context_weight needs the whole bank (coreset 0)")
         if v["coreset"] > 0:
-            bank = bank[greedy_coreset(bank, max(1, int(v["coreset"] * len(bank))), seed=seed)[0]]
+            kept = greedy_coreset(bank, max(1, int(v["coreset"] * len(bank))), seed=seed)[0]
+            bank, owner = bank[kept], owner[kept]
     test = embed(raw_test, v, taus)
     gauss = gaussian_of(bank, v) if bank is not None and (v["whiten"] > 0 or v["gauss_weight"] > 0) else None
     if gauss is not None and v["whiten"] > 0:
@@ -308,7 +329,10 @@ def evaluate(
     per_type = {kind: PixelMetricAccumulator(exact_pixel_limit=0) for kind in kinds}
     for start in range(0, len(split.test), 16):
         samples, query = split.test[start : start + 16], test[start : start + 16]
-        if bank is not None:
+        if bank is not None and v["per_ref"] > 0:
+            dist = per_reference_nearest(query, bank, owner, v)
+            idx = torch.zeros_like(dist, dtype=torch.long)  # not used with per_ref (no reweighting/context)
+        elif bank is not None:
             dist, idx = nearest(query.reshape(-1, query.shape[-1]), bank, v)
         else:
             pairs = [nearest(q, q, v, v["zero_shot_k"]) for q in query]
