@@ -58,12 +58,13 @@ def mutual(split, cache: Path, partner_seed: int = 0, settings: dict | None = No
     return scores.numpy(), [det.method.image_map(feats, i, maps, inputs[i]) for i in range(len(split.test))]
 
 
-def knn_outputs(split, cache, refs: list, exclude: dict | None = None, side: int = 0):
+def knn_outputs(split, cache, refs: list, exclude: dict | None = None, side: int = 0, knn: dict | None = None):
     """patchknn's scores and maps for the batch with these references (`exclude`: image -> its index in
-    refs; `side`: its model side, 0 = the one `fit` would choose for the references)."""
-    # musc's own patchknn: without the bank's Gaussian (musc_references_knn_settings)
+    refs; `side`: its model side, 0 = the one `fit` would choose for the references; `knn`: changes to
+    the patchknn settings)."""
+    # musc's own patchknn: without the bank's Gaussian (musc_references_knn_settings) unless `knn` says
     sized = {} if not side else {"image_size": side, "image_size_up_to": side}
-    settings = PatchKnnSettings(gaussian_weight=0.0, **sized)
+    settings = PatchKnnSettings(**{"gaussian_weight": 0.0, **sized, **(knn or {})})
     method = patchknn_variants.sized_method(settings, refs, {})
     aug = "none" if exclude is not None else reference_augmentation(method.settings, len(refs))
     bank_feats = cache.get(method, split.category, refs, aug)
@@ -120,6 +121,12 @@ def main() -> None:
     parser.add_argument(
         "--musc", default="{}", help="musc settings, JSON (session 13's screens: '{\"intensity_weight\": 0}')"
     )
+    parser.add_argument(
+        "--knn",
+        action="append",
+        help="changes to musc's patchknn, JSON; repeat for several variants on the same mutual scores "
+        "(default one: '{}', patchknn without the bank's Gaussian as musc runs it)",
+    )
     parser.add_argument("--musc-cache", default="/tmp/musc-cache")
     parser.add_argument("--patchknn-cache", default="/tmp/anomalens-features")
     args = parser.parse_args()
@@ -127,9 +134,10 @@ def main() -> None:
         raise SystemExit("give either --shots K or --pseudo N")
     weights = [float(w) for w in args.weights.split(",")]
     musc_settings = json.loads(args.musc)
+    knn_variants = [json.loads(text) for text in (args.knn or ["{}"])]
     cache = patchknn_variants.FeatureCache(Path(args.patchknn_cache))
-    print("| category | references | patchknn weight | image AUROC / pixel AUROC / AUPRO |")
-    print("|---|---|---|---|")
+    print("| category | references | patchknn | patchknn weight | image AUROC / pixel AUROC / AUPRO |")
+    print("|---|---|---|---|---|")
     for category in args.categories.split(","):
         split = load_dataset(Path(args.data), categories=[category])[category]
         labels = np.array([s.label for s in split.test])
@@ -157,22 +165,23 @@ def main() -> None:
                     (f"{name} + {count} pseudo", refs + pseudo, {i: len(refs) + j for j, i in enumerate(chosen)}, m)
                     for name, refs, _, m in draws
                 ]
-        results: dict[float, list[dict]] = {}
+        results: dict[tuple[str, float], list[dict]] = {}
         for name, refs, exclude, mutual_draw in draws:
             print(f"<!-- {category}: {name} -->", flush=True)
-            knn_out = knn_outputs(split, cache, refs, exclude, args.side)
-            for w in weights:
-                results.setdefault(w, []).append(
-                    fused_metrics(split, labels, masks, mutual_draw, knn_out, w, args.normalise)
-                )
-        for w, runs in results.items():
+            for knn in knn_variants:
+                knn_out = knn_outputs(split, cache, refs, exclude, args.side, knn)
+                for w in weights:
+                    results.setdefault((json.dumps(knn), w), []).append(
+                        fused_metrics(split, labels, masks, mutual_draw, knn_out, w, args.normalise)
+                    )
+        for (knn_name, w), runs in results.items():
             cell = " / ".join(_mean_cell([r[k] for r in runs]) for k in KEYS)
             refs_name = (
                 f"{count} pseudo, {len(draws)} partner seeds"
                 if args.pseudo
                 else f"{args.shots}-shot{f' + {count} pseudo' if args.with_pseudo else ''}, {len(draws)} seeds"
             )
-            print(f"| {category} | {refs_name} | {w:g} | {cell} |", flush=True)
+            print(f"| {category} | {refs_name} | {knn_name} | {w:g} | {cell} |", flush=True)
 
 
 if __name__ == "__main__":
