@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +37,8 @@ import patchknn_variants
 from anomalens import Detector
 from anomalens.data import load_dataset, sample_references
 from anomalens.data.base import load_mask
-from anomalens.methods.musc.pseudo_references import lowest_scored
-from anomalens.methods.patchknn import PatchKnnSettings, reference_augmentation
+from anomalens.methods.musc.pseudo_references import lowest_scored, musc_references_knn_settings
+from anomalens.methods.patchknn import reference_augmentation
 from anomalens.metrics import image_metrics
 from anomalens.pixel_accumulator import PixelMetricAccumulator
 
@@ -62,9 +63,8 @@ def knn_outputs(split, cache, refs: list, exclude: dict | None = None, side: int
     """patchknn's scores and maps for the batch with these references (`exclude`: image -> its index in
     refs; `side`: its model side, 0 = the one `fit` would choose for the references; `knn`: changes to
     the patchknn settings)."""
-    # musc's own patchknn: without the bank's Gaussian (musc_references_knn_settings) unless `knn` says
     sized = {} if not side else {"image_size": side, "image_size_up_to": side}
-    settings = PatchKnnSettings(**{"gaussian_weight": 0.0, **sized, **(knn or {})})
+    settings = replace(musc_references_knn_settings(), **sized, **(knn or {}))  # musc's own patchknn, changed
     method = patchknn_variants.sized_method(settings, refs, {})
     aug = "none" if exclude is not None else reference_augmentation(method.settings, len(refs))
     bank_feats = cache.get(method, split.category, refs, aug)

@@ -51,6 +51,7 @@ from anomalens.coreset import greedy_coreset
 from anomalens.data import load_dataset, load_mask, sample_references
 from anomalens.geometry import to_model_input
 from anomalens.images import load_image
+from anomalens.methods.patch_gaussian import PatchGaussian
 from anomalens.metrics import DEFAULT_EXACT_PIXEL_LIMIT, PixelMetricAccumulator, image_metrics
 from anomalens.scoring import edge_weights, gaussian_smooth
 
@@ -196,15 +197,13 @@ def context_map(levels: list[torch.Tensor], v: dict, taus) -> torch.Tensor:
     return F.interpolate(dev, size=levels[0].shape[-2:], mode="bilinear", align_corners=False).flatten(1)
 
 
-def gaussian_of(bank: torch.Tensor, v: dict) -> tuple:
-    """(mean, W) of the bank: W whitens (v["whiten"]) or is the Cholesky factor of the shrunk precision."""
+def whitening(bank: torch.Tensor, v: dict) -> tuple:
+    """(mean, W) of the bank: W = (C + s I)^(-1/2), s = v["whiten"] x the mean variance, scaled by 1 / sqrt(dim)
+    so distances stay comparable with the other terms."""
     mean = bank.mean(0)
     cov = torch.cov((bank - mean).T.double())
-    eye = torch.eye(len(cov), dtype=cov.dtype) * cov.diagonal().mean()
-    if v["whiten"] > 0:  # (C + s I)^(-1/2), scaled so distances stay comparable with the other terms
-        vals, vecs = torch.linalg.eigh(cov + v["whiten"] * eye)
-        return mean, ((vecs * vals.rsqrt()) @ vecs.T).float() / len(cov) ** 0.5
-    return mean, torch.linalg.cholesky(torch.linalg.inv(cov + v["gauss_shrink"] * eye)).float() / len(cov) ** 0.5
+    vals, vecs = torch.linalg.eigh(cov + v["whiten"] * cov.diagonal().mean() * torch.eye(len(cov), dtype=cov.dtype))
+    return mean, ((vecs * vals.rsqrt()) @ vecs.T).float() / len(cov) ** 0.5
 
 
 def augmented_reference_levels(refs: list, v: dict, net) -> list[torch.Tensor]:
@@ -283,9 +282,12 @@ def evaluate(
             kept = greedy_coreset(bank, max(1, int(v["coreset"] * len(bank))), seed=seed)[0]
             bank, owner = bank[kept], owner[kept]
     test = embed(raw_test, v, taus)
-    gauss = gaussian_of(bank, v) if bank is not None and (v["whiten"] > 0 or v["gauss_weight"] > 0) else None
-    if gauss is not None and v["whiten"] > 0:
-        bank, test, gauss = (bank - gauss[0]) @ gauss[1], (test - gauss[0]) @ gauss[1], None
+    gauss = None
+    if bank is not None and v["whiten"] > 0:  # (whitening takes the place of the Gaussian term)
+        mean, white = whitening(bank, v)
+        bank, test = (bank - mean) @ white, (test - mean) @ white
+    elif bank is not None and v["gauss_weight"] > 0:  # the library's Gaussian, its distance without the baseline
+        gauss = PatchGaussian.fit(bank, v["gauss_shrink"])
     if v["context_weight"] > 0 and bank is not None:
         test_context = context_map(raw_test, v, taus)
     scales = None
@@ -330,8 +332,10 @@ def evaluate(
     for start in range(0, len(split.test), 16):
         samples, query = split.test[start : start + 16], test[start : start + 16]
         if bank is not None and v["per_ref"] > 0:
+            if v["reweight"] or v["context_weight"] > 0:
+                raise SystemExit("per_ref gives no nearest-patch index: not with reweight or context_weight")
             dist = per_reference_nearest(query, bank, owner, v)
-            idx = torch.zeros_like(dist, dtype=torch.long)  # not used with per_ref (no reweighting/context)
+            idx = torch.zeros_like(dist, dtype=torch.long)  # a placeholder: no reweighting or context (above)
         elif bank is not None:
             dist, idx = nearest(query.reshape(-1, query.shape[-1]), bank, v)
         else:
@@ -345,7 +349,7 @@ def evaluate(
                 dist_m = torch.cat([nearest(q, q, vm, v["zero_shot_k"])[0] for q in q_m])
             dist = dist + v["mix"] * dist_m
         if gauss is not None:  # Mahalanobis distance |L^T (x - mu)|, inv(C) = L L^T
-            dist = dist + v["gauss_weight"] * ((query.reshape(-1, query.shape[-1]) - gauss[0]) @ gauss[1]).norm(dim=1)
+            dist = dist + v["gauss_weight"] * gauss.distance(query.reshape(-1, query.shape[-1]))
         if v["context_weight"] > 0 and bank is not None:
             excess = test_context[start : start + 16].reshape(-1) - ref_context[idx]
             dist = dist + v["context_weight"] * excess.clamp_min(0)

@@ -20,7 +20,7 @@ from ..methods.patch_distances import (
     pooling_window,
     split_coarse,
 )
-from ..methods.patch_gaussian import bank_gaussian
+from ..methods.patch_gaussian import PatchGaussian, bank_gaussian
 from ..scoring import edge_weights, gaussian_smooth
 from .graph import (
     GraphSpec,
@@ -108,8 +108,8 @@ class PatchKnnGraph(nn.Module):
             patch_map = self_distance(directions, self.zero_shot_k, self.metric)
         if self.gaussian_weight > 0:
             query = F.normalize(flat, dim=-1) if self.metric == "cosine" else flat
-            distance = ((query - self.gaussian_mean) @ self.gaussian_factor).norm(dim=-1)
-            patch_map = patch_map + self.gaussian_weight * (distance - self.gaussian_baseline).clamp_min(0.0)
+            gaussian = PatchGaussian(self.gaussian_mean, self.gaussian_factor, self.gaussian_baseline)
+            patch_map = patch_map + self.gaussian_weight * gaussian.excess(query)
         patch_map = patch_map.reshape(b, h, w)
         if self.few_shot and coarse_feats is not None and self.coarse_weight > 0:
             patch_map = patch_map + self.coarse_weight * self._coarse_map(coarse_feats, coarse_bank)

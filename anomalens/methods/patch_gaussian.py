@@ -58,8 +58,7 @@ class PatchGaussian:
         """The Gaussian of (M, C) patches, its covariance shrunk towards `shrinkage` x its mean variance."""
         x = patches.reshape(-1, patches.shape[-1]).double()
         mean = x.mean(0)
-        centred = x - mean
-        cov = centred.T @ centred / max(1, x.shape[0] - 1)
+        cov = torch.cov(x.T, correction=int(x.shape[0] > 1))  # one patch: a zero covariance, not NaN
         eye = torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
         floor = max(float(shrinkage * cov.diagonal().mean()), 1e-8)  # identical patches: still invertible
         cov = cov + floor * eye
