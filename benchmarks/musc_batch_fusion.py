@@ -81,7 +81,9 @@ def knn_outputs(split, cache, refs: list, exclude: dict | None = None, side: int
     return np.array(scores), maps
 
 
-def fused_metrics(split, labels, masks, mutual_out, knn_out, weight: float, normalise: bool) -> dict:
+def fused_metrics(
+    split, labels, masks, mutual_out, knn_out, weight: float, normalise: bool, image_share: tuple = (0.0, "add")
+) -> dict:
     (ms, mm), (ks, km) = mutual_out, knn_out
     if normalise:
         sample = lambda maps: np.concatenate([m[::8, ::8].ravel() for m in maps])  # noqa: E731
@@ -90,10 +92,15 @@ def fused_metrics(split, labels, masks, mutual_out, knn_out, weight: float, norm
         (a, b), (c, d) = robust(sample(mm)), robust(sample(km))
         mm = [(m - a) / b for m in mm]
         km = [(m - c) / d for m in km]
-    result = {"image_auroc": image_metrics(labels, weight * ks + (1 - weight) * ms)["image_auroc"]}
+    scores = weight * ks + (1 - weight) * ms
+    result = {"image_auroc": image_metrics(labels, scores)["image_auroc"]}
+    share, mode = image_share  # the image score joins each pixel of its map (patchknn's map_image_share)
     pixels = PixelMetricAccumulator(resolution=256)
     for i in range(len(split.test)):
-        pixels.update(weight * km[i] + (1 - weight) * mm[i], masks[i])
+        fused = weight * km[i] + (1 - weight) * mm[i]
+        if share > 0:
+            fused = (1 - share) * fused + share * scores[i] if mode == "add" else fused * max(scores[i], 0) ** share
+        pixels.update(fused, masks[i])
     result.update(pixels.compute())
     return result
 
@@ -127,6 +134,12 @@ def main() -> None:
         help="changes to musc's patchknn, JSON; repeat for several variants on the same mutual scores "
         "(default one: '{}', patchknn without the bank's Gaussian as musc runs it)",
     )
+    parser.add_argument(
+        "--image-share",
+        action="append",
+        help="the fused image score joins each pixel of its map: 'SHARE' (added: (1 - s) map + s score) or "
+        "'SHARE:multiply' (map x score^s); repeat for several (default: 0, off)",
+    )
     parser.add_argument("--musc-cache", default="/tmp/musc-cache")
     parser.add_argument("--patchknn-cache", default="/tmp/anomalens-features")
     args = parser.parse_args()
@@ -135,6 +148,7 @@ def main() -> None:
     weights = [float(w) for w in args.weights.split(",")]
     musc_settings = json.loads(args.musc)
     knn_variants = [json.loads(text) for text in (args.knn or ["{}"])]
+    shares = [(float(t.split(":")[0]), (t.split(":") + ["add"])[1]) for t in (args.image_share or ["0"])]
     cache = patchknn_variants.FeatureCache(Path(args.patchknn_cache))
     print("| category | references | patchknn | patchknn weight | image AUROC / pixel AUROC / AUPRO |")
     print("|---|---|---|---|---|")
@@ -171,17 +185,19 @@ def main() -> None:
             for knn in knn_variants:
                 knn_out = knn_outputs(split, cache, refs, exclude, args.side, knn)
                 for w in weights:
-                    results.setdefault((json.dumps(knn), w), []).append(
-                        fused_metrics(split, labels, masks, mutual_draw, knn_out, w, args.normalise)
-                    )
-        for (knn_name, w), runs in results.items():
+                    for share in shares:
+                        results.setdefault((json.dumps(knn), w, share), []).append(
+                            fused_metrics(split, labels, masks, mutual_draw, knn_out, w, args.normalise, share)
+                        )
+        for (knn_name, w, share), runs in results.items():
             cell = " / ".join(_mean_cell([r[k] for r in runs]) for k in KEYS)
             refs_name = (
                 f"{count} pseudo, {len(draws)} partner seeds"
                 if args.pseudo
                 else f"{args.shots}-shot{f' + {count} pseudo' if args.with_pseudo else ''}, {len(draws)} seeds"
             )
-            print(f"| {category} | {refs_name} | {knn_name} | {w:g} | {cell} |", flush=True)
+            share_name = "" if share[0] == 0 else f", image share {share[0]:g} ({share[1]})"
+            print(f"| {category} | {refs_name} | {knn_name} | {w:g}{share_name} | {cell} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -119,6 +119,14 @@ VARIANTS = {
         {"length_weight": 4.0, "length_log": True},
         {"length_weight": 4.0, "length_log": True, "length_blocks": (4, 10, 14)},
     ],
+    # issue 17, session 17: the image score joins each pixel of the map (pixel metrics pool all images)
+    "image_in_map": [
+        {"map_image_share": 0.0},
+        {"map_image_share": 0.25},
+        {"map_image_share": 0.5},
+        {"map_image_share": 0.5, "map_image_mode": "multiply"},
+        {"map_image_share": 1.0, "map_image_mode": "multiply"},
+    ],
 }
 METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro")
 

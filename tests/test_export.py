@@ -183,6 +183,13 @@ def test_methods_without_an_exporter_are_refused_by_name(tmp_path):
         export_onnx(fake, tmp_path / "f.onnx")
 
 
+def test_settings_the_graph_does_not_compute_are_refused_by_name(tmp_path):
+    det = Detector("patchknn", image_size=64, map_image_share=0.5).fit(REFS[:1])
+    with pytest.raises(ExportError, match="map_image_share"):
+        export_onnx(det, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_bad_output_names_and_existing_files(tmp_path):
     det = Detector("patchknn", image_size=64).fit(REFS[:1])
     with pytest.raises(ExportError, match=r"must end in \.onnx"):

@@ -276,3 +276,20 @@ def test_coreset_ratio_keeps_that_share_of_the_references_patches_and_they_score
     full, reduced = whole.predict(refs[:1])[0], quarter.predict(refs[:1])[0]
     assert reduced.score >= full.score - 1e-6 and float(full.anomaly_map.max()) < 1e-2
     assert 0 < float(reduced.anomaly_map.max()) <= radius + 1e-3
+
+
+@pytest.mark.parametrize("mode", ["add", "multiply"])
+def test_map_image_share_lifts_each_map_by_its_image_score(mode):
+    torch.manual_seed(1)
+    feats = F.normalize(torch.randn(2, 4, 4, 8), dim=-1)  # two tiles of one image
+    bank = F.normalize(torch.randn(30, 8), dim=-1)
+    plain = dict(image_size=32, smoothing_sigma=1.0, length_weight=0, gaussian_weight=0)
+    maps, score = score_image(feats, bank, PatchKnnSettings(**plain))
+    fused_maps, fused_score = score_image(
+        feats, bank, PatchKnnSettings(**plain, map_image_share=0.5, map_image_mode=mode)
+    )
+    assert float(fused_score) == float(score)  # the image score is taken before the map changes
+    expected = 0.5 * maps + 0.5 * score if mode == "add" else maps * float(score) ** 0.5
+    torch.testing.assert_close(fused_maps, expected)
+    # within the image the order of the pixels is kept (a monotone map of each value)
+    assert torch.equal(fused_maps.flatten().argsort(), maps.flatten().argsort())

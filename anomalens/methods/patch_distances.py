@@ -218,4 +218,9 @@ def score_image(
         score = score * reweighting_factor(
             feats.reshape(-1, feats.shape[-1]), bank, patches, s.reweight_neighbours, distance_metric(s)
         )
+    if s.map_image_share > 0:
+        if s.map_image_mode == "add":
+            maps = (1 - s.map_image_share) * maps + s.map_image_share * score
+        else:
+            maps = maps * score.clamp_min(0) ** s.map_image_share
     return maps, score
