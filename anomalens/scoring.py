@@ -226,6 +226,22 @@ def image_score(values: torch.Tensor, top_fraction: float = 0.0) -> torch.Tensor
     return flat.topk(min(count, flat.numel())).values.mean()
 
 
+MAP_IMAGE_MODES = ("add", "multiply")
+
+
+def image_score_in_map(maps, score, share: float, mode: str = "add"):
+    """A map (tensor or array) with its image's score joined to every pixel: (1 - share) x map + share x
+    score ("add") or map x score^share ("multiply"); share 0 returns `maps` itself. Monotone within the
+    image, so only the order of pixels across images changes (pooled pixel metrics)."""
+    if share <= 0:
+        return maps
+    if mode == "add":
+        return (1 - share) * maps + share * float(score)
+    if mode == "multiply":
+        return maps * max(float(score), 0.0) ** share
+    raise ValueError(f"unknown map_image_mode {mode!r}; use one of {', '.join(MAP_IMAGE_MODES)}")
+
+
 def reweighting_factor(
     query: torch.Tensor, bank: torch.Tensor, patch_scores: torch.Tensor, neighbours: int, metric: str = "cosine"
 ) -> torch.Tensor:

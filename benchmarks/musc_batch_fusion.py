@@ -41,6 +41,7 @@ from anomalens.methods.musc.pseudo_references import lowest_scored, musc_referen
 from anomalens.methods.patchknn import reference_augmentation
 from anomalens.metrics import image_metrics
 from anomalens.pixel_accumulator import PixelMetricAccumulator
+from anomalens.scoring import image_score_in_map
 
 KEYS = ("image_auroc", "pixel_auroc", "pixel_aupro")
 
@@ -97,10 +98,7 @@ def fused_metrics(
     share, mode = image_share  # the image score joins each pixel of its map (patchknn's map_image_share)
     pixels = PixelMetricAccumulator(resolution=256)
     for i in range(len(split.test)):
-        fused = weight * km[i] + (1 - weight) * mm[i]
-        if share > 0:
-            fused = (1 - share) * fused + share * scores[i] if mode == "add" else fused * max(scores[i], 0) ** share
-        pixels.update(fused, masks[i])
+        pixels.update(image_score_in_map(weight * km[i] + (1 - weight) * mm[i], scores[i], share, mode), masks[i])
     result.update(pixels.compute())
     return result
 

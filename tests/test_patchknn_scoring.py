@@ -293,3 +293,17 @@ def test_map_image_share_lifts_each_map_by_its_image_score(mode):
     torch.testing.assert_close(fused_maps, expected)
     # within the image the order of the pixels is kept (a monotone map of each value)
     assert torch.equal(fused_maps.flatten().argsort(), maps.flatten().argsort())
+
+
+def test_image_score_in_map_on_arrays_by_hand():
+    import numpy as np
+
+    from anomalens.scoring import image_score_in_map
+
+    m = np.array([[0.0, 1.0], [2.0, 4.0]])
+    assert image_score_in_map(m, 4.0, 0.0) is m
+    np.testing.assert_allclose(image_score_in_map(m, 4.0, 0.25), [[1.0, 1.75], [2.5, 4.0]])
+    np.testing.assert_allclose(image_score_in_map(m, 4.0, 0.5, "multiply"), [[0.0, 2.0], [4.0, 8.0]])
+    np.testing.assert_allclose(image_score_in_map(m, -1.0, 1.0, "multiply"), np.zeros((2, 2)))  # no sign flip
+    with pytest.raises(ValueError, match="map_image_mode"):
+        image_score_in_map(m, 1.0, 0.5, "max")

@@ -15,7 +15,14 @@ from ..backbones import VARIANT_BLOCKS
 from ..backbones.cnn import VARIANT_COARSE_BLOCKS, coarse_cells
 from ..backbones.ensemble import direction_blocks, ensemble_members, is_efficientnet
 from ..geometry import valid_grid_region
-from ..scoring import edge_weights, image_score, knn_anomaly, reweighting_factor, upsample_and_smooth
+from ..scoring import (
+    edge_weights,
+    image_score,
+    image_score_in_map,
+    knn_anomaly,
+    reweighting_factor,
+    upsample_and_smooth,
+)
 from .patch_gaussian import DEFAULT_GAUSSIAN_WEIGHT, bank_gaussian
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -218,9 +225,4 @@ def score_image(
         score = score * reweighting_factor(
             feats.reshape(-1, feats.shape[-1]), bank, patches, s.reweight_neighbours, distance_metric(s)
         )
-    if s.map_image_share > 0:
-        if s.map_image_mode == "add":
-            maps = (1 - s.map_image_share) * maps + s.map_image_share * score
-        else:
-            maps = maps * score.clamp_min(0) ** s.map_image_share
-    return maps, score
+    return image_score_in_map(maps, score, s.map_image_share, s.map_image_mode), score

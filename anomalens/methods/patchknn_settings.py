@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 from ..augment import augmentation_copies
 from ..geometry import RESIZE_POLICIES
-from ..scoring import FEW_SHOT_K, ZERO_SHOT_K
+from ..scoring import FEW_SHOT_K, MAP_IMAGE_MODES, ZERO_SHOT_K
 from ..settings import MethodSettings, setting
 from .patch_distances import DEFAULT_LENGTH_WEIGHT
 from .patch_gaussian import DEFAULT_GAUSSIAN_SHRINKAGE, DEFAULT_GAUSSIAN_WEIGHT
@@ -136,7 +136,7 @@ class PatchKnnSettings(MethodSettings):
     map_image_mode: str = setting(
         "add",
         "with map_image_share: add ((1 - s) x map + s x score) or multiply (map x score^s)",
-        choices=("add", "multiply"),
+        choices=MAP_IMAGE_MODES,
     )
     reweight_neighbours: int = setting(
         0, "PatchCore's density reweighting of the image score over this many neighbours (paper: 9; 0 = off)", minimum=0
