@@ -376,3 +376,37 @@ def test_output_folder_inside_the_input_folder_is_not_scored(data, tmp_path):
     assert len(read_records(q / "results")) == 5
     res = run(["detect", tmp_path / "q", "--model", tmp_path / "no_model", "--out", tmp_path / "o"], code=2)
     assert "not a saved anomalens model" in res.output
+
+
+def test_presets_are_configs_every_method_setting_of_which_exists(data, tmp_path):
+    from anomalens import Detector
+    from anomalens.cli.config import PRESETS, preset_names
+
+    assert preset_names() == ["large-defects", "textured-surface"]
+    for name in preset_names():
+        preset = yaml.safe_load((PRESETS / f"{name}.yaml").read_text())
+        det = Detector(preset["method"], **preset["set"])  # an unknown setting would raise
+        assert all(getattr(det.method.settings, k) == (tuple(v) if isinstance(v, list) else v)
+                   for k, v in preset["set"].items())
+        assert name in run(["detect", "--help"]).output.replace("\n", " ").replace("│", " ")
+    model = tmp_path / "m"
+    run(["fit", "--config", "textured-surface", "--refs", data / "refs", "--image-size", "128", "--out", model])
+    settings = json.loads((model / "detector.json").read_text())["settings"]
+    assert settings["magnitudes"] is True and settings["blocks"] == [4, 10, 14] and settings["image_size"] == 128
+
+
+def test_set_on_the_command_line_adds_to_a_config_and_the_run_repeats(data, tmp_path):
+    out = tmp_path / "out"
+    run(["detect", data / "queries", "--refs", data / "refs", "--config", "large-defects", "--set", "image_size=128",
+         "--set", "coarse_weight=1.5", "--out", out])
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["settings"]["coarse_weight"] == 1.5 and settings["settings"]["image_size"] == 128
+    assert settings["options"]["set_"] == ["coarse_weight=2.0", "image_size=128", "coarse_weight=1.5"]
+    run(["detect", "--config", out / "settings.json", "--out", tmp_path / "again"])
+    again = json.loads((tmp_path / "again" / "settings.json").read_text())
+    assert again["settings"] == settings["settings"]
+
+
+def test_an_unknown_config_name_lists_the_presets(data):
+    res = run(["detect", data / "queries", "--config", "texture"], code=2)
+    assert "texture: no such config file, and not a preset (presets: large-defects, textured-surface)" in res.output

@@ -15,6 +15,22 @@ _CONFIG_ALIASES = {"set": "set_", "describe": "describe_"}
 
 
 CONFIG_FILE = "anomalens.config"  # key in ctx.meta: the --config file, for error messages
+CONFIG_SETS = "anomalens.config_sets"  # key in ctx.meta: the --config file's --set items
+PRESETS = Path(__file__).resolve().parent.parent / "presets"  # named configs: --config NAME
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS.glob("*.yaml"))
+
+
+def resolve_config(config: Path) -> Path:
+    """A --config value: a file, or the name of a preset shipped with anomalens (`preset_names`)."""
+    if Path(config).exists() or len(Path(config).parts) != 1:
+        return Path(config)
+    preset = PRESETS / f"{Path(config).name.removesuffix('.yaml')}.yaml"
+    if preset.is_file():
+        return preset
+    fail(f"{config}: no such config file, and not a preset (presets: {', '.join(preset_names())})")
 
 
 def load_config(ctx: typer.Context, param: typer.CallbackParam, config: Path | None) -> Path | None:
@@ -31,6 +47,8 @@ def load_config(ctx: typer.Context, param: typer.CallbackParam, config: Path | N
     if config is None or ctx.resilient_parsing:
         return config
     import yaml
+
+    config = resolve_config(config)
 
     try:
         loaded = yaml.safe_load(Path(config).read_text(encoding="utf-8"))
@@ -61,6 +79,8 @@ def load_config(ctx: typer.Context, param: typer.CallbackParam, config: Path | N
         defaults[name] = value
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     ctx.meta[CONFIG_FILE] = config
+    if "set_" in defaults:
+        ctx.meta[CONFIG_SETS] = [str(item) for item in defaults["set_"]]
     return config
 
 
@@ -68,7 +88,12 @@ def given_options(ctx: typer.Context) -> tuple[dict[str, Any], set[str]]:
     """The command's option values and the names given explicitly (command line or --config)."""
     params = dict(ctx.params)
     # By name: typer ships its own copy of click, whose ParameterSource is another enum.
-    explicit = {n for n in params if getattr(ctx.get_parameter_source(n), "name", "DEFAULT") != "DEFAULT"}
+    sources = {n: getattr(ctx.get_parameter_source(n), "name", "DEFAULT") for n in params}
+    explicit = {n for n, source in sources.items() if source != "DEFAULT"}
+    # --set on the command line adds to the config's settings (a later item wins) instead of dropping
+    # them: `--config textured-surface --set image_size=320` keeps the preset's settings
+    if sources.get("set_") == "COMMANDLINE" and ctx.meta.get(CONFIG_SETS):
+        params["set_"] = [*ctx.meta[CONFIG_SETS], *params["set_"]]
     return params, explicit
 
 

@@ -117,7 +117,9 @@ Config = Annotated[
     Path | None,
     typer.Option(
         "--config",
-        help="YAML file with any of these options (command-line options override it); a run's settings.json works too.",
+        help="YAML file with any of these options (command-line options override it; --set adds to its settings); "
+        "a run's settings.json works too; or a preset's name: textured-surface, large-defects "
+        "(README 'Which setting for which surface').",
         callback=_load_config,
         is_eager=True,  # read before the other options, whose defaults it sets
     ),
