@@ -143,6 +143,14 @@ def test_threshold_auto_needs_references(data, tmp_path):
     assert "--threshold must be a number" in res.output
 
 
+def test_zero_shot_patchknn_on_a_folder_points_to_the_batch_method(data, tmp_path):
+    res = run(["detect", data / "queries", "--out", tmp_path / "zero", *FAST])
+    assert "--method musc scores each of these 5 images against the others" in res.output
+    with_refs = run(["detect", data / "queries", "--refs", data / "refs", "--out", tmp_path / "few", *FAST])
+    one_image = run(["detect", data / "queries" / "ok_0.png", "--out", tmp_path / "one", *FAST])
+    assert "--method musc" not in with_refs.output + one_image.output
+
+
 def test_fit_then_detect_with_model_gives_identical_results(data, tmp_path):
     model = tmp_path / "model"
     res = run(["fit", "--refs", data / "refs", "--out", model, *FAST])

@@ -11,6 +11,14 @@ from .app import app, echo, fail
 from .build import build_detector, describe, report_threshold, set_threshold
 from .config import given_options, parse_threshold
 
+# patchknn zero-shot compares each image with itself alone: a part's own marks (a stamped code, a hole)
+# are as unique there as a defect (README "A part's own marks"); musc compares the images with each other.
+ZERO_SHOT_BATCH_NOTE = (
+    "note: zero-shot patchknn scores each image against its own patches, where a part's own marks "
+    "(stamped codes, holes, edges) look like defects; with no good references, --method musc scores "
+    "each of these {n} images against the others (slower, much stronger on a folder of one product)"
+)
+
 
 @app.command()
 @o.detector_flags
@@ -81,6 +89,8 @@ def detect(
         return
     inputs = collect_inputs([Path(i) for i in p["images"] or []], out, log=echo)
     det, source = build_detector(p, explicit)
+    if det.method_name == "patchknn" and not det.reference_paths and len(inputs.files) >= 2:
+        echo(ZERO_SHOT_BATCH_NOTE.format(n=len(inputs.files)))
     set_threshold(det, p, explicit, threshold_value)
     if det.threshold is not None:
         report_threshold(det.threshold, det.pixel_threshold)
