@@ -92,10 +92,11 @@ def image_reading(p: dict[str, Any], base=None):
     )
 
 
-def build_detector(p: dict[str, Any], explicit: set[str], progress=None):
+def build_detector(p: dict[str, Any], explicit: set[str], progress=None, references: list[str] | None = None):
     """Load --model, or create the method and fit it on --refs (zero-shot without); + a source line.
 
-    progress: a FitProgress callback for reading and fitting the references."""
+    progress: a FitProgress callback for reading and fitting the references. references: image
+    files to fit on instead of --refs (`fit --unlabeled`: the folder's most typical images)."""
     from ..detector import Detector, load_detector
 
     image_reading(p)  # a bad --bit-depth / --max-pixels fails before any model is loaded
@@ -128,6 +129,11 @@ def build_detector(p: dict[str, Any], explicit: set[str], progress=None):
     reading = image_reading(p)
     try:
         det = Detector(method=p["method"], device=p.get("device", "auto"), reading=reading, **settings)
+        if references is not None:
+            det.fit(references, progress=progress)
+            if (chosen := det.method.describe_fit()) is not None:
+                echo(chosen)
+            return det, f"{len(det.reference_paths)} reference images"
         if p.get("refs") is None:
             det.fit([])
             if (pseudo := det.method.describe_fit()) is not None:  # musc: the batch's pseudo-references

@@ -1,0 +1,94 @@
+"""References from an unlabeled folder: the images that musc's mutual score ranks most typical.
+
+A plant starting on a new product often has a folder of production images and no known-good set.
+Single-image zero-shot cannot tell a part's own marks (a stamped code, a hole) from a defect: both
+occur once in the image (README "A part's own marks"). Scored against each other, the images of one
+product vouch for what they share, so the lowest mutual scores are nearly all normal (on our data 0
+of 14 on mpdd_metal_plate, 4 of 114 on magnetic_tile: README "Pseudo-references"). Those images,
+used as references, give a few-shot model that scores single images, streams and a server at
+patchknn's speed: `anomalens fit --unlabeled DIR --out MODEL`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ImageLoadError
+from .image_reading import ImageReading
+from .images import list_images
+
+# The share of an unlabeled folder taken as references: musc's `pseudo_reference_share` (session 13:
+# a fifth let more defects in, 17 of 228 on magnetic_tile)
+DEFAULT_TYPICAL_SHARE = 0.1
+# Fewer chosen images than this is refused: one image's bank leaves nothing to calibrate or compare
+DEFAULT_TYPICAL_MINIMUM = 2
+
+
+@dataclass
+class TypicalImages:
+    """What `choose_typical_images` found: the chosen paths (most typical first) and how."""
+
+    chosen: list[str]
+    mutual_scores: dict[str, float]  # every scored image's mutual score (lower: more typical)
+    share: float
+    failed: list[ImageLoadError] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "share": self.share,
+            "considered": len(self.mutual_scores),
+            "chosen": self.chosen,
+            "mutual_scores": self.mutual_scores,
+            "failed": {err.path: err.reason for err in self.failed},
+        }
+
+
+def typical_count(share: float, minimum: int, images: int) -> int:
+    """How many of `images` are chosen: `share` of them rounded half up, at least `minimum`."""
+    return max(minimum, math.floor(share * images + 0.5))
+
+
+def choose_typical_images(
+    images: Iterable[str | os.PathLike],
+    share: float = DEFAULT_TYPICAL_SHARE,
+    minimum: int = DEFAULT_TYPICAL_MINIMUM,
+    device: str = "auto",
+    reading: ImageReading | None = None,
+    log: Callable[[str], None] | None = None,
+    **musc_settings: Any,
+) -> TypicalImages:
+    """Score `images` (files or folders) against each other with musc and keep the `share` ranked lowest.
+
+    The mutual score alone decides (`pseudo_reference_share=0`: musc's own patchknn pass would need
+    the references this chooses). Unreadable images are reported in `failed` and left out; ties are
+    broken by path, so the choice does not depend on the order. Raises ValueError when fewer than
+    `minimum` + 1 images can be scored (the chosen ones must leave others to compare them with).
+    """
+    from .detector import Detector
+
+    if not 0 < share < 1:
+        raise ValueError(f"the share of typical images must lie between 0 and 1, got {share}")
+    files = list_images(list(images))
+    det = Detector("musc", device=device, reading=reading, **{"pseudo_reference_share": 0.0, **musc_settings})
+    det.fit([])
+    scores: dict[str, float] = {}
+    failed: list[ImageLoadError] = []
+    for result in det.predict_iter([str(f) for f in files]):
+        if isinstance(result, ImageLoadError):
+            failed.append(result)
+            if log is not None:
+                log(f"skipped {result.path}: {result.reason}")
+        else:
+            scores[result.path] = result.score
+    count = typical_count(share, minimum, len(scores))
+    if count >= len(scores):
+        raise ValueError(
+            f"{len(scores)} readable images cannot give {count} typical ones and others to rank them "
+            f"against: give at least {max(minimum + 1, math.ceil(minimum / share))} images"
+        )
+    chosen = sorted(scores, key=lambda path: (scores[path], path))[:count]
+    return TypicalImages(chosen, scores, share, failed)
