@@ -48,7 +48,9 @@ class TypicalImages:
 
 
 def typical_count(share: float, minimum: int, images: int) -> int:
-    """How many of `images` are chosen: `share` of them rounded half up, at least `minimum`."""
+    """How many of `images` are chosen: `share` of them rounded half up, at least `minimum` (musc's
+    `pseudo_reference_count` takes none below its minimum instead: there they are an extra, here the
+    whole reference set)."""
     return max(minimum, math.floor(share * images + 0.5))
 
 
@@ -69,6 +71,7 @@ def choose_typical_images(
     `minimum` + 1 images can be scored (the chosen ones must leave others to compare them with).
     """
     from .detector import Detector
+    from .methods.musc.pseudo_references import lowest_scored
 
     if not 0 < share < 1:
         raise ValueError(f"the share of typical images must lie between 0 and 1, got {share}")
@@ -90,5 +93,6 @@ def choose_typical_images(
             f"{len(scores)} readable images cannot give {count} typical ones and others to rank them "
             f"against: give at least {max(minimum + 1, math.ceil(minimum / share))} images"
         )
-    chosen = sorted(scores, key=lambda path: (scores[path], path))[:count]
+    paths = list(scores)
+    chosen = [paths[i] for i in lowest_scored([scores[p] for p in paths], paths, count)]
     return TypicalImages(chosen, scores, share, failed)

@@ -100,6 +100,8 @@ def test_fit_unlabeled_refuses_what_it_cannot_do(folder, tmp_path):
     assert "cannot be calibrated with --unlabeled" in res.output
     res = run(["fit", "--unlabeled", folder, "--refs", folder, "--out", tmp_path / "m"], code=2)
     assert "cannot be combined" in res.output
+    res = run(["fit", "--refs", folder, "--typical-share", "0.2", "--out", tmp_path / "m"], code=2)
+    assert "--typical-share belongs to --unlabeled" in res.output
     res = run(["fit", "--unlabeled", tmp_path / "nowhere", "--out", tmp_path / "m"], code=2)
     assert "unlabeled folder does not exist" in res.output
     assert not (tmp_path / "m").exists()

@@ -50,6 +50,8 @@ def fit(
         fail(
             "--refs and --unlabeled cannot be combined: give known-good images, or let the folder's typical ones serve"
         )
+    if "typical_share" in explicit and p["unlabeled"] is None:
+        fail("--typical-share belongs to --unlabeled: the share of an unlabeled folder taken as references")
     if p["out"] is None:
         fail("--out is required: the model directory to write")
     out = Path(p["out"])
