@@ -91,9 +91,10 @@ def choose_typical_images(
             scores[result.path] = result.score
     count = typical_count(share, minimum, len(scores))
     if count >= len(scores):
+        enough = next(n for n in range(minimum + 1, 10**6) if typical_count(share, minimum, n) < n)
         raise ValueError(
             f"{len(scores)} readable images cannot give {count} typical ones and others to rank them "
-            f"against: give at least {max(minimum + 1, math.ceil(minimum / share))} images"
+            f"against: give at least {enough} images"
         )
     paths = list(scores)
     chosen = [paths[i] for i in lowest_scored([scores[p] for p in paths], paths, count)]

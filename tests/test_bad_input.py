@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import run
 from PIL import Image
 from synthetic import striped_texture
-from typer.testing import CliRunner
 
-from anomalens.cli import app
 from anomalens.images import MAX_WORKING_PIXELS
 from anomalens.methods.patchknn import PatchKnn
 from anomalens.outputs import read_records
@@ -34,12 +33,6 @@ def refs(tmp_path_factory) -> Path:
     for i in range(3):  # another size than the 64 x 64 queries
         Image.fromarray(texture(i, 48, 80)).save(root / f"good_{i}.png")
     return root
-
-
-def run(args: list, code: int = 0):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == code, f"exit {result.exit_code}, expected {code}\n{result.output}\n{result.exception!r}"
-    return result
 
 
 def constant_png(path: Path, width: int, height: int, grey: int) -> Path:

@@ -13,11 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from cli_helpers import run
 from PIL import Image
-from typer.testing import CliRunner
 
 from anomalens.calibration import calibrate_threshold
-from anomalens.cli import app
 from anomalens.colour_scale import ColourScale, colour_bar
 from anomalens.methods.patchknn import PatchKnn
 from anomalens.outputs import output_name, read_records
@@ -52,12 +51,6 @@ def data(tmp_path_factory) -> Path:
     for i in range(2):
         Image.fromarray(texture(200 + i, defect=True)).save(root / "queries" / f"scratch_{i}.png")
     return root
-
-
-def run(args: list, code: int = 0):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == code, f"exit {result.exit_code}, expected {code}\n{result.output}\n{result.exception!r}"
-    return result
 
 
 def records_by_name(out: Path) -> dict[str, dict]:

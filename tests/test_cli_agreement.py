@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import run
 from PIL import Image
 from synthetic import striped_texture
-from typer.testing import CliRunner
 
 from anomalens import Detector
-from anomalens.cli import app
 from anomalens.outputs import read_records
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -44,12 +43,6 @@ def model(data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("model") / "m"
     run(["fit", "--refs", data / "refs", "--out", out, *FAST, "--set", "neighbourhood=3"])
     return out
-
-
-def run(args: list, code: int = 0):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == code, f"exit {result.exit_code}, expected {code}\n{result.output}\n{result.exception!r}"
-    return result
 
 
 @pytest.mark.parametrize(

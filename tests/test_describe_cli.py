@@ -6,11 +6,10 @@ import json
 
 import numpy as np
 import pytest
+from cli_helpers import run
 from describe_stub import Stub
 from PIL import Image
-from typer.testing import CliRunner
 
-from anomalens.cli import app
 from anomalens.text.prompts import load_defect_vocabulary, load_ensemble
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -21,12 +20,6 @@ def stub():
     server = Stub()
     yield server
     server.close()
-
-
-def run(args: list, code: int = 0):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == code, f"exit {result.exit_code}, expected {code}\n{result.output}\n{result.exception!r}"
-    return result
 
 
 def test_describe_writes_merges_and_never_clobbers(stub, tmp_path):

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
 pytest.importorskip("onnxruntime")
 
+from cli_helpers import run
+
 from anomalens.calibration import Threshold
-from anomalens.cli import app
 from anomalens.detector import Detector, load_detector
 from anomalens.export import ExportError, OnnxDetector, OnnxModelError, export_onnx, load_onnx_detector
 from anomalens.export.graph import synthetic_image
@@ -252,12 +252,6 @@ def test_an_exported_model_cannot_be_refitted(exported_file):
 
 
 # ---- command line ------------------------------------------------------------------------------
-
-
-def run(args: list, code: int = 0):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == code, f"exit {result.exit_code}, expected {code}\n{result.output}\n{result.exception!r}"
-    return result
 
 
 def test_cli_export_then_detect_with_the_onnx_model_matches_the_model_directory(tmp_path):

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import run
 from PIL import Image
-from typer.testing import CliRunner
 
-from anomalens.cli import app
 from anomalens.outputs import read_records
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -26,12 +25,6 @@ def texture(seed: int, defect: bool = False) -> np.ndarray:
     if defect:
         img[16:28, 20:32] = (20, 15, 10)
     return img
-
-
-def run(args: list, code: int = 0):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == code, f"exit {result.exit_code}, expected {code}\n{result.output}\n{result.exception!r}"
-    return result
 
 
 @pytest.fixture

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import run
 from PIL import Image
-from typer.testing import CliRunner
 
 from anomalens import benchmark as bench
 from anomalens.benchmark import BenchmarkSettings, run_benchmark
-from anomalens.cli import app
 from anomalens.outputs import read_records
 from anomalens.run_identity import differences
 
@@ -37,12 +36,6 @@ def data(tmp_path_factory) -> Path:
         (root / "queries").mkdir(exist_ok=True)
         Image.fromarray(texture(20 + i)).save(root / "queries" / f"q{i}.png")
     return root
-
-
-def run(args: list, code: int = 0):
-    res = CliRunner().invoke(app, [str(a) for a in args])
-    assert res.exit_code == code, f"exit {res.exit_code}, expected {code}\n{res.output}\n{res.exception!r}"
-    return res
 
 
 def test_detect_resume_refuses_other_effective_settings_naming_them(data, tmp_path):

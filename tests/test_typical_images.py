@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import run
 from PIL import Image
-from typer.testing import CliRunner
 
-from anomalens.cli import app
 from anomalens.typical_images import choose_typical_images, typical_count
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -76,16 +75,22 @@ def test_too_few_images_is_a_clear_error(folder, tmp_path):
         choose_typical_images([folder], share=1.0, **MUSC_FAST)
 
 
-def run(args: list, code: int = 0):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == code, f"exit {result.exit_code}, expected {code}\n{result.output}\n{result.exception!r}"
-    return result
-
-
 def test_fit_unlabeled_saves_a_model_on_the_typical_images(folder, tmp_path):
     model = tmp_path / "model"
-    res = run(["fit", "--unlabeled", folder, "--out", model, "--image-size", "128", "--typical-share", "0.25",
-               "--no-progress"])
+    res = run(
+        [
+            "fit",
+            "--unlabeled",
+            folder,
+            "--out",
+            model,
+            "--image-size",
+            "128",
+            "--typical-share",
+            "0.25",
+            "--no-progress",
+        ]
+    )
     assert "5 of 20 images" in res.output and "threshold: none" in res.output
     record = json.loads((model / "typical_images.json").read_text())
     saved = json.loads((model / "detector.json").read_text())

@@ -129,20 +129,18 @@ def build_detector(p: dict[str, Any], explicit: set[str], progress=None, referen
     reading = image_reading(p)
     try:
         det = Detector(method=p["method"], device=p.get("device", "auto"), reading=reading, **settings)
-        if references is not None:
-            det.fit(references, progress=progress)
-            if (chosen := det.method.describe_fit()) is not None:
-                echo(chosen)
-            return det, f"{len(det.reference_paths)} reference images"
-        if p.get("refs") is None:
+        if references is None and p.get("refs") is None:
             det.fit([])
             if (pseudo := det.method.describe_fit()) is not None:  # musc: the batch's pseudo-references
                 echo(pseudo)
             return det, "zero-shot (no reference images)"
-        refs = Path(p["refs"])
-        if not refs.exists():
-            fail(f"{refs}: reference folder does not exist")
-        det.fit([refs], progress=progress)
+        origin = ""
+        if references is None:
+            refs = Path(p["refs"])
+            if not refs.exists():
+                fail(f"{refs}: reference folder does not exist")
+            references, origin = [refs], f" from {refs}"
+        det.fit(references, progress=progress)
         if (chosen := det.method.describe_fit()) is not None:  # e.g. the model side the references chose
             echo(chosen)
     except ImageLoadError as err:
@@ -151,7 +149,7 @@ def build_detector(p: dict[str, Any], explicit: set[str], progress=None, referen
         raise
     except (ValueError, FileNotFoundError) as err:
         raise UsageError(str(err)) from err
-    return det, f"{len(det.reference_paths)} reference images from {refs}"
+    return det, f"{len(det.reference_paths)} reference images{origin}"
 
 
 def _json_value(value: Any) -> Any:
