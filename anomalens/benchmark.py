@@ -51,6 +51,7 @@ class BenchmarkSettings:
     batch_size: int = 8
     device: str = "auto"  # cpu | cuda | cuda:N | auto
     image_reading: dict[str, Any] = field(default_factory=dict)  # ImageReading fields (bit depth, pixel limit)
+    region: str | None = None  # an inspection region's mask file, applied to every category's images
 
 
 def run_config(settings: BenchmarkSettings) -> dict[str, Any]:
@@ -65,6 +66,10 @@ def run_config(settings: BenchmarkSettings) -> dict[str, Any]:
         "pixel_resolution": settings.pixel_resolution,
         "bit_depth": ImageReading.from_dict(settings.image_reading).bit_depth,
     }
+    if settings.region is not None:  # absent without one: results recorded before regions existed still resume
+        from .inspection_region import InspectionRegion
+
+        config["inspection_region"] = InspectionRegion.from_file(settings.region).digest
     return json.loads(json.dumps(config, sort_keys=True, default=str))
 
 
@@ -312,7 +317,13 @@ def run_benchmark(settings: BenchmarkSettings, out_dir: str | Path, progress: bo
                 plan.append((cat, k, seed))
     reading = ImageReading.from_dict(settings.image_reading)
     detector = (
-        Detector(method=settings.method, device=settings.device, reading=reading, **settings.method_settings)
+        Detector(
+            method=settings.method,
+            device=settings.device,
+            reading=reading,
+            region=settings.region,
+            **settings.method_settings,
+        )
         if plan
         else None
     )

@@ -18,6 +18,7 @@ from .errors import ModelFileError
 from .image_inputs import NamedInput, named_inputs
 from .image_inputs import as_loaded as _as_loaded
 from .images import ImageLoadError, ImageReading, LoadedImage, list_images, read_ahead
+from .inspection_region import REGION_FILE, InspectionRegion, as_region
 from .methods import create_method
 from .methods.base import saved_settings, settings_to_dict
 from .model_files import (
@@ -46,6 +47,8 @@ class Detector:
     `device` is where the models run: "auto" (a GPU when torch sees one, else the CPU), "cpu",
     "cuda" or "cuda:N". It is not saved with the detector: a saved model loads on any device.
     `reading` is how image files are read (`ImageReading`: pixel limit, bit depth); it is saved.
+    `region` is the inspection region (a mask file, a boolean array or an `InspectionRegion`;
+    `anomalens.inspection_region`): only its pixels count; it is saved.
     """
 
     reading = ImageReading()  # the defaults, for subclasses that do not call __init__ (ONNX)
@@ -55,6 +58,7 @@ class Detector:
         method: str = "patchknn",
         device: str | torch.device | None = "auto",
         reading: ImageReading | None = None,
+        region: Any = None,
         **settings: Any,
     ):
         from .device import resolve_device
@@ -66,6 +70,22 @@ class Detector:
         self.pixel_threshold = None
         self.reference_paths: list[str] = []
         self.reading = reading or ImageReading()
+        self.region = region
+
+    @property
+    def region(self) -> InspectionRegion | None:
+        """The inspection region (None: the whole image); see `anomalens.inspection_region`."""
+        return getattr(getattr(self, "method", None), "region", None)  # an exported model has none
+
+    @region.setter
+    def region(self, value: Any) -> None:
+        region = as_region(value)
+        if region is not None and not self.method.supports_region:
+            raise ValueError(
+                f"{self.method_name} cannot restrict its score to an inspection region (its image score is not "
+                f"taken from its map alone); use --method patchknn (with references, or fit --unlabeled)"
+            )
+        self.method.region = region
 
     def _load(self, item: ImageInput) -> LoadedImage:
         return _as_loaded(item, self.reading)
@@ -106,14 +126,15 @@ class Detector:
     def fit(self, reference_images: Iterable[ImageInput] = (), progress: FitProgressCallback | None = None) -> Detector:
         """Use good reference images (few-shot); call with none (or not at all) for zero-shot.
 
-        Directories are expanded. Unreadable references raise ImageLoadError naming the file:
-        a reference set must be trusted, so it is not silently shrunk. `progress` is called with
-        a FitProgress as references are read ("reading") and fitted ("fitting").
+        References are any inputs `predict` takes; directories are expanded. Unreadable references
+        raise ImageLoadError naming the file: a reference set must be trusted, so it is not silently
+        shrunk. `progress` is called with a FitProgress as references are read ("reading") and
+        fitted ("fitting").
         """
-        refs = list(reference_images)
+        refs = list(named_inputs(reference_images))  # arrays, PIL images, bytes: as predict takes them
         expanded: list[ImageInput] = []
         for r in refs:
-            if not isinstance(r, LoadedImage) and Path(r).is_dir():
+            if isinstance(r, (str, os.PathLike)) and Path(r).is_dir():
                 found = list_images([r])
                 if not found:
                     raise ImageLoadError(r, "reference folder holds no images")
@@ -281,8 +302,11 @@ class Detector:
             seconds=seconds,
             extra=dict(out.extra),
         )
+        result.inspected = getattr(out, "inspected", None)
         if self.threshold is not None or self.pixel_threshold is not None:
             apply_decision(result, self.threshold, self.pixel_threshold)
+            if result.mask is not None and result.inspected is not None:
+                result.mask = result.mask & result.inspected  # even under a pixel threshold below the map's floor
         return result
 
     # ---- persistence ---------------------------------------------------------------------
@@ -306,6 +330,10 @@ class Detector:
         state = {k: v.detach().cpu().contiguous() for k, v in self.method.state_dict().items()}
         weights = save(state)
         atomic_write(directory / MODEL_WEIGHTS, lambda f: f.write(weights))
+        region = self.region
+        if region is not None:
+            png = region.png_bytes()
+            atomic_write(directory / REGION_FILE, lambda f: f.write(png))
         config = {
             "anomalens_version": __version__,
             "method": self.method_name,
@@ -315,13 +343,14 @@ class Detector:
             "references": self.reference_paths,
             "num_references": len(self.reference_paths),
             "image_reading": self.reading.to_dict(),
+            "inspection_region": None if region is None else _region_entry(region),
         }
         # What load_detector checks the tensors against: a model folder missing its tensors must
         # not load as a zero-shot model with a few-shot threshold.
         config["tensors"] = tensor_manifest(state)
         text = json.dumps(config, indent=2).encode("utf-8")
         atomic_write(config_path, lambda f: f.write(text))
-        for path in (directory / MODEL_WEIGHTS, config_path):
+        for path in (directory / MODEL_WEIGHTS, config_path, *([directory / REGION_FILE] if region else [])):
             set_default_mode(path)
         return directory
 
@@ -329,6 +358,11 @@ class Detector:
         """Write the fitted detector as a standalone model; see `anomalens.export.export_onnx`."""
         if format != "onnx":
             raise ValueError(f"unknown export format {format!r}; supported: onnx")
+        if self.region is not None:
+            raise ValueError(
+                "a model with an inspection region cannot be exported to ONNX yet: the graph scores the whole "
+                "image; serve or run the saved model instead (anomalens serve / detect --model)"
+            )
         from .export import export_onnx
 
         return export_onnx(self, out, **options)
@@ -371,10 +405,31 @@ def load_detector(
         det.method.num_references = int(config.get("num_references", len(references)))
         det.threshold = config.get("threshold")  # a saved dict (or a number, in older files)
         det.pixel_threshold = config.get("pixel_threshold")
-    except (ValueError, TypeError, AttributeError) as err:
+        det.region = _saved_region(directory, config.get("inspection_region"))
+    except (ValueError, TypeError, AttributeError, OSError) as err:
         raise ModelFileError(f"{config_path}: {err}") from None
     state = read_model_tensors(directory / MODEL_WEIGHTS, config)
     if state is not None:
         det.method.load_state_dict(state)
         det.method.to(det.device)  # the loaded tensors are on the CPU
     return det
+
+
+def _region_entry(region: InspectionRegion) -> dict[str, Any]:
+    """How detector.json names a model's inspection region (its pixels are in REGION_FILE)."""
+    return {"file": REGION_FILE, "digest": region.digest, "source": region.source, "share": region.share}
+
+
+def _saved_region(directory: Path, entry: Any) -> InspectionRegion | None:
+    """The inspection region a saved model names (None when it has none); checked against its digest."""
+    if entry is None:
+        return None
+    if not isinstance(entry, dict) or entry.get("file") != REGION_FILE:
+        raise ValueError("'inspection_region' is not a region entry")
+    path = directory / REGION_FILE
+    if not path.is_file():
+        raise ValueError(f"the model has an inspection region but {REGION_FILE} is missing")
+    region = InspectionRegion.from_png_bytes(path.read_bytes(), source=str(entry.get("source", "")))
+    if region.digest != entry.get("digest"):
+        raise ValueError(f"{REGION_FILE} is not the region the model was saved with (its digest differs)")
+    return region

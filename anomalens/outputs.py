@@ -294,7 +294,10 @@ class OutputWriter:
 
                 image = load_image(result.path).rgb
             vmin, vmax = self.overlay_range if self.overlay_range else (None, None)
-            over = heatmap_overlay(image, amap, result.mask, vmin, vmax, self.overlay_alpha, scale=self.overlay_scale)
+            ignored = None if result.inspected is None else ~result.inspected
+            over = heatmap_overlay(
+                image, amap, result.mask, vmin, vmax, self.overlay_alpha, scale=self.overlay_scale, ignored=ignored
+            )
             if self.overlay_scale is not None:
                 over = with_colour_bar(over, self.overlay_scale)
             rel["overlay"] = f"overlays/{name}.png"

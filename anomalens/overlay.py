@@ -34,6 +34,8 @@ _RAMP_COLOURS = np.array(
 # outside it keeps the contour visible there too.
 CONTOUR_COLOUR = (255, 255, 255)
 CONTOUR_HALO = (0, 0, 0)
+# Pixels outside the inspection region keep this share of their brightness and no heat colour.
+IGNORED_DIMMING = 0.35
 
 
 def colormap(values: np.ndarray) -> np.ndarray:
@@ -141,13 +143,15 @@ def heatmap_overlay(
     alpha: float = 0.5,
     contour_thickness: int = 2,
     scale: ColourScale | None = None,
+    ignored: np.ndarray | None = None,
 ) -> np.ndarray:
     """Blend a colour-mapped anomaly map over an image and outline the predicted mask.
 
     The map (and mask) are resized to the image if their size differs. `alpha` is the weight of
     the heatmap (0 = image only, 1 = heatmap only). With `scale` (a run's ColourScale) the map is
     coloured on that scale, cool below its threshold and hot above; without, on the rainbow ramp
-    between vmin and vmax. Returns HxWx3 uint8.
+    between vmin and vmax. `ignored` (HxW bool, outside the inspection region) is shown as the
+    image dimmed, without heat colours. Returns HxWx3 uint8.
     """
     img = _as_rgb(image_rgb_uint8)
     h, w = img.shape[:2]
@@ -162,6 +166,11 @@ def heatmap_overlay(
         colours = colormap(normalize_map(m, vmin, vmax)).astype(np.float32)
     a = float(np.clip(alpha, 0.0, 1.0))
     out = np.rint((1.0 - a) * img.astype(np.float32) + a * colours).astype(np.uint8)
+    if ignored is not None:
+        ig = np.asarray(ignored, dtype=bool)
+        if ig.shape != (h, w):
+            ig = _resize_mask(ig, (h, w))
+        out[ig] = np.rint(IGNORED_DIMMING * img[ig].astype(np.float32)).astype(np.uint8)
     if mask is not None:
         mk = np.asarray(mask, dtype=bool)
         if mk.shape != (h, w):

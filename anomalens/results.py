@@ -28,6 +28,8 @@ class AnomalyResult:
     mask: np.ndarray | None = None
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)  # method-specific fields, e.g. FiLo's "grounding"
+    # (H, W) bool, True where the image was inspected (`anomalens.inspection_region`); None: everywhere
+    inspected: np.ndarray | None = None
 
     def to_record(self) -> dict:
         """A JSON-serialisable summary (no arrays), as written to ``results.jsonl``."""

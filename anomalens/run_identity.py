@@ -47,6 +47,9 @@ def effective_settings(detector: Any) -> dict[str, Any]:
         "pixel_threshold": _threshold(detector.pixel_threshold),
         "bit_depth": None if reading is None else reading.bit_depth,
     }
+    region = getattr(detector, "region", None)
+    if region is not None:  # absent without one: runs recorded before regions existed resume as before
+        effective["inspection_region"] = {"digest": region.digest, "share": round(region.share, 4)}
     return json.loads(json.dumps(effective, default=str))
 
 

@@ -108,8 +108,10 @@ def calibrate_detector(
     if pixel_threshold is not None:
         detector.pixel_threshold = pixel_threshold
     else:
+        # with an inspection region only the pixels that count
+        maps = [o.anomaly_map if o.inspected is None else o.anomaly_map[o.inspected] for o in outputs]
         detector.pixel_threshold = pixel_threshold_from_maps(
-            [o.anomaly_map for o in outputs],
+            maps,
             detector.threshold,
             quantile=quantile,
             margin=margin,

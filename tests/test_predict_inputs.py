@@ -139,3 +139,16 @@ def test_jointly_scoring_method_takes_arrays_with_names():
     from_loaded = det.predict([LoadedImage(f"f{i}", f) for i, f in enumerate(frames)])
     assert [r.path for r in from_arrays] == ["f0", "f1", "f2", "f3"]
     assert [r.score for r in from_arrays] == pytest.approx([r.score for r in from_loaded], abs=1e-6)
+
+
+def test_fit_takes_the_inputs_predict_takes(det, rgb, tmp_path):
+    refs = [texture(s) for s in range(3)]
+    for s, ref in enumerate(refs):
+        Image.fromarray(ref).save(tmp_path / f"r{s}.png")
+    from_arrays = Detector(method="patchknn", image_size=64).fit(refs)
+    from_pil = Detector(method="patchknn", image_size=64).fit([Image.fromarray(r) for r in refs])
+    (expected,) = det.predict([rgb])  # fitted on the same images as files
+    assert from_arrays.predict([rgb])[0].score == pytest.approx(expected.score, abs=1e-6)
+    assert from_pil.predict([rgb])[0].score == pytest.approx(expected.score, abs=1e-6)
+    one = Detector(method="patchknn", image_size=64).fit(str(tmp_path / "r0.png"))  # one path alone, not its letters
+    assert one.reference_paths == [str(tmp_path / "r0.png")]

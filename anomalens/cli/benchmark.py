@@ -32,6 +32,7 @@ def benchmark(
     quantize_maps: o.QuantizeMaps = False,
     bit_depth: o.BitDepth = None,
     max_pixels: o.MaxPixels = None,
+    region: o.Region = None,
     device: o.Device = "auto",
     progress: o.Progress = True,
     set_: o.Set = None,
@@ -42,9 +43,10 @@ def benchmark(
     --out/runs.jsonl, unused, and a note names the difference.
     """
     from ..benchmark import BenchmarkSettings, markdown_table, run_benchmark
-    from .build import image_reading
+    from .build import image_reading, inspection_region
 
     reading = image_reading({"bit_depth": bit_depth, "max_pixels": max_pixels})
+    inspection_region({"region": region})  # a bad --region fails before any data is read
 
     settings = BenchmarkSettings(
         data=str(data),
@@ -65,6 +67,7 @@ def benchmark(
         ),
         device=device,
         image_reading=reading.to_dict(),
+        region=None if region is None else str(region),
     )
     if quantize_maps and not settings.method_settings.get("quantize_maps"):
         fail(f"--quantize-maps: method {method!r} has no quantize_maps setting (fade has)")

@@ -97,9 +97,17 @@ def build_detector(p: dict[str, Any], explicit: set[str], progress=None, referen
 
     progress: a FitProgress callback for reading and fitting the references. references: image
     files to fit on instead of --refs (`fit --unlabeled`: the folder's most typical images)."""
+    det, source = _build_detector(p, explicit, progress, references)
+    if det.region is not None:  # the source line is what the report and settings.json show
+        source += f"; inspection region: {det.region.share:.0%} of each image ({det.region.source or 'given'})"
+    return det, source
+
+
+def _build_detector(p: dict[str, Any], explicit: set[str], progress=None, references: list[str] | None = None):
     from ..detector import Detector, load_detector
 
     image_reading(p)  # a bad --bit-depth / --max-pixels fails before any model is loaded
+    region = inspection_region(p)  # and so does a bad --region
     if p.get("model") is not None:
         if p.get("refs") is not None:
             fail(
@@ -121,6 +129,8 @@ def build_detector(p: dict[str, Any], explicit: set[str], progress=None, referen
                 "model with `anomalens fit`)"
             )
         p["method"] = det.method_name  # so that settings.json records the model's method
+        if det.region is not None:
+            echo(f"inspection region: saved with the model ({det.region.share:.0%} of each image inspected)")
         n = len(det.reference_paths)
         how = f"fitted on {n} reference images" if n else "zero-shot"
         return det, f"model {p['model']} ({det.method_name}, {how})"
@@ -128,7 +138,9 @@ def build_detector(p: dict[str, Any], explicit: set[str], progress=None, referen
     settings = method_settings(p["method"], flag_settings(p), parse_sets(list(p.get("set_") or [])))
     reading = image_reading(p)
     try:
-        det = Detector(method=p["method"], device=p.get("device", "auto"), reading=reading, **settings)
+        det = Detector(method=p["method"], device=p.get("device", "auto"), reading=reading, region=region, **settings)
+        if region is not None:
+            echo(f"inspection region: {p['region']} ({region.share:.0%} of each image inspected)")
         if references is None and p.get("refs") is None:
             det.fit([])
             if (pseudo := det.method.describe_fit()) is not None:  # musc: the batch's pseudo-references
@@ -175,7 +187,24 @@ def model_overrides(p: dict[str, Any], explicit: set[str], det) -> list[str]:
             found.append(f"--set {name}={value} (saved: {saved.get(name, missing)})")
     if p.get("describe_") and "describe_" in explicit:
         found.append("--describe (the saved model's defect phrases are used)")
+    if p.get("region") is not None:
+        given = inspection_region(p)
+        if det.region is None or given.digest != det.region.digest:
+            saved = "none" if det.region is None else det.region.source or "another region"
+            found.append(f"--region {p['region']} (saved: {saved})")
     return found
+
+
+def inspection_region(p: dict[str, Any]):
+    """The InspectionRegion of --region (None without it); a bad file is a usage error naming it."""
+    if p.get("region") is None:
+        return None
+    from ..inspection_region import InspectionRegion
+
+    try:
+        return InspectionRegion.from_file(p["region"])
+    except (ImageLoadError, ValueError) as err:
+        raise UsageError(str(err)) from err
 
 
 def default_threshold(p: dict[str, Any], value: str | float | None) -> str | float | None:

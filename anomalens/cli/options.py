@@ -106,6 +106,16 @@ MaxPixels = Annotated[
     ),
 ]
 
+Region = Annotated[
+    Path | None,
+    typer.Option(
+        "--region",
+        help="Inspection region: a mask image (white: inspected, black: ignored, e.g. a date code or the "
+        "fixture), stretched to each image; only its pixels count for the score, the map and the mask "
+        "(patchknn). Saved with a fitted model.",
+    ),
+]
+
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace results already in --out.")]
 def _load_config(ctx: typer.Context, param: typer.CallbackParam, value: Path | None) -> Path | None:
     from .config import load_config
@@ -145,6 +155,7 @@ DETECTOR_FLAGS = {
     "resize": (Resize, None),
     "bit_depth": (BitDepth, None),
     "max_pixels": (MaxPixels, None),
+    "region": (Region, None),
     "device": (Device, "auto"),
     "set_": (Set, None),
     "describe_": (Describe, False),

@@ -208,7 +208,9 @@ class ShardScorer:
                 self._scale = scale_for_run(self.detector)
             from ..colour_scale import with_colour_bar
 
-            over = with_colour_bar(heatmap_overlay(rgb, amap, result.mask, scale=self._scale), self._scale)
+            ignored = None if result.inspected is None else ~result.inspected
+            over = heatmap_overlay(rgb, amap, result.mask, scale=self._scale, ignored=ignored)
+            over = with_colour_bar(over, self._scale)
             atomic_write(self.out / rel["overlay"], _save_png(over))
         return rel
 

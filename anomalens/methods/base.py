@@ -24,6 +24,8 @@ class MethodOutput:
     anomaly_map: np.ndarray
     descriptions: list[tuple[str, float]] = field(default_factory=list)
     extra: dict = field(default_factory=dict)  # method-specific JSON fields for results.jsonl
+    # (H, W) bool: the pixels that counted, with an inspection region (anomalens.inspection_region)
+    inspected: np.ndarray | None = None
 
 
 class Method(ABC):
@@ -44,9 +46,13 @@ class Method(ABC):
     # True for methods that score a batch jointly (each image against the others, `musc`): the
     # run loop then passes every image of a run to one `predict` call instead of small batches.
     scores_jointly: ClassVar[bool] = False
+    # True for methods whose image score and map can be restricted to an inspection region
+    # (anomalens.inspection_region); the Detector refuses a region for the others.
+    supports_region: ClassVar[bool] = False
 
     def __init__(self, settings: Any):
         self.settings = settings
+        self.region = None  # an InspectionRegion (set by the Detector), or None: the whole image
         self.num_references = 0
         self.fitted_ = False  # set by fit, leave_one_out and load_state_dict
         self.device = torch.device("cpu")

@@ -194,13 +194,16 @@ def score_image(
     input_boxes: list[Box] | None = None,
     patches: torch.Tensor | None = None,
     coarse: CoarseLayout | None = None,
+    input_regions: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """patchknn's scoring as one torch function: (T, h, w, C) features and the bank -> (T, S, S) maps, score.
 
     S is the model input size; the maps are upsampled and smoothed; the score is taken over the
-    part of each map that shows the image (`input_boxes`, default: all of it). `coarse` says
-    which trailing channels are the coarse map's (`PatchKnn.coarse_layout`). `patches` may pass
-    `patch_anomalies(feats, bank, ...)` computed before (the variant benchmark reuses them).
+    part of each map that shows the image (`input_boxes`, default: all of it) and, with
+    `input_regions` ((S, S) bool per input: the inspection region on it), over its pixels there.
+    `coarse` says which trailing channels are the coarse map's (`PatchKnn.coarse_layout`).
+    `patches` may pass `patch_anomalies(feats, bank, ...)` computed before (the variant benchmark
+    reuses them).
     """
     s = settings
     if patches is None:
@@ -208,18 +211,23 @@ def score_image(
     maps = upsample_and_smooth(patches, s.image_size, s.smoothing_sigma)
     # The image score reads the (edge-weighted) smoothed map; the returned maps stay unweighted.
     weighted = maps * edge_weights(patches.shape[-2:], pooling_window(s), s.image_size) if s.edge_weighting else maps
-    if input_boxes is None:
+    if input_boxes is None and input_regions is None:
         values = weighted
     else:  # the pixels of the grid cells whose centres lie on the image (as the ONNX graph's valid mask)
-        grid = patches.shape[-2:]
-        sy, sx = s.image_size // grid[0], s.image_size // grid[1]
-        regions = [valid_grid_region(box, s.image_size, grid) for box in input_boxes]
-        values = torch.cat(
-            [
-                m[r.start * sy : r.stop * sy, c.start * sx : c.stop * sx].reshape(-1)
-                for m, (r, c) in zip(weighted, regions)
-            ]
-        )
+        inside = torch.ones(weighted.shape, dtype=torch.bool) if input_regions is None else torch.stack(input_regions)
+        if input_boxes is not None:
+            grid = patches.shape[-2:]
+            sy, sx = s.image_size // grid[0], s.image_size // grid[1]
+            on_image = torch.zeros_like(inside)
+            for t, box in enumerate(input_boxes):
+                r, c = valid_grid_region(box, s.image_size, grid)
+                on_image[t, r.start * sy : r.stop * sy, c.start * sx : c.stop * sx] = True
+            inside = inside & on_image
+        if not inside.any():
+            raise ValueError(
+                "the inspection region covers no pixel of this image at the model's input size; draw it larger"
+            )
+        values = weighted[inside.to(weighted.device)]
     score = image_score(values, s.top_fraction)
     if bank is not None and s.reweight_neighbours > 0:
         score = score * reweighting_factor(

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -39,6 +40,7 @@ from ..backbones import create_patch_backbone
 from ..coreset import greedy_coreset
 from ..geometry import to_model_input
 from ..images import LoadedImage
+from ..inspection_region import apply_to_map, input_margin, on_input
 from ..scoring import MemoryBank
 from ..tiling import Box, assemble, crop, tile_boxes
 from .base import Method, MethodOutput, register_method
@@ -82,12 +84,17 @@ class Layout:
     size_hw: tuple[int, int]
     tiles: list[Box]
     input_boxes: list[Box]
+    # with an inspection region: the image's pixels that count ((H, W) bool) and the same on each
+    # input ((S, S) bool); None: the whole image counts
+    inspected: np.ndarray | None = None
+    input_regions: list[torch.Tensor] | None = None
 
 
 @register_method
 class PatchKnn(Method):
     name = "patchknn"
     Settings = PatchKnnSettings
+    supports_region = True
     # predict keeps no state between calls (the backbone returns its block outputs, no hooks):
     # `anomalens.inspection` may score two batches at once in two threads
     concurrent_predict = True
@@ -133,7 +140,12 @@ class PatchKnn(Method):
             x, box = to_model_input(crop(img.rgb, tile), s.image_size, self.backbone.mean, self.backbone.std, s.resize)
             inputs.append(x)
             boxes.append(box)
-        return inputs, Layout(img.size_hw, tiles, boxes)
+        if self.region is None:
+            return inputs, Layout(img.size_hw, tiles, boxes)
+        # every tile has the same size and place on the input: one margin in image pixels
+        inspected = self.region.on_image(img.size_hw, input_margin(s.region_margin, tiles[0], boxes[0]))
+        regions = [on_input(inspected, t, s.image_size, b) for t, b in zip(tiles, boxes)]
+        return inputs, Layout(img.size_hw, tiles, boxes, inspected, regions)
 
     def _encode(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         # On the CPU one 256 px image per pass keeps its activations in cache: 28 ms/image
@@ -224,9 +236,14 @@ class PatchKnn(Method):
         self, feats: torch.Tensor, layout: Layout, bank: torch.Tensor | None, patches: torch.Tensor | None = None
     ) -> MethodOutput:
         """One image's tile features -> its score and its map at the image's size."""
-        maps, score = score_image(feats, bank, self.settings, layout.input_boxes, patches, self.coarse_layout)
+        maps, score = score_image(
+            feats, bank, self.settings, layout.input_boxes, patches, self.coarse_layout, layout.input_regions
+        )
         tile_maps = [m[top : top + h, left : left + w] for m, (top, left, h, w) in zip(maps, layout.input_boxes)]
-        return MethodOutput(float(score), assemble(tile_maps, layout.tiles, layout.size_hw))
+        anomaly_map = assemble(tile_maps, layout.tiles, layout.size_hw)
+        if layout.inspected is None:
+            return MethodOutput(float(score), anomaly_map)
+        return MethodOutput(float(score), apply_to_map(anomaly_map, layout.inspected), inspected=layout.inspected)
 
     def image_features(self, img: LoadedImage) -> tuple[torch.Tensor, Layout]:
         """One image's (T, h, w, C) tile features and layout: what `score` reads, and flattened, what a

@@ -146,7 +146,8 @@ def encode_map(anomaly_map: np.ndarray, fmt: MapFormat) -> MapData | None:
 
 
 def encode_overlay(result: AnomalyResult, image: LoadedImage) -> ImageData:
-    over = heatmap_overlay(image.rgb, result.anomaly_map, result.mask)
+    ignored = None if result.inspected is None else ~result.inspected
+    over = heatmap_overlay(image.rgb, result.anomaly_map, result.mask, ignored=ignored)
     return ImageData(width=over.shape[1], height=over.shape[0], data=png_base64(over))
 
 

@@ -1,0 +1,172 @@
+"""The inspection region: the part of every image that is inspected, drawn once per product.
+
+A plant masks what must not raise an alarm: a printed date code, an engraved serial number, a
+label, the fixture around the part. The region is a mask image (white or any value >= 128:
+inspected; black: ignored) of any size; it is stretched to each image's size, so it suits parts
+that sit in the same place in every image (a fixture, a conveyor stop).
+
+Outside the region nothing counts: the image score is taken over the region's pixels only (with
+the method's own rule: smoothing and edge weights as without a region), the anomaly map there is
+set to the image's lowest map value (so the overlay shows it calm and no mask pixel lies there),
+and references still enter the memory bank whole (their patches outside the region are normal
+patches too). A region that covers the whole image changes nothing.
+
+Patch features see their neighbourhood, so a mark just outside the region still colours the
+patches next to it: the method's margin (patchknn's `region_margin`, pixels of the model input)
+is left out beside every ignored area too (not at the image's edges). `on_image` gives what counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .errors import ImageLoadError
+
+REGION_LEVEL = 128  # mask pixels at or above this grey level are inspected
+REGION_FILE = "region.png"  # the region's file in a saved model's folder
+
+
+@dataclass(frozen=True, eq=False)
+class InspectionRegion:
+    """A (H, W) boolean mask, True where images are inspected, at the resolution it was drawn."""
+
+    mask: np.ndarray
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        mask = np.asarray(self.mask)
+        if mask.ndim != 2 or min(mask.shape) < 1:
+            raise ValueError(f"{self.source or 'inspection region'}: a region is a 2-D mask, got shape {mask.shape}")
+        mask = mask.astype(bool)
+        if not mask.any():
+            raise ValueError(
+                f"{self.source or 'inspection region'}: the region inspects nothing (every pixel is below "
+                f"{REGION_LEVEL}); white (or any grey level >= {REGION_LEVEL}) marks what is inspected"
+            )
+        object.__setattr__(self, "mask", mask)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> InspectionRegion:
+        """Read a mask image (any mode; grey level >= REGION_LEVEL is inspected); errors name the file."""
+        path = Path(path)
+        if not path.is_file():
+            raise ImageLoadError(
+                path, "inspection region: file does not exist" if not path.exists() else "is not a file"
+            )
+        try:
+            with Image.open(path) as img:
+                img.load()
+                grey = np.asarray(_as_grey(img))
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            raise ImageLoadError(path, f"inspection region: not a readable image ({err})") from err
+        return cls(grey >= REGION_LEVEL, source=str(path))
+
+    @classmethod
+    def from_png_bytes(cls, data: bytes, source: str = "") -> InspectionRegion:
+        with Image.open(io.BytesIO(data)) as img:
+            return cls(np.asarray(_as_grey(img)) >= REGION_LEVEL, source=source)
+
+    def png_bytes(self) -> bytes:
+        """The mask as a 0/255 greyscale PNG (how a saved model keeps it)."""
+        buffer = io.BytesIO()
+        Image.fromarray(self.mask.astype(np.uint8) * 255, mode="L").save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    @property
+    def digest(self) -> str:
+        """sha256 (16 hex digits) of the mask's shape and pixels: what makes two regions the same."""
+        h = hashlib.sha256(f"{self.mask.shape}".encode())
+        h.update(np.packbits(self.mask).tobytes())
+        return h.hexdigest()[:16]
+
+    @property
+    def share(self) -> float:
+        """The share of the image that is inspected."""
+        return float(self.mask.mean())
+
+    def on_image(self, size_hw: tuple[int, int], margin_hw: tuple[int, int] = (0, 0)) -> np.ndarray:
+        """What counts on an image of `size_hw`: the mask stretched to it (nearest neighbour), less
+        `margin_hw` (rows, columns) of pixels beside every ignored area. (H, W) bool."""
+        if tuple(size_hw) == self.mask.shape:
+            inspected = self.mask
+        else:
+            resized = Image.fromarray(self.mask.astype(np.uint8) * 255, mode="L").resize(
+                (int(size_hw[1]), int(size_hw[0])), Image.Resampling.NEAREST
+            )
+            inspected = np.asarray(resized) >= REGION_LEVEL
+        my, mx = (max(0, int(m)) for m in margin_hw)
+        if (my or mx) and not inspected.all():
+            from scipy import ndimage
+
+            near_ignored = ndimage.maximum_filter(
+                ~inspected, size=(2 * my + 1, 2 * mx + 1), mode="constant", cval=False
+            )
+            inspected = inspected & ~near_ignored
+        return inspected
+
+    def __repr__(self) -> str:
+        return (
+            f"InspectionRegion({self.mask.shape[1]}x{self.mask.shape[0]}, {self.share:.0%} inspected, {self.source!r})"
+        )
+
+
+def on_input(
+    inspected: np.ndarray, tile: tuple[int, int, int, int], size: int, box: tuple[int, int, int, int]
+) -> torch.Tensor:
+    """(size, size) bool: an image's inspected pixels (`InspectionRegion.on_image`) on one model input,
+    the `tile` (top, left, h, w) resized onto `box` (top, left, h, w) as its pixels were; False off the box."""
+    top, left, h, w = tile
+    cut = torch.from_numpy(np.ascontiguousarray(inspected[top : top + h, left : left + w]))
+    b_top, b_left, bh, bw = box
+    resized = F.interpolate(cut[None, None].float(), size=(bh, bw), mode="nearest")[0, 0] > 0.5
+    out = torch.zeros(size, size, dtype=torch.bool)
+    out[b_top : b_top + bh, b_left : b_left + bw] = resized
+    return out
+
+
+def input_margin(margin: int, tile: tuple[int, int, int, int], box: tuple[int, int, int, int]) -> tuple[int, int]:
+    """`margin` pixels of the model input as (rows, columns) of image pixels, for a `tile` resized onto `box`."""
+    return math.ceil(margin * tile[2] / box[2]), math.ceil(margin * tile[3] / box[3])
+
+
+def _as_grey(img: Image.Image) -> Image.Image:
+    """Any Pillow mode as 8-bit grey; transparent pixels are not inspected."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        return Image.fromarray(np.clip(arr / peak * 255.0, 0, 255).astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        grey = np.asarray(rgba.convert("L"), dtype=np.uint16)
+        alpha = np.asarray(rgba, dtype=np.uint16)[..., 3]
+        return Image.fromarray((grey * alpha // 255).astype(np.uint8), mode="L")
+    return img.convert("L")
+
+
+def as_region(value: InspectionRegion | str | os.PathLike | np.ndarray | None) -> InspectionRegion | None:
+    """A region from a file path, a boolean/0-255 array or a region (None stays None)."""
+    if value is None or isinstance(value, InspectionRegion):
+        return value
+    if isinstance(value, (str, os.PathLike)):
+        return InspectionRegion.from_file(value)
+    arr = np.asarray(value)
+    if arr.dtype != bool:  # 0/1 or 0/255
+        arr = arr > 0.5 if arr.size and float(arr.max()) <= 1 else arr >= REGION_LEVEL
+    return InspectionRegion(arr, source="array")
+
+
+def apply_to_map(anomaly_map: np.ndarray, inspected: np.ndarray) -> np.ndarray:
+    """The map with every pixel that does not count (`inspected` False) set to the map's lowest value (a copy)."""
+    out = np.array(anomaly_map, dtype=np.float32, copy=True)
+    out[~inspected] = float(out.min())
+    return out
