@@ -321,7 +321,8 @@ def apply_decision(
     threshold``; the pixel threshold defaults to the image threshold. OK images get an all-False
     mask by default, so an accepted part shows no "defect" outline. With no threshold the
     decision, thresholds and mask are cleared (None); with only a pixel threshold there is no
-    decision, and the mask is ``anomaly_map > pixel threshold`` for every image.
+    decision, and the mask is ``anomaly_map > pixel threshold`` for every image. With an inspection
+    region (`result.inspected`) no mask pixel lies where nothing counts.
     """
     thr = _value(threshold)
     pix = _value(pixel_threshold)
@@ -329,7 +330,7 @@ def apply_decision(
         result.decision, result.threshold, result.pixel_threshold, result.mask = None, None, pix, None
         if pix is not None:
             with np.errstate(invalid="ignore"):
-                result.mask = np.asarray(result.anomaly_map) > pix
+                result.mask = _counted(np.asarray(result.anomaly_map) > pix, result)
         return result
     pix = thr if pix is None else pix
     score = float(result.score)
@@ -341,5 +342,11 @@ def apply_decision(
         result.mask = np.zeros(amap.shape, dtype=bool)
     else:
         with np.errstate(invalid="ignore"):
-            result.mask = amap > pix
+            result.mask = _counted(amap > pix, result)
     return result
+
+
+def _counted(mask: np.ndarray, result: AnomalyResult) -> np.ndarray:
+    """The mask where the result's pixels count (all of it without an inspection region)."""
+    inspected = getattr(result, "inspected", None)
+    return mask if inspected is None else mask & inspected

@@ -305,8 +305,6 @@ class Detector:
         result.inspected = getattr(out, "inspected", None)
         if self.threshold is not None or self.pixel_threshold is not None:
             apply_decision(result, self.threshold, self.pixel_threshold)
-            if result.mask is not None and result.inspected is not None:
-                result.mask = result.mask & result.inspected  # even under a pixel threshold below the map's floor
         return result
 
     # ---- persistence ---------------------------------------------------------------------
@@ -358,11 +356,6 @@ class Detector:
         """Write the fitted detector as a standalone model; see `anomalens.export.export_onnx`."""
         if format != "onnx":
             raise ValueError(f"unknown export format {format!r}; supported: onnx")
-        if self.region is not None:
-            raise ValueError(
-                "a model with an inspection region cannot be exported to ONNX yet: the graph scores the whole "
-                "image; serve or run the saved model instead (anomalens serve / detect --model)"
-            )
         from .export import export_onnx
 
         return export_onnx(self, out, **options)

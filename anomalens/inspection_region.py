@@ -8,8 +8,9 @@ that sit in the same place in every image (a fixture, a conveyor stop).
 Outside the region nothing counts: the image score is taken over the region's pixels only (with
 the method's own rule: smoothing and edge weights as without a region), the anomaly map there is
 set to the image's lowest map value (so the overlay shows it calm and no mask pixel lies there),
-and references still enter the memory bank whole (their patches outside the region are normal
-patches too). A region that covers the whole image changes nothing.
+and only the references' patches that count enter the memory bank (a serial number that differs
+on every part would otherwise take the coreset's places). A region that covers the whole image
+changes nothing.
 
 Patch features see their neighbourhood, so a mark just outside the region still colours the
 patches next to it: the method's margin (patchknn's `region_margin`, pixels of the model input)

@@ -14,6 +14,7 @@ from anomalens import Detector
 from anomalens.calibration import pixel_threshold_from_maps
 from anomalens.detector import load_detector
 from anomalens.errors import ImageLoadError, ModelFileError
+from anomalens.images import LoadedImage
 from anomalens.inspection_region import REGION_FILE, InspectionRegion, as_region, input_margin, on_input
 from anomalens.overlay import IGNORED_DIMMING, heatmap_overlay
 from anomalens.run_identity import effective_settings
@@ -123,7 +124,19 @@ def test_a_defect_outside_the_region_does_not_count_and_one_inside_does(referenc
     assert jump > 0.3  # the left defect is plain to see without a region
     assert abs(s["half"][1] - s["half"][0]) < 0.1 * jump  # ... and does not count with the right half inspected
     assert s["half"][2] - s["half"][0] > 0.3  # a defect inside the region does
-    assert all(h <= p + 1e-6 for h, p in zip(s["half"], s["plain"]))  # a maximum over fewer pixels
+
+
+def test_only_the_references_patches_that_count_enter_the_bank(references):
+    det = Detector("patchknn", region=right_half(), **FAST)
+    ref = LoadedImage("ref.png", references[0])
+    # 128 px at 128: a 16 x 16 grid of 8 px cells; the right half less the 8 px margin is columns 9-15
+    assert det.method.reference_patches(ref, "none").shape[0] == 16 * 7
+    assert det.method.reference_patches(ref, "flips").shape[0] == 4 * 16 * 7  # the mask turns with each copy
+    plain = Detector("patchknn", **FAST).method.reference_patches(ref, "none")
+    np.testing.assert_array_equal(
+        det.method.reference_patches(ref, "none").numpy(),
+        plain.reshape(16, 16, -1)[:, 9:].reshape(-1, plain.shape[-1]).numpy(),
+    )
 
 
 def test_the_map_is_at_its_floor_where_nothing_counts_and_no_mask_pixel_lies_there(references):
@@ -177,12 +190,27 @@ def test_a_saved_model_keeps_its_region_and_refuses_a_changed_file(references, t
         load_detector(tmp_path / "model")
 
 
-def test_methods_that_score_beyond_their_map_refuse_a_region_and_so_does_export(references, tmp_path):
+def test_methods_that_score_beyond_their_map_refuse_a_region(references):
     with pytest.raises(ValueError, match=re.escape("musc cannot restrict its score to an inspection region")):
         Detector("musc", region=right_half())
-    det = Detector("patchknn", region=right_half(), **FAST).fit(references)
-    with pytest.raises(ValueError, match=re.escape("cannot be exported to ONNX yet")):
-        det.export(tmp_path / "model.onnx")
+
+
+@pytest.mark.parametrize("shots", [0, 3])
+def test_the_onnx_export_carries_the_region_and_scores_as_pytorch(references, tmp_path, shots):
+    pytest.importorskip("onnxruntime")
+    det = Detector("patchknn", region=right_half(), **FAST).fit(references[:shots])
+    det.threshold, det.pixel_threshold = 0.0, 0.0
+    det.export(tmp_path / "model.onnx")  # the export itself checks maps and scores against PyTorch
+    exported = load_detector(tmp_path / "model.onnx")
+    assert exported.region.digest == det.region.digest
+    wide = texture(60, square=(10, 4))
+    wide = np.concatenate([wide, texture(61, square=(58, 100))[:, :172]], axis=1)  # 128 x 300: tiled
+    queries = [texture(62, square=(58, 4)), texture(63, square=(58, 100)), wide]
+    for a, b in zip(det.predict(queries), exported.predict(queries)):
+        assert b.score == pytest.approx(a.score, abs=1e-4)
+        np.testing.assert_allclose(b.anomaly_map, a.anomaly_map, atol=1e-4)
+        np.testing.assert_array_equal(b.inspected, a.inspected)
+        np.testing.assert_array_equal(b.mask, a.mask & a.inspected)
 
 
 def test_the_overlay_shows_ignored_pixels_dimmed_without_heat_colours():

@@ -8,6 +8,8 @@ settings); the bank is a constant of the graph, or for large banks a second inpu
 
 from __future__ import annotations
 
+import base64
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,13 +34,23 @@ from .graph import (
     upsample,
 )
 
+# With an inspection region: the graph input of each model input's pixels that count (1) or not (0).
+REGION_INPUT = "inspected_pixels"
 # Banks above this many bytes go to a second input when bank="auto".
 MAX_CONSTANT_BANK_BYTES = 1 << 30
 BANK_MODES = ("auto", "constant", "input")
 
 
 class PatchKnnGraph(nn.Module):
-    def __init__(self, method, bank: torch.Tensor | None, bank_as_input: bool, with_valid: bool, grid: tuple[int, int]):
+    def __init__(
+        self,
+        method,
+        bank: torch.Tensor | None,
+        bank_as_input: bool,
+        with_valid: bool,
+        grid: tuple[int, int],
+        with_region: bool = False,
+    ):
         super().__init__()
         self.backbone = method.backbone
         self.image_size = method.settings.image_size
@@ -74,6 +86,8 @@ class PatchKnnGraph(nn.Module):
         # the runner feeds one image's tiles as the batch and the graph pools over it
         self.pool_batch = not self.few_shot and method.settings.tile_above_aspect > 0
         self.with_valid = with_valid
+        # an inspection region: the runner feeds each input's pixels that count (anomalens.inspection_region)
+        self.with_region = with_region
         s = method.settings
         # as patchknn.score_image: the score reads the edge-weighted map (a constant of the graph)
         weights = edge_weights(grid, pooling_window(s), s.image_size) if s.edge_weighting else torch.ones(1, 1)
@@ -88,6 +102,7 @@ class PatchKnnGraph(nn.Module):
     def forward(self, images: torch.Tensor, *extra: torch.Tensor):
         extra = list(extra)
         valid = extra.pop(0) if self.with_valid else None
+        inspected = extra.pop(0) if self.with_region else None
         feats = self.backbone(images)  # (B, h, w, C)
         feats, coarse_feats = split_coarse(feats, self.coarse)
         b, h, w, c = feats.shape
@@ -120,6 +135,8 @@ class PatchKnnGraph(nn.Module):
             scored = torch.where(pixels > 0.5, maps * self.score_weights, torch.full_like(maps, -float("inf")))
         else:
             scored = maps * self.score_weights
+        if inspected is not None:  # as score_image with input_regions: only the pixels that count
+            scored = torch.where(inspected > 0.5, scored, torch.full_like(scored, -float("inf")))
         score = scored.flatten(1).amax(1)
         return maps, score
 
@@ -156,6 +173,17 @@ def build(method, bank: str = "auto") -> GraphSpec:
     if with_valid:
         inputs["valid_patches"] = torch.ones(2, *grid)
         valid_meta = {"name": "valid_patches", "grid": list(grid), "size": size}
+    metadata = {"grid": list(grid)}
+    region = method.region
+    if region is not None:
+        inputs[REGION_INPUT] = torch.ones(2, size, size)
+        metadata["inspection_region"] = {
+            "input": REGION_INPUT,
+            "png": base64.b64encode(region.png_bytes()).decode("ascii"),
+            "digest": region.digest,
+            "source": region.source,
+            "margin": s.region_margin,
+        }
     bank_meta = None
     if patches is not None:
         bank_meta = {"mode": "input" if as_input else "constant", "shape": list(patches.shape)}
@@ -163,13 +191,13 @@ def build(method, bank: str = "auto") -> GraphSpec:
             inputs["memory_bank"] = patches.float()
             bank_meta.update(input="memory_bank", array=patches.float().numpy())
     return GraphSpec(
-        module=PatchKnnGraph(method, patches, as_input, with_valid, grid).eval(),
+        module=PatchKnnGraph(method, patches, as_input, with_valid, grid, region is not None).eval(),
         example_inputs=inputs,
         output_names=["anomaly_map", "score"],
         image_inputs=[{"name": "images", "size": size}],
         map_size=size,
         dynamic_batch=True,
-        metadata={"grid": list(grid)},
+        metadata=metadata,
         valid_patches=valid_meta,
         memory_bank=bank_meta,
     )

@@ -7,6 +7,7 @@ onnxruntime.
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from ..detector import Detector
 from ..geometry import input_box, map_to_image, to_model_input
 from ..image_reading import ImageReading
 from ..images import LoadedImage
+from ..inspection_region import InspectionRegion, apply_to_map, input_margin, on_input
 from ..results import AnomalyResult
 from ..tiling import Box, assemble, crop, tile_boxes
 from .errors import OnnxModelError, missing_extra
@@ -56,6 +58,7 @@ class _ExportedMethod:
         self.name = meta["method"]
         self.uses_text = bool(meta.get("descriptions"))
         self.num_references = int(meta.get("num_references") or 0)
+        self.region = None  # the inspection region the model was exported with (OnnxDetector sets it)
 
     def describe_backbone(self) -> str:
         return f"{self.name} (ONNX)"
@@ -82,8 +85,11 @@ class OnnxDetector(Detector):
         self.threshold = self.meta.get("threshold")
         self.pixel_threshold = self.meta.get("pixel_threshold")
         self._bank = self._read_bank()
+        self.method.region = self._read_region()
         names = {i.name for i in self.session.get_inputs()}
         expected = {i["name"] for i in self.meta["preprocessing"]["inputs"]}
+        if self.method.region is not None:
+            expected.add(self.meta["inspection_region"]["input"])
         if self.meta.get("valid_patches"):
             expected.add(self.meta["valid_patches"]["name"])
         if self._bank is not None:
@@ -112,6 +118,18 @@ class OnnxDetector(Detector):
             )
         return np.ascontiguousarray(array)
 
+    def _read_region(self) -> InspectionRegion | None:
+        entry = self.meta.get("inspection_region")
+        if not entry:
+            return None
+        try:
+            region = InspectionRegion.from_png_bytes(base64.b64decode(entry["png"]), source=entry.get("source", ""))
+        except Exception as err:
+            raise OnnxModelError(f"{self.path}: metadata 'inspection_region' is not a readable mask ({err})") from None
+        if region.digest != entry.get("digest"):
+            raise OnnxModelError(f"{self.path}: metadata 'inspection_region' does not match its digest")
+        return region
+
     @property
     def settings(self) -> dict[str, Any]:
         return dict(self.meta["settings"])
@@ -133,7 +151,9 @@ class OnnxDetector(Detector):
         raise TypeError(f"{self.path} is an exported model already")
 
     # ---- inference -----------------------------------------------------------------------
-    def _feeds(self, batch: list[LoadedImage]) -> tuple[dict[str, np.ndarray], list[tuple[int, int, int, int]]]:
+    def _feeds(
+        self, batch: list[LoadedImage], regions: list[np.ndarray] | None = None
+    ) -> tuple[dict[str, np.ndarray], list[tuple[int, int, int, int]]]:
         prep = self.meta["preprocessing"]
         feeds: dict[str, np.ndarray] = {}
         for spec in prep["inputs"]:
@@ -150,20 +170,42 @@ class OnnxDetector(Detector):
                     for img in batch
                 ]
             )
+        if regions is not None:
+            feeds[self.meta["inspection_region"]["input"]] = np.stack(regions)
         if self._bank is not None:
             feeds[self.meta["memory_bank"]["input"]] = self._bank
         return feeds, boxes
 
-    def _infer(self, batch: list[LoadedImage]) -> tuple[dict[str, np.ndarray], list]:
+    def _infer(self, batch: list[LoadedImage], regions: list[np.ndarray] | None = None) -> tuple[dict, list]:
         if self.meta["batch"] == "dynamic":
-            feeds, boxes = self._feeds(batch)
+            feeds, boxes = self._feeds(batch, regions)
             outputs = self.session.run(None, feeds)
             return dict(zip(self.meta["outputs"], outputs)), boxes
-        return _concatenated([self._infer_fixed([img]) for img in batch])  # fixed batch of 1
+        return _concatenated(  # fixed batch of 1
+            [self._infer_fixed([img], None if regions is None else [regions[i]]) for i, img in enumerate(batch)]
+        )
 
-    def _infer_fixed(self, batch):
-        feeds, boxes = self._feeds(batch)
+    def _infer_fixed(self, batch, regions=None):
+        feeds, boxes = self._feeds(batch, regions)
         return dict(zip(self.meta["outputs"], self.session.run(None, feeds))), boxes
+
+    def _inspected(self, batch: list[LoadedImage], tiles: list[list[Box]]) -> tuple[list, list[np.ndarray] | None]:
+        """With an inspection region, as PatchKnn.model_inputs: each image's pixels that count and, per
+        tile, the same on its model input (the graph's region input); without one: Nones."""
+        region = self.method.region
+        if region is None:
+            return [None] * len(batch), None
+        size, resize = self.meta["map_size"], self.meta["preprocessing"]["resize"]
+        margin = int(self.meta["inspection_region"]["margin"])
+        per_image, per_tile = [], []
+        for img, image_tiles in zip(batch, tiles):
+            boxes = [input_box(t[2], t[3], size, resize) for t in image_tiles]
+            inspected = region.on_image(img.size_hw, input_margin(margin, image_tiles[0], boxes[0]))
+            per_image.append(inspected)
+            per_tile.extend(
+                on_input(inspected, t, size, b).numpy().astype(np.float32) for t, b in zip(image_tiles, boxes)
+            )
+        return per_image, per_tile
 
     def _tiles(self, batch: list[LoadedImage]) -> tuple[list[LoadedImage], list[list[Box]]]:
         """Each image's tiles (patchknn's `tile_above_aspect`, as `PatchKnn.model_inputs`) as images of
@@ -180,11 +222,19 @@ class OnnxDetector(Detector):
 
         start = time.perf_counter()
         crops, tiles = self._tiles(batch)
+        inspected, regions = self._inspected(batch, tiles)
         first = np.cumsum([0] + [len(t) for t in tiles])  # image i's tiles are rows first[i]:first[i + 1]
         if self.meta["preprocessing"].get("tiles_scored_together"):  # zero-shot: one image's tiles per call
-            out, boxes = _concatenated([self._infer(crops[first[i] : first[i + 1]]) for i in range(len(batch))])
+            out, boxes = _concatenated(
+                [
+                    self._infer(
+                        crops[first[i] : first[i + 1]], None if regions is None else regions[first[i] : first[i + 1]]
+                    )
+                    for i in range(len(batch))
+                ]
+            )
         else:
-            out, boxes = self._infer(crops)
+            out, boxes = self._infer(crops, regions)
         size = self.meta["map_size"]
         descriptions = self.meta.get("descriptions") or []
         top = int(self.meta.get("top_descriptions", 0))
@@ -199,12 +249,20 @@ class OnnxDetector(Detector):
                 amap = assemble(cropped, image_tiles, img.size_hw)
             # the maximum over all tiles' maps (the export requires the maximum as image score)
             score = max(float(out["score"][r]) for r in rows)
+            if inspected[i] is not None:
+                if not np.isfinite(score):
+                    raise ValueError(
+                        "the inspection region covers no pixel of this image at the model's input size; draw it larger"
+                    )
+                amap = apply_to_map(amap, inspected[i])
             described = []
             if "description_similarity" in out and top:  # language methods are not tiled: one row
                 sims = torch.from_numpy(out["description_similarity"][rows[0]])
                 best = sims.topk(min(top, len(descriptions)))
                 described = [(descriptions[j], float(v)) for v, j in zip(best.values, best.indices)]
-            results.append(AnomalyResult(path=img.path, score=score, anomaly_map=amap, descriptions=described))
+            result = AnomalyResult(path=img.path, score=score, anomaly_map=amap, descriptions=described)
+            result.inspected = inspected[i]
+            results.append(result)
         per_image = (time.perf_counter() - start) / len(batch)
         for img, result in zip(batch, results):
             result.seconds = per_image

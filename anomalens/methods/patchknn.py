@@ -164,12 +164,22 @@ class PatchKnn(Method):
 
     def reference_patches(self, img: LoadedImage, augment: str | None = None) -> torch.Tensor:
         """(P, C) bank patches of one reference: every tile, in every augmentation (default: `augment`;
-        a set of references takes `reference_augmentation`)."""
-        inputs, _ = self.model_inputs(img)
+        a set of references takes `reference_augmentation`). With an inspection region, only the
+        patches whose cells count: ignored parts (a serial number differs on every part) would take the
+        coreset's places and widen the bank's Gaussian."""
+        inputs, layout = self.model_inputs(img)
         mode = self.settings.augment if augment is None else augment
         augmented = [y for x in inputs for y in augment_input(x, mode)]
         feats = self._encode(augmented)
-        return feats.reshape(-1, feats.shape[-1])
+        flat = feats.reshape(-1, feats.shape[-1])
+        if layout.input_regions is None:
+            return flat
+        masks = [m for r in layout.input_regions for m in augment_input(r[None].float(), mode)]
+        grid = tuple(feats.shape[1:3])  # a cell counts when most of its pixels do
+        keep = torch.cat([F.interpolate(m[None], size=grid, mode="area").reshape(-1) for m in masks]) >= 0.5
+        if not keep.any():
+            raise ValueError(f"{img.path}: the inspection region leaves no patch of this reference to compare with")
+        return flat[keep.to(flat.device)]
 
     def build_bank(self, per_reference: list[torch.Tensor]) -> torch.Tensor:
         """All references' patches as one bank, reduced by greedy k-centre (`coreset_target`)."""
