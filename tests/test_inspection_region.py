@@ -275,3 +275,14 @@ def test_detect_and_fit_take_a_region_and_a_resume_or_model_with_another_is_refu
         code=2,
     )
     assert "--region" in other.output and "saved:" in other.output
+
+
+def test_a_benchmark_with_a_region_is_another_configuration(folders):
+    from anomalens.benchmark import BenchmarkSettings, config_key, run_config
+
+    plain = BenchmarkSettings(data=str(folders))
+    half = BenchmarkSettings(data=str(folders), region=str(folders / "region.png"))
+    whole = BenchmarkSettings(data=str(folders), region=str(folders / "everything.png"))
+    assert "inspection_region" not in run_config(plain)  # runs recorded before regions existed still resume
+    keys = {config_key(run_config(s)) for s in (plain, half, whole)}
+    assert len(keys) == 3

@@ -43,6 +43,7 @@ def evaluate(
     image_size: o.ImageSize = None,
     resize: o.Resize = None,
     prompts: o.Prompts = None,
+    region: o.Region = None,
     set_: o.Set = None,
     device: o.Device = "auto",
     batch_size: int = typer.Option(8, "--batch-size", min=1),
