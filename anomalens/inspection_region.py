@@ -140,6 +140,19 @@ def input_margin(margin: int, tile: tuple[int, int, int, int], box: tuple[int, i
     return math.ceil(margin * tile[2] / box[2]), math.ceil(margin * tile[3] / box[3])
 
 
+def counted_pixels(
+    region: InspectionRegion, size_hw: tuple[int, int], tiles: list, boxes: list, size: int, margin: int
+) -> tuple[np.ndarray, list[torch.Tensor]]:
+    """What counts on an image of `size_hw` cut into `tiles`, each resized onto its `box` of a size x size
+    model input, `margin` input pixels beside ignored parts left out: (H, W) bool, and (size, size) bool
+    per input. Every tile has the same size and place on its input, so one margin in image pixels."""
+    inspected = region.on_image(size_hw, input_margin(margin, tiles[0], boxes[0]))
+    return inspected, [on_input(inspected, t, size, b) for t, b in zip(tiles, boxes)]
+
+
+NOTHING_COUNTS = "the inspection region covers no pixel of this image at the model's input size; draw it larger"
+
+
 def _as_grey(img: Image.Image) -> Image.Image:
     """Any Pillow mode as 8-bit grey; transparent pixels are not inspected."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):

@@ -286,3 +286,13 @@ def test_a_benchmark_with_a_region_is_another_configuration(folders):
     assert "inspection_region" not in run_config(plain)  # runs recorded before regions existed still resume
     keys = {config_key(run_config(s)) for s in (plain, half, whole)}
     assert len(keys) == 3
+
+
+def test_a_region_that_leaves_nothing_to_count_is_a_clear_error(references):
+    speck = np.zeros((SIDE, SIDE), bool)
+    speck[60:62, 60:62] = True  # 2 x 2 pixels: the 8 px margin around the ignored rest takes them
+    det = Detector("patchknn", region=speck, **FAST).fit([])
+    with pytest.raises(ValueError, match="covers no pixel of this image"):
+        det.predict([texture(70)])
+    (failed,) = det.predict_iter([texture(70)], skip_errors=True)
+    assert isinstance(failed, ImageLoadError) and "covers no pixel" in str(failed)

@@ -21,7 +21,7 @@ from ..detector import Detector
 from ..geometry import input_box, map_to_image, to_model_input
 from ..image_reading import ImageReading
 from ..images import LoadedImage
-from ..inspection_region import InspectionRegion, apply_to_map, input_margin, on_input
+from ..inspection_region import NOTHING_COUNTS, InspectionRegion, apply_to_map, counted_pixels
 from ..results import AnomalyResult
 from ..tiling import Box, assemble, crop, tile_boxes
 from .errors import OnnxModelError, missing_extra
@@ -200,11 +200,9 @@ class OnnxDetector(Detector):
         per_image, per_tile = [], []
         for img, image_tiles in zip(batch, tiles):
             boxes = [input_box(t[2], t[3], size, resize) for t in image_tiles]
-            inspected = region.on_image(img.size_hw, input_margin(margin, image_tiles[0], boxes[0]))
+            inspected, on_inputs = counted_pixels(region, img.size_hw, image_tiles, boxes, size, margin)
             per_image.append(inspected)
-            per_tile.extend(
-                on_input(inspected, t, size, b).numpy().astype(np.float32) for t, b in zip(image_tiles, boxes)
-            )
+            per_tile.extend(r.numpy().astype(np.float32) for r in on_inputs)
         return per_image, per_tile
 
     def _tiles(self, batch: list[LoadedImage]) -> tuple[list[LoadedImage], list[list[Box]]]:
@@ -251,9 +249,7 @@ class OnnxDetector(Detector):
             score = max(float(out["score"][r]) for r in rows)
             if inspected[i] is not None:
                 if not np.isfinite(score):
-                    raise ValueError(
-                        "the inspection region covers no pixel of this image at the model's input size; draw it larger"
-                    )
+                    raise ValueError(NOTHING_COUNTS)
                 amap = apply_to_map(amap, inspected[i])
             described = []
             if "description_similarity" in out and top:  # language methods are not tiled: one row

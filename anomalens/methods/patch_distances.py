@@ -15,6 +15,7 @@ from ..backbones import VARIANT_BLOCKS
 from ..backbones.cnn import VARIANT_COARSE_BLOCKS, coarse_cells
 from ..backbones.ensemble import direction_blocks, ensemble_members, is_efficientnet
 from ..geometry import valid_grid_region
+from ..inspection_region import NOTHING_COUNTS
 from ..scoring import (
     edge_weights,
     image_score,
@@ -224,9 +225,7 @@ def score_image(
                 on_image[t, r.start * sy : r.stop * sy, c.start * sx : c.stop * sx] = True
             inside = inside & on_image
         if not inside.any():
-            raise ValueError(
-                "the inspection region covers no pixel of this image at the model's input size; draw it larger"
-            )
+            raise ValueError(NOTHING_COUNTS)
         values = weighted[inside.to(weighted.device)]
     score = image_score(values, s.top_fraction)
     if bank is not None and s.reweight_neighbours > 0:

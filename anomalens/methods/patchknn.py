@@ -40,7 +40,7 @@ from ..backbones import create_patch_backbone
 from ..coreset import greedy_coreset
 from ..geometry import to_model_input
 from ..images import LoadedImage
-from ..inspection_region import apply_to_map, input_margin, on_input
+from ..inspection_region import apply_to_map, counted_pixels
 from ..scoring import MemoryBank
 from ..tiling import Box, assemble, crop, tile_boxes
 from .base import Method, MethodOutput, register_method
@@ -142,10 +142,8 @@ class PatchKnn(Method):
             boxes.append(box)
         if self.region is None:
             return inputs, Layout(img.size_hw, tiles, boxes)
-        # every tile has the same size and place on the input: one margin in image pixels
-        inspected = self.region.on_image(img.size_hw, input_margin(s.region_margin, tiles[0], boxes[0]))
-        regions = [on_input(inspected, t, s.image_size, b) for t, b in zip(tiles, boxes)]
-        return inputs, Layout(img.size_hw, tiles, boxes, inspected, regions)
+        counted = counted_pixels(self.region, img.size_hw, tiles, boxes, s.image_size, s.region_margin)
+        return inputs, Layout(img.size_hw, tiles, boxes, *counted)
 
     def _encode(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         # On the CPU one 256 px image per pass keeps its activations in cache: 28 ms/image
