@@ -296,3 +296,20 @@ def test_a_region_that_leaves_nothing_to_count_is_a_clear_error(references):
         det.predict([texture(70)])
     (failed,) = det.predict_iter([texture(70)], skip_errors=True)
     assert isinstance(failed, ImageLoadError) and "covers no pixel" in str(failed)
+
+
+def test_a_served_model_says_what_it_inspects(references):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
+
+    from anomalens.serve import ModelRegistry, ServeSettings, create_app
+
+    registry = ModelRegistry()
+    det = Detector("patchknn", region=right_half(), **FAST).fit(references)
+    registry.add("half", det, None)
+    registry.add("whole", Detector("patchknn", **FAST).fit(references), None)
+    with TestClient(create_app(registry, ServeSettings())) as client:
+        half, whole = (client.get(f"/v1/models/{name}").json() for name in ("half", "whole"))
+    assert half["inspection_region"] == {"share": 0.5, "digest": det.region.digest}
+    assert whole["inspection_region"] is None

@@ -34,6 +34,9 @@ class ServedModel:
             "references": list(det.reference_paths),
             "settings": _jsonable(det.settings),
             "directory": self.directory,
+            "inspection_region": None
+            if det.region is None
+            else {"share": det.region.share, "digest": det.region.digest},
         }
 
 

@@ -107,6 +107,9 @@ class ModelInfo(BaseModel):
     references: list[str] = Field(description="their paths, as given when fitting")
     settings: dict = Field(description="the method's settings (anomalens methods lists them)")
     directory: str | None = Field(description="the saved model's folder")
+    inspection_region: dict | None = Field(
+        default=None, description="share of each image inspected and the mask's digest; null: the whole image"
+    )
 
 
 class ModelList(BaseModel):
