@@ -83,7 +83,7 @@ class Detector:
         if region is not None and not self.method.supports_region:
             raise ValueError(
                 f"{self.method_name} cannot restrict its score to an inspection region (its image score is not "
-                f"taken from its map alone); use --method patchknn (with references, or fit --unlabeled)"
+                f"taken from its map alone); use --method patchknn or musc"
             )
         self.method.region = region
 

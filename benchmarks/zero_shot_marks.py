@@ -16,7 +16,7 @@ Marked images are written as PNG (lossless), so the only change is the mark. The
 library's own benchmark zero-shot (`run_benchmark`, shots 0) for each method and prints image AUROC /
 pixel AUROC / AUPRO. `patchknn` zero-shot scores each image against its own patches: a mark that
 occurs once in the image is as unique as a defect. `musc` scores each image against the others of
-the batch, where the mark recurs. `patchknn-region` is single-image zero-shot with an inspection
+the batch, where the mark recurs. `patchknn-region` (and `musc-region`) is the method with an inspection
 region (`--region`, `anomalens.inspection_region`) that leaves out a box around the mark's place
 (REGION_HALF_SIZE of each side, about 6 % of the image), as a plant masks a date code, once per
 `--region-margins` value (patchknn's `region_margin`: model-input pixels beside the box that do not
@@ -137,12 +137,13 @@ def main() -> None:
                 shutil.copy2(first, Path(args.save_example) / f"{category}-{mark}.png")
             runs = []  # (row name, method, settings, region)
             for method in args.methods.split(","):
-                if method != "patchknn-region":
+                if not method.endswith("-region"):
                     runs.append((method, method, {}, None))
                     continue
                 region = str(ignore_mark_region(work / "region.png"))
                 for margin in map(int, args.region_margins.split(",")):
-                    runs.append((f"{method}, margin {margin}", "patchknn", {"region_margin": margin}, region))
+                    base = method.removesuffix("-region")
+                    runs.append((f"{method}, margin {margin}", base, {"region_margin": margin}, region))
             for name, method, method_settings, region in runs:
                 settings = BenchmarkSettings(
                     data=str(root),

@@ -191,8 +191,28 @@ def test_a_saved_model_keeps_its_region_and_refuses_a_changed_file(references, t
 
 
 def test_methods_that_score_beyond_their_map_refuse_a_region(references):
-    with pytest.raises(ValueError, match=re.escape("musc cannot restrict its score to an inspection region")):
-        Detector("musc", region=right_half())
+    with pytest.raises(ValueError, match=re.escape("winclip cannot restrict its score to an inspection region")):
+        Detector("winclip", backbone="test-tiny", image_size=48, region=right_half())
+
+
+def test_musc_reads_the_counted_cells_and_its_patchknn_parts_get_the_region():
+    # a batch where every other part carries a mark in the corner: with the corner left out, the marked
+    # parts score (nearly) as the others; a region over the whole image changes nothing
+    region = np.ones((SIDE, SIDE), bool)
+    region[:46, :46] = False
+    batch = [texture(100 + i, mark=i % 2 == 0) for i in range(20)]
+    plain = [r.score for r in Detector("musc", image_size=SIDE, progress=False).predict(batch)]
+    det = Detector("musc", region=region, image_size=SIDE, progress=False)
+    results = det.predict(batch)
+    masked = [r.score for r in results]
+    gap = np.mean(plain[0::2]) - np.mean(plain[1::2])
+    assert gap > 0.3
+    assert np.mean(masked[0::2]) - np.mean(masked[1::2]) < 0.3 * gap
+    for r in results:
+        assert not r.inspected[:46, :46].any()
+        assert np.all(r.anomaly_map[~r.inspected] == r.anomaly_map.min())
+    whole = Detector("musc", region=np.ones((4, 4), bool), image_size=SIDE, progress=False).predict(batch)
+    assert [r.score for r in whole] == pytest.approx(plain, abs=1e-6)
 
 
 @pytest.mark.parametrize("shots", [0, 3])

@@ -168,15 +168,20 @@ class PatchKnn(Method):
         inputs, layout = self.model_inputs(img)
         mode = self.settings.augment if augment is None else augment
         augmented = [y for x in inputs for y in augment_input(x, mode)]
-        feats = self._encode(augmented)
+        return self.counted_patches(self._encode(augmented), layout, mode, img.path)
+
+    @staticmethod
+    def counted_patches(feats: torch.Tensor, layout: Layout, augment: str = "none", name: str = "") -> torch.Tensor:
+        """(P, C) of an image's (T', h, w, C) features (its inputs in `augment`'s copies): the patches whose
+        cells count under the inspection region (a cell counts when most of its pixels do), all without one."""
         flat = feats.reshape(-1, feats.shape[-1])
         if layout.input_regions is None:
             return flat
-        masks = [m for r in layout.input_regions for m in augment_input(r[None].float(), mode)]
-        grid = tuple(feats.shape[1:3])  # a cell counts when most of its pixels do
+        masks = [m for r in layout.input_regions for m in augment_input(r[None].float(), augment)]
+        grid = tuple(feats.shape[1:3])
         keep = torch.cat([F.interpolate(m[None], size=grid, mode="area").reshape(-1) for m in masks]) >= 0.5
         if not keep.any():
-            raise ValueError(f"{img.path}: the inspection region leaves no patch of this reference to compare with")
+            raise ValueError(f"{name}: the inspection region leaves no patch of this reference to compare with")
         return flat[keep.to(flat.device)]
 
     def build_bank(self, per_reference: list[torch.Tensor]) -> torch.Tensor:

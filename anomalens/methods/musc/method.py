@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from ...errors import SettingsError, UsageError
 from ...geometry import map_to_image, to_model_input
 from ...images import LoadedImage
+from ...inspection_region import apply_to_map, counted_pixels
 from ...tiling import assemble, crop, tile_boxes
 from ..base import Method, MethodOutput, register_method
 from ..patchknn import PatchKnn
@@ -57,6 +58,9 @@ class MuSc(Method):
     name = "musc"
     Settings = MuScSettings
     scores_jointly = True
+    # with an inspection region the image score reads the counted cells (before RsCIN) and patchknn's
+    # parts (references, pseudo-references) get the region too
+    supports_region = True
 
     def __init__(self, settings: MuScSettings):
         super().__init__(settings)
@@ -103,7 +107,9 @@ class MuSc(Method):
         or with reference_knn_weight 0)."""
         if not references or self.settings.reference_knn_weight <= 0:
             return None
-        return PatchKnn(musc_references_knn_settings()).to(self.device)
+        knn = PatchKnn(musc_references_knn_settings()).to(self.device)
+        knn.region = self.region
+        return knn
 
     # ---- features ------------------------------------------------------------------------
     def features(
@@ -195,7 +201,7 @@ class MuSc(Method):
         chosen = lowest_scored(scores, paths, count) if count else []
         if not chosen and self.reference_knn_ is None:
             return None
-        return PseudoReferenceKnn(held, chosen, self.device, references=self.reference_knn_)
+        return PseudoReferenceKnn(held, chosen, self.device, references=self.reference_knn_, region=self.region)
 
     def knn_weight(self) -> float:
         """patchknn's share of each output: `reference_knn_weight` with references, else `pseudo_reference_weight`."""
@@ -220,10 +226,10 @@ class MuSc(Method):
         """One image's output: the mutual score and map averaged with patchknn's (`weight`, by default
         `reference_knn_weight`)."""
         w = self.settings.reference_knn_weight if weight is None else weight
-        return MethodOutput(
-            (1.0 - w) * mutual.score + w * knn.score,
-            ((1.0 - w) * mutual.anomaly_map + w * knn.anomaly_map).astype(np.float32),
-        )
+        anomaly_map = ((1.0 - w) * mutual.anomaly_map + w * knn.anomaly_map).astype(np.float32)
+        if mutual.inspected is not None:
+            anomaly_map = apply_to_map(anomaly_map, mutual.inspected)
+        return MethodOutput((1.0 - w) * mutual.score + w * knn.score, anomaly_map, inspected=mutual.inspected)
 
     def _leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
         """Each held-out reference scored against all the other references; ends fitted on all."""
@@ -308,12 +314,28 @@ class MuSc(Method):
         s = self.settings
         maps = smooth_maps(maps, s.smoothing_sigma, s.image_size)
         maps = subtract_baseline(maps, feats.boxes, s.image_size, s.map_baseline)
+        counted = None if self.region is None else self.counted_cells(feats, tuple(maps.shape[-2:]))
         scores = image_scores(
-            maps, feats.boxes, s.image_size, s.image_score_top, s.edge_neighbourhood, feats.inputs_of()
+            maps, feats.boxes, s.image_size, s.image_score_top, s.edge_neighbourhood, feats.inputs_of(), counted
         )
         if s.rscin and scores.shape[0] > 1:
             scores = rescore(scores, feats.per_image_features(), s.rscin_neighbours)
         return maps, scores
+
+    def counted_pixels(self, feats: BatchFeatures, i: int) -> tuple[np.ndarray, list[torch.Tensor]]:
+        """Image i's pixels that count under the inspection region, and the same on each of its inputs."""
+        s = self.settings
+        tiles = feats.tiles[i] if feats.tiles else [(0, 0, *feats.sizes[i])]
+        boxes = [feats.boxes[t] for t in feats.inputs_of()[i]]
+        return counted_pixels(self.region, feats.sizes[i], tiles, boxes, s.image_size, s.region_margin)
+
+    def counted_cells(self, feats: BatchFeatures, grid: tuple[int, int]) -> list[torch.Tensor]:
+        """Per input, its grid cells that count (most of their pixels do)."""
+        out: list[torch.Tensor | None] = [None] * len(feats.owners())
+        for i, inputs in enumerate(feats.inputs_of()):
+            for t, on_input in zip(inputs, self.counted_pixels(feats, i)[1]):
+                out[t] = F.interpolate(on_input[None, None].float(), size=grid, mode="area")[0, 0] >= 0.5
+        return out
 
     def image_map(self, feats: BatchFeatures, i: int, maps: torch.Tensor, inputs: list[int]) -> np.ndarray:
         """Image i's map at its own size from the maps of its `inputs` (`feats.inputs_of()[i]`: its
@@ -330,7 +352,11 @@ class MuSc(Method):
     def _output(
         self, feats: BatchFeatures, i: int, maps: torch.Tensor, score: float, inputs: list[int]
     ) -> MethodOutput:
-        return MethodOutput(score, self.image_map(feats, i, maps, inputs))
+        anomaly_map = self.image_map(feats, i, maps, inputs)
+        if self.region is None:
+            return MethodOutput(score, anomaly_map)
+        inspected = self.counted_pixels(feats, i)[0]
+        return MethodOutput(score, apply_to_map(anomaly_map, inspected), inspected=inspected)
 
     # ---- persistence: the references' features -------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:

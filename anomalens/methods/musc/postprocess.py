@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ...geometry import valid_grid_region
+from ...inspection_region import NOTHING_COUNTS
 from ...scoring import edge_weights, gaussian_smooth, image_score
 
 PHOTOMETRIC_MODES = ("none", "standardise")
@@ -66,12 +67,14 @@ def image_scores(
     top_fraction: float = 0.0,
     edge_neighbourhood: int = 1,
     inputs_of: list[list[int]] | None = None,
+    counted: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """(N,) image scores from (T, h, w) grid maps, each over the cells inside its input's box.
 
     top_fraction 0: the maximum (paper). edge_neighbourhood n > 1: each cell first weighted by
     the share of its n x n window inside the grid (edge cells of a 3 x 3 window: 6/9).
     `inputs_of[i]`: the maps (tiles) of image i, scored together (default: one map per image).
+    `counted[t]`: (h, w) bool, input t's cells that count under an inspection region.
     """
     grid = tuple(maps.shape[-2:])
     weights = edge_weights(grid, edge_neighbourhood, grid[0]) if edge_neighbourhood > 1 else None
@@ -81,7 +84,11 @@ def image_scores(
     for rows in inputs_of if inputs_of is not None else [[i] for i in range(len(boxes))]:
         values = []
         for t in rows:
-            region = valid_grid_region(boxes[t], image_size, grid)
-            values.append((maps[t] if weights is None else maps[t] * weights)[region].reshape(-1))
-        out.append(image_score(torch.cat(values), top_fraction))
+            rs, cs = valid_grid_region(boxes[t], image_size, grid)
+            cells = (maps[t] if weights is None else maps[t] * weights)[rs, cs]
+            values.append(cells.reshape(-1) if counted is None else cells[counted[t][rs, cs]])
+        scored = torch.cat(values)
+        if scored.numel() == 0:
+            raise ValueError(NOTHING_COUNTS)
+        out.append(image_score(scored, top_fraction))
     return torch.stack(out) if out else torch.zeros(0)

@@ -95,18 +95,20 @@ class PseudoReferenceKnn:
         device: torch.device,
         settings: PatchKnnSettings | None = None,
         references: PatchKnn | None = None,
+        region=None,
     ):
         self.held, self.chosen = held, chosen
         if references is not None:
             self.knn, groups = references, [references.bank_.banks["patches"].cpu()]  # group 0: the references
         else:
             self.knn, groups = PatchKnn(settings or pseudo_reference_settings()).to(device), []
+            self.knn.region = region  # an inspection region (anomalens.inspection_region), or None
             sides = [min(held.images[i].size_hw) for i in chosen]
             self.knn.use_image_size(model_side(self.knn.requested_settings, sides))
         # each pseudo-reference is encoded once: its features are its bank patches and what it is scored by
         self.features_ = {i: self.knn.image_features(held.images[i]) for i in chosen}
-        if chosen:
-            per_image = [self.features_[i][0].reshape(-1, self.features_[i][0].shape[-1]) for i in chosen]
+        if chosen:  # with a region, only the patches that count
+            per_image = [self.knn.counted_patches(*self.features_[i], name=held.images[i].path) for i in chosen]
             self.bank_, self.origin_ = self.knn.bank_with_origin(groups + per_image)
         else:  # the references' bank as fitted (no second coreset)
             self.bank_, self.origin_ = groups[0], torch.zeros(groups[0].shape[0], dtype=torch.long)

@@ -139,6 +139,12 @@ class MuScSettings(MethodSettings):
     pseudo_reference_minimum: int = setting(
         2, "fewer pseudo-references than this (a small batch): none are used", minimum=2
     )
+    region_margin: int = setting(
+        8,
+        "with an inspection region (--region): pixels of the model input beside its ignored areas that do not "
+        "count either (as patchknn's)",
+        minimum=0,
+    )
     rscin: bool = setting(True, "RsCIN image-level re-scoring")
     rscin_neighbours: tuple[int, ...] = setting(
         DEFAULT_NEIGHBOURS, "RsCIN window sizes k, itself included (code: 1, 2, 3; VisA 1, 8, 9)", minimum=1
