@@ -63,6 +63,7 @@ def choose_typical_images(
     device: str = "auto",
     reading: ImageReading | None = None,
     log: Callable[[str], None] | None = None,
+    region: Any = None,
     **musc_settings: Any,
 ) -> TypicalImages:
     """Score `images` (files or folders) against each other with musc and keep the `share` ranked lowest.
@@ -71,6 +72,7 @@ def choose_typical_images(
     the references this chooses). Unreadable images are reported in `failed` and left out; ties are
     broken by path, so the choice does not depend on the order. Raises ValueError when fewer than
     `minimum` + 1 images can be scored (the chosen ones must leave others to compare them with).
+    `region`: an inspection region (anomalens.inspection_region): the ranking reads only its pixels.
     """
     from .detector import Detector
     from .methods.musc.pseudo_references import lowest_scored
@@ -78,7 +80,8 @@ def choose_typical_images(
     if not 0 < share < 1:
         raise ValueError(f"the share of typical images must lie between 0 and 1, got {share}")
     files = list_images(list(images))
-    det = Detector("musc", device=device, reading=reading, **{"pseudo_reference_share": 0.0, **musc_settings})
+    settings = {"pseudo_reference_share": 0.0, **musc_settings}
+    det = Detector("musc", device=device, reading=reading, region=region, **settings)
     det.fit([])
     scores: dict[str, float] = {}
     failed: list[ImageLoadError] = []

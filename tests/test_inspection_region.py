@@ -333,3 +333,16 @@ def test_a_served_model_says_what_it_inspects(references):
         half, whole = (client.get(f"/v1/models/{name}").json() for name in ("half", "whole"))
     assert half["inspection_region"] == {"share": 0.5, "digest": det.region.digest}
     assert whole["inspection_region"] is None
+
+
+def test_fit_unlabeled_ranks_and_fits_with_the_region(folders, tmp_path):
+    unlabeled = tmp_path / "unlabeled"
+    unlabeled.mkdir()
+    for i in range(6):
+        Image.fromarray(texture(80 + i, mark=i % 2 == 0)).save(unlabeled / f"part_{i}.png")
+    model = tmp_path / "model"
+    size = ["--image-size", SIDE, "--set", "image_size_up_to=0"]
+    args = ["fit", "--unlabeled", unlabeled, "--typical-share", "0.4", "--region", folders / "region.png"]
+    run([*args, *size, "--out", model])
+    assert (model / REGION_FILE).exists() and (model / "typical_images.json").exists()
+    assert load_detector(model).region.digest == InspectionRegion.from_file(folders / "region.png").digest

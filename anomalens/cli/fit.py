@@ -96,7 +96,7 @@ def default_fit_threshold(p: dict) -> str:
 def typical_references(p: dict):
     """The --unlabeled folder's most typical images (musc's mutual score), with what was skipped said."""
     from ..typical_images import choose_typical_images
-    from .build import image_reading
+    from .build import image_reading, inspection_region
 
     folder = Path(p["unlabeled"])
     if not folder.exists():
@@ -108,6 +108,7 @@ def typical_references(p: dict):
             device=p.get("device", "auto"),
             reading=image_reading(p),
             log=echo,
+            region=inspection_region(p),  # a part's own marks left out of the ranking too
             progress=bool(p.get("progress", True)),
         )
     except ValueError as err:
