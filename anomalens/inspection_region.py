@@ -153,6 +153,44 @@ def counted_pixels(
 NOTHING_COUNTS = "the inspection region covers no pixel of this image at the model's input size; draw it larger"
 
 
+Box = tuple[float, float, float, float]  # left, top, right, bottom: pixels, or shares of the side when all <= 1
+
+
+def region_from_boxes(size_hw: tuple[int, int], ignore: list[Box] = (), inspect: list[Box] = ()) -> InspectionRegion:
+    """A region of `size_hw` made of rectangles: everything (or, with `inspect` boxes, only those) is
+    inspected, less the `ignore` boxes. A box whose four numbers are all at most 1 is in shares of the
+    width and height; otherwise in pixels (right and bottom exclusive)."""
+    h, w = size_hw
+    mask = np.zeros((h, w), bool) if inspect else np.ones((h, w), bool)
+    for boxes, value in ((inspect, True), (ignore, False)):
+        for box in boxes:
+            left, top, right, bottom = _pixel_box(box, h, w)
+            mask[top:bottom, left:right] = value
+    return InspectionRegion(mask, source="boxes")
+
+
+def _pixel_box(box: Box, h: int, w: int) -> tuple[int, int, int, int]:
+    if len(box) != 4:
+        raise ValueError(f"a box is left,top,right,bottom; got {len(box)} numbers: {box}")
+    relative = all(0 <= v <= 1 for v in box)
+    left, top, right, bottom = (
+        (round(box[0] * w), round(box[1] * h), round(box[2] * w), round(box[3] * h)) if relative else map(round, box)
+    )
+    if not (0 <= left < right <= w and 0 <= top < bottom <= h):
+        raise ValueError(f"box {box} is empty or outside the {w} x {h} image (left,top,right,bottom)")
+    return left, top, right, bottom
+
+
+def preview(rgb: np.ndarray, region: InspectionRegion) -> np.ndarray:
+    """The image with its ignored pixels dimmed as overlays show them (the mask as drawn, no margin)."""
+    from .overlay import IGNORED_DIMMING
+
+    out = np.array(rgb, copy=True)
+    ignored = ~region.on_image(out.shape[:2])
+    out[ignored] = np.rint(IGNORED_DIMMING * out[ignored].astype(np.float32)).astype(np.uint8)
+    return out
+
+
 def _as_grey(img: Image.Image) -> Image.Image:
     """Any Pillow mode as 8-bit grey; transparent pixels are not inspected."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):

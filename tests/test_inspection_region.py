@@ -346,3 +346,37 @@ def test_fit_unlabeled_ranks_and_fits_with_the_region(folders, tmp_path):
     run([*args, *size, "--out", model])
     assert (model / REGION_FILE).exists() and (model / "typical_images.json").exists()
     assert load_detector(model).region.digest == InspectionRegion.from_file(folders / "region.png").digest
+
+
+def test_regions_from_boxes_by_hand():
+    from anomalens.inspection_region import region_from_boxes
+
+    by_share = region_from_boxes((4, 8), ignore=[(0, 0, 0.25, 0.5)])  # 2 columns x 2 rows of 8 x 4
+    expected = np.ones((4, 8), bool)
+    expected[:2, :2] = False
+    np.testing.assert_array_equal(by_share.mask, expected)
+    by_pixel = region_from_boxes((4, 8), inspect=[(2, 1, 6, 4)], ignore=[(3, 2, 4, 3)])
+    expected = np.zeros((4, 8), bool)
+    expected[1:4, 2:6] = True
+    expected[2, 3] = False
+    np.testing.assert_array_equal(by_pixel.mask, expected)
+    with pytest.raises(ValueError, match="outside the 8 x 4 image"):
+        region_from_boxes((4, 8), ignore=[(0, 0, 9, 2)])
+    with pytest.raises(ValueError, match="got 3 numbers"):
+        region_from_boxes((4, 8), ignore=[(0, 0, 1)])
+
+
+def test_the_region_command_draws_a_mask_and_a_preview(folders, tmp_path):
+    like = folders / "parts" / "left_defect.png"
+    out, shown = tmp_path / "drawn" / "region.png", tmp_path / "preview.png"
+    result = run(["region", "--like", like, "--ignore", "0,0,0.5,1", "--out", out, "--preview", shown])
+    assert "50% of each image inspected" in result.output
+    assert InspectionRegion.from_file(out).digest == InspectionRegion.from_file(folders / "region.png").digest
+    image, picture = np.asarray(Image.open(like)), np.asarray(Image.open(shown))
+    np.testing.assert_allclose(picture[:, :64], IGNORED_DIMMING * image[:, :64], atol=0.51)
+    np.testing.assert_array_equal(picture[:, 64:], image[:, 64:])
+    again = run(["region", "--like", like, "--ignore", "0,0,0.5,1", "--out", out], code=2)
+    assert "exists; pass --overwrite" in again.output
+    assert "give at least one" in run(["region", "--like", like, "--out", tmp_path / "x.png"], code=2).output
+    bad = run(["region", "--like", like, "--ignore", "a,b,c,d", "--out", tmp_path / "y.png"], code=2)
+    assert "a box is four numbers" in bad.output

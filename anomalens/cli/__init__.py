@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 try:
-    from . import benchmark, data, demo, describe, detect, evaluate, export, fit, methods, serve, train  # noqa: F401  (register the commands)
+    from . import benchmark, data, demo, describe, detect, evaluate, export, fit, methods, region, serve, train  # noqa: F401  (register the commands)
     from .app import app
 except KeyboardInterrupt:  # Ctrl-C while the command line loads: one line, no traceback
     sys.stderr.write("interrupted (Ctrl-C)\n")
