@@ -35,6 +35,7 @@ from .errors import ImageLoadError
 
 REGION_LEVEL = 128  # mask pixels at or above this grey level are inspected
 REGION_FILE = "region.png"  # the region's file in a saved model's folder
+COUNTED_CACHE_SIZE = 64  # image geometries whose counted pixels a region keeps
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,6 +56,8 @@ class InspectionRegion:
                 f"{REGION_LEVEL}); white (or any grey level >= {REGION_LEVEL}) marks what is inspected"
             )
         object.__setattr__(self, "mask", mask)
+        # what counts per image geometry (size, tiles, margin): a production line repeats a few sizes
+        object.__setattr__(self, "_counted", {})
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> InspectionRegion:
@@ -127,7 +130,7 @@ def on_input(
     """(size, size) bool: an image's inspected pixels (`InspectionRegion.on_image`) on one model input,
     the `tile` (top, left, h, w) resized onto `box` (top, left, h, w) as its pixels were; False off the box."""
     top, left, h, w = tile
-    cut = torch.from_numpy(np.ascontiguousarray(inspected[top : top + h, left : left + w]))
+    cut = torch.tensor(inspected[top : top + h, left : left + w])  # a copy: `inspected` may be read-only
     b_top, b_left, bh, bw = box
     resized = F.interpolate(cut[None, None].float(), size=(bh, bw), mode="nearest")[0, 0] > 0.5
     out = torch.zeros(size, size, dtype=torch.bool)
@@ -146,8 +149,16 @@ def counted_pixels(
     """What counts on an image of `size_hw` cut into `tiles`, each resized onto its `box` of a size x size
     model input, `margin` input pixels beside ignored parts left out: (H, W) bool, and (size, size) bool
     per input. Every tile has the same size and place on its input, so one margin in image pixels."""
-    inspected = region.on_image(size_hw, input_margin(margin, tiles[0], boxes[0]))
-    return inspected, [on_input(inspected, t, size, b) for t, b in zip(tiles, boxes)]
+    key = (tuple(size_hw), tuple(map(tuple, tiles)), tuple(map(tuple, boxes)), size, margin)
+    cached = region._counted.get(key)
+    if cached is None:
+        inspected = region.on_image(size_hw, input_margin(margin, tiles[0], boxes[0]))
+        inspected.setflags(write=False)  # shared by every image of this geometry (and their results)
+        cached = inspected, [on_input(inspected, t, size, b) for t, b in zip(tiles, boxes)]
+        if len(region._counted) >= COUNTED_CACHE_SIZE:
+            region._counted.clear()
+        region._counted[key] = cached
+    return cached
 
 
 NOTHING_COUNTS = "the inspection region covers no pixel of this image at the model's input size; draw it larger"
