@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -12,23 +11,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__
 from .calibration import DEFAULT_MARGIN, DEFAULT_QUANTILE, Threshold, apply_decision, as_threshold
-from .errors import ModelFileError
 from .image_inputs import NamedInput, named_inputs
 from .image_inputs import as_loaded as _as_loaded
 from .images import ImageLoadError, ImageReading, LoadedImage, list_images, read_ahead
-from .inspection_region import REGION_FILE, InspectionRegion, as_region
+from .inspection_region import InspectionRegion, as_region
 from .methods import create_method
-from .methods.base import saved_settings, settings_to_dict
-from .model_files import (
-    MODEL_CONFIG,
-    MODEL_WEIGHTS,
-    read_model_config,
-    read_model_tensors,
-    set_default_mode,
-    tensor_manifest,
-)
+from .methods.base import settings_to_dict
+from .model_files import MODEL_CONFIG, load_detector, write_model
 from .progress import FitProgressCallback, finish, reporting
 from .results import AnomalyResult
 
@@ -196,7 +186,12 @@ class Detector:
         return results
 
     def predict_iter(
-        self, images: Any, batch_size: int = 8, jobs: int = 0, with_images: bool = False, skip_errors: bool = False,
+        self,
+        images: Any,
+        batch_size: int = 8,
+        jobs: int = 0,
+        with_images: bool = False,
+        skip_errors: bool = False,
         names: Sequence[str] | None = None,
     ) -> Iterator[AnomalyResult | ImageLoadError | tuple[AnomalyResult, LoadedImage]]:
         """Yield one result per input in order; an unreadable input yields its ImageLoadError.
@@ -309,48 +304,8 @@ class Detector:
 
     # ---- persistence ---------------------------------------------------------------------
     def save(self, directory: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Write settings, threshold and learned tensors (safetensors + JSON).
-
-        Each file is written atomically (temporary file, then rename), the tensors first: an
-        interrupted save leaves the previous model whole, or no detector.json at all.
-        """
-        from safetensors.torch import save
-
-        from .outputs import atomic_write
-
-        directory = Path(directory)
-        config_path = directory / MODEL_CONFIG
-        if config_path.exists() and not overwrite:
-            raise FileExistsError(
-                f"{config_path} exists; pass overwrite=True (CLI: --overwrite) to replace it"
-            )
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.method.state_dict().items()}
-        weights = save(state)
-        atomic_write(directory / MODEL_WEIGHTS, lambda f: f.write(weights))
-        region = self.region
-        if region is not None:
-            png = region.png_bytes()
-            atomic_write(directory / REGION_FILE, lambda f: f.write(png))
-        config = {
-            "anomalens_version": __version__,
-            "method": self.method_name,
-            "settings": self.settings,
-            "threshold": None if self.threshold is None else self.threshold.to_dict(),
-            "pixel_threshold": None if self.pixel_threshold is None else self.pixel_threshold.to_dict(),
-            "references": self.reference_paths,
-            "num_references": len(self.reference_paths),
-            "image_reading": self.reading.to_dict(),
-            "inspection_region": None if region is None else _region_entry(region),
-        }
-        # What load_detector checks the tensors against: a model folder missing its tensors must
-        # not load as a zero-shot model with a few-shot threshold.
-        config["tensors"] = tensor_manifest(state)
-        text = json.dumps(config, indent=2).encode("utf-8")
-        atomic_write(config_path, lambda f: f.write(text))
-        for path in (directory / MODEL_WEIGHTS, config_path, *([directory / REGION_FILE] if region else [])):
-            set_default_mode(path)
-        return directory
+        """Write settings, threshold and learned tensors (safetensors + JSON); see `model_files.write_model`."""
+        return write_model(self, directory, overwrite)
 
     def export(self, out: str | os.PathLike, format: str = "onnx", **options: Any):
         """Write the fitted detector as a standalone model; see `anomalens.export.export_onnx`."""
@@ -366,63 +321,5 @@ def threshold_from_dict(data: dict) -> Threshold:
     return as_threshold(data)
 
 
-def load_detector(
-    directory: str | os.PathLike, device: str | torch.device | None = "auto", **overrides: Any
-) -> Detector:
-    """Load a detector written by `Detector.save` (no unpickling: JSON + safetensors) onto `device`.
-
-    A `.onnx` file written by `Detector.export` gives an `anomalens.export.OnnxDetector`.
-    """
-    directory = Path(directory)
-    if directory.suffix.lower() == ".onnx":
-        if overrides:
-            raise ValueError(f"{directory} is an exported model: its settings cannot be changed ({sorted(overrides)})")
-        from .export import load_onnx_detector
-
-        return load_onnx_detector(directory)
-    config_path = directory / MODEL_CONFIG
-    if not config_path.exists():
-        raise FileNotFoundError(f"{directory} is not a saved anomalens model (no {MODEL_CONFIG})")
-    config = read_model_config(config_path)
-    from .device import resolve_device
-
-    device = resolve_device(device)  # a bad --device is the user's error, not the file's
-    try:  # every value read from detector.json: a tampered one is a one-line error naming the file
-        reading = ImageReading.from_dict(config.get("image_reading"))
-        settings = {**saved_settings(config["method"], config["settings"]), **overrides}
-        det = Detector(method=config["method"], device=device, reading=reading, **settings)
-        references = config.get("references", [])
-        if not isinstance(references, list) or not all(isinstance(r, str) for r in references):
-            raise ValueError("'references' is not a list of paths")
-        det.reference_paths = references
-        det.method.num_references = int(config.get("num_references", len(references)))
-        det.threshold = config.get("threshold")  # a saved dict (or a number, in older files)
-        det.pixel_threshold = config.get("pixel_threshold")
-        det.region = _saved_region(directory, config.get("inspection_region"))
-    except (ValueError, TypeError, AttributeError, OSError) as err:
-        raise ModelFileError(f"{config_path}: {err}") from None
-    state = read_model_tensors(directory / MODEL_WEIGHTS, config)
-    if state is not None:
-        det.method.load_state_dict(state)
-        det.method.to(det.device)  # the loaded tensors are on the CPU
-    return det
-
-
-def _region_entry(region: InspectionRegion) -> dict[str, Any]:
-    """How detector.json names a model's inspection region (its pixels are in REGION_FILE)."""
-    return {"file": REGION_FILE, "digest": region.digest, "source": region.source, "share": region.share}
-
-
-def _saved_region(directory: Path, entry: Any) -> InspectionRegion | None:
-    """The inspection region a saved model names (None when it has none); checked against its digest."""
-    if entry is None:
-        return None
-    if not isinstance(entry, dict) or entry.get("file") != REGION_FILE:
-        raise ValueError("'inspection_region' is not a region entry")
-    path = directory / REGION_FILE
-    if not path.is_file():
-        raise ValueError(f"the model has an inspection region but {REGION_FILE} is missing")
-    region = InspectionRegion.from_png_bytes(path.read_bytes(), source=str(entry.get("source", "")))
-    if region.digest != entry.get("digest"):
-        raise ValueError(f"{REGION_FILE} is not the region the model was saved with (its digest differs)")
-    return region
+# Imported from here by the CLI, serve, the engines and the tests; their home is model_files.
+__all__ = ["MODEL_CONFIG", "Detector", "load_detector", "threshold_from_dict"]

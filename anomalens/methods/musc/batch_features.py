@@ -6,9 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ...images import LoadedImage
+from ...inspection_region import InspectionRegion, counted_pixels
 from ...tiling import Box
 
 
@@ -42,6 +45,25 @@ class BatchFeatures:
         out: list[list[int]] = [[] for _ in range(self.num_images)]
         for t, i in enumerate(self.owners()):
             out[i].append(t)
+        return out
+
+    def counted_pixels(
+        self, region: InspectionRegion, i: int, size: int, margin: int, inputs: list[int] | None = None
+    ) -> tuple[np.ndarray, list[torch.Tensor]]:
+        """Image i's pixels that count under `region`, and the same on each of its `inputs` (default:
+        `inputs_of()[i]`), at model side `size` with `margin` (`inspection_region.counted_pixels`)."""
+        inputs = self.inputs_of()[i] if inputs is None else inputs
+        tiles = self.tiles[i] if self.tiles else [(0, 0, *self.sizes[i])]
+        return counted_pixels(region, self.sizes[i], tiles, [self.boxes[t] for t in inputs], size, margin)
+
+    def counted_cells(
+        self, region: InspectionRegion, grid: tuple[int, int], size: int, margin: int
+    ) -> list[torch.Tensor]:
+        """Per input, its `grid` cells that count under `region` (most of their pixels do)."""
+        out: list[torch.Tensor | None] = [None] * len(self.owners())
+        for i, inputs in enumerate(self.inputs_of()):
+            for t, on_input in zip(inputs, self.counted_pixels(region, i, size, margin, inputs)[1]):
+                out[t] = F.interpolate(on_input[None, None].float(), size=grid, mode="area")[0, 0] >= 0.5
         return out
 
     def per_image_features(self) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from ...errors import SettingsError, UsageError
 from ...geometry import map_to_image, to_model_input
 from ...images import LoadedImage
-from ...inspection_region import apply_to_map, counted_pixels
+from ...inspection_region import apply_to_map
 from ...tiling import assemble, crop, tile_boxes
 from ..base import Method, MethodOutput, register_method
 from ..patchknn import PatchKnn
@@ -314,28 +314,15 @@ class MuSc(Method):
         s = self.settings
         maps = smooth_maps(maps, s.smoothing_sigma, s.image_size)
         maps = subtract_baseline(maps, feats.boxes, s.image_size, s.map_baseline)
-        counted = None if self.region is None else self.counted_cells(feats, tuple(maps.shape[-2:]))
+        counted = None
+        if self.region is not None:
+            counted = feats.counted_cells(self.region, tuple(maps.shape[-2:]), s.image_size, s.region_margin)
         scores = image_scores(
             maps, feats.boxes, s.image_size, s.image_score_top, s.edge_neighbourhood, feats.inputs_of(), counted
         )
         if s.rscin and scores.shape[0] > 1:
             scores = rescore(scores, feats.per_image_features(), s.rscin_neighbours)
         return maps, scores
-
-    def counted_pixels(self, feats: BatchFeatures, i: int) -> tuple[np.ndarray, list[torch.Tensor]]:
-        """Image i's pixels that count under the inspection region, and the same on each of its inputs."""
-        s = self.settings
-        tiles = feats.tiles[i] if feats.tiles else [(0, 0, *feats.sizes[i])]
-        boxes = [feats.boxes[t] for t in feats.inputs_of()[i]]
-        return counted_pixels(self.region, feats.sizes[i], tiles, boxes, s.image_size, s.region_margin)
-
-    def counted_cells(self, feats: BatchFeatures, grid: tuple[int, int]) -> list[torch.Tensor]:
-        """Per input, its grid cells that count (most of their pixels do)."""
-        out: list[torch.Tensor | None] = [None] * len(feats.owners())
-        for i, inputs in enumerate(feats.inputs_of()):
-            for t, on_input in zip(inputs, self.counted_pixels(feats, i)[1]):
-                out[t] = F.interpolate(on_input[None, None].float(), size=grid, mode="area")[0, 0] >= 0.5
-        return out
 
     def image_map(self, feats: BatchFeatures, i: int, maps: torch.Tensor, inputs: list[int]) -> np.ndarray:
         """Image i's map at its own size from the maps of its `inputs` (`feats.inputs_of()[i]`: its
@@ -355,7 +342,8 @@ class MuSc(Method):
         anomaly_map = self.image_map(feats, i, maps, inputs)
         if self.region is None:
             return MethodOutput(score, anomaly_map)
-        inspected = self.counted_pixels(feats, i)[0]
+        s = self.settings
+        inspected = feats.counted_pixels(self.region, i, s.image_size, s.region_margin, inputs)[0]
         return MethodOutput(score, apply_to_map(anomaly_map, inspected), inspected=inspected)
 
     # ---- persistence: the references' features -------------------------------------------
