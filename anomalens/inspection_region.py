@@ -194,12 +194,9 @@ def _pixel_box(box: Box, h: int, w: int) -> tuple[int, int, int, int]:
 
 def preview(rgb: np.ndarray, region: InspectionRegion) -> np.ndarray:
     """The image with its ignored pixels dimmed as overlays show them (the mask as drawn, no margin)."""
-    from .overlay import IGNORED_DIMMING
+    from .overlay import dim_ignored
 
-    out = np.array(rgb, copy=True)
-    ignored = ~region.on_image(out.shape[:2])
-    out[ignored] = np.rint(IGNORED_DIMMING * out[ignored].astype(np.float32)).astype(np.uint8)
-    return out
+    return dim_ignored(np.array(rgb, copy=True), rgb, ~region.on_image(rgb.shape[:2]))
 
 
 def _as_grey(img: Image.Image) -> Image.Image:

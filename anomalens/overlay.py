@@ -168,9 +168,7 @@ def heatmap_overlay(
     out = np.rint((1.0 - a) * img.astype(np.float32) + a * colours).astype(np.uint8)
     if ignored is not None:
         ig = np.asarray(ignored, dtype=bool)
-        if ig.shape != (h, w):
-            ig = _resize_mask(ig, (h, w))
-        out[ig] = np.rint(IGNORED_DIMMING * img[ig].astype(np.float32)).astype(np.uint8)
+        dim_ignored(out, img, ig if ig.shape == (h, w) else _resize_mask(ig, (h, w)))
     if mask is not None:
         mk = np.asarray(mask, dtype=bool)
         if mk.shape != (h, w):
@@ -182,6 +180,13 @@ def heatmap_overlay(
             halo = ndimage.binary_dilation(contour, iterations=1) & ~mk
             out[halo] = CONTOUR_HALO
             out[contour] = CONTOUR_COLOUR
+    return out
+
+
+def dim_ignored(out: np.ndarray, image: np.ndarray, ignored: np.ndarray) -> np.ndarray:
+    """`out` (in place) with the `ignored` pixels set to `image`'s, dimmed: how overlays show what
+    an inspection region leaves out."""
+    out[ignored] = np.rint(IGNORED_DIMMING * image[ignored].astype(np.float32)).astype(np.uint8)
     return out
 
 

@@ -121,7 +121,7 @@ def _build_detector(p: dict[str, Any], explicit: set[str], progress=None, refere
         saved, det.reading = det.reading, image_reading(p, det.reading)
         if det.reading.bit_depth != saved.bit_depth:
             echo(f"note: --bit-depth {det.reading.bit_depth}; the model's references were read at {saved.bit_depth}")
-        overridden = model_overrides(p, explicit, det)
+        overridden = model_overrides(p, explicit, det, region)
         if overridden:
             fail(
                 f"--model {p['model']} holds a fitted {det.method_name} model whose saved settings a run cannot "
@@ -170,7 +170,7 @@ def _json_value(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def model_overrides(p: dict[str, Any], explicit: set[str], det) -> list[str]:
+def model_overrides(p: dict[str, Any], explicit: set[str], det, region=None) -> list[str]:
     """The options given with --model that would change the saved model, each as
     "--name value (saved: value)"; options equal to the saved values are not listed."""
     found = []
@@ -188,7 +188,7 @@ def model_overrides(p: dict[str, Any], explicit: set[str], det) -> list[str]:
     if p.get("describe_") and "describe_" in explicit:
         found.append("--describe (the saved model's defect phrases are used)")
     if p.get("region") is not None:
-        given = inspection_region(p)
+        given = region or inspection_region(p)  # `region`: --region already read
         if det.region is None or given.digest != det.region.digest:
             saved = "none" if det.region is None else det.region.source or "another region"
             found.append(f"--region {p['region']} (saved: {saved})")

@@ -215,18 +215,18 @@ def score_image(
     if input_boxes is None and input_regions is None:
         values = weighted
     else:  # the pixels of the grid cells whose centres lie on the image (as the ONNX graph's valid mask)
-        inside = torch.ones(weighted.shape, dtype=torch.bool) if input_regions is None else torch.stack(input_regions)
-        if input_boxes is not None:
-            grid = patches.shape[-2:]
-            sy, sx = s.image_size // grid[0], s.image_size // grid[1]
-            on_image = torch.zeros_like(inside)
-            for t, box in enumerate(input_boxes):
-                r, c = valid_grid_region(box, s.image_size, grid)
-                on_image[t, r.start * sy : r.stop * sy, c.start * sx : c.stop * sx] = True
-            inside = inside & on_image
-        if not inside.any():
+        grid = patches.shape[-2:]
+        sy, sx = s.image_size // grid[0], s.image_size // grid[1]
+        whole = (0, 0, s.image_size, s.image_size)
+        parts = []
+        for t, m in enumerate(weighted):
+            r, c = valid_grid_region(whole if input_boxes is None else input_boxes[t], s.image_size, grid)
+            rows, cols = slice(r.start * sy, r.stop * sy), slice(c.start * sx, c.stop * sx)
+            part = m[rows, cols]  # and with an inspection region, its pixels there
+            parts.append(part.reshape(-1) if input_regions is None else part[input_regions[t][rows, cols].to(m.device)])
+        values = torch.cat(parts)
+        if values.numel() == 0:
             raise ValueError(NOTHING_COUNTS)
-        values = weighted[inside.to(weighted.device)]
     score = image_score(values, s.top_fraction)
     if bank is not None and s.reweight_neighbours > 0:
         score = score * reweighting_factor(
