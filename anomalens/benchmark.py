@@ -27,13 +27,12 @@ import numpy as np
 
 from . import __version__
 from .data import CategorySplit, load_dataset, load_mask, sample_references
+from .defect_type_metrics import DefectTypeMetrics, defect_type_table, summarise_defect_types
 from .detector import Detector
 from .image_reading import ImageReading
 from .images import ImageLoadError
-from .metrics import PixelMetricAccumulator, image_metrics
+from .metrics import IMAGE_METRICS, PIXEL_METRICS, PixelMetricAccumulator, image_metrics
 
-IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1max")
-PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_aupro")
 METRICS = IMAGE_METRICS + PIXEL_METRICS
 RUNS_FILE = "runs.jsonl"
 
@@ -52,6 +51,7 @@ class BenchmarkSettings:
     device: str = "auto"  # cpu | cuda | cuda:N | auto
     image_reading: dict[str, Any] = field(default_factory=dict)  # ImageReading fields (bit depth, pixel limit)
     region: str | None = None  # an inspection region's mask file, applied to every category's images
+    by_defect_type: bool = False  # also each defect type's metrics on its own (does not change the others)
 
 
 def run_config(settings: BenchmarkSettings) -> dict[str, Any]:
@@ -150,8 +150,10 @@ def evaluate_category(
     pixel_resolution: int | None = None,
     batch_size: int = 8,
     on_image=None,
+    by_defect_type: bool = False,
 ) -> dict[str, Any]:
-    """Fit on the references, score every test image, compute all metrics for one category."""
+    """Fit on the references, score every test image, compute all metrics for one category
+    (with `by_defect_type`, also each defect type's against the good images: `DefectTypeMetrics`)."""
     start = time.perf_counter()
     detector.method.set_category(split.category)
     detector.fit(references)
@@ -160,9 +162,14 @@ def evaluate_category(
     pixels = PixelMetricAccumulator(resolution=pixel_resolution) if use_pixels else None
     predict_start = time.perf_counter()
     samples = split.test
-    labels, scores, failures, unmasked = score_samples(detector, samples, pixels, batch_size, on_image)
+    types = DefectTypeMetrics(samples, use_pixels, pixel_resolution) if by_defect_type else None
+    labels, scores, failures, unmasked = score_samples(
+        detector, samples, pixels, batch_size, on_image, on_result=None if types is None else types.add
+    )
     predict_seconds = time.perf_counter() - predict_start
     metrics = category_metrics(labels, scores, pixels)
+    if types is not None:
+        metrics["by_defect_type"] = types.compute()
     n = len(labels)
     metrics.update(
         images=n,
@@ -302,8 +309,11 @@ def run_benchmark(settings: BenchmarkSettings, out_dir: str | Path, progress: bo
     def same_kind(r: dict) -> bool:  # same settings, and the same data for this run's categories
         return r.get("config_key") == key and r.get("data") == fingerprints.get(r["category"], r.get("data"))
 
+    def usable(r: dict) -> bool:  # a run without the defect types' metrics is redone when they are asked for
+        return same_kind(r) and (not settings.by_defect_type or "by_defect_type" in r["metrics"])
+
     every_run = _read_runs(runs_path)
-    done = [r for r in every_run if same_kind(r)]
+    done = list({(r["category"], r["shots"], r["seed"]): r for r in every_run if usable(r)}.values())
     _note_other_runs([r for r in every_run if not same_kind(r)], config, fingerprints)
     done_keys = {(r["category"], r["shots"], r["seed"]) for r in done}
     plan = []
@@ -339,6 +349,7 @@ def run_benchmark(settings: BenchmarkSettings, out_dir: str | Path, progress: bo
             settings.pixel_resolution,
             settings.batch_size,
             on_image=lambda: bar.update(1),
+            by_defect_type=settings.by_defect_type,
         )
         record = {
             "category": cat,
@@ -378,7 +389,11 @@ def run_benchmark(settings: BenchmarkSettings, out_dir: str | Path, progress: bo
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "runs": len(runs),
     }
-    (out / "results.json").write_text(json.dumps(result, indent=2))
     write_csv(out / "results.csv", summary)
-    (out / "results.md").write_text(markdown_table(summary))
+    markdown = markdown_table(summary)
+    if settings.by_defect_type:
+        result["by_defect_type"] = summarise_defect_types(runs, categories, settings.shots)
+        markdown += defect_type_table(result["by_defect_type"])
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+    (out / "results.md").write_text(markdown)
     return result

@@ -23,6 +23,9 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 DEFAULT_MAX_FPR = 0.3
 DEFAULT_EXACT_PIXEL_LIMIT = 50_000_000
 DEFAULT_BINS = 2**16
+# the names of the image and pixel metrics `image_metrics` and `PixelMetricAccumulator.compute` return
+IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1max")
+PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_aupro")
 # 8-connectivity: diagonal neighbours belong to the same defect region (MVTec definition).
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
@@ -227,9 +230,7 @@ def region_weights(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return inverse_sizes[regions], int(num_regions)
 
 
-def resize_pair(
-    anomaly_map: np.ndarray, mask: np.ndarray, shape_hw: tuple[int, int]
-) -> tuple[np.ndarray, np.ndarray]:
+def resize_pair(anomaly_map: np.ndarray, mask: np.ndarray, shape_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """``anomaly_map`` (bilinear) and ``mask`` (nearest, stays binary) resized to ``shape_hw``."""
     height, width = shape_hw
     if anomaly_map.shape != (height, width):
@@ -300,5 +301,14 @@ def aupro(
 # The streaming accumulator has its own module; it is part of this module's public API.
 from .pixel_accumulator import PixelMetricAccumulator  # noqa: E402
 
-__all__ = ["DEFAULT_MAX_FPR", "PixelMetricAccumulator", "aupro", "image_metrics", "longer_side_shape",
-           "region_weights", "resize_pair"]
+__all__ = [
+    "DEFAULT_MAX_FPR",
+    "IMAGE_METRICS",
+    "PIXEL_METRICS",
+    "PixelMetricAccumulator",
+    "aupro",
+    "image_metrics",
+    "longer_side_shape",
+    "region_weights",
+    "resize_pair",
+]

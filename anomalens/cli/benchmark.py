@@ -35,6 +35,11 @@ def benchmark(
     region: o.Region = None,
     device: o.Device = "auto",
     progress: o.Progress = True,
+    by_defect_type: bool = typer.Option(
+        False,
+        "--by-defect-type",
+        help="Also each defect type's metrics against the good images, and its share of the defect pixels.",
+    ),
     set_: o.Set = None,
 ) -> None:
     """Per-category image and pixel metrics; resumes from what --out already holds.
@@ -43,6 +48,7 @@ def benchmark(
     --out/runs.jsonl, unused, and a note names the difference.
     """
     from ..benchmark import BenchmarkSettings, markdown_table, run_benchmark
+    from ..defect_type_metrics import defect_type_table
     from .build import image_reading, inspection_region
 
     reading = image_reading({"bit_depth": bit_depth, "max_pixels": max_pixels})
@@ -68,6 +74,7 @@ def benchmark(
         device=device,
         image_reading=reading.to_dict(),
         region=None if region is None else str(region),
+        by_defect_type=by_defect_type,
     )
     if quantize_maps and not settings.method_settings.get("quantize_maps"):
         fail(f"--quantize-maps: method {method!r} has no quantize_maps setting (fade has)")
@@ -77,4 +84,6 @@ def benchmark(
         fail(str(err))
     typer.echo(f"{method} on {data} ({result['backbone']})")
     typer.echo(markdown_table(result["shots"]))
+    if "by_defect_type" in result:
+        typer.echo(defect_type_table(result["by_defect_type"]))
     typer.echo(f"results: {out / 'results.json'}, {out / 'results.csv'}")
