@@ -117,6 +117,7 @@ def defect_type_table(summary: dict[str, Any]) -> str:
                 cells = [str(e["images"])]
                 for m in TABLE_COLUMNS[1:]:
                     v, std = e.get(m), e.get(f"{m}_std")
-                    cells.append("N/A" if v is None else f"{100 * v:.1f}" + (f" ± {100 * std:.1f}" if std else ""))
+                    spread = f" ± {100 * std:.1f}" if std and round(100 * std, 1) else ""  # not "± 0.0"
+                    cells.append("N/A" if v is None else f"{100 * v:.1f}{spread}")
                 lines.append(f"| {category} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

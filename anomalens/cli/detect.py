@@ -56,6 +56,16 @@ def detect(
     shard_size: int = typer.Option(1000, "--shard-size", min=1, help="Images per result shard (ray)."),
     ray_maps: bool = typer.Option(False, "--ray-maps", help="Also write maps and masks (ray; off: results only)."),
     ray_overlays: bool = typer.Option(False, "--ray-overlays", help="Also write overlays (ray)."),
+    watch: bool = typer.Option(
+        False, "--watch", help="Keep watching the folders and inspect new images as they arrive (Ctrl-C ends)."
+    ),
+    poll_seconds: float = typer.Option(2.0, "--poll-seconds", min=0.05, help="--watch: how often to look."),
+    settle_seconds: float = typer.Option(
+        1.0, "--settle-seconds", min=0.0, help="--watch: a file is read once unchanged this long."
+    ),
+    report_seconds: float = typer.Option(
+        60.0, "--report-seconds", min=0.0, help="--watch: rewrite report.html at most this often (and at the end)."
+    ),
 ) -> None:
     """Score images: results.jsonl/.csv, overlays, masks, raw maps and report.html under --out.
 
@@ -77,6 +87,8 @@ def detect(
     threshold_value = parse_threshold(p["threshold"])
     if p.get("engine", "local") not in ("local", "ray"):
         fail(f"--engine must be 'local' or 'ray', got {p['engine']!r}")
+    if p.get("watch"):
+        return _watch(p, explicit, out, threshold_value)
     if p.get("engine") == "ray":
         # Inputs stay as given (folders, lists of paths, globs): the engine lists them lazily.
         if not p["images"]:
@@ -91,13 +103,7 @@ def detect(
     det, source = build_detector(p, explicit)
     if det.method_name == "patchknn" and not det.reference_paths and len(inputs.files) >= 2:
         echo(ZERO_SHOT_BATCH_NOTE.format(n=len(inputs.files)))
-    set_threshold(det, p, explicit, threshold_value)
-    if det.threshold is not None:
-        report_threshold(det.threshold, det.pixel_threshold)
-    elif det.pixel_threshold is not None:
-        echo(f"pixel threshold: {describe(det.pixel_threshold)}; no image threshold: no OK/NG decisions")
-    else:
-        echo("no threshold: scores and maps only (pass --threshold X or --threshold auto for OK/NG and masks)")
+    _set_and_say_threshold(det, p, explicit, threshold_value)
 
     with ProgressBar(det.method_name) as bar:
         summary = run(
@@ -123,6 +129,64 @@ def detect(
         echo("interrupted: everything written so far is valid; run the same command again to resume")
     if summary.exit_code:
         raise typer.Exit(summary.exit_code)
+
+
+def _set_and_say_threshold(det, p: dict, explicit: set, threshold_value) -> None:
+    set_threshold(det, p, explicit, threshold_value)
+    if det.threshold is not None:
+        report_threshold(det.threshold, det.pixel_threshold)
+    elif det.pixel_threshold is not None:
+        echo(f"pixel threshold: {describe(det.pixel_threshold)}; no image threshold: no OK/NG decisions")
+    else:
+        echo("no threshold: scores and maps only (pass --threshold X or --threshold auto for OK/NG and masks)")
+
+
+def _watch(p: dict, explicit: set, out: Path, threshold_value) -> None:
+    """`detect --watch`: the hot folder (anomalens.watch); Ctrl-C or SIGTERM end it (exit 0, 1 if an image failed)."""
+    from ..watch import watch
+
+    if p.get("engine") == "ray":
+        fail("--watch runs on this machine: leave out --engine ray")
+    det, source = build_detector(p, explicit)
+    _set_and_say_threshold(det, p, explicit, threshold_value)
+    folders = ", ".join(map(str, p["images"] or []))
+    echo(f"watching {folders} every {p['poll_seconds']:g} s (Ctrl-C ends); results in {out}")
+    stop_on_sigterm()  # a service manager's stop ends the watch as Ctrl-C does: the report is written
+    result = watch(
+        det,
+        [Path(i) for i in p["images"] or []],
+        out,
+        poll_seconds=float(p["poll_seconds"]),
+        settle_seconds=float(p["settle_seconds"]),
+        report_seconds=float(p["report_seconds"]),
+        report=p["report"],
+        overwrite=p["overwrite"],
+        log=echo,
+        map_format=p["map_format"],
+        batch_size=int(p["batch_size"]),
+        jobs=int(p["jobs"]),
+        source=source,
+        options=p,
+    )
+    echo(f"watched {result.polls} times; scored {result.scored} images")
+    if result.last is not None:
+        if result.last.report is not None:
+            echo(f"report: {result.last.report}")
+        print_summary(result.last)
+        if result.last.failures:  # as detect: 1 when an image failed
+            raise typer.Exit(1)
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (systemd, docker stop, kill) raises KeyboardInterrupt in the main thread, as Ctrl-C does."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 def print_summary(summary) -> None:
