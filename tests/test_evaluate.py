@@ -97,6 +97,10 @@ def test_confusion_matrix_and_rates_hand_computed(tiles, tmp_path):
     # Pairs (defect > good) over 16: 20 beats 10 (+ tie with 20 = 0.5), 35 beats 3, 60 and 90 beat 4.
     assert summary["metrics"]["image_auroc"] == pytest.approx((1.5 + 3 + 4 + 4) / 16)
     assert summary["metrics"]["pixel_auroc"] is not None
+    # Each type against the good images: hole 20 (1.5 of 4) and 90 (4), scratch 35 (3) and 60 (4), over 8 pairs.
+    by_type = summary["metrics_by_defect_type"]
+    assert by_type["hole"]["image_auroc"] == pytest.approx(5.5 / 8)
+    assert by_type["scratch"]["image_auroc"] == pytest.approx(7 / 8)
     # The CSV: every image, its outcome; the failed one with its error.
     with open(out / "scores.csv", newline="") as fh:
         rows = {Path(r["path"]).name + "/" + r["defect_type"]: r for r in csv.DictReader(fh)}

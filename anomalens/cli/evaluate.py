@@ -163,6 +163,10 @@ def print_evaluation(summary: dict) -> None:
     metrics = summary["metrics"]
     shown = ", ".join(f"{k} {100 * v:.1f}" for k, v in metrics.items() if v is not None)
     echo(f"metrics: {shown or 'n/a'}")
+    per_type = summary.get("metrics_by_defect_type") or {}
+    aurocs = ", ".join(f"{k} {100 * v['image_auroc']:.1f}" for k, v in per_type.items() if v["image_auroc"] is not None)
+    if aurocs:
+        echo(f"image AUROC by defect type (against the good images): {aurocs}")
     at = summary.get("at_target")
     if at:
         echo(

@@ -34,6 +34,7 @@ import numpy as np
 from ..benchmark import category_metrics, score_samples
 from ..calibration import DEFAULT_QUANTILE
 from ..data import CategorySplit
+from ..defect_type_metrics import DefectTypeMetrics
 from ..metrics import PixelMetricAccumulator
 from .confusion import confusion, outcome, recall_by_defect_type, threshold_meeting_target
 
@@ -75,8 +76,10 @@ def evaluate(
 
     rows: list[dict] = []
     miss_maps: dict[str, np.ndarray] = {}
+    by_type = DefectTypeMetrics(split.test, pixels=False)  # threshold-free, beside the recall per type
 
     def keep(sample, result) -> None:
+        by_type.add(sample, result)
         row = _row(sample, result.score, result.decision)
         rows.append(row)
         if row["outcome"] in ("false reject", "escape"):
@@ -103,6 +106,7 @@ def evaluate(
         "failed": failures,
         "confusion": None if matrix is None else matrix.to_dict(),
         "recall_by_defect_type": recall_by_defect_type(rows),
+        "metrics_by_defect_type": by_type.compute(),
         "metrics": category_metrics(labels, scores, pixels),
         "pixel_metrics_exact": None if pixels is None else pixels.is_exact,
         "defects_without_mask": len(unmasked),
