@@ -56,6 +56,24 @@ class Line:
             self.steps.pop(0)()
 
 
+def _watch_line(detector, inbox: Path, out: Path, steps, **options):
+    """watch() polling once a (fake) second while `steps` happen between polls: (summary, each run's summary)."""
+    line = Line(steps)
+    runs = []
+    result = watch(
+        detector,
+        [inbox],
+        out,
+        poll_seconds=1.0,
+        clock=line.clock,
+        sleep=line.sleep,
+        on_run=runs.append,
+        jobs=0,
+        **options,
+    )
+    return result, runs
+
+
 def _records(out: Path) -> dict[str, list[dict]]:
     by_name: dict[str, list[dict]] = {}
     for line in (out / "results.jsonl").read_text().splitlines():
@@ -79,20 +97,14 @@ def test_new_images_are_scored_once_when_they_have_settled(detector, tmp_path):
     def finish_c():
         _png(half, 11, age=0.0)
 
-    line = Line([arrive_b, start_c, finish_c])
-    runs = []
-    result = watch(
+    result, runs = _watch_line(
         detector,
-        [inbox],
+        inbox,
         tmp_path / "out",
-        poll_seconds=1.0,
+        [arrive_b, start_c, finish_c],
         settle_seconds=1.5,
         report_seconds=1000.0,
         max_polls=8,
-        clock=line.clock,
-        sleep=line.sleep,
-        on_run=runs.append,
-        jobs=0,
     )
     recs = _records(tmp_path / "out")
     assert {k: len(v) for k, v in recs.items()} == {"a.png": 1, "b.png": 1, "c.png": 1}  # each once, none failed
@@ -114,20 +126,14 @@ def test_a_failed_file_waits_until_it_changes(detector, tmp_path):
     def repair():
         _png(bad, 12)
 
-    line = Line([lambda: None, lambda: None, repair])
-    runs = []
-    result = watch(
+    result, runs = _watch_line(
         detector,
-        [inbox],
+        inbox,
         tmp_path / "out",
-        poll_seconds=1.0,
+        [lambda: None, lambda: None, repair],
         settle_seconds=0.5,
         report=False,
         max_polls=6,
-        clock=line.clock,
-        sleep=line.sleep,
-        on_run=runs.append,
-        jobs=0,
     )
     # tried once and recorded as failed; polls 2-3 leave it alone; tried again once it was rewritten
     assert [(r.scored, r.failed) for r in runs] == [(0, 1), (1, 0)]
