@@ -134,6 +134,7 @@ def watch(
     last_report = clock()
     reported = True  # nothing new since the last report
     fresh = overwrite  # --overwrite starts the first run afresh, never a later one
+    missing: list[str] = []  # inputs that were not there at the last poll
 
     def run_once(with_report: bool) -> RunSummary:
         nonlocal fresh
@@ -163,6 +164,10 @@ def watch(
                 break
             summary.polls += 1
             now = clock()
+            gone = [str(i) for i in given if not i.exists()]
+            if gone != missing:  # a share that dropped out: say so once, keep polling until it is back
+                log(f"watch: {', '.join(gone)} not there; waiting for it" if gone else "watch: every folder is back")
+                missing[:] = gone
             new = []
             for f in folder.settled(now):
                 key = os.path.realpath(f)

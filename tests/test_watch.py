@@ -175,3 +175,27 @@ def test_cli_watch_ends_on_ctrl_c_with_a_summary(detector, tmp_path, monkeypatch
     assert "watching" in res.output and "scored 2 images" in res.output and "OK 1, NG 1" in res.output
     assert (tmp_path / "out" / "report.html").exists()
     assert np.isfinite([r["score"] for r in read_records(tmp_path / "out")]).all()
+
+
+def test_a_folder_that_drops_out_is_waited_for(detector, tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    _png(inbox / "a.png", 10)
+    hidden = tmp_path / "hidden"
+
+    def drop():
+        inbox.rename(hidden)
+
+    def back():
+        hidden.rename(inbox)
+        _png(inbox / "b.png", 11)
+
+    notes = []
+    result, runs = _watch_line(
+        detector, inbox, tmp_path / "out", [drop, back], max_polls=4, report=False, log=notes.append
+    )
+    assert [r.scored for r in runs] == [1, 1] and result.scored == 2
+    assert [n for n in notes if "not there" in n or "back" in n] == [
+        f"watch: {inbox} not there; waiting for it",
+        "watch: every folder is back",
+    ]
