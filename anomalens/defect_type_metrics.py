@@ -17,8 +17,6 @@ import numpy as np
 from .data import load_mask
 from .metrics import IMAGE_METRICS, PIXEL_METRICS, PixelMetricAccumulator, image_metrics
 
-GOOD = "good"
-
 
 class DefectTypeMetrics:
     """Collects scored samples (`add`), then `compute()` -> {defect type: metrics}.

@@ -107,11 +107,10 @@ def watch(
     Ends on Ctrl-C, when `stop()` is true, or after `max_polls` polls; the report is then written once
     more. Raises UsageError for an input that does not exist or a detector that scores jointly.
     """
-    log = log or (lambda message: None)
     sleep = sleep or time.sleep
-    person = log
+    person = log or (lambda message: None)
 
-    def log(message: str) -> None:  # every poll resumes the same out: that note says nothing here
+    def note(message: str) -> None:  # every poll resumes the same out: that note says nothing here
         if not message.startswith("resuming:"):
             person(message)
 
@@ -131,7 +130,7 @@ def watch(
     summary = WatchSummary()
     taken: dict[str, Path] = {}  # every settled file handed to a run, by real path
     failed: dict[str, tuple[int, int] | None] = {}  # failed file -> its signature when it failed
-    last_report = clock()
+    last_report: float | None = None  # the first run writes the report at once
     reported = True  # nothing new since the last report
     fresh = overwrite  # --overwrite starts the first run afresh, never a later one
     missing: list[str] = []  # inputs that were not there at the last poll
@@ -145,7 +144,7 @@ def watch(
             out,
             overwrite=fresh,
             report=with_report,
-            log=log,
+            log=note,
             **run_options,
         )
         fresh = False
@@ -166,7 +165,7 @@ def watch(
             now = clock()
             gone = [str(i) for i in given if not i.exists()]
             if gone != missing:  # a share that dropped out: say so once, keep polling until it is back
-                log(f"watch: {', '.join(gone)} not there; waiting for it" if gone else "watch: every folder is back")
+                note(f"watch: {', '.join(gone)} not there; waiting for it" if gone else "watch: every folder is back")
                 missing[:] = gone
             new = []
             for f in folder.settled(now):
@@ -180,9 +179,9 @@ def watch(
                     new.append(f)
                 taken[key] = f
             if new:
-                due = report and clock() - last_report >= report_seconds
+                due = report and (last_report is None or clock() - last_report >= report_seconds)
                 result = run_once(due)
-                log(f"watch: {len(new)} new image(s); so far {counts(result)}")
+                note(f"watch: {len(new)} new image(s); so far {counts(result)}")
                 if result.interrupted:
                     break
                 reported = due
@@ -191,7 +190,7 @@ def watch(
             if max_polls is None or summary.polls < max_polls:
                 sleep(poll_seconds)
     except KeyboardInterrupt:
-        log("watch: stopped")
+        note("watch: stopped")
     if report and taken and not reported:  # the report of everything taken in, once more at the end
         try:
             run_once(True)

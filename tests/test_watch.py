@@ -113,7 +113,9 @@ def test_new_images_are_scored_once_when_they_have_settled(detector, tmp_path):
     # poll 1 takes a; b (poll 2) waits 1.5 s of unchanged looks; c is read only after its copy ended
     assert [r.scored for r in runs[:3]] == [1, 1, 1] and not any(r.failed for r in runs)
     assert result.scored == 3 and result.polls == 8
-    assert result.last.done == 3 and (tmp_path / "out" / "report.html").exists()  # the report at the end
+    # the report: with the first run, not again within report_seconds, and once more at the end
+    assert runs[0].report is not None and runs[1].report is None and runs[2].report is None
+    assert result.last.done == 3 and result.last.report == tmp_path / "out" / "report.html"
 
 
 def test_a_failed_file_waits_until_it_changes(detector, tmp_path):
