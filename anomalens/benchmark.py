@@ -27,7 +27,7 @@ import numpy as np
 
 from . import __version__
 from .data import CategorySplit, load_dataset, load_mask, sample_references
-from .defect_type_metrics import DefectTypeMetrics, defect_type_table, summarise_defect_types
+from .defect_type_metrics import DefectTypeMetrics, write_defect_types
 from .detector import Detector
 from .image_reading import ImageReading
 from .images import ImageLoadError
@@ -391,9 +391,8 @@ def run_benchmark(settings: BenchmarkSettings, out_dir: str | Path, progress: bo
     }
     write_csv(out / "results.csv", summary)
     markdown = markdown_table(summary)
-    if settings.by_defect_type:
-        result["by_defect_type"] = summarise_defect_types(runs, categories, settings.shots)
-        markdown += defect_type_table(result["by_defect_type"])
+    if settings.by_defect_type:  # result["by_defect_type"], results_by_defect_type.csv, a second table
+        markdown += write_defect_types(out, result, runs, categories, settings.shots)
     (out / "results.json").write_text(json.dumps(result, indent=2))
     (out / "results.md").write_text(markdown)
     return result

@@ -9,7 +9,9 @@ of the category's defect pixels (masks at the map's resolution) and images the t
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -119,3 +121,25 @@ def defect_type_table(summary: dict[str, Any]) -> str:
                     cells.append("N/A" if v is None else f"{100 * v:.1f}{spread}")
                 lines.append(f"| {category} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+CSV_FILE = "results_by_defect_type.csv"
+
+
+def write_defect_type_csv(path: Path, summary: dict[str, Any]) -> None:
+    """One row per (shots, category, defect type): images, shares and metrics (fractions), each with its std."""
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["shots", "category", "defect_type", "images", *AVERAGED, *(f"{m}_std" for m in AVERAGED)])
+        for k, per_category in summary.items():
+            for category, per_type in per_category.items():
+                for name, e in per_type.items():
+                    values = [e.get(m) for m in AVERAGED] + [e.get(f"{m}_std") for m in AVERAGED]
+                    writer.writerow([k, category, name, e["images"], *values])
+
+
+def write_defect_types(out: Path, result: dict, runs: list[dict], categories: list[str], shots: list[int]) -> str:
+    """The benchmark's by-type part: `result["by_defect_type"]` (the summary), `CSV_FILE` in `out`; its table."""
+    result["by_defect_type"] = summarise_defect_types(runs, categories, shots)
+    write_defect_type_csv(out / CSV_FILE, result["by_defect_type"])
+    return defect_type_table(result["by_defect_type"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -148,6 +149,11 @@ def test_benchmark_by_defect_type_resumes_and_leaves_the_category_metrics(two_ty
     # the band holds 480 of 480 + 36 defect pixels per image pair
     assert per_type["band"]["defect_pixel_share"] == pytest.approx(480 / 516)
     assert "each defect type against the good images" in (out / "results.md").read_text()
+    with open(out / "results_by_defect_type.csv", newline="") as fh:
+        rows = {r["defect_type"]: r for r in csv.DictReader(fh)}
+    assert sorted(rows) == ["band", "spot"] and rows["spot"]["shots"] == "1" and rows["spot"]["images"] == "2"
+    assert float(rows["band"]["defect_pixel_share"]) == pytest.approx(480 / 516)
+    assert float(rows["spot"]["image_auroc"]) == pytest.approx(per_type["spot"]["image_auroc"])
     assert json.loads((out / "results.json").read_text())["by_defect_type"] == typed["by_defect_type"]
     again = run(False)  # the typed run serves a plain benchmark: nothing redone
     assert not calls and category(again) == pytest.approx(category(plain))
