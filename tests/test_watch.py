@@ -40,6 +40,15 @@ def detector(tmp_path_factory) -> Detector:
     return Detector(method="patchknn", image_size=64).fit([refs]).calibrate()
 
 
+@pytest.fixture
+def inbox(tmp_path) -> Path:
+    """The watched folder, holding one good image (a.png) written a while ago."""
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    _png(folder / "a.png", 10)
+    return folder
+
+
 class Line:
     """A fake clock and a fake sleep that runs the next step of a production line between polls."""
 
@@ -82,10 +91,7 @@ def _records(out: Path) -> dict[str, list[dict]]:
     return by_name
 
 
-def test_new_images_are_scored_once_when_they_have_settled(detector, tmp_path):
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    _png(inbox / "a.png", 10)
+def test_new_images_are_scored_once_when_they_have_settled(detector, inbox, tmp_path):
     half = inbox / "c.png"
 
     def arrive_b():
@@ -158,12 +164,9 @@ def test_output_folder_inside_the_watched_one_is_not_read(detector, tmp_path):
     assert set(_records(tmp_path / "out")) == {"a.png"}  # its own overlays and masks are never scored
 
 
-def test_cli_watch_ends_on_ctrl_c_with_a_summary(detector, tmp_path, monkeypatch):
+def test_cli_watch_ends_on_ctrl_c_with_a_summary(detector, inbox, tmp_path, monkeypatch):
     model = tmp_path / "model"
     detector.save(model)
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    _png(inbox / "a.png", 10)
     _png(inbox / "b.png", 20, defect=True)
 
     def interrupt(seconds):
@@ -179,10 +182,7 @@ def test_cli_watch_ends_on_ctrl_c_with_a_summary(detector, tmp_path, monkeypatch
     assert np.isfinite([r["score"] for r in read_records(tmp_path / "out")]).all()
 
 
-def test_a_folder_that_drops_out_is_waited_for(detector, tmp_path):
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    _png(inbox / "a.png", 10)
+def test_a_folder_that_drops_out_is_waited_for(detector, inbox, tmp_path):
     hidden = tmp_path / "hidden"
 
     def drop():
