@@ -111,8 +111,8 @@ def score_samples(
     """Score labelled samples: (labels, scores, failures, defects without a mask).
 
     `pixels` (None: no pixel metrics) is fed each map with its ground-truth mask; a defect
-    without its mask is left out of it. `on_result(sample, result)` sees every scored result
-    (`on_image()` every sample, failed ones too). `anomalens evaluate` shares this loop.
+    without its mask is left out of it. `on_result(sample, result, mask)` sees every scored result and
+    the mask read for `pixels` or None (`on_image()` every sample, failed ones too). `evaluate` shares it.
     """
     labels, scores, failures, unmasked = [], [], [], []
     for sample, result in zip(samples, detector.predict_iter([s.path for s in samples], batch_size=batch_size)):
@@ -121,13 +121,15 @@ def score_samples(
         else:
             labels.append(sample.label)
             scores.append(result.score)
+            mask = None
             if pixels is not None and sample.label == 1 and sample.mask_path is None:
                 # A defect without its mask is not defect-free: leave it out of pixel metrics.
                 unmasked.append(str(sample.path))
             elif pixels is not None:
-                pixels.update(result.anomaly_map, load_mask(sample, result.anomaly_map.shape))
+                mask = load_mask(sample, result.anomaly_map.shape)
+                pixels.update(result.anomaly_map, mask)
             if on_result is not None:
-                on_result(sample, result)
+                on_result(sample, result, mask)
         if on_image is not None:
             on_image()
     return labels, scores, failures, unmasked

@@ -37,15 +37,17 @@ class DefectTypeMetrics:
         masked_types = sorted({s.defect_type for s in samples if s.label == 1 and s.mask_path is not None})
         self.accumulators = {t: PixelMetricAccumulator(resolution=pixel_resolution) for t in masked_types if pixels}
 
-    def add(self, sample, result) -> None:
-        """One scored sample (`sample.label`, `.defect_type`, `.mask_path`) and its result."""
+    def add(self, sample, result, mask=None) -> None:
+        """One scored sample (`sample.label`, `.defect_type`, `.mask_path`) and its result; `mask`: its
+        ground truth at the map's size when the caller has read it already (else it is read here)."""
         if sample.label == 0:
             self.good_scores.append(result.score)
         else:
             self.scores.setdefault(sample.defect_type, []).append(result.score)
         if not self.pixels or (sample.label == 1 and sample.mask_path is None):
             return  # a defect without its mask stays out of the pixel metrics, as in the category's
-        mask = load_mask(sample, result.anomaly_map.shape)
+        if mask is None:
+            mask = load_mask(sample, result.anomaly_map.shape)
         if sample.label == 0:
             for acc in self.accumulators.values():
                 acc.update(result.anomaly_map, mask)

@@ -78,8 +78,8 @@ def evaluate(
     miss_maps: dict[str, np.ndarray] = {}
     by_type = DefectTypeMetrics(split.test, pixels=False)  # threshold-free, beside the recall per type
 
-    def keep(sample, result) -> None:
-        by_type.add(sample, result)
+    def keep(sample, result, mask) -> None:
+        by_type.add(sample, result, mask)
         row = _row(sample, result.score, result.decision)
         rows.append(row)
         if row["outcome"] in ("false reject", "escape"):
