@@ -48,7 +48,8 @@ def _signature(path: Path) -> tuple[int, int] | None:
 
 
 class _Folder:
-    """Which files under the inputs have settled: the same size and time on two looks `settle` apart."""
+    """Which files under the inputs have settled (same size and time on two looks `settle` apart), with that
+    size and time."""
 
     def __init__(self, inputs: Sequence[Path], out: Path, settle_seconds: float):
         self.inputs = list(inputs)
@@ -56,7 +57,7 @@ class _Folder:
         self.settle_seconds = settle_seconds
         self.seen: dict[str, tuple[tuple[int, int], float]] = {}  # path -> (signature, when first seen so)
 
-    def settled(self, now: float) -> list[Path]:
+    def settled(self, now: float) -> list[tuple[Path, tuple[int, int]]]:
         found = [f for f in list_images(self.inputs) if not os.path.realpath(f).startswith(self.out_prefix)]
         ready = []
         for f in found:
@@ -70,7 +71,7 @@ class _Folder:
                 before = self.seen[key]
             old_enough = now - before[1] >= self.settle_seconds or time.time() - sig[1] / 1e9 >= self.settle_seconds
             if old_enough and sig[0] > 0:
-                ready.append(f)
+                ready.append((f, sig))
         return ready
 
 
@@ -168,9 +169,9 @@ def watch(
                 note(f"watch: {', '.join(gone)} not there; waiting for it" if gone else "watch: every folder is back")
                 missing[:] = gone
             new = []
-            for f in folder.settled(now):
+            for f, signature in folder.settled(now):
                 key = os.path.realpath(f)
-                if key in failed and failed[key] == _signature(f):
+                if key in failed and failed[key] == signature:
                     summary.skipped_failures.add(key)
                     continue  # failed as it is now: wait until the file changes
                 if key not in taken or key in failed:
