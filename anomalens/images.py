@@ -23,6 +23,7 @@ from PIL import Image, ImageOps
 from .bit_depth import full_scale, png_significant_bits, tiff_significant_bits
 from .errors import ImageLoadError
 from .image_reading import DEFAULT_MAX_PIXELS, ImageReading
+from .paths import PathResolver
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -341,13 +342,14 @@ def list_images(paths: list[str | os.PathLike], recursive: bool = True) -> list[
     not silently skipped); files found inside directories are filtered by extension, and
     anomalens' own output folders inside them are skipped.
     """
-    seen: set[Path] = set()
+    seen: set[str] = set()
     result: list[Path] = []
+    resolve = PathResolver()
     for item in paths:
         item = Path(item)
         found = _image_files_under(item, recursive) if item.is_dir() else [item]
         for p in found:
-            key = p.resolve()
+            key = resolve(p)
             if key not in seen:
                 seen.add(key)
                 result.append(p)

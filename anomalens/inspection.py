@@ -36,6 +36,7 @@ from .errors import ImageLoadError, UsageError
 from .ground_truth import ground_truth_fields
 from .images import IMAGE_EXTENSIONS, list_images, missing_reason
 from .outputs import SETTINGS_JSON, OutputWriter, record_key
+from .paths import PathResolver
 from .report_thumbs import THUMB_SIDE
 from .run_identity import check_resume, effective_settings
 from .run_report import write_run_report
@@ -118,6 +119,7 @@ def collect_inputs(
     seen: set[str] = set()
     duplicates = 0
     out_prefix = os.path.join(os.path.realpath(out), "")
+    resolve = PathResolver()
     for item in given:
         if not item.exists():
             if str(item) not in {str(m) for m in missing}:
@@ -125,11 +127,11 @@ def collect_inputs(
             continue
         found = list_images([item])
         if item.is_dir():
-            found = [f for f in found if not os.path.realpath(f).startswith(out_prefix)]
+            found = [f for f in found if not resolve(f).startswith(out_prefix)]
             if not found:
                 log(f"note: {item}: no image files in this folder ({', '.join(IMAGE_EXTENSIONS)})")
         for f in found:
-            key = os.path.realpath(f)
+            key = resolve(f)
             if key in seen:
                 duplicates += 1
                 continue
@@ -202,6 +204,7 @@ def run(
     if not isinstance(inputs, RunInputs):
         inputs = collect_inputs(inputs, out, log)
     files, missing = list(inputs.files), list(inputs.missing)
+    keys = PathResolver().all([*files, *missing])  # each input's record key, found once (folders of 30,000)
     if source is None:
         n = len(detector.reference_paths)
         source = f"{n} reference images" if n else "zero-shot (no reference images)"
@@ -228,7 +231,7 @@ def run(
             check_resume(previous, settings, out)
         writer.write_settings(settings)
         done = {record_key(r) for r in writer.records() if r.get("status") == "ok"}
-        todo = [f for f in files if os.path.realpath(f) not in done]
+        todo = [f for f, key in zip(files, keys) if key not in done]
         for m in missing:
             writer.record_failure(m, missing_reason(m))
         if len(todo) < len(files):
@@ -250,7 +253,7 @@ def run(
 
     report_path = None
     if report:
-        mine = _records_of(writer.records(), [*files, *missing])
+        mine = _records_of(writer.records(), keys)
         report_path = write_run_report(
             out, mine, detector, title, source, elapsed, log, len(files), scale, settings, writer.thumbs
         )
@@ -268,7 +271,7 @@ def run(
         report=report_path,
         settings=settings,
     )
-    _count(summary, writer.records(), [*files, *missing])
+    _count(summary, writer.records(), keys)
     return summary
 
 
@@ -303,7 +306,8 @@ def _score_and_write(
     progress = progress or (lambda event: None)
     progress(RunProgress(0, len(todo)))
     scored = handled = 0
-    wanted = {os.path.realpath(f) for f in todo}
+    resolve = PathResolver()
+    wanted = set(resolve.all(todo))
     pending: deque[Future] = deque()
 
     def finish(future: Future) -> None:
@@ -318,7 +322,7 @@ def _score_and_write(
         try:
             for item in scored_items(detector, todo, batch_size, jobs, workers, batch):
                 item_path = item.path if isinstance(item, ImageLoadError) else item[0].path
-                if batch and os.path.realpath(item_path) not in wanted:
+                if batch and resolve(item_path) not in wanted:
                     continue  # already written by the interrupted run; scored again only as a partner
                 extra = None
                 if not isinstance(item, ImageLoadError):
@@ -368,19 +372,17 @@ def image_fields(img) -> dict:
     return fields
 
 
-def _records_of(records: list[dict], paths: list[Path]) -> list[dict]:
-    """The records of these input paths (resolved), in input order."""
+def _records_of(records: list[dict], keys: list[str]) -> list[dict]:
+    """The records of these inputs (their resolved paths), in input order."""
     by_path = {record_key(r): r for r in records}
-    wanted = dict.fromkeys(os.path.realpath(p) for p in paths)
-    return [by_path[a] for a in wanted if a in by_path]
+    return [by_path[a] for a in dict.fromkeys(keys) if a in by_path]
 
 
-def _count(summary: RunSummary, records: list[dict], paths: list[Path]) -> None:
-    """Fill the counts of `summary` over this run's inputs (resumed ones included)."""
-    wanted = list(dict.fromkeys(os.path.realpath(p) for p in paths))
-    mine = _records_of(records, paths)
+def _count(summary: RunSummary, records: list[dict], keys: list[str]) -> None:
+    """Fill the counts of `summary` over this run's inputs (their resolved paths; resumed ones included)."""
+    mine = _records_of(records, keys)
     ok = [r for r in mine if r.get("status") == "ok"]
-    summary.images = len(wanted)
+    summary.images = len(set(keys))
     summary.done = len(mine)
     summary.failures = [r for r in mine if r.get("status") != "ok"]
     summary.ok = sum(r.get("decision") == "OK" for r in ok)

@@ -4,8 +4,9 @@
 being copied is not read half-written), and runs `inspection.run` on the new ones: the same
 outputs, resume and records as `anomalens detect`, in the same `out`. A file that could not be
 read or scored is recorded once and tried again only when it changes (a corrupt frame does not
-fail every poll). The report is rewritten at most every `report_seconds` while images come in,
-and once more when the watch ends (Ctrl-C, `stop()`, or `max_polls`). Methods that score a folder
+fail every poll). The report is rewritten at most every `report_seconds` while images come in
+(less often when writing it takes more than a tenth of that: many thousand images take a
+minute), and once more when the watch ends (Ctrl-C, `stop()`, or `max_polls`). Methods that score a folder
 as one batch (musc) have no "new image" to score on its own and are refused.
 """
 
@@ -21,12 +22,16 @@ from typing import Any
 from .errors import UsageError
 from .images import list_images
 from .inspection import RunInputs, RunSummary, run
+from .paths import PathResolver
 
 # How long a file must keep its size and modification time before it is read (a camera's or a copy's
 # write of one image takes well under this on a local disk or a share).
 DEFAULT_SETTLE_SECONDS = 1.0
 DEFAULT_POLL_SECONDS = 2.0
 DEFAULT_REPORT_SECONDS = 60.0
+# A periodic report takes at most this share of the watch's time: writing it costs ~2 ms per image
+# (thumbnails), a minute for 30,000 images, and scoring waits meanwhile; the interval stretches.
+REPORT_TIME_SHARE = 0.1
 
 
 @dataclass
@@ -57,21 +62,24 @@ class _Folder:
         self.settle_seconds = settle_seconds
         self.seen: dict[str, tuple[tuple[int, int], float]] = {}  # path -> (signature, when first seen so)
 
-    def settled(self, now: float) -> list[tuple[Path, tuple[int, int]]]:
-        found = [f for f in list_images(self.inputs) if not os.path.realpath(f).startswith(self.out_prefix)]
+    def settled(self, now: float) -> list[tuple[Path, str, tuple[int, int]]]:
+        """(file, its resolved path, its size and time) of each settled file."""
+        resolve = PathResolver()  # one per poll: a folder's links may change between polls
         ready = []
-        for f in found:
+        for f in list_images(self.inputs):
+            key = resolve(f)
+            if key.startswith(self.out_prefix):
+                continue
             sig = _signature(f)
             if sig is None:
                 continue
-            key = os.path.realpath(f)
             before = self.seen.get(key)
             if before is None or before[0] != sig:
                 self.seen[key] = (sig, now)  # new or still changing: look again later
                 before = self.seen[key]
             old_enough = now - before[1] >= self.settle_seconds or time.time() - sig[1] / 1e9 >= self.settle_seconds
             if old_enough and sig[0] > 0:
-                ready.append((f, sig))
+                ready.append((f, key, sig))
         return ready
 
 
@@ -132,6 +140,7 @@ def watch(
     taken: dict[str, Path] = {}  # every settled file handed to a run, by real path
     failed: dict[str, tuple[int, int] | None] = {}  # failed file -> its signature when it failed
     last_report: float | None = None  # the first run writes the report at once
+    report_interval = report_seconds  # stretched when a report takes long (REPORT_TIME_SHARE)
     reported = True  # nothing new since the last report
     fresh = overwrite  # --overwrite starts the first run afresh, never a later one
     missing: list[str] = []  # inputs that were not there at the last poll
@@ -169,8 +178,7 @@ def watch(
                 note(f"watch: {', '.join(gone)} not there; waiting for it" if gone else "watch: every folder is back")
                 missing[:] = gone
             new = []
-            for f, signature in folder.settled(now):
-                key = os.path.realpath(f)
+            for f, key, signature in folder.settled(now):
                 if key in failed and failed[key] == signature:
                     summary.skipped_failures.add(key)
                     continue  # failed as it is now: wait until the file changes
@@ -180,7 +188,8 @@ def watch(
                     new.append(f)
                 taken[key] = f
             if new:
-                due = report and (last_report is None or clock() - last_report >= report_seconds)
+                due = report and (last_report is None or clock() - last_report >= report_interval)
+                started = clock()
                 result = run_once(due)
                 note(f"watch: {len(new)} new image(s); so far {counts(result)}")
                 if result.interrupted:
@@ -188,6 +197,14 @@ def watch(
                 reported = due
                 if due:
                     last_report = clock()
+                    cost = max(0.0, last_report - started - result.seconds)  # the run's time beside scoring
+                    stretched = max(report_seconds, cost / REPORT_TIME_SHARE)
+                    if stretched > 1.25 * report_interval:  # said when it stretches, not at every small change
+                        note(
+                            f"watch: the report of {result.done} images took {cost:.1f} s; it is written every "
+                            f"{stretched:.0f} s from now (at most {REPORT_TIME_SHARE:.0%} of the time)"
+                        )
+                    report_interval = stretched
             if max_polls is None or summary.polls < max_polls:
                 sleep(poll_seconds)
     except KeyboardInterrupt:

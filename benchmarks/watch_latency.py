@@ -1,11 +1,13 @@
 """How long `detect --watch` takes for a new image when many are already done (README "Watching a folder").
 
-Copies --images good test images of a category into a temporary folder, fits patchknn on 4 of its
+Copies --images good test images of a category into a temporary folder (the same files again under
+other names when more are asked for than the category has), fits patchknn on 4 of its
 train/good images, lets `anomalens.watch.watch` inspect the folder (its first poll: the batch), then
 drops one new image in before each of --new further polls and prints the time from poll to poll's
 run end: listing the folder, reading results.jsonl, scoring and writing the new image.
 
     python benchmarks/watch_latency.py --data ../shared/data --category magnetic_tile --images 500 --new 5
+    python benchmarks/watch_latency.py --data ../shared/data --category magnetic_tile --images 5000 --new 5
 """
 
 from __future__ import annotations
@@ -34,19 +36,22 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     split = load_dataset(args.data, categories=[args.category])[args.category]
-    goods = [s.path for s in split.test if s.label == 0][: args.images + args.new]
+    pool = [s.path for s in split.test if s.label == 0]
+    # more images than the category has: the same files again under other names (a long shift's folder)
+    goods = [(i, pool[i % len(pool)]) for i in range(args.images + args.new)]
     work = Path(tempfile.mkdtemp(prefix="watch-latency-"))
     inbox = work / "inbox"
     inbox.mkdir()
     settled = time.time() - 100  # copies that have long stopped changing
 
-    def drop(path: Path) -> None:
-        target = inbox / path.name
+    def drop(item: tuple[int, Path]) -> None:
+        index, path = item
+        target = inbox / f"{index:06d}_{path.name}"
         shutil.copy(path, target)
         os.utime(target, (settled, settled))
 
-    for path in goods[: args.images]:
-        drop(path)
+    for item in goods[: args.images]:
+        drop(item)
     detector = Detector(method="patchknn").fit(sample_references(split, 4, 0)).calibrate()
     queue = list(goods[args.images :])
     rows, clock = [], [time.perf_counter()]

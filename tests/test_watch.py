@@ -201,3 +201,29 @@ def test_a_folder_that_drops_out_is_waited_for(detector, inbox, tmp_path):
         f"watch: {inbox} not there; waiting for it",
         "watch: every folder is back",
     ]
+
+
+def test_a_slow_report_is_written_less_often(detector, inbox, tmp_path, monkeypatch):
+    """A report that takes 30 s of the line's clock is rewritten every 300 s, not every report_seconds."""
+    line_clock = {}
+    real_run = watch_module.run
+
+    def run_with_slow_report(*args, report=True, **kwargs):
+        result = real_run(*args, report=report, **kwargs)
+        if report:
+            line_clock["line"].now += 30.0  # as if writing report.html took 30 s
+        return result
+
+    monkeypatch.setattr(watch_module, "run", run_with_slow_report)
+    arrivals = [lambda i=i: _png(inbox / f"n{i}.png", 30 + i) for i in range(7)]
+    line = Line(arrivals)
+    line_clock["line"] = line
+    runs, notes = [], []
+    watch(
+        detector, [inbox], tmp_path / "out", poll_seconds=50.0, settle_seconds=0.0, report_seconds=10.0,
+        clock=line.clock, sleep=line.sleep, on_run=runs.append, log=notes.append, max_polls=8, jobs=0,
+    )  # fmt: skip
+    # polls at 0 (report, then the clock reads 30), 80, 130, ..., 330: the next report is due at 30 + 300
+    written = [r.report is not None for r in runs]
+    assert written[:7] == [True, False, False, False, False, False, True]
+    assert sum("written every 300 s" in n for n in notes) == 1  # said when the interval stretched
