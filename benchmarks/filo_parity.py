@@ -37,7 +37,10 @@ The anomalens side is `FiloConfig.released()` through `build_backbone(..., varia
 `build_model`, `load_into` and `FiloModel.forward` on `build_prompts(..., style="released")`.
 Both sides get the same normalised input tensors. Printed: the largest absolute difference of
 the vision tower's tensors (the seven the heads read), the image embedding, the final maps and
-the image scores, for each seed and position.
+the image scores, for each seed and position. Then stage 1's training loss: the official
+`FocalLoss` and `BinaryDiceLoss` (`utils/loss.py`) called as `train.py` calls them at its batch size
+of 1, against anomalens' `local_loss` with `dice_unit="row"` (the released loop: the squeezed
+(H, W) mask makes Dice per row) and `"image"` (the paper, anomalens' default).
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ import torchvision
 
 from anomalens.backbones import clip as clip_module
 from anomalens.methods.filo.checkpoint import build_backbone, build_model, load_checkpoint, load_into
+from anomalens.methods.filo.losses import DICE_UNITS, local_loss
 from anomalens.methods.filo.model import FiloConfig
 from anomalens.methods.filo.prompts import build_prompts
 from anomalens.methods.filo.released import RELEASED_LINEAR_LAYERS, released_features
@@ -151,6 +155,27 @@ def control_rows(model, filo, images: torch.Tensor) -> list[tuple[str, float, fl
     return rows
 
 
+def loss_rows(seeds: list[int], size: int) -> list[tuple[int, str, float, float]]:
+    """Stage 1's local loss as the official `train.py` computes it (batch 1, the mask squeezed to
+    (H, W), its `FocalLoss()` and `BinaryDiceLoss()` on each of the seven maps) against anomalens'
+    `local_loss`: (seed, dice unit, anomalens loss, official loss)."""
+    from utils.loss import BinaryDiceLoss, FocalLoss  # the checkout's utils/loss.py
+
+    focal, dice = FocalLoss(), BinaryDiceLoss()
+    rows = []
+    for seed in seeds:
+        g = torch.Generator().manual_seed(200 + seed)
+        maps = [torch.softmax(3 * torch.randn(1, 2, size, size, generator=g), dim=1) for _ in range(7)]
+        mask = torch.zeros(1, 1, size, size)
+        mask[..., size // 4 : size // 2, size // 3 : size // 2 + 3] = 1.0  # a defect in some rows only
+        gt = mask.squeeze()  # as train.py: (H, W) at batch size 1
+        official = sum(focal(m, gt) + dice(m[:, 1, :, :], gt) + dice(m[:, 0, :, :], 1 - gt) for m in maps)
+        for unit in DICE_UNITS:
+            ours = sum(local_loss(m, mask[:, 0], dice_unit=unit) for m in maps)
+            rows.append((seed, unit, float(ours), float(official)))
+    return rows
+
+
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().max())
 
@@ -166,7 +191,8 @@ def main() -> None:
     torch.set_num_threads(2)
     official, vv_open_clip, resize_pos_embed = official_modules(args.official)
     rows = []
-    for seed in (int(s) for s in args.seeds.split(",")):
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for seed in seeds:
         ours_backbone = build_backbone(args.arch, None, args.size, seed=seed, variant="released")
         weights = ours_backbone.model.state_dict()
         clip, config = official_clip(vv_open_clip, resize_pos_embed, args.arch, weights, args.size)
@@ -207,6 +233,11 @@ def main() -> None:
         print(f"| {seed} | {position} | {b} | {tower:.1e} | {emb:.1e} | {amap:.1e} | {score:.1e} | {std:.3f} |")
     worst = max(max(r[3:7]) for r in rows)
     print(f"\nlargest difference over all rows: {worst:.1e}")
+    print("\nStage 1's local loss (seven random two-class maps, a rectangular defect) as the official train.py")
+    print("computes it, against anomalens' local_loss with each Dice unit:\n")
+    print("| seed | anomalens dice_unit | anomalens loss | official loss | difference |\n|---|---|---|---|---|")
+    for seed, unit, ours, theirs in loss_rows(seeds, args.size):
+        print(f"| {seed} | {unit} | {ours:.6f} | {theirs:.6f} | {abs(ours - theirs):.1e} |")
     print("\nControls (seed of the last row, image 0): the comparison tells a change of the released rules apart")
     print("\n| anomalens changed | final map | image score |\n|---|---|---|")
     for label, amap, score in controls:

@@ -154,7 +154,14 @@ def test_focal_loss_by_hand():
     target = torch.tensor([1.0, 0.0, 0.0, 1.0])
     p_t = [0.9, 0.8, 0.4, 0.3]
     expected = sum(-((1 - p) ** 2) * math.log(p) for p in p_t) / 4
+    assert focal_loss(prob, target, smooth=0.0).item() == pytest.approx(expected, rel=1e-6)
+    # the released smoothing: one-hot targets clamped to [s, 1 - s], then s added to p_t
+    s = 1e-5
+    smoothed = [(1 - s) * p + s * (1 - p) + s for p in p_t]
+    expected = sum(-((1 - p) ** 2) * math.log(p) for p in smoothed) / 4
     assert focal_loss(prob, target).item() == pytest.approx(expected, rel=1e-6)
+    # a confident wrong pixel stays finite: log(2s), not log(0)
+    assert focal_loss(torch.tensor([0.0]), torch.tensor([1.0])).item() == pytest.approx(-math.log(2 * s), rel=1e-4)
 
 
 def test_dice_loss_by_hand():
@@ -165,6 +172,17 @@ def test_dice_loss_by_hand():
     assert dice_loss(torch.zeros(1, 4), torch.zeros(1, 4)).item() == pytest.approx(0.0)
 
 
+def test_dice_loss_per_row_by_hand():
+    pred = torch.tensor([[[0.5, 1.0], [0.0, 0.25]]])  # one image, two rows
+    target = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]])
+    row1 = 1 - (2 * 1.5 + 1) / (1.5 + 2 + 1)
+    row2 = 1 - (0 + 1) / (0.25 + 0 + 1)
+    assert dice_loss(pred, target, unit="row").item() == pytest.approx((row1 + row2) / 2, rel=1e-6)
+    assert dice_loss(pred, target).item() == pytest.approx(1 - (2 * 1.5 + 1) / (1.75 + 2 + 1), rel=1e-6)
+    with pytest.raises(ValueError, match="unknown Dice unit 'column'"):
+        dice_loss(pred, target, unit="column")
+
+
 def test_local_and_global_loss_compose():
     torch.manual_seed(0)
     m_a = torch.rand(2, 4, 4)
@@ -172,6 +190,9 @@ def test_local_and_global_loss_compose():
     g = (torch.rand(2, 4, 4) > 0.5).float()
     expected = focal_loss(m_a, g) + dice_loss(m_a, g) + dice_loss(1 - m_a, 1 - g)
     assert torch.allclose(local_loss(two, g), expected)
+    rows = focal_loss(m_a, g) + dice_loss(m_a, g, unit="row") + dice_loss(1 - m_a, 1 - g, unit="row")
+    assert torch.allclose(local_loss(two, g, dice_unit="row"), rows)
+    assert not torch.allclose(rows, expected)
     logits = torch.tensor([[0.0, 1.0]])
     assert global_loss(logits, torch.tensor([1])).item() == pytest.approx(math.log(1 + math.exp(-1)))
 

@@ -179,10 +179,12 @@ def test_cli_train_then_benchmark_zero_shot(dataset, tmp_path):
         "train", "filo", "--data", str(root), "--dataset", "mvtec", "--out", str(out), "--backbone", "test-tiny-24",
         "--image-size", str(SIZE), "--epochs", "1", "--adapter-epochs", "1", "--max-steps", "2",
         "--categories", "bottle", "--vocabulary", str(vocabulary), "--n-ctx", "2", "--no-progress",
+        "--dice-unit", "row",
     ])
     assert result.exit_code == 0, result.output
     info = json.loads((out / FILO_CONFIG).read_text())
     assert info["training"]["progress"]["global_step"] == 2 and info["model"]["meta_net"] is True
+    assert info["training"]["dice_unit"] == "row"
     summary = run_benchmark(
         BenchmarkSettings(data=str(root), method="filo", method_settings={"checkpoint": str(out)}),
         tmp_path / "bench", progress=False,

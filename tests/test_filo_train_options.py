@@ -1,4 +1,4 @@
-"""FiLo training options: released AdamW betas, 2x2 mosaic, all nine positions, device, workers."""
+"""FiLo training options: released AdamW betas, 2x2 mosaic, all nine positions, Dice per row, device, workers."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from test_filo_train import SIZE, _config, dataset  # noqa: F401  (fixture)
 
 from anomalens.device import resolve_device
+from anomalens.methods.filo.losses import local_loss
 from anomalens.methods.filo.train import Trainer, train_filo
 from anomalens.methods.filo.train_data import EpochBatches, mosaic_item
 from anomalens.text.prompts import POSITIONS
@@ -32,6 +33,7 @@ def test_bad_options_fail_with_one_line(dataset, tmp_path):  # noqa: F811
         ({"mosaic_probability": 1.5}, "mosaic_probability"),
         ({"workers": -1}, "workers"),
         ({"betas": (0.5, 1.0)}, "betas"),
+        ({"dice_unit": "pixel"}, "dice_unit"),
         ({"device": "gpu"}, "unknown device"),
     ]:
         with pytest.raises(ValueError, match=message):
@@ -45,6 +47,19 @@ def test_released_betas_reach_the_optimizer(dataset, tmp_path):  # noqa: F811
     trainer = Trainer(_config(dataset, tmp_path, betas=(0.5, 0.999), max_steps=1), log=lambda m: None)
     trainer.run(progress_bar=False)
     assert trainer.optimizer.param_groups[0]["betas"] == (0.5, 0.999)
+
+
+def test_dice_per_row_reaches_the_loss(dataset, tmp_path):  # noqa: F811
+    per_image = Trainer(_config(dataset, tmp_path / "a"), log=lambda m: None)
+    per_row = Trainer(_config(dataset, tmp_path / "b", dice_unit="row"), log=lambda m: None)
+    anomalous = next(i for i, s in enumerate(per_image.samples) if s.label == 1)
+    images, masks, labels, prompts = per_image.batch([anomalous])
+    with torch.no_grad():  # the same seed: the same weights in both trainers
+        maps = per_image.model(images, prompts).supervised_maps()
+        expected = sum(local_loss(m, masks, dice_unit="row") for m in maps)
+        got = per_row.loss(0, images, masks, labels, prompts)
+        assert float(got) == pytest.approx(float(expected), rel=1e-5)
+        assert float(per_image.loss(0, images, masks, labels, prompts)) != pytest.approx(float(got), rel=1e-3)
 
 
 def test_all_positions_average_nine_sentences_per_description(dataset, tmp_path):  # noqa: F811

@@ -41,6 +41,9 @@ def filo(
     betas: str = typer.Option("0.9,0.999", "--betas", help="AdamW betas (released code: 0.5,0.999)."),
     mosaic: float = typer.Option(0.0, "--mosaic", help="Probability of a 2x2 mosaic item (released: 0.2)."),
     positions: str = typer.Option("mask", "--positions", help="mask (the mask's position word) | all (released)"),
+    dice_unit: str = typer.Option(
+        "image", "--dice-unit", help="Dice loss per image (paper) | row (per mask row: the released loop at batch 1)"
+    ),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N | auto (a GPU when torch sees one)"),
     mixed_precision: bool = typer.Option(
         False, "--mixed-precision/--full-precision", help="float16 autocast with gradient scaling (CUDA only)."

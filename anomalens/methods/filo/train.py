@@ -4,18 +4,17 @@ Protocol (zero-shot, as the paper): train on the labelled test images (with mask
 evaluate on dataset B. Two stages, batch 1, AdamW:
 
 1. prompt context vectors (lr 1e-3) and the dense heads, MMCI + linear (lr 1e-4), 15 epochs,
-   local loss (focal + dice) on the maps;
-2. the adapter (lr 1e-5), 5 epochs, global loss (cross-entropy on the image label); everything
-   else frozen.
+   local loss (focal + dice, `losses.py`) on the maps;
+2. the adapter (lr 1e-5), 5 epochs, global loss (cross-entropy on the image label), the rest frozen.
 
 The paper states L = L_local + L_global; here stage 1 uses the local loss only by default
 (`stage1_global_loss=True` adds the global loss through the still-untrained adapter), because the
 global loss only trains the adapter in the paper's stage split.
 
 Files (no pickle anywhere): `OUT/filo.safetensors` (trainable tensors) and `OUT/filo.json` (every
-setting, the vocabulary used, training progress); `OUT/resume/state.safetensors` (model,
-optimizer tensors, torch RNG) and `OUT/resume/state.json` (counters, optimizer scalars, Python
-and NumPy RNG) written every `checkpoint_every` steps and at each epoch end.
+setting, the vocabulary used, training progress); `OUT/resume/state.safetensors` (model, optimizer
+tensors, torch RNG) and `OUT/resume/state.json` (counters, optimizer scalars, Python and NumPy RNG)
+written every `checkpoint_every` steps and at each epoch end.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ from ... import __version__
 from ...device import resolve_device
 from ...text.prompts import POSITIONS, load_defect_vocabulary
 from .checkpoint import FILO_CONFIG, FILO_WEIGHTS, FORMAT, atomic_save, build_backbone, build_model, resolve_weights
-from .losses import global_loss, local_loss
+from .losses import DICE_UNITS, global_loss, local_loss
 from .model import FiloConfig, FiloModel
 from .prompts import build_prompts
 from .train_data import EpochBatches, ItemRecipe, collect_samples, epoch_order
@@ -67,6 +66,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW's default; the released code uses (0.5, 0.999)
     mosaic_probability: float = 0.0  # 2x2 mosaic of one category's images; released: 0.2
     train_positions: str = "mask"  # "mask": the mask's position word; "all": the nine averaged (released)
+    dice_unit: str = "image"  # Dice per image (paper) or per mask row ("row": the released loop at batch 1)
     device: str = "cpu"  # cpu | cuda | cuda:N | auto
     mixed_precision: bool = False  # float16 autocast + gradient scaling (CUDA only)
     workers: int = 0  # DataLoader worker processes loading images (0: in the training process)
@@ -132,6 +132,7 @@ def _compatibility(config: TrainConfig) -> dict[str, Any]:
         "betas": list(config.betas),
         "mosaic_probability": config.mosaic_probability,
         "train_positions": config.train_positions,
+        "dice_unit": config.dice_unit,
         "model": json.loads(json.dumps(config.model.to_dict())),
     }
 
@@ -156,6 +157,8 @@ def _check(config: TrainConfig) -> None:
     """Reject impossible settings with one line each, before any data or weights are read."""
     if config.train_positions not in ("mask", "all"):
         raise ValueError(f"train_positions must be 'mask' or 'all', got {config.train_positions!r}")
+    if config.dice_unit not in DICE_UNITS:
+        raise ValueError(f"dice_unit must be one of {', '.join(DICE_UNITS)}, got {config.dice_unit!r}")
     if not 0.0 <= config.mosaic_probability <= 1.0:
         raise ValueError(f"mosaic_probability must lie in [0, 1], got {config.mosaic_probability}")
     if config.workers < 0:
@@ -328,7 +331,7 @@ class Trainer:
         if stage == 1:
             return global_loss(out.logits, labels)
         maps = out.supervised_maps() if c.loss_on == "layers" else [out.two_class]
-        total = sum(local_loss(m, masks) for m in maps)
+        total = sum(local_loss(m, masks, dice_unit=c.dice_unit) for m in maps)
         if c.stage1_global_loss:
             total = total + global_loss(out.logits, labels)
         return total
