@@ -6,8 +6,8 @@ outputs, resume and records as `anomalens detect`, in the same `out`. A file tha
 read or scored is recorded once and tried again only when it changes (a corrupt frame does not
 fail every poll). The report is rewritten at most every `report_seconds` while images come in
 (less often when writing it takes more than a tenth of that: many thousand images take a
-minute), and once more when the watch ends (Ctrl-C, `stop()`, or `max_polls`). Methods that score a folder
-as one batch (musc) have no "new image" to score on its own and are refused.
+minute), and once more when the watch ends (Ctrl-C, `stop()`, or `max_polls`). Methods that
+score a folder as one batch (musc) have no "new image" to score on its own and are refused.
 """
 
 from __future__ import annotations

@@ -239,13 +239,16 @@ def main() -> None:
                 box = input_box(*img.size_hw, finest, "squash")
                 official_image_map = map_to_image(torch.from_numpy(o).view(grid, grid), box, finest, img.size_hw)
                 map_diff = max(map_diff, float(np.abs(m.anomaly_map - official_image_map).max()))
-            rows.append((label, shots, score_diff, map_diff))
+            off_range = (min(float(o.min()) for o in off_maps), max(float(o.max()) for o in off_maps))
+            rows.append((label, shots, score_diff, map_diff, off_range))
         print(f"{shots}-shot: anomalens {ours_seconds:.0f} s, official {official_seconds:.0f} s", flush=True)
     print()
-    print("| anomalens text settings | shots | max abs diff image score | max abs diff map |")
-    print("|---|---|---|---|")
-    for label, shots, score_diff, map_diff in sorted(rows, key=lambda r: r[0] != "defaults (released behaviour)"):
-        print(f"| {label} | {shots} | {score_diff:.1e} | {map_diff:.1e} |")
+    print("| anomalens text settings | shots | max abs diff image score | max abs diff map | official map range |")
+    print("|---|---|---|---|---|")
+    for label, shots, score_diff, map_diff, (lo, hi) in sorted(
+        rows, key=lambda r: r[0] != "defaults (released behaviour)"
+    ):
+        print(f"| {label} | {shots} | {score_diff:.1e} | {map_diff:.1e} | {lo:.3f}-{hi:.3f} |")
 
 if __name__ == "__main__":
     main()
