@@ -37,6 +37,7 @@ import torch
 from anomalens.methods.musc.lnamd import lnamd, tokens_to_map
 from anomalens.methods.musc.msm import choose_partners, mutual_scores
 from anomalens.methods.musc.rscin import rescore
+from anomalens.methods.musc.settings import MuScSettings
 
 DEGREES = (1, 3, 5)  # paper and official r_list
 LAYERS = 4  # the official features_list has four layers (ViT-L-14-336: 6, 12, 18, 24)
@@ -87,6 +88,52 @@ def anomalens_maps(
     return per_map, torch.stack(list(per_map.values())).mean(0)
 
 
+def tower_rows(LNAMD, MSM, arch: str, size: int, seeds: list[int], images: int):
+    """The official CLIP tower (MuSc's copy of open_clip, built as its `create_model(..., "openai")`
+    builds a model away from its native size: the config at the new size, nn.GELU, the weights'
+    positional embeddings resampled by its `resize_pos_embed`) against musc's `ClipLayers` with
+    `released_clip`, on the same random weights and images; then each side's tokens through its own
+    LNAMD and MSM: (seed, tokens, image feature, mean map, tokens with released_clip off)."""
+    import torch.nn.functional as F
+    from models.backbone import open_clip as official_clip
+    from models.backbone.open_clip.model import resize_pos_embed
+
+    from anomalens.backbones import clip as clip_module
+    from anomalens.methods.musc.extract import ClipLayers
+
+    layers = MuScSettings().clip_layers
+    config_file = Path(clip_module.__file__).parent / "configs" / f"{arch}.json"
+    if config_file.exists():
+        official_clip.add_model_config(config_file)
+    rows = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        ours = ClipLayers(arch, None, layers, size, released=True).eval()
+        state = dict(ours.clip.model.state_dict())
+        config = official_clip.get_model_config(arch)
+        config["vision_cfg"]["image_size"] = size
+        theirs = official_clip.CLIP(**config).eval()
+        resize_pos_embed(state, theirs)
+        theirs.load_state_dict(state, strict=False)
+        x = torch.randn(images, 3, size, size, generator=torch.Generator().manual_seed(300 + seed))
+        with torch.no_grad():
+            pooled, tokens = theirs.encode_image(x, list(layers))
+            maps, feature = ours(x)
+        grid = maps[0].shape[-1]
+        token_diff = max(float((m - tokens_to_map(t, (grid, grid))).abs().max()) for m, t in zip(maps, tokens))
+        feature_diff = float((feature - F.normalize(pooled, dim=-1)).abs().max())
+        _, their_map = official_maps(LNAMD, MSM, [t.clone() for t in tokens])
+        our_tokens = [torch.cat([torch.zeros(images, 1, m.shape[1]), m.flatten(2).transpose(1, 2)], 1) for m in maps]
+        _, our_map = anomalens_maps(our_tokens, grid)
+        plain = ClipLayers(arch, None, layers, size, released=False).eval()
+        plain.clip.model.load_state_dict(ours.clip.model.state_dict())
+        with torch.no_grad():
+            plain_maps, _ = plain(x)
+        plain_diff = max(float((m - tokens_to_map(t, (grid, grid))).abs().max()) for m, t in zip(plain_maps, tokens))
+        rows.append((seed, token_diff, feature_diff, float((our_map - their_map).abs().max()), plain_diff))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--official", type=Path, required=True, help="a checkout of xrli-U/MuSc")
@@ -94,6 +141,8 @@ def main() -> None:
     parser.add_argument("--grid", type=int, default=12, help="patch grid side")
     parser.add_argument("--channels", type=int, default=64)
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--arch", default="test-tiny-24", help="CLIP architecture of the tower check (random weights)")
+    parser.add_argument("--size", type=int, default=49, help="its input side (test-tiny-24's own is 28)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     LNAMD, MSM, RsCIN = official_functions(args.official)
@@ -131,6 +180,13 @@ def main() -> None:
             f"{float(their_map.min()):.3f}-{float(their_map.max()):.3f} | {float(low):.3f}-{float(high):.3f} |"
         )
     print("\n(MSM scores are distances between unit vectors, 0-2; RsCIN is compared in the scores' own units.)")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    print(f"\nThe CLIP tower, {args.arch} (random weights) at {args.size} px, blocks {MuScSettings().clip_layers}, "
+          f"{args.images} images; each side's tokens through its own LNAMD and MSM:\n")  # fmt: skip
+    print("| seed | tokens | image feature | mean map | tokens with released_clip=false (control) |")
+    print("|---|---|---|---|---|")
+    for seed, token_diff, feature, amap, plain in tower_rows(LNAMD, MSM, args.arch, args.size, seeds, args.images):
+        print(f"| {seed} | {token_diff:.1e} | {feature:.1e} | {amap:.1e} | {plain:.1e} |")
     print("\nControls (last seed): anomalens with one setting of its own instead of the paper's, against the same")
     print("official map\n\n| anomalens changed | mean map: max abs diff |\n|---|---|")
     for label, options in CONTROLS.items():

@@ -249,3 +249,23 @@ def test_bad_settings_are_one_line_settings_errors(bad):
 
     with pytest.raises(SettingsError, match="musc"):
         Detector("musc", **bad)
+
+
+def test_clip_layers_build_the_released_tower_away_from_the_native_size(monkeypatch):
+    """Released MuSc at 518 px rebuilds ViT-L-14-336 from its config: nn.GELU, plain bicubic positions."""
+    from anomalens.backbones import clip as clip_module
+    from anomalens.methods.musc.extract import ClipLayers
+    from anomalens.methods.musc.settings import MuScSettings
+
+    asked = []
+    real = clip_module.create_clip
+    monkeypatch.setattr(clip_module, "create_clip", lambda *a, **kw: asked.append(kw["quick_gelu"]) or real(*a, **kw))
+    away = ClipLayers("test-tiny-24", None, (5, 11), 49, released=True)  # native side 28
+    native = ClipLayers("test-tiny-24", None, (5, 11), 28, released=True)
+    plain = ClipLayers("test-tiny-24", None, (5, 11), 49, released=False)
+    assert asked == [False, None, None]
+    assert away.clip.pos_embed_antialias is False
+    assert native.clip.pos_embed_antialias is True and plain.clip.pos_embed_antialias is True
+    defaults = MuScSettings()
+    assert defaults.clip_layers == (5, 11, 17, 23) and defaults.released_clip is True
+    assert MuScSettings.absent_in_older_models["released_clip"] is False

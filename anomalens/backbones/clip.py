@@ -215,9 +215,22 @@ def create_clip(
     return ClipBackbone(model, arch, None if pretrained is None else str(pretrained), image_size)
 
 
-def create_method_clip(arch: str, weights: str | None = "default", image_size: int | None = None) -> ClipBackbone:
+def create_method_clip(
+    arch: str, weights: str | None = "default", image_size: int | None = None, quick_gelu: bool | None = None
+) -> ClipBackbone:
     """The weight rule the CLIP methods share: "random" (speed measurements) and the tiny test
     configs without explicit weights get random weights; otherwise a tag, a file, or "default"."""
     if weights == "random" or (is_tiny(arch) and weights in (None, "default")):
-        return create_clip(arch, pretrained=None, image_size=image_size)
-    return create_clip(arch, pretrained=weights or "default", image_size=image_size)
+        return create_clip(arch, pretrained=None, image_size=image_size, quick_gelu=quick_gelu)
+    return create_clip(arch, pretrained=weights or "default", image_size=image_size, quick_gelu=quick_gelu)
+
+
+def native_image_size(arch: str) -> int:
+    """The input side an open_clip architecture's config (and its weights) was made for."""
+    import open_clip
+
+    config = open_clip.get_model_config(arch)
+    if config is None:
+        raise ValueError(f"unknown CLIP architecture {arch!r}")
+    size = config["vision_cfg"]["image_size"]
+    return size[0] if isinstance(size, (list, tuple)) else int(size)

@@ -27,7 +27,12 @@ Paper vs. official code (xrli-U/MuSc) vs. this implementation:
   says layer normalisation without this detail); its unfold + adaptive-average-pool equals an
   r x r average pool after L2 normalisation (see lnamd.py). The code's optional channel
   reduction (adaptive pooling to `feature_dim`) is the identity with its own setting; omitted.
-* Layers: ViT-L-14-336 blocks 6, 12, 18, 24 at 518 px (code). On the embedded CNN, whose layers
+* Layers: ViT-L-14-336 at 518 px, blocks 5, 11, 17, 23 (code: `feature_layers: [5, 11, 17, 23]`
+  read with a 1-based block counter; the paper speaks of ViT-L-14's four stages, whose last
+  blocks are 6, 12, 18, 24, our default before session 21). At 518 px the code rebuilds the
+  model from its config, so it runs with nn.GELU (not the OpenAI weights' QuickGELU) and plain
+  bicubic positional embeddings; `released_clip` (default) does the same
+  (`benchmarks/musc_parity.py` checks the tower against the code's own). On the embedded CNN, whose layers
   have different grids, each layer is scored on its own grid and its map upsampled (bilinear)
   to the finest grid before the average over layers and degrees; the code interpolates the
   features to one grid first (a ViT has one grid, so both agree there). CNN default: blocks

@@ -38,13 +38,23 @@ class CnnLayers(nn.Module):
 
 
 class ClipLayers(nn.Module):
-    """Patch tokens of some ViT blocks as maps; the image feature is CLIP's image embedding."""
+    """Patch tokens of some ViT blocks as maps; the image feature is CLIP's image embedding.
 
-    def __init__(self, arch: str, weights: str | None, layers: tuple[int, ...], image_size: int):
+    released: away from the architecture's own input size, build CLIP as the released MuSc code
+    does (its `create_model` rebuilds the model from the config: nn.GELU, and its
+    `resize_pos_embed`: plain bicubic); at the native size it loads the weights as they are.
+    """
+
+    def __init__(
+        self, arch: str, weights: str | None, layers: tuple[int, ...], image_size: int, released: bool = False
+    ):
         super().__init__()
-        from ...backbones.clip import create_method_clip
+        from ...backbones.clip import create_method_clip, native_image_size
 
-        self.clip = create_method_clip(arch, weights, image_size=image_size)
+        rebuilt = released and image_size != native_image_size(arch)
+        self.clip = create_method_clip(arch, weights, image_size=image_size, quick_gelu=False if rebuilt else None)
+        if rebuilt:
+            self.clip.pos_embed_antialias = False
         self.layers = tuple(sorted({min(max(1, layer), self.clip.num_layers) for layer in layers}))
         self.name, self.mean, self.std = self.clip.name, self.clip.mean, self.clip.std
 
@@ -64,7 +74,8 @@ def create_layer_backbone(
     blocks: tuple[int, ...],
     clip_layers: tuple[int, ...],
     score_stride: int = 16,
+    released_clip: bool = False,
 ) -> nn.Module:
     if name in VARIANT_BLOCKS:  # Lite1 / Lite2 have more blocks per stage: pass their stage ends
         return CnnLayers(blocks, image_size, score_stride, variant=name)
-    return ClipLayers(name, weights, clip_layers, image_size)
+    return ClipLayers(name, weights, clip_layers, image_size, released=released_clip)

@@ -72,7 +72,7 @@ class MuSc(Method):
         except ValueError as err:
             raise SettingsError(f"musc: {err}, got interval={s.interval}, degrees={s.degrees}") from None
         self.backbone = create_layer_backbone(
-            s.backbone, s.weights, s.image_size, tuple(s.blocks), tuple(s.clip_layers), s.score_stride
+            s.backbone, s.weights, s.image_size, tuple(s.blocks), tuple(s.clip_layers), s.score_stride, s.released_clip
         )
         self.references: BatchFeatures | None = None
         # with references and reference_knn_weight > 0: patchknn fitted on them (`reference_knn`)

@@ -44,6 +44,7 @@ class MuScSettings(MethodSettings):
         "tile_above_aspect": 0.0,
         "reference_knn_weight": 0.0,
         "pseudo_reference_share": 0.0,
+        "released_clip": False,
     }
 
     backbone: str = setting(
@@ -69,8 +70,21 @@ class MuScSettings(MethodSettings):
     score_stride: int = setting(
         16, "CNN: finer blocks are average-pooled to this stride before scoring (0: keep)", minimum=0
     )
+    # The released code reads `feature_layers: [5, 11, 17, 23]` with a 1-based block counter, so its
+    # published numbers come from blocks 5, 11, 17 and 23 (the paper speaks of ViT-L-14's four stages).
     clip_layers: tuple[int, ...] = setting(
-        (6, 12, 18, 24), "ViT blocks (1-based) scored; paper: the 4 stages of ViT-L-14", minimum=1
+        (5, 11, 17, 23),
+        "ViT blocks (1-based) scored; released code: 5, 11, 17, 23 (its feature_layers); the paper describes "
+        "ViT-L-14's four stages (their last blocks: 6, 12, 18, 24)",
+        minimum=1,
+    )
+    # At 518 px the released code builds ViT-L-14-336 from its config (nn.GELU, no QuickGELU) and
+    # resamples the OpenAI positional embeddings by plain bicubic: the published numbers' features.
+    released_clip: bool = setting(
+        True,
+        "CLIP away from its own input size (ViT-L-14-336 at 518 px) built as the released code builds it: "
+        "nn.GELU and plain bicubic positional embeddings; false: the weights' own activation (QuickGELU for "
+        "OpenAI) and antialiased resampling",
     )
     degrees: tuple[int, ...] = setting(DEFAULT_DEGREES, "LNAMD aggregation degrees r (paper: 1, 3, 5), odd", minimum=1)
     patch_norm: str = setting(
