@@ -225,12 +225,13 @@ def create_method_clip(
     return create_clip(arch, pretrained=weights or "default", image_size=image_size, quick_gelu=quick_gelu)
 
 
-def native_image_size(arch: str) -> int:
-    """The input side an open_clip architecture's config (and its weights) was made for."""
+def native_image_size(arch: str) -> int | None:
+    """The input side an open_clip architecture's config (and its weights) was made for; None when
+    open_clip has no config of that name (creating the model then says what is wrong)."""
     import open_clip
 
     config = open_clip.get_model_config(arch)
     if config is None:
-        raise ValueError(f"unknown CLIP architecture {arch!r}")
+        return None
     size = config["vision_cfg"]["image_size"]
     return size[0] if isinstance(size, (list, tuple)) else int(size)

@@ -51,7 +51,8 @@ class ClipLayers(nn.Module):
         super().__init__()
         from ...backbones.clip import create_method_clip, native_image_size
 
-        rebuilt = released and image_size != native_image_size(arch)
+        native = native_image_size(arch)
+        rebuilt = released and native is not None and image_size != native
         self.clip = create_method_clip(arch, weights, image_size=image_size, quick_gelu=False if rebuilt else None)
         if rebuilt:
             self.clip.pos_embed_antialias = False
