@@ -26,7 +26,6 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from .images import IMAGE_EXTENSIONS, list_images, missing_reason
 from .outputs import SETTINGS_JSON, OutputWriter, record_key
 from .paths import PathResolver
 from .report_thumbs import THUMB_SIDE
+from .results_table import image_fields
 from .run_identity import check_resume, effective_settings
 from .run_report import write_run_report
 from .scoring_threads import scored_items, scoring_workers
@@ -307,7 +307,7 @@ def _score_and_write(
     progress(RunProgress(0, len(todo)))
     scored = handled = 0
     resolve = PathResolver()
-    wanted = set(resolve.all(todo))
+    wanted = set(resolve.all(todo)) if batch else set()  # only a joint batch scores images it does not write
     pending: deque[Future] = deque()
 
     def finish(future: Future) -> None:
@@ -358,18 +358,6 @@ def _write_one(writer: OutputWriter, item, extra: dict | None) -> tuple[dict, bo
         return writer.write(result, img.rgb, extra=extra), True
     except Exception as err:  # a full disk or an unwritable file: record it, go on
         return writer.record_failure(result.path, f"could not write outputs: {type(err).__name__}: {err}"), False
-
-
-def image_fields(img) -> dict:
-    """The record fields every front end adds for a scored image: when, and at what sizes."""
-    fields = {
-        "time": datetime.now().astimezone().isoformat(timespec="seconds"),
-        "image_size": list(img.original_hw or img.size_hw),
-        "map_size": list(img.size_hw),
-    }
-    if getattr(img, "notes", ()):
-        fields["read_note"] = "; ".join(img.notes)  # e.g. "first frame of 12 read"
-    return fields
 
 
 def _records_of(records: list[dict], keys: list[str]) -> list[dict]:

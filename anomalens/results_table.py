@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -46,3 +47,15 @@ def _csv_values(rec: dict) -> list[Any]:
         rec.get("status", ""),
         rec.get("error") or "",
     ]
+
+
+def image_fields(img) -> dict:
+    """The record fields every front end adds for a scored image: when, and at what sizes."""
+    fields = {
+        "time": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "image_size": list(img.original_hw or img.size_hw),
+        "map_size": list(img.size_hw),
+    }
+    if getattr(img, "notes", ()):
+        fields["read_note"] = "; ".join(img.notes)  # e.g. "first frame of 12 read"
+    return fields

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from ..inspection import image_fields
+from ..results_table import image_fields
 from . import listing, shards
 
 JOB_FILE = "job.json"

@@ -1,4 +1,5 @@
-"""FiLo checkpoints: our directory format, the authors' released `.pth`, and the weight rule.
+"""FiLo checkpoints: our directory format, the authors' released `.pth`, the weight rule, and the
+optimizer state of a resume in tensors and JSON (no pickle).
 
 Ours (no pickle): `DIR/filo.safetensors` (trainable tensors) + `DIR/filo.json` (every setting,
 the vocabulary, training progress), written by `anomalens train filo`.
@@ -57,7 +58,7 @@ def default_weights(arch: str, explicit: str | None = None, recorded: str | None
 
 
 def resolve_weights(arch: str, weights: str | None) -> str | None:
-    """"default" -> the paper's open_clip tag for `arch`; anything else unchanged."""
+    """ "default" -> the paper's open_clip tag for `arch`; anything else unchanged."""
     if weights == "default":
         return DEFAULT_TAGS.get(arch, weights)
     return weights
@@ -214,3 +215,31 @@ def load_into(model: FiloModel, state: dict[str, torch.Tensor], source: str = "c
         model.load_trainable_state_dict(state)
     except ValueError as err:
         raise MissingCheckpointError(f"{source}: {err}") from None
+
+
+# ---- optimizer state without pickle ------------------------------------------------------
+
+
+def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors of the optimizer state (for safetensors) and everything else (for JSON)."""
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, entry in sd["state"].items():
+        for name, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{name}"] = value
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    """Rebuild an optimizer state dict from `optimizer_to_flat`'s two halves."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    for index, entry in meta.get("scalars", {}).items():
+        state.setdefault(int(index), {}).update(entry)
+    return {"state": state, "param_groups": meta["param_groups"]}

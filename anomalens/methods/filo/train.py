@@ -34,7 +34,17 @@ import torch
 from ... import __version__
 from ...device import resolve_device
 from ...text.prompts import POSITIONS, load_defect_vocabulary
-from .checkpoint import FILO_CONFIG, FILO_WEIGHTS, FORMAT, atomic_save, build_backbone, build_model, resolve_weights
+from .checkpoint import (  # the optimizer's flat form is the resume state's; its names stay importable here
+    FILO_CONFIG,
+    FILO_WEIGHTS,
+    FORMAT,
+    atomic_save,
+    build_backbone,
+    build_model,
+    optimizer_from_flat,
+    optimizer_to_flat,
+    resolve_weights,
+)
 from .losses import DICE_UNITS, global_loss, local_loss
 from .model import FiloConfig, FiloModel
 from .prompts import build_prompts
@@ -87,34 +97,6 @@ class TrainProgress:
     epoch: int = 0  # within the stage
     step: int = 0  # within the epoch
     global_step: int = 0
-
-
-# ---- optimizer state without pickle ------------------------------------------------------
-
-
-def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Tensors of the optimizer state (for safetensors) and everything else (for JSON)."""
-    sd = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for index, entry in sd["state"].items():
-        for name, value in entry.items():
-            if torch.is_tensor(value):
-                tensors[f"{index}.{name}"] = value
-            else:
-                scalars.setdefault(str(index), {})[name] = value
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    """Rebuild an optimizer state dict from `optimizer_to_flat`'s two halves."""
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    for index, entry in meta.get("scalars", {}).items():
-        state.setdefault(int(index), {}).update(entry)
-    return {"state": state, "param_groups": meta["param_groups"]}
 
 
 # ---- the loop -----------------------------------------------------------------------------
