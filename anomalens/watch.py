@@ -23,6 +23,7 @@ from .errors import UsageError
 from .images import list_images
 from .inspection import RunInputs, RunSummary, run
 from .paths import PathResolver
+from .records import record_key
 
 # How long a file must keep its size and modification time before it is read (a camera's or a copy's
 # write of one image takes well under this on a local disk or a share).
@@ -161,8 +162,7 @@ def watch(
         summary.last = result
         summary.scored += result.scored
         for record in result.failures:
-            key = os.path.realpath(record["path"])
-            failed[key] = _signature(Path(record["path"]))
+            failed[record_key(record)] = _signature(Path(record["path"]))
         if on_run is not None:
             on_run(result)
         return result

@@ -111,14 +111,10 @@ def detect(
             inputs,
             out,
             overwrite=p["overwrite"],
-            map_format=p["map_format"],
-            batch_size=int(p["batch_size"]),
-            jobs=int(p["jobs"]),
             report=p["report"],
-            source=source,
-            options=p,
             progress=bar,
             log=echo,
+            **_run_options(p, source),
         )
     if summary.report is not None:
         echo(f"report: {summary.report}")
@@ -129,6 +125,17 @@ def detect(
         echo("interrupted: everything written so far is valid; run the same command again to resume")
     if summary.exit_code:
         raise typer.Exit(summary.exit_code)
+
+
+def _run_options(p: dict, source: str) -> dict:
+    """The options `inspection.run` takes from the command line, for a run and for a watch's runs."""
+    return {
+        "map_format": p["map_format"],
+        "batch_size": int(p["batch_size"]),
+        "jobs": int(p["jobs"]),
+        "source": source,
+        "options": p,
+    }
 
 
 def _set_and_say_threshold(det, p: dict, explicit: set, threshold_value) -> None:
@@ -162,11 +169,7 @@ def _watch(p: dict, explicit: set, out: Path, threshold_value) -> None:
         report=p["report"],
         overwrite=p["overwrite"],
         log=echo,
-        map_format=p["map_format"],
-        batch_size=int(p["batch_size"]),
-        jobs=int(p["jobs"]),
-        source=source,
-        options=p,
+        **_run_options(p, source),
     )
     echo(f"watched {result.polls} times; scored {result.scored} images")
     if result.last is not None:
