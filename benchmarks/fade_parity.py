@@ -124,7 +124,9 @@ class _ListDataset(torch.utils.data.Dataset):
 
 def official_outputs(off, gem_model, inputs, refs, sizes, cls_size, classname, checkout, few_shot, seed):
     prompts = checkout / "prompts"
-    cls_model = off.build_text_model(gem_model, [prompts / "winclip_prompt.json"], classname.replace("_", " "), "average")
+    cls_model = off.build_text_model(
+        gem_model, [prompts / "winclip_prompt.json"], classname.replace("_", " "), "average"
+    )
     seg_model = off.build_text_model(
         gem_model, [prompts / "winclip_prompt.json", *(prompts / f for f in SEGMENTATION_FILES)], "object", "average"
     )
@@ -144,7 +146,8 @@ def official_outputs(off, gem_model, inputs, refs, sizes, cls_size, classname, c
             vision_map = off.predict_segmentation(ref_models, emb, sizes, "clip", patch_size, "vision")
         else:
             query = off.extract_query_patch_embeddings(emb, sizes, "gem")
-            vision_map = off.predict_segmentation(off.build_image_models(query, True), emb, sizes, "gem", patch_size, "vision")
+            image_models = off.build_image_models(query, True)
+            vision_map = off.predict_segmentation(image_models, emb, sizes, "gem", patch_size, "vision")
         score, seg = released_combination(lang_score, lang_map, vision_map, few_shot)
         scores.append(float(score[0]))
         maps.append(seg[0])
@@ -213,8 +216,11 @@ def main() -> None:
         )
         return Fade(settings, backbone=backbone, text_cache=TextFeatureCache(cache_dir=None))  # shared weights
 
-    print(f"official checkout: {checkout}; {args.arch}, random weights (seed {args.seed}); sizes {sizes}; "
-          f"{args.images} query images 300x260, {args.shots} references", flush=True)
+    print(
+        f"official checkout: {checkout}; {args.arch}, random weights (seed {args.seed}); sizes {sizes}; "
+        f"{args.images} query images 300x260, {args.shots} references",
+        flush=True,
+    )
     fades = {"defaults (released behaviour)": ours({}), "earlier anomalens text": ours(EARLIER_TEXT)}
     default = fades["defaults (released behaviour)"]
     rows = []
@@ -224,12 +230,22 @@ def main() -> None:
             default.fit(refs[:shots])
             encoded = default.encode(images)  # the vision side is shared; the variants differ in text only
             banks = {size: default.bank_.banks[str(size)] for size in encoded["scales"]} if shots else None
-            outputs = {label: [f._score(img, encoded, b, banks) for b, img in enumerate(images)] for label, f in fades.items()}
+            outputs = {
+                label: [f._score(img, encoded, b, banks) for b, img in enumerate(images)] for label, f in fades.items()
+            }
         ours_seconds = time.perf_counter() - start
         start = time.perf_counter()
         off_scores, off_maps = official_outputs(
-            off, gem_model, query_inputs, ref_inputs[:shots], sizes, args.classification_size,
-            args.category, checkout, shots > 0, args.seed,
+            off,
+            gem_model,
+            query_inputs,
+            ref_inputs[:shots],
+            sizes,
+            args.classification_size,
+            args.category,
+            checkout,
+            shots > 0,
+            args.seed,
         )
         official_seconds = time.perf_counter() - start
         for label, mine in outputs.items():
@@ -249,6 +265,7 @@ def main() -> None:
         rows, key=lambda r: r[0] != "defaults (released behaviour)"
     ):
         print(f"| {label} | {shots} | {score_diff:.1e} | {map_diff:.1e} | {lo:.3f}-{hi:.3f} |")
+
 
 if __name__ == "__main__":
     main()
