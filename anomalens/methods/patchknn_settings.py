@@ -249,3 +249,14 @@ def coreset_target(settings: PatchKnnSettings, patches: int, references: int = 1
     if settings.coreset_size > 0:
         target = min(target, settings.coreset_size)
     return 0 if target >= patches else target
+
+
+# Named sets of patchknn settings for surfaces the default is not tuned for. The `--config` presets of the
+# same names (anomalens/presets/*.yaml) set these for patchknn itself; musc's `knn_recipe` applies one to
+# the patchknn it runs on its references and pseudo-references. Measured in the README ("Which setting for
+# which surface"; musc: "The texture recipe inside musc").
+KNN_RECIPES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "textured-surface": {"magnitudes": True, "blocks": (4, 10, 14)},
+    "large-defects": {"coarse_weight": 2.0},
+}

@@ -107,7 +107,7 @@ class MuSc(Method):
         or with reference_knn_weight 0)."""
         if not references or self.settings.reference_knn_weight <= 0:
             return None
-        knn = PatchKnn(musc_references_knn_settings()).to(self.device)
+        knn = PatchKnn(musc_references_knn_settings(self.settings.knn_recipe)).to(self.device)
         knn.region = self.region
         return knn
 
@@ -178,7 +178,7 @@ class MuSc(Method):
         # patchknn scores the batch once it is ranked (its pseudo-references are the images the
         # mutual score ranks lowest), so the images are held (reduced) until then
         wanted = self.reference_knn_ is not None or (self.references is None and s.pseudo_reference_share > 0)
-        held = HeldImages(pseudo_reference_settings()) if wanted else None
+        held = HeldImages(pseudo_reference_settings(s.knn_recipe)) if wanted else None
         feats = self.features(images, also=held.add if held is not None else None)
         if not feats.paths:
             return iter(())
@@ -201,7 +201,14 @@ class MuSc(Method):
         chosen = lowest_scored(scores, paths, count) if count else []
         if not chosen and self.reference_knn_ is None:
             return None
-        return PseudoReferenceKnn(held, chosen, self.device, references=self.reference_knn_, region=self.region)
+        return PseudoReferenceKnn(
+            held,
+            chosen,
+            self.device,
+            pseudo_reference_settings(s.knn_recipe),
+            references=self.reference_knn_,
+            region=self.region,
+        )
 
     def knn_weight(self) -> float:
         """patchknn's share of each output: `reference_knn_weight` with references, else `pseudo_reference_weight`."""
@@ -370,7 +377,7 @@ class MuSc(Method):
     def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.reference_knn_ = None
         if "knn.image_size" in state:
-            self.reference_knn_ = PatchKnn(musc_references_knn_settings()).to(self.device)
+            self.reference_knn_ = PatchKnn(musc_references_knn_settings(self.settings.knn_recipe)).to(self.device)
             self.reference_knn_.use_image_size(int(state["knn.image_size"][0]))
             knn_state = {
                 k[len("knn.") :]: v for k, v in state.items() if k.startswith("knn.") and k != "knn.image_size"

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ...images import LoadedImage
 from ..base import MethodOutput
 from ..patchknn import PatchKnn, PatchKnnSettings
-from ..patchknn_settings import model_side, side_up_to
+from ..patchknn_settings import KNN_RECIPES, model_side, side_up_to
 
 
 def pseudo_reference_count(share: float, minimum: int, batch: int) -> int:
@@ -54,19 +54,20 @@ def reduced_copy(img: LoadedImage, short_side: int) -> LoadedImage:
     return LoadedImage(path=img.path, rgb=rgb, original_hw=img.original_hw, notes=img.notes)
 
 
-def pseudo_reference_settings() -> PatchKnnSettings:
+def pseudo_reference_settings(recipe: str = "default") -> PatchKnnSettings:
     """patchknn's defaults without reference flips: the batch shows its own variation, and many
     references get no flips anyway (`augment_max_references`). Without the bank's Gaussian: musc's
     shares and weights were measured before it existed (`musc_references_knn_settings`)."""
-    return replace(musc_references_knn_settings(), augment="none")
+    return replace(musc_references_knn_settings(recipe), augment="none")
 
 
-def musc_references_knn_settings() -> PatchKnnSettings:
+def musc_references_knn_settings(recipe: str = "default") -> PatchKnnSettings:
     """The patchknn that musc fits on real references: patchknn's defaults without the bank's Gaussian
-    (`gaussian_weight`, patchknn's default since issue 17 session 15). Measured inside musc (README "Inside
-    `musc`"): it gains mpdd_metal_plate 0.0-0.2 and costs magnetic_tile 0.5 image AUROC and steel_strip 0.8
-    AUPRO, so musc's share goes without it."""
-    return replace(PatchKnnSettings(), gaussian_weight=0.0)
+    (`gaussian_weight`, patchknn's default since issue 17 session 15), changed by the named recipe
+    (`KNN_RECIPES`, musc's `knn_recipe`). Measured inside musc (README "Inside `musc`"): the Gaussian gains
+    mpdd_metal_plate 0.0-0.2 and costs magnetic_tile 0.5 image AUROC and steel_strip 0.8 AUPRO, so musc's
+    share goes without it."""
+    return replace(PatchKnnSettings(), **{"gaussian_weight": 0.0, **KNN_RECIPES[recipe]})
 
 
 class HeldImages:

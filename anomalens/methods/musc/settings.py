@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 from ...geometry import RESIZE_POLICIES
 from ...settings import MethodSettings, setting
+from ..patchknn_settings import KNN_RECIPES
 from .lnamd import DEFAULT_DEGREES, PATCH_NORMS
 from .msm import DEFAULT_CHUNK_ELEMENTS, SCORE_SCALES
 from .postprocess import BASELINES, PHOTOMETRIC_MODES
@@ -149,6 +150,14 @@ class MuScSettings(MethodSettings):
         "(the mutual score has 1 - this)",
         minimum=0.0,
         maximum=1.0,
+    )
+    # Session 22 (README "The texture recipe inside musc"): patchknn's textured-surface settings in its
+    # share raise magnetic_tile and steel_strip and cost mpdd_metal_plate's plates; an opt-in.
+    knn_recipe: str = setting(
+        "default",
+        "the patchknn settings of its share (references, pseudo-references): default, or a named recipe "
+        "(textured-surface: magnitudes, blocks 4, 10, 14; large-defects: coarse_weight 2)",
+        choices=tuple(KNN_RECIPES),
     )
     pseudo_reference_minimum: int = setting(
         2, "fewer pseudo-references than this (a small batch): none are used", minimum=2
