@@ -98,6 +98,9 @@ Paper vs. official code (xrli-U/MuSc) vs. this implementation:
   384 px). Batches that give fewer than `pseudo_reference_minimum` (2) of them, i.e. under 15
   images, use the references alone (or none); `pseudo_reference_share=0` is the rule before.
   `pseudo_references.py`.
+* Not in the paper (session 22, README "The texture recipe inside musc"): `knn_recipe` runs that
+  patchknn share with one of patchknn's named recipes (`KNN_RECIPES`; `textured-surface` = per-image
+  magnitudes and block 14). An opt-in: it raises magnetic_tile and steel_strip and costs the plates.
 """
 
 from .method import MuSc, SingleImageBatchError
