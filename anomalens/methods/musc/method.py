@@ -205,7 +205,7 @@ class MuSc(Method):
             held,
             chosen,
             self.device,
-            pseudo_reference_settings(s.knn_recipe),
+            held.settings,
             references=self.reference_knn_,
             region=self.region,
         )

@@ -74,6 +74,7 @@ class HeldImages:
     """The batch's images, as patchknn will read them, until the pseudo-references are known."""
 
     def __init__(self, settings: PatchKnnSettings):
+        self.settings = settings  # the patchknn that will read them (`PseudoReferenceKnn`)
         self.cap = side_up_to(settings)
         self.images: list[LoadedImage] = []
         self.sizes: list[tuple[int, int]] = []  # each image's own size, where its output map goes
