@@ -156,6 +156,7 @@ def build(method, bank: str = "auto") -> GraphSpec:
     require(s.resize in ("squash", "pad"), f"patchknn resize policy {s.resize!r} cannot be exported")
     require(s.reweight_neighbours == 0, "patchknn with reweighting (reweight_neighbours > 0) cannot be exported")
     require(s.top_fraction == 0, "patchknn with a top-fraction image score cannot be exported (use the maximum)")
+    require(s.fused_recipe == "none", "patchknn with a second recipe (fused_recipe) cannot be exported")
     require(s.map_image_share == 0, "patchknn with the image score in its map (map_image_share > 0) cannot be exported")
     patches = method.bank_.banks.get("patches")
     if patches is not None:

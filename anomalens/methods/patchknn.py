@@ -22,6 +22,10 @@ then counts, without the global gain that varies between images. It raised every
 on magnetic_tile and mpdd_metal_plate over 3 seeds (README "Lengths beside the directions").
 Zero-shot compares the directions alone: a part's own highlights are unique lengths in the image.
 
+`fused_recipe` runs a second patchknn with a named recipe (`KNN_RECIPES`) on the same references and
+takes, per pixel, the larger of the two maps, each standardised by its references' leave-one-out maps
+(`recipe_fusion`; README "Both recipes at once").
+
 `coarse_weight` > 0 adds, with references, the stride-32 block's distance map on its own coarse grid
 (`patch_distances.patch_anomalies`): it lifts magnetic_tile's large defects and costs small ones, so it
 is an opt-in (README "A coarse map beside the fine one").
@@ -54,6 +58,7 @@ from .patch_distances import (
 from .patchknn_settings import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_SIDE_UP_TO,
+    KNN_RECIPES,
     MODEL_SIDE_STEP,
     PatchKnnSettings,
     coreset_target,
@@ -61,6 +66,7 @@ from .patchknn_settings import (
     reference_augmentation,
     side_up_to,
 )
+from .recipe_fusion import MapLevel, fuse, levels_from_tensor, levels_tensor, map_level
 
 __all__ = [  # the settings' names stay importable from here, where the method is
     "DEFAULT_IMAGE_SIZE",
@@ -75,6 +81,16 @@ __all__ = [  # the settings' names stay importable from here, where the method i
     "score_image",
     "side_up_to",
 ]
+
+
+# where a saved model keeps the `fused_recipe` partner's bank and the two maps' levels
+PARTNER_PREFIX = "partner."
+FUSION_LEVELS_KEY = "fusion.levels"
+
+
+def partner_settings(settings: PatchKnnSettings) -> PatchKnnSettings:
+    """The settings of `fused_recipe`'s second patchknn: these with the recipe's changes, not fused itself."""
+    return replace(settings, **KNN_RECIPES[settings.fused_recipe], fused_recipe="none")
 
 
 @dataclass
@@ -122,6 +138,16 @@ class PatchKnn(Method):
         self._bank_source: tuple[list[LoadedImage], torch.Tensor] | None = None
         # what was asked for: `fit` may raise the model side (`model_side`) and always starts from this
         self.requested_settings = settings
+        # `fused_recipe`: the second patchknn (built now, so a recipe the backbone cannot run is refused
+        # at once) and, once fitted, where each one's maps lie on the references
+        self.partner = None if settings.fused_recipe == "none" else PatchKnn(partner_settings(settings))
+        self.fusion_levels_: tuple[MapLevel, MapLevel] | None = None
+
+    def to(self, device: str | torch.device) -> PatchKnn:
+        super().to(device)
+        if self.partner is not None:
+            self.partner.to(device)
+        return self
 
     @property
     def coarse_layout(self) -> CoarseLayout | None:
@@ -220,6 +246,20 @@ class PatchKnn(Method):
             # which references (the objects themselves) the bank came from, and each patch's
             # reference: leave-one-out on the same references (calibration after fit) reuses both
             self._bank_source = (kept, origin)
+        self.fusion_levels_ = None
+        if self.partner is not None and kept:
+            self.partner._fit(kept)
+            self.fusion_levels_ = (map_level(self._normal_maps(kept)), map_level(self.partner._normal_maps(kept)))
+
+    def _normal_maps(self, references: list[LoadedImage]) -> list[MethodOutput]:
+        """Maps of normal images for `recipe_fusion.map_level`: each reference left out of the bank, or
+        a single reference against its own mirrored and turned copies (not against itself)."""
+        if len(references) > 1:
+            return self._unfused_leave_one_out(references, list(range(len(references))))
+        inputs, layout = self.model_inputs(references[0])
+        copies = self._encode([y for x in inputs for y in augment_input(x, "flips")[1:]])
+        feats, _ = self._features(references)
+        return [self.score(feats[0], layout, self.build_bank([copies.reshape(-1, copies.shape[-1])]))]
 
     def use_image_size(self, side: int) -> None:
         """Run at model side `side` (the settings a saved model keeps say so); the backbone reads any size."""
@@ -243,7 +283,14 @@ class PatchKnn(Method):
     def _predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
         feats, layouts = self._features(images)
         bank = self._scoring_bank()
-        return [self.score(f, layout, bank) for f, layout in zip(feats, layouts)]
+        outputs = [self.score(f, layout, bank) for f, layout in zip(feats, layouts)]
+        return self._fused(outputs, lambda: self.partner._predict(images))
+
+    def _fused(self, outputs: list[MethodOutput], partner_outputs) -> list[MethodOutput]:
+        """`outputs`, or with a fitted `fused_recipe` each fused with the partner's (`partner_outputs()`)."""
+        if self.fusion_levels_ is None or self.partner is None or self._scoring_bank() is None:
+            return outputs
+        return [fuse(a, b, self.fusion_levels_) for a, b in zip(outputs, partner_outputs())]
 
     def score(
         self, feats: torch.Tensor, layout: Layout, bank: torch.Tensor | None, patches: torch.Tensor | None = None
@@ -265,6 +312,15 @@ class PatchKnn(Method):
         return feats[0], layouts[0]
 
     def _leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
+        """Each held-out reference against the bank without its own patches (`_unfused_leave_one_out`);
+        with `fused_recipe`, the partner's the same way and the two fused as `predict` fuses them."""
+        # (a refit inside, for references other than the fitted ones, fits the partner and its levels too)
+        outputs = self._unfused_leave_one_out(references, held_out)
+        if self.partner is None:
+            return outputs
+        return self._fused(outputs, lambda: self.partner._unfused_leave_one_out(references, held_out))
+
+    def _unfused_leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
         """Features and bank once; each held-out reference against the bank without its own patches.
 
         Below `coreset_size` that is exactly the bank of the other references (refitting). Above
@@ -312,10 +368,22 @@ class PatchKnn(Method):
         self.bank_.banks["patches"] = self.build_bank([p.reshape(-1, p.shape[-1]) for p in per_reference])
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.bank_.state_dict()
+        state = self.bank_.state_dict()
+        if self.partner is not None and self.fusion_levels_ is not None:
+            state.update({f"{PARTNER_PREFIX}{k}": v for k, v in self.partner.state_dict().items()})
+            state[FUSION_LEVELS_KEY] = levels_tensor(self.fusion_levels_)
+        return state
 
     def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self._bank_source = None
-        self.bank_.load_state_dict(state)
+        own = {k: v for k, v in state.items() if not k.startswith(PARTNER_PREFIX) and k != FUSION_LEVELS_KEY}
+        self.bank_.load_state_dict(own)
+        self.fusion_levels_ = None
+        if self.partner is not None and FUSION_LEVELS_KEY in state:
+            self.partner.use_image_size(self.settings.image_size)  # fitted on the same references: same side
+            self.partner.load_state_dict(
+                {k[len(PARTNER_PREFIX) :]: v for k, v in state.items() if k.startswith(PARTNER_PREFIX)}
+            )
+            self.fusion_levels_ = levels_from_tensor(state[FUSION_LEVELS_KEY])
         if "patches" in self.bank_:
             self.num_references = max(self.num_references, 1)

@@ -18,6 +18,18 @@ from .patch_gaussian import DEFAULT_GAUSSIAN_SHRINKAGE, DEFAULT_GAUSSIAN_WEIGHT
 DEFAULT_IMAGE_SIZE = 256
 DEFAULT_SIDE_UP_TO = 384
 
+# Named sets of patchknn settings for surfaces the default is not tuned for. The `--config` presets of the
+# same names (anomalens/presets/*.yaml) set these for patchknn itself; musc's `knn_recipe` applies one to
+# the patchknn it runs on its references and pseudo-references. Measured in the README ("Which setting for
+# which surface"; musc: "The texture recipe inside musc").
+KNN_RECIPES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "textured-surface": {"magnitudes": True, "blocks": (4, 10, 14)},
+    "large-defects": {"coarse_weight": 2.0},
+}
+# what `fused_recipe` can add beside the default (not "default" itself)
+FUSED_RECIPES = ("none", *(name for name in KNN_RECIPES if name != "default"))
+
 
 @dataclass
 class PatchKnnSettings(MethodSettings):
@@ -187,6 +199,17 @@ class PatchKnnSettings(MethodSettings):
         maximum=1.0,
     )
     coreset_floor: int = setting(1024, "coreset_ratio never keeps fewer patches than this", minimum=1)
+    # Session 24 (README "Both recipes at once"): the texture recipe beside the default, each map
+    # standardised by its references' leave-one-out maps, pixelwise maximum: magnetic_tile gains the
+    # recipe's image and pixel AUROC and both AUPROs, mpdd_metal_plate keeps the default's numbers.
+    fused_recipe: str = setting(
+        "none",
+        "with references: a second patchknn with this recipe's settings (KNN_RECIPES: textured-surface, "
+        "large-defects) scores every image too; each map is standardised by the median and MAD of its "
+        "references' leave-one-out maps (one reference: against its mirrored and turned copies) and the image "
+        "takes their pixelwise maximum, its score the larger standardised score; none = off (zero-shot: off)",
+        choices=FUSED_RECIPES,
+    )
     batch_size: int = setting(
         0, "images per forward pass (0 = auto: 1 on the CPU, where it is fastest, 8 on a GPU)", minimum=0
     )
@@ -249,14 +272,3 @@ def coreset_target(settings: PatchKnnSettings, patches: int, references: int = 1
     if settings.coreset_size > 0:
         target = min(target, settings.coreset_size)
     return 0 if target >= patches else target
-
-
-# Named sets of patchknn settings for surfaces the default is not tuned for. The `--config` presets of the
-# same names (anomalens/presets/*.yaml) set these for patchknn itself; musc's `knn_recipe` applies one to
-# the patchknn it runs on its references and pseudo-references. Measured in the README ("Which setting for
-# which surface"; musc: "The texture recipe inside musc").
-KNN_RECIPES: dict[str, dict[str, Any]] = {
-    "default": {},
-    "textured-surface": {"magnitudes": True, "blocks": (4, 10, 14)},
-    "large-defects": {"coarse_weight": 2.0},
-}

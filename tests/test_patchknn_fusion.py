@@ -1,0 +1,141 @@
+"""patchknn's `fused_recipe`: the levels (median, MAD of normal maps) by hand, the fusion by hand, parity
+with two separately fitted detectors, one reference, zero-shot, save/load, calibration and export."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from anomalens.detector import Detector, load_detector
+from anomalens.export.graph import synthetic_image
+from anomalens.images import LoadedImage
+from anomalens.methods.base import MethodOutput
+from anomalens.methods.recipe_fusion import (
+    MIN_SPREAD,
+    MapLevel,
+    fuse,
+    levels_from_tensor,
+    levels_tensor,
+    map_level,
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+RECIPE = {"magnitudes": True, "blocks": (4, 10, 14)}  # KNN_RECIPES["textured-surface"], restated
+
+
+def image(seed: int, defect: bool = False) -> LoadedImage:
+    rgb = synthetic_image(64, 64, seed=0).astype(np.float32) + np.random.default_rng(seed).normal(0, 3, (64, 64, 3))
+    rgb = np.clip(rgb, 0, 255).astype(np.uint8)
+    if defect:
+        rgb[20:32, 30:42] = 250
+    return LoadedImage(f"img{seed}.png", rgb)
+
+
+def test_map_level_is_the_median_and_mad_of_every_fourth_pixel_that_counts():
+    a = np.zeros((8, 8), np.float32)
+    a[::4, ::4] = [[1.0, 2.0], [3.0, 10.0]]  # the pixels read: 1, 2, 3, 10
+    b = np.full((5, 5), 7.0, np.float32)  # read: the 4 pixels (0|4, 0|4), of which the region keeps row 0's
+    region = np.zeros((5, 5), bool)
+    region[:4, :] = True
+    level = map_level([MethodOutput(0.0, a), MethodOutput(0.0, b, inspected=region)])
+    # 1, 2, 3, 7, 7, 10: median 5, deviations 4 3 2 2 2 5 -> MAD 2.5
+    assert level == MapLevel(5.0, 2.5)
+    assert map_level([MethodOutput(0.0, np.ones((4, 4), np.float32))]).spread == MIN_SPREAD
+    with pytest.raises(ValueError, match="at least one map"):
+        map_level([])
+
+
+def test_fuse_takes_the_larger_standardised_value_per_pixel_and_score():
+    first = MethodOutput(2.0, np.array([[1.0, 3.0], [2.0, 0.0]], np.float32))
+    second = MethodOutput(0.5, np.array([[0.1, 0.1], [0.9, 0.3]], np.float32))
+    out = fuse(first, second, (MapLevel(1.0, 2.0), MapLevel(0.1, 0.2)))
+    # first: (m - 1) / 2 = [0, 1], [0.5, -0.5]; second: (m - 0.1) / 0.2 = [0, 0], [4, 1]
+    np.testing.assert_allclose(out.anomaly_map, [[0.0, 1.0], [4.0, 1.0]], atol=1e-6)
+    assert out.score == pytest.approx(max(0.5, 2.0))  # (2 - 1) / 2 against (0.5 - 0.1) / 0.2
+    region = np.array([[True, False], [True, True]])
+    kept = fuse(
+        MethodOutput(2.0, first.anomaly_map, inspected=region), second, (MapLevel(1.0, 2.0), MapLevel(0.1, 0.2))
+    )
+    assert kept.anomaly_map[0, 1] == kept.anomaly_map.min() and kept.inspected is region
+
+
+def test_levels_survive_a_tensor_and_bad_ones_are_refused():
+    levels = (MapLevel(0.5, 0.125), MapLevel(-1.0, 2.0))
+    assert levels_from_tensor(levels_tensor(levels)) == levels
+    with pytest.raises(ValueError, match="positive spreads"):
+        levels_from_tensor(torch.tensor([0.0, 0.0, 1.0, 1.0]))
+
+
+def _independent_levels(det: Detector, refs: list[LoadedImage]) -> MapLevel:
+    """Median and MAD of every fourth pixel of the leave-one-out maps, computed here with numpy."""
+    outputs = det.method._leave_one_out(refs, list(range(len(refs))))
+    pixels = np.concatenate([o.anomaly_map[::4, ::4].ravel() for o in outputs]).astype(np.float64)
+    median = np.median(pixels)
+    return MapLevel(float(median), float(np.median(np.abs(pixels - median))))
+
+
+def test_a_fused_detector_equals_the_two_recipes_fitted_apart_and_fused_by_hand():
+    refs, queries = [image(1), image(2), image(5)], [image(3), image(4, defect=True)]
+    fused = Detector("patchknn", image_size=64, fused_recipe="textured-surface").fit(refs)
+    default = Detector("patchknn", image_size=64).fit(refs)
+    recipe = Detector("patchknn", image_size=64, **RECIPE).fit(refs)
+    levels = (_independent_levels(default, refs), _independent_levels(recipe, refs))
+    for got, want in zip(fused.method.fusion_levels_, levels):
+        assert got.median == pytest.approx(want.median, abs=1e-6) and got.spread == pytest.approx(want.spread, abs=1e-6)
+    results = fused.predict(queries)
+    for result, a, b in zip(results, default.predict(queries), recipe.predict(queries)):
+        want = np.maximum(
+            (a.anomaly_map - levels[0].median) / levels[0].spread, (b.anomaly_map - levels[1].median) / levels[1].spread
+        )
+        np.testing.assert_allclose(result.anomaly_map, want, atol=1e-4)
+        assert result.score == pytest.approx(
+            max((a.score - levels[0].median) / levels[0].spread, (b.score - levels[1].median) / levels[1].spread),
+            abs=1e-4,
+        )
+    assert results[1].score > results[0].score + 3  # the defect stands out in units of the normal spread
+
+
+def test_one_reference_is_levelled_against_its_own_mirrored_copies():
+    ref, queries = image(1), [image(3), image(4, defect=True)]
+    det = Detector("patchknn", image_size=64, fused_recipe="textured-surface").fit([ref])
+    method = det.method
+    inputs, layout = method.model_inputs(ref)
+    from anomalens.augment import augment_input
+
+    copies = method._encode([y for x in inputs for y in augment_input(x, "flips")[1:]])
+    feats, _ = method._features([ref])
+    alone = method.score(feats[0], layout, method.build_bank([copies.reshape(-1, copies.shape[-1])]))
+    assert method.fusion_levels_[0] == map_level([alone])
+    results = det.predict(queries)
+    assert results[1].score > results[0].score
+
+
+def test_zero_shot_is_not_fused_and_saved_models_keep_the_partner(tmp_path):
+    queries = [image(3), image(4, defect=True)]
+    zero = Detector("patchknn", image_size=64, fused_recipe="textured-surface").predict(queries)
+    plain = Detector("patchknn", image_size=64).predict(queries)
+    assert [r.score for r in zero] == pytest.approx([r.score for r in plain], abs=1e-6)
+    det = Detector("patchknn", image_size=64, fused_recipe="textured-surface").fit([image(1), image(2)])
+    results = det.predict(queries)
+    det.save(tmp_path / "m")
+    again = load_detector(tmp_path / "m")
+    assert again.method.fusion_levels_ == det.method.fusion_levels_
+    for a, b in zip(results, again.predict(queries)):
+        assert a.score == pytest.approx(b.score, abs=1e-6)
+        np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, atol=1e-6)
+
+
+def test_calibration_uses_the_fused_scores_and_export_refuses():
+    refs = [image(1), image(2), image(5)]
+    det = Detector("patchknn", image_size=64, fused_recipe="textured-surface").fit(refs)
+    held_out = det.method._leave_one_out(refs, [0, 1, 2])
+    unfused = det.method._unfused_leave_one_out(refs, [0, 1, 2])
+    partner = det.method.partner._unfused_leave_one_out(refs, [0, 1, 2])
+    for got, a, b in zip(held_out, unfused, partner):
+        assert got.score == pytest.approx(fuse(a, b, det.method.fusion_levels_).score)
+    pytest.importorskip("onnxruntime")
+    from anomalens.export import export_onnx
+
+    with pytest.raises(Exception, match="fused_recipe"):
+        export_onnx(det, "never-written.onnx")
