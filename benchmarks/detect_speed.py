@@ -79,6 +79,8 @@ def instrument(totals: dict[str, float], rss: list[tuple[int, float]], every: in
         detector._try_load = timed("decode", detector._try_load)
     PatchKnn.model_inputs = timed("prepare", PatchKnn.model_inputs)
     EfficientNetPatchBackbone.forward = timed("model", EfficientNetPatchBackbone.forward)
+    if hasattr(PatchKnn, "_encode_both"):  # `fused_recipe`: one pass for both recipes' features
+        PatchKnn._encode_both = timed("model", PatchKnn._encode_both)
     PatchKnn.score = timed("knn", PatchKnn.score)
     write = timed("write", OutputWriter.write)
     written = [0]

@@ -222,10 +222,28 @@ class EfficientNetPatchBackbone(nn.Module):
         outputs = self._run_until_last_block(images)
         return [outputs[i] for i in self.blocks]
 
+    def also_read(self, blocks: tuple[int, ...] | set[int]) -> None:
+        """Keep these blocks' outputs too (`forward_with_blocks`): a second set of features (patchknn's
+        `fused_recipe`) is then made from the same pass instead of a second one."""
+        if max(blocks) >= len(self.model._blocks) or min(blocks) < 0:
+            raise ValueError(f"{self.name} has blocks 0..{len(self.model._blocks) - 1}; got {tuple(blocks)}")
+        self._read |= set(blocks)
+        self._last_block = max(self._read)
+        self._graph_key = None  # another set of outputs: another ONNX Runtime graph
+
+    @torch.no_grad()
+    def forward_with_blocks(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """`forward`'s features and the raw outputs of every read block (by index), from one pass."""
+        outputs = self._run_until_last_block(images)
+        return self.features_from_blocks(outputs), outputs
+
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised images -> (B, h, w, C) unit-norm patch features (stride 8)."""
-        outputs = self._run_until_last_block(images)
+        return self.features_from_blocks(self._run_until_last_block(images))
+
+    def features_from_blocks(self, outputs: dict[int, torch.Tensor]) -> torch.Tensor:
+        """Raw block outputs by index (at least this backbone's read blocks) -> its (B, h, w, C) features."""
         lengths = [outputs[i] for i in self.length_blocks] if self.length_channels else []
         feats = self.combine([outputs[i] for i in self.blocks], lengths)
         if not self.coarse_blocks:

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from ..augment import augment_input
 from ..backbones import create_patch_backbone
+from ..backbones.cnn import EfficientNetPatchBackbone
 from ..coreset import greedy_coreset
 from ..geometry import to_model_input
 from ..images import LoadedImage
@@ -93,6 +94,12 @@ def partner_settings(settings: PatchKnnSettings) -> PatchKnnSettings:
     return replace(settings, **KNN_RECIPES[settings.fused_recipe], fused_recipe="none")
 
 
+def shares_pass(ours: torch.nn.Module, theirs: torch.nn.Module) -> bool:
+    """Whether `theirs`'s features can be made from `ours`'s pass: the same EfficientNet-Lite network."""
+    same_kind = isinstance(ours, EfficientNetPatchBackbone) and isinstance(theirs, EfficientNetPatchBackbone)
+    return same_kind and ours.name == theirs.name
+
+
 @dataclass
 class Layout:
     """How one image was fed to the model: its tiles (image pixels) and where each sits on the input."""
@@ -141,6 +148,10 @@ class PatchKnn(Method):
         # `fused_recipe`: the second patchknn (built now, so a recipe the backbone cannot run is refused
         # at once) and, once fitted, where each one's maps lie on the references
         self.partner = None if settings.fused_recipe == "none" else PatchKnn(partner_settings(settings))
+        # one backbone pass for both when the partner reads the same network (its blocks kept from ours)
+        self._shared_pass = self.partner is not None and shares_pass(self.backbone, self.partner.backbone)
+        if self._shared_pass:
+            self.backbone.also_read(self.partner.backbone._read)
         self.fusion_levels_: tuple[MapLevel, MapLevel] | None = None
 
     def to(self, device: str | torch.device) -> PatchKnn:
@@ -281,14 +292,37 @@ class PatchKnn(Method):
         return bank.cpu() if bank is not None else None
 
     def _predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
-        feats, layouts = self._features(images)
         bank = self._scoring_bank()
+        if self._fits_partner() and self._shared_pass and self.partner.settings.image_size == self.settings.image_size:
+            inputs, layouts = zip(*(self.model_inputs(img) for img in images)) if images else ((), ())
+            counts = [len(per_image) for per_image in inputs]
+            ours, theirs = self._encode_both([x for per_image in inputs for x in per_image])
+            partner_bank = self.partner._scoring_bank()
+            return [
+                fuse(self.score(a, layout, bank), self.partner.score(b, layout, partner_bank), self.fusion_levels_)
+                for a, b, layout in zip(torch.split(ours, counts), torch.split(theirs, counts), layouts)
+            ]
+        feats, layouts = self._features(images)
         outputs = [self.score(f, layout, bank) for f, layout in zip(feats, layouts)]
         return self._fused(outputs, lambda: self.partner._predict(images))
 
+    def _fits_partner(self) -> bool:
+        """Whether outputs are fused: a `fused_recipe` partner, fitted (with references) with its levels."""
+        return self.fusion_levels_ is not None and self.partner is not None and self._scoring_bank() is not None
+
+    def _encode_both(self, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`_encode`'s features and the partner's, from one backbone pass per batch."""
+        b = self.settings.batch_size or (1 if self.device.type == "cpu" else 8)
+        ours, theirs = [], []
+        for i in range(0, len(inputs), b):
+            feats, blocks = self.backbone.forward_with_blocks(torch.stack(inputs[i : i + b]).to(self.device))
+            ours.append(feats)
+            theirs.append(self.partner.backbone.features_from_blocks(blocks))
+        return torch.cat(ours).cpu(), torch.cat(theirs).cpu()
+
     def _fused(self, outputs: list[MethodOutput], partner_outputs) -> list[MethodOutput]:
         """`outputs`, or with a fitted `fused_recipe` each fused with the partner's (`partner_outputs()`)."""
-        if self.fusion_levels_ is None or self.partner is None or self._scoring_bank() is None:
+        if not self._fits_partner():
             return outputs
         return [fuse(a, b, self.fusion_levels_) for a, b in zip(outputs, partner_outputs())]
 
