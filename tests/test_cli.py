@@ -383,7 +383,7 @@ def test_presets_are_configs_every_method_setting_of_which_exists(data, tmp_path
     from anomalens import Detector
     from anomalens.cli.config import PRESETS, preset_names
 
-    assert preset_names() == ["large-defects", "musc-textured", "textured-surface"]
+    assert preset_names() == ["any-surface", "large-defects", "musc-textured", "textured-surface"]
     for name in preset_names():
         preset = yaml.safe_load((PRESETS / f"{name}.yaml").read_text())
         det = Detector(preset["method"], **preset["set"])  # an unknown setting would raise
@@ -410,5 +410,5 @@ def test_set_on_the_command_line_adds_to_a_config_and_the_run_repeats(data, tmp_
 
 def test_an_unknown_config_name_lists_the_presets(data):
     res = run(["detect", data / "queries", "--config", "texture"], code=2)
-    presets = "large-defects, musc-textured, textured-surface"
+    presets = "any-surface, large-defects, musc-textured, textured-surface"
     assert f"texture: no such config file, and not a preset (presets: {presets})" in res.output

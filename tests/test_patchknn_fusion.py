@@ -126,6 +126,15 @@ def test_zero_shot_is_not_fused_and_saved_models_keep_the_partner(tmp_path):
         np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, atol=1e-6)
 
 
+def test_the_any_surface_preset_sets_the_fusion():
+    import yaml
+
+    from anomalens.cli.config import PRESETS
+
+    preset = yaml.safe_load((PRESETS / "any-surface.yaml").read_text())
+    assert preset == {"method": "patchknn", "set": {"fused_recipe": "textured-surface"}}
+
+
 def test_calibration_uses_the_fused_scores_and_export_refuses():
     refs = [image(1), image(2), image(5)]
     det = Detector("patchknn", image_size=64, fused_recipe="textured-surface").fit(refs)

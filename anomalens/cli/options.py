@@ -129,7 +129,8 @@ Config = Annotated[
         "--config",
         help="YAML file with any of these options (command-line options override it; --set adds to its settings); "
         "a run's settings.json works too; or a preset's name: textured-surface, large-defects "
-        "(README 'Which setting for which surface'), musc-textured (README 'The texture recipe inside musc').",
+        "(README 'Which setting for which surface'), any-surface (README 'Both recipes at once'), musc-textured "
+        "(README 'The texture recipe inside musc').",
         callback=_load_config,
         is_eager=True,  # read before the other options, whose defaults it sets
     ),
