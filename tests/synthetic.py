@@ -24,3 +24,16 @@ def smooth_texture(seed: int, h: int, w: int | None = None, cell: int = 4) -> np
     noise = torch.tensor(rng.random((1, 1, h // cell, w // cell)), dtype=torch.float32)
     grey = F.interpolate(noise, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
     return np.repeat((90 + 60 * grey).astype(np.uint8)[:, :, None], 3, axis=2)
+
+
+def noisy_part(seed: int, defect: bool = False):
+    """A 64 x 64 LoadedImage of the export module's synthetic part with seeded noise (sd 3): the same part
+    again; `defect` paints a bright 12 x 12 square at rows 20-31, columns 30-41."""
+    from anomalens.export.graph import synthetic_image
+    from anomalens.images import LoadedImage
+
+    rgb = synthetic_image(64, 64, seed=0).astype(np.float32) + np.random.default_rng(seed).normal(0, 3, (64, 64, 3))
+    rgb = np.clip(rgb, 0, 255).astype(np.uint8)
+    if defect:
+        rgb[20:32, 30:42] = 250
+    return LoadedImage(f"img{seed}.png", rgb)

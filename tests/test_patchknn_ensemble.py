@@ -7,11 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from synthetic import noisy_part
 
 from anomalens.backbones import EfficientNetEnsemble, create_patch_backbone, ensemble_members, is_efficientnet
 from anomalens.detector import Detector, load_detector
-from anomalens.export.graph import synthetic_image
-from anomalens.images import LoadedImage
 from anomalens.methods import create_method
 from anomalens.methods.patch_distances import length_channels, patch_anomalies
 from anomalens.methods.patchknn import PatchKnnSettings
@@ -20,12 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 PAIR = "efficientnet-lite0+efficientnet-lite2"
 
 
-def image(seed: int, defect: bool = False) -> LoadedImage:
-    rgb = synthetic_image(64, 64, seed=0).astype(np.float32) + np.random.default_rng(seed).normal(0, 3, (64, 64, 3))
-    rgb = np.clip(rgb, 0, 255).astype(np.uint8)
-    if defect:
-        rgb[20:32, 30:42] = 250
-    return LoadedImage(f"img{seed}.png", rgb)
+image = noisy_part  # the shared synthetic part (tests/synthetic.py)
 
 
 def test_names():

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from synthetic import noisy_part
 
 from anomalens.detector import Detector, load_detector
-from anomalens.export.graph import synthetic_image
 from anomalens.images import LoadedImage
 from anomalens.methods.base import MethodOutput
 from anomalens.methods.recipe_fusion import (
@@ -24,12 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 RECIPE = {"magnitudes": True, "blocks": (4, 10, 14)}  # KNN_RECIPES["textured-surface"], restated
 
 
-def image(seed: int, defect: bool = False) -> LoadedImage:
-    rgb = synthetic_image(64, 64, seed=0).astype(np.float32) + np.random.default_rng(seed).normal(0, 3, (64, 64, 3))
-    rgb = np.clip(rgb, 0, 255).astype(np.uint8)
-    if defect:
-        rgb[20:32, 30:42] = 250
-    return LoadedImage(f"img{seed}.png", rgb)
+image = noisy_part  # the shared synthetic part (tests/synthetic.py)
 
 
 def test_map_level_is_the_median_and_mad_of_every_fourth_pixel_that_counts():
