@@ -41,13 +41,13 @@ import torch.nn.functional as F
 
 from ..augment import augment_input
 from ..backbones import create_patch_backbone
-from ..backbones.cnn import EfficientNetPatchBackbone
 from ..coreset import greedy_coreset
 from ..geometry import to_model_input
 from ..images import LoadedImage
 from ..inspection_region import apply_to_map, counted_pixels
 from ..scoring import MemoryBank
 from ..tiling import Box, assemble, crop, tile_boxes
+from . import recipe_fusion as fusion
 from .base import Method, MethodOutput, register_method
 from .patch_distances import (
     CoarseLayout,
@@ -59,7 +59,6 @@ from .patch_distances import (
 from .patchknn_settings import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_SIDE_UP_TO,
-    KNN_RECIPES,
     MODEL_SIDE_STEP,
     PatchKnnSettings,
     coreset_target,
@@ -67,7 +66,6 @@ from .patchknn_settings import (
     reference_augmentation,
     side_up_to,
 )
-from .recipe_fusion import MapLevel, fuse, levels_from_tensor, levels_tensor, map_level
 
 __all__ = [  # the settings' names stay importable from here, where the method is
     "DEFAULT_IMAGE_SIZE",
@@ -82,22 +80,6 @@ __all__ = [  # the settings' names stay importable from here, where the method i
     "score_image",
     "side_up_to",
 ]
-
-
-# where a saved model keeps the `fused_recipe` partner's bank and the two maps' levels
-PARTNER_PREFIX = "partner."
-FUSION_LEVELS_KEY = "fusion.levels"
-
-
-def partner_settings(settings: PatchKnnSettings) -> PatchKnnSettings:
-    """The settings of `fused_recipe`'s second patchknn: these with the recipe's changes, not fused itself."""
-    return replace(settings, **KNN_RECIPES[settings.fused_recipe], fused_recipe="none")
-
-
-def shares_pass(ours: torch.nn.Module, theirs: torch.nn.Module) -> bool:
-    """Whether `theirs`'s features can be made from `ours`'s pass: the same EfficientNet-Lite network."""
-    same_kind = isinstance(ours, EfficientNetPatchBackbone) and isinstance(theirs, EfficientNetPatchBackbone)
-    return same_kind and ours.name == theirs.name
 
 
 @dataclass
@@ -147,12 +129,12 @@ class PatchKnn(Method):
         self.requested_settings = settings
         # `fused_recipe`: the second patchknn (built now, so a recipe the backbone cannot run is refused
         # at once) and, once fitted, where each one's maps lie on the references
-        self.partner = None if settings.fused_recipe == "none" else PatchKnn(partner_settings(settings))
+        self.partner = None if settings.fused_recipe == "none" else PatchKnn(fusion.partner_settings(settings))
         # one backbone pass for both when the partner reads the same network (its blocks kept from ours)
-        self._shared_pass = self.partner is not None and shares_pass(self.backbone, self.partner.backbone)
+        self._shared_pass = self.partner is not None and fusion.shares_pass(self.backbone, self.partner.backbone)
         if self._shared_pass:
             self.backbone.also_read(self.partner.backbone._read)
-        self.fusion_levels_: tuple[MapLevel, MapLevel] | None = None
+        self.fusion_levels_: tuple[fusion.MapLevel, fusion.MapLevel] | None = None
 
     def to(self, device: str | torch.device) -> PatchKnn:
         super().to(device)
@@ -260,17 +242,10 @@ class PatchKnn(Method):
         self.fusion_levels_ = None
         if self.partner is not None and kept:
             self.partner._fit(kept)
-            self.fusion_levels_ = (map_level(self._normal_maps(kept)), map_level(self.partner._normal_maps(kept)))
-
-    def _normal_maps(self, references: list[LoadedImage]) -> list[MethodOutput]:
-        """Maps of normal images for `recipe_fusion.map_level`: each reference left out of the bank, or
-        a single reference against its own mirrored and turned copies (not against itself)."""
-        if len(references) > 1:
-            return self._unfused_leave_one_out(references, list(range(len(references))))
-        inputs, layout = self.model_inputs(references[0])
-        copies = self._encode([y for x in inputs for y in augment_input(x, "flips")[1:]])
-        feats, _ = self._features(references)
-        return [self.score(feats[0], layout, self.build_bank([copies.reshape(-1, copies.shape[-1])]))]
+            self.fusion_levels_ = (
+                fusion.map_level(fusion.normal_maps(self, kept)),
+                fusion.map_level(fusion.normal_maps(self.partner, kept)),
+            )
 
     def use_image_size(self, side: int) -> None:
         """Run at model side `side` (the settings a saved model keeps say so); the backbone reads any size."""
@@ -299,7 +274,9 @@ class PatchKnn(Method):
             ours, theirs = self._encode_both([x for per_image in inputs for x in per_image])
             partner_bank = self.partner._scoring_bank()
             return [
-                fuse(self.score(a, layout, bank), self.partner.score(b, layout, partner_bank), self.fusion_levels_)
+                fusion.fuse(
+                    self.score(a, layout, bank), self.partner.score(b, layout, partner_bank), self.fusion_levels_
+                )
                 for a, b, layout in zip(torch.split(ours, counts), torch.split(theirs, counts), layouts)
             ]
         feats, layouts = self._features(images)
@@ -324,7 +301,7 @@ class PatchKnn(Method):
         """`outputs`, or with a fitted `fused_recipe` each fused with the partner's (`partner_outputs()`)."""
         if not self._fits_partner():
             return outputs
-        return [fuse(a, b, self.fusion_levels_) for a, b in zip(outputs, partner_outputs())]
+        return [fusion.fuse(a, b, self.fusion_levels_) for a, b in zip(outputs, partner_outputs())]
 
     def score(
         self, feats: torch.Tensor, layout: Layout, bank: torch.Tensor | None, patches: torch.Tensor | None = None
@@ -404,20 +381,17 @@ class PatchKnn(Method):
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = self.bank_.state_dict()
         if self.partner is not None and self.fusion_levels_ is not None:
-            state.update({f"{PARTNER_PREFIX}{k}": v for k, v in self.partner.state_dict().items()})
-            state[FUSION_LEVELS_KEY] = levels_tensor(self.fusion_levels_)
+            state.update(fusion.partner_state(self.partner.state_dict(), self.fusion_levels_))
         return state
 
     def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self._bank_source = None
-        own = {k: v for k, v in state.items() if not k.startswith(PARTNER_PREFIX) and k != FUSION_LEVELS_KEY}
+        own, partner, self.fusion_levels_ = fusion.split_state(state)
         self.bank_.load_state_dict(own)
-        self.fusion_levels_ = None
-        if self.partner is not None and FUSION_LEVELS_KEY in state:
+        if self.partner is not None and self.fusion_levels_ is not None:
             self.partner.use_image_size(self.settings.image_size)  # fitted on the same references: same side
-            self.partner.load_state_dict(
-                {k[len(PARTNER_PREFIX) :]: v for k, v in state.items() if k.startswith(PARTNER_PREFIX)}
-            )
-            self.fusion_levels_ = levels_from_tensor(state[FUSION_LEVELS_KEY])
+            self.partner.load_state_dict(partner)
+        else:
+            self.fusion_levels_ = None
         if "patches" in self.bank_:
             self.num_references = max(self.num_references, 1)

@@ -15,17 +15,23 @@ once" has the measurements.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
+from ..augment import augment_input
+from ..backbones.cnn import EfficientNetPatchBackbone
 from ..inspection_region import apply_to_map
 from .base import MethodOutput
+from .patchknn_settings import KNN_RECIPES, PatchKnnSettings
 
 # Every 4th pixel of each reference map along both axes: ~4,000 pixels of a 256 px map, more than
 # enough for a median and a MAD, and the references' maps are not kept.
 LEVEL_PIXEL_STEP = 4
+# where a saved model keeps the `fused_recipe` partner's bank and the two maps' levels
+PARTNER_PREFIX = "partner."
+FUSION_LEVELS_KEY = "fusion.levels"
 # A MAD below this (a map that is constant on the references) is taken as this: no division by zero.
 MIN_SPREAD = 1e-6
 
@@ -76,3 +82,38 @@ def levels_from_tensor(values: torch.Tensor) -> tuple[MapLevel, MapLevel]:
     if len(v) != 4 or v[1] <= 0 or v[3] <= 0:
         raise ValueError(f"fusion levels must be 4 numbers with positive spreads, got {v}")
     return MapLevel(v[0], v[1]), MapLevel(v[2], v[3])
+
+
+def partner_state(partner: dict[str, torch.Tensor], levels: tuple[MapLevel, MapLevel]) -> dict[str, torch.Tensor]:
+    """What a saved model keeps of the fusion beside its own bank: the partner's tensors and the two levels."""
+    return {**{f"{PARTNER_PREFIX}{k}": v for k, v in partner.items()}, FUSION_LEVELS_KEY: levels_tensor(levels)}
+
+
+def split_state(state: dict[str, torch.Tensor]) -> tuple[dict, dict, tuple[MapLevel, MapLevel] | None]:
+    """A saved model's tensors -> (its own, the partner's, the levels or None when it was not fused)."""
+    own = {k: v for k, v in state.items() if not k.startswith(PARTNER_PREFIX) and k != FUSION_LEVELS_KEY}
+    partner = {k[len(PARTNER_PREFIX) :]: v for k, v in state.items() if k.startswith(PARTNER_PREFIX)}
+    levels = levels_from_tensor(state[FUSION_LEVELS_KEY]) if FUSION_LEVELS_KEY in state else None
+    return own, partner, levels
+
+
+def partner_settings(settings: PatchKnnSettings) -> PatchKnnSettings:
+    """The settings of `fused_recipe`'s second patchknn: these with the recipe's changes, not fused itself."""
+    return replace(settings, **KNN_RECIPES[settings.fused_recipe], fused_recipe="none")
+
+
+def shares_pass(ours: torch.nn.Module, theirs: torch.nn.Module) -> bool:
+    """Whether `theirs`'s features can be made from `ours`'s pass: the same EfficientNet-Lite network."""
+    same_kind = isinstance(ours, EfficientNetPatchBackbone) and isinstance(theirs, EfficientNetPatchBackbone)
+    return same_kind and ours.name == theirs.name
+
+
+def normal_maps(method, references: list) -> list[MethodOutput]:
+    """A fitted patchknn's maps of normal images for `map_level`: each reference left out of the bank, or a
+    single reference against its own mirrored and turned copies (not against itself)."""
+    if len(references) > 1:
+        return method._unfused_leave_one_out(references, list(range(len(references))))
+    inputs, layout = method.model_inputs(references[0])
+    copies = method._encode([y for x in inputs for y in augment_input(x, "flips")[1:]])
+    feats, _ = method._features(references)
+    return [method.score(feats[0], layout, method.build_bank([copies.reshape(-1, copies.shape[-1])]))]
