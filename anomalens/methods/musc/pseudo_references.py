@@ -66,8 +66,9 @@ def musc_references_knn_settings(recipe: str = "default") -> PatchKnnSettings:
     (`gaussian_weight`, patchknn's default since issue 17 session 15), changed by the named recipe
     (`KNN_RECIPES`, musc's `knn_recipe`). Measured inside musc (README "Inside `musc`"): the Gaussian gains
     mpdd_metal_plate 0.0-0.2 and costs magnetic_tile 0.5 image AUROC and steel_strip 0.8 AUPRO, so musc's
-    share goes without it."""
-    return replace(PatchKnnSettings(), **{"gaussian_weight": 0.0, **KNN_RECIPES[recipe]})
+    share goes without it. Never `fused_recipe`: musc weighs its share in the default recipe's own units,
+    and a fused map is in standardised units."""
+    return replace(PatchKnnSettings(), **{"gaussian_weight": 0.0, "fused_recipe": "none", **KNN_RECIPES[recipe]})
 
 
 class HeldImages:
