@@ -38,12 +38,12 @@ REFS = [image(i) for i in range(3)]
 QUERIES = [image(20), image(21, 50, 96, defect=True), image(22, 80, 40)]  # squares and both orientations
 
 
-def assert_same_results(torch_det, onnx_det, images=QUERIES):
+def assert_same_results(torch_det, onnx_det, images=QUERIES, tol=TOL):
     expected, got = torch_det.predict(images), onnx_det.predict(images)
     for a, b in zip(expected, got):
         assert b.anomaly_map.shape == a.anomaly_map.shape
-        assert np.abs(a.anomaly_map - b.anomaly_map).max() <= TOL
-        assert abs(a.score - b.score) <= TOL
+        assert np.abs(a.anomaly_map - b.anomaly_map).max() <= tol
+        assert abs(a.score - b.score) <= tol
         assert [t for t, _ in a.descriptions] == [t for t, _ in b.descriptions]
         assert np.allclose([s for _, s in a.descriptions], [s for _, s in b.descriptions], atol=TOL)
         assert (a.decision, a.threshold, a.pixel_threshold) == (b.decision, b.threshold, b.pixel_threshold)
@@ -281,3 +281,29 @@ def test_cli_export_then_detect_with_the_onnx_model_matches_the_model_directory(
     (tmp_path / "bad.onnx").write_bytes(b"\x08\x07garbage")
     res = run(["detect", queries, "--model", tmp_path / "bad.onnx", "--out", tmp_path / "x"], code=2)
     assert "bad.onnx: not a readable ONNX model" in res.output
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"resize": "pad", "tile_above_aspect": 1.5}],
+)
+def test_patchknn_export_with_a_fused_recipe_gives_the_pytorch_results(tmp_path, extra):
+    # one backbone pass, both recipes' maps standardised by their levels, the pixelwise maximum on the
+    # model inputs (then put back on the image, tiles averaged), the larger score
+    det = Detector("patchknn", image_size=64, fused_recipe="textured-surface", **extra).fit(REFS)
+    assert det.method.fusion_levels_ is not None
+    scores = [r.score for r in det.predict(QUERIES)]
+    det.threshold, det.pixel_threshold = Threshold.given((min(scores) + max(scores)) / 2), min(scores)
+    export_onnx(det, tmp_path / "m.onnx")  # also verifies the graph against PyTorch itself
+    exported = load_onnx_detector(tmp_path / "m.onnx")
+    levels = det.method.fusion_levels_
+    assert exported.meta["fused_recipe"]["levels"] == [[level.median, level.spread] for level in levels]
+    elongated = image(23, 40, 130, defect=True)
+    # in units of each recipe's spread: the distances' float differences (TOL) divided by it
+    tol = TOL / min(level.spread for level in levels)
+    expected, _ = assert_same_results(det, exported, [*QUERIES, elongated], tol=tol)
+    assert {r.decision for r in expected} == {"OK", "NG"}
+    unfused = Detector("patchknn", image_size=64, **extra).fit(REFS).predict(QUERIES)
+    assert not np.allclose([r.score for r in unfused], scores, atol=1e-3)  # the fusion is exercised
+    with pytest.raises(ExportError, match="fused_recipe"):
+        export_onnx(det, tmp_path / "never.onnx", bank="input")

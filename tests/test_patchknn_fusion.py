@@ -14,7 +14,7 @@ from anomalens.methods.base import MethodOutput
 from anomalens.methods.recipe_fusion import (
     MIN_SPREAD,
     MapLevel,
-    fuse,
+    fuse_inputs,
     levels_from_tensor,
     levels_tensor,
     map_level,
@@ -42,17 +42,12 @@ def test_map_level_is_the_median_and_mad_of_every_fourth_pixel_that_counts():
 
 
 def test_fuse_takes_the_larger_standardised_value_per_pixel_and_score():
-    first = MethodOutput(2.0, np.array([[1.0, 3.0], [2.0, 0.0]], np.float32))
-    second = MethodOutput(0.5, np.array([[0.1, 0.1], [0.9, 0.3]], np.float32))
-    out = fuse(first, second, (MapLevel(1.0, 2.0), MapLevel(0.1, 0.2)))
+    first = (torch.tensor([[[1.0, 3.0], [2.0, 0.0]]]), 2.0)
+    second = (torch.tensor([[[0.1, 0.1], [0.9, 0.3]]]), 0.5)
+    maps, score = fuse_inputs(first, second, (MapLevel(1.0, 2.0), MapLevel(0.1, 0.2)))
     # first: (m - 1) / 2 = [0, 1], [0.5, -0.5]; second: (m - 0.1) / 0.2 = [0, 0], [4, 1]
-    np.testing.assert_allclose(out.anomaly_map, [[0.0, 1.0], [4.0, 1.0]], atol=1e-6)
-    assert out.score == pytest.approx(max(0.5, 2.0))  # (2 - 1) / 2 against (0.5 - 0.1) / 0.2
-    region = np.array([[True, False], [True, True]])
-    kept = fuse(
-        MethodOutput(2.0, first.anomaly_map, inspected=region), second, (MapLevel(1.0, 2.0), MapLevel(0.1, 0.2))
-    )
-    assert kept.anomaly_map[0, 1] == kept.anomaly_map.min() and kept.inspected is region
+    np.testing.assert_allclose(maps.numpy(), [[[0.0, 1.0], [4.0, 1.0]]], atol=1e-6)
+    assert score == pytest.approx(max(0.5, 2.0))  # (2 - 1) / 2 against (0.5 - 0.1) / 0.2
 
 
 def test_levels_survive_a_tensor_and_bad_ones_are_refused():
@@ -130,16 +125,29 @@ def test_the_any_surface_preset_sets_the_fusion():
     assert preset == {"method": "patchknn", "set": {"fused_recipe": "textured-surface"}}
 
 
-def test_calibration_uses_the_fused_scores_and_export_refuses():
+def test_calibration_uses_the_fused_leave_one_out_outputs():
     refs = [image(1), image(2), image(5)]
     det = Detector("patchknn", image_size=64, fused_recipe="textured-surface").fit(refs)
     held_out = det.method._leave_one_out(refs, [0, 1, 2])
     unfused = det.method._unfused_leave_one_out(refs, [0, 1, 2])
     partner = det.method.partner._unfused_leave_one_out(refs, [0, 1, 2])
+    first, second = det.method.fusion_levels_
     for got, a, b in zip(held_out, unfused, partner):
-        assert got.score == pytest.approx(fuse(a, b, det.method.fusion_levels_).score)
-    pytest.importorskip("onnxruntime")
-    from anomalens.export import export_onnx
+        assert got.score == pytest.approx(max(first.standardise(a.score), second.standardise(b.score)))
+        want = np.maximum(first.standardise(a.anomaly_map), second.standardise(b.anomaly_map))
+        np.testing.assert_allclose(got.anomaly_map, want, atol=1e-5)  # 64 px images: inputs = images
 
-    with pytest.raises(Exception, match="fused_recipe"):
-        export_onnx(det, "never-written.onnx")
+
+def test_the_partner_leaves_out_what_the_inspection_region_leaves_out():
+    refs = [image(1), image(2)]
+    region = np.zeros((64, 64), bool)
+    region[:, 32:] = True  # the right half counts
+    whole = Detector("patchknn", image_size=64, fused_recipe="textured-surface").fit(refs)
+    half = Detector("patchknn", image_size=64, fused_recipe="textured-surface", region=region).fit(refs)
+    assert half.method.partner.region is half.method.region
+    for method in (half.method, half.method.partner):
+        other = whole.method if method is half.method else whole.method.partner
+        assert method.bank_.banks["patches"].shape[0] < other.bank_.banks["patches"].shape[0]
+    result = half.predict([image(4, defect=True)])[0]
+    assert not result.inspected[:, :24].any()
+    assert np.all(result.anomaly_map[~result.inspected] == result.anomaly_map.min())

@@ -34,6 +34,9 @@ class GraphSpec:
     valid_patches: dict[str, Any] | None = None  # {"name", "grid", "size"} for resize="pad"
     memory_bank: dict[str, Any] | None = None  # metadata; "input" mode adds "array" (written beside)
     clip: Any = None  # the ClipBackbone inside `module`, if any (see tracing_context)
+    # how much larger than the raw distances' the outputs' units are (patchknn's fused_recipe divides by
+    # its levels' spreads): the export's check allows its tolerance times this
+    output_scale: float = 1.0
 
 
 SpecBuilder = Callable[..., GraphSpec]

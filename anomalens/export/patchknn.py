@@ -100,10 +100,13 @@ class PatchKnnGraph(nn.Module):
                 self.register_buffer("bank", bank.float().contiguous())
 
     def forward(self, images: torch.Tensor, *extra: torch.Tensor):
+        return self.score_features(self.backbone(images), *extra)
+
+    def score_features(self, feats: torch.Tensor, *extra: torch.Tensor):
+        """(B, h, w, C) backbone features and the graph's other inputs -> (B, S, S) maps, (B,) scores."""
         extra = list(extra)
         valid = extra.pop(0) if self.with_valid else None
         inspected = extra.pop(0) if self.with_region else None
-        feats = self.backbone(images)  # (B, h, w, C)
         feats, coarse_feats = split_coarse(feats, self.coarse)
         b, h, w, c = feats.shape
         flat = feats.reshape(b, h * w, c)
@@ -149,18 +152,45 @@ class PatchKnnGraph(nn.Module):
         return F.interpolate(dist.reshape(b, 1, gh, gw), size=(h, w), mode="bilinear", align_corners=False)[:, 0]
 
 
-@register_exporter("patchknn")
-def build(method, bank: str = "auto") -> GraphSpec:
+class FusedPatchKnnGraph(nn.Module):
+    """patchknn with its `fused_recipe` partner (`anomalens.methods.recipe_fusion`): one backbone pass, the
+    partner's features made from its blocks, each graph's maps and score standardised by its level on the
+    references, the pixelwise maximum and the larger score: as `recipe_fusion.fuse_inputs`."""
+
+    def __init__(self, ours: PatchKnnGraph, theirs: PatchKnnGraph, levels):
+        super().__init__()
+        self.ours, self.theirs = ours, theirs
+        self.levels = [(float(level.median), float(level.spread)) for level in levels]
+
+    def forward(self, images: torch.Tensor, *extra: torch.Tensor):
+        feats, blocks = self.ours.backbone.forward_with_blocks(images)
+        standardised = []
+        for graph, graph_feats, (median, spread) in zip(
+            (self.ours, self.theirs), (feats, self.theirs.backbone.features_from_blocks(blocks)), self.levels
+        ):
+            maps, score = graph.score_features(graph_feats, *extra)
+            standardised.append(((maps - median) / spread, (score - median) / spread))
+        (a_maps, a_score), (b_maps, b_score) = standardised
+        return torch.maximum(a_maps, b_maps), torch.maximum(a_score, b_score)
+
+
+def _require_exportable(method) -> None:
     s = method.settings
-    require(bank in BANK_MODES, f"bank must be one of {BANK_MODES}, got {bank!r}")
     require(s.resize in ("squash", "pad"), f"patchknn resize policy {s.resize!r} cannot be exported")
     require(s.reweight_neighbours == 0, "patchknn with reweighting (reweight_neighbours > 0) cannot be exported")
     require(s.top_fraction == 0, "patchknn with a top-fraction image score cannot be exported (use the maximum)")
-    require(s.fused_recipe == "none", "patchknn with a second recipe (fused_recipe) cannot be exported")
     require(s.map_image_share == 0, "patchknn with the image score in its map (map_image_share > 0) cannot be exported")
     patches = method.bank_.banks.get("patches")
     if patches is not None:
         require(patches.shape[0] >= s.few_shot_k, f"memory bank has fewer than few_shot_k={s.few_shot_k} patches")
+
+
+@register_exporter("patchknn")
+def build(method, bank: str = "auto") -> GraphSpec:
+    s = method.settings
+    require(bank in BANK_MODES, f"bank must be one of {BANK_MODES}, got {bank!r}")
+    _require_exportable(method)
+    patches = method.bank_.banks.get("patches")
     size = s.image_size
     example = torch.zeros(2, 3, size, size)
     with torch.no_grad():
@@ -168,6 +198,14 @@ def build(method, bank: str = "auto") -> GraphSpec:
     as_input = patches is not None and (
         bank == "input" or (bank == "auto" and patches.numel() * 4 > MAX_CONSTANT_BANK_BYTES)
     )
+    fused = method._fits_partner()
+    if fused:  # the partner's bank is a constant too: the graph has one bank input at most
+        partner = method.partner
+        _require_exportable(partner)
+        require(method._shared_pass, "patchknn with fused_recipe exports only when its recipes share a backbone pass")
+        require(not as_input, "patchknn with fused_recipe keeps its banks in the graph: use bank='constant'")
+        partner_bank = partner.bank_.banks["patches"]
+        require(partner_bank.numel() * 4 <= MAX_CONSTANT_BANK_BYTES, "the fused_recipe partner's bank is too large")
     with_valid = s.resize == "pad"
     inputs = {"images": example}
     valid_meta = None
@@ -191,8 +229,16 @@ def build(method, bank: str = "auto") -> GraphSpec:
         if as_input:
             inputs["memory_bank"] = patches.float()
             bank_meta.update(input="memory_bank", array=patches.float().numpy())
+    module = PatchKnnGraph(method, patches, as_input, with_valid, grid, region is not None)
+    if fused:
+        theirs = PatchKnnGraph(partner, partner_bank, False, with_valid, grid, region is not None)
+        module = FusedPatchKnnGraph(module, theirs, method.fusion_levels_)
+        metadata["fused_recipe"] = {
+            "recipe": s.fused_recipe,
+            "levels": [[level.median, level.spread] for level in method.fusion_levels_],
+        }
     return GraphSpec(
-        module=PatchKnnGraph(method, patches, as_input, with_valid, grid, region is not None).eval(),
+        module=module.eval(),
         example_inputs=inputs,
         output_names=["anomaly_map", "score"],
         image_inputs=[{"name": "images", "size": size}],
@@ -201,4 +247,5 @@ def build(method, bank: str = "auto") -> GraphSpec:
         metadata=metadata,
         valid_patches=valid_meta,
         memory_bank=bank_meta,
+        output_scale=1.0 / min(level.spread for level in method.fusion_levels_) if fused else 1.0,
     )

@@ -113,11 +113,12 @@ def export_onnx(
             _remove(out, written_bank)
             raise
         worst = max(report.max_map_difference, report.max_score_difference)
-        if not worst <= TOLERANCE:
+        tolerance = TOLERANCE * spec.output_scale
+        if not worst <= tolerance:
             _remove(out, written_bank)
             raise ExportError(
                 f"the exported {detector.method_name} graph disagrees with the PyTorch model (max difference "
-                f"{worst:.3g} > {TOLERANCE:g}); its settings {detector.settings} are not all supported by the export"
+                f"{worst:.3g} > {tolerance:g}); its settings {detector.settings} are not all supported by the export"
             )
         report.seconds = time.perf_counter() - start
     return report

@@ -22,9 +22,8 @@ then counts, without the global gain that varies between images. It raised every
 on magnetic_tile and mpdd_metal_plate over 3 seeds (README "Lengths beside the directions").
 Zero-shot compares the directions alone: a part's own highlights are unique lengths in the image.
 
-`fused_recipe` runs a second patchknn with a named recipe (`KNN_RECIPES`) on the same references and
-takes, per pixel, the larger of the two maps, each standardised by its references' leave-one-out maps
-(`recipe_fusion`; README "Both recipes at once").
+`fused_recipe`: a second patchknn with a named recipe (`KNN_RECIPES`) on the same references, the two maps
+fused per pixel in units of their normal spread (`recipe_fusion`; README "Both recipes at once").
 
 `coarse_weight` > 0 adds, with references, the stride-32 block's distance map on its own coarse grid
 (`patch_distances.patch_anomalies`): it lifts magnetic_tile's large defects and costs small ones, so it
@@ -100,8 +99,7 @@ class PatchKnn(Method):
     name = "patchknn"
     Settings = PatchKnnSettings
     supports_region = True
-    # predict keeps no state between calls (the backbone returns its block outputs, no hooks):
-    # `anomalens.inspection` may score two batches at once in two threads
+    # predict keeps no state between calls: `anomalens.inspection` may score two batches in two threads
     concurrent_predict = True
 
     def __init__(self, settings: PatchKnnSettings, backbone: torch.nn.Module | None = None):
@@ -130,11 +128,23 @@ class PatchKnn(Method):
         # `fused_recipe`: the second patchknn (built now, so a recipe the backbone cannot run is refused
         # at once) and, once fitted, where each one's maps lie on the references
         self.partner = None if settings.fused_recipe == "none" else PatchKnn(fusion.partner_settings(settings))
+        self.region = self.region  # (the partner's too)
         # one backbone pass for both when the partner reads the same network (its blocks kept from ours)
         self._shared_pass = self.partner is not None and fusion.shares_pass(self.backbone, self.partner.backbone)
         if self._shared_pass:
             self.backbone.also_read(self.partner.backbone._read)
         self.fusion_levels_: tuple[fusion.MapLevel, fusion.MapLevel] | None = None
+
+    @property
+    def region(self):
+        return self._region
+
+    @region.setter
+    def region(self, value) -> None:
+        # the partner reads the same pixels: its bank and scores leave the same areas out
+        self._region = value
+        if getattr(self, "partner", None) is not None:
+            self.partner.region = value
 
     def to(self, device: str | torch.device) -> PatchKnn:
         super().to(device)
@@ -267,54 +277,38 @@ class PatchKnn(Method):
         return bank.cpu() if bank is not None else None
 
     def _predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
+        if self._fits_partner():
+            return fusion.fused_predict(self, images)
         bank = self._scoring_bank()
-        if self._fits_partner() and self._shared_pass and self.partner.settings.image_size == self.settings.image_size:
-            inputs, layouts = zip(*(self.model_inputs(img) for img in images)) if images else ((), ())
-            counts = [len(per_image) for per_image in inputs]
-            ours, theirs = self._encode_both([x for per_image in inputs for x in per_image])
-            partner_bank = self.partner._scoring_bank()
-            return [
-                fusion.fuse(
-                    self.score(a, layout, bank), self.partner.score(b, layout, partner_bank), self.fusion_levels_
-                )
-                for a, b, layout in zip(torch.split(ours, counts), torch.split(theirs, counts), layouts)
-            ]
         feats, layouts = self._features(images)
-        outputs = [self.score(f, layout, bank) for f, layout in zip(feats, layouts)]
-        return self._fused(outputs, lambda: self.partner._predict(images))
+        return [self.score(f, layout, bank) for f, layout in zip(feats, layouts)]
 
     def _fits_partner(self) -> bool:
         """Whether outputs are fused: a `fused_recipe` partner, fitted (with references) with its levels."""
         return self.fusion_levels_ is not None and self.partner is not None and self._scoring_bank() is not None
 
-    def _encode_both(self, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """`_encode`'s features and the partner's, from one backbone pass per batch."""
-        b = self.settings.batch_size or (1 if self.device.type == "cpu" else 8)
-        ours, theirs = [], []
-        for i in range(0, len(inputs), b):
-            feats, blocks = self.backbone.forward_with_blocks(torch.stack(inputs[i : i + b]).to(self.device))
-            ours.append(feats)
-            theirs.append(self.partner.backbone.features_from_blocks(blocks))
-        return torch.cat(ours).cpu(), torch.cat(theirs).cpu()
-
-    def _fused(self, outputs: list[MethodOutput], partner_outputs) -> list[MethodOutput]:
-        """`outputs`, or with a fitted `fused_recipe` each fused with the partner's (`partner_outputs()`)."""
-        if not self._fits_partner():
-            return outputs
-        return [fusion.fuse(a, b, self.fusion_levels_) for a, b in zip(outputs, partner_outputs())]
-
     def score(
         self, feats: torch.Tensor, layout: Layout, bank: torch.Tensor | None, patches: torch.Tensor | None = None
     ) -> MethodOutput:
         """One image's tile features -> its score and its map at the image's size."""
+        return self.finish(*self.input_maps(feats, layout, bank, patches), layout)
+
+    def input_maps(
+        self, feats: torch.Tensor, layout: Layout, bank: torch.Tensor | None, patches: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, float]:
+        """One image's tile features -> (T, S, S) maps on its model inputs and its score (`score_image`)."""
         maps, score = score_image(
             feats, bank, self.settings, layout.input_boxes, patches, self.coarse_layout, layout.input_regions
         )
+        return maps, float(score)
+
+    def finish(self, maps: torch.Tensor, score: float, layout: Layout) -> MethodOutput:
+        """Maps on the model inputs and the score -> the image's output: each tile's map on its place."""
         tile_maps = [m[top : top + h, left : left + w] for m, (top, left, h, w) in zip(maps, layout.input_boxes)]
         anomaly_map = assemble(tile_maps, layout.tiles, layout.size_hw)
         if layout.inspected is None:
-            return MethodOutput(float(score), anomaly_map)
-        return MethodOutput(float(score), apply_to_map(anomaly_map, layout.inspected), inspected=layout.inspected)
+            return MethodOutput(score, anomaly_map)
+        return MethodOutput(score, apply_to_map(anomaly_map, layout.inspected), inspected=layout.inspected)
 
     def image_features(self, img: LoadedImage) -> tuple[torch.Tensor, Layout]:
         """One image's (T, h, w, C) tile features and layout: what `score` reads, and flattened, what a
@@ -323,15 +317,22 @@ class PatchKnn(Method):
         return feats[0], layouts[0]
 
     def _leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
-        """Each held-out reference against the bank without its own patches (`_unfused_leave_one_out`);
-        with `fused_recipe`, the partner's the same way and the two fused as `predict` fuses them."""
+        """Each held-out reference against the bank without its own patches (`leave_one_out_maps`); with
+        `fused_recipe`, the partner's the same way and the two fused as `predict` fuses them."""
         # (a refit inside, for references other than the fitted ones, fits the partner and its levels too)
-        outputs = self._unfused_leave_one_out(references, held_out)
-        if self.partner is None:
-            return outputs
-        return self._fused(outputs, lambda: self.partner._unfused_leave_one_out(references, held_out))
+        ours = self.leave_one_out_maps(references, held_out)
+        if not self._fits_partner():
+            return [self.finish(*held) for held in ours]
+        theirs = self.partner.leave_one_out_maps(references, held_out)
+        return [self.finish(*fusion.fuse_inputs(a[:2], b[:2], self.fusion_levels_), a[2]) for a, b in zip(ours, theirs)]
 
     def _unfused_leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
+        """`_leave_one_out` of this recipe alone (no partner)."""
+        return [self.finish(*held) for held in self.leave_one_out_maps(references, held_out)]
+
+    def leave_one_out_maps(
+        self, references: list[LoadedImage], held_out: list[int]
+    ) -> list[tuple[torch.Tensor, float, Layout]]:
         """Features and bank once; each held-out reference against the bank without its own patches.
 
         Below `coreset_size` that is exactly the bank of the other references (refitting). Above
@@ -357,7 +358,7 @@ class PatchKnn(Method):
                 augment = reference_augmentation(self.settings, len(references) - 1)
                 rest = [r for j, r in enumerate(references) if j != i]
                 others = self.build_bank([self.reference_patches(r, augment) for r in rest])
-            outputs.append(self.score(f, layout, others))
+            outputs.append((*self.input_maps(f, layout, others), layout))
         return outputs
 
     def __getstate__(self) -> dict:

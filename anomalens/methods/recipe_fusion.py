@@ -22,7 +22,6 @@ import torch
 
 from ..augment import augment_input
 from ..backbones.cnn import EfficientNetPatchBackbone
-from ..inspection_region import apply_to_map
 from .base import MethodOutput
 from .patchknn_settings import KNN_RECIPES, PatchKnnSettings
 
@@ -62,14 +61,45 @@ def map_level(outputs: list[MethodOutput]) -> MapLevel:
     return MapLevel(median, max(spread, MIN_SPREAD))
 
 
-def fuse(first: MethodOutput, second: MethodOutput, levels: tuple[MapLevel, MapLevel]) -> MethodOutput:
-    """One image's two outputs -> the pixelwise maximum of their standardised maps and the larger standardised score."""
+def fuse_inputs(
+    first: tuple[torch.Tensor, float], second: tuple[torch.Tensor, float], levels: tuple[MapLevel, MapLevel]
+) -> tuple[torch.Tensor, float]:
+    """One image's two (maps on its model inputs, score) -> the pixelwise maximum of the standardised maps and
+    the larger standardised score. On the model inputs, before the tiles are put back on the image: the
+    ONNX graph fuses there too (`anomalens.export.patchknn`), so both give the same map."""
+    (a_maps, a_score), (b_maps, b_score) = first, second
     a, b = levels
-    fused = np.maximum(a.standardise(first.anomaly_map), b.standardise(second.anomaly_map)).astype(np.float32)
-    if first.inspected is not None:  # pixels outside the inspection region stay at the map's lowest value
-        fused = apply_to_map(fused, first.inspected)
-    score = max(float(a.standardise(first.score)), float(b.standardise(second.score)))
-    return MethodOutput(score, fused, inspected=first.inspected)
+    maps = torch.maximum((a_maps - a.median) / a.spread, (b_maps - b.median) / b.spread)
+    return maps, max(float(a.standardise(a_score)), float(b.standardise(b_score)))
+
+
+def fused_predict(method, images: list) -> list[MethodOutput]:
+    """A fitted patchknn's outputs with its `fused_recipe` partner: both score each image's inputs, fused there."""
+    partner = method.partner
+    if method._shared_pass and partner.settings.image_size == method.settings.image_size:
+        inputs, layouts = zip(*(method.model_inputs(img) for img in images)) if images else ((), ())
+        counts = [len(per_image) for per_image in inputs]
+        ours, theirs = _encode_both(method, [x for per_image in inputs for x in per_image])
+        ours, theirs = torch.split(ours, counts), torch.split(theirs, counts)
+    else:
+        (ours, layouts), (theirs, _) = method._features(images), partner._features(images)
+    bank, partner_bank = method._scoring_bank(), partner._scoring_bank()
+    outputs = []
+    for a, b, layout in zip(ours, theirs, layouts):
+        first, second = method.input_maps(a, layout, bank), partner.input_maps(b, layout, partner_bank)
+        outputs.append(method.finish(*fuse_inputs(first, second, method.fusion_levels_), layout))
+    return outputs
+
+
+def _encode_both(method, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The method's `_encode` features and its partner's, from one backbone pass per batch."""
+    b = method.settings.batch_size or (1 if method.device.type == "cpu" else 8)
+    ours, theirs = [], []
+    for i in range(0, len(inputs), b):
+        feats, blocks = method.backbone.forward_with_blocks(torch.stack(inputs[i : i + b]).to(method.device))
+        ours.append(feats)
+        theirs.append(method.partner.backbone.features_from_blocks(blocks))
+    return torch.cat(ours).cpu(), torch.cat(theirs).cpu()
 
 
 def levels_tensor(levels: tuple[MapLevel, MapLevel]) -> torch.Tensor:
