@@ -59,8 +59,9 @@ def records_by_name(out: Path) -> dict[str, dict]:
 
 def test_detect_writes_every_output_with_a_given_threshold(data, tmp_path):
     out = tmp_path / "out"
+    # thresholds in the recipe's own distance units (a fused recipe's are in units of its normal spread)
     res = run(["detect", data / "queries", "--refs", data / "refs", "--out", out, *FAST,
-               "--threshold", "0.6", "--pixel-threshold", "0.25"])
+               "--threshold", "0.6", "--pixel-threshold", "0.25", "--set", "fused_recipe=none"])
     assert "threshold: given: 0.6" in res.output and "pixel threshold: given: 0.25" in res.output
     assert "images/s" in res.output
     recs = records_by_name(out)
@@ -101,9 +102,10 @@ def test_detect_writes_every_output_with_a_given_threshold(data, tmp_path):
 
 def test_threshold_auto_is_leave_one_out_and_says_how(data, tmp_path):
     out = tmp_path / "out"
-    # the whole bank (no coreset), so that leaving a reference's patches out equals refitting without it
+    # the whole bank (no coreset) and the recipe alone (a fused recipe's levels come from all references), so
+    # that leaving a reference's patches out equals refitting without it
     res = run(["detect", data / "queries", "--refs", data / "refs", "--out", out, *FAST, "--threshold", "auto",
-               "--quantile", "0.9", "--margin", "0.5", "--set", "coreset_ratio=1.0"])
+               "--quantile", "0.9", "--margin", "0.5", "--set", "coreset_ratio=1.0", "--set", "fused_recipe=none"])
     # The rule, recomputed by hand: score each reference against the other three.
     from anomalens.detector import Detector
     from anomalens.images import list_images
@@ -111,7 +113,7 @@ def test_threshold_auto_is_leave_one_out_and_says_how(data, tmp_path):
     refs = list_images([data / "refs"])
     loo = []
     for i in range(len(refs)):
-        det = Detector("patchknn", image_size=128, coreset_ratio=1.0).fit(refs[:i] + refs[i + 1 :])
+        det = Detector("patchknn", image_size=128, coreset_ratio=1.0, fused_recipe="none").fit(refs[:i] + refs[i + 1 :])
         loo.append(det.predict([refs[i]])[0].score)
     q = np.quantile(loo, 0.9)
     expected = q + 0.5 * (q - np.median(loo))
@@ -155,7 +157,9 @@ def test_fit_then_detect_with_model_gives_identical_results(data, tmp_path):
     from safetensors.torch import load_file
 
     bank = load_file(str(model / "detector.safetensors"))
-    assert bank and all(t.ndim == 2 and t.shape[0] > 0 for t in bank.values())
+    # the default fuses the texture recipe: both banks and the two levels (median, spread each)
+    assert {"bank.patches", "partner.bank.patches"} <= set(bank) and bank["fusion.levels"].shape == (4,)
+    assert all(t.ndim == 2 and t.shape[0] > 0 for k, t in bank.items() if k != "fusion.levels")
     run(["fit", "--refs", data / "refs", "--out", model, *FAST], code=2)  # never overwritten silently
 
     run(["detect", data / "queries", "--model", model, "--out", tmp_path / "a"])
@@ -170,7 +174,8 @@ def test_fit_then_detect_with_model_gives_identical_results(data, tmp_path):
     # --threshold auto with a model uses its saved calibration; a given number overrides it.
     run(["detect", data / "queries", "--model", model, "--out", tmp_path / "c", "--threshold", "auto"])
     assert [r["threshold"] for r in read_records(tmp_path / "c")] == [r["threshold"] for r in a]
-    run(["detect", data / "queries", "--model", model, "--out", tmp_path / "d", "--threshold", "10"])
+    # above every score (the default's are in units of its normal spread: a defect reaches tens)
+    run(["detect", data / "queries", "--model", model, "--out", tmp_path / "d", "--threshold", "1000"])
     assert {r["decision"] for r in read_records(tmp_path / "d")} == {"OK"}
     res = run(["detect", data / "queries", "--model", model, "--refs", data / "refs", "--out", tmp_path / "e"], code=2)
     assert "--refs cannot be combined with --model" in res.output
@@ -402,7 +407,9 @@ def test_set_on_the_command_line_adds_to_a_config_and_the_run_repeats(data, tmp_
          "--set", "coarse_weight=1.5", "--out", out])
     settings = json.loads((out / "settings.json").read_text())
     assert settings["settings"]["coarse_weight"] == 1.5 and settings["settings"]["image_size"] == 128
-    assert settings["options"]["set_"] == ["coarse_weight=2.0", "image_size=128", "coarse_weight=1.5"]
+    assert settings["options"]["set_"] == [
+        "coarse_weight=2.0", 'fused_recipe="none"', "image_size=128", "coarse_weight=1.5"
+    ]
     run(["detect", "--config", out / "settings.json", "--out", tmp_path / "again"])
     again = json.loads((tmp_path / "again" / "settings.json").read_text())
     assert again["settings"] == settings["settings"]

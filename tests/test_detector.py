@@ -15,9 +15,10 @@ from anomalens.images import ImageLoadError, LoadedImage
 from anomalens.methods.patchknn import PatchKnn
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-# the whole bank (no coreset: 4 references x 256 patches x 4 flips are above the floor), so that
-# leaving a reference's patches out equals refitting without it
-WHOLE_BANK = {"coreset_ratio": 1.0}
+# the whole bank (no coreset: 4 references x 256 patches x 4 flips are above the floor) and the recipe
+# alone (a fused recipe's levels come from all references), so that leaving a reference's patches out
+# equals refitting without it
+WHOLE_BANK = {"coreset_ratio": 1.0, "fused_recipe": "none"}
 
 
 def texture(seed: int, h: int = 64, w: int = 64, defect: bool = False) -> np.ndarray:

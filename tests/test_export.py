@@ -21,6 +21,7 @@ from anomalens.detector import Detector, load_detector
 from anomalens.export import ExportError, OnnxDetector, OnnxModelError, export_onnx, load_onnx_detector
 from anomalens.export.graph import synthetic_image
 from anomalens.images import LoadedImage
+from anomalens.methods.recipe_fusion import output_scale
 from anomalens.outputs import read_records
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -38,7 +39,14 @@ REFS = [image(i) for i in range(3)]
 QUERIES = [image(20), image(21, 50, 96, defect=True), image(22, 80, 40)]  # squares and both orientations
 
 
-def assert_same_results(torch_det, onnx_det, images=QUERIES, tol=TOL):
+def tolerance(det) -> float:
+    """TOL, or for patchknn with a fused recipe TOL in units of the recipes' spreads (its outputs are
+    distances divided by them: the float differences of the distances grow by as much)."""
+    return TOL * output_scale(det.method) if det.method_name == "patchknn" else TOL
+
+
+def assert_same_results(torch_det, onnx_det, images=QUERIES, tol=None):
+    tol = tolerance(torch_det) if tol is None else tol
     expected, got = torch_det.predict(images), onnx_det.predict(images)
     for a, b in zip(expected, got):
         assert b.anomaly_map.shape == a.anomaly_map.shape
@@ -59,7 +67,9 @@ def assert_same_results(torch_det, onnx_det, images=QUERIES, tol=TOL):
     [("squash", True, "constant"), ("pad", True, "input"), ("squash", False, "auto")],
 )
 def test_patchknn_export_gives_the_pytorch_maps_scores_and_decisions(tmp_path, resize, fit, bank):
-    det = Detector("patchknn", image_size=64, resize=resize).fit(REFS if fit else [])
+    # a bank as an input: for the recipe alone (a fused recipe keeps both banks in the graph)
+    alone = {"fused_recipe": "none"} if bank == "input" else {}
+    det = Detector("patchknn", image_size=64, resize=resize, **alone).fit(REFS if fit else [])
     scores = [r.score for r in det.predict(QUERIES)]  # thresholds between the scores: both decisions occur
     det.threshold, det.pixel_threshold = Threshold.given((min(scores) + max(scores)) / 2), 0.9 * min(scores)
     report = export_onnx(det, tmp_path / "m.onnx", bank=bank, verify=False)
@@ -116,7 +126,7 @@ def test_patchknn_export_with_length_channels_gives_the_pytorch_results(tmp_path
     "fit,bank,extra",
     [
         (True, "constant", {}),
-        (True, "input", {"length_weight": 0.0}),
+        (True, "input", {"length_weight": 0.0, "fused_recipe": "none"}),
         (False, "auto", {}),
         (True, "auto", {"resize": "pad", "tile_above_aspect": 1.5}),
     ],
@@ -205,7 +215,7 @@ def test_bad_output_names_and_existing_files(tmp_path):
 @pytest.fixture(scope="module")
 def exported_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("onnx") / "m.onnx"
-    det = Detector("patchknn", image_size=64).fit(REFS[:1])
+    det = Detector("patchknn", image_size=64, fused_recipe="none").fit(REFS[:1])
     export_onnx(det, path, bank="input", verify=False)
     return path
 
@@ -213,7 +223,8 @@ def exported_file(tmp_path_factory) -> Path:
 def test_the_exported_model_reads_files_as_the_model_did(tmp_path):
     from anomalens.image_reading import ImageReading
 
-    det = Detector("patchknn", image_size=64, reading=ImageReading(bit_depth=12, max_pixels=1_000_000)).fit(REFS[:1])
+    reading = ImageReading(bit_depth=12, max_pixels=1_000_000)
+    det = Detector("patchknn", image_size=64, reading=reading, fused_recipe="none").fit(REFS[:1])
     export_onnx(det, tmp_path / "m.onnx", bank="input", verify=False)
     assert load_onnx_detector(tmp_path / "m.onnx").reading == ImageReading(12, 1_000_000)
 
@@ -272,12 +283,13 @@ def test_cli_export_then_detect_with_the_onnx_model_matches_the_model_directory(
     a = {Path(r["path"]).name: r for r in read_records(tmp_path / "torch")}
     b = {Path(r["path"]).name: r for r in read_records(tmp_path / "onnx")}
     assert a.keys() == b.keys() and b["broken.png"]["status"] == "error"
+    tol = tolerance(load_detector(tmp_path / "model"))
     for name in a:
         assert a[name]["status"] == b[name]["status"] and a[name]["decision"] == b[name]["decision"]
         if a[name]["status"] == "ok":
-            assert abs(a[name]["score"] - b[name]["score"]) <= TOL
+            assert abs(a[name]["score"] - b[name]["score"]) <= tol
             diff = np.abs(np.load(tmp_path / "torch" / a[name]["map"]) - np.load(tmp_path / "onnx" / b[name]["map"]))
-            assert diff.max() <= TOL
+            assert diff.max() <= tol
     (tmp_path / "bad.onnx").write_bytes(b"\x08\x07garbage")
     res = run(["detect", queries, "--model", tmp_path / "bad.onnx", "--out", tmp_path / "x"], code=2)
     assert "bad.onnx: not a readable ONNX model" in res.output
@@ -299,11 +311,9 @@ def test_patchknn_export_with_a_fused_recipe_gives_the_pytorch_results(tmp_path,
     levels = det.method.fusion_levels_
     assert exported.meta["fused_recipe"]["levels"] == [[level.median, level.spread] for level in levels]
     elongated = image(23, 40, 130, defect=True)
-    # in units of each recipe's spread: the distances' float differences (TOL) divided by it
-    tol = TOL / min(level.spread for level in levels)
-    expected, _ = assert_same_results(det, exported, [*QUERIES, elongated], tol=tol)
+    expected, _ = assert_same_results(det, exported, [*QUERIES, elongated])  # tolerance(det): in spreads
     assert {r.decision for r in expected} == {"OK", "NG"}
-    unfused = Detector("patchknn", image_size=64, **extra).fit(REFS).predict(QUERIES)
+    unfused = Detector("patchknn", image_size=64, fused_recipe="none", **extra).fit(REFS).predict(QUERIES)
     assert not np.allclose([r.score for r in unfused], scores, atol=1e-3)  # the fusion is exercised
     with pytest.raises(ExportError, match="fused_recipe"):
         export_onnx(det, tmp_path / "never.onnx", bank="input")

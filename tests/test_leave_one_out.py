@@ -21,9 +21,13 @@ def _images(n: int, seed: int = 0) -> list[LoadedImage]:
 @pytest.mark.parametrize(
     ("name", "settings"),
     [
-        ("patchknn", {"image_size": 64}),
+        # the recipe alone: a fused recipe's levels come from all references (tests/test_method_contract.py)
+        ("patchknn", {"image_size": 64, "fused_recipe": "none"}),
         # flips, two tiles per 48 x 40 reference (aspect 1.2 > 1.1), the bank (512) just below the coreset size
-        ("patchknn", {"image_size": 32, "augment": "flips", "coreset_size": 512, "tile_above_aspect": 1.1}),
+        (
+            "patchknn",
+            {"image_size": 32, "augment": "flips", "coreset_size": 512, "tile_above_aspect": 1.1, "fused_recipe": "none"},
+        ),
         ("fade", {"backbone": "test-tiny", "classification_size": 32, "segmentation_sizes": (32, 64)}),
     ],
 )
@@ -52,6 +56,7 @@ def test_leave_one_out_above_the_coreset_size_drops_the_held_out_patches_from_on
         "coreset_size": 40,
         "tile_above_aspect": 1.1,
         "gaussian_weight": 0,
+        "fused_recipe": "none",
     }
     method = create_method("patchknn", **settings)
     refs = _images(4)

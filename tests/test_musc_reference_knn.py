@@ -39,7 +39,7 @@ def test_outputs_are_the_weighted_mean_of_the_mutual_score_and_patchknn(weight):
     refs, queries = _images([1, 2], "r"), _images([3, 4, 5], "q", defect=1)
     both = create_method("musc", **FAST, reference_knn_weight=weight).fit(refs)
     mutual = create_method("musc", **FAST, reference_knn_weight=0.0).fit(refs)
-    knn = create_method("patchknn", gaussian_weight=0).fit(refs)  # as musc builds it (musc_references_knn_settings)
+    knn = create_method("patchknn", gaussian_weight=0, fused_recipe="none").fit(refs)  # musc_references_knn_settings
     for b, m, k in zip(both.predict(queries), mutual.predict(queries), knn.predict(queries), strict=True):
         assert b.score == pytest.approx((1 - weight) * m.score + weight * k.score, abs=1e-6)
         np.testing.assert_allclose(b.anomaly_map, (1 - weight) * m.anomaly_map + weight * k.anomaly_map, atol=1e-6)
@@ -78,7 +78,7 @@ def test_leave_one_out_merges_both_methods_leave_one_out():
     refs = _images([1, 2, 3], "r", defect=1)
     got = create_method("musc", **FAST).leave_one_out(refs, [0, 1])
     mutual = create_method("musc", **FAST, reference_knn_weight=0.0).leave_one_out(refs, [0, 1])
-    knn = create_method("patchknn", gaussian_weight=0).leave_one_out(refs, [0, 1])
+    knn = create_method("patchknn", gaussian_weight=0, fused_recipe="none").leave_one_out(refs, [0, 1])
     for g, m, k in zip(got, mutual, knn, strict=True):
         assert g.score == pytest.approx(0.625 * m.score + 0.375 * k.score, abs=1e-6)
         np.testing.assert_allclose(g.anomaly_map, 0.625 * m.anomaly_map + 0.375 * k.anomaly_map, atol=1e-6)

@@ -108,7 +108,8 @@ def test_leave_one_out_scores_a_reference_under_the_gaussian_of_the_other_refere
     refs = [
         LoadedImage(f"ref{i}.png", (torch.rand(48, 48, 3, generator=g) * 255).to(torch.uint8).numpy()) for i in range(3)
     ]
-    method = create_method("patchknn", image_size=48, coreset_ratio=1.0)  # the whole bank: its origins are simple
+    # the whole bank (its origins are simple), the recipe alone
+    method = create_method("patchknn", image_size=48, coreset_ratio=1.0, fused_recipe="none")
     out = method.leave_one_out(refs, [1])[0]
     bank = method.bank_.banks["patches"]
     _, origin = method.bank_with_origin([method.reference_patches(r) for r in refs])

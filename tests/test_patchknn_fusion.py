@@ -68,7 +68,7 @@ def _independent_levels(det: Detector, refs: list[LoadedImage]) -> MapLevel:
 def test_a_fused_detector_equals_the_two_recipes_fitted_apart_and_fused_by_hand():
     refs, queries = [image(1), image(2), image(5)], [image(3), image(4, defect=True)]
     fused = Detector("patchknn", image_size=64, fused_recipe="textured-surface").fit(refs)
-    default = Detector("patchknn", image_size=64).fit(refs)
+    default = Detector("patchknn", image_size=64, fused_recipe="none").fit(refs)
     recipe = Detector("patchknn", image_size=64, **RECIPE).fit(refs)
     levels = (_independent_levels(default, refs), _independent_levels(recipe, refs))
     for got, want in zip(fused.method.fusion_levels_, levels):
@@ -104,7 +104,7 @@ def test_one_reference_is_levelled_against_its_own_mirrored_copies():
 def test_zero_shot_is_not_fused_and_saved_models_keep_the_partner(tmp_path):
     queries = [image(3), image(4, defect=True)]
     zero = Detector("patchknn", image_size=64, fused_recipe="textured-surface").predict(queries)
-    plain = Detector("patchknn", image_size=64).predict(queries)
+    plain = Detector("patchknn", image_size=64, fused_recipe="none").predict(queries)
     assert [r.score for r in zero] == pytest.approx([r.score for r in plain], abs=1e-6)
     det = Detector("patchknn", image_size=64, fused_recipe="textured-surface").fit([image(1), image(2)])
     results = det.predict(queries)
@@ -151,3 +151,36 @@ def test_the_partner_leaves_out_what_the_inspection_region_leaves_out():
     result = half.predict([image(4, defect=True)])[0]
     assert not result.inspected[:, :24].any()
     assert np.all(result.anomaly_map[~result.inspected] == result.anomaly_map.min())
+
+
+def test_auto_fuses_the_texture_recipe_on_the_embedded_backbone_only():
+    from anomalens.methods.patchknn_settings import PatchKnnSettings, fused_partner_recipe
+
+    assert PatchKnnSettings().fused_recipe == "auto"
+    assert fused_partner_recipe(PatchKnnSettings()) == "textured-surface"
+    # the recipe's own features already, or a backbone it was not measured on: nothing to fuse
+    assert fused_partner_recipe(PatchKnnSettings(magnitudes=True)) == "none"
+    assert fused_partner_recipe(PatchKnnSettings(backbone="efficientnet-lite2")) == "none"
+    # a named recipe that would change nothing is not run twice
+    textured = PatchKnnSettings(magnitudes=True, blocks=(4, 10, 14), fused_recipe="textured-surface")
+    assert fused_partner_recipe(textured) == "none"
+    assert fused_partner_recipe(PatchKnnSettings(fused_recipe="large-defects")) == "large-defects"
+    # lengths and the bank's Gaussian belong to unit features: the texture partner has them off
+    det = Detector("patchknn", image_size=64, length_weight=16.0, gaussian_weight=0.5)
+    partner = det.method.partner.settings
+    assert partner.magnitudes and partner.length_weight is None and partner.gaussian_weight is None
+
+
+def test_a_model_saved_before_the_fusion_loads_without_it(tmp_path):
+    import json
+
+    queries = [image(3), image(4, defect=True)]
+    plain = Detector("patchknn", image_size=64, fused_recipe="none").fit([image(1), image(2)])
+    plain.save(tmp_path / "old")
+    config_path = tmp_path / "old" / "detector.json"
+    config = json.loads(config_path.read_text())
+    del config["settings"]["fused_recipe"]  # as a model saved before the setting wrote it
+    config_path.write_text(json.dumps(config))
+    old = load_detector(tmp_path / "old")
+    assert old.settings["fused_recipe"] == "none" and old.method.partner is None
+    assert [r.score for r in old.predict(queries)] == [r.score for r in plain.predict(queries)]

@@ -262,8 +262,9 @@ def test_coreset_ratio_keeps_that_share_of_the_references_patches_and_they_score
     ]
     # 2 references x 8 x 8 patches x 4 flips = 512: their own 128 are below the floor, all are kept
     # the kNN alone: the bank's Gaussian (fitted on each bank) would differ between the two banks
-    whole = create_method("patchknn", image_size=64, gaussian_weight=0).fit(refs)
-    quarter = create_method("patchknn", image_size=64, coreset_ratio=0.25, coreset_floor=1, gaussian_weight=0).fit(refs)
+    alone = {"gaussian_weight": 0, "fused_recipe": "none"}  # (and the recipe alone: distances, not standardised)
+    whole = create_method("patchknn", image_size=64, **alone).fit(refs)
+    quarter = create_method("patchknn", image_size=64, coreset_ratio=0.25, coreset_floor=1, **alone).fit(refs)
     n = whole.bank_.banks["patches"].shape[0]
     assert n == 512 and quarter.bank_.banks["patches"].shape[0] == 32  # a quarter of their own 128
     # every coreset patch is one of the whole bank's

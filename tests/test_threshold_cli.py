@@ -19,7 +19,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # The whole bank (no coreset): leave-one-out then equals refitting without the held-out reference,
 # which these tests compute by hand. With a coreset, leave-one-out drops the held-out reference's
 # patches from one coreset over all references (README "Choosing a threshold"; tests/test_leave_one_out.py).
-WHOLE_BANK = ["--set", "coreset_ratio=1.0"]
+# the whole bank and the recipe alone (a fused recipe's levels come from all references): the leave-one-out
+# scores are then those of refitting without each reference
+WHOLE_BANK = ["--set", "coreset_ratio=1.0", "--set", "fused_recipe=none"]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,7 @@ def data(tmp_path_factory) -> Path:
 def _loo_scores(refs: list[Path]) -> list[float]:
     scores = []
     for i in range(len(refs)):
-        det = Detector("patchknn", image_size=128, coreset_ratio=1.0).fit(refs[:i] + refs[i + 1 :])
+        det = Detector("patchknn", image_size=128, coreset_ratio=1.0, fused_recipe="none").fit(refs[:i] + refs[i + 1 :])
         scores.append(det.predict([refs[i]])[0].score)
     return scores
 
@@ -92,7 +94,7 @@ def test_detect_with_defects_reports_escapes_everywhere(data, tmp_path):
     t = settings["threshold"]
     # By hand: the leave-one-out scores and the defects scored by the model fitted on all refs.
     refs = list_images([data / "refs"])
-    full = Detector("patchknn", image_size=128, coreset_ratio=1.0).fit(refs)
+    full = Detector("patchknn", image_size=128, coreset_ratio=1.0, fused_recipe="none").fit(refs)
     bad = [r.score for r in full.predict(list_images([data / "defects"]))]
     expected = calibrate_for_target(_loo_scores(refs), 0.2, bad)
     assert t["value"] == pytest.approx(expected.value, rel=1e-5)

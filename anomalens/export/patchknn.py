@@ -23,6 +23,7 @@ from ..methods.patch_distances import (
     split_coarse,
 )
 from ..methods.patch_gaussian import PatchGaussian, bank_gaussian
+from ..methods.recipe_fusion import output_scale
 from ..scoring import edge_weights, gaussian_smooth
 from .graph import (
     GraphSpec,
@@ -247,5 +248,5 @@ def build(method, bank: str = "auto") -> GraphSpec:
         metadata=metadata,
         valid_patches=valid_meta,
         memory_bank=bank_meta,
-        output_scale=1.0 / min(level.spread for level in method.fusion_levels_) if fused else 1.0,
+        output_scale=output_scale(method),
     )

@@ -61,6 +61,7 @@ from .patchknn_settings import (
     MODEL_SIDE_STEP,
     PatchKnnSettings,
     coreset_target,
+    fused_partner_recipe,
     model_side,
     reference_augmentation,
     side_up_to,
@@ -127,12 +128,12 @@ class PatchKnn(Method):
         self.requested_settings = settings
         # `fused_recipe`: the second patchknn (built now, so a recipe the backbone cannot run is refused
         # at once) and, once fitted, where each one's maps lie on the references
-        self.partner = None if settings.fused_recipe == "none" else PatchKnn(fusion.partner_settings(settings))
+        fused = fused_partner_recipe(settings) != "none"
+        self.partner = PatchKnn(fusion.partner_settings(settings)) if fused else None
         self.region = self.region  # (the partner's too)
-        # one backbone pass for both when the partner reads the same network (its blocks kept from ours)
+        # one backbone pass for both when the partner reads the same network (its blocks kept from ours,
+        # from the first fit on: zero-shot does not pay for them)
         self._shared_pass = self.partner is not None and fusion.shares_pass(self.backbone, self.partner.backbone)
-        if self._shared_pass:
-            self.backbone.also_read(self.partner.backbone._read)
         self.fusion_levels_: tuple[fusion.MapLevel, fusion.MapLevel] | None = None
 
     @property
@@ -251,6 +252,7 @@ class PatchKnn(Method):
             self._bank_source = (kept, origin)
         self.fusion_levels_ = None
         if self.partner is not None and kept:
+            self._read_partner_blocks()
             self.partner._fit(kept)
             self.fusion_levels_ = (
                 fusion.map_level(fusion.normal_maps(self, kept)),
@@ -282,6 +284,10 @@ class PatchKnn(Method):
         bank = self._scoring_bank()
         feats, layouts = self._features(images)
         return [self.score(f, layout, bank) for f, layout in zip(feats, layouts)]
+
+    def _read_partner_blocks(self) -> None:
+        if self._shared_pass and not self.partner.backbone._read <= self.backbone._read:
+            self.backbone.also_read(self.partner.backbone._read)
 
     def _fits_partner(self) -> bool:
         """Whether outputs are fused: a `fused_recipe` partner, fitted (with references) with its levels."""
@@ -323,7 +329,7 @@ class PatchKnn(Method):
         ours = self.leave_one_out_maps(references, held_out)
         if not self._fits_partner():
             return [self.finish(*held) for held in ours]
-        theirs = self.partner.leave_one_out_maps(references, held_out)
+        theirs = self.partner.leave_one_out_maps(references[:], held_out)  # a plain list: progress reported once
         return [self.finish(*fusion.fuse_inputs(a[:2], b[:2], self.fusion_levels_), a[2]) for a, b in zip(ours, theirs)]
 
     def _unfused_leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
@@ -333,17 +339,11 @@ class PatchKnn(Method):
     def leave_one_out_maps(
         self, references: list[LoadedImage], held_out: list[int]
     ) -> list[tuple[torch.Tensor, float, Layout]]:
-        """Features and bank once; each held-out reference against the bank without its own patches.
-
-        Below `coreset_size` that is exactly the bank of the other references (refitting). Above
-        it, the coreset is chosen once over all references and reference r's chosen patches are
-        dropped for r: no patch of r vouches for r, but the others' patches are the ones picked
-        with r present, not a coreset recomputed without r (a reference chose fewer patches of
-        its own where another covered it), so held-out scores can come out slightly higher than
-        with a refit; measured in the README ("Choosing a threshold"). One coreset instead of
-        one per held-out reference: `fit` with 64 references and --max-false-reject takes ~19 s
-        instead of over 15 minutes.
-        """
+        """Features and bank once; each held-out reference's (maps on its inputs, score, layout) against the
+        bank without its own patches. Without a coreset that is the bank of the other references; with one,
+        it is chosen once over all references and r's chosen patches are dropped for r (others' patches
+        were picked with r present, so held-out scores can come out slightly higher than with a refit:
+        README "Choosing a threshold"), so `fit` with 64 references takes ~19 s, not over 15 minutes."""
         source = getattr(self, "_bank_source", None)
         if source is not None and self._same_references(source[0], references) and "patches" in self.bank_:
             bank, origin = self.bank_.banks["patches"].cpu(), source[1]  # fitted on these: no second coreset
@@ -390,6 +390,7 @@ class PatchKnn(Method):
         own, partner, self.fusion_levels_ = fusion.split_state(state)
         self.bank_.load_state_dict(own)
         if self.partner is not None and self.fusion_levels_ is not None:
+            self._read_partner_blocks()
             self.partner.use_image_size(self.settings.image_size)  # fitted on the same references: same side
             self.partner.load_state_dict(partner)
         else:

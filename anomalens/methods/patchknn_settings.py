@@ -5,7 +5,7 @@ many bank patches the coreset keeps (`coreset_target`). The method itself is in 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from ..augment import augmentation_copies
@@ -21,14 +21,19 @@ DEFAULT_SIDE_UP_TO = 384
 # Named sets of patchknn settings for surfaces the default is not tuned for. The `--config` presets of the
 # same names (anomalens/presets/*.yaml) set these for patchknn itself; musc's `knn_recipe` applies one to
 # the patchknn it runs on its references and pseudo-references. Measured in the README ("Which setting for
-# which surface"; musc: "The texture recipe inside musc").
+# which surface"; musc: "The texture recipe inside musc"). A named recipe runs alone (no `fused_recipe`
+# beside it): that is how each was measured.
 KNN_RECIPES: dict[str, dict[str, Any]] = {
     "default": {},
-    "textured-surface": {"magnitudes": True, "blocks": (4, 10, 14)},
-    "large-defects": {"coarse_weight": 2.0},
+    "textured-surface": {"magnitudes": True, "blocks": (4, 10, 14), "fused_recipe": "none"},
+    "large-defects": {"coarse_weight": 2.0, "fused_recipe": "none"},
 }
 # what `fused_recipe` can add beside the default (not "default" itself)
-FUSED_RECIPES = ("none", *(name for name in KNN_RECIPES if name != "default"))
+FUSED_RECIPES = ("auto", "none", *(name for name in KNN_RECIPES if name != "default"))
+# `fused_recipe=auto`: the recipe fused where it was measured (issue 17 session 24-25, README "Both recipes at
+# once"): the texture recipe beside the embedded backbone's default features
+AUTO_FUSED_RECIPE = "textured-surface"
+AUTO_FUSED_BACKBONES = ("efficientnet-lite0",)
 
 
 @dataclass
@@ -202,12 +207,15 @@ class PatchKnnSettings(MethodSettings):
     # Session 24 (README "Both recipes at once"): the texture recipe beside the default, each map
     # standardised by its references' leave-one-out maps, pixelwise maximum: magnetic_tile gains the
     # recipe's image and pixel AUROC and both AUPROs, mpdd_metal_plate keeps the default's numbers.
+    # The default since session 25, once the ONNX export could carry it.
     fused_recipe: str = setting(
-        "none",
+        "auto",
         "with references: a second patchknn with this recipe's settings (KNN_RECIPES: textured-surface, "
         "large-defects) scores every image too; each map is standardised by the median and MAD of its "
         "references' leave-one-out maps (one reference: against its mirrored and turned copies) and the image "
-        "takes their pixelwise maximum, its score the larger standardised score; none = off (zero-shot: off)",
+        "takes their pixelwise maximum, its score the larger standardised score; auto = textured-surface on "
+        "efficientnet-lite0 unless magnitudes is on (the recipe's own features), else none; none = off; "
+        "zero-shot: off",
         choices=FUSED_RECIPES,
     )
     batch_size: int = setting(
@@ -227,7 +235,20 @@ class PatchKnnSettings(MethodSettings):
         "augment": "none",
         "image_size_up_to": 0,
         "gaussian_weight": 0.0,
+        "fused_recipe": "none",
     }
+
+
+def fused_partner_recipe(settings: PatchKnnSettings) -> str:
+    """The recipe `fused_recipe` runs beside these settings: `auto` resolved, and "none" for a recipe that
+    would change nothing (these settings are its own already)."""
+    name = settings.fused_recipe
+    if name == "auto":
+        name = AUTO_FUSED_RECIPE if settings.backbone in AUTO_FUSED_BACKBONES and not settings.magnitudes else "none"
+    alone = replace(settings, fused_recipe="none")
+    if name != "none" and replace(alone, **KNN_RECIPES[name]) == alone:
+        return "none"
+    return name
 
 
 # The model side grows in steps of 64 px: nearby resolutions share one side (and two stride-32 cells).

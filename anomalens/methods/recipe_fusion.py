@@ -23,7 +23,7 @@ import torch
 from ..augment import augment_input
 from ..backbones.cnn import EfficientNetPatchBackbone
 from .base import MethodOutput
-from .patchknn_settings import KNN_RECIPES, PatchKnnSettings
+from .patchknn_settings import KNN_RECIPES, PatchKnnSettings, fused_partner_recipe
 
 # Every 4th pixel of each reference map along both axes: ~4,000 pixels of a 256 px map, more than
 # enough for a median and a MAD, and the references' maps are not kept.
@@ -102,6 +102,13 @@ def _encode_both(method, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, torc
     return torch.cat(ours).cpu(), torch.cat(theirs).cpu()
 
 
+def output_scale(method) -> float:
+    """How much a fitted patchknn's outputs magnify its distances: 1, or with a fused recipe 1 / the smaller
+    spread (float differences of the distances, e.g. ONNX against PyTorch, grow by as much)."""
+    levels = getattr(method, "fusion_levels_", None) if method._fits_partner() else None
+    return 1.0 if levels is None else 1.0 / min(level.spread for level in levels)
+
+
 def levels_tensor(levels: tuple[MapLevel, MapLevel]) -> torch.Tensor:
     """The two levels as the (4,) tensor a saved model keeps: median, spread, median, spread."""
     return torch.tensor([levels[0].median, levels[0].spread, levels[1].median, levels[1].spread], dtype=torch.float64)
@@ -128,8 +135,12 @@ def split_state(state: dict[str, torch.Tensor]) -> tuple[dict, dict, tuple[MapLe
 
 
 def partner_settings(settings: PatchKnnSettings) -> PatchKnnSettings:
-    """The settings of `fused_recipe`'s second patchknn: these with the recipe's changes, not fused itself."""
-    return replace(settings, **KNN_RECIPES[settings.fused_recipe], fused_recipe="none")
+    """The settings of `fused_recipe`'s second patchknn: these with the recipe's changes, not fused itself. A
+    recipe with magnitudes leaves the length channels and the bank's Gaussian at their defaults for it (off):
+    they are defined for unit features."""
+    recipe = KNN_RECIPES[fused_partner_recipe(settings)]
+    unit_only = {"length_weight": None, "length_blocks": None, "gaussian_weight": None}
+    return replace(settings, **{**(unit_only if recipe.get("magnitudes") else {}), **recipe, "fused_recipe": "none"})
 
 
 def shares_pass(ours: torch.nn.Module, theirs: torch.nn.Module) -> bool:
