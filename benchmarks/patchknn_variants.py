@@ -11,7 +11,10 @@ backbone, resolution, tiling, block and pooling variants extract again.
 
     python benchmarks/patchknn_variants.py --data ../shared/data --shots 0,1,4 --seeds 0,1,2
 
-Scores come from `PatchKnn.score` itself (the detector's own code), on the cached features.
+Scores come from `PatchKnn.score` itself (the detector's own code), on the cached features: one
+recipe at a time. The default since session 25 fuses the texture recipe beside the default recipe
+(`fused_recipe`, README "Both recipes at once"); that fusion is measured by `anomalens benchmark`, and
+"default" here is the default recipe alone (`fused_recipe=none`).
 """
 
 from __future__ import annotations
