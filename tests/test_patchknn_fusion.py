@@ -125,17 +125,23 @@ def test_the_any_surface_preset_sets_the_fusion():
     assert preset == {"method": "patchknn", "set": {"fused_recipe": "textured-surface"}}
 
 
-def test_calibration_uses_the_fused_leave_one_out_outputs():
+def test_calibration_standardises_each_held_out_reference_by_the_other_references_maps():
     refs = [image(1), image(2), image(5)]
     det = Detector("patchknn", image_size=64, fused_recipe="textured-surface").fit(refs)
     held_out = det.method._leave_one_out(refs, [0, 1, 2])
     unfused = det.method._unfused_leave_one_out(refs, [0, 1, 2])
     partner = det.method.partner._unfused_leave_one_out(refs, [0, 1, 2])
-    first, second = det.method.fusion_levels_
-    for got, a, b in zip(held_out, unfused, partner):
+    assert (map_level(unfused), map_level(partner)) == det.method.fusion_levels_  # what predict uses
+    for i, (got, a, b) in enumerate(zip(held_out, unfused, partner)):
+        # levels without reference i's own map: it does not pull the median towards itself
+        first = map_level([o for j, o in enumerate(unfused) if j != i])
+        second = map_level([o for j, o in enumerate(partner) if j != i])
         assert got.score == pytest.approx(max(first.standardise(a.score), second.standardise(b.score)))
         want = np.maximum(first.standardise(a.anomaly_map), second.standardise(b.anomaly_map))
         np.testing.assert_allclose(got.anomaly_map, want, atol=1e-5)  # 64 px images: inputs = images
+    # a subset of the references held out gives the same outputs for them
+    subset = det.method._leave_one_out(refs, [2])
+    assert subset[0].score == pytest.approx(held_out[2].score)
 
 
 def test_the_partner_leaves_out_what_the_inspection_region_leaves_out():

@@ -324,13 +324,13 @@ class PatchKnn(Method):
 
     def _leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
         """Each held-out reference against the bank without its own patches (`leave_one_out_maps`); with
-        `fused_recipe`, the partner's the same way and the two fused as `predict` fuses them."""
+        `fused_recipe`, the partner's the same way and the two fused with levels of the other references'
+        maps (`recipe_fusion.held_out_fusion`)."""
         # (a refit inside, for references other than the fitted ones, fits the partner and its levels too)
         ours = self.leave_one_out_maps(references, held_out)
         if not self._fits_partner():
             return [self.finish(*held) for held in ours]
-        theirs = self.partner.leave_one_out_maps(references[:], held_out)  # a plain list: progress reported once
-        return [self.finish(*fusion.fuse_inputs(a[:2], b[:2], self.fusion_levels_), a[2]) for a, b in zip(ours, theirs)]
+        return fusion.held_out_fusion(self, references, held_out, ours)
 
     def _unfused_leave_one_out(self, references: list[LoadedImage], held_out: list[int]) -> list[MethodOutput]:
         """`_leave_one_out` of this recipe alone (no partner)."""

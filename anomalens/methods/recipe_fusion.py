@@ -91,6 +91,31 @@ def fused_predict(method, images: list) -> list[MethodOutput]:
     return outputs
 
 
+def held_out_fusion(method, references: list, held_out: list[int], ours: list) -> list[MethodOutput]:
+    """The fused leave-one-out outputs of the `held_out` references (`ours`: the method's own
+    `leave_one_out_maps`). Each is standardised by levels of the *other* references' leave-one-out maps:
+    levels that include its own map would pull the median towards it and score it lower than a new normal
+    image (with 4 references a quarter of the pixels are its own), so thresholds calibrated on these
+    scores would reject good images. A refit without it would also leave its patches out of the others'
+    banks; that small difference remains (the others' maps are a little lower, its score a little higher)."""
+    theirs = method.partner.leave_one_out_maps(references[:], held_out)  # a plain list: progress reported once
+    everyone = list(range(len(references)))
+    if sorted(held_out) == everyone:
+        first, second = ours, theirs
+    else:  # the other references' maps too
+        first, second = (m.leave_one_out_maps(references[:], everyone) for m in (method, method.partner))
+    order = held_out if sorted(held_out) == everyone else everyone
+    images = [
+        {i: m.finish(*held) for i, held in zip(order, maps)} for m, maps in ((method, first), (method.partner, second))
+    ]
+    outputs = []
+    for i, a, b in zip(held_out, ours, theirs):
+        others = [j for j in everyone if j != i]  # (none: a lone reference keeps the fitted levels)
+        levels = tuple(map_level([maps[j] for j in others]) for maps in images) if others else method.fusion_levels_
+        outputs.append(method.finish(*fuse_inputs(a[:2], b[:2], levels), a[2]))
+    return outputs
+
+
 def _encode_both(method, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """The method's `_encode` features and its partner's, from one backbone pass per batch."""
     b = method.settings.batch_size or (1 if method.device.type == "cpu" else 8)
