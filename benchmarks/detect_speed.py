@@ -79,9 +79,16 @@ def instrument(totals: dict[str, float], rss: list[tuple[int, float]], every: in
         detector._try_load = timed("decode", detector._try_load)
     PatchKnn.model_inputs = timed("prepare", PatchKnn.model_inputs)
     EfficientNetPatchBackbone.forward = timed("model", EfficientNetPatchBackbone.forward)
-    if hasattr(PatchKnn, "_encode_both"):  # `fused_recipe`: one pass for both recipes' features
-        PatchKnn._encode_both = timed("model", PatchKnn._encode_both)
-    PatchKnn.score = timed("knn", PatchKnn.score)
+    try:  # `fused_recipe` (the default since session 25): one pass for both recipes' features
+        from anomalens.methods import recipe_fusion
+
+        recipe_fusion._encode_both = timed("model", recipe_fusion._encode_both)
+    except (ImportError, AttributeError):  # older versions
+        pass
+    if hasattr(PatchKnn, "input_maps"):  # the kNN and the map on the model inputs, fused or not
+        PatchKnn.input_maps = timed("knn", PatchKnn.input_maps)
+    else:  # older versions
+        PatchKnn.score = timed("knn", PatchKnn.score)
     write = timed("write", OutputWriter.write)
     written = [0]
 
