@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from ...geometry import RESIZE_POLICIES
 from ...settings import MethodSettings, setting
-from ..patchknn_settings import KNN_RECIPES
+from ..patchknn_settings import FUSED_RECIPES, KNN_RECIPES
 from .lnamd import DEFAULT_DEGREES, PATCH_NORMS
 from .msm import DEFAULT_CHUNK_ELEMENTS, SCORE_SCALES
 from .postprocess import BASELINES, PHOTOMETRIC_MODES
@@ -158,6 +158,17 @@ class MuScSettings(MethodSettings):
         "the patchknn settings of its share (references, pseudo-references): default, or a named recipe "
         "(textured-surface: magnitudes, blocks 4, 10, 14; large-defects: coarse_weight 2)",
         choices=tuple(KNN_RECIPES),
+    )
+    # Session 24's screen (README "The fused share"): the default and the texture recipe side by side kept
+    # the plates and took most of the recipe's magnetic_tile gain; built in and measured in session 25.
+    knn_fused: str = setting(
+        "none",
+        "a second patchknn share with this recipe's changes (FUSED_RECIPES: textured-surface, large-defects) "
+        "beside knn_recipe's; each map standardised by the median and MAD of the pseudo-references' own maps "
+        "(each without its own patches; with references and no pseudo-references: the references' "
+        "leave-one-out maps), pixelwise maximum (the larger score), brought back to the first share's units "
+        "so the share's weights still apply; none = off (fused_share.py)",
+        choices=FUSED_RECIPES,
     )
     pseudo_reference_minimum: int = setting(
         2, "fewer pseudo-references than this (a small batch): none are used", minimum=2
