@@ -150,6 +150,8 @@ def test_the_order_of_the_batch_does_not_change_the_fused_outputs():
 def test_the_setting_names_a_fused_recipe_and_is_described():
     with pytest.raises(SettingsError):
         create_method("musc", **FAST, knn_fused="default")  # the first share already is the default
+    same = create_method("musc", **FUSED, knn_recipe=RECIPE).fit(_images([40, 41], "r"))
+    assert same.reference_knn_.partner is None  # the recipe beside itself: one share, not two alike
     method = create_method("musc", **FUSED).fit([])
     assert "knn_fused" in method.describe_fit()
     assert "knn_fused" not in create_method("musc", **FAST).fit([]).describe_fit()

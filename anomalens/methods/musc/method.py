@@ -89,7 +89,9 @@ class MuSc(Method):
     def describe_fit(self) -> str | None:
         s = self.settings
         pseudo = f"the {s.pseudo_reference_share:.0%} of the batch the mutual score ranks lowest"
-        fused = f" (fused with its {s.knn_fused} recipe: knn_fused)" if s.knn_fused != "none" else ""
+        fused = (
+            f" (fused with its {s.knn_fused} recipe: knn_fused)" if s.knn_fused not in ("none", s.knn_recipe) else ""
+        )
         if self.references is None and s.pseudo_reference_share > 0:
             return (
                 f"{pseudo} become patchknn's references{fused} (pseudo_reference_share), "

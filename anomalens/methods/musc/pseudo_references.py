@@ -69,7 +69,9 @@ def musc_references_knn_settings(recipe: str = "default", fused: str = "none") -
     mpdd_metal_plate 0.0-0.2 and costs magnetic_tile 0.5 image AUROC and steel_strip 0.8 AUPRO, so musc's
     share goes without it. `fused_recipe` is musc's `knn_fused` (default none): musc weighs its share in the
     first recipe's own units, so it never takes patchknn's fused (standardised) outputs as they are but
-    fuses the two recipes itself and brings them back to those units (`fused_share`)."""
+    fuses the two recipes itself and brings them back to those units (`fused_share`). The recipe fused
+    beside itself would only repeat the share: then there is no second one."""
+    fused = "none" if fused == recipe else fused
     return replace(PatchKnnSettings(), **{"gaussian_weight": 0.0, **KNN_RECIPES[recipe], "fused_recipe": fused})
 
 
