@@ -25,7 +25,7 @@ from anomalens.outputs import read_records
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-FAST = {"image_size": 64, "progress": False}
+FAST = {"image_size": 64, "progress": False, "knn_fused": "none"}  # the plain share, whatever the default
 FUSED = {**FAST, "knn_fused": "textured-surface"}
 RECIPE = "textured-surface"
 
@@ -63,7 +63,7 @@ def test_the_fused_share_is_the_two_shares_fused_by_hand_on_the_pseudo_reference
     alone = {**FAST, "pseudo_reference_weight": 1.0, "reference_knn_weight": 1.0}
     runs = {}
     for name, extra in {"default": {}, "recipe": {"knn_recipe": RECIPE}, "fused": {"knn_fused": RECIPE}}.items():
-        method = create_method("musc", **alone, **extra).fit(refs)
+        method = create_method("musc", **{**alone, **extra}).fit(refs)
         runs[name] = (method.predict(images), method.last_batch["pseudo_references"])
     chosen = runs["default"][1]
     assert len(chosen) == 2 and runs["recipe"][1] == chosen and runs["fused"][1] == chosen
@@ -82,7 +82,7 @@ def test_the_fused_share_is_the_two_shares_fused_by_hand_on_the_pseudo_reference
 
 def test_off_leaves_the_share_as_it_was():
     images = _images(range(16), defect=5)
-    method = create_method("musc", **FAST, knn_fused="none").fit([])
+    method = create_method("musc", **FAST).fit([])  # knn_fused none
     outputs = method.predict(images)
     chosen = method.last_batch["pseudo_references"]
     mutual = create_method("musc", **FAST, pseudo_reference_share=0.0).fit([]).predict(images)
@@ -136,6 +136,20 @@ def test_with_references_the_pseudo_references_set_the_levels_and_a_saved_model_
     assert not any("partner" in k or "fusion" in k for k in plain)
 
 
+def test_a_model_saved_before_the_setting_loads_without_the_fused_share(tmp_path):
+    refs, queries = _images([40, 41], "r"), _images([3, 4], defect=0)
+    old = Detector("musc", **FAST).fit(refs)
+    old.save(tmp_path / "m")
+    config = tmp_path / "m" / "detector.json"
+    recorded = json.loads(config.read_text())
+    del recorded["settings"]["knn_fused"]  # as written before the setting existed
+    config.write_text(json.dumps(recorded))
+    again = load_detector(tmp_path / "m")
+    assert again.method.settings.knn_fused == "none" and again.method.reference_knn_.partner is None
+    for a, b in zip(old.predict(queries), again.predict(queries), strict=True):
+        assert a.score == pytest.approx(b.score, abs=1e-6)
+
+
 def test_the_order_of_the_batch_does_not_change_the_fused_outputs():
     images = _images(range(16), defect=3)
     method = create_method("musc", **FUSED).fit([])
@@ -149,7 +163,7 @@ def test_the_order_of_the_batch_does_not_change_the_fused_outputs():
 
 def test_the_setting_names_a_fused_recipe_and_is_described():
     with pytest.raises(SettingsError):
-        create_method("musc", **FAST, knn_fused="default")  # the first share already is the default
+        create_method("musc", **{**FAST, "knn_fused": "default"})  # the first share already is the default
     same = create_method("musc", **FUSED, knn_recipe=RECIPE).fit(_images([40, 41], "r"))
     assert same.reference_knn_.partner is None  # the recipe beside itself: one share, not two alike
     method = create_method("musc", **FUSED).fit([])

@@ -46,6 +46,7 @@ class MuScSettings(MethodSettings):
         "reference_knn_weight": 0.0,
         "pseudo_reference_share": 0.0,
         "released_clip": False,
+        "knn_fused": "none",
     }
 
     backbone: str = setting(
