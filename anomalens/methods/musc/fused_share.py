@@ -39,7 +39,7 @@ def fuse_in_first_units(first: MethodOutput, second: MethodOutput, levels: tuple
     return in_units(fuse(first, second, levels), levels[0])
 
 
-def pair_levels(pairs: list[tuple[MethodOutput, MethodOutput]]) -> tuple[MapLevel, MapLevel]:
+def pair_levels(pairs: list[list[MethodOutput]]) -> tuple[MapLevel, MapLevel]:
     """Each recipe's level on normal images from their (first, second) outputs."""
     return map_level([a for a, _ in pairs]), map_level([b for _, b in pairs])
 

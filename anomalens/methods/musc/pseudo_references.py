@@ -131,10 +131,10 @@ class PseudoReferenceKnn:
                 self.banks_.append(knn.bank_with_origin(groups + per_image))
             else:  # the references' bank as fitted (no second coreset)
                 self.banks_.append((groups[0], torch.zeros(groups[0].shape[0], dtype=torch.long)))
-        groups = 1 if references is not None else 0  # the pseudo-references' groups follow the references'
-        self.own_ = {image: groups + j for j, image in enumerate(chosen)}
+        offset = 1 if references is not None else 0  # the pseudo-references' groups follow the references'
+        self.own_ = {image: offset + j for j, image in enumerate(chosen)}
         self.levels_ = None
-        self.pairs_: dict[int, tuple[MethodOutput, MethodOutput]] = {}
+        self.pairs_: dict[int, list[MethodOutput]] = {}  # the pseudo-references' outputs, made for the levels
         if len(recipes) > 1:  # the fused share: each recipe's level on the pseudo-references' own outputs
             self.pairs_ = {i: self._each_recipe(i) for i in chosen}
             self.levels_ = fused_share.pair_levels(list(self.pairs_.values())) if chosen else references.fusion_levels_

@@ -160,8 +160,9 @@ class MuScSettings(MethodSettings):
         "(textured-surface: magnitudes, blocks 4, 10, 14; large-defects: coarse_weight 2)",
         choices=tuple(KNN_RECIPES),
     )
-    # Session 24's screen (README "The fused share"): the default and the texture recipe side by side kept
-    # the plates and took most of the recipe's magnetic_tile gain; built in and measured in session 25.
+    # Session 25 (README "The fused share built in", 3 partner seeds / 3 reference draws): zero-shot it keeps
+    # the plates and takes most of the texture recipe's magnetic_tile gain, but with references it costs the
+    # plates 0.4-0.5 image AUROC (the rule allows ~0.3): an opt-in, like knn_recipe.
     knn_fused: str = setting(
         "none",
         "a second patchknn share with this recipe's changes (FUSED_RECIPES: textured-surface, large-defects) "
