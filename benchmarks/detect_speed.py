@@ -82,7 +82,7 @@ def instrument(totals: dict[str, float], rss: list[tuple[int, float]], every: in
     try:  # `fused_recipe` (the default since session 25): one pass for both recipes' features
         from anomalens.methods import recipe_fusion
 
-        recipe_fusion._encode_both = timed("model", recipe_fusion._encode_both)
+        recipe_fusion.encode_both = timed("model", recipe_fusion.encode_both)
     except (ImportError, AttributeError):  # older versions
         pass
     if hasattr(PatchKnn, "input_maps"):  # the kNN and the map on the model inputs, fused or not

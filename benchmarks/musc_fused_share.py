@@ -1,4 +1,5 @@
-"""musc's pseudo-reference share as patchknn's `fused_recipe`: a screen before building it into musc.
+"""musc's pseudo-reference share as patchknn's `fused_recipe`: the screen before it was built into musc
+(session 25: musc's `knn_fused`, `anomalens/methods/musc/fused_share.py`).
 
 Zero-shot, each category's test images are the batch: musc's mutual score (its defaults, partner seed 0)
 picks the lowest-scored tenth as pseudo-references, patchknn scores every image against them (each

@@ -17,7 +17,8 @@ from anomalens.methods import create_method
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-FAST = {"image_size": 64, "progress": False}
+# the plain share (one patchknn recipe), whatever the default: the fused share is test_musc_fused_share.py
+FAST = {"image_size": 64, "progress": False, "knn_fused": "none"}
 
 
 def _texture(seed: int, size: int = 64) -> np.ndarray:

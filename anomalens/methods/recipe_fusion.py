@@ -22,6 +22,7 @@ import torch
 
 from ..augment import augment_input
 from ..backbones.cnn import EfficientNetPatchBackbone
+from ..inspection_region import apply_to_map
 from .base import MethodOutput
 from .patchknn_settings import KNN_RECIPES, PatchKnnSettings, fused_partner_recipe
 
@@ -73,13 +74,25 @@ def fuse_inputs(
     return maps, max(float(a.standardise(a_score)), float(b.standardise(b_score)))
 
 
+def fuse(first: MethodOutput, second: MethodOutput, levels: tuple[MapLevel, MapLevel]) -> MethodOutput:
+    """`fuse_inputs` for two outputs at the image's size (musc's fused share fuses there, as it was
+    measured), the first's inspection region kept (pixels outside it at the map's lowest value)."""
+    maps, score = fuse_inputs(
+        (torch.from_numpy(first.anomaly_map), first.score), (torch.from_numpy(second.anomaly_map), second.score), levels
+    )
+    fused = maps.numpy().astype(np.float32)
+    if first.inspected is not None:
+        fused = apply_to_map(fused, first.inspected)
+    return MethodOutput(score, fused, inspected=first.inspected)
+
+
 def fused_predict(method, images: list) -> list[MethodOutput]:
     """A fitted patchknn's outputs with its `fused_recipe` partner: both score each image's inputs, fused there."""
     partner = method.partner
     if method._shared_pass and partner.settings.image_size == method.settings.image_size:
         inputs, layouts = zip(*(method.model_inputs(img) for img in images)) if images else ((), ())
         counts = [len(per_image) for per_image in inputs]
-        ours, theirs = _encode_both(method, [x for per_image in inputs for x in per_image])
+        ours, theirs = encode_both(method, [x for per_image in inputs for x in per_image])
         ours, theirs = torch.split(ours, counts), torch.split(theirs, counts)
     else:
         (ours, layouts), (theirs, _) = method._features(images), partner._features(images)
@@ -116,7 +129,7 @@ def held_out_fusion(method, references: list, held_out: list[int], ours: list) -
     return outputs
 
 
-def _encode_both(method, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_both(method, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """The method's `_encode` features and its partner's, from one backbone pass per batch."""
     b = method.settings.batch_size or (1 if method.device.type == "cpu" else 8)
     ours, theirs = [], []

@@ -11,6 +11,7 @@ find many similar patches in the other images, a defect finds few.
 * `postprocess.py` optional steps outside the paper (off by default): photometric
               standardisation, map smoothing, median baseline, image score rules.
 * `pseudo_references.py` zero-shot: patchknn on the batch's lowest-scored images.
+* `fused_share.py` `knn_fused`: two patchknn recipes as one share, in the first one's units.
 * `method.py` the method: a joint `predict` over the whole batch, references as known-normal.
 
 Paper vs. official code (xrli-U/MuSc) vs. this implementation:
@@ -101,6 +102,11 @@ Paper vs. official code (xrli-U/MuSc) vs. this implementation:
 * Not in the paper (session 22, README "The texture recipe inside musc"): `knn_recipe` runs that
   patchknn share with one of patchknn's named recipes (`KNN_RECIPES`; `textured-surface` = per-image
   magnitudes and block 14). An opt-in: it raises magnetic_tile and steel_strip and costs the plates.
+* Not in the paper (session 25, README "The fused share built in"): `knn_fused` runs a second patchknn
+  share with a named recipe beside `knn_recipe`'s; each map is standardised by the median and MAD of the
+  pseudo-references' own maps (with references and no pseudo-references: the references' leave-one-out
+  maps, patchknn's `fused_recipe` levels), their pixelwise maximum is brought back to the first share's
+  units and weighed as the share always is. `fused_share.py`.
 """
 
 from .method import MuSc, SingleImageBatchError

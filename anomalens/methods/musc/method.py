@@ -18,6 +18,7 @@ from ..base import Method, MethodOutput, register_method
 from ..patchknn import PatchKnn
 from .batch_features import BatchFeatures, batched
 from .extract import create_layer_backbone
+from .fused_share import in_first_units, load_reference_knn, recipes_of, reference_knn_state
 from .lnamd import aggregate, intensity_map, lnamd, weigh_length
 from .msm import choose_partners, interval_bounds, mutual_scores, scale_scores, self_distances
 from .postprocess import image_scores, smooth_maps, standardise_photometry, subtract_baseline
@@ -88,9 +89,12 @@ class MuSc(Method):
     def describe_fit(self) -> str | None:
         s = self.settings
         pseudo = f"the {s.pseudo_reference_share:.0%} of the batch the mutual score ranks lowest"
+        fused = (
+            f" (fused with its {s.knn_fused} recipe: knn_fused)" if s.knn_fused not in ("none", s.knn_recipe) else ""
+        )
         if self.references is None and s.pseudo_reference_share > 0:
             return (
-                f"{pseudo} become patchknn's references (pseudo_reference_share), "
+                f"{pseudo} become patchknn's references{fused} (pseudo_reference_share), "
                 f"weight {s.pseudo_reference_weight:g} (pseudo_reference_weight)"
             )
         if self.reference_knn_ is None:
@@ -98,7 +102,7 @@ class MuSc(Method):
         joined = f", joined by {pseudo} (pseudo_reference_share)" if s.pseudo_reference_share > 0 else ""
         knn = self.reference_knn_.describe_fit()
         return (
-            f"references also scored by patchknn (weight {s.reference_knn_weight:g}: reference_knn_weight)"
+            f"references also scored by patchknn{fused} (weight {s.reference_knn_weight:g}: reference_knn_weight)"
             f"{joined}; its {knn}"
         )
 
@@ -107,8 +111,10 @@ class MuSc(Method):
         or with reference_knn_weight 0)."""
         if not references or self.settings.reference_knn_weight <= 0:
             return None
-        knn = PatchKnn(musc_references_knn_settings(self.settings.knn_recipe)).to(self.device)
-        knn.region = self.region
+        s = self.settings
+        knn = PatchKnn(musc_references_knn_settings(s.knn_recipe, s.knn_fused)).to(self.device)
+        for recipe in recipes_of(knn):  # with knn_fused the partner counts the same pixels
+            recipe.region = self.region
         return knn
 
     # ---- features ------------------------------------------------------------------------
@@ -178,7 +184,7 @@ class MuSc(Method):
         # patchknn scores the batch once it is ranked (its pseudo-references are the images the
         # mutual score ranks lowest), so the images are held (reduced) until then
         wanted = self.reference_knn_ is not None or (self.references is None and s.pseudo_reference_share > 0)
-        held = HeldImages(pseudo_reference_settings(s.knn_recipe)) if wanted else None
+        held = HeldImages(pseudo_reference_settings(s.knn_recipe, s.knn_fused)) if wanted else None
         feats = self.features(images, also=held.add if held is not None else None)
         if not feats.paths:
             return iter(())
@@ -251,7 +257,8 @@ class MuSc(Method):
         self.reference_knn_ = self.reference_knn(references)
         if self.reference_knn_ is not None:  # patchknn's own leave-one-out, merged as in predict
             plain = [references[i] for i in range(len(references))]
-            knn_outputs = self.reference_knn_.leave_one_out(plain, held_out)
+            # with knn_fused, patchknn fuses its two recipes: in the first's units, as in predict
+            knn_outputs = in_first_units(self.reference_knn_, self.reference_knn_.leave_one_out(plain, held_out))
             outputs = [self.with_reference_knn(m, k) for m, k in zip(outputs, knn_outputs)]
         return outputs
 
@@ -357,7 +364,7 @@ class MuSc(Method):
     def state_dict(self) -> dict[str, torch.Tensor]:
         if self.references is None:
             return {}
-        state = self._reference_knn_state()
+        state = reference_knn_state(self.reference_knn_)
         state |= {f"ref.{layer}.{r}": v.contiguous() for (layer, r), v in self.references.patches.items()}
         state["ref.image_features"] = self.references.image_features.contiguous()
         state["ref.grids"] = torch.tensor(self.references.grids, dtype=torch.long)
@@ -365,24 +372,10 @@ class MuSc(Method):
         state["ref.owner"] = torch.tensor(self.references.owners(), dtype=torch.long)
         return state
 
-    def _reference_knn_state(self) -> dict[str, torch.Tensor]:
-        """patchknn's bank and its model side (`fit` may raise it), under "knn."."""
-        knn = self.reference_knn_
-        if knn is None:
-            return {}
-        state = {f"knn.{k}": v for k, v in knn.state_dict().items()}
-        state["knn.image_size"] = torch.tensor([knn.settings.image_size], dtype=torch.long)
-        return state
-
     def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.reference_knn_ = None
-        if "knn.image_size" in state:
-            self.reference_knn_ = PatchKnn(musc_references_knn_settings(self.settings.knn_recipe)).to(self.device)
-            self.reference_knn_.use_image_size(int(state["knn.image_size"][0]))
-            knn_state = {
-                k[len("knn.") :]: v for k, v in state.items() if k.startswith("knn.") and k != "knn.image_size"
-            }
-            self.reference_knn_.load_state_dict(knn_state)
+        s = self.settings
+        knn_settings = musc_references_knn_settings(s.knn_recipe, s.knn_fused)
+        self.reference_knn_ = load_reference_knn(state, knn_settings, self.device, self.region)
         if "ref.image_features" not in state:
             self.references = None
             return

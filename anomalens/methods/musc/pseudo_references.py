@@ -25,6 +25,7 @@ from ...images import LoadedImage
 from ..base import MethodOutput
 from ..patchknn import PatchKnn, PatchKnnSettings
 from ..patchknn_settings import KNN_RECIPES, model_side, side_up_to
+from . import fused_share
 
 
 def pseudo_reference_count(share: float, minimum: int, batch: int) -> int:
@@ -54,21 +55,24 @@ def reduced_copy(img: LoadedImage, short_side: int) -> LoadedImage:
     return LoadedImage(path=img.path, rgb=rgb, original_hw=img.original_hw, notes=img.notes)
 
 
-def pseudo_reference_settings(recipe: str = "default") -> PatchKnnSettings:
+def pseudo_reference_settings(recipe: str = "default", fused: str = "none") -> PatchKnnSettings:
     """patchknn's defaults without reference flips: the batch shows its own variation, and many
     references get no flips anyway (`augment_max_references`). Without the bank's Gaussian: musc's
     shares and weights were measured before it existed (`musc_references_knn_settings`)."""
-    return replace(musc_references_knn_settings(recipe), augment="none")
+    return replace(musc_references_knn_settings(recipe, fused), augment="none")
 
 
-def musc_references_knn_settings(recipe: str = "default") -> PatchKnnSettings:
+def musc_references_knn_settings(recipe: str = "default", fused: str = "none") -> PatchKnnSettings:
     """The patchknn that musc fits on real references: patchknn's defaults without the bank's Gaussian
     (`gaussian_weight`, patchknn's default since issue 17 session 15), changed by the named recipe
     (`KNN_RECIPES`, musc's `knn_recipe`). Measured inside musc (README "Inside `musc`"): the Gaussian gains
     mpdd_metal_plate 0.0-0.2 and costs magnetic_tile 0.5 image AUROC and steel_strip 0.8 AUPRO, so musc's
-    share goes without it. Never `fused_recipe`: musc weighs its share in the default recipe's own units,
-    and a fused map is in standardised units."""
-    return replace(PatchKnnSettings(), **{"gaussian_weight": 0.0, "fused_recipe": "none", **KNN_RECIPES[recipe]})
+    share goes without it. `fused_recipe` is musc's `knn_fused` (default none): musc weighs its share in the
+    first recipe's own units, so it never takes patchknn's fused (standardised) outputs as they are but
+    fuses the two recipes itself and brings them back to those units (`fused_share`). The recipe fused
+    beside itself would only repeat the share: then there is no second one."""
+    fused = "none" if fused == recipe else fused
+    return replace(PatchKnnSettings(), **{"gaussian_weight": 0.0, **KNN_RECIPES[recipe], "fused_recipe": fused})
 
 
 class HeldImages:
@@ -89,7 +93,10 @@ class HeldImages:
 class PseudoReferenceKnn:
     """patchknn fitted on the chosen images of `held` (with `references`, a patchknn fitted on real
     references: those images join its bank, at its model side); `output(i)` scores held image i,
-    a pseudo-reference against the bank without its own patches."""
+    a pseudo-reference against the bank without its own patches. With a `fused_recipe` partner
+    (musc's `knn_fused`) both recipes score each image and `output` is their fusion in the first
+    recipe's units (`fused_share`), levelled on the pseudo-references' own outputs (none chosen: the
+    references' levels)."""
 
     def __init__(
         self,
@@ -102,26 +109,50 @@ class PseudoReferenceKnn:
     ):
         self.held, self.chosen = held, chosen
         if references is not None:
-            self.knn, groups = references, [references.bank_.banks["patches"].cpu()]  # group 0: the references
+            self.knn = references
         else:
-            self.knn, groups = PatchKnn(settings or pseudo_reference_settings()).to(device), []
-            self.knn.region = region  # an inspection region (anomalens.inspection_region), or None
-            sides = [min(held.images[i].size_hw) for i in chosen]
-            self.knn.use_image_size(model_side(self.knn.requested_settings, sides))
+            self.knn = PatchKnn(settings or pseudo_reference_settings()).to(device)
+            side = model_side(self.knn.requested_settings, [min(held.images[i].size_hw) for i in chosen])
+            for knn in fused_share.recipes_of(self.knn):
+                knn.region = region  # an inspection region (anomalens.inspection_region), or None
+                knn.use_image_size(side)
+        recipes = fused_share.recipes_of(self.knn)
         # each pseudo-reference is encoded once: its features are its bank patches and what it is scored by
-        self.features_ = {i: self.knn.image_features(held.images[i]) for i in chosen}
-        if chosen:  # with a region, only the patches that count
-            per_image = [self.knn.counted_patches(*self.features_[i], name=held.images[i].path) for i in chosen]
-            self.bank_, self.origin_ = self.knn.bank_with_origin(groups + per_image)
-        else:  # the references' bank as fitted (no second coreset)
-            self.bank_, self.origin_ = groups[0], torch.zeros(groups[0].shape[0], dtype=torch.long)
-        self.own_ = {image: len(groups) + j for j, image in enumerate(chosen)}
+        self.features_ = {i: fused_share.encode(self.knn, held.images[i]) for i in chosen}
+        self.banks_ = []  # per recipe: (bank, each bank patch's group)
+        for r, knn in enumerate(recipes):
+            # group 0: the references' own (fitted) bank
+            groups = [knn.bank_.banks["patches"].cpu()] if references is not None else []
+            if chosen:  # with a region, only the patches that count
+                per_image = [
+                    knn.counted_patches(self.features_[i][0][r], self.features_[i][1], name=held.images[i].path)
+                    for i in chosen
+                ]
+                self.banks_.append(knn.bank_with_origin(groups + per_image))
+            else:  # the references' bank as fitted (no second coreset)
+                self.banks_.append((groups[0], torch.zeros(groups[0].shape[0], dtype=torch.long)))
+        offset = 1 if references is not None else 0  # the pseudo-references' groups follow the references'
+        self.own_ = {image: offset + j for j, image in enumerate(chosen)}
+        self.levels_ = None
+        self.pairs_: dict[int, list[MethodOutput]] = {}  # the pseudo-references' outputs, made for the levels
+        if len(recipes) > 1:  # the fused share: each recipe's level on the pseudo-references' own outputs
+            self.pairs_ = {i: self._each_recipe(i) for i in chosen}
+            self.levels_ = fused_share.pair_levels(list(self.pairs_.values())) if chosen else references.fusion_levels_
+
+    def _each_recipe(self, i: int) -> list[MethodOutput]:
+        """Image i's output from each recipe, at patchknn's side (a pseudo-reference without its own patches)."""
+        j = self.own_.get(i)
+        image = self.held.images[i]
+        feats, layout = self.features_.pop(i) if i in self.features_ else fused_share.encode(self.knn, image)
+        outputs = []
+        for knn, f, (bank, origin) in zip(fused_share.recipes_of(self.knn), feats, self.banks_):
+            outputs.append(knn.score(f, layout, bank if j is None else bank[origin != j]))
+        return outputs
 
     def output(self, i: int) -> MethodOutput:
         """Image i's patchknn output at its own size."""
-        j = self.own_.get(i)
-        feats, layout = self.features_.pop(i) if i in self.features_ else self.knn.image_features(self.held.images[i])
-        out = self.knn.score(feats, layout, self.bank_ if j is None else self.bank_[self.origin_ != j])
+        outputs = self.pairs_.pop(i) if i in self.pairs_ else self._each_recipe(i)
+        out = outputs[0] if self.levels_ is None else fused_share.fuse_in_first_units(*outputs, self.levels_)
         size = self.held.sizes[i]
         if out.anomaly_map.shape == size:
             return out

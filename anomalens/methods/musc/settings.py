@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from ...geometry import RESIZE_POLICIES
 from ...settings import MethodSettings, setting
-from ..patchknn_settings import KNN_RECIPES
+from ..patchknn_settings import FUSED_RECIPES, KNN_RECIPES
 from .lnamd import DEFAULT_DEGREES, PATCH_NORMS
 from .msm import DEFAULT_CHUNK_ELEMENTS, SCORE_SCALES
 from .postprocess import BASELINES, PHOTOMETRIC_MODES
@@ -46,6 +46,7 @@ class MuScSettings(MethodSettings):
         "reference_knn_weight": 0.0,
         "pseudo_reference_share": 0.0,
         "released_clip": False,
+        "knn_fused": "none",
     }
 
     backbone: str = setting(
@@ -158,6 +159,18 @@ class MuScSettings(MethodSettings):
         "the patchknn settings of its share (references, pseudo-references): default, or a named recipe "
         "(textured-surface: magnitudes, blocks 4, 10, 14; large-defects: coarse_weight 2)",
         choices=tuple(KNN_RECIPES),
+    )
+    # Session 25 (README "The fused share built in", 3 partner seeds / 3 reference draws): zero-shot it keeps
+    # the plates and takes most of the texture recipe's magnetic_tile gain, but with references it costs the
+    # plates 0.4-0.5 image AUROC (the rule allows ~0.3): an opt-in, like knn_recipe.
+    knn_fused: str = setting(
+        "none",
+        "a second patchknn share with this recipe's changes (FUSED_RECIPES: textured-surface, large-defects) "
+        "beside knn_recipe's; each map standardised by the median and MAD of the pseudo-references' own maps "
+        "(each without its own patches; with references and no pseudo-references: the references' "
+        "leave-one-out maps), pixelwise maximum (the larger score), brought back to the first share's units "
+        "so the share's weights still apply; none = off (fused_share.py)",
+        choices=FUSED_RECIPES,
     )
     pseudo_reference_minimum: int = setting(
         2, "fewer pseudo-references than this (a small batch): none are used", minimum=2
