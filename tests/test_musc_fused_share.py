@@ -1,12 +1,11 @@
 """musc's `knn_fused`: its patchknn share and a second recipe fused, in the first recipe's units. Checked
 against the two shares built apart and fused by hand (zero-shot: levels from the pseudo-references' own
-maps; with references: patchknn's own `fused_recipe`), off = the share as before, a saved model, leave-one-out,
-the order of the batch and a resumed command-line run."""
+maps; with references: patchknn's own `fused_recipe`), off = the share as before, a saved model, leave-one-out
+and a resumed command-line run (the order of the batch: tests/test_musc_pseudo_references.py)."""
 
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
@@ -151,17 +150,6 @@ def test_a_model_saved_before_the_setting_loads_without_the_fused_share(tmp_path
     assert again.method.settings.knn_fused == "none" and again.method.reference_knn_.partner is None
     for a, b in zip(old.predict(queries), again.predict(queries), strict=True):
         assert a.score == pytest.approx(b.score, abs=1e-6)
-
-
-def test_the_order_of_the_batch_does_not_change_the_fused_outputs():
-    images = _images(range(16), defect=3)
-    method = create_method("musc", **FUSED).fit([])
-    first = {img.path: out for img, out in zip(images, method.predict(images), strict=True)}
-    shuffled = images[:]
-    random.Random(1).shuffle(shuffled)
-    for img, out in zip(shuffled, method.predict(shuffled), strict=True):
-        assert out.score == pytest.approx(first[img.path].score, abs=1e-5)
-        np.testing.assert_allclose(out.anomaly_map, first[img.path].anomaly_map, atol=1e-5)
 
 
 def test_the_setting_names_a_fused_recipe_and_is_described():

@@ -100,9 +100,10 @@ def test_outputs_are_the_weighted_mean_of_the_mutual_score_and_patchknn_on_the_c
     assert int(np.argmax([o.score for o in outputs])) == 5
 
 
-def test_the_order_of_the_batch_does_not_change_the_outputs():
+@pytest.mark.parametrize("fused", ["none", "textured-surface"])  # the share alone, and fused (knn_fused)
+def test_the_order_of_the_batch_does_not_change_the_outputs(fused):
     images = _images(range(16), defect=3)
-    method = create_method("musc", **FAST).fit([])
+    method = create_method("musc", **{**FAST, "knn_fused": fused}).fit([])
     first = {img.path: out for img, out in zip(images, method.predict(images), strict=True)}
     shuffled = images[:]
     random.Random(0).shuffle(shuffled)
