@@ -170,7 +170,7 @@ class MuScSettings(MethodSettings):
         "(each without its own patches; with references and no pseudo-references: the references' "
         "leave-one-out maps), pixelwise maximum (the larger score), brought back to the first share's units "
         "so the share's weights still apply; none = off (fused_share.py)",
-        choices=FUSED_RECIPES,
+        choices=tuple(name for name in FUSED_RECIPES if name != "auto"),  # patchknn's `auto` is its own rule
     )
     pseudo_reference_minimum: int = setting(
         2, "fewer pseudo-references than this (a small batch): none are used", minimum=2
