@@ -37,3 +37,17 @@ def noisy_part(seed: int, defect: bool = False):
     if defect:
         rgb[20:32, 30:42] = 250
     return LoadedImage(f"img{seed}.png", rgb)
+
+
+def planted_batch(seeds, prefix: str = "q", size: int = 64, defect: int | None = None):
+    """LoadedImages of `smooth_texture` (8-pixel cells), one per seed, named {prefix}{seed:02d}.png; the
+    image at position `defect` gets a red 14 x 14 square at rows 20-33, columns 36-49."""
+    from anomalens.images import LoadedImage
+
+    out = []
+    for k, seed in enumerate(seeds):
+        rgb = smooth_texture(seed, size, cell=8)
+        if k == defect:
+            rgb[20:34, 36:50] = (255, 0, 0)
+        out.append(LoadedImage(path=f"{prefix}{seed:02d}.png", rgb=rgb))
+    return out

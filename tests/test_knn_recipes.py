@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import yaml
-from synthetic import smooth_texture
+from synthetic import planted_batch
 
 from anomalens import Detector, load_detector
 from anomalens.cli.config import PRESETS
@@ -23,13 +23,7 @@ FAST = {"image_size": 64, "progress": False}
 
 
 def _images(seeds, defect: int | None = None) -> list[LoadedImage]:
-    out = []
-    for k, seed in enumerate(seeds):
-        rgb = smooth_texture(seed, 64, cell=8)
-        if k == defect:
-            rgb[20:34, 36:50] = (255, 0, 0)
-        out.append(LoadedImage(path=f"q{seed:02d}.png", rgb=rgb))
-    return out
+    return planted_batch(seeds, defect=defect)
 
 
 @pytest.mark.parametrize("name", [n for n in KNN_RECIPES if n != "default"])

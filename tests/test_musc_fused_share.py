@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from cli_helpers import run
 from PIL import Image
-from synthetic import smooth_texture
+from synthetic import planted_batch
 
 from anomalens import Detector, load_detector
 from anomalens.errors import SettingsError
@@ -30,13 +30,7 @@ RECIPE = "textured-surface"
 
 
 def _images(seeds, prefix: str = "q", defect: int | None = None) -> list[LoadedImage]:
-    out = []
-    for k, seed in enumerate(seeds):
-        rgb = smooth_texture(seed, 64, cell=8)
-        if k == defect:
-            rgb[20:34, 36:50] = (255, 0, 0)
-        out.append(LoadedImage(path=f"{prefix}{seed:02d}.png", rgb=rgb))
-    return out
+    return planted_batch(seeds, prefix, defect=defect)
 
 
 def _level(maps: list[np.ndarray]) -> tuple[float, float]:

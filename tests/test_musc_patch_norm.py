@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from older_models import forget_settings
 from synthetic import smooth_texture
 
 from anomalens import Detector
@@ -203,16 +204,11 @@ def test_intensity_layer_scores_a_darker_blotch_by_its_grey_offset(weight):
 
 
 def test_models_saved_before_the_magnitude_settings_load_as_the_paper(tmp_path):
-    import json
 
     from anomalens import load_detector
 
     refs = [LoadedImage(path=f"ref{i}.png", rgb=_texture(10 + i)) for i in range(3)]
     Detector("musc", patch_norm="l2", **FAST).fit(refs).save(tmp_path / "m")
-    config_path = tmp_path / "m" / "detector.json"
-    config = json.loads(config_path.read_text())
-    for key in ("patch_norm", "length_weight", "intensity_weight", "score_scale"):
-        del config["settings"][key]  # as an older model wrote it
-    config_path.write_text(json.dumps(config))
+    forget_settings(tmp_path / "m", "patch_norm", "length_weight", "intensity_weight", "score_scale")
     settings = load_detector(tmp_path / "m").method.settings
     assert (settings.patch_norm, settings.intensity_weight, settings.score_scale) == ("l2", 0.0, "none")

@@ -10,7 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from synthetic import smooth_texture
+from synthetic import planted_batch, smooth_texture
 
 from anomalens.images import LoadedImage
 from anomalens.methods import create_method
@@ -31,13 +31,7 @@ FAST = {"image_size": 64, "progress": False, "knn_fused": "none"}
 
 
 def _images(seeds, size: int = 64, defect: int | None = None) -> list[LoadedImage]:
-    out = []
-    for k, seed in enumerate(seeds):
-        rgb = smooth_texture(seed, size, cell=8)
-        if k == defect:
-            rgb[20:34, 36:50] = (255, 0, 0)
-        out.append(LoadedImage(path=f"q{seed:02d}.png", rgb=rgb))
-    return out
+    return planted_batch(seeds, size=size, defect=defect)
 
 
 @pytest.mark.parametrize(

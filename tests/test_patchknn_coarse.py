@@ -4,12 +4,11 @@ computation, zero-shot without them, saved and older models."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from older_models import forget_settings
 
 from anomalens.backbones.cnn import EfficientNetPatchBackbone, coarse_cells, nearest_cells
 from anomalens.detector import Detector, load_detector
@@ -106,11 +105,7 @@ def test_saved_models_keep_the_coarse_map_and_older_models_load_without(tmp_path
     without = Detector("patchknn", image_size=64).fit(refs)
     assert without.predict(query)[0].score != pytest.approx(fitted.predict(query)[0].score, abs=1e-6)
     without.save(tmp_path / "m")
-    config_path = tmp_path / "m" / "detector.json"
-    config = json.loads(config_path.read_text())
-    for key in ("coarse_weight", "coarse_blocks"):
-        del config["settings"][key]  # as a model saved before the coarse map wrote it
-    config_path.write_text(json.dumps(config))
+    forget_settings(tmp_path / "m", "coarse_weight", "coarse_blocks")  # as an older model wrote it
     loaded = load_detector(tmp_path / "m")
     assert loaded.method.settings.coarse_weight == 0.0 and loaded.method.coarse_layout is None  # the default
     assert loaded.predict(query)[0].score == pytest.approx(without.predict(query)[0].score, abs=1e-6)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from older_models import forget_settings
 from synthetic import noisy_part
 
 from anomalens.detector import Detector, load_detector
@@ -178,15 +179,10 @@ def test_auto_fuses_the_texture_recipe_on_the_embedded_backbone_only():
 
 
 def test_a_model_saved_before_the_fusion_loads_without_it(tmp_path):
-    import json
-
     queries = [image(3), image(4, defect=True)]
     plain = Detector("patchknn", image_size=64, fused_recipe="none").fit([image(1), image(2)])
     plain.save(tmp_path / "old")
-    config_path = tmp_path / "old" / "detector.json"
-    config = json.loads(config_path.read_text())
-    del config["settings"]["fused_recipe"]  # as a model saved before the setting wrote it
-    config_path.write_text(json.dumps(config))
+    forget_settings(tmp_path / "old", "fused_recipe")
     old = load_detector(tmp_path / "old")
     assert old.settings["fused_recipe"] == "none" and old.method.partner is None
     assert [r.score for r in old.predict(queries)] == [r.score for r in plain.predict(queries)]

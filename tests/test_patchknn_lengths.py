@@ -3,12 +3,11 @@ blocks, Euclidean distance against the bank, zero-shot on the directions alone, 
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from older_models import forget_settings
 
 from anomalens.backbones.cnn import EfficientNetPatchBackbone
 from anomalens.detector import Detector, load_detector
@@ -120,11 +119,7 @@ def test_saved_models_keep_their_lengths_and_older_models_load_without(tmp_path)
     assert (again.method.settings.length_weight, again.method.settings.length_log) == (16.0, True)
     assert again.predict(query)[0].score == pytest.approx(fitted.predict(query)[0].score, abs=1e-6)
     Detector("patchknn", image_size=64, length_weight=0, length_log=False).fit(refs).save(tmp_path / "m")
-    config_path = tmp_path / "m" / "detector.json"
-    config = json.loads(config_path.read_text())
-    for key in ("length_weight", "length_log"):
-        del config["settings"][key]  # as an older model wrote it
-    config_path.write_text(json.dumps(config))
+    forget_settings(tmp_path / "m", "length_weight", "length_log")  # as an older model wrote it
     loaded = load_detector(tmp_path / "m")
     assert (loaded.method.settings.length_weight, loaded.method.settings.length_log) == (0.0, False)
     assert loaded.predict(query)[0].score == pytest.approx(

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from older_models import forget_settings
 
 from anomalens.detector import Detector, load_detector
 from anomalens.export.graph import synthetic_image
@@ -91,10 +92,7 @@ def test_fit_raises_the_side_and_starts_again_from_the_requested_one(tmp_path):
 def test_models_saved_before_the_setting_keep_their_side(tmp_path):
     det = Detector("patchknn", image_size=64, image_size_up_to=0).fit([picture(i, 140) for i in range(2)])
     det.save(tmp_path / "m")
-    config_path = tmp_path / "m" / "detector.json"
-    config = json.loads(config_path.read_text())
-    del config["settings"]["image_size_up_to"]  # as a model saved before the setting wrote it
-    config_path.write_text(json.dumps(config))
+    forget_settings(tmp_path / "m", "image_size_up_to")
     loaded = load_detector(tmp_path / "m")
     assert loaded.method.settings.image_size_up_to == 0
     assert loaded.method.settings.image_size == 64

@@ -43,7 +43,7 @@ class MapLevel:
     median: float
     spread: float
 
-    def standardise(self, values: np.ndarray | float) -> np.ndarray | float:
+    def standardise(self, values: np.ndarray | torch.Tensor | float) -> np.ndarray | torch.Tensor | float:
         return (values - self.median) / self.spread
 
 
@@ -70,7 +70,7 @@ def fuse_inputs(
     ONNX graph fuses there too (`anomalens.export.patchknn`), so both give the same map."""
     (a_maps, a_score), (b_maps, b_score) = first, second
     a, b = levels
-    maps = torch.maximum((a_maps - a.median) / a.spread, (b_maps - b.median) / b.spread)
+    maps = torch.maximum(a.standardise(a_maps), b.standardise(b_maps))
     return maps, max(float(a.standardise(a_score)), float(b.standardise(b_score)))
 
 
@@ -111,20 +111,20 @@ def held_out_fusion(method, references: list, held_out: list[int], ours: list) -
     image (with 4 references a quarter of the pixels are its own), so thresholds calibrated on these
     scores would reject good images. A refit without it would also leave its patches out of the others'
     banks; that small difference remains (the others' maps are a little lower, its score a little higher)."""
-    theirs = method.partner.leave_one_out_maps(references[:], held_out)  # a plain list: progress reported once
-    everyone = list(range(len(references)))
-    if sorted(held_out) == everyone:
-        first, second = ours, theirs
-    else:  # the other references' maps too
-        first, second = (m.leave_one_out_maps(references[:], everyone) for m in (method, method.partner))
-    order = held_out if sorted(held_out) == everyone else everyone
-    images = [
-        {i: m.finish(*held) for i, held in zip(order, maps)} for m, maps in ((method, first), (method.partner, second))
+    rest = [j for j in range(len(references)) if j not in set(held_out)]  # maps the levels need too
+    wanted = [*held_out, *rest]
+    # each map once per recipe (a plain list for the partner and the rest: progress is reported once)
+    maps = [
+        dict(zip(wanted, [*ours, *(method.leave_one_out_maps(references[:], rest) if rest else [])])),
+        dict(zip(wanted, method.partner.leave_one_out_maps(references[:], wanted))),
     ]
+    recipes = (method, method.partner)
+    images = [{j: recipe.finish(*held) for j, held in each.items()} for recipe, each in zip(recipes, maps)]
     outputs = []
-    for i, a, b in zip(held_out, ours, theirs):
-        others = [j for j in everyone if j != i]  # (none: a lone reference keeps the fitted levels)
-        levels = tuple(map_level([maps[j] for j in others]) for maps in images) if others else method.fusion_levels_
+    for i in held_out:
+        others = [j for j in sorted(images[0]) if j != i]  # (none: a lone reference keeps the fitted levels)
+        levels = tuple(map_level([each[j] for j in others]) for each in images) if others else method.fusion_levels_
+        a, b = maps[0][i], maps[1][i]
         outputs.append(method.finish(*fuse_inputs(a[:2], b[:2], levels), a[2]))
     return outputs
 

@@ -90,8 +90,7 @@ def load_reference_knn(
     if KNN_SIDE_KEY not in state:
         return None
     knn = PatchKnn(settings).to(device)
-    for recipe in recipes_of(knn):
-        recipe.region = region
+    knn.region = region  # (patchknn passes it on to its partner)
     knn.use_image_size(int(state[KNN_SIDE_KEY][0]))
     own = {k[len(KNN_PREFIX) :]: v for k, v in state.items() if k.startswith(KNN_PREFIX) and k != KNN_SIDE_KEY}
     knn.load_state_dict(own)

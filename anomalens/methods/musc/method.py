@@ -18,7 +18,7 @@ from ..base import Method, MethodOutput, register_method
 from ..patchknn import PatchKnn
 from .batch_features import BatchFeatures, batched
 from .extract import create_layer_backbone
-from .fused_share import in_first_units, load_reference_knn, recipes_of, reference_knn_state
+from .fused_share import in_first_units, load_reference_knn, reference_knn_state
 from .lnamd import aggregate, intensity_map, lnamd, weigh_length
 from .msm import choose_partners, interval_bounds, mutual_scores, scale_scores, self_distances
 from .postprocess import image_scores, smooth_maps, standardise_photometry, subtract_baseline
@@ -113,8 +113,7 @@ class MuSc(Method):
             return None
         s = self.settings
         knn = PatchKnn(musc_references_knn_settings(s.knn_recipe, s.knn_fused)).to(self.device)
-        for recipe in recipes_of(knn):  # with knn_fused the partner counts the same pixels
-            recipe.region = self.region
+        knn.region = self.region  # (patchknn passes it on to its partner: both count the same pixels)
         return knn
 
     # ---- features ------------------------------------------------------------------------

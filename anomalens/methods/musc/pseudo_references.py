@@ -113,8 +113,8 @@ class PseudoReferenceKnn:
         else:
             self.knn = PatchKnn(settings or pseudo_reference_settings()).to(device)
             side = model_side(self.knn.requested_settings, [min(held.images[i].size_hw) for i in chosen])
+            self.knn.region = region  # an inspection region (anomalens.inspection_region), or None: both recipes'
             for knn in fused_share.recipes_of(self.knn):
-                knn.region = region  # an inspection region (anomalens.inspection_region), or None
                 knn.use_image_size(side)
         recipes = fused_share.recipes_of(self.knn)
         # each pseudo-reference is encoded once: its features are its bank patches and what it is scored by
