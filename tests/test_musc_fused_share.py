@@ -156,6 +156,24 @@ def test_the_setting_names_a_fused_recipe_and_is_described():
     assert "knn_fused" not in create_method("musc", **FAST).fit([]).describe_fit()
 
 
+def test_auto_fuses_the_texture_recipe_zero_shot_and_nothing_with_references(tmp_path):
+    images, refs = _images(range(16), defect=5), _images([40, 41], "r")
+    auto = {**FAST, "knn_fused": "auto"}
+    assert create_method("musc", image_size=64).settings.knn_fused == "auto"  # the default
+    zero_shot = create_method("musc", **auto).fit([])
+    assert zero_shot.knn_fused() == RECIPE and "knn_fused" in zero_shot.describe_fit()
+    named = create_method("musc", **FUSED).fit([])
+    for a, b in zip(zero_shot.predict(images), named.predict(images), strict=True):
+        assert a.score == b.score and np.array_equal(a.anomaly_map, b.anomaly_map)
+    with_refs = Detector("musc", **auto).fit(refs)
+    assert with_refs.method.knn_fused() == "none" and with_refs.method.reference_knn_.partner is None
+    plain = create_method("musc", **FAST).fit(refs)
+    for a, b in zip(with_refs.predict(images), plain.predict(images), strict=True):
+        assert a.score == b.score and np.array_equal(a.anomaly_map, b.anomaly_map)
+    with_refs.save(tmp_path / "m")  # a saved model with references loads with its share unfused
+    assert load_detector(tmp_path / "m").method.reference_knn_.partner is None
+
+
 def test_a_fused_command_line_run_resumes_identically(tmp_path):
     root = tmp_path / "line"
     root.mkdir()

@@ -106,7 +106,8 @@ Paper vs. official code (xrli-U/MuSc) vs. this implementation:
   share with a named recipe beside `knn_recipe`'s; each map is standardised by the median and MAD of the
   pseudo-references' own maps (with references and no pseudo-references: the references' leave-one-out
   maps, patchknn's `fused_recipe` levels), their pixelwise maximum is brought back to the first share's
-  units and weighed as the share always is. `fused_share.py`.
+  units and weighed as the share always is. `fused_share.py`. Session 26: `auto` (the default) fuses the
+  texture recipe when the batch has no references and nothing with references, as measured.
 """
 
 from .method import MuSc, SingleImageBatchError

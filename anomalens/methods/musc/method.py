@@ -31,7 +31,7 @@ from .pseudo_references import (
     pseudo_reference_settings,
 )
 from .rscin import rescore
-from .settings import MuScSettings
+from .settings import MuScSettings, resolved_knn_fused
 
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
@@ -89,9 +89,8 @@ class MuSc(Method):
     def describe_fit(self) -> str | None:
         s = self.settings
         pseudo = f"the {s.pseudo_reference_share:.0%} of the batch the mutual score ranks lowest"
-        fused = (
-            f" (fused with its {s.knn_fused} recipe: knn_fused)" if s.knn_fused not in ("none", s.knn_recipe) else ""
-        )
+        second = self.knn_fused()
+        fused = f" (fused with its {second} recipe: knn_fused)" if second not in ("none", s.knn_recipe) else ""
         if self.references is None and s.pseudo_reference_share > 0:
             return (
                 f"{pseudo} become patchknn's references{fused} (pseudo_reference_share), "
@@ -106,13 +105,19 @@ class MuSc(Method):
             f"{joined}; its {knn}"
         )
 
+    def knn_fused(self, with_references: bool | None = None) -> str:
+        """The recipe the share fuses beside its own (`knn_fused`; `auto` decides by whether there are
+        references: given, or those fitted)."""
+        fitted = self.references is not None
+        return resolved_knn_fused(self.settings, fitted if with_references is None else with_references)
+
     def reference_knn(self, references: list[LoadedImage]) -> PatchKnn | None:
         """patchknn with its defaults for these references, not yet fitted (None without references
         or with reference_knn_weight 0)."""
         if not references or self.settings.reference_knn_weight <= 0:
             return None
         s = self.settings
-        knn = PatchKnn(musc_references_knn_settings(s.knn_recipe, s.knn_fused)).to(self.device)
+        knn = PatchKnn(musc_references_knn_settings(s.knn_recipe, self.knn_fused(True))).to(self.device)
         knn.region = self.region  # (patchknn passes it on to its partner: both count the same pixels)
         return knn
 
@@ -183,7 +188,7 @@ class MuSc(Method):
         # patchknn scores the batch once it is ranked (its pseudo-references are the images the
         # mutual score ranks lowest), so the images are held (reduced) until then
         wanted = self.reference_knn_ is not None or (self.references is None and s.pseudo_reference_share > 0)
-        held = HeldImages(pseudo_reference_settings(s.knn_recipe, s.knn_fused)) if wanted else None
+        held = HeldImages(pseudo_reference_settings(s.knn_recipe, self.knn_fused())) if wanted else None
         feats = self.features(images, also=held.add if held is not None else None)
         if not feats.paths:
             return iter(())
@@ -373,7 +378,7 @@ class MuSc(Method):
 
     def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         s = self.settings
-        knn_settings = musc_references_knn_settings(s.knn_recipe, s.knn_fused)
+        knn_settings = musc_references_knn_settings(s.knn_recipe, self.knn_fused("ref.image_features" in state))
         self.reference_knn_ = load_reference_knn(state, knn_settings, self.device, self.region)
         if "ref.image_features" not in state:
             self.references = None

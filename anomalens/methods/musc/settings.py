@@ -33,6 +33,21 @@ DEFAULT_PSEUDO_REFERENCE_WEIGHT = 0.375
 DEFAULT_INTENSITY_WEIGHT = 4.0
 
 
+# musc's `knn_fused`: patchknn's named recipes, none, or musc's own `auto` rule (patchknn's `auto` is its own)
+KNN_FUSED_CHOICES = ("auto", *(name for name in FUSED_RECIPES if name != "auto"))
+# `knn_fused=auto` (session 26): the recipe fused beside the share when the batch has no references
+AUTO_KNN_FUSED_ZERO_SHOT = "textured-surface"
+
+
+def resolved_knn_fused(settings: MuScSettings, with_references: bool) -> str:
+    """The recipe musc's share fuses beside its own: `knn_fused`, or for `auto` the texture recipe
+    zero-shot (pseudo-references only) and none with references, as measured (README "The fused share
+    built in")."""
+    if settings.knn_fused != "auto":
+        return settings.knn_fused
+    return "none" if with_references else AUTO_KNN_FUSED_ZERO_SHOT
+
+
 @dataclass
 class MuScSettings(MethodSettings):
     # Models saved before session 4 hold the paper's unit features and no intensity layer: they
@@ -161,16 +176,18 @@ class MuScSettings(MethodSettings):
         choices=tuple(KNN_RECIPES),
     )
     # Session 25 (README "The fused share built in", 3 partner seeds / 3 reference draws): zero-shot it keeps
-    # the plates and takes most of the texture recipe's magnetic_tile gain, but with references it costs the
-    # plates 0.4-0.5 image AUROC (the rule allows ~0.3): an opt-in, like knn_recipe.
+    # the plates and takes most of the texture recipe's magnetic_tile gain (dev means +1.2 / +1.3 / +0.9), but
+    # with references it costs the plates 0.4-0.5 image AUROC (the rule allows ~0.3). Session 26: `auto`, the
+    # default, fuses where it was measured to help (`resolved_knn_fused`).
     knn_fused: str = setting(
-        "none",
+        "auto",
         "a second patchknn share with this recipe's changes (FUSED_RECIPES: textured-surface, large-defects) "
         "beside knn_recipe's; each map standardised by the median and MAD of the pseudo-references' own maps "
         "(each without its own patches; with references and no pseudo-references: the references' "
         "leave-one-out maps), pixelwise maximum (the larger score), brought back to the first share's units "
-        "so the share's weights still apply; none = off (fused_share.py)",
-        choices=tuple(name for name in FUSED_RECIPES if name != "auto"),  # patchknn's `auto` is its own rule
+        "so the share's weights still apply; none = off; auto = textured-surface with no references "
+        "(zero-shot), none with references (fused_share.py)",
+        choices=KNN_FUSED_CHOICES,
     )
     pseudo_reference_minimum: int = setting(
         2, "fewer pseudo-references than this (a small batch): none are used", minimum=2
