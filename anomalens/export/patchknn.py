@@ -23,7 +23,7 @@ from ..methods.patch_distances import (
     split_coarse,
 )
 from ..methods.patch_gaussian import PatchGaussian, bank_gaussian
-from ..methods.recipe_fusion import output_scale
+from ..methods.recipe_fusion import fuse_zero_shot, output_scale
 from ..scoring import edge_weights, gaussian_smooth
 from .graph import (
     GraphSpec,
@@ -175,6 +175,24 @@ class FusedPatchKnnGraph(nn.Module):
         return torch.maximum(a_maps, b_maps), torch.maximum(a_score, b_score)
 
 
+class ZeroShotFusedPatchKnnGraph(nn.Module):
+    """Zero-shot patchknn with its `fused_recipe` partner (`zero_shot_fused`): one backbone pass, the partner's
+    map brought into ours by each image's own levels (`recipe_fusion.fuse_zero_shot`, the same code), our
+    score. One image per input, or one image's tiles as the batch when the graph pools them."""
+
+    def __init__(self, ours: PatchKnnGraph, theirs: PatchKnnGraph):
+        super().__init__()
+        self.ours, self.theirs = ours, theirs
+        # the writer's `tiles_scored_together`: with tiles one image's tiles are a call, their levels pooled
+        self.pool_batch = ours.pool_batch
+
+    def forward(self, images: torch.Tensor, *extra: torch.Tensor):
+        feats, blocks = self.ours.backbone.forward_with_blocks(images)
+        maps, score = self.ours.score_features(feats, *extra)
+        their_maps, _ = self.theirs.score_features(self.theirs.backbone.features_from_blocks(blocks), *extra)
+        return fuse_zero_shot(maps, their_maps, pooled=self.ours.pool_batch), score
+
+
 def _require_exportable(method) -> None:
     s = method.settings
     require(s.resize in ("squash", "pad"), f"patchknn resize policy {s.resize!r} cannot be exported")
@@ -199,9 +217,12 @@ def build(method, bank: str = "auto") -> GraphSpec:
     as_input = patches is not None and (
         bank == "input" or (bank == "auto" and patches.numel() * 4 > MAX_CONSTANT_BANK_BYTES)
     )
-    fused = method._fits_partner()
+    fused, zero_shot_fused = method._fits_partner(), method._fuses_zero_shot()
+    partner = method.partner
+    if zero_shot_fused:
+        _require_exportable(partner)
+        require(method._shared_pass, "patchknn with fused_recipe exports only when its recipes share a backbone pass")
     if fused:  # the partner's bank is a constant too: the graph has one bank input at most
-        partner = method.partner
         _require_exportable(partner)
         require(method._shared_pass, "patchknn with fused_recipe exports only when its recipes share a backbone pass")
         require(not as_input, "patchknn with fused_recipe keeps its banks in the graph: use bank='constant'")
@@ -231,6 +252,10 @@ def build(method, bank: str = "auto") -> GraphSpec:
             inputs["memory_bank"] = patches.float()
             bank_meta.update(input="memory_bank", array=patches.float().numpy())
     module = PatchKnnGraph(method, patches, as_input, with_valid, grid, region is not None)
+    if zero_shot_fused:
+        theirs = PatchKnnGraph(partner, None, False, with_valid, grid, region is not None)
+        module = ZeroShotFusedPatchKnnGraph(module, theirs)
+        metadata["fused_recipe"] = {"recipe": s.fused_recipe, "zero_shot": "image levels"}
     if fused:
         theirs = PatchKnnGraph(partner, partner_bank, False, with_valid, grid, region is not None)
         module = FusedPatchKnnGraph(module, theirs, method.fusion_levels_)

@@ -251,9 +251,10 @@ class PatchKnn(Method):
             # reference: leave-one-out on the same references (calibration after fit) reuses both
             self._bank_source = (kept, origin)
         self.fusion_levels_ = None
-        if self.partner is not None and kept:
+        if self.partner is not None and (kept or self.settings.zero_shot_fused):
             self._read_partner_blocks()
             self.partner._fit(kept)
+        if self.partner is not None and kept:
             self.fusion_levels_ = (
                 fusion.map_level(fusion.normal_maps(self, kept)),
                 fusion.map_level(fusion.normal_maps(self.partner, kept)),
@@ -279,7 +280,7 @@ class PatchKnn(Method):
         return bank.cpu() if bank is not None else None
 
     def _predict(self, images: list[LoadedImage]) -> list[MethodOutput]:
-        if self._fits_partner():
+        if self._fits_partner() or self._fuses_zero_shot():
             return fusion.fused_predict(self, images)
         bank = self._scoring_bank()
         feats, layouts = self._features(images)
@@ -288,6 +289,10 @@ class PatchKnn(Method):
     def _read_partner_blocks(self) -> None:
         if self._shared_pass and not self.partner.backbone._read <= self.backbone._read:
             self.backbone.also_read(self.partner.backbone._read)
+
+    def _fuses_zero_shot(self) -> bool:
+        """Whether zero-shot outputs are fused (`zero_shot_fused`): a partner and no bank."""
+        return self.partner is not None and self.settings.zero_shot_fused and self._scoring_bank() is None
 
     def _fits_partner(self) -> bool:
         """Whether outputs are fused: a `fused_recipe` partner, fitted (with references) with its levels."""
@@ -395,5 +400,8 @@ class PatchKnn(Method):
             self.partner.load_state_dict(partner)
         else:
             self.fusion_levels_ = None
+            if self._fuses_zero_shot():  # a zero-shot model: the partner has nothing to load, only blocks to read
+                self._read_partner_blocks()
+                self.partner.use_image_size(self.settings.image_size)
         if "patches" in self.bank_:
             self.num_references = max(self.num_references, 1)

@@ -74,6 +74,26 @@ def fuse_inputs(
     return maps, max(float(a.standardise(a_score)), float(b.standardise(b_score)))
 
 
+def image_levels(maps: torch.Tensor, pooled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-shot levels: the median and the MAD of the pixels of (B, S, S) maps on model inputs, of all B
+    together (one image's tiles) or of each input, as (1 or B, 1, 1) tensors. Lower medians, by sorting: the
+    ONNX graph computes them with the same code. The spread is at least MIN_SPREAD."""
+    flat = maps.reshape(1, -1) if pooled else maps.flatten(1)
+    # the middle index from the shape as a tensor: an exported graph reads it at run time (its batch varies)
+    middle = torch.div(torch._shape_as_tensor(flat)[1] - 1, 2, rounding_mode="floor").reshape(1)
+    median = flat.sort(dim=1).values.index_select(1, middle)
+    spread = (flat - median).abs().sort(dim=1).values.index_select(1, middle).clamp_min(MIN_SPREAD)
+    return median.reshape(-1, 1, 1), spread.reshape(-1, 1, 1)
+
+
+def fuse_zero_shot(first: torch.Tensor, second: torch.Tensor, pooled: bool = True) -> torch.Tensor:
+    """One image's two (T, S, S) zero-shot maps -> the first's map, raised where the second, standardised by
+    its own image levels and expressed in the first's (x * spread + median), is larger. The first's values
+    are kept, so its level still tells one image from another."""
+    (ours, our_spread), (theirs, their_spread) = image_levels(first, pooled), image_levels(second, pooled)
+    return torch.maximum(first, (second - theirs) / their_spread * our_spread + ours)
+
+
 def fuse(first: MethodOutput, second: MethodOutput, levels: tuple[MapLevel, MapLevel]) -> MethodOutput:
     """`fuse_inputs` for two outputs at the image's size (musc's fused share fuses there, as it was
     measured), the first's inspection region kept (pixels outside it at the map's lowest value)."""
@@ -87,7 +107,8 @@ def fuse(first: MethodOutput, second: MethodOutput, levels: tuple[MapLevel, MapL
 
 
 def fused_predict(method, images: list) -> list[MethodOutput]:
-    """A fitted patchknn's outputs with its `fused_recipe` partner: both score each image's inputs, fused there."""
+    """A fitted patchknn's outputs with its `fused_recipe` partner: both score each image's inputs, fused there
+    (zero-shot by `fuse_zero_shot`)."""
     partner = method.partner
     if method._shared_pass and partner.settings.image_size == method.settings.image_size:
         inputs, layouts = zip(*(method.model_inputs(img) for img in images)) if images else ((), ())
@@ -100,7 +121,10 @@ def fused_predict(method, images: list) -> list[MethodOutput]:
     outputs = []
     for a, b, layout in zip(ours, theirs, layouts):
         first, second = method.input_maps(a, layout, bank), partner.input_maps(b, layout, partner_bank)
-        outputs.append(method.finish(*fuse_inputs(first, second, method.fusion_levels_), layout))
+        if method.fusion_levels_ is None:  # zero-shot (`zero_shot_fused`): the image's own levels, our score
+            outputs.append(method.finish(fuse_zero_shot(first[0], second[0]), first[1], layout))
+        else:
+            outputs.append(method.finish(*fuse_inputs(first, second, method.fusion_levels_), layout))
     return outputs
 
 

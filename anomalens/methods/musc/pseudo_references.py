@@ -67,8 +67,8 @@ def musc_references_knn_settings(recipe: str = "default", fused: str = "none") -
     (`gaussian_weight`, patchknn's default since issue 17 session 15), changed by the named recipe
     (`KNN_RECIPES`, musc's `knn_recipe`). Measured inside musc (README "Inside `musc`"): the Gaussian gains
     mpdd_metal_plate 0.0-0.2 and costs magnetic_tile 0.5 image AUROC and steel_strip 0.8 AUPRO, so musc's
-    share goes without it. `fused` is musc's `knn_fused` as resolved (`resolved_knn_fused`): musc weighs its share in the
-    first recipe's own units, so it never takes patchknn's fused (standardised) outputs as they are but
+    share goes without it. `fused` is musc's `knn_fused` as resolved (`resolved_knn_fused`): musc weighs its
+    share in the first recipe's own units, so it never takes patchknn's fused (standardised) outputs as they are but
     fuses the two recipes itself and brings them back to those units (`fused_share`). The recipe fused
     beside itself would only repeat the share: then there is no second one."""
     fused = "none" if fused == recipe else fused
