@@ -17,12 +17,14 @@ from anomalens import Detector, load_detector
 from anomalens.methods import create_method
 from anomalens.methods.patchknn import PatchKnn
 from anomalens.methods.patchknn_settings import KNN_RECIPES, PatchKnnSettings
-from anomalens.methods.recipe_fusion import fuse_zero_shot, image_levels
+from anomalens.methods.recipe_fusion import LEVEL_PIXEL_STEP, fuse_zero_shot, image_levels
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _lower_median_and_mad(values: np.ndarray) -> tuple[float, float]:
+def _lower_median_and_mad(values: np.ndarray, step: int = LEVEL_PIXEL_STEP) -> tuple[float, float]:
+    """Of every `step`-th pixel along the last two axes, with numpy."""
+    values = values[..., ::step, ::step]
     v = np.sort(values.ravel())
     median = v[(v.size - 1) // 2]
     d = np.sort(np.abs(values.ravel() - median))
@@ -30,7 +32,7 @@ def _lower_median_and_mad(values: np.ndarray) -> tuple[float, float]:
 
 
 def test_image_levels_are_the_lower_median_and_mad_pooled_or_per_input():
-    maps = torch.tensor(np.random.default_rng(0).gamma(2.0, size=(3, 5, 4)), dtype=torch.float32)
+    maps = torch.tensor(np.random.default_rng(0).gamma(2.0, size=(3, 21, 18)), dtype=torch.float32)
     median, spread = image_levels(maps, pooled=True)
     assert median.shape == spread.shape == (1, 1, 1)
     assert (float(median), float(spread)) == pytest.approx(_lower_median_and_mad(maps.numpy()), abs=1e-6)
@@ -38,8 +40,10 @@ def test_image_levels_are_the_lower_median_and_mad_pooled_or_per_input():
     assert median.shape == (3, 1, 1)
     for i in range(3):
         assert (float(median[i]), float(spread[i])) == pytest.approx(_lower_median_and_mad(maps[i].numpy()), abs=1e-6)
-    # a hand-made case: values 1..9 -> median 5, deviations 4,3,2,1,0,1,2,3,4 -> MAD 2
-    median, spread = image_levels(torch.arange(1.0, 10.0).reshape(1, 3, 3))
+    # a hand-made case: the sampled pixels are 1..9 -> median 5, deviations 4,3,2,1,0,1,2,3,4 -> MAD 2
+    grid = torch.full((1, 3 * LEVEL_PIXEL_STEP, 3 * LEVEL_PIXEL_STEP), 100.0)  # the others are never read
+    grid[0, ::LEVEL_PIXEL_STEP, ::LEVEL_PIXEL_STEP] = torch.arange(1.0, 10.0).reshape(3, 3)
+    median, spread = image_levels(grid)
     assert (float(median), float(spread)) == (5.0, 2.0)
     constant = torch.full((1, 2, 2), 0.3)  # no spread: the floor, no division by zero
     assert float(image_levels(constant)[1]) > 0
@@ -47,9 +51,9 @@ def test_image_levels_are_the_lower_median_and_mad_pooled_or_per_input():
 
 def test_the_fused_map_is_the_first_raised_where_the_second_in_its_units_is_larger():
     rng = np.random.default_rng(1)
-    first = rng.normal(0.01, 0.002, (2, 6, 6)).astype(np.float32)
-    second = rng.normal(0.2, 0.03, (2, 6, 6)).astype(np.float32)
-    second[0, 2, 3] = 0.5  # far out in the second recipe's own spread
+    first = rng.normal(0.01, 0.002, (2, 16, 16)).astype(np.float32)
+    second = rng.normal(0.2, 0.03, (2, 16, 16)).astype(np.float32)
+    second[0, 2, 3] = 0.5  # far out in the second recipe's own spread (a pixel the levels do not read)
     fused = fuse_zero_shot(torch.from_numpy(first), torch.from_numpy(second)).numpy()
     (ma, sa), (mb, sb) = _lower_median_and_mad(first), _lower_median_and_mad(second)
     np.testing.assert_allclose(fused, np.maximum(first, (second - mb) / sb * sa + ma), rtol=1e-5, atol=1e-7)

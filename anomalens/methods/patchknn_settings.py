@@ -220,7 +220,7 @@ class PatchKnnSettings(MethodSettings):
     )
     # Session 26 (README "Both recipes at once", zero-shot): with no references there is no normal spread to
     # standardise by, so each image's own maps give it; the partner's map is brought into this recipe's values
-    # and the larger kept. steel_strip +7.1 pixel AUROC / +10.9 AUPRO, magnetic_tile +4.2 / +2.1, the plates
+    # and the larger kept. steel_strip +7.1 pixel AUROC / +11.0 AUPRO, magnetic_tile +3.8 / +1.9, the plates
     # -0.1 / -0.2; the image score stays this recipe's (the partner's cost magnetic_tile 1.2 image AUROC).
     zero_shot_fused: bool = setting(
         True,
