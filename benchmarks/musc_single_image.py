@@ -1,0 +1,62 @@
+"""musc's batch output joined by patchknn's single-image zero-shot map (a screen, session 26).
+
+musc scores each image against the others of its batch; patchknn zero-shot (since session 26 the default
+recipe and the texture recipe fused by each image's own levels) scores each image against itself. A defect
+type present in many images of the batch (steel_strip's blotches) escapes mutual scoring but may stand out
+within its own image. Each category's test images are the batch: musc's default output (partner seed 0),
+patchknn's default zero-shot output, each standardised by the median and MAD of all the batch's maps
+(`recipe_fusion.map_level`), and for each weight w the pixelwise (1 - w) * musc + w * patchknn (scores the
+same way). Prints image AUROC / pixel AUROC / AUPRO (pixel metrics at 256 px, binned) per weight.
+
+    python benchmarks/musc_single_image.py --data ../shared/data --weights 0,0.25,0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from anomalens import Detector
+from anomalens.data import load_dataset, load_mask
+from anomalens.images import load_image
+from anomalens.methods.base import MethodOutput
+from anomalens.methods.recipe_fusion import map_level
+from anomalens.metrics import PixelMetricAccumulator, image_metrics
+
+
+def standardised(results) -> tuple[np.ndarray, list[np.ndarray]]:
+    level = map_level([MethodOutput(0.0, r.anomaly_map) for r in results])
+    scores = np.array([level.standardise(r.score) for r in results])
+    return scores, [level.standardise(r.anomaly_map).astype(np.float32) for r in results]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="../shared/data")
+    parser.add_argument("--categories", default="steel_strip_sd900,magnetic_tile,mpdd_metal_plate")
+    parser.add_argument("--weights", default="0,0.25,0.5")
+    args = parser.parse_args()
+    weights = [float(w) for w in args.weights.split(",")]
+    print("| category | " + " | ".join(f"w {w:g}" for w in weights) + " |\n" + "|---" * (len(weights) + 1) + "|")
+    for category in args.categories.split(","):
+        split = load_dataset(Path(args.data), categories=[category])[category]
+        images = [load_image(s.path) for s in split.test]
+        labels = [s.label for s in split.test]
+        musc = standardised(Detector("musc", progress=False).fit([]).predict(images))
+        single = standardised(Detector("patchknn").fit([]).predict(images))
+        cells = []
+        for w in weights:
+            scores = (1 - w) * musc[0] + w * single[0]
+            pixels = PixelMetricAccumulator(resolution=256)
+            for sample, a, b in zip(split.test, musc[1], single[1], strict=True):
+                pixels.update((1 - w) * a + w * b, load_mask(sample, a.shape))
+            p = pixels.compute()
+            image = f"{100 * image_metrics(labels, scores)['image_auroc']:.1f}" if len(set(labels)) > 1 else "-"
+            cells.append(f"{image} / {100 * p['pixel_auroc']:.1f} / {100 * p['pixel_aupro']:.1f}")
+        print(f"| {category} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
