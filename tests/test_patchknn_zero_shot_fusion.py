@@ -63,7 +63,7 @@ def test_the_fused_map_is_the_first_raised_where_the_second_in_its_units_is_larg
 def test_zero_shot_outputs_are_the_two_recipes_fused_by_hand_and_keep_the_default_score():
     images = planted_batch([3, 4, 5], defect=1)
     fused = create_method("patchknn", image_size=64).fit([])
-    assert fused._fuses_zero_shot()
+    assert fused._fuses_zero_shot() and "zero_shot_fused" in fused.describe_fit()
     alone = create_method("patchknn", image_size=64, fused_recipe="none").fit([])
     partner = PatchKnn(replace(PatchKnnSettings(image_size=64), **KNN_RECIPES["textured-surface"])).fit([])
     changed = 0
@@ -75,7 +75,9 @@ def test_zero_shot_outputs_are_the_two_recipes_fused_by_hand_and_keep_the_defaul
         np.testing.assert_allclose(got.anomaly_map, want, rtol=1e-4, atol=1e-6)
         changed += int(np.abs(got.anomaly_map - a.anomaly_map).max() > 1e-4)
     assert changed > 0  # the partner raises some pixels: the fusion is exercised
-    off = create_method("patchknn", image_size=64, zero_shot_fused=False).fit([]).predict(images)
+    off_method = create_method("patchknn", image_size=64, zero_shot_fused=False).fit([])
+    assert "zero_shot_fused" not in off_method.describe_fit()
+    off = off_method.predict(images)
     for a, b in zip(alone.predict(images), off):
         assert a.score == b.score and np.array_equal(a.anomaly_map, b.anomaly_map)
 

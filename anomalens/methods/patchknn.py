@@ -267,6 +267,9 @@ class PatchKnn(Method):
 
     def describe_fit(self) -> str | None:
         side, requested = self.settings.image_size, self.requested_settings
+        if self._fuses_zero_shot():
+            recipe = fused_partner_recipe(self.settings)
+            return f"model input: {side} px; zero-shot with the {recipe} recipe's map fused in (zero_shot_fused)"
         if side == requested.image_size:
             return f"model input: {side} px"
         return (
