@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .augment import augment_input
 from .errors import ImageLoadError
 
 REGION_LEVEL = 128  # mask pixels at or above this grey level are inspected
@@ -159,6 +160,23 @@ def counted_pixels(
             region._counted.clear()
         region._counted[key] = cached
     return cached
+
+
+def counted_patches(
+    feats: torch.Tensor, input_regions: list[torch.Tensor] | None, augment: str = "none", name: str = ""
+) -> torch.Tensor:
+    """(P, C) of an image's (T', h, w, C) features (its inputs in `augment`'s copies): the patches whose cells
+    count under the inspection region, each input's `input_regions` mask (a cell counts when most of its
+    pixels do); all of them without a region."""
+    flat = feats.reshape(-1, feats.shape[-1])
+    if input_regions is None:
+        return flat
+    masks = [m for r in input_regions for m in augment_input(r[None].float(), augment)]
+    grid = tuple(feats.shape[1:3])
+    keep = torch.cat([F.interpolate(m[None], size=grid, mode="area").reshape(-1) for m in masks]) >= 0.5
+    if not keep.any():
+        raise ValueError(f"{name}: the inspection region leaves no patch of this reference to compare with")
+    return flat[keep.to(flat.device)]
 
 
 NOTHING_COUNTS = "the inspection region covers no pixel of this image at the model's input size; draw it larger"

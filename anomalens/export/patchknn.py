@@ -155,42 +155,29 @@ class PatchKnnGraph(nn.Module):
 
 class FusedPatchKnnGraph(nn.Module):
     """patchknn with its `fused_recipe` partner (`anomalens.methods.recipe_fusion`): one backbone pass, the
-    partner's features made from its blocks, each graph's maps and score standardised by its level on the
-    references, the pixelwise maximum and the larger score: as `recipe_fusion.fuse_inputs`."""
+    partner's features made from its blocks. With references (`levels`): each graph's maps and score
+    standardised by its level on the references, the pixelwise maximum and the larger score, as
+    `recipe_fusion.fuse_inputs`. Zero-shot (`levels` None, `zero_shot_fused`): the partner's map brought into
+    ours by each image's own levels (`recipe_fusion.fuse_zero_shot`, the same code), our score; one image per
+    input, or one image's tiles as the batch when the graph pools them."""
 
-    def __init__(self, ours: PatchKnnGraph, theirs: PatchKnnGraph, levels):
+    def __init__(self, ours: PatchKnnGraph, theirs: PatchKnnGraph, levels=None):
         super().__init__()
         self.ours, self.theirs = ours, theirs
-        self.levels = [(float(level.median), float(level.spread)) for level in levels]
-
-    def forward(self, images: torch.Tensor, *extra: torch.Tensor):
-        feats, blocks = self.ours.backbone.forward_with_blocks(images)
-        standardised = []
-        for graph, graph_feats, (median, spread) in zip(
-            (self.ours, self.theirs), (feats, self.theirs.backbone.features_from_blocks(blocks)), self.levels
-        ):
-            maps, score = graph.score_features(graph_feats, *extra)
-            standardised.append(((maps - median) / spread, (score - median) / spread))
-        (a_maps, a_score), (b_maps, b_score) = standardised
-        return torch.maximum(a_maps, b_maps), torch.maximum(a_score, b_score)
-
-
-class ZeroShotFusedPatchKnnGraph(nn.Module):
-    """Zero-shot patchknn with its `fused_recipe` partner (`zero_shot_fused`): one backbone pass, the partner's
-    map brought into ours by each image's own levels (`recipe_fusion.fuse_zero_shot`, the same code), our
-    score. One image per input, or one image's tiles as the batch when the graph pools them."""
-
-    def __init__(self, ours: PatchKnnGraph, theirs: PatchKnnGraph):
-        super().__init__()
-        self.ours, self.theirs = ours, theirs
-        # the writer's `tiles_scored_together`: with tiles one image's tiles are a call, their levels pooled
+        self.levels = None if levels is None else [(float(level.median), float(level.spread)) for level in levels]
+        # the writer's `tiles_scored_together`: zero-shot with tiles one image's tiles are a call, levels pooled
         self.pool_batch = ours.pool_batch
 
     def forward(self, images: torch.Tensor, *extra: torch.Tensor):
         feats, blocks = self.ours.backbone.forward_with_blocks(images)
         maps, score = self.ours.score_features(feats, *extra)
-        their_maps, _ = self.theirs.score_features(self.theirs.backbone.features_from_blocks(blocks), *extra)
-        return fuse_zero_shot(maps, their_maps, pooled=self.ours.pool_batch), score
+        their_maps, their_score = self.theirs.score_features(self.theirs.backbone.features_from_blocks(blocks), *extra)
+        if self.levels is None:
+            return fuse_zero_shot(maps, their_maps, pooled=self.pool_batch), score
+        (a_median, a_spread), (b_median, b_spread) = self.levels
+        a_maps, a_score = (maps - a_median) / a_spread, (score - a_median) / a_spread
+        b_maps, b_score = (their_maps - b_median) / b_spread, (their_score - b_median) / b_spread
+        return torch.maximum(a_maps, b_maps), torch.maximum(a_score, b_score)
 
 
 def _require_exportable(method) -> None:
@@ -219,12 +206,10 @@ def build(method, bank: str = "auto") -> GraphSpec:
     )
     fused, zero_shot_fused = method._fits_partner(), method._fuses_zero_shot()
     partner = method.partner
-    if zero_shot_fused:
+    if fused or zero_shot_fused:
         _require_exportable(partner)
         require(method._shared_pass, "patchknn with fused_recipe exports only when its recipes share a backbone pass")
     if fused:  # the partner's bank is a constant too: the graph has one bank input at most
-        _require_exportable(partner)
-        require(method._shared_pass, "patchknn with fused_recipe exports only when its recipes share a backbone pass")
         require(not as_input, "patchknn with fused_recipe keeps its banks in the graph: use bank='constant'")
         partner_bank = partner.bank_.banks["patches"]
         require(partner_bank.numel() * 4 <= MAX_CONSTANT_BANK_BYTES, "the fused_recipe partner's bank is too large")
@@ -252,17 +237,12 @@ def build(method, bank: str = "auto") -> GraphSpec:
             inputs["memory_bank"] = patches.float()
             bank_meta.update(input="memory_bank", array=patches.float().numpy())
     module = PatchKnnGraph(method, patches, as_input, with_valid, grid, region is not None)
-    if zero_shot_fused:
-        theirs = PatchKnnGraph(partner, None, False, with_valid, grid, region is not None)
-        module = ZeroShotFusedPatchKnnGraph(module, theirs)
-        metadata["fused_recipe"] = {"recipe": s.fused_recipe, "zero_shot": "image levels"}
-    if fused:
-        theirs = PatchKnnGraph(partner, partner_bank, False, with_valid, grid, region is not None)
-        module = FusedPatchKnnGraph(module, theirs, method.fusion_levels_)
-        metadata["fused_recipe"] = {
-            "recipe": s.fused_recipe,
-            "levels": [[level.median, level.spread] for level in method.fusion_levels_],
-        }
+    if fused or zero_shot_fused:  # zero-shot: no bank, the levels are each image's own
+        levels = method.fusion_levels_ if fused else None
+        theirs = PatchKnnGraph(partner, partner_bank if fused else None, False, with_valid, grid, region is not None)
+        module = FusedPatchKnnGraph(module, theirs, levels)
+        how = {"levels": [[lv.median, lv.spread] for lv in levels]} if fused else {"zero_shot": "image levels"}
+        metadata["fused_recipe"] = {"recipe": s.fused_recipe, **how}
     return GraphSpec(
         module=module.eval(),
         example_inputs=inputs,

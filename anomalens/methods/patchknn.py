@@ -10,20 +10,18 @@ Elongated images can be covered by square tiles instead of being squashed (`anom
 With references the model side follows their resolution (`model_side`: 256 px, larger in steps of
 64 px up to `image_size_up_to` while the references fill it), so large parts keep their small defects.
 
-`magnitudes` compares per-image layer-normalised features by Euclidean distance instead of unit
-features by cosine: brighter or darker patches of the same texture then count as different. It
-wins on textured surfaces with intensity defects and loses on parts whose normal lighting varies
-(README "Keeping the magnitudes"), so it is an opt-in, not the default.
+`magnitudes` compares per-image layer-normalised features by Euclidean distance instead of unit features
+by cosine (brighter or darker patches of a texture count): it wins on textures with intensity defects and
+loses on parts whose normal lighting varies (README "Keeping the magnitudes"), an opt-in.
 
-With references, the EfficientNet default keeps the cosine's unit directions and adds each block's
-log length as one more channel (`length_weight`, `length_log`; `anomalens.backbones.cnn`), compared
-by Euclidean distance against the bank: a patch whose texture is right but too strong or too weak
-then counts, without the global gain that varies between images. It raised every few-shot number
-on magnetic_tile and mpdd_metal_plate over 3 seeds (README "Lengths beside the directions").
+With references, the EfficientNet default adds each block's log length to the cosine's unit directions as
+one more channel (`length_weight`, `length_log`), compared by Euclidean distance against the bank: a patch
+whose texture is right but too strong or too weak counts (README "Lengths beside the directions").
 Zero-shot compares the directions alone: a part's own highlights are unique lengths in the image.
 
-`fused_recipe`: a second patchknn with a named recipe (`KNN_RECIPES`) on the same references, the two maps
-fused per pixel in units of their normal spread (`recipe_fusion`; README "Both recipes at once").
+`fused_recipe`: a second patchknn with a named recipe (`KNN_RECIPES`), the two maps fused per pixel in units
+of their normal spread on the references, or zero-shot of each image's own (`recipe_fusion`; README "Both
+recipes at once").
 
 `coarse_weight` > 0 adds, with references, the stride-32 block's distance map on its own coarse grid
 (`patch_distances.patch_anomalies`): it lifts magnetic_tile's large defects and costs small ones, so it
@@ -43,7 +41,7 @@ from ..backbones import create_patch_backbone
 from ..coreset import greedy_coreset
 from ..geometry import to_model_input
 from ..images import LoadedImage
-from ..inspection_region import apply_to_map, counted_pixels
+from ..inspection_region import apply_to_map, counted_patches, counted_pixels
 from ..scoring import MemoryBank
 from ..tiling import Box, assemble, crop, tile_boxes
 from . import recipe_fusion as fusion
@@ -175,10 +173,13 @@ class PatchKnn(Method):
         counted = counted_pixels(self.region, img.size_hw, tiles, boxes, s.image_size, s.region_margin)
         return inputs, Layout(img.size_hw, tiles, boxes, *counted)
 
+    def encode_batch(self) -> int:
+        """Inputs per backbone pass. On the CPU one 256 px image per pass keeps its activations in cache:
+        28 ms/image against 47 at 8 per pass (EfficientNet-Lite0, one thread); the results are identical."""
+        return self.settings.batch_size or (1 if self.device.type == "cpu" else 8)
+
     def _encode(self, inputs: list[torch.Tensor]) -> torch.Tensor:
-        # On the CPU one 256 px image per pass keeps its activations in cache: 28 ms/image
-        # against 47 at 8 per pass (EfficientNet-Lite0, one thread); the results are identical.
-        b = self.settings.batch_size or (1 if self.device.type == "cpu" else 8)
+        b = self.encode_batch()
         return torch.cat(
             [self.backbone(torch.stack(inputs[i : i + b]).to(self.device)) for i in range(0, len(inputs), b)]
         ).cpu()
@@ -198,21 +199,7 @@ class PatchKnn(Method):
         inputs, layout = self.model_inputs(img)
         mode = self.settings.augment if augment is None else augment
         augmented = [y for x in inputs for y in augment_input(x, mode)]
-        return self.counted_patches(self._encode(augmented), layout, mode, img.path)
-
-    @staticmethod
-    def counted_patches(feats: torch.Tensor, layout: Layout, augment: str = "none", name: str = "") -> torch.Tensor:
-        """(P, C) of an image's (T', h, w, C) features (its inputs in `augment`'s copies): the patches whose
-        cells count under the inspection region (a cell counts when most of its pixels do), all without one."""
-        flat = feats.reshape(-1, feats.shape[-1])
-        if layout.input_regions is None:
-            return flat
-        masks = [m for r in layout.input_regions for m in augment_input(r[None].float(), augment)]
-        grid = tuple(feats.shape[1:3])
-        keep = torch.cat([F.interpolate(m[None], size=grid, mode="area").reshape(-1) for m in masks]) >= 0.5
-        if not keep.any():
-            raise ValueError(f"{name}: the inspection region leaves no patch of this reference to compare with")
-        return flat[keep.to(flat.device)]
+        return counted_patches(self._encode(augmented), layout.input_regions, mode, img.path)
 
     def build_bank(self, per_reference: list[torch.Tensor]) -> torch.Tensor:
         """All references' patches as one bank, reduced by greedy k-centre (`coreset_target`)."""
@@ -353,7 +340,8 @@ class PatchKnn(Method):
         were picked with r present, so held-out scores can come out slightly higher than with a refit:
         README "Choosing a threshold"), so `fit` with 64 references takes ~19 s, not over 15 minutes."""
         source = getattr(self, "_bank_source", None)
-        if source is not None and self._same_references(source[0], references) and "patches" in self.bank_:
+        fitted_on_these = source is not None and len(source[0]) == len(references)
+        if fitted_on_these and all(a is b for a, b in zip(source[0], references)) and "patches" in self.bank_:
             bank, origin = self.bank_.banks["patches"].cpu(), source[1]  # fitted on these: no second coreset
         else:
             self._fit(references)
@@ -373,10 +361,6 @@ class PatchKnn(Method):
         # a copy (pickled for another process) does not carry the reference images along
         return {**self.__dict__, "_bank_source": None}
 
-    @staticmethod
-    def _same_references(fitted: list[LoadedImage], references: list[LoadedImage]) -> bool:
-        return len(fitted) == len(references) and all(a is b for a, b in zip(fitted, references))
-
     def fit_features(self, per_reference: list[torch.Tensor] | torch.Tensor) -> None:
         """Fit from precomputed bank patches: a list of (P, C) (or (..., C)) tensors, one per reference
         (`reference_patches(img, reference_augmentation(settings, len(references)))` of each)."""
@@ -395,16 +379,13 @@ class PatchKnn(Method):
 
     def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self._bank_source = None
-        own, partner, self.fusion_levels_ = fusion.split_state(state)
+        own, partner, levels = fusion.split_state(state)
         self.bank_.load_state_dict(own)
-        if self.partner is not None and self.fusion_levels_ is not None:
+        self.fusion_levels_ = levels if self.partner is not None else None
+        if self._fits_partner() or self._fuses_zero_shot():
             self._read_partner_blocks()
-            self.partner.use_image_size(self.settings.image_size)  # fitted on the same references: same side
-            self.partner.load_state_dict(partner)
-        else:
-            self.fusion_levels_ = None
-            if self._fuses_zero_shot():  # a zero-shot model: the partner has nothing to load, only blocks to read
-                self._read_partner_blocks()
-                self.partner.use_image_size(self.settings.image_size)
+            self.partner.use_image_size(self.settings.image_size)  # fitted on the same references (or none)
+            if self.fusion_levels_ is not None:  # zero-shot the partner has no bank to load
+                self.partner.load_state_dict(partner)
         if "patches" in self.bank_:
             self.num_references = max(self.num_references, 1)

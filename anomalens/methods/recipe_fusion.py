@@ -158,7 +158,7 @@ def held_out_fusion(method, references: list, held_out: list[int], ours: list) -
 
 def encode_both(method, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """The method's `_encode` features and its partner's, from one backbone pass per batch."""
-    b = method.settings.batch_size or (1 if method.device.type == "cpu" else 8)
+    b = method.encode_batch()
     ours, theirs = [], []
     for i in range(0, len(inputs), b):
         feats, blocks = method.backbone.forward_with_blocks(torch.stack(inputs[i : i + b]).to(method.device))

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ...images import LoadedImage
+from ...inspection_region import counted_patches
 from ..base import MethodOutput
 from ..patchknn import PatchKnn, PatchKnnSettings
 from ..patchknn_settings import KNN_RECIPES, model_side, side_up_to
@@ -125,7 +126,9 @@ class PseudoReferenceKnn:
             groups = [knn.bank_.banks["patches"].cpu()] if references is not None else []
             if chosen:  # with a region, only the patches that count
                 per_image = [
-                    knn.counted_patches(self.features_[i][0][r], self.features_[i][1], name=held.images[i].path)
+                    counted_patches(
+                        self.features_[i][0][r], self.features_[i][1].input_regions, name=held.images[i].path
+                    )
                     for i in chosen
                 ]
                 self.banks_.append(knn.bank_with_origin(groups + per_image))
