@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ...backbones import EMBEDDED_BACKBONE, VARIANT_BLOCKS
+from ...geometry import to_model_input
+from ...images import LoadedImage
+from ...tiling import crop, tile_boxes
+from .batch_features import BatchFeatures, batched
+from .lnamd import aggregate, intensity_map, lnamd
+from .postprocess import standardise_photometry
+from .settings import MuScSettings
+
+DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
 class CnnLayers(nn.Module):
@@ -80,3 +91,49 @@ def create_layer_backbone(
     if name in VARIANT_BLOCKS:  # Lite1 / Lite2 have more blocks per stage: pass their stage ends
         return CnnLayers(blocks, image_size, score_stride, variant=name)
     return ClipLayers(name, weights, clip_layers, image_size, released=released_clip)
+
+
+def extract_batch_features(
+    backbone: nn.Module,
+    settings: MuScSettings,
+    images: Iterable[LoadedImage],
+    bar,
+    also: Callable[[list[LoadedImage]], None] | None = None,
+) -> BatchFeatures:
+    """LNAMD features (`settings`: musc's) of images read `settings.batch_size` at a time; the pixels are not
+    kept (`also` is called with each batch of images while they are in memory; `bar` counts images)."""
+    s = settings
+    dtype = DTYPES[s.feature_dtype]
+    chunks: dict[tuple[int, int], list[torch.Tensor]] = {}
+    grids: list[tuple[int, int]] = []
+    globals_, boxes, paths, sizes, owner, tiles = [], [], [], [], [], []
+    for batch in batched(images, s.batch_size):
+        inputs = []
+        for img in batch:
+            rgb = standardise_photometry(img.rgb, s.photometric)
+            boxes_of_image = tile_boxes(*img.size_hw, s.tile_above_aspect)
+            for tile in boxes_of_image:
+                x, box = to_model_input(crop(rgb, tile), s.image_size, backbone.mean, backbone.std, s.resize)
+                inputs.append(x)
+                boxes.append(box)
+                owner.append(len(paths))
+            tiles.append(boxes_of_image)
+            paths.append(img.path)
+            sizes.append(img.size_hw)
+        maps, image_feats = backbone(torch.stack(inputs))
+        grids = [tuple(m.shape[-2:]) for m in maps]
+        for key, value in lnamd(maps, s.degrees, s.patch_norm).items():
+            chunks.setdefault(key, []).append(value.to(dtype))
+        if s.intensity_weight > 0:  # one more layer, last: see lnamd.intensity_map
+            grid = max(grids, key=lambda g: g[0] * g[1])
+            grey = intensity_map(torch.stack(inputs), backbone.mean, backbone.std, grid)
+            for r in s.degrees:
+                chunks.setdefault((len(grids), r), []).append(aggregate(grey, r, "none").to(dtype))
+            grids.append(grid)
+        globals_.append(image_feats.float())
+        if also is not None:
+            also(batch)
+        bar.update(len(batch))
+    patches = {k: torch.cat(v) for k, v in chunks.items()}
+    image_features = torch.cat(globals_) if globals_ else torch.empty(0)
+    return BatchFeatures(patches, grids, image_features, boxes, paths, sizes, owner, tiles)

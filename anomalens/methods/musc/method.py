@@ -10,18 +10,18 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import SettingsError, UsageError
-from ...geometry import map_to_image, to_model_input
+from ...geometry import map_to_image
 from ...images import LoadedImage
 from ...inspection_region import apply_to_map
-from ...tiling import assemble, crop, tile_boxes
+from ...tiling import assemble
 from ..base import Method, MethodOutput, register_method
 from ..patchknn import PatchKnn
-from .batch_features import BatchFeatures, batched
-from .extract import create_layer_backbone
+from .batch_features import BatchFeatures
+from .extract import create_layer_backbone, extract_batch_features
 from .fused_share import in_first_units, load_reference_knn, reference_knn_state
-from .lnamd import aggregate, intensity_map, lnamd, weigh_length
+from .lnamd import weigh_length
 from .msm import choose_partners, interval_bounds, mutual_scores, scale_scores, self_distances
-from .postprocess import image_scores, smooth_maps, standardise_photometry, subtract_baseline
+from .postprocess import image_scores, smooth_maps, subtract_baseline
 from .pseudo_references import (
     HeldImages,
     PseudoReferenceKnn,
@@ -32,8 +32,6 @@ from .pseudo_references import (
 )
 from .rscin import rescore
 from .settings import MuScSettings, resolved_knn_fused
-
-DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
 class SingleImageBatchError(UsageError):
@@ -130,46 +128,11 @@ class MuSc(Method):
     ) -> BatchFeatures:
         """LNAMD features of images read one batch at a time (the pixels are not kept; `also` is
         called with each batch of images while they are in memory)."""
-        s = self.settings
-        dtype = DTYPES[s.feature_dtype]
-        chunks: dict[tuple[int, int], list[torch.Tensor]] = {}
-        grids: list[tuple[int, int]] = []
-        globals_, boxes, paths, sizes, owner, tiles = [], [], [], [], [], []
         total = len(images) if hasattr(images, "__len__") else None
-        bar = _bar(total, desc, s.progress)
-        for batch in batched(images, s.batch_size):
-            inputs = []
-            for img in batch:
-                rgb = standardise_photometry(img.rgb, s.photometric)
-                boxes_of_image = tile_boxes(*img.size_hw, s.tile_above_aspect)
-                for tile in boxes_of_image:
-                    x, box = to_model_input(
-                        crop(rgb, tile), s.image_size, self.backbone.mean, self.backbone.std, s.resize
-                    )
-                    inputs.append(x)
-                    boxes.append(box)
-                    owner.append(len(paths))
-                tiles.append(boxes_of_image)
-                paths.append(img.path)
-                sizes.append(img.size_hw)
-            maps, image_feats = self.backbone(torch.stack(inputs))
-            grids = [tuple(m.shape[-2:]) for m in maps]
-            for key, value in lnamd(maps, s.degrees, s.patch_norm).items():
-                chunks.setdefault(key, []).append(value.to(dtype))
-            if s.intensity_weight > 0:  # one more layer, last: see lnamd.intensity_map
-                grid = max(grids, key=lambda g: g[0] * g[1])
-                grey = intensity_map(torch.stack(inputs), self.backbone.mean, self.backbone.std, grid)
-                for r in s.degrees:
-                    chunks.setdefault((len(grids), r), []).append(aggregate(grey, r, "none").to(dtype))
-                grids.append(grid)
-            globals_.append(image_feats.float())
-            if also is not None:
-                also(batch)
-            bar.update(len(batch))
+        bar = _bar(total, desc, self.settings.progress)
+        feats = extract_batch_features(self.backbone, self.settings, images, bar, also)
         bar.close()
-        patches = {k: torch.cat(v) for k, v in chunks.items()}
-        image_features = torch.cat(globals_) if globals_ else torch.empty(0)
-        return BatchFeatures(patches, grids, image_features, boxes, paths, sizes, owner, tiles)
+        return feats
 
     # ---- fit / predict -------------------------------------------------------------------
     def _fit(self, references: list[LoadedImage]) -> None:
