@@ -19,6 +19,7 @@ import typer
 from typer.core import TyperGroup
 
 from ..errors import AnomalensError, UsageError
+from .startup import import_extensions_holding_ctrl_c
 
 
 class AnomalensGroup(TyperGroup):
@@ -41,11 +42,23 @@ class AnomalensGroup(TyperGroup):
         except KeyboardInterrupt:  # Ctrl-C outside a run loop (loading a model, fitting): no traceback
             _interrupted()
 
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        name, command, rest = super().resolve_command(ctx, args)
+        # the top-level command decides; the global options import them once the threads are set
+        ctx.meta.setdefault(HOLD_CTRL_C_IN_IMPORTS, name not in COMMANDS_WITHOUT_TORCH and "--help" not in rest)
+        return name, command, rest
+
     def make_context(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().make_context(*args, **kwargs)
         except KeyboardInterrupt:  # while parsing the command line (typer would exit 130 silently)
             _interrupted()
+
+
+# commands that run without torch: their start-up stays as fast as it was
+COMMANDS_WITHOUT_TORCH = frozenset({"data", "region"})
+# ctx.meta key: import torch and ONNX Runtime with Ctrl-C held before the command runs (startup.py)
+HOLD_CTRL_C_IN_IMPORTS = "anomalens.hold_ctrl_c_in_imports"
 
 
 def _interrupted() -> NoReturn:
@@ -91,6 +104,7 @@ def default_threads() -> int:
 
 @app.callback()
 def _global_options(
+    ctx: typer.Context,
     threads: int = typer.Option(
         0,
         "--threads",
@@ -109,12 +123,14 @@ def _global_options(
         if cnn_runtime not in ("auto", "torch", "onnxruntime"):
             raise typer.BadParameter(f"{cnn_runtime!r}: use auto, torch or onnxruntime", param_hint="--cnn-runtime")
         os.environ["ANOMALENS_CNN_RUNTIME"] = cnn_runtime  # read by the backbone (backbones/cnn_runtime.py)
+    if not threads and "torch" not in sys.modules:  # read by torch when it is imported (just below, or later)
+        os.environ.setdefault("OMP_NUM_THREADS", str(default_threads()))
+    if ctx.meta.get(HOLD_CTRL_C_IN_IMPORTS):
+        import_extensions_holding_ctrl_c()  # before the command imports them: see startup.py
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    elif "torch" not in sys.modules:  # read by torch when it is imported (by the command, later)
-        os.environ.setdefault("OMP_NUM_THREADS", str(default_threads()))
 
 
 def echo(msg: str) -> None:
