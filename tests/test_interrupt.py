@@ -55,40 +55,42 @@ def test_ctrl_c_during_start_up_is_one_line_exit_130(tmp_path):
     assert start_up_hits >= 1, errors
 
 
-def test_a_ctrl_c_while_torch_imports_is_raised_once_the_import_is_done():
-    # the deterministic half of the test above: a SIGINT 5 ms into `import torch` (which takes far longer)
-    # neither aborts the process in C++ nor breaks the import; KeyboardInterrupt comes after it
+def _held_import_child(sigint_handler: str, then: str) -> subprocess.CompletedProcess:
+    """A child that sets SIGINT's handler, sends itself SIGINT 5 ms into `import_extensions_holding_ctrl_c(('torch',))`
+    (which takes far longer) and runs `then` (indented lines: the call and what it prints)."""
     code = (
         "import os, signal, sys\n"
-        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        f"signal.signal(signal.SIGINT, {sigint_handler})\n"
         "signal.signal(signal.SIGALRM, lambda *_: os.kill(os.getpid(), signal.SIGINT))\n"
         "from anomalens.cli.startup import import_extensions_holding_ctrl_c\n"
         "assert 'torch' not in sys.modules\n"
-        "signal.setitimer(signal.ITIMER_REAL, 0.005)\n"
+        "signal.setitimer(signal.ITIMER_REAL, 0.005)\n" + then
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_a_ctrl_c_while_torch_imports_is_raised_once_the_import_is_done():
+    # the deterministic half of the test above: the SIGINT neither aborts the process in C++ nor breaks
+    # the import; KeyboardInterrupt comes after it
+    proc = _held_import_child(
+        "signal.default_int_handler",
         "try:\n"
         "    import_extensions_holding_ctrl_c(('torch',))\n"
         "except KeyboardInterrupt:\n"
         "    torch = sys.modules.get('torch')  # an import cut short is taken out of sys.modules\n"
         "    print('interrupted after the import', torch.ones(2).sum().item())\n"
         "else:\n"
-        "    print('no interrupt')\n"
+        "    print('no interrupt')\n",
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, (proc.returncode, proc.stderr)
     assert proc.stdout.strip() == "interrupted after the import 2.0", proc.stdout
 
 
 def test_where_ctrl_c_is_ignored_it_stays_ignored():
-    code = (
-        "import os, signal, sys\n"
-        "signal.signal(signal.SIGINT, signal.SIG_IGN)  # a background job\n"
-        "signal.signal(signal.SIGALRM, lambda *_: os.kill(os.getpid(), signal.SIGINT))\n"
-        "from anomalens.cli.startup import import_extensions_holding_ctrl_c\n"
-        "signal.setitimer(signal.ITIMER_REAL, 0.005)\n"
+    proc = _held_import_child(
+        "signal.SIG_IGN",  # a background job
         "import_extensions_holding_ctrl_c(('torch',))\n"
-        "print('imported', 'torch' in sys.modules, signal.getsignal(signal.SIGINT) is signal.SIG_IGN)\n"
+        "print('imported', 'torch' in sys.modules, signal.getsignal(signal.SIGINT) is signal.SIG_IGN)\n",
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "imported True True", (proc.returncode, proc.stderr)
