@@ -12,7 +12,7 @@ from synthetic import noisy_part
 from anomalens.backbones import EfficientNetEnsemble, create_patch_backbone, ensemble_members, is_efficientnet
 from anomalens.detector import Detector, load_detector
 from anomalens.methods import create_method
-from anomalens.methods.patch_distances import length_channels, patch_anomalies
+from anomalens.methods.patch_distances import length_channels, patch_anomalies, zero_shot_rank
 from anomalens.methods.patchknn import PatchKnnSettings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -72,8 +72,10 @@ def test_zero_shot_compares_the_joined_directions_mean_of_the_cosines():
     got = patch_anomalies(EfficientNetEnsemble([a, b])(x), None, s)[0].reshape(-1)
     da, db = a(x)[0, ..., :-2].reshape(-1, 152), b(x)[0, ..., :-2].reshape(-1, 168)
     cos = (da @ da.T + db @ db.T) / 2
-    second = cos.topk(2, dim=1).values[:, 1]  # zero-shot k = 2: the nearest other patch
-    torch.testing.assert_close(got, (0.5 * (1 - second)).clamp(0, 1), atol=1e-5, rtol=0)
+    # the other patch at zero_shot_quantile's rank among the others (the patch itself is the first)
+    k = 1 + zero_shot_rank(cos.shape[0], s.zero_shot_k, s.zero_shot_quantile)
+    kth = cos.topk(k, dim=1).values[:, k - 1]
+    torch.testing.assert_close(got, (0.5 * (1 - kth)).clamp(0, 1), atol=1e-5, rtol=0)
 
 
 def test_a_fitted_ensemble_finds_the_defect_saves_loads_and_exports(tmp_path):

@@ -121,8 +121,12 @@ def euclidean_bank_distance(query: torch.Tensor, bank_t: torch.Tensor, squared_n
     return (query - nearest).norm(dim=-1)
 
 
-def self_distance(query: torch.Tensor, k: int, metric: str = "cosine") -> torch.Tensor:
-    """(B, N, C) queries against their own image's patches -> (B, N) (zero-shot)."""
+def self_distance(query: torch.Tensor, k: int, metric: str = "cosine", quantile: float = 0.0) -> torch.Tensor:
+    """(B, N, C) queries against their own image's patches -> (B, N) (zero-shot): the k-th nearest (the patch
+    itself first), or with `quantile` q > 0 the other patch at that share of the others
+    (`patch_distances.zero_shot_rank`), its rank read from N at run time (tiles pooled: N varies)."""
+    if quantile > 0:
+        return _quantile_self_distance(query, metric, quantile)
     if metric == "euclidean":
         ranking = (query * query).sum(-1).unsqueeze(1) - 2 * query @ query.transpose(1, 2)
         index = _kth_smallest_index(ranking, k)
@@ -130,6 +134,22 @@ def self_distance(query: torch.Tensor, k: int, metric: str = "cosine") -> torch.
         return (query - nearest).norm(dim=-1)
     q = F.normalize(query, dim=-1)
     return kth_nearest_distance(q @ q.transpose(1, 2), k)
+
+
+def _quantile_self_distance(query: torch.Tensor, metric: str, quantile: float) -> torch.Tensor:
+    """`self_distance` at a quantile: every row sorted (the patch itself first), the entry at rank
+    round(q x (N - 1)) among the others, at least 1 and at most N - 1 (in float64 and rounding half to
+    even, as Python's `round` in `zero_shot_rank`)."""
+    others = torch._shape_as_tensor(query)[1].reshape(1).to(torch.float64) - 1.0
+    rank = torch.minimum(torch.round(others * quantile).clamp_min(1.0), others.clamp_min(1.0)).to(torch.long)
+    if metric == "euclidean":
+        ranking = (query * query).sum(-1).unsqueeze(1) - 2 * query @ query.transpose(1, 2)
+        index = ranking.sort(dim=-1).indices.index_select(-1, rank)[..., 0]
+        nearest = torch.gather(query, 1, index.unsqueeze(-1).expand(-1, -1, query.shape[-1]))
+        return (query - nearest).norm(dim=-1)
+    q = F.normalize(query, dim=-1)
+    similar = (q @ q.transpose(1, 2)).sort(dim=-1, descending=True).values.index_select(-1, rank)[..., 0]
+    return (0.5 * (1.0 - similar)).clamp(0.0, 1.0)
 
 
 def _kth_smallest_index(ranking: torch.Tensor, k: int) -> torch.Tensor:

@@ -21,6 +21,7 @@ from ..methods.patch_distances import (
     length_channels,
     pooling_window,
     split_coarse,
+    zero_shot_scores_nearest,
 )
 from ..methods.patch_gaussian import PatchGaussian, bank_gaussian
 from ..methods.recipe_fusion import fuse_zero_shot, output_scale
@@ -57,6 +58,9 @@ class PatchKnnGraph(nn.Module):
         self.image_size = method.settings.image_size
         self.few_shot_k = method.settings.few_shot_k
         self.zero_shot_k = method.settings.zero_shot_k
+        self.zero_shot_quantile = method.settings.zero_shot_quantile
+        # as patch_distances.zero_shot_score_patches: the score may read the nearest-neighbour map
+        self.score_nearest = zero_shot_scores_nearest(method.settings)
         self.smoothing_sigma = method.settings.smoothing_sigma
         self.few_shot = bank is not None
         self.metric = distance_metric(method.settings, few_shot=self.few_shot)
@@ -112,6 +116,7 @@ class PatchKnnGraph(nn.Module):
         b, h, w, c = feats.shape
         flat = feats.reshape(b, h * w, c)
         coarse_bank = getattr(self, "coarse_bank", None)
+        score_map = None  # the map the score reads, when it is not patch_map
         if self.few_shot:
             if self.bank_as_input:
                 bank, coarse_bank = split_coarse(extra.pop(0), self.coarse)
@@ -124,7 +129,9 @@ class PatchKnnGraph(nn.Module):
             directions = flat[..., : c - self.length_channels]
             if self.pool_batch:
                 directions = directions.reshape(1, b * h * w, -1)
-            patch_map = self_distance(directions, self.zero_shot_k, self.metric)
+            patch_map = self_distance(directions, self.zero_shot_k, self.metric, self.zero_shot_quantile)
+            if self.score_nearest:
+                score_map = self_distance(directions, self.zero_shot_k, self.metric).reshape(b, h, w)
         if self.gaussian_weight > 0:
             query = F.normalize(flat, dim=-1) if self.metric == "cosine" else flat
             gaussian = PatchGaussian(self.gaussian_mean, self.gaussian_factor, self.gaussian_baseline)
@@ -134,11 +141,14 @@ class PatchKnnGraph(nn.Module):
             patch_map = patch_map + self.coarse_weight * self._coarse_map(coarse_feats, coarse_bank)
         # as patchknn.score_image: upsample, smooth, score over the pixels of the valid cells
         maps = gaussian_smooth(upsample(patch_map, self.image_size), self.smoothing_sigma)
+        read = (
+            maps if score_map is None else gaussian_smooth(upsample(score_map, self.image_size), self.smoothing_sigma)
+        )
         if valid is not None:
             pixels = torch.nn.functional.interpolate(valid[:, None], size=maps.shape[-2:], mode="nearest")[:, 0]
-            scored = torch.where(pixels > 0.5, maps * self.score_weights, torch.full_like(maps, -float("inf")))
+            scored = torch.where(pixels > 0.5, read * self.score_weights, torch.full_like(read, -float("inf")))
         else:
-            scored = maps * self.score_weights
+            scored = read * self.score_weights
         if inspected is not None:  # as score_image with input_regions: only the pixels that count
             scored = torch.where(inspected > 0.5, scored, torch.full_like(scored, -float("inf")))
         score = scored.flatten(1).amax(1)
@@ -187,6 +197,10 @@ def _require_exportable(method) -> None:
     require(s.top_fraction == 0, "patchknn with a top-fraction image score cannot be exported (use the maximum)")
     require(s.map_image_share == 0, "patchknn with the image score in its map (map_image_share > 0) cannot be exported")
     patches = method.bank_.banks.get("patches")
+    require(
+        patches is not None or s.zero_shot_exclusion == 0,
+        "patchknn zero-shot with an exclusion window (zero_shot_exclusion > 0) cannot be exported",
+    )
     if patches is not None:
         require(patches.shape[0] >= s.few_shot_k, f"memory bank has fewer than few_shot_k={s.few_shot_k} patches")
 

@@ -5,7 +5,7 @@ turns one image's patch distances into its maps and score."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -40,6 +40,22 @@ def window_mask(tiles: int, h: int, w: int, radius: int) -> torch.Tensor:
     return near & (tile[:, None] == tile[None])
 
 
+def zero_shot_rank(patches: int, zero_shot_k: int, quantile: float = 0.0, excluded: int = 1) -> int:
+    """Which of an image's own patches a patch is compared with zero-shot, counted nearest first among the
+    `patches` - `excluded` that are not excluded (itself, and with `zero_shot_exclusion` its window).
+
+    `quantile` 0: the (`zero_shot_k` - 1)-th (the k-th counting the patch itself first, as FADE's code does).
+    `quantile` q > 0: the patch at that share of the others, round(q x (patches - 1)), at least the 1st and at
+    most the last that remains: a texture covering more of the image than that share finds its match among
+    its own kind, a defect smaller than it does not (README "Zero-shot: the share of the image that must
+    look alike").
+    """
+    available = max(1, patches - excluded)
+    if quantile <= 0:
+        return min(max(1, zero_shot_k - 1), available)
+    return min(max(1, round(quantile * (patches - 1))), available)
+
+
 def patch_scores(
     feats: torch.Tensor,
     bank: torch.Tensor | None,
@@ -47,22 +63,24 @@ def patch_scores(
     zero_shot_k: int,
     zero_shot_exclusion: int = 0,
     metric: str = "cosine",
+    zero_shot_quantile: float = 0.0,
 ) -> torch.Tensor:
     """(T, h, w, C) features of one image's tiles -> (T, h, w) patch anomalies.
 
-    Against the bank (few-shot) or, without one, against all the image's own patches (zero-shot).
-    Zero-shot with `zero_shot_exclusion` r > 0: the patches within r cells of a patch (itself
-    included) are not its neighbours, so a defect larger than one patch cannot vouch for itself;
-    the k-th neighbour is then counted among the others (k = zero_shot_k - 1).
+    Against the bank (few-shot) or, without one, against all the image's own patches (zero-shot): the
+    distance to the other patch of rank `zero_shot_rank` (nearest first). With `zero_shot_exclusion` r > 0
+    the patches within r cells of a patch (itself included) are not its neighbours, so a defect larger than
+    one patch cannot vouch for itself.
     """
     t, h, w, c = feats.shape
     flat = feats.reshape(-1, c)
     if bank is not None:
         return knn_anomaly(flat, bank, k=few_shot_k, metric=metric).view(t, h, w)
-    if zero_shot_exclusion <= 0:
-        return knn_anomaly(flat, flat, k=zero_shot_k, metric=metric).view(t, h, w)
+    if zero_shot_exclusion <= 0:  # the patch itself is its own nearest: one rank further
+        k = 1 + zero_shot_rank(flat.shape[0], zero_shot_k, zero_shot_quantile)
+        return knn_anomaly(flat, flat, k=min(k, flat.shape[0]), metric=metric).view(t, h, w)
     excluded = window_mask(t, h, w, zero_shot_exclusion)
-    k = max(1, zero_shot_k - 1)
+    k = zero_shot_rank(flat.shape[0], zero_shot_k, zero_shot_quantile, int(excluded.sum(1).max()))
     if metric == "euclidean":
         dist = torch.cdist(flat.float(), flat.float()).masked_fill(excluded, float("inf"))
         return dist.topk(k, dim=1, largest=False).values[:, k - 1].view(t, h, w)
@@ -172,7 +190,9 @@ def patch_anomalies(
     feats, coarse_feats = split_coarse(feats, coarse)
     if bank is None:
         compared = zero_shot_features(feats, s)
-        return patch_scores(compared, None, s.few_shot_k, s.zero_shot_k, s.zero_shot_exclusion, metric)
+        return patch_scores(
+            compared, None, s.few_shot_k, s.zero_shot_k, s.zero_shot_exclusion, metric, s.zero_shot_quantile
+        )
     full_bank = bank
     bank, coarse_bank = split_coarse(bank, coarse)
     scores = patch_scores(feats, bank, s.few_shot_k, s.zero_shot_k, s.zero_shot_exclusion, metric)
@@ -181,6 +201,22 @@ def patch_anomalies(
     if coarse_feats is not None and s.coarse_weight > 0:
         scores = scores + s.coarse_weight * coarse_scores(coarse_feats, coarse_bank, coarse.grid, s.few_shot_k, metric)
     return scores
+
+
+def zero_shot_scores_nearest(settings: PatchKnnSettings) -> bool:
+    """Whether a zero-shot image score reads the nearest-neighbour map, not the map it returns: with
+    `zero_shot_quantile` and `zero_shot_score` "nearest"."""
+    return settings.zero_shot_quantile > 0 and settings.zero_shot_score == "nearest"
+
+
+def zero_shot_score_patches(
+    feats: torch.Tensor, settings: PatchKnnSettings, coarse: CoarseLayout | None = None
+) -> torch.Tensor | None:
+    """The (T, h, w) distances to each patch's zero_shot_k-th nearest that a zero-shot image score reads
+    when `zero_shot_scores_nearest` (the map stays the quantile's); None when the score reads the map."""
+    if not zero_shot_scores_nearest(settings):
+        return None
+    return patch_anomalies(feats, None, replace(settings, zero_shot_quantile=0.0), coarse)
 
 
 def pooling_window(settings: PatchKnnSettings) -> int:
@@ -210,8 +246,12 @@ def score_image(
     if patches is None:
         patches = patch_anomalies(feats, bank, s, coarse)
     maps = upsample_and_smooth(patches, s.image_size, s.smoothing_sigma)
+    nearest = zero_shot_score_patches(feats, s, coarse) if bank is None else None
+    scored = maps if nearest is None else upsample_and_smooth(nearest, s.image_size, s.smoothing_sigma)
     # The image score reads the (edge-weighted) smoothed map; the returned maps stay unweighted.
-    weighted = maps * edge_weights(patches.shape[-2:], pooling_window(s), s.image_size) if s.edge_weighting else maps
+    weighted = (
+        scored * edge_weights(patches.shape[-2:], pooling_window(s), s.image_size) if s.edge_weighting else scored
+    )
     if input_boxes is None and input_regions is None:
         values = weighted
     else:  # the pixels of the grid cells whose centres lie on the image (as the ONNX graph's valid mask)

@@ -202,10 +202,17 @@ def split_state(state: dict[str, torch.Tensor]) -> tuple[dict, dict, tuple[MapLe
 def partner_settings(settings: PatchKnnSettings) -> PatchKnnSettings:
     """The settings of `fused_recipe`'s second patchknn: these with the recipe's changes, not fused itself. A
     recipe with magnitudes leaves the length channels and the bank's Gaussian at their defaults for it (off):
-    they are defined for unit features."""
+    they are defined for unit features. Its zero-shot score is never read (the fused image keeps ours), so it
+    is not computed apart from its map (`zero_shot_score` "map")."""
     recipe = KNN_RECIPES[fused_partner_recipe(settings)]
     unit_only = {"length_weight": None, "length_blocks": None, "gaussian_weight": None}
-    return replace(settings, **{**(unit_only if recipe.get("magnitudes") else {}), **recipe, "fused_recipe": "none"})
+    changes = {
+        **(unit_only if recipe.get("magnitudes") else {}),
+        **recipe,
+        "fused_recipe": "none",
+        "zero_shot_score": "map",
+    }
+    return replace(settings, **changes)
 
 
 def shares_pass(ours: torch.nn.Module, theirs: torch.nn.Module) -> bool:
