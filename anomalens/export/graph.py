@@ -128,10 +128,7 @@ def self_distance(query: torch.Tensor, k: int, metric: str = "cosine", quantile:
     if quantile > 0:
         return _quantile_self_distance(query, metric, quantile)
     if metric == "euclidean":
-        ranking = (query * query).sum(-1).unsqueeze(1) - 2 * query @ query.transpose(1, 2)
-        index = _kth_smallest_index(ranking, k)
-        nearest = torch.gather(query, 1, index.unsqueeze(-1).expand(-1, -1, query.shape[-1]))
-        return (query - nearest).norm(dim=-1)
+        return _distance_to(query, _kth_smallest_index(_self_ranking(query), k))
     q = F.normalize(query, dim=-1)
     return kth_nearest_distance(q @ q.transpose(1, 2), k)
 
@@ -143,13 +140,21 @@ def _quantile_self_distance(query: torch.Tensor, metric: str, quantile: float) -
     others = torch._shape_as_tensor(query)[1].reshape(1).to(torch.float64) - 1.0
     rank = torch.minimum(torch.round(others * quantile).clamp_min(1.0), others.clamp_min(1.0)).to(torch.long)
     if metric == "euclidean":
-        ranking = (query * query).sum(-1).unsqueeze(1) - 2 * query @ query.transpose(1, 2)
-        index = ranking.sort(dim=-1).indices.index_select(-1, rank)[..., 0]
-        nearest = torch.gather(query, 1, index.unsqueeze(-1).expand(-1, -1, query.shape[-1]))
-        return (query - nearest).norm(dim=-1)
+        return _distance_to(query, _self_ranking(query).sort(dim=-1).indices.index_select(-1, rank)[..., 0])
     q = F.normalize(query, dim=-1)
     similar = (q @ q.transpose(1, 2)).sort(dim=-1, descending=True).values.index_select(-1, rank)[..., 0]
     return (0.5 * (1.0 - similar)).clamp(0.0, 1.0)
+
+
+def _self_ranking(query: torch.Tensor) -> torch.Tensor:
+    """(B, N, N) ||x_j||^2 - 2 x_i.x_j: ranks each row's patches j as ||x_i - x_j||^2 does."""
+    return (query * query).sum(-1).unsqueeze(1) - 2 * query @ query.transpose(1, 2)
+
+
+def _distance_to(query: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(B, N) Euclidean distance of each query patch to its image's patch `index` (computed directly)."""
+    nearest = torch.gather(query, 1, index.unsqueeze(-1).expand(-1, -1, query.shape[-1]))
+    return (query - nearest).norm(dim=-1)
 
 
 def _kth_smallest_index(ranking: torch.Tensor, k: int) -> torch.Tensor:
