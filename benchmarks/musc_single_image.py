@@ -9,6 +9,7 @@ patchknn's default zero-shot output, each standardised by the median and MAD of 
 same way). Prints image AUROC / pixel AUROC / AUPRO (pixel metrics at 256 px, binned) per weight.
 
     python benchmarks/musc_single_image.py --data ../shared/data --weights 0,0.25,0.5
+    python benchmarks/musc_single_image.py --data ../shared/data --weights 0,0.25,0.5 --levels lowest
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from anomalens.methods.recipe_fusion import map_level
 from anomalens.metrics import PixelMetricAccumulator, image_metrics
 
 
-def standardised(results) -> tuple[np.ndarray, list[np.ndarray]]:
-    level = map_level([MethodOutput(0.0, r.anomaly_map) for r in results])
+def standardised(results, level_images=None) -> tuple[np.ndarray, list[np.ndarray]]:
+    chosen = results if level_images is None else [results[i] for i in level_images]
+    level = map_level([MethodOutput(0.0, r.anomaly_map) for r in chosen])
     scores = np.array([level.standardise(r.score) for r in results])
     return scores, [level.standardise(r.anomaly_map).astype(np.float32) for r in results]
 
@@ -37,6 +39,10 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data")
     parser.add_argument("--categories", default="steel_strip_sd900,magnetic_tile,mpdd_metal_plate")
     parser.add_argument("--weights", default="0,0.25,0.5")
+    parser.add_argument(
+        "--levels", default="batch", choices=("batch", "lowest"),
+        help="levels from all the batch's maps, or from the tenth musc scores lowest (at least 16 images)",
+    )
     args = parser.parse_args()
     weights = [float(w) for w in args.weights.split(",")]
     print("| category | " + " | ".join(f"w {w:g}" for w in weights) + " |\n" + "|---" * (len(weights) + 1) + "|")
@@ -44,8 +50,13 @@ def main() -> None:
         split = load_dataset(Path(args.data), categories=[category])[category]
         images = [load_image(s.path) for s in split.test]
         labels = [s.label for s in split.test]
-        musc = standardised(Detector("musc", progress=False).fit([]).predict(images))
-        single = standardised(Detector("patchknn").fit([]).predict(images))
+        musc_out = Detector("musc", progress=False).fit([]).predict(images)
+        lowest = None
+        if args.levels == "lowest":
+            order = np.argsort([r.score for r in musc_out], kind="stable")
+            lowest = list(order[: max(16, round(0.1 * len(order)))])
+        musc = standardised(musc_out, lowest)
+        single = standardised(Detector("patchknn").fit([]).predict(images), lowest)
         cells = []
         for w in weights:
             scores = (1 - w) * musc[0] + w * single[0]

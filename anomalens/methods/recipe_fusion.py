@@ -51,12 +51,20 @@ def map_level(outputs: list[MethodOutput]) -> MapLevel:
     """The median and MAD of the pixels (every LEVEL_PIXEL_STEP-th, those that count) of normal maps."""
     if not outputs:
         raise ValueError("map_level needs at least one map of a normal image")
-    pixels = []
-    for out in outputs:
-        step = (slice(None, None, LEVEL_PIXEL_STEP),) * 2
-        values = out.anomaly_map[step]
-        pixels.append(values[out.inspected[step]] if out.inspected is not None else values.ravel())
-    sample = np.concatenate(pixels).astype(np.float64)
+    return level_of_samples([level_sample(out) for out in outputs])
+
+
+def level_sample(out: MethodOutput) -> np.ndarray:
+    """The pixels of one normal map that its level is taken from (every LEVEL_PIXEL_STEP-th, those that
+    count): what `map_level` reads, for callers that do not keep the maps."""
+    step = (slice(None, None, LEVEL_PIXEL_STEP),) * 2
+    values = out.anomaly_map[step]
+    return values[out.inspected[step]] if out.inspected is not None else values.ravel()
+
+
+def level_of_samples(samples: list[np.ndarray]) -> MapLevel:
+    """The median and MAD of `level_sample`s of normal maps."""
+    sample = np.concatenate(samples).astype(np.float64)
     median = float(np.median(sample))
     spread = float(np.median(np.abs(sample - median)))
     return MapLevel(median, max(spread, MIN_SPREAD))

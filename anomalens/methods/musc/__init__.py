@@ -12,6 +12,7 @@ find many similar patches in the other images, a defect finds few.
               standardisation, map smoothing, median baseline, image score rules.
 * `pseudo_references.py` zero-shot: patchknn on the batch's lowest-scored images.
 * `fused_share.py` `knn_fused`: two patchknn recipes as one share, in the first one's units.
+* `single_image_share.py` `single_image_knn_weight`: patchknn's single-image zero-shot beside the batch.
 * `method.py` the method: a joint `predict` over the whole batch, references as known-normal.
 
 Paper vs. official code (xrli-U/MuSc) vs. this implementation:
@@ -108,6 +109,12 @@ Paper vs. official code (xrli-U/MuSc) vs. this implementation:
   maps, patchknn's `fused_recipe` levels), their pixelwise maximum is brought back to the first share's
   units and weighed as the share always is. `fused_share.py`. Session 26: `auto` (the default) fuses the
   texture recipe when the batch has no references and nothing with references, as measured.
+* Not in the paper (session 29, README "The image's own patches beside the batch"): without references,
+  `single_image_knn_weight` joins each output with patchknn's single-image zero-shot output (each image
+  against its own patches), both standardised by their median and MAD on the batch's most normal images
+  (the pseudo-references, at least the 16 lowest-scored), weighed and brought back to musc's units. A
+  defect kind that many images of the batch share escapes mutual scoring but not its own image.
+  `single_image_share.py`.
 """
 
 from .method import MuSc, SingleImageBatchError

@@ -32,6 +32,7 @@ from .pseudo_references import (
 )
 from .rscin import rescore
 from .settings import MuScSettings, resolved_knn_fused
+from .single_image_share import SingleImageShare, joined, level_images
 
 
 class SingleImageBatchError(UsageError):
@@ -89,11 +90,15 @@ class MuSc(Method):
         pseudo = f"the {s.pseudo_reference_share:.0%} of the batch the mutual score ranks lowest"
         second = self.knn_fused()
         fused = f" (fused with its {second} recipe: knn_fused)" if second not in ("none", s.knn_recipe) else ""
-        if self.references is None and s.pseudo_reference_share > 0:
-            return (
-                f"{pseudo} become patchknn's references{fused} (pseudo_reference_share), "
-                f"weight {s.pseudo_reference_weight:g} (pseudo_reference_weight)"
-            )
+        if self.references is None:  # zero-shot: the batch's shares, if any
+            parts = []
+            if s.pseudo_reference_share > 0:
+                parts.append(f"{pseudo} become patchknn's references{fused} (pseudo_reference_share), ")
+                parts[-1] += f"weight {s.pseudo_reference_weight:g} (pseudo_reference_weight)"
+            if s.single_image_knn_weight > 0:
+                parts.append("patchknn scores each image against its own patches, ")
+                parts[-1] += f"weight {s.single_image_knn_weight:g} (single_image_knn_weight)"
+            return "; ".join(parts) or None
         if self.reference_knn_ is None:
             return None
         joined = f", joined by {pseudo} (pseudo_reference_share)" if s.pseudo_reference_share > 0 else ""
@@ -150,13 +155,21 @@ class MuSc(Method):
         s = self.settings
         # patchknn scores the batch once it is ranked (its pseudo-references are the images the
         # mutual score ranks lowest), so the images are held (reduced) until then
-        wanted = self.reference_knn_ is not None or (self.references is None and s.pseudo_reference_share > 0)
+        zero_shot = self.references is None
+        wanted = (
+            self.reference_knn_ is not None
+            or (zero_shot and s.pseudo_reference_share > 0)
+            or (zero_shot and s.single_image_knn_weight > 0)
+        )
         held = HeldImages(pseudo_reference_settings(s.knn_recipe, self.knn_fused())) if wanted else None
         feats = self.features(images, also=held.add if held is not None else None)
         if not feats.paths:
             return iter(())
         maps, scores = self.score_features(feats, feats.paths, self.references)
         knn = self.batch_knn(held, scores, feats.paths) if held is not None else None
+        single = None
+        if zero_shot and s.single_image_knn_weight > 0:
+            single = SingleImageShare(held, self.device, self.region)
         self.last_batch = {
             "images": list(feats.paths),
             "references": self.num_references,
@@ -164,6 +177,8 @@ class MuSc(Method):
             "partner_seed": s.partner_seed,
             "pseudo_references": [] if knn is None else [feats.paths[i] for i in knn.chosen],
         }
+        if single is not None:
+            return self._joined_outputs(feats, maps, scores, knn, single)
         return self._outputs(feats, maps, scores, knn)
 
     def batch_knn(self, held: HeldImages, scores: torch.Tensor, paths: list[str]) -> PseudoReferenceKnn | None:
@@ -195,11 +210,42 @@ class MuSc(Method):
         inputs = feats.inputs_of()  # once: each image's maps are found by it
         bar = _bar(len(feats.paths), "patchknn", self.settings.progress and knn is not None)
         for i in range(len(feats.paths)):
-            out = self._output(feats, i, maps, float(scores[i]), inputs[i])
-            if knn is not None:
-                out = self.with_reference_knn(out, knn.output(i), self.knn_weight())
-                bar.update(1)
-            yield out
+            yield self._batch_output(feats, i, maps, scores, inputs, knn)
+            bar.update(1)
+        bar.close()
+
+    def _batch_output(
+        self,
+        feats: BatchFeatures,
+        i: int,
+        maps: torch.Tensor,
+        scores: torch.Tensor,
+        inputs: list[list[int]],
+        knn: PseudoReferenceKnn | None,
+    ) -> MethodOutput:
+        """Image i's output: its mutual score, with patchknn's (pseudo-)reference share when there is one."""
+        out = self._output(feats, i, maps, float(scores[i]), inputs[i])
+        return out if knn is None else self.with_reference_knn(out, knn.output(i), self.knn_weight())
+
+    def _joined_outputs(
+        self,
+        feats: BatchFeatures,
+        maps: torch.Tensor,
+        scores: torch.Tensor,
+        knn: PseudoReferenceKnn | None,
+        single: SingleImageShare,
+    ) -> Iterator[MethodOutput]:
+        """Zero-shot with `single_image_knn_weight`: each output joined by patchknn's single-image output
+        (`single_image_share`), levelled on the batch's most normal images before the first is given."""
+        inputs = feats.inputs_of()
+        chosen = [] if knn is None else knn.chosen
+        bar = _bar(len(feats.paths), "patchknn single-image", self.settings.progress)
+        indices = level_images(scores, feats.paths, chosen)
+        levels = single.levels(lambda i: self._batch_output(feats, i, maps, scores, inputs, knn), indices)
+        for i in range(len(feats.paths)):
+            out = self._batch_output(feats, i, maps, scores, inputs, knn)
+            yield joined(out, single.output(i), levels, self.settings.single_image_knn_weight)
+            bar.update(1)
         bar.close()
 
     def with_reference_knn(self, mutual: MethodOutput, knn: MethodOutput, weight: float | None = None) -> MethodOutput:

@@ -56,6 +56,15 @@ def reduced_copy(img: LoadedImage, short_side: int) -> LoadedImage:
     return LoadedImage(path=img.path, rgb=rgb, original_hw=img.original_hw, notes=img.notes)
 
 
+def at_size(out: MethodOutput, size: tuple[int, int]) -> MethodOutput:
+    """A held (reduced) image's output with its map resized (bilinear) to the image's own `size` (musc
+    applies its own inspection region to the joined map: the mask is not carried)."""
+    if out.anomaly_map.shape == tuple(size):
+        return out
+    grown = F.interpolate(torch.from_numpy(out.anomaly_map)[None, None], size=tuple(size), mode="bilinear")
+    return MethodOutput(out.score, grown[0, 0].numpy().astype(np.float32))
+
+
 def pseudo_reference_settings(recipe: str = "default", fused: str = "none") -> PatchKnnSettings:
     """patchknn's defaults without reference flips: the batch shows its own variation, and many
     references get no flips anyway (`augment_max_references`). Without the bank's Gaussian: musc's
@@ -156,8 +165,4 @@ class PseudoReferenceKnn:
         """Image i's patchknn output at its own size."""
         outputs = self.pairs_.pop(i) if i in self.pairs_ else self._each_recipe(i)
         out = outputs[0] if self.levels_ is None else fused_share.fuse_in_first_units(*outputs, self.levels_)
-        size = self.held.sizes[i]
-        if out.anomaly_map.shape == size:
-            return out
-        grown = F.interpolate(torch.from_numpy(out.anomaly_map)[None, None], size=size, mode="bilinear")
-        return MethodOutput(out.score, grown[0, 0].numpy().astype(np.float32))
+        return at_size(out, self.held.sizes[i])

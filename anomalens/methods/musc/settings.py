@@ -31,6 +31,8 @@ DEFAULT_PSEUDO_REFERENCE_WEIGHT = 0.375
 # +3.5), the demo's small defects +1.8 / +5.2 / +5.2; with references the dev means fall slightly
 # (-0.1 / -0.6 / -0.15) and the demo's rise (+0.5 / +3.3 / +3.7).
 DEFAULT_INTENSITY_WEIGHT = 4.0
+# `single_image_knn_weight`: measured in session 29 (README "The image's own patches beside the batch")
+DEFAULT_SINGLE_IMAGE_KNN_WEIGHT = 0.0
 
 
 # musc's `knn_fused`: patchknn's named recipes, none, or musc's own `auto` rule (patchknn's `auto` is its own)
@@ -62,6 +64,7 @@ class MuScSettings(MethodSettings):
         "pseudo_reference_share": 0.0,
         "released_clip": False,
         "knn_fused": "none",
+        "single_image_knn_weight": 0.0,
     }
 
     backbone: str = setting(
@@ -188,6 +191,14 @@ class MuScSettings(MethodSettings):
         "so the share's weights still apply; none = off; auto = textured-surface with no references "
         "(zero-shot), none with references (fused_share.py)",
         choices=KNN_FUSED_CHOICES,
+    )
+    single_image_knn_weight: float = setting(
+        DEFAULT_SINGLE_IMAGE_KNN_WEIGHT,
+        "without references: weight of patchknn's single-image zero-shot output (each image against its own "
+        "patches; patchknn's defaults) in each image's, both standardised by their median and MAD on the "
+        "batch's lowest-scored images; 0 = off (single_image_share.py)",
+        minimum=0.0,
+        maximum=1.0,
     )
     pseudo_reference_minimum: int = setting(
         2, "fewer pseudo-references than this (a small batch): none are used", minimum=2
