@@ -134,15 +134,17 @@ def self_distance(query: torch.Tensor, k: int, metric: str = "cosine", quantile:
 
 
 def _quantile_self_distance(query: torch.Tensor, metric: str, quantile: float) -> torch.Tensor:
-    """`self_distance` at a quantile: every row sorted (the patch itself first), the entry at rank
-    round(q x (N - 1)) among the others, at least 1 and at most N - 1 (in float64 and rounding half to
-    even, as Python's `round` in `zero_shot_rank`)."""
+    """`self_distance` at a quantile: the entry at rank round(q x (N - 1)) among the others, at least 1 and at
+    most N - 1 (in float64 and rounding half to even, as Python's `round` in `zero_shot_rank`), the patch itself
+    being rank 0. A TopK whose k is computed at run time (rank + 1; the graph's TopK takes k as an input), not a
+    sort of whole rows: with 3,072 patches it is 3.5 times faster in ONNX Runtime (README "Exporting")."""
     others = torch._shape_as_tensor(query)[1].reshape(1).to(torch.float64) - 1.0
     rank = torch.minimum(torch.round(others * quantile).clamp_min(1.0), others.clamp_min(1.0)).to(torch.long)
+    k = (rank + 1)[0]
     if metric == "euclidean":
-        return _distance_to(query, _self_ranking(query).sort(dim=-1).indices.index_select(-1, rank)[..., 0])
+        return _distance_to(query, _self_ranking(query).topk(k, dim=-1, largest=False).indices[..., -1])
     q = F.normalize(query, dim=-1)
-    similar = (q @ q.transpose(1, 2)).sort(dim=-1, descending=True).values.index_select(-1, rank)[..., 0]
+    similar = (q @ q.transpose(1, 2)).topk(k, dim=-1).values[..., -1]
     return (0.5 * (1.0 - similar)).clamp(0.0, 1.0)
 
 
