@@ -15,7 +15,7 @@ from synthetic import planted_batch, smooth_texture
 from anomalens import Detector, load_detector
 from anomalens.images import LoadedImage
 from anomalens.methods import create_method
-from anomalens.methods.musc.single_image_share import LEVEL_IMAGES_MINIMUM, joined, level_images
+from anomalens.methods.musc.single_image_share import LEVEL_IMAGES_MINIMUM, gated, joined, level_images
 from anomalens.methods.patchknn import PatchKnn, PatchKnnSettings
 from anomalens.methods.recipe_fusion import MapLevel
 from anomalens.metrics import PixelMetricAccumulator
@@ -133,3 +133,51 @@ def test_a_model_saved_before_the_setting_loads_without_the_share(tmp_path):
     del recorded["settings"]["single_image_knn_weight"]  # as written before the setting existed
     config.write_text(json.dumps(recorded))
     assert load_detector(tmp_path / "m").method.settings.single_image_knn_weight == 0.0
+
+
+def test_the_gate_is_the_smaller_of_the_single_image_and_share_outputs_standardised():
+    from anomalens.methods.base import MethodOutput
+
+    single = MethodOutput(3.0, np.array([[1.0, 5.0]], np.float32))
+    share = MethodOutput(0.5, np.array([[4.0, 0.0]], np.float32))
+    out = gated(single, share, (MapLevel(1.0, 2.0), MapLevel(0.0, 0.25)))
+    # single: (x - 1) / 2 = [0, 2], score 1; share: x / 0.25 = [16, 0], score 2
+    np.testing.assert_allclose(out.anomaly_map, [[0.0, 0.0]])
+    assert out.score == pytest.approx(1.0)
+
+
+def _marked_batch() -> tuple[list[LoadedImage], list[np.ndarray]]:
+    """20 textures with the same dark mark at the same place (normal); image 4 has a red defect elsewhere."""
+    images, masks = [], []
+    for k in range(20):
+        rgb = smooth_texture(200 + k, 64, cell=8)
+        rgb[6:18, 6:18] = (30, 30, 30)
+        mask = np.zeros((64, 64), bool)
+        if k == 4:
+            rgb[40:54, 38:52] = (255, 0, 0)
+            mask[40:54, 38:52] = True
+        images.append(LoadedImage(path=f"m{k:02d}.png", rgb=rgb))
+        masks.append(mask)
+    return images, masks
+
+
+def test_the_gate_keeps_a_mark_every_image_carries_out_of_the_map():
+    images, masks = _marked_batch()
+    settings = {**FAST, "pseudo_reference_share": 0.2, "single_image_knn_weight": 0.5}
+    plain = create_method("musc", **settings).fit([]).predict(images)
+    gate = create_method("musc", **settings, single_image_gate="pseudo-references").fit([]).predict(images)
+    mark = (slice(6, 18), slice(6, 18))
+    # on the normal images the mark stands out less with the gate, and the defect is still found
+    ratio = [g.anomaly_map[mark].mean() / p.anomaly_map[mark].mean() for g, p in zip(gate, plain) if g is not gate[4]]
+    assert max(ratio) < 1.0
+    assert _pixel_auroc(gate, masks) > 0.99
+    assert int(np.argmax([o.score for o in gate])) == 4
+
+
+def test_without_pseudo_references_the_gate_has_nothing_to_read_and_is_off():
+    images = planted_batch(range(6), defect=2)  # under 15 images: no pseudo-references
+    settings = {**FAST, "single_image_knn_weight": 0.5}
+    on = create_method("musc", **settings, single_image_gate="pseudo-references").fit([]).predict(images)
+    off = create_method("musc", **settings).fit([]).predict(images)
+    for a, b in zip(on, off, strict=True):
+        assert a.score == b.score and np.array_equal(a.anomaly_map, b.anomaly_map)

@@ -32,7 +32,7 @@ from .pseudo_references import (
 )
 from .rscin import rescore
 from .settings import MuScSettings, resolved_knn_fused
-from .single_image_share import SingleImageShare, joined, level_images
+from .single_image_share import STANDARD_LEVEL, SingleImageShare, gated, joined, level_images
 
 
 class SingleImageBatchError(UsageError):
@@ -238,13 +238,27 @@ class MuSc(Method):
         """Zero-shot with `single_image_knn_weight`: each output joined by patchknn's single-image output
         (`single_image_share`), levelled on the batch's most normal images before the first is given."""
         inputs = feats.inputs_of()
-        chosen = [] if knn is None else knn.chosen
-        bar = _bar(len(feats.paths), "patchknn single-image", self.settings.progress)
-        indices = level_images(scores, feats.paths, chosen)
-        levels = single.levels(lambda i: self._batch_output(feats, i, maps, scores, inputs, knn), indices)
+        s = self.settings
+        gate = s.single_image_gate != "none" and knn is not None and bool(knn.chosen)
+
+        def outputs_of(i: int) -> list[MethodOutput]:  # image i's output, and with the gate its share alone
+            mutual = self._output(feats, i, maps, float(scores[i]), inputs[i])
+            if knn is None:
+                return [mutual]
+            share = knn.output(i)
+            combined = self.with_reference_knn(mutual, share, self.knn_weight())
+            return [combined, share] if gate else [combined]
+
+        bar = _bar(len(feats.paths), "patchknn single-image", s.progress)
+        levels = single.levels(outputs_of, level_images(scores, feats.paths, [] if knn is None else knn.chosen))
         for i in range(len(feats.paths)):
-            out = self._batch_output(feats, i, maps, scores, inputs, knn)
-            yield joined(out, single.output(i), levels, self.settings.single_image_knn_weight)
+            out, *share = outputs_of(i)
+            own = single.output(i)
+            if gate:
+                own, levels_own = gated(own, share[0], (levels[-1], levels[1])), STANDARD_LEVEL
+            else:
+                levels_own = levels[-1]
+            yield joined(out, own, (levels[0], levels_own), s.single_image_knn_weight)
             bar.update(1)
         bar.close()
 

@@ -12,6 +12,7 @@ from .lnamd import DEFAULT_DEGREES, PATCH_NORMS
 from .msm import DEFAULT_CHUNK_ELEMENTS, SCORE_SCALES
 from .postprocess import BASELINES, PHOTOMETRIC_MODES
 from .rscin import DEFAULT_NEIGHBOURS
+from .single_image_share import SINGLE_IMAGE_GATES
 
 # Chosen on the mean over our three categories (README musc variants table, full test sets):
 # with blocks 7, 10, 14 the smallest 0-70 % beat the paper's 0-30 % on all three means.
@@ -65,6 +66,7 @@ class MuScSettings(MethodSettings):
         "released_clip": False,
         "knn_fused": "none",
         "single_image_knn_weight": 0.0,
+        "single_image_gate": "none",
     }
 
     backbone: str = setting(
@@ -199,6 +201,14 @@ class MuScSettings(MethodSettings):
         "batch's lowest-scored images; 0 = off (single_image_share.py)",
         minimum=0.0,
         maximum=1.0,
+    )
+    single_image_gate: str = setting(
+        "none",
+        "with single_image_knn_weight: pseudo-references counts the single-image map only where the "
+        "pseudo-reference share also finds the image unusual (the smaller of the two standardised), so a "
+        "mark every image carries is not a defect; a batch without pseudo-references is not gated; none: as it "
+        "is (single_image_share.py)",
+        choices=SINGLE_IMAGE_GATES,
     )
     pseudo_reference_minimum: int = setting(
         2, "fewer pseudo-references than this (a small batch): none are used", minimum=2

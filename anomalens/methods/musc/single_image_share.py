@@ -28,6 +28,9 @@ from ..recipe_fusion import MapLevel, level_of_samples, level_sample
 from .fused_share import in_units
 from .pseudo_references import HeldImages, at_size, lowest_scored
 
+# the level of an output already in standardised units
+STANDARD_LEVEL = MapLevel(0.0, 1.0)
+SINGLE_IMAGE_GATES = ("none", "pseudo-references")
 # Levels from the pseudo-references, or from at least this many of the lowest-scored images (a small
 # batch, or pseudo-references off): a median and a MAD over a handful of maps.
 LEVEL_IMAGES_MINIMUM = 16
@@ -69,11 +72,22 @@ class SingleImageShare:
         """Held image i's single-image output at the image's own size."""
         return at_size(self.knn.predict([self.held.images[i]])[0], self.held.sizes[i])
 
-    def levels(self, musc_output, indices: list[int]) -> tuple[MapLevel, MapLevel]:
-        """(musc's level, the single-image level) on the images `indices`; `musc_output(i)` makes image
-        i's musc output (neither output is kept)."""
-        musc_samples, single_samples = [], []
+    def levels(self, outputs_of, indices: list[int]) -> list[MapLevel]:
+        """The level of each output `outputs_of(i)` makes for image i (musc's, then any others), on the images
+        `indices`, and last the single-image output's level (no output is kept)."""
+        samples: list[list[np.ndarray]] = []
         for i in indices:
-            musc_samples.append(level_sample(musc_output(i)))
-            single_samples.append(level_sample(self.output(i)))
-        return level_of_samples(musc_samples), level_of_samples(single_samples)
+            outputs = [*outputs_of(i), self.output(i)]
+            samples = samples or [[] for _ in outputs]
+            for kept, out in zip(samples, outputs, strict=True):
+                kept.append(level_sample(out))
+        return [level_of_samples(kept) for kept in samples]
+
+
+def gated(single: MethodOutput, share: MethodOutput, levels: tuple[MapLevel, MapLevel]) -> MethodOutput:
+    """`single_image_gate=pseudo-references`: the single-image output counted only where the pseudo-reference
+    share also finds the image unusual, the smaller of the two standardised (a mark recurs on the
+    pseudo-references; a defect kind the batch shares, less so). Standardised units: its level is (0, 1)."""
+    a, b = levels
+    anomaly_map = np.minimum(a.standardise(single.anomaly_map), b.standardise(share.anomaly_map))
+    return MethodOutput(float(min(a.standardise(single.score), b.standardise(share.score))), anomaly_map)

@@ -1,0 +1,75 @@
+"""patchknn few-shot joined by its own single-image zero-shot map (a screen, session 29).
+
+musc's `single_image_knn_weight` joins the image's own patches to the batch's opinion. The same question for
+`patchknn` with references: does each image's single-image zero-shot map (its patches against its own patches
+at patchknn's `zero_shot_quantile`) add to the references' map? For each category, shot count and reference
+draw: patchknn's default fitted on the draw, patchknn's default zero-shot (no draw), each standardised by the
+median and MAD of all the test images' maps (`recipe_fusion.map_level`), and for each weight w the pixelwise
+(1 - w) x few-shot + w x single-image (the image score the same way). Prints image AUROC / pixel AUROC / AUPRO
+(pixel metrics at 256 px, binned) per weight, the mean over draws.
+
+    python benchmarks/fewshot_single_image.py --data ../shared/data --shots 1,4 --seeds 0,1,2 --weights 0,0.15,0.3
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from anomalens import Detector
+from anomalens.data import load_dataset, load_mask
+from anomalens.data.base import sample_references
+from anomalens.images import load_image
+from anomalens.methods.base import MethodOutput
+from anomalens.methods.recipe_fusion import map_level
+from anomalens.metrics import PixelMetricAccumulator, image_metrics
+
+
+def standardised(results) -> tuple[np.ndarray, list[np.ndarray]]:
+    level = map_level([MethodOutput(0.0, r.anomaly_map) for r in results])
+    return np.array([level.standardise(r.score) for r in results]), [
+        level.standardise(r.anomaly_map).astype(np.float32) for r in results
+    ]
+
+
+def joined_metrics(split, labels, first, second, w: float) -> tuple[float, float, float]:
+    scores = (1 - w) * first[0] + w * second[0]
+    pixels = PixelMetricAccumulator(resolution=256)
+    for sample, a, b in zip(split.test, first[1], second[1], strict=True):
+        pixels.update((1 - w) * a + w * b, load_mask(sample, a.shape))
+    p = pixels.compute()
+    image = 100 * image_metrics(labels, scores)["image_auroc"] if len(set(labels)) > 1 else float("nan")
+    return image, 100 * p["pixel_auroc"], 100 * p["pixel_aupro"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="../shared/data")
+    parser.add_argument("--categories", default="magnetic_tile,mpdd_metal_plate")
+    parser.add_argument("--shots", default="1,4")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--weights", default="0,0.15,0.3")
+    args = parser.parse_args()
+    weights = [float(w) for w in args.weights.split(",")]
+    print("| category | shots | " + " | ".join(f"w {w:g}" for w in weights) + " |")
+    print("|---" * (len(weights) + 2) + "|")
+    for category in args.categories.split(","):
+        split = load_dataset(Path(args.data), categories=[category])[category]
+        images = [load_image(s.path) for s in split.test]
+        labels = [s.label for s in split.test]
+        single = standardised(Detector("patchknn").fit([]).predict(images))
+        for shots in [int(k) for k in args.shots.split(",")]:
+            rows = []
+            for seed in [int(s) for s in args.seeds.split(",")]:
+                refs = [load_image(p) for p in sample_references(split, shots, seed)]
+                few = standardised(Detector("patchknn").fit(refs).predict(images))
+                rows.append([joined_metrics(split, labels, few, single, w) for w in weights])
+            mean = np.mean(np.array(rows), axis=0)
+            cells = [" / ".join(f"{v:.1f}" for v in m) for m in mean]
+            print(f"| {category} | {shots} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
