@@ -32,7 +32,7 @@ from .pseudo_references import (
 )
 from .rscin import rescore
 from .settings import MuScSettings, resolved_knn_fused
-from .single_image_share import STANDARD_LEVEL, SingleImageShare, gated, joined, level_images
+from .single_image_share import SingleImageShare, level_images
 
 
 class SingleImageBatchError(UsageError):
@@ -156,11 +156,8 @@ class MuSc(Method):
         # patchknn scores the batch once it is ranked (its pseudo-references are the images the
         # mutual score ranks lowest), so the images are held (reduced) until then
         zero_shot = self.references is None
-        wanted = (
-            self.reference_knn_ is not None
-            or (zero_shot and s.pseudo_reference_share > 0)
-            or (zero_shot and s.single_image_knn_weight > 0)
-        )
+        batch_shares = s.pseudo_reference_share > 0 or s.single_image_knn_weight > 0
+        wanted = self.reference_knn_ is not None or (zero_shot and batch_shares)
         held = HeldImages(pseudo_reference_settings(s.knn_recipe, self.knn_fused())) if wanted else None
         feats = self.features(images, also=held.add if held is not None else None)
         if not feats.paths:
@@ -189,14 +186,8 @@ class MuSc(Method):
         chosen = lowest_scored(scores, paths, count) if count else []
         if not chosen and self.reference_knn_ is None:
             return None
-        return PseudoReferenceKnn(
-            held,
-            chosen,
-            self.device,
-            held.settings,
-            references=self.reference_knn_,
-            region=self.region,
-        )
+        knn = self.reference_knn_
+        return PseudoReferenceKnn(held, chosen, self.device, held.settings, references=knn, region=self.region)
 
     def knn_weight(self) -> float:
         """patchknn's share of each output: `reference_knn_weight` with references, else `pseudo_reference_weight`."""
@@ -210,22 +201,19 @@ class MuSc(Method):
         inputs = feats.inputs_of()  # once: each image's maps are found by it
         bar = _bar(len(feats.paths), "patchknn", self.settings.progress and knn is not None)
         for i in range(len(feats.paths)):
-            yield self._batch_output(feats, i, maps, scores, inputs, knn)
+            yield self._image_outputs(feats, i, maps, scores, inputs, knn)[0]
             bar.update(1)
         bar.close()
 
-    def _batch_output(
-        self,
-        feats: BatchFeatures,
-        i: int,
-        maps: torch.Tensor,
-        scores: torch.Tensor,
-        inputs: list[list[int]],
-        knn: PseudoReferenceKnn | None,
-    ) -> MethodOutput:
-        """Image i's output: its mutual score, with patchknn's (pseudo-)reference share when there is one."""
-        out = self._output(feats, i, maps, float(scores[i]), inputs[i])
-        return out if knn is None else self.with_reference_knn(out, knn.output(i), self.knn_weight())
+    def _image_outputs(self, feats, i, maps, scores, inputs, knn, with_share: bool = False) -> list[MethodOutput]:
+        """Image i's output (its mutual score, with patchknn's (pseudo-)reference share when there is one)
+        and, `with_share`, that share alone."""
+        mutual = self._output(feats, i, maps, float(scores[i]), inputs[i])
+        if knn is None:
+            return [mutual]
+        share = knn.output(i)
+        combined = self.with_reference_knn(mutual, share, self.knn_weight())
+        return [combined, share] if with_share else [combined]
 
     def _joined_outputs(
         self,
@@ -240,25 +228,15 @@ class MuSc(Method):
         inputs = feats.inputs_of()
         s = self.settings
         gate = s.single_image_gate != "none" and knn is not None and bool(knn.chosen)
-
-        def outputs_of(i: int) -> list[MethodOutput]:  # image i's output, and with the gate its share alone
-            mutual = self._output(feats, i, maps, float(scores[i]), inputs[i])
-            if knn is None:
-                return [mutual]
-            share = knn.output(i)
-            combined = self.with_reference_knn(mutual, share, self.knn_weight())
-            return [combined, share] if gate else [combined]
-
+        indices = level_images(scores, feats.paths, [] if knn is None else knn.chosen)
         bar = _bar(len(feats.paths), "patchknn single-image", s.progress)
-        levels = single.levels(outputs_of, level_images(scores, feats.paths, [] if knn is None else knn.chosen))
-        for i in range(len(feats.paths)):
-            out, *share = outputs_of(i)
-            own = single.output(i)
-            if gate:
-                own, levels_own = gated(own, share[0], (levels[-1], levels[1])), STANDARD_LEVEL
-            else:
-                levels_own = levels[-1]
-            yield joined(out, own, (levels[0], levels_own), s.single_image_knn_weight)
+        for out in single.joined_outputs(
+            lambda i: self._image_outputs(feats, i, maps, scores, inputs, knn, gate),
+            indices,
+            gate,
+            s.single_image_knn_weight,
+        ):
+            yield out
             bar.update(1)
         bar.close()
 

@@ -18,6 +18,8 @@ sample and once when it is given.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 
@@ -71,6 +73,18 @@ class SingleImageShare:
     def output(self, i: int) -> MethodOutput:
         """Held image i's single-image output at the image's own size."""
         return at_size(self.knn.predict([self.held.images[i]])[0], self.held.sizes[i])
+
+    def joined_outputs(self, outputs_of, indices: list[int], gate: bool, weight: float) -> Iterator[MethodOutput]:
+        """Every held image's output joined by its single-image output (`joined`), levelled on the images
+        `indices` first. `outputs_of(i)` makes image i's musc output and, with the `gate`, its pseudo-reference
+        share alone (`gated`)."""
+        levels = self.levels(outputs_of, indices)
+        for i in range(len(self.held.images)):
+            out, *share = outputs_of(i)
+            own, own_level = self.output(i), levels[-1]
+            if gate:
+                own, own_level = gated(own, share[0], (levels[-1], levels[1])), STANDARD_LEVEL
+            yield joined(out, own, (levels[0], own_level), weight)
 
     def levels(self, outputs_of, indices: list[int]) -> list[MapLevel]:
         """The level of each output `outputs_of(i)` makes for image i (musc's, then any others), on the images
