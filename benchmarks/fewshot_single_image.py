@@ -17,21 +17,13 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from musc_single_image import standardised  # each output standardised by the batch's level
 
 from anomalens import Detector
 from anomalens.data import load_dataset, load_mask
 from anomalens.data.base import sample_references
 from anomalens.images import load_image
-from anomalens.methods.base import MethodOutput
-from anomalens.methods.recipe_fusion import map_level
 from anomalens.metrics import PixelMetricAccumulator, image_metrics
-
-
-def standardised(results) -> tuple[np.ndarray, list[np.ndarray]]:
-    level = map_level([MethodOutput(0.0, r.anomaly_map) for r in results])
-    return np.array([level.standardise(r.score) for r in results]), [
-        level.standardise(r.anomaly_map).astype(np.float32) for r in results
-    ]
 
 
 def joined_metrics(split, labels, first, second, w: float) -> tuple[float, float, float]:

@@ -6,12 +6,10 @@ and a resumed command-line run (the order of the batch: tests/test_musc_pseudo_r
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import run
-from PIL import Image
+from cli_helpers import assert_musc_run_resumes_identically
 from synthetic import planted_batch
 
 from anomalens import Detector, load_detector
@@ -20,7 +18,6 @@ from anomalens.images import LoadedImage
 from anomalens.methods import create_method
 from anomalens.methods.musc.pseudo_references import pseudo_reference_settings
 from anomalens.methods.patchknn import PatchKnn
-from anomalens.outputs import read_records
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -175,25 +172,5 @@ def test_auto_fuses_the_texture_recipe_zero_shot_and_nothing_with_references(tmp
 
 
 def test_a_fused_command_line_run_resumes_identically(tmp_path):
-    root = tmp_path / "line"
-    root.mkdir()
-    for k, img in enumerate(_images(range(16), defect=7)):
-        Image.fromarray(img.rgb).save(root / f"{'bad' if k == 7 else 'ok'}_{k:02d}.png")
-    out = tmp_path / "out"
-    args = ["detect", root, "--out", out, "--method", "musc", "--image-size", "64", "--jobs", "0"]
-    args += ["--set", "progress=false", "--set", f"knn_fused={RECIPE}"]
-    run(args)
+    out = assert_musc_run_resumes_identically(tmp_path, [f"knn_fused={RECIPE}"], defect=7)
     assert json.loads((out / "settings.json").read_text())["settings"]["knn_fused"] == RECIPE
-
-    def scores() -> dict[str, float]:
-        return {Path(r["path"]).name: r["score"] for r in read_records(out) if r.get("status") == "ok"}
-
-    before = scores()
-    assert max(before, key=before.get) == "bad_07.png"
-    jsonl = out / "results.jsonl"
-    jsonl.write_text("\n".join(jsonl.read_text().splitlines()[:5]) + "\n")  # interrupted after 5 images
-    run(args)
-    after = scores()
-    assert after.keys() == before.keys()
-    for name, value in before.items():
-        assert after[name] == pytest.approx(value, abs=1e-6)

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import run
-from PIL import Image
+from cli_helpers import assert_musc_run_resumes_identically
 from synthetic import planted_batch, smooth_texture
 
 from anomalens import Detector, load_detector
@@ -22,7 +20,6 @@ from anomalens.methods.musc.single_image_share import LEVEL_IMAGES_MINIMUM, gate
 from anomalens.methods.patchknn import PatchKnn, PatchKnnSettings
 from anomalens.methods.recipe_fusion import MapLevel
 from anomalens.metrics import PixelMetricAccumulator
-from anomalens.outputs import read_records
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -188,24 +185,4 @@ def test_without_pseudo_references_the_gate_has_nothing_to_read_and_is_off():
 
 
 def test_a_command_line_run_with_the_share_resumes_identically(tmp_path):
-    root = tmp_path / "line"
-    root.mkdir()
-    for k, img in enumerate(planted_batch(range(16), defect=6)):
-        Image.fromarray(img.rgb).save(root / f"{'bad' if k == 6 else 'ok'}_{k:02d}.png")
-    out = tmp_path / "out"
-    args = ["detect", root, "--out", out, "--method", "musc", "--image-size", "64", "--jobs", "0"]
-    args += ["--set", "progress=false", "--set", "knn_fused=none", "--set", "single_image_knn_weight=0.5"]
-    run(args)
-
-    def scores() -> dict[str, float]:
-        return {Path(r["path"]).name: r["score"] for r in read_records(out) if r.get("status") == "ok"}
-
-    before = scores()
-    assert max(before, key=before.get) == "bad_06.png"
-    jsonl = out / "results.jsonl"
-    jsonl.write_text("\n".join(jsonl.read_text().splitlines()[:5]) + "\n")  # interrupted after 5 images
-    run(args)
-    after = scores()
-    assert after.keys() == before.keys()
-    for name, value in before.items():
-        assert after[name] == pytest.approx(value, abs=1e-6)
+    assert_musc_run_resumes_identically(tmp_path, ["knn_fused=none", "single_image_knn_weight=0.5"], defect=6)
