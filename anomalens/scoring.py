@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -58,7 +59,7 @@ def knn_anomaly(
         if k == 1:  # few-shot: a row maximum, the same value as topk's, ~30 % less time
             kth = _row_max_similarity(rows, bank)
         else:
-            kth = kth_largest(rows @ bank.T, k)[0]
+            kth = kth_largest_values(rows @ bank.T, k)
         out[start : start + chunk] = (0.5 * (1.0 - kth)).clamp_(0.0, 1.0)
     return out
 
@@ -76,7 +77,7 @@ def _euclidean_kth(
     if k == 1:  # few-shot: a row maximum, ~30 % less time than topk
         kth = _row_max_similarity(ranked, ranking_bank)
     else:
-        kth = kth_largest(ranked @ ranking_bank.T, k)[0]
+        kth = kth_largest_values(ranked @ ranking_bank.T, k)
     norms = (rows * rows).sum(-1)
     squared = (norms - 2.0 * kth).clamp_(min=0.0)
     close = (squared < CANCELLATION_SHARE * norms).nonzero()[:, 0]
@@ -101,6 +102,20 @@ def kth_largest(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
         return top.values[:, k - 1], top.indices[:, k - 1]
     kth = values.kthvalue(values.shape[1] - k + 1, dim=1)
     return kth.values, kth.indices
+
+
+def kth_largest_values(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Per row of (N, M) `values`, the k-th largest value (the same number as `kth_largest`'s).
+
+    On the CPU, above `KTHVALUE_ABOVE`, numpy's introselect: zero-shot at a quantile (the ~400th of
+    1,024 per row) takes 5.4 ms per 1,024 x 1,024 against kthvalue's 14.8 on one thread (7.8 on two).
+    """
+    numpy_ready = values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64)
+    if k <= KTHVALUE_ABOVE or not numpy_ready or values.requires_grad:
+        return kth_largest(values, k)[0]
+    column = values.shape[1] - k
+    array = values.detach().numpy()
+    return torch.from_numpy(np.partition(array, column, axis=1)[:, column].copy())
 
 
 # Bank patches per block of the row maximum: a (1024 x BANK_BLOCK) block of similarities stays in

@@ -184,3 +184,19 @@ def test_upsample_and_smooth_of_a_constant_map_is_that_constant():
     # both operations preserve constants (normalised kernel, reflect padding): a hand-computed case
     got = upsample_and_smooth(torch.full((1, 4, 6), 0.25), 48, 4.0)
     torch.testing.assert_close(got, torch.full((1, 48, 48), 0.25), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [1, 16, 17, 400, 512])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_kth_largest_values_is_the_sorted_rows_kth(k, dtype):
+    # the numpy selection above KTHVALUE_ABOVE and torch's below it give the k-th of each row sorted
+    # descending, ties (rounded values) and -inf (masked neighbours) included
+    from anomalens.scoring import kth_largest_values
+
+    g = torch.Generator().manual_seed(11)
+    values = (torch.randn(37, 512, generator=g) * 4).round().to(dtype)
+    values[:, :20] = float("-inf")
+    expected = values.sort(dim=1, descending=True).values[:, k - 1]
+    got = kth_largest_values(values, k)
+    assert got.dtype == dtype
+    assert torch.equal(got, expected)

@@ -21,7 +21,7 @@ from ..scoring import (
     image_score,
     image_score_in_map,
     knn_anomaly,
-    kth_largest,
+    kth_largest_values,
     reweighting_factor,
     upsample_and_smooth,
 )
@@ -84,9 +84,9 @@ def patch_scores(
     k = zero_shot_rank(flat.shape[0], zero_shot_k, zero_shot_quantile, int(excluded.sum(1).max()))
     if metric == "euclidean":
         dist = torch.cdist(flat.float(), flat.float()).masked_fill(excluded, float("inf"))
-        return (-kth_largest(-dist, k)[0]).view(t, h, w)
+        return (-kth_largest_values(-dist, k)).view(t, h, w)
     unit = F.normalize(flat.float(), dim=-1)
-    kth = kth_largest((unit @ unit.T).masked_fill(excluded, -1.0), k)[0]
+    kth = kth_largest_values((unit @ unit.T).masked_fill(excluded, -1.0), k)
     return (0.5 * (1.0 - kth)).clamp(0.0, 1.0).view(t, h, w)
 
 
