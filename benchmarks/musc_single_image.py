@@ -10,6 +10,10 @@ same way). Prints image AUROC / pixel AUROC / AUPRO (pixel metrics at 256 px, bi
 
     python benchmarks/musc_single_image.py --data ../shared/data --weights 0,0.25,0.5
     python benchmarks/musc_single_image.py --data ../shared/data --weights 0,0.25,0.5 --levels lowest
+    python benchmarks/musc_single_image.py --data ../shared/data --weights 0,0.5,1 --levels lowest --rule max
+
+`--rule max` (session 30) joins by the pixelwise larger of the two standardised maps (scores: the larger
+score) instead of the average: (1 - w) x musc + w x max(musc, single-image).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ def main() -> None:
         "--levels", default="batch", choices=("batch", "lowest"),
         help="levels from all the batch's maps, or from the tenth musc scores lowest (at least 16 images)",
     )
+    parser.add_argument("--rule", default="mean", choices=("mean", "max"), help="average, or towards the maximum")
     args = parser.parse_args()
     weights = [float(w) for w in args.weights.split(",")]
     print("| category | " + " | ".join(f"w {w:g}" for w in weights) + " |\n" + "|---" * (len(weights) + 1) + "|")
@@ -58,11 +63,12 @@ def main() -> None:
         musc = standardised(musc_out, lowest)
         single = standardised(Detector("patchknn").fit([]).predict(images), lowest)
         cells = []
+        join = np.maximum if args.rule == "max" else (lambda a, b: b)
         for w in weights:
-            scores = (1 - w) * musc[0] + w * single[0]
+            scores = (1 - w) * musc[0] + w * join(musc[0], single[0])
             pixels = PixelMetricAccumulator(resolution=256)
             for sample, a, b in zip(split.test, musc[1], single[1], strict=True):
-                pixels.update((1 - w) * a + w * b, load_mask(sample, a.shape))
+                pixels.update((1 - w) * a + w * join(a, b), load_mask(sample, a.shape))
             p = pixels.compute()
             image = f"{100 * image_metrics(labels, scores)['image_auroc']:.1f}" if len(set(labels)) > 1 else "-"
             cells.append(f"{image} / {100 * p['pixel_auroc']:.1f} / {100 * p['pixel_aupro']:.1f}")
