@@ -104,14 +104,21 @@ def kth_largest(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     return kth.values, kth.indices
 
 
+# numpy's selection runs on one thread; torch's kthvalue splits the rows over its threads, so above
+# this many threads torch is expected to be the faster (measured up to 2, this machine's cores).
+NUMPY_SELECTION_MAX_THREADS = 2
+
+
 def kth_largest_values(values: torch.Tensor, k: int) -> torch.Tensor:
     """Per row of (N, M) `values`, the k-th largest value (the same number as `kth_largest`'s).
 
-    On the CPU, above `KTHVALUE_ABOVE`, numpy's introselect: zero-shot at a quantile (the ~400th of
-    1,024 per row) takes 5.4 ms per 1,024 x 1,024 against kthvalue's 14.8 on one thread (7.8 on two).
+    On the CPU, above `KTHVALUE_ABOVE`, with at most `NUMPY_SELECTION_MAX_THREADS` torch threads, numpy's
+    introselect: zero-shot at a quantile (the ~400th of 1,024 per row) takes 5.4 ms per 1,024 x 1,024
+    against kthvalue's 14.8 on one thread and 7.8 on two.
     """
     numpy_ready = values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64)
-    if k <= KTHVALUE_ABOVE or not numpy_ready or values.requires_grad:
+    few_threads = torch.get_num_threads() <= NUMPY_SELECTION_MAX_THREADS
+    if k <= KTHVALUE_ABOVE or not (numpy_ready and few_threads) or values.requires_grad:
         return kth_largest(values, k)[0]
     column = values.shape[1] - k
     array = values.detach().numpy()

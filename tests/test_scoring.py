@@ -188,10 +188,14 @@ def test_upsample_and_smooth_of_a_constant_map_is_that_constant():
 
 @pytest.mark.parametrize("k", [1, 16, 17, 400, 512])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
-def test_kth_largest_values_is_the_sorted_rows_kth(k, dtype):
-    # the numpy selection above KTHVALUE_ABOVE and torch's below it give the k-th of each row sorted
-    # descending, ties (rounded values) and -inf (masked neighbours) included
+@pytest.mark.parametrize("numpy_threads", [0, 1024])  # torch's kthvalue / numpy's selection above rank 16
+def test_kth_largest_values_is_the_sorted_rows_kth(k, dtype, numpy_threads, monkeypatch):
+    # both selections give the k-th of each row sorted descending, ties (rounded values) and -inf
+    # (masked neighbours) included
+    from anomalens import scoring
     from anomalens.scoring import kth_largest_values
+
+    monkeypatch.setattr(scoring, "NUMPY_SELECTION_MAX_THREADS", numpy_threads)
 
     g = torch.Generator().manual_seed(11)
     values = (torch.randn(37, 512, generator=g) * 4).round().to(dtype)
