@@ -17,23 +17,12 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from musc_single_image import standardised  # each output standardised by the batch's level
+from musc_single_image import joined_metrics, standardised  # standardised by the batch's level
 
 from anomalens import Detector
-from anomalens.data import load_dataset, load_mask
+from anomalens.data import load_dataset
 from anomalens.data.base import sample_references
 from anomalens.images import load_image
-from anomalens.metrics import PixelMetricAccumulator, image_metrics
-
-
-def joined_metrics(split, labels, first, second, w: float) -> tuple[float, float, float]:
-    scores = (1 - w) * first[0] + w * second[0]
-    pixels = PixelMetricAccumulator(resolution=256)
-    for sample, a, b in zip(split.test, first[1], second[1], strict=True):
-        pixels.update((1 - w) * a + w * b, load_mask(sample, a.shape))
-    p = pixels.compute()
-    image = 100 * image_metrics(labels, scores)["image_auroc"] if len(set(labels)) > 1 else float("nan")
-    return image, 100 * p["pixel_auroc"], 100 * p["pixel_aupro"]
 
 
 def main() -> None:
@@ -57,7 +46,8 @@ def main() -> None:
             for seed in [int(s) for s in args.seeds.split(",")]:
                 refs = [load_image(p) for p in sample_references(split, shots, seed)]
                 few = standardised(Detector("patchknn").fit(refs).predict(images))
-                rows.append([joined_metrics(split, labels, few, single, w) for w in weights])
+                metrics = [joined_metrics(split, labels, few, single, w) for w in weights]
+                rows.append([[np.nan if v is None else v for v in m] for m in metrics])
             mean = np.mean(np.array(rows), axis=0)
             cells = [" / ".join(f"{v:.1f}" for v in m) for m in mean]
             print(f"| {category} | {shots} | " + " | ".join(cells) + " |", flush=True)

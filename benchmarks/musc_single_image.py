@@ -38,6 +38,19 @@ def standardised(results, level_images=None) -> tuple[np.ndarray, list[np.ndarra
     return scores, [level.standardise(r.anomaly_map).astype(np.float32) for r in results]
 
 
+def joined_metrics(split, labels, first, second, w: float, join=None) -> tuple[float | None, float, float]:
+    """Image AUROC (None without normal images) / pixel AUROC / AUPRO, in %, of (1 - w) x first + w x
+    join(first, second) over standardised (scores, maps); `join` None: second itself (the average)."""
+    join = join or (lambda a, b: b)
+    scores = (1 - w) * first[0] + w * join(first[0], second[0])
+    pixels = PixelMetricAccumulator(resolution=256)
+    for sample, a, b in zip(split.test, first[1], second[1], strict=True):
+        pixels.update((1 - w) * a + w * join(a, b), load_mask(sample, a.shape))
+    p = pixels.compute()
+    image = 100 * image_metrics(labels, scores)["image_auroc"] if len(set(labels)) > 1 else None
+    return image, 100 * p["pixel_auroc"], 100 * p["pixel_aupro"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="../shared/data")
@@ -63,15 +76,10 @@ def main() -> None:
         musc = standardised(musc_out, lowest)
         single = standardised(Detector("patchknn").fit([]).predict(images), lowest)
         cells = []
-        join = np.maximum if args.rule == "max" else (lambda a, b: b)
+        join = np.maximum if args.rule == "max" else None
         for w in weights:
-            scores = (1 - w) * musc[0] + w * join(musc[0], single[0])
-            pixels = PixelMetricAccumulator(resolution=256)
-            for sample, a, b in zip(split.test, musc[1], single[1], strict=True):
-                pixels.update((1 - w) * a + w * join(a, b), load_mask(sample, a.shape))
-            p = pixels.compute()
-            image = f"{100 * image_metrics(labels, scores)['image_auroc']:.1f}" if len(set(labels)) > 1 else "-"
-            cells.append(f"{image} / {100 * p['pixel_auroc']:.1f} / {100 * p['pixel_aupro']:.1f}")
+            image, pixel, aupro = joined_metrics(split, labels, musc, single, w, join)
+            cells.append(f"{'-' if image is None else f'{image:.1f}'} / {pixel:.1f} / {aupro:.1f}")
         print(f"| {category} | " + " | ".join(cells) + " |", flush=True)
 
 
