@@ -121,8 +121,8 @@ def kth_largest_values(values: torch.Tensor, k: int) -> torch.Tensor:
     if k <= KTHVALUE_ABOVE or not (numpy_ready and few_threads) or values.requires_grad:
         return kth_largest(values, k)[0]
     column = values.shape[1] - k
-    array = values.detach().numpy()
-    return torch.from_numpy(np.partition(array, column, axis=1)[:, column].copy())
+    # the column copied out, so the partitioned (N, M) array is not kept alive by a view
+    return torch.from_numpy(np.partition(values.numpy(), column, axis=1)[:, column].copy())
 
 
 # Bank patches per block of the row maximum: a (1024 x BANK_BLOCK) block of similarities stays in
