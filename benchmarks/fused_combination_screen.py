@@ -13,9 +13,9 @@ session 31):
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
+from screen_cli import run_anomalens, split_arguments
 
 from anomalens.methods import recipe_fusion
 
@@ -36,18 +36,13 @@ def combination(map_rule: str, score_rule: str):
 
 
 def main() -> None:
-    if "--" not in sys.argv:
-        raise SystemExit(__doc__)
-    split = sys.argv.index("--")
+    own, arguments = split_arguments(__doc__)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--map", choices=sorted(COMBINE_MAPS), default="max")
     parser.add_argument("--score", choices=sorted(COMBINE_SCORES), default="max")
-    args = parser.parse_args(sys.argv[1:split])
+    args = parser.parse_args(own)
     recipe_fusion.fuse_inputs = combination(args.map, args.score)  # looked up at call time
-    from anomalens.cli import app
-
-    sys.argv = ["anomalens", *sys.argv[split + 1 :]]
-    app()
+    run_anomalens(arguments)
 
 
 if __name__ == "__main__":

@@ -12,21 +12,18 @@ the library's own fit, calibration and scoring (README "Both recipes at once", s
 from __future__ import annotations
 
 import json
-import sys
+
+from screen_cli import run_anomalens, split_arguments
 
 from anomalens.methods import patchknn_settings
 
 
 def main() -> None:
-    if len(sys.argv) < 3 or sys.argv[2] != "--":
-        raise SystemExit(__doc__)
-    extra = json.loads(sys.argv[1])
+    (changes,), arguments = split_arguments(__doc__, own=1)
+    extra = json.loads(changes)
     name = patchknn_settings.AUTO_FUSED_RECIPE
     patchknn_settings.KNN_RECIPES[name] = {**patchknn_settings.KNN_RECIPES[name], **extra}
-    from anomalens.cli import app  # after the change: nothing has copied the recipe yet
-
-    sys.argv = ["anomalens", *sys.argv[3:]]
-    app()
+    run_anomalens(arguments)  # after the change: nothing has copied the recipe yet
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ the default recipe's values by each image's own levels, the larger kept, the def
 
 from __future__ import annotations
 
-import sys
+from screen_cli import run_anomalens, split_arguments
 
 from anomalens.methods import recipe_fusion
 
@@ -23,13 +23,9 @@ def _image_level_fusion(first, second, levels):
 
 
 def main() -> None:
-    if len(sys.argv) < 2 or sys.argv[1] != "--":
-        raise SystemExit(__doc__)
+    _, arguments = split_arguments(__doc__, own=0)
     recipe_fusion.fuse_inputs = _image_level_fusion  # fused_predict looks it up at call time
-    from anomalens.cli import app
-
-    sys.argv = ["anomalens", *sys.argv[2:]]
-    app()
+    run_anomalens(arguments)
 
 
 if __name__ == "__main__":

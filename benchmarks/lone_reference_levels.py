@@ -12,7 +12,7 @@ upper half, and runs `anomalens` with the remaining arguments (README "Both reci
 
 from __future__ import annotations
 
-import sys
+from screen_cli import run_anomalens, split_arguments
 
 from anomalens.methods import recipe_fusion
 from anomalens.methods.base import MethodOutput
@@ -33,13 +33,9 @@ def halves_normal_maps(method, references: list) -> list[MethodOutput]:
 
 
 def main() -> None:
-    if len(sys.argv) < 2 or sys.argv[1] != "--":
-        raise SystemExit(__doc__)
+    _, arguments = split_arguments(__doc__, own=0)
     recipe_fusion.normal_maps = halves_normal_maps  # patchknn looks it up at call time
-    from anomalens.cli import app
-
-    sys.argv = ["anomalens", *sys.argv[2:]]
-    app()
+    run_anomalens(arguments)
 
 
 if __name__ == "__main__":
