@@ -247,7 +247,7 @@ def run(
             from .batch_record import record_pseudo_references
 
             if chosen := record_pseudo_references(out, getattr(detector.method, "last_batch", {})):
-                log(f"pseudo-references: the {chosen} images the mutual score ranked lowest (listed in batch.json)")
+                log(f"pseudo-references: the {chosen} images ranked lowest (listed in batch.json)")
     finally:
         writer.close()
 

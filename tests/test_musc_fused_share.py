@@ -21,7 +21,9 @@ from anomalens.methods.patchknn import PatchKnn
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-FAST = {"image_size": 64, "progress": False, "knn_fused": "none"}  # the plain share, whatever the default
+# the plain share, whatever the default; one pick of the pseudo-references (the mutual score's): the later
+# rounds are tests/test_musc_pseudo_references.py
+FAST = {"image_size": 64, "progress": False, "knn_fused": "none", "pseudo_reference_rounds": 1}
 FUSED = {**FAST, "knn_fused": "textured-surface"}
 RECIPE = "textured-surface"
 

@@ -26,8 +26,9 @@ from anomalens.methods.patchknn import PatchKnn
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-# the plain share (one patchknn recipe), whatever the default: the fused share is test_musc_fused_share.py
-FAST = {"image_size": 64, "progress": False, "knn_fused": "none"}
+# the plain share (one patchknn recipe), whatever the default: the fused share is test_musc_fused_share.py;
+# one pick of the pseudo-references (the mutual score's), whatever the default: later rounds are tested below
+FAST = {"image_size": 64, "progress": False, "knn_fused": "none", "pseudo_reference_rounds": 1}
 
 
 def _images(seeds, size: int = 64, defect: int | None = None) -> list[LoadedImage]:
@@ -145,3 +146,24 @@ def test_large_images_get_maps_of_their_own_size():
     outputs = create_method("musc", **FAST, pseudo_reference_share=0.2).fit([]).predict(images)
     assert outputs[-1].anomaly_map.shape == (512, 512)
     assert all(o.anomaly_map.shape == (64, 64) for o in outputs[:-1])
+
+
+def test_a_second_round_picks_the_lowest_joined_scores_of_the_first():
+    images = _images(range(16), defect=5)
+    settings = {**FAST, "pseudo_reference_rounds": 1}
+    mutual = create_method("musc", **settings, pseudo_reference_share=0.0).fit([]).predict(images)
+    first = create_method("musc", **settings).fit([])
+    first_outputs = first.predict(images)
+    second = create_method("musc", **{**settings, "pseudo_reference_rounds": 2}).fit([])
+    outputs = second.predict(images)
+    # the joined score of round one is the first method's output score: the second round ranks by it
+    ranked = sorted(range(16), key=lambda i: (first_outputs[i].score, images[i].path))
+    chosen = [images[i].path for i in ranked[:2]]
+    assert second.last_batch["pseudo_references"] == chosen
+    assert chosen != first.last_batch["pseudo_references"]  # this batch: the joined score picks other images
+    by_path = {img.path: img for img in images}
+    knn = PatchKnn(pseudo_reference_settings()).fit([by_path[p] for p in chosen])
+    for img, out, m in zip(images, outputs, mutual, strict=True):
+        if img.path not in chosen:
+            assert out.score == pytest.approx(0.625 * m.score + 0.375 * knn.predict([img])[0].score, abs=1e-5)
+    assert int(np.argmax([o.score for o in outputs])) == 5

@@ -99,7 +99,9 @@ Paper vs. official code (xrli-U/MuSc) vs. this implementation:
   once it is ranked, so the images are held until then (reduced to patchknn's largest side,
   384 px). Batches that give fewer than `pseudo_reference_minimum` (2) of them, i.e. under 15
   images, use the references alone (or none); `pseudo_reference_share=0` is the rule before.
-  `pseudo_references.py`.
+  `pseudo_references.py`. Since session 32 (README "Pseudo-references picked twice") they are picked
+  twice (`pseudo_reference_rounds` 2): the second pick ranks the batch by the joined score of the
+  first (the mutual score and that patchknn's share), which lets fewer defects into the bank.
 * Not in the paper (session 22, README "The texture recipe inside musc"): `knn_recipe` runs that
   patchknn share with one of patchknn's named recipes (`KNN_RECIPES`; `textured-surface` = per-image
   magnitudes and block 14). An opt-in: it raises magnetic_tile and steel_strip and costs the plates.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from .pseudo_references import (
     PseudoReferenceKnn,
     lowest_scored,
     musc_references_knn_settings,
+    picked_again,
     pseudo_reference_count,
     pseudo_reference_settings,
 )
@@ -88,6 +90,8 @@ class MuSc(Method):
     def describe_fit(self) -> str | None:
         s = self.settings
         pseudo = f"the {s.pseudo_reference_share:.0%} of the batch the mutual score ranks lowest"
+        if s.pseudo_reference_rounds > 1:
+            pseudo += f", picked again by the joined score (pseudo_reference_rounds {s.pseudo_reference_rounds})"
         second = self.knn_fused()
         fused = f" (fused with its {second} recipe: knn_fused)" if second not in ("none", s.knn_recipe) else ""
         if self.references is None:  # zero-shot: the batch's shares, if any
@@ -125,14 +129,9 @@ class MuSc(Method):
         return knn
 
     # ---- features ------------------------------------------------------------------------
-    def features(
-        self,
-        images: Iterable[LoadedImage],
-        desc: str = "musc features",
-        also: Callable[[list[LoadedImage]], None] | None = None,
-    ) -> BatchFeatures:
-        """LNAMD features of images read one batch at a time (the pixels are not kept; `also` is
-        called with each batch of images while they are in memory)."""
+    def features(self, images: Iterable[LoadedImage], desc: str = "musc features", also: Callable | None = None):
+        """LNAMD features (BatchFeatures) of images read one batch at a time (the pixels are not kept; `also`
+        is called with each batch of images, a list of LoadedImage, while they are in memory)."""
         total = len(images) if hasattr(images, "__len__") else None
         bar = _bar(total, desc, self.settings.progress)
         feats = extract_batch_features(self.backbone, self.settings, images, bar, also)
@@ -186,8 +185,10 @@ class MuSc(Method):
         chosen = lowest_scored(scores, paths, count) if count else []
         if not chosen and self.reference_knn_ is None:
             return None
-        knn = self.reference_knn_
-        return PseudoReferenceKnn(held, chosen, self.device, held.settings, references=knn, region=self.region)
+        fitted = partial(PseudoReferenceKnn, held, device=self.device, settings=held.settings)
+        fitted = partial(fitted, references=self.reference_knn_, region=self.region)
+        w, rounds = self.knn_weight(), s.pseudo_reference_rounds
+        return picked_again(fitted(chosen), fitted, scores, paths, w, rounds, s.progress)
 
     def knn_weight(self) -> float:
         """patchknn's share of each output: `reference_knn_weight` with references, else `pseudo_reference_weight`."""

@@ -20,6 +20,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from ...images import LoadedImage
 from ...inspection_region import counted_patches
@@ -40,6 +41,24 @@ def lowest_scored(scores: torch.Tensor | np.ndarray, paths: list[str], count: in
     """Indices of the `count` lowest scores, ties broken by path: the choice does not depend on the order."""
     values = np.asarray(scores, dtype=np.float64)
     return sorted(range(len(paths)), key=lambda i: (values[i], str(paths[i])))[:count]
+
+
+def picked_again(first, fitted, scores, paths: list[str], weight: float, rounds: int, progress: bool = False):
+    """The pseudo-reference patchknn after `rounds` picks (`first` itself for 1, or when it has no
+    pseudo-references): `first` was fitted on the images the mutual score `scores` ranks lowest; each further
+    round scores the batch with the patchknn of the round before, ranks it by the joined score ((1 - `weight`) x
+    mutual + `weight` x patchknn's, as the outputs join them) and fits `fitted(indices)` on as many images that
+    rank lowest. The joined score ranks the batch better than the mutual score alone, so fewer defects enter
+    the bank (README "Pseudo-references picked twice")."""
+    knn, count = first, len(first.chosen)
+    for round_ in range(2, rounds + 1 if count else 0):
+        joined = []
+        for i in tqdm(
+            range(len(paths)), f"pseudo-references, round {round_}", leave=False, disable=None if progress else True
+        ):
+            joined.append((1.0 - weight) * float(scores[i]) + weight * knn.score(i))
+        knn = fitted(lowest_scored(joined, paths, count))
+    return knn
 
 
 def reduced_copy(img: LoadedImage, short_side: int) -> LoadedImage:
@@ -163,6 +182,12 @@ class PseudoReferenceKnn:
 
     def output(self, i: int) -> MethodOutput:
         """Image i's patchknn output at its own size."""
+        return at_size(self._output(i), self.held.sizes[i])
+
+    def score(self, i: int) -> float:
+        """Image i's patchknn score (its map is not made at the image's size)."""
+        return float(self._output(i).score)
+
+    def _output(self, i: int) -> MethodOutput:
         outputs = self.pairs_.pop(i) if i in self.pairs_ else self._each_recipe(i)
-        out = outputs[0] if self.levels_ is None else fused_share.fuse_in_first_units(*outputs, self.levels_)
-        return at_size(out, self.held.sizes[i])
+        return outputs[0] if self.levels_ is None else fused_share.fuse_in_first_units(*outputs, self.levels_)
