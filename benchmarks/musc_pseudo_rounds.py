@@ -48,8 +48,13 @@ def reporting(lowest_scored, oracle: bool = False):
             chosen = [good[j] for j in lowest_scored([scores[i] for i in good], [paths[i] for i in good], count)]
         else:
             chosen = lowest_scored(scores, paths, count)
-        picks.append(sum(not is_good(paths[i]) for i in chosen))
-        print(f"pick {len(picks)}: {picks[-1]} of {len(chosen)} pseudo-references are not under good/", file=sys.stderr)
+        defective = [Path(str(paths[i])).parent.name for i in chosen if not is_good(paths[i])]
+        picks.append(len(defective))
+        kinds = ", ".join(f"{kind} {defective.count(kind)}" for kind in sorted(set(defective)))
+        print(
+            f"pick {len(picks)}: {picks[-1]} of {len(chosen)} pseudo-references are not under good/ ({kinds})",
+            file=sys.stderr,
+        )
         return chosen
 
     return pick
