@@ -69,16 +69,35 @@ def ranked_by_knn_alone(picked_again):
     return again
 
 
+def fewer_again(picked_again, fraction: float):
+    """`picked_again` whose later rounds pick `fraction` as many images as the first."""
+
+    def again(first, fitted, scores, paths, weight, rounds, progress=False):
+        from anomalens.methods.musc import pseudo_references as module
+
+        lowest = module.lowest_scored
+        module.lowest_scored = lambda values, names, count: lowest(values, names, max(2, round(fraction * count)))
+        try:
+            return picked_again(first, fitted, scores, paths, weight, rounds, progress)
+        finally:
+            module.lowest_scored = lowest
+
+    return again
+
+
 def main() -> None:
     own, arguments = split_arguments(__doc__)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pick", choices=("default", "knn", "oracle"), default="default")
+    parser.add_argument("--again", type=float, default=1.0, help="later picks take this fraction of the first's count")
     args = parser.parse_args(own)
     # the first pick is made in method.py, later ones in pseudo_references.py: each by its own imported name
     musc_method.lowest_scored = reporting(musc_method.lowest_scored, oracle=args.pick == "oracle")
     pseudo_references.lowest_scored = reporting(pseudo_references.lowest_scored)
     if args.pick == "knn":
         musc_method.picked_again = ranked_by_knn_alone(musc_method.picked_again)
+    if args.again != 1.0:
+        musc_method.picked_again = fewer_again(musc_method.picked_again, args.again)
     run_anomalens(arguments)
 
 
