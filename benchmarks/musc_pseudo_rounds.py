@@ -8,7 +8,8 @@ Zero-shot, musc ranks the batch by its mutual score and makes the lowest-scored 
 - `--pick default`: as the library does (compare `--set pseudo_reference_rounds=1` and `2`);
 - `--pick knn`: later rounds rank by patchknn's share alone instead of the joined score;
 - `--pick oracle`: the first pick takes the lowest-scored images under a `good` folder only, the most a
-  cleaner pick could give (an upper bound no user has; add `--set pseudo_reference_rounds=1`).
+  cleaner pick could give (an upper bound no user has; add `--set pseudo_reference_rounds=1`);
+- `--again F`: later picks take F times as many images as the first.
 
 Each pick prints to stderr how many of its images lie outside a `good` folder (README "Pseudo-references
 picked twice", session 32):
