@@ -12,7 +12,7 @@ the default recipe's values by each image's own levels, the larger kept, the def
 
 from __future__ import annotations
 
-from screen_cli import run_anomalens, split_arguments
+from screen_cli import run_replaced
 
 from anomalens.methods import recipe_fusion
 
@@ -23,9 +23,7 @@ def _image_level_fusion(first, second, levels):
 
 
 def main() -> None:
-    _, arguments = split_arguments(__doc__, own=0)
-    recipe_fusion.fuse_inputs = _image_level_fusion  # fused_predict looks it up at call time
-    run_anomalens(arguments)
+    run_replaced(__doc__, recipe_fusion, "fuse_inputs", _image_level_fusion)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ upper half, and runs `anomalens` with the remaining arguments (README "Both reci
 
 from __future__ import annotations
 
-from screen_cli import run_anomalens, split_arguments
+from screen_cli import run_replaced
 
 from anomalens.methods import recipe_fusion
 from anomalens.methods.base import MethodOutput
@@ -33,9 +33,7 @@ def halves_normal_maps(method, references: list) -> list[MethodOutput]:
 
 
 def main() -> None:
-    _, arguments = split_arguments(__doc__, own=0)
-    recipe_fusion.normal_maps = halves_normal_maps  # patchknn looks it up at call time
-    run_anomalens(arguments)
+    run_replaced(__doc__, recipe_fusion, "normal_maps", halves_normal_maps)
 
 
 if __name__ == "__main__":

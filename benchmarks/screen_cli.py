@@ -23,3 +23,11 @@ def run_anomalens(arguments: list[str]) -> None:
 
     sys.argv = ["anomalens", *arguments]
     app()
+
+
+def run_replaced(usage: str, module, name: str, replacement) -> None:
+    """For a screen without arguments of its own: `module.name` replaced (looked up at call time by anomalens),
+    then the CLI on the arguments after `--`."""
+    _, arguments = split_arguments(usage, own=0)
+    setattr(module, name, replacement)
+    run_anomalens(arguments)

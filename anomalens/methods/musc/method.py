@@ -23,6 +23,7 @@ from .fused_share import in_first_units, load_reference_knn, reference_knn_state
 from .lnamd import weigh_length
 from .msm import choose_partners, interval_bounds, mutual_scores, scale_scores, self_distances
 from .postprocess import image_scores, smooth_maps, subtract_baseline
+from .progress import progress_bar
 from .pseudo_references import (
     HeldImages,
     PseudoReferenceKnn,
@@ -39,12 +40,6 @@ from .single_image_share import SingleImageShare, level_images
 
 class SingleImageBatchError(UsageError):
     """Mutual scoring got one image and no references, and the fallback is off."""
-
-
-def _bar(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img", leave=False, disable=None if enabled else True)
 
 
 @register_method
@@ -133,7 +128,7 @@ class MuSc(Method):
         """LNAMD features (BatchFeatures) of images read one batch at a time (the pixels are not kept; `also`
         is called with each batch of images, a list of LoadedImage, while they are in memory)."""
         total = len(images) if hasattr(images, "__len__") else None
-        bar = _bar(total, desc, self.settings.progress)
+        bar = progress_bar(total, desc, self.settings.progress)
         feats = extract_batch_features(self.backbone, self.settings, images, bar, also)
         bar.close()
         return feats
@@ -185,8 +180,14 @@ class MuSc(Method):
         chosen = lowest_scored(scores, paths, count) if count else []
         if not chosen and self.reference_knn_ is None:
             return None
-        fitted = partial(PseudoReferenceKnn, held, device=self.device, settings=held.settings)
-        fitted = partial(fitted, references=self.reference_knn_, region=self.region)
+        fitted = partial(
+            PseudoReferenceKnn,
+            held,
+            device=self.device,
+            settings=held.settings,
+            references=self.reference_knn_,
+            region=self.region,
+        )
         w, rounds = self.knn_weight(), s.pseudo_reference_rounds
         return picked_again(fitted(chosen), fitted, scores, paths, w, rounds, s.progress)
 
@@ -200,7 +201,7 @@ class MuSc(Method):
     ) -> Iterator[MethodOutput]:
         """The batch's outputs one by one (a generator: the full-size maps are made as they are consumed)."""
         inputs = feats.inputs_of()  # once: each image's maps are found by it
-        bar = _bar(len(feats.paths), "patchknn", self.settings.progress and knn is not None)
+        bar = progress_bar(len(feats.paths), "patchknn", self.settings.progress and knn is not None)
         for i in range(len(feats.paths)):
             yield self._image_outputs(feats, i, maps, scores, inputs, knn)[0]
             bar.update(1)
@@ -230,7 +231,7 @@ class MuSc(Method):
         s = self.settings
         gate = s.single_image_gate != "none" and knn is not None and bool(knn.chosen)
         indices = level_images(scores, feats.paths, [] if knn is None else knn.chosen)
-        bar = _bar(len(feats.paths), "patchknn single-image", s.progress)
+        bar = progress_bar(len(feats.paths), "patchknn single-image", s.progress)
         for out in single.joined_outputs(
             lambda i: self._image_outputs(feats, i, maps, scores, inputs, knn, gate),
             indices,
@@ -291,7 +292,7 @@ class MuSc(Method):
         rows = len(feats.owners())
         grid = max(feats.grids, key=lambda g: g[0] * g[1])
         total = torch.zeros(rows, *grid)
-        bar = _bar(rows * len(feats.patches), "musc mutual scoring", s.progress)
+        bar = progress_bar(rows * len(feats.patches), "musc mutual scoring", s.progress)
         for (layer, _degree), z in feats.patches.items():
             known = None if known_normal is None else known_normal.patches[(layer, _degree)]
             norm = s.patch_norm

@@ -20,7 +20,6 @@ from dataclasses import replace
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ...images import LoadedImage
 from ...inspection_region import counted_patches
@@ -28,6 +27,7 @@ from ..base import MethodOutput
 from ..patchknn import PatchKnn, PatchKnnSettings
 from ..patchknn_settings import KNN_RECIPES, model_side, side_up_to
 from . import fused_share
+from .progress import progress_bar
 
 
 def pseudo_reference_count(share: float, minimum: int, batch: int) -> int:
@@ -53,10 +53,11 @@ def picked_again(first, fitted, scores, paths: list[str], weight: float, rounds:
     knn, count = first, len(first.chosen)
     for round_ in range(2, rounds + 1 if count else 0):
         joined = []
-        for i in tqdm(
-            range(len(paths)), f"pseudo-references, round {round_}", leave=False, disable=None if progress else True
-        ):
+        bar = progress_bar(len(paths), f"pseudo-references, round {round_}", progress)
+        for i in range(len(paths)):
             joined.append((1.0 - weight) * float(scores[i]) + weight * knn.score(i))
+            bar.update(1)
+        bar.close()
         knn = fitted(lowest_scored(joined, paths, count))
     return knn
 
