@@ -10,6 +10,9 @@ is scored one image at a time by `patchknn` fitted on references chosen from the
 * `cluster:S:W`: the images ranked most typical W split into as many k-means clusters (image
   descriptors: patchknn's patch features averaged, unit length) as S of the folder, and from each
   cluster its most typical image: typical, and spread over the product's variation;
+* `joined:S`: the S of the folder that musc picks as pseudo-references in its second round (the mutual score
+  picks S, patchknn on them scores the folder, and the S lowest by the joined score are picked again:
+  `pseudo_reference_rounds` 2, README "Pseudo-references picked twice");
 * `oracle:S`: S of the folder drawn at random from its *normal* images (uses the labels: the bound a
   perfect ranking would give with random draws);
 * `zero`: no references (single-image zero-shot), `real:K`: K real references (`train/good`, the
@@ -47,6 +50,7 @@ NAMES = {
     "zero": "none (single-image zero-shot)",
     "lowest": "the most typical {0} of the other half",
     "spread": "{0} at random from the most typical {1}",
+    "joined": "the {0} of musc's second pick (the joined score)",
     "oracle": "{0} at random from the normal images",
     "cluster": "{0} from k-means clusters of the most typical {1}",
     "real": "{0} real references",
@@ -63,6 +67,28 @@ def mutual_scores(pool, data: str, category: str, seed: int, cache: Path) -> dic
     cache.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(scores))
     return scores
+
+
+def second_pick(pool, data: str, category: str, seed: int, share: float, cache: Path) -> list[str]:
+    """musc's pseudo-references of the pool after its second pick (`pseudo_reference_share` = `share`), cached."""
+    key = hashlib.sha256(f"{Path(data).resolve()}|{category}|{seed}|{len(pool)}|{share}".encode()).hexdigest()[:16]
+    path = cache / f"{category}-{seed}-second-pick-{key}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    det = Detector(
+        "musc",
+        pseudo_reference_share=share,
+        pseudo_reference_minimum=DEFAULT_TYPICAL_MINIMUM,
+        pseudo_reference_rounds=2,
+        progress=False,
+    )
+    det.fit([])
+    for _ in det.predict_iter([str(s.path) for s in pool]):
+        pass
+    chosen = list(det.method.last_batch["pseudo_references"])
+    cache.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(chosen))
+    return chosen
 
 
 DESCRIPTORS: dict[str, np.ndarray] = {}
@@ -82,7 +108,7 @@ def descriptor(path: str) -> np.ndarray:
     return DESCRIPTORS[path]
 
 
-def references(rule: str, pool, scores: dict[str, float], split, seed: int) -> list:
+def references(rule: str, pool, scores: dict[str, float], split, seed: int, where=(), cache=None) -> list:
     """The references one rule chooses from the pool (see the module's docstring)."""
     kind, *args = rule.split(":")
     ranked = sorted(scores, key=lambda p: (scores[p], p))
@@ -94,6 +120,8 @@ def references(rule: str, pool, scores: dict[str, float], split, seed: int) -> l
     count = typical_count(float(args[0]), DEFAULT_TYPICAL_MINIMUM, len(ranked))
     if kind == "lowest":
         return ranked[:count]
+    if kind == "joined":
+        return second_pick(pool, *where, float(args[0]), cache)
     if kind == "spread":
         window = ranked[: typical_count(float(args[1]), count, len(ranked))]
         return [window[i] for i in sorted(rng.choice(len(window), count, replace=False))]
@@ -115,7 +143,9 @@ def main() -> None:
     parser.add_argument("--categories", default="magnetic_tile,mpdd_metal_plate")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument(
-        "--rules", default=DEFAULT_RULES, help="comma-separated: zero, lowest:S, spread:S:W, oracle:S, real:K"
+        "--rules",
+        default=DEFAULT_RULES,
+        help="comma-separated: zero, lowest:S, joined:S, spread:S:W, cluster:S:W, oracle:S, real:K",
     )
     parser.add_argument("--cache", default="/tmp/anomalens-mutual-scores")
     parser.add_argument("--threads", type=int, default=1)
@@ -136,9 +166,10 @@ def main() -> None:
             held_out = replace(split, test=[split.test[i] for i in order[len(order) // 2 :]])
             scores = mutual_scores(pool, args.data, category, seed, Path(args.cache))
             for rule in rules:
-                refs = references(rule, pool, scores, split, seed)
+                where = (args.data, category, seed)
+                refs = references(rule, pool, scores, split, seed, where, Path(args.cache))
                 results[rule].append(evaluate_category(Detector("patchknn"), held_out, refs))
-                if rule.split(":")[0] in ("lowest", "spread", "oracle", "cluster"):
+                if rule.split(":")[0] in ("lowest", "joined", "spread", "oracle", "cluster"):
                     counts[rule].append(f"{len(refs)} ({sum(label[str(p)] for p in refs)})")
         for rule in rules:
             kind, *rest = rule.split(":")

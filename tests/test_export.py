@@ -83,14 +83,16 @@ def test_patchknn_export_gives_the_pytorch_maps_scores_and_decisions(tmp_path, r
     assert {r.decision for r in expected} == {"OK", "NG"} or not fit
 
 
-@pytest.mark.parametrize("resize,fit", [("squash", True), ("pad", False)])
-def test_patchknn_export_with_tiles_gives_the_pytorch_results(tmp_path, resize, fit):
+@pytest.mark.parametrize("resize,fit,blend", [("squash", True, "ramps"), ("pad", False, "mean")])
+def test_patchknn_export_with_tiles_gives_the_pytorch_results(tmp_path, resize, fit, blend):
     # images longer than 1.5 short sides are scored as square tiles: the runner cuts them as the
-    # method does, takes the maximum of the tiles' scores and averages the maps where tiles overlap
-    det = Detector("patchknn", image_size=64, resize=resize, tile_above_aspect=1.5).fit(REFS if fit else [])
+    # method does, takes the maximum of the tiles' scores and blends the maps where tiles overlap
+    det = Detector("patchknn", image_size=64, resize=resize, tile_above_aspect=1.5, tile_blend=blend)
+    det.fit(REFS if fit else [])
     export_onnx(det, tmp_path / "m.onnx", verify=False)
     exported = load_onnx_detector(tmp_path / "m.onnx")
     assert exported.meta["preprocessing"]["tile_above_aspect"] == 1.5
+    assert exported.meta["preprocessing"]["tile_blend"] == blend
     elongated = image(23, 40, 130, defect=True)  # 4 tiles; the defect lies across the first two
     assert [len(exported._tiles([q])[1][0]) for q in [*QUERIES, elongated]] == [1, 3, 3, 4]  # tiling is exercised
     assert_same_results(det, exported, [*QUERIES, elongated])

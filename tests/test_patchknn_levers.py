@@ -11,7 +11,9 @@ import torch
 from anomalens.augment import AUGMENTATIONS, augment_input
 from anomalens.images import LoadedImage
 from anomalens.methods import create_method
-from anomalens.tiling import assemble, tile_boxes
+from anomalens.methods.musc.settings import MuScSettings
+from anomalens.methods.patchknn_settings import PatchKnnSettings
+from anomalens.tiling import TILE_BLENDS, TILE_RAMP_SHARE, assemble, tile_boxes, tile_weights
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -102,11 +104,49 @@ def test_tiles_cover_the_image_with_overlap(height, width):
 
 def test_assemble_puts_maps_back_at_image_size_and_averages_overlaps():
     boxes = [(0, 0, 4, 4), (0, 2, 4, 4)]
-    out = assemble([torch.full((2, 2), 1.0), torch.full((8, 8), 3.0)], boxes, (4, 6))
+    out = assemble([torch.full((2, 2), 1.0), torch.full((8, 8), 3.0)], boxes, (4, 6), blend="mean")
     assert out.shape == (4, 6) and out.dtype == np.float32
     np.testing.assert_allclose(out[:, :2], 1.0)
     np.testing.assert_allclose(out[:, 2:4], 2.0)  # overlap: mean of both tiles
     np.testing.assert_allclose(out[:, 4:], 3.0)
+
+
+def test_ramps_blend_overlapping_tiles_by_their_distance_to_the_overlaps_ends():
+    # overlap: columns 8-15; each tile's weight ramps over a quarter of it (2 px): centres 8.5 / 9.5 give the
+    # second tile 0.25 / 0.75, centres 14.5 / 15.5 the first 0.75 / 0.25; elsewhere both weigh 1
+    boxes = [(0, 0, 4, 16), (0, 8, 4, 16)]
+    out = assemble([torch.full((2, 2), 1.0), torch.full((8, 8), 3.0)], boxes, (4, 24))  # "ramps", the default
+    expected = [1.0] * 8 + [1.75 / 1.25, 3.25 / 1.75] + [2.0] * 4 + [3.75 / 1.75, 3.25 / 1.25] + [3.0] * 8
+    np.testing.assert_allclose(out, np.tile(expected, (4, 1)), rtol=1e-6)
+    # stacked tiles: the same along the rows
+    stacked = assemble([torch.full((2, 2), 1.0), torch.full((2, 2), 3.0)], [(0, 0, 16, 4), (8, 0, 16, 4)], (24, 4))
+    np.testing.assert_allclose(stacked[:, 0], expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("height,width", [(100, 400), (400, 100), (64, 192), (250, 1130), (100, 201)])
+def test_ramps_leave_no_seam_where_the_mean_jumps(height, width):
+    boxes = tile_boxes(height, width, above_aspect=1.5)
+    assert len(boxes) > 2
+    # each tile a constant 0, 1, 2, ...: the mean jumps by half a tile's difference where a tile begins or
+    # ends; with ramps no step between neighbouring pixels exceeds one over the ramp's length
+    maps = [torch.full((8, 8), float(i)) for i in range(len(boxes))]
+    along = 1 if width > height else 0
+    overlap = min(a[2 + along] + a[along] - b[along] for a, b in itertools.pairwise(boxes))
+    steps = {
+        blend: np.abs(np.diff(assemble(maps, boxes, (height, width), blend), axis=along)).max() for blend in TILE_BLENDS
+    }
+    assert steps["mean"] == pytest.approx(0.5)
+    assert steps["ramps"] <= 1.0 / (TILE_RAMP_SHARE * overlap) + 1e-4 < 0.5
+    constant = assemble([torch.full((8, 8), 2.0)] * len(boxes), boxes, (height, width))
+    np.testing.assert_allclose(constant, 2.0, rtol=1e-6)  # weights are normalised
+    with pytest.raises(ValueError, match="tile blend"):
+        tile_weights(boxes, "max")
+
+
+def test_models_saved_before_the_tile_blend_average_their_tiles():
+    assert PatchKnnSettings().tile_blend == "ramps" and MuScSettings().tile_blend == "ramps"
+    assert PatchKnnSettings.absent_in_older_models["tile_blend"] == "mean"
+    assert MuScSettings.absent_in_older_models["tile_blend"] == "mean"
 
 
 def test_defect_on_a_tile_boundary_is_found():

@@ -10,6 +10,7 @@ import pytest
 from cli_helpers import run
 from PIL import Image
 
+from anomalens.detector import Detector
 from anomalens.typical_images import choose_typical_images, typical_count
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -54,6 +55,32 @@ def test_the_most_typical_images_are_good_and_the_order_does_not_matter(folder):
     files = sorted(folder.glob("*.png"))
     shuffled = [files[i] for i in np.random.default_rng(0).permutation(len(files))]
     assert choose_typical_images(shuffled, share=0.25, **MUSC_FAST).chosen == chosen.chosen
+
+
+def test_the_second_pick_is_musc_pseudo_references_and_one_round_the_lowest_mutual_scores(folder):
+    files = sorted(folder.glob("*.png"))
+    twice = choose_typical_images([folder], share=0.25, **MUSC_FAST)  # rounds 2, the default
+    picks = {"pseudo_reference_share": 0.25, "pseudo_reference_minimum": 2, "pseudo_reference_rounds": 2}
+    det = Detector("musc", **picks, **MUSC_FAST).fit([])
+    outputs = {r.path: r.score for r in det.predict([str(f) for f in files])}
+    assert twice.rounds == 2 and set(twice.chosen) == set(det.method.last_batch["pseudo_references"])
+    assert twice.joined_scores == pytest.approx(outputs)  # what ranked them, most typical first
+    assert [twice.joined_scores[p] for p in twice.chosen] == sorted(twice.joined_scores[p] for p in twice.chosen)
+    once = choose_typical_images([folder], share=0.25, rounds=1, **MUSC_FAST)
+    assert once.rounds == 1 and once.joined_scores == {}
+    assert once.mutual_scores == pytest.approx(twice.mutual_scores)  # both rank by the same mutual score first
+    lowest = sorted(once.mutual_scores, key=lambda p: (once.mutual_scores[p], p))[:5]
+    assert once.chosen == lowest
+    with pytest.raises(ValueError, match="rounds must be at least 1"):
+        choose_typical_images([folder], rounds=0, **MUSC_FAST)
+
+
+def test_a_folder_too_small_for_musc_pick_is_ranked_by_the_mutual_score(folder, tmp_path):
+    for f in sorted(folder.glob("*.png"))[:6]:
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    chosen = choose_typical_images([tmp_path], share=0.1, **MUSC_FAST)  # 0.6 images: the minimum, 2
+    assert chosen.rounds == 1 and len(chosen.chosen) == 2
+    assert chosen.chosen == sorted(chosen.mutual_scores, key=lambda p: (chosen.mutual_scores[p], p))[:2]
 
 
 def test_a_corrupt_file_is_reported_and_the_rest_is_ranked(folder, tmp_path):

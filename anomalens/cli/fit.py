@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from ..outputs import atomic_write
-from ..typical_images import DEFAULT_TYPICAL_SHARE
+from ..typical_images import DEFAULT_TYPICAL_ROUNDS, DEFAULT_TYPICAL_SHARE
 from . import options as o
 from .app import app, echo, fail
 from .build import build_detector, report_threshold, set_threshold
@@ -28,6 +28,13 @@ def fit(
     ),
     typical_share: float = typer.Option(
         DEFAULT_TYPICAL_SHARE, "--typical-share", help="With --unlabeled: the share of its images taken."
+    ),
+    typical_rounds: int = typer.Option(
+        DEFAULT_TYPICAL_ROUNDS,
+        "--typical-rounds",
+        min=1,
+        help="With --unlabeled: picks of the share (2: picked again by the mutual score joined with patchknn's "
+        "on the first pick, as musc's pseudo-references; 1: the mutual score alone).",
     ),
     out: Path | None = typer.Option(None, "--out", "-o", help="Model directory to write (required)."),
     threshold: str | None = typer.Option(
@@ -50,8 +57,10 @@ def fit(
         fail(
             "--refs and --unlabeled cannot be combined: give known-good images, or let the folder's typical ones serve"
         )
-    if "typical_share" in explicit and p["unlabeled"] is None:
-        fail("--typical-share belongs to --unlabeled: the share of an unlabeled folder taken as references")
+    for name in ("typical_share", "typical_rounds"):
+        if name in explicit and p["unlabeled"] is None:
+            flag = "--" + name.replace("_", "-")
+            fail(f"{flag} belongs to --unlabeled: how an unlabeled folder's references are chosen")
     if p["out"] is None:
         fail("--out is required: the model directory to write")
     out = Path(p["out"])
@@ -105,6 +114,7 @@ def typical_references(p: dict):
         typical = choose_typical_images(
             [folder],
             share=p["typical_share"],
+            rounds=p["typical_rounds"],
             device=p.get("device", "auto"),
             reading=image_reading(p),
             log=echo,
@@ -113,9 +123,10 @@ def typical_references(p: dict):
         )
     except ValueError as err:
         fail(f"--unlabeled {folder}: {err}")
+    how = "musc's mutual score" if typical.rounds == 1 else "musc's second pick (the joined score)"
     echo(
         f"unlabeled: {len(typical.chosen)} of {len(typical.mutual_scores)} images of {folder} as references, "
-        f"the share {typical.share} that musc's mutual score ranks most typical"
+        f"the share {typical.share} that {how} ranks most typical"
     )
     return typical
 

@@ -10,9 +10,10 @@ ONNX tool: `onnx.load(f).metadata_props`, or onnxruntime's `custom_metadata_map`
   `inputs`: one {`name`, `size`} per image input (FADE reads the image at several sizes),
   `tile_above_aspect` and `tile_overlap` (patchknn: an image whose long side exceeds that many
   short sides is cut into overlapping square tiles of its short side, `anomalens.tiling.tile_boxes`;
-  each tile is one graph input, the score is the maximum over its tiles, the maps are averaged where
-  tiles overlap; absent or 0: no tiling), and `tiles_scored_together` (zero-shot with tiles: feed
-  one image's tiles as the batch, the graph compares each patch with all of them)
+  each tile is one graph input, the score is the maximum over its tiles; absent or 0: no tiling),
+  `tile_blend` (how the tiles' maps are joined where they overlap, `anomalens.tiling.tile_weights`:
+  "ramps" or "mean"; absent: "mean", files written before session 33), and `tiles_scored_together`
+  (zero-shot with tiles: feed one image's tiles as the batch, the graph compares each patch with all of them)
 * `valid_patches`: for "pad", the name and grid of the 0/1 input that marks the patches lying on
   the image (the image score is the maximum over them); null otherwise
 * `outputs`: `anomaly_map` (B, S, S) on the square model input of side `map_size`, `score` (B,),

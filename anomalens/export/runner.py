@@ -244,7 +244,8 @@ class OnnxDetector(Detector):
                 amap = map_to_image(maps[0], boxes[rows[0]], size, img.size_hw)
             else:  # as PatchKnn.score: each tile's map on its input box, put back on the image
                 cropped = [m[t : t + h, left : left + w] for m, (t, left, h, w) in zip(maps, (boxes[r] for r in rows))]
-                amap = assemble(cropped, image_tiles, img.size_hw)
+                # files exported before session 33 carry no tile_blend: their maps were averaged
+                amap = assemble(cropped, image_tiles, img.size_hw, self.meta["preprocessing"].get("tile_blend", "mean"))
             # the maximum over all tiles' maps (the export requires the maximum as image score)
             score = max(float(out["score"][r]) for r in rows)
             if inspected[i] is not None:

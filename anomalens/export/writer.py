@@ -151,6 +151,7 @@ def _metadata(detector, spec, bank_path: Path) -> dict[str, Any]:
             # patchknn: images longer than this ratio are scored as square tiles (anomalens.tiling)
             "tile_above_aspect": detector.settings.get("tile_above_aspect", 0.0),
             "tile_overlap": TILE_OVERLAP,
+            "tile_blend": detector.settings.get("tile_blend", "mean"),
             # zero-shot with tiles: one image's tiles are one batch, compared with each other
             "tiles_scored_together": bool(getattr(spec.module, "pool_batch", False)),
             "interpolation": "bicubic, antialiased (torch.nn.functional.interpolate), clipped to [0, 1]",

@@ -306,7 +306,7 @@ class PatchKnn(Method):
     def finish(self, maps: torch.Tensor, score: float, layout: Layout) -> MethodOutput:
         """Maps on the model inputs and the score -> the image's output: each tile's map on its place."""
         tile_maps = [m[top : top + h, left : left + w] for m, (top, left, h, w) in zip(maps, layout.input_boxes)]
-        anomaly_map = assemble(tile_maps, layout.tiles, layout.size_hw)
+        anomaly_map = assemble(tile_maps, layout.tiles, layout.size_hw, self.settings.tile_blend)
         if layout.inspected is None:
             return MethodOutput(score, anomaly_map)
         return MethodOutput(score, apply_to_map(anomaly_map, layout.inspected), inspected=layout.inspected)

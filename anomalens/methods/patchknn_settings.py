@@ -12,6 +12,7 @@ from ..augment import augmentation_copies
 from ..geometry import RESIZE_POLICIES
 from ..scoring import FEW_SHOT_K, MAP_IMAGE_MODES, ZERO_SHOT_K
 from ..settings import MethodSettings, setting
+from ..tiling import TILE_BLENDS
 from .patch_distances import DEFAULT_LENGTH_WEIGHT
 from .patch_gaussian import DEFAULT_GAUSSIAN_SHRINKAGE, DEFAULT_GAUSSIAN_WEIGHT
 
@@ -73,6 +74,13 @@ class PatchKnnSettings(MethodSettings):
         "long/short side ratio above which overlapping square tiles of the short side replace squashing "
         "(0 = never; 2 beat 0 and 1.5 on magnetic_tile: README)",
         minimum=0,
+    )
+    tile_blend: str = setting(
+        "ramps",
+        "how the maps of overlapping tiles are joined: ramps (each tile's weight falls linearly to 0 across "
+        "its overlap with the next: no seam) or mean (their average, before session 33; models saved before "
+        "the setting load with it)",
+        choices=TILE_BLENDS,
     )
     # A patch sees its 3 x 3 neighbourhood of stride-16 cells, so a mark beside the inspection region
     # still lifts the patches next to it. Zero-shot with a stamped or drilled mark left out by a region:
@@ -263,6 +271,7 @@ class PatchKnnSettings(MethodSettings):
         "length_weight": 0.0,
         "length_log": False,
         "tile_above_aspect": 0.0,
+        "tile_blend": "mean",
         "coreset_ratio": 1.0,
         "augment": "none",
         "image_size_up_to": 0,

@@ -75,6 +75,7 @@ class MuSc(Method):
         # with references and reference_knn_weight > 0: patchknn fitted on them (`reference_knn`)
         self.reference_knn_: PatchKnn | None = None
         self.last_batch: dict = {}
+        self.last_mutual_scores: list[float] = []  # the last batch's mutual scores, in its order (typical_images)
 
     def to(self, device: str | torch.device) -> MuSc:
         super().to(device)
@@ -161,6 +162,7 @@ class MuSc(Method):
         single = None
         if zero_shot and s.single_image_knn_weight > 0:
             single = SingleImageShare(held, self.device, self.region)
+        self.last_mutual_scores = [float(x) for x in scores]
         self.last_batch = {
             "images": list(feats.paths),
             "references": self.num_references,
@@ -355,7 +357,7 @@ class MuSc(Method):
         parts = [
             torch.from_numpy(map_to_image(maps[t], feats.boxes[t], size, tile[2:])) for t, tile in zip(inputs, tiles)
         ]
-        return assemble(parts, tiles, feats.sizes[i])
+        return assemble(parts, tiles, feats.sizes[i], self.settings.tile_blend)
 
     def _output(
         self, feats: BatchFeatures, i: int, maps: torch.Tensor, score: float, inputs: list[int]

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 from ...geometry import RESIZE_POLICIES
 from ...settings import MethodSettings, setting
+from ...tiling import TILE_BLENDS
 from ..patchknn_settings import FUSED_RECIPES, KNN_RECIPES
 from .lnamd import DEFAULT_DEGREES, PATCH_NORMS
 from .msm import DEFAULT_CHUNK_ELEMENTS, SCORE_SCALES
@@ -62,6 +63,7 @@ class MuScSettings(MethodSettings):
         "intensity_weight": 0.0,
         "score_scale": "none",
         "tile_above_aspect": 0.0,
+        "tile_blend": "mean",
         "reference_knn_weight": 0.0,
         "pseudo_reference_share": 0.0,
         "pseudo_reference_rounds": 1,
@@ -84,6 +86,12 @@ class MuScSettings(MethodSettings):
         "long/short side ratio above which an image is scored as overlapping square tiles of its short side "
         "instead of being squashed; a partner image is all its tiles (0 = never, the paper)",
         minimum=0,
+    )
+    tile_blend: str = setting(
+        "ramps",
+        "how the maps of overlapping tiles are joined: ramps (each tile's weight falls linearly to 0 across its "
+        "overlap with the next: no seam) or mean (their average, before session 33)",
+        choices=TILE_BLENDS,
     )
     blocks: tuple[int, ...] = setting(
         (7, 10, 14),
