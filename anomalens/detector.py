@@ -229,19 +229,7 @@ class Detector:
         batch. batch_size and skip_errors do not apply: an image cannot be rescored on its own.
         """
         items = list(images)
-        slots: list[ImageLoadError | None] = []  # per input: its load error, or None (in the batch)
-
-        def readable() -> Iterator[LoadedImage]:
-            for loaded in read_ahead(items, self._load, jobs):
-                slots.append(loaded if isinstance(loaded, ImageLoadError) else None)
-                if not isinstance(loaded, ImageLoadError):
-                    yield loaded
-
-        start = time.perf_counter()
-        with torch.inference_mode():
-            self._ensure_fitted()
-            outputs = self.method.predict_joint(readable())
-        per_image = (time.perf_counter() - start) / max(1, sum(not isinstance(s, ImageLoadError) for s in slots))
+        slots, outputs, per_image = self._joint_batch(items, jobs)
         for i, slot in enumerate(slots):
             if isinstance(slot, ImageLoadError):
                 yield slot
@@ -259,6 +247,30 @@ class Detector:
                 yield result, self._load(item)
             except ImageLoadError as err:
                 yield err
+
+    def rank_jointly(self, images: Iterable[ImageInput], jobs: int = 0) -> list[ImageLoadError]:
+        """Methods that score images against each other: the readable inputs scored as one batch without
+        making their outputs (what the method decides from the whole batch is set: musc's `last_batch` and
+        `last_ranking`); returns the unreadable inputs' errors, in order."""
+        slots, _, _ = self._joint_batch(list(images), jobs)
+        return [slot for slot in slots if isinstance(slot, ImageLoadError)]
+
+    def _joint_batch(self, items: list, jobs: int) -> tuple[list[ImageLoadError | None], Iterator, float]:
+        """Per input its load error or None (in the batch), the batch's lazy outputs, and seconds per image."""
+        slots: list[ImageLoadError | None] = []
+
+        def readable() -> Iterator[LoadedImage]:
+            for loaded in read_ahead(items, self._load, jobs):
+                slots.append(loaded if isinstance(loaded, ImageLoadError) else None)
+                if not isinstance(loaded, ImageLoadError):
+                    yield loaded
+
+        start = time.perf_counter()
+        with torch.inference_mode():
+            self._ensure_fitted()
+            outputs = self.method.predict_joint(readable())
+        per_image = (time.perf_counter() - start) / max(1, sum(not isinstance(s, ImageLoadError) for s in slots))
+        return slots, outputs, per_image
 
     def _run_tolerant(self, batch: list[LoadedImage], with_images: bool = False) -> Iterator:
         try:

@@ -103,15 +103,12 @@ def choose_typical_images(
     settings = {**(picks if rounds > 1 else {"pseudo_reference_share": 0.0}), **musc_settings}
     det = Detector("musc", device=device, reading=reading, region=region, **settings)
     det.fit([])
-    scores: dict[str, float] = {}
-    failed: list[ImageLoadError] = []
-    for result in det.predict_iter([str(f) for f in files]):
-        if isinstance(result, ImageLoadError):
-            failed.append(result)
-            if log is not None:
-                log(f"skipped {result.path}: {result.reason}")
-        else:
-            scores[result.path] = result.score
+    # ranked, not scored: the pick is made before musc's outputs (its maps) would be
+    failed = det.rank_jointly([str(f) for f in files])
+    for err in failed if log is not None else []:
+        log(f"skipped {err.path}: {err.reason}")
+    ranking, paths = det.method.last_ranking, det.method.last_batch.get("images", [])
+    scores = dict(zip(paths, ranking.get("mutual") or []))
     count = typical_count(share, minimum, len(scores))
     if count >= len(scores):
         enough = next(n for n in range(minimum + 1, 10**6) if typical_count(share, minimum, n) < n)
@@ -120,11 +117,10 @@ def choose_typical_images(
             f"against: give at least {enough} images"
         )
     picked = det.method.last_batch.get("pseudo_references") or []
-    if picked:  # musc's last pick (`count` images: its share and minimum are these); outputs joined with patchknn's
-        mutual = dict(zip(det.method.last_batch["images"], det.method.last_mutual_scores))
-        chosen = sorted(picked, key=lambda p: (scores[p], p))
-        return TypicalImages(chosen, mutual, share, failed, rounds, joined_scores=scores)
-    # one round, or a folder too small for musc's pick: the outputs are the mutual scores
-    paths = list(scores)
+    if picked:  # musc's last pick (`count` images: its share and minimum are these), by the joined score
+        joined = dict(zip(paths, ranking["picked_by"]))
+        chosen = sorted(picked, key=lambda p: (joined[p], p))
+        return TypicalImages(chosen, scores, share, failed, rounds, joined_scores=joined)
+    # one round, or a folder too small for musc's pick: the mutual score alone
     chosen = [paths[i] for i in lowest_scored([scores[p] for p in paths], paths, count)]
     return TypicalImages(chosen, scores, share, failed)

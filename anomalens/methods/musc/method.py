@@ -75,7 +75,7 @@ class MuSc(Method):
         # with references and reference_knn_weight > 0: patchknn fitted on them (`reference_knn`)
         self.reference_knn_: PatchKnn | None = None
         self.last_batch: dict = {}
-        self.last_mutual_scores: list[float] = []  # the last batch's mutual scores, in its order (typical_images)
+        self.last_ranking: dict[str, list[float] | None] = {}  # last batch's mutual scores, what picked it
 
     def to(self, device: str | torch.device) -> MuSc:
         super().to(device)
@@ -162,7 +162,7 @@ class MuSc(Method):
         single = None
         if zero_shot and s.single_image_knn_weight > 0:
             single = SingleImageShare(held, self.device, self.region)
-        self.last_mutual_scores = [float(x) for x in scores]
+        self.last_ranking = {"mutual": [float(x) for x in scores], "picked_by": getattr(knn, "ranked_by", None)}
         self.last_batch = {
             "images": list(feats.paths),
             "references": self.num_references,

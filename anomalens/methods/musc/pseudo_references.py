@@ -49,8 +49,10 @@ def picked_again(first, fitted, scores, paths: list[str], weight: float, rounds:
     round scores the batch with the patchknn of the round before, ranks it by the joined score ((1 - `weight`) x
     mutual + `weight` x patchknn's, as the outputs join them) and fits `fitted(indices)` on as many images that
     rank lowest. The joined score ranks the batch better than the mutual score alone, so fewer defects enter
-    the bank (README "Pseudo-references picked twice")."""
+    the bank (README "Pseudo-references picked twice"). The returned patchknn's `ranked_by` holds the scores
+    its pick was made by (the mutual scores for the first)."""
     knn, count = first, len(first.chosen)
+    knn.ranked_by = [float(x) for x in scores]
     for round_ in range(2, rounds + 1 if count else 0):
         joined = []
         bar = progress_bar(len(paths), f"pseudo-references, round {round_}", progress)
@@ -59,6 +61,7 @@ def picked_again(first, fitted, scores, paths: list[str], weight: float, rounds:
             bar.update(1)
         bar.close()
         knn = fitted(lowest_scored(joined, paths, count))
+        knn.ranked_by = joined
     return knn
 
 
@@ -138,6 +141,7 @@ class PseudoReferenceKnn:
         region=None,
     ):
         self.held, self.chosen = held, chosen
+        self.ranked_by: list[float] | None = None  # the batch's scores that picked `chosen` (`picked_again`)
         if references is not None:
             self.knn = references
         else:
