@@ -77,9 +77,9 @@ class PatchKnnSettings(MethodSettings):
     )
     tile_blend: str = setting(
         "ramps",
-        "how the maps of overlapping tiles are joined: ramps (each tile's weight falls linearly to 0 across "
-        "its overlap with the next: no seam) or mean (their average, before session 33; models saved before "
-        "the setting load with it)",
+        "how the maps of overlapping tiles are joined: ramps (each tile's weight ramps to 0 over the outer "
+        "quarter of its overlap with a neighbour: no seam) or mean (their average, before session 33; models "
+        "saved before the setting load with it)",
         choices=TILE_BLENDS,
     )
     # A patch sees its 3 x 3 neighbourhood of stride-16 cells, so a mark beside the inspection region

@@ -75,7 +75,7 @@ class MuSc(Method):
         # with references and reference_knn_weight > 0: patchknn fitted on them (`reference_knn`)
         self.reference_knn_: PatchKnn | None = None
         self.last_batch: dict = {}
-        self.last_ranking: dict[str, list[float] | None] = {}  # last batch's mutual scores, what picked it
+        self.last_ranking: dict[str, list[float] | None] = {}  # mutual scores; what picked the pseudo-refs
 
     def to(self, device: str | torch.device) -> MuSc:
         super().to(device)

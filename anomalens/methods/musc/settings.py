@@ -89,8 +89,8 @@ class MuScSettings(MethodSettings):
     )
     tile_blend: str = setting(
         "ramps",
-        "how the maps of overlapping tiles are joined: ramps (each tile's weight falls linearly to 0 across its "
-        "overlap with the next: no seam) or mean (their average, before session 33)",
+        "how the maps of overlapping tiles are joined: ramps (each tile's weight ramps to 0 over the outer "
+        "quarter of its overlap with a neighbour: no seam) or mean (their average, before session 33)",
         choices=TILE_BLENDS,
     )
     blocks: tuple[int, ...] = setting(
