@@ -63,29 +63,20 @@ def mutual_scores(pool, data: str, category: str, seed: int, cache: Path) -> dic
     path = cache / f"{category}-{seed}-{key}.json"
     if path.exists():
         return json.loads(path.read_text())
-    scores = choose_typical_images([s.path for s in pool], progress=False).mutual_scores
+    scores = choose_typical_images([s.path for s in pool], rounds=1, progress=False).mutual_scores
     cache.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(scores))
     return scores
 
 
 def second_pick(pool, data: str, category: str, seed: int, share: float, cache: Path) -> list[str]:
-    """musc's pseudo-references of the pool after its second pick (`pseudo_reference_share` = `share`), cached."""
+    """What `fit --unlabeled` chooses from the pool: musc's second pick of `share` (`choose_typical_images`
+    with rounds 2), cached."""
     key = hashlib.sha256(f"{Path(data).resolve()}|{category}|{seed}|{len(pool)}|{share}".encode()).hexdigest()[:16]
     path = cache / f"{category}-{seed}-second-pick-{key}.json"
     if path.exists():
         return json.loads(path.read_text())
-    det = Detector(
-        "musc",
-        pseudo_reference_share=share,
-        pseudo_reference_minimum=DEFAULT_TYPICAL_MINIMUM,
-        pseudo_reference_rounds=2,
-        progress=False,
-    )
-    det.fit([])
-    for _ in det.predict_iter([str(s.path) for s in pool]):
-        pass
-    chosen = list(det.method.last_batch["pseudo_references"])
+    chosen = choose_typical_images([s.path for s in pool], share=share, rounds=2, progress=False).chosen
     cache.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(chosen))
     return chosen
