@@ -93,7 +93,8 @@ def test_off_leaves_the_share_as_it_was():
 def test_with_references_and_no_pseudo_references_it_is_patchknns_fusion_in_the_first_units():
     refs, queries = _images([40, 41, 42], "r"), _images([3, 4, 5, 6], defect=2)  # 4 images: no pseudo-references
     method = create_method("musc", **FUSED, reference_knn_weight=1.0).fit(refs)
-    knn = create_method("patchknn", gaussian_weight=0, fused_recipe=RECIPE).fit(refs)  # as musc builds it
+    # as musc builds it (its references unflipped: `reference_augment`)
+    knn = create_method("patchknn", gaussian_weight=0, fused_recipe=RECIPE, augment="none").fit(refs)
     first = knn.fusion_levels_[0]
     assert method.reference_knn_.fusion_levels_ == knn.fusion_levels_
     outputs = method.predict(queries)
@@ -155,7 +156,7 @@ def test_the_setting_names_a_fused_recipe_and_is_described():
     assert "knn_fused" not in create_method("musc", **FAST).fit([]).describe_fit()
 
 
-def test_auto_fuses_the_texture_recipe_zero_shot_and_nothing_with_references(tmp_path):
+def test_auto_fuses_the_texture_recipe_zero_shot_and_with_references(tmp_path):
     images, refs = _images(range(16), defect=5), _images([40, 41], "r")
     auto = {**FAST, "knn_fused": "auto"}
     assert create_method("musc", image_size=64).settings.knn_fused == "auto"  # the default
@@ -164,13 +165,26 @@ def test_auto_fuses_the_texture_recipe_zero_shot_and_nothing_with_references(tmp
     named = create_method("musc", **FUSED).fit([])
     for a, b in zip(zero_shot.predict(images), named.predict(images), strict=True):
         assert a.score == b.score and np.array_equal(a.anomaly_map, b.anomaly_map)
+    # since session 34 with references too (`knn_fused_with_references`)
     with_refs = Detector("musc", **auto).fit(refs)
-    assert with_refs.method.knn_fused() == "none" and with_refs.method.reference_knn_.partner is None
-    plain = create_method("musc", **FAST).fit(refs)
-    for a, b in zip(with_refs.predict(images), plain.predict(images), strict=True):
+    assert with_refs.method.knn_fused() == RECIPE and with_refs.method.reference_knn_.partner is not None
+    named = create_method("musc", **FUSED).fit(refs)
+    expected = with_refs.predict(images)
+    for a, b in zip(expected, named.predict(images), strict=True):
         assert a.score == b.score and np.array_equal(a.anomaly_map, b.anomaly_map)
-    with_refs.save(tmp_path / "m")  # a saved model with references loads with its share unfused
-    assert load_detector(tmp_path / "m").method.reference_knn_.partner is None
+    with_refs.save(tmp_path / "m")  # a saved model with references loads with both recipes
+    again = load_detector(tmp_path / "m")
+    assert again.method.reference_knn_.partner is not None
+    for a, b in zip(expected, again.predict(images), strict=True):
+        assert a.score == pytest.approx(b.score, abs=1e-6)
+        np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, atol=1e-6)
+    # sessions 26-33: zero-shot only
+    before = Detector("musc", **auto, knn_fused_with_references=False).fit(refs)
+    assert before.method.knn_fused() == "none" and before.method.reference_knn_.partner is None
+    assert create_method("musc", **auto, knn_fused_with_references=False).fit([]).knn_fused() == RECIPE
+    plain = create_method("musc", **FAST).fit(refs)
+    for a, b in zip(before.predict(images), plain.predict(images), strict=True):
+        assert a.score == b.score and np.array_equal(a.anomaly_map, b.anomaly_map)
 
 
 def test_a_fused_command_line_run_resumes_identically(tmp_path):

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from older_models import forget_settings
 from synthetic import smooth_texture
 
 from anomalens import Detector, load_detector
@@ -40,7 +41,8 @@ def test_outputs_are_the_weighted_mean_of_the_mutual_score_and_patchknn(weight):
     refs, queries = _images([1, 2], "r"), _images([3, 4, 5], "q", defect=1)
     both = create_method("musc", **FAST, reference_knn_weight=weight).fit(refs)
     mutual = create_method("musc", **FAST, reference_knn_weight=0.0).fit(refs)
-    knn = create_method("patchknn", gaussian_weight=0, fused_recipe="none").fit(refs)  # musc_references_knn_settings
+    # musc_references_knn_settings: the references unflipped (`reference_augment`)
+    knn = create_method("patchknn", gaussian_weight=0, fused_recipe="none", augment="none").fit(refs)
     for b, m, k in zip(both.predict(queries), mutual.predict(queries), knn.predict(queries), strict=True):
         assert b.score == pytest.approx((1 - weight) * m.score + weight * k.score, abs=1e-6)
         np.testing.assert_allclose(b.anomaly_map, (1 - weight) * m.anomaly_map + weight * k.anomaly_map, atol=1e-6)
@@ -79,7 +81,7 @@ def test_leave_one_out_merges_both_methods_leave_one_out():
     refs = _images([1, 2, 3], "r", defect=1)
     got = create_method("musc", **FAST).leave_one_out(refs, [0, 1])
     mutual = create_method("musc", **FAST, reference_knn_weight=0.0).leave_one_out(refs, [0, 1])
-    knn = create_method("patchknn", gaussian_weight=0, fused_recipe="none").leave_one_out(refs, [0, 1])
+    knn = create_method("patchknn", gaussian_weight=0, fused_recipe="none", augment="none").leave_one_out(refs, [0, 1])
     for g, m, k in zip(got, mutual, knn, strict=True):
         assert g.score == pytest.approx(0.625 * m.score + 0.375 * k.score, abs=1e-6)
         np.testing.assert_allclose(g.anomaly_map, 0.625 * m.anomaly_map + 0.375 * k.anomaly_map, atol=1e-6)
@@ -111,6 +113,38 @@ def test_a_model_saved_before_the_setting_loads_without_patchknn(tmp_path):
     assert again.method.settings.reference_knn_weight == 0.0 and again.method.reference_knn_ is None
     for a, b in zip(old.predict(queries), again.predict(queries), strict=True):
         assert a.score == pytest.approx(b.score, abs=1e-6)
+
+
+def test_the_references_enter_the_share_as_reference_augment_says():
+    refs, banks = _images([1, 2], "r"), {}
+    for augment in ("none", "flips"):
+        method = create_method("musc", **FAST, reference_augment=augment).fit(refs)
+        knn = create_method("patchknn", gaussian_weight=0, fused_recipe="none", augment=augment).fit(refs)
+        banks[augment] = method.reference_knn_.bank_.banks["patches"]
+        torch.testing.assert_close(banks[augment], knn.bank_.banks["patches"])
+    # flipped copies compete for the coreset's places: another bank
+    assert banks["none"].shape != banks["flips"].shape or not torch.equal(banks["none"], banks["flips"])
+
+
+def test_the_default_share_fuses_with_references_and_takes_them_unflipped():
+    method = create_method("musc", image_size=64, progress=False).fit(_images([1, 2], "r"))
+    assert method.settings.reference_augment == "none" and method.reference_knn_.settings.augment == "none"
+    assert method.reference_knn_.partner is not None  # both recipes (test_musc_fused_share.py)
+
+
+def test_a_model_saved_before_session_34_keeps_its_flipped_unfused_share(tmp_path):
+    refs, queries = _images([1, 2], "r"), _images([3, 4, 5], "q", defect=1)
+    rule_before = {"knn_fused_with_references": False, "reference_augment": "flips"}
+    old = Detector("musc", image_size=64, progress=False, **rule_before).fit(refs)
+    assert old.method.reference_knn_.partner is None
+    old.save(tmp_path / "m")
+    forget_settings(tmp_path / "m", *rule_before)  # as a version before these settings saved it
+    again = load_detector(tmp_path / "m")
+    assert {k: getattr(again.method.settings, k) for k in rule_before} == rule_before
+    assert again.method.reference_knn_.partner is None
+    for a, b in zip(old.predict(queries), again.predict(queries), strict=True):
+        assert a.score == pytest.approx(b.score, abs=1e-6)
+        np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, atol=1e-6)
 
 
 def _drop_key(value, key: str) -> None:

@@ -86,10 +86,11 @@ Paper vs. official code (xrli-U/MuSc) vs. this implementation:
   to single-image zero-shot (nearest other patch of the same image) with a warning, or raises
   with `single_image="error"`.
 * Not in the paper (session 12, README "musc with references"): with references, `fit` also fits
-  `patchknn` (its own defaults: the embedded backbone, its model side, flipped references, coreset)
-  on them, and each image's score and map are `reference_knn_weight` (0.375 since session 13) x
-  patchknn's plus the rest x the mutual score's. Both are distances on similar scales (map medians
-  0.5-0.6 on our data), so they are added as they are, with no batch statistics.
+  `patchknn` (its own defaults: the embedded backbone, its model side, coreset; flipped references until
+  session 34, unflipped since: `reference_augment`) on them, and each image's score and map are
+  `reference_knn_weight` (0.375 since session 13) x patchknn's plus the rest x the mutual score's. Both
+  are distances on similar scales (map medians 0.5-0.6 on our data), so they are added as they are, with
+  no batch statistics.
   `reference_knn_weight=0` gives the rule before (references only join the partners).
 * Not in the paper (session 13, README "Pseudo-references"): the tenth of the batch the mutual
   score ranks lowest (`pseudo_reference_share`) become `patchknn`'s references too: without
@@ -110,7 +111,10 @@ Paper vs. official code (xrli-U/MuSc) vs. this implementation:
   pseudo-references' own maps (with references and no pseudo-references: the references' leave-one-out
   maps, patchknn's `fused_recipe` levels), their pixelwise maximum is brought back to the first share's
   units and weighed as the share always is. `fused_share.py`. Session 26: `auto` (the default) fuses the
-  texture recipe when the batch has no references and nothing with references, as measured.
+  texture recipe when the batch has no references and nothing with references, as measured. Session 34
+  (README "References as the batch's own"): with references too (`knn_fused_with_references`), now that
+  the references enter the share unflipped, as the pseudo-references do (`reference_augment`): flipped
+  plates were what cost mpdd_metal_plate's image AUROC with the fused share.
 * Not in the paper (session 29, README "The image's own patches beside the batch"): without references,
   `single_image_knn_weight` joins each output with patchknn's single-image zero-shot output (each image
   against its own patches), both standardised by their median and MAD on the batch's most normal images

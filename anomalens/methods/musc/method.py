@@ -16,7 +16,7 @@ from ...images import LoadedImage
 from ...inspection_region import apply_to_map
 from ...tiling import assemble
 from ..base import Method, MethodOutput, register_method
-from ..patchknn import PatchKnn
+from ..patchknn import PatchKnn, PatchKnnSettings
 from .batch_features import BatchFeatures
 from .extract import create_layer_backbone, extract_batch_features
 from .fused_share import in_first_units, load_reference_knn, reference_knn_state
@@ -114,13 +114,17 @@ class MuSc(Method):
         fitted = self.references is not None
         return resolved_knn_fused(self.settings, fitted if with_references is None else with_references)
 
+    def reference_knn_settings(self, with_references: bool) -> PatchKnnSettings:
+        """The settings of the patchknn fitted on real references (`musc_references_knn_settings`)."""
+        s = self.settings
+        return musc_references_knn_settings(s.knn_recipe, self.knn_fused(with_references), s.reference_augment)
+
     def reference_knn(self, references: list[LoadedImage]) -> PatchKnn | None:
-        """patchknn with its defaults for these references, not yet fitted (None without references
+        """patchknn for these references (`reference_knn_settings`), not yet fitted (None without references
         or with reference_knn_weight 0)."""
         if not references or self.settings.reference_knn_weight <= 0:
             return None
-        s = self.settings
-        knn = PatchKnn(musc_references_knn_settings(s.knn_recipe, self.knn_fused(True))).to(self.device)
+        knn = PatchKnn(self.reference_knn_settings(True)).to(self.device)
         knn.region = self.region  # (patchknn passes it on to its partner: both count the same pixels)
         return knn
 
@@ -382,8 +386,7 @@ class MuSc(Method):
         return state
 
     def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        s = self.settings
-        knn_settings = musc_references_knn_settings(s.knn_recipe, self.knn_fused("ref.image_features" in state))
+        knn_settings = self.reference_knn_settings("ref.image_features" in state)
         self.reference_knn_ = load_reference_knn(state, knn_settings, self.device, self.region)
         if "ref.image_features" not in state:
             self.references = None

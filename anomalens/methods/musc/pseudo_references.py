@@ -92,11 +92,14 @@ def pseudo_reference_settings(recipe: str = "default", fused: str = "none") -> P
     """patchknn's defaults without reference flips: the batch shows its own variation, and many
     references get no flips anyway (`augment_max_references`). Without the bank's Gaussian: musc's
     shares and weights were measured before it existed (`musc_references_knn_settings`)."""
-    return replace(musc_references_knn_settings(recipe, fused), augment="none")
+    return musc_references_knn_settings(recipe, fused, augment="none")
 
 
-def musc_references_knn_settings(recipe: str = "default", fused: str = "none") -> PatchKnnSettings:
-    """The patchknn that musc fits on real references: patchknn's defaults without the bank's Gaussian
+def musc_references_knn_settings(
+    recipe: str = "default", fused: str = "none", augment: str = "none"
+) -> PatchKnnSettings:
+    """The patchknn that musc fits on real references (their copies: `augment`, musc's `reference_augment`;
+    none since session 34, as the pseudo-references): patchknn's defaults without the bank's Gaussian
     (`gaussian_weight`, patchknn's default since issue 17 session 15), changed by the named recipe
     (`KNN_RECIPES`, musc's `knn_recipe`). Measured inside musc (README "Inside `musc`"): the Gaussian gains
     mpdd_metal_plate 0.0-0.2 and costs magnetic_tile 0.5 image AUROC and steel_strip 0.8 AUPRO, so musc's
@@ -105,7 +108,8 @@ def musc_references_knn_settings(recipe: str = "default", fused: str = "none") -
     fuses the two recipes itself and brings them back to those units (`fused_share`). The recipe fused
     beside itself would only repeat the share: then there is no second one."""
     fused = "none" if fused == recipe else fused
-    return replace(PatchKnnSettings(), **{"gaussian_weight": 0.0, **KNN_RECIPES[recipe], "fused_recipe": fused})
+    changes = {"gaussian_weight": 0.0, **KNN_RECIPES[recipe], "fused_recipe": fused, "augment": augment}
+    return replace(PatchKnnSettings(), **changes)
 
 
 class HeldImages:

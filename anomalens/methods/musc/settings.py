@@ -40,17 +40,21 @@ DEFAULT_SINGLE_IMAGE_KNN_WEIGHT = 0.0
 
 # musc's `knn_fused`: patchknn's named recipes, none, or musc's own `auto` rule (patchknn's `auto` is its own)
 KNN_FUSED_CHOICES = ("auto", *(name for name in FUSED_RECIPES if name != "auto"))
-# `knn_fused=auto` (session 26): the recipe fused beside the share when the batch has no references
-AUTO_KNN_FUSED_ZERO_SHOT = "textured-surface"
+# `knn_fused=auto` (session 26): the recipe fused beside the share; with references only since session 34
+# (`knn_fused_with_references`)
+AUTO_KNN_FUSED = "textured-surface"
+# How musc's real references enter its patchknn share (`reference_augment`): as the pseudo-references do.
+# Mirrored and half-turned plates cost the fused share 1.6-1.8 image AUROC on mpdd_metal_plate (session 34).
+REFERENCE_AUGMENTS = ("none", "flips", "dihedral")
 
 
 def resolved_knn_fused(settings: MuScSettings, with_references: bool) -> str:
-    """The recipe musc's share fuses beside its own: `knn_fused`, or for `auto` the texture recipe
-    zero-shot (pseudo-references only) and none with references, as measured (README "The fused share
-    built in")."""
+    """The recipe musc's share fuses beside its own: `knn_fused`, or for `auto` the texture recipe, with
+    references only when `knn_fused_with_references` (the default since session 34; models saved before it
+    fuse zero-shot only), as measured (README "The fused share built in", "References as the batch's own")."""
     if settings.knn_fused != "auto":
         return settings.knn_fused
-    return "none" if with_references else AUTO_KNN_FUSED_ZERO_SHOT
+    return "none" if with_references and not settings.knn_fused_with_references else AUTO_KNN_FUSED
 
 
 @dataclass
@@ -69,6 +73,8 @@ class MuScSettings(MethodSettings):
         "pseudo_reference_rounds": 1,
         "released_clip": False,
         "knn_fused": "none",
+        "knn_fused_with_references": False,
+        "reference_augment": "flips",
         "single_image_knn_weight": 0.0,
         "single_image_gate": "none",
     }
@@ -212,9 +218,22 @@ class MuScSettings(MethodSettings):
         "beside knn_recipe's; each map standardised by the median and MAD of the pseudo-references' own maps "
         "(each without its own patches; with references and no pseudo-references: the references' "
         "leave-one-out maps), pixelwise maximum (the larger score), brought back to the first share's units "
-        "so the share's weights still apply; none = off; auto = textured-surface with no references "
-        "(zero-shot), none with references (fused_share.py)",
+        "so the share's weights still apply; none = off; auto = textured-surface (with references only with "
+        "knn_fused_with_references) (fused_share.py)",
         choices=KNN_FUSED_CHOICES,
+    )
+    # Session 34 (README "References as the batch's own", 3 reference draws): with unflipped references the
+    # fused share costs the plates 0.2 image AUROC (flipped: 1.6-1.8) and lifts magnetic_tile (table there).
+    knn_fused_with_references: bool = setting(
+        True,
+        "with knn_fused=auto and references: fuse the texture recipe beside the share too (false: zero-shot "
+        "only, the rule of sessions 26-33)",
+    )
+    reference_augment: str = setting(
+        "none",
+        "how the references enter patchknn's bank in the share: none (as the pseudo-references), or patchknn's "
+        "flips / dihedral copies (flips: the rule before session 34)",
+        choices=REFERENCE_AUGMENTS,
     )
     single_image_knn_weight: float = setting(
         DEFAULT_SINGLE_IMAGE_KNN_WEIGHT,
