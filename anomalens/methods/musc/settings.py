@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ...augment import AUGMENTATIONS
 from ...geometry import RESIZE_POLICIES
 from ...settings import MethodSettings, setting
 from ...tiling import TILE_BLENDS
@@ -40,12 +41,9 @@ DEFAULT_SINGLE_IMAGE_KNN_WEIGHT = 0.0
 
 # musc's `knn_fused`: patchknn's named recipes, none, or musc's own `auto` rule (patchknn's `auto` is its own)
 KNN_FUSED_CHOICES = ("auto", *(name for name in FUSED_RECIPES if name != "auto"))
-# `knn_fused=auto` (session 26): the recipe fused beside the share; with references only since session 34
-# (`knn_fused_with_references`)
+# `knn_fused=auto` (session 26): the recipe fused beside the share, zero-shot and, since session 34, with
+# references (`knn_fused_with_references`)
 AUTO_KNN_FUSED = "textured-surface"
-# How musc's real references enter its patchknn share (`reference_augment`): as the pseudo-references do.
-# Mirrored and half-turned plates cost the fused share 1.6-1.8 image AUROC on mpdd_metal_plate (session 34).
-REFERENCE_AUGMENTS = ("none", "flips", "dihedral")
 
 
 def resolved_knn_fused(settings: MuScSettings, with_references: bool) -> str:
@@ -229,11 +227,13 @@ class MuScSettings(MethodSettings):
         "with knn_fused=auto and references: fuse the texture recipe beside the share too (false: zero-shot "
         "only, the rule of sessions 26-33)",
     )
+    # How the real references enter the share: as the pseudo-references do. Mirrored and half-turned plates
+    # cost the fused share 1.6-1.8 image AUROC on mpdd_metal_plate (session 34).
     reference_augment: str = setting(
         "none",
         "how the references enter patchknn's bank in the share: none (as the pseudo-references), or patchknn's "
         "flips / dihedral copies (flips: the rule before session 34)",
-        choices=REFERENCE_AUGMENTS,
+        choices=tuple(AUGMENTATIONS),
     )
     single_image_knn_weight: float = setting(
         DEFAULT_SINGLE_IMAGE_KNN_WEIGHT,
