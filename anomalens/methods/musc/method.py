@@ -109,8 +109,7 @@ class MuSc(Method):
         )
 
     def knn_fused(self, with_references: bool | None = None) -> str:
-        """The recipe the share fuses beside its own (`knn_fused`; `auto` decides by whether there are
-        references: given, or those fitted)."""
+        """The recipe the share fuses beside its own (`knn_fused`, resolved for references given or fitted)."""
         fitted = self.references is not None
         return resolved_knn_fused(self.settings, fitted if with_references is None else with_references)
 
@@ -120,8 +119,7 @@ class MuSc(Method):
         return musc_references_knn_settings(s.knn_recipe, self.knn_fused(with_references), s.reference_augment)
 
     def reference_knn(self, references: list[LoadedImage]) -> PatchKnn | None:
-        """patchknn for these references (`reference_knn_settings`), not yet fitted (None without references
-        or with reference_knn_weight 0)."""
+        """patchknn for these references, not yet fitted (None without them or with reference_knn_weight 0)."""
         if not references or self.settings.reference_knn_weight <= 0:
             return None
         knn = PatchKnn(self.reference_knn_settings(True)).to(self.device)
@@ -249,8 +247,7 @@ class MuSc(Method):
         bar.close()
 
     def with_reference_knn(self, mutual: MethodOutput, knn: MethodOutput, weight: float | None = None) -> MethodOutput:
-        """One image's output: the mutual score and map averaged with patchknn's (`weight`, by default
-        `reference_knn_weight`)."""
+        """The mutual output averaged with patchknn's (`weight`, by default `reference_knn_weight`)."""
         w = self.settings.reference_knn_weight if weight is None else weight
         anomaly_map = ((1.0 - w) * mutual.anomaly_map + w * knn.anomaly_map).astype(np.float32)
         if mutual.inspected is not None:
