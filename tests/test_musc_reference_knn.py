@@ -51,12 +51,12 @@ def test_outputs_are_the_weighted_mean_of_the_mutual_score_and_patchknn(weight):
 
 def test_the_default_weight_and_zero_shot_has_no_fitted_patchknn():
     method = create_method("musc", **FAST)
-    assert method.settings.reference_knn_weight == 0.375
+    assert method.settings.reference_knn_weight == 0.5
     method.fit([])
     assert method.reference_knn_ is None and "pseudo_reference_share" in method.describe_fit()
     method.fit(_images([1, 2], "r"))
     assert method.reference_knn_ is not None and method.reference_knn_.num_references == 2
-    assert "patchknn (weight 0.375" in method.describe_fit() and "model input: 256 px" in method.describe_fit()
+    assert "patchknn (weight 0.5" in method.describe_fit() and "model input: 256 px" in method.describe_fit()
 
 
 def test_a_planted_defect_is_the_batch_top_and_its_map_peak():
@@ -83,8 +83,8 @@ def test_leave_one_out_merges_both_methods_leave_one_out():
     mutual = create_method("musc", **FAST, reference_knn_weight=0.0).leave_one_out(refs, [0, 1])
     knn = create_method("patchknn", gaussian_weight=0, fused_recipe="none", augment="none").leave_one_out(refs, [0, 1])
     for g, m, k in zip(got, mutual, knn, strict=True):
-        assert g.score == pytest.approx(0.625 * m.score + 0.375 * k.score, abs=1e-6)
-        np.testing.assert_allclose(g.anomaly_map, 0.625 * m.anomaly_map + 0.375 * k.anomaly_map, atol=1e-6)
+        assert g.score == pytest.approx(0.5 * m.score + 0.5 * k.score, abs=1e-6)
+        np.testing.assert_allclose(g.anomaly_map, 0.5 * m.anomaly_map + 0.5 * k.anomaly_map, atol=1e-6)
 
 
 def test_a_saved_model_keeps_patchknn_and_the_side_it_chose(tmp_path):
