@@ -44,7 +44,7 @@ def is_good(path: str) -> bool:
 
 
 PICKS: list[int] = []  # each pick's count of images not under good/, in order (both modules')
-BATCH: dict = {}  # the batch being scored: its image features and its mutual scores before RsCIN
+BATCH: dict = {}  # the batch being scored: its image features, their clusters, its mutual scores before RsCIN
 
 
 def reporting(lowest_scored, pick_rule: str = "default", spread: float = 0.0):
@@ -107,9 +107,11 @@ def stratified(lowest_scored, clusters: int):
     (largest remainders), filled with the cluster's lowest-scored images."""
 
     def pick(scores, paths, count):
-        feats = BATCH["image_features"].double().numpy()
-        feats = feats / np.linalg.norm(feats, axis=1, keepdims=True).clip(1e-12)
-        labels = KMeans(n_clusters=clusters, n_init=10, random_state=0).fit_predict(feats)
+        if "clusters" not in BATCH:  # once per batch: every round picks from the same clusters
+            feats = BATCH["image_features"].double().numpy()
+            feats = feats / np.linalg.norm(feats, axis=1, keepdims=True).clip(1e-12)
+            BATCH["clusters"] = KMeans(n_clusters=clusters, n_init=10, random_state=0).fit_predict(feats)
+        labels = BATCH["clusters"]
         exact = count * np.bincount(labels, minlength=clusters) / len(paths)
         quota = np.floor(exact).astype(int)
         quota[np.argsort(-(exact - quota), kind="stable")[: count - quota.sum()]] += 1
@@ -128,6 +130,7 @@ def recording_the_batch() -> None:
     score_features, rescore = musc_method.MuSc.score_features, musc_method.rescore
 
     def scoring(self, feats, *args, **kwargs):
+        BATCH.clear()
         BATCH["image_features"] = feats.per_image_features()
         return score_features(self, feats, *args, **kwargs)
 
@@ -147,7 +150,8 @@ def main() -> None:
     parser.add_argument("--again", type=float, default=1.0, help="later picks take this fraction of the first's count")
     args = parser.parse_args(own)
     # the first pick is made in method.py, later ones in pseudo_references.py: each by its own imported name
-    recording_the_batch()
+    if args.stratify or args.pick == "raw":
+        recording_the_batch()
     first, later = musc_method.lowest_scored, pseudo_references.lowest_scored
     if args.stratify:
         first, later = stratified(first, args.stratify), stratified(later, args.stratify)

@@ -41,8 +41,7 @@ def test_outputs_are_the_weighted_mean_of_the_mutual_score_and_patchknn(weight):
     refs, queries = _images([1, 2], "r"), _images([3, 4, 5], "q", defect=1)
     both = create_method("musc", **FAST, reference_knn_weight=weight).fit(refs)
     mutual = create_method("musc", **FAST, reference_knn_weight=0.0).fit(refs)
-    # musc_references_knn_settings: the references unflipped (`reference_augment`)
-    knn = create_method("patchknn", gaussian_weight=0, fused_recipe="none", augment="none").fit(refs)
+    knn = _patchknn_as_musc_builds_it().fit(refs)
     for b, m, k in zip(both.predict(queries), mutual.predict(queries), knn.predict(queries), strict=True):
         assert b.score == pytest.approx((1 - weight) * m.score + weight * k.score, abs=1e-6)
         np.testing.assert_allclose(b.anomaly_map, (1 - weight) * m.anomaly_map + weight * k.anomaly_map, atol=1e-6)
@@ -81,7 +80,7 @@ def test_leave_one_out_merges_both_methods_leave_one_out():
     refs = _images([1, 2, 3], "r", defect=1)
     got = create_method("musc", **FAST).leave_one_out(refs, [0, 1])
     mutual = create_method("musc", **FAST, reference_knn_weight=0.0).leave_one_out(refs, [0, 1])
-    knn = create_method("patchknn", gaussian_weight=0, fused_recipe="none", augment="none").leave_one_out(refs, [0, 1])
+    knn = _patchknn_as_musc_builds_it().leave_one_out(refs, [0, 1])
     for g, m, k in zip(got, mutual, knn, strict=True):
         assert g.score == pytest.approx(0.5 * m.score + 0.5 * k.score, abs=1e-6)
         np.testing.assert_allclose(g.anomaly_map, 0.5 * m.anomaly_map + 0.5 * k.anomaly_map, atol=1e-6)
@@ -119,7 +118,7 @@ def test_the_references_enter_the_share_as_reference_augment_says():
     refs, banks = _images([1, 2], "r"), {}
     for augment in ("none", "flips"):
         method = create_method("musc", **FAST, reference_augment=augment).fit(refs)
-        knn = create_method("patchknn", gaussian_weight=0, fused_recipe="none", augment=augment).fit(refs)
+        knn = _patchknn_as_musc_builds_it(augment).fit(refs)
         banks[augment] = method.reference_knn_.bank_.banks["patches"]
         torch.testing.assert_close(banks[augment], knn.bank_.banks["patches"])
     # flipped copies compete for the coreset's places: another bank
@@ -145,6 +144,12 @@ def test_a_model_saved_before_session_34_keeps_its_flipped_unfused_share(tmp_pat
     for a, b in zip(old.predict(queries), again.predict(queries), strict=True):
         assert a.score == pytest.approx(b.score, abs=1e-6)
         np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, atol=1e-6)
+
+
+def _patchknn_as_musc_builds_it(augment: str = "none"):
+    """patchknn built here as `musc_references_knn_settings` builds it: no bank Gaussian, no second recipe (FAST's
+    knn_fused none), the references entering as `reference_augment` says (none by default)."""
+    return create_method("patchknn", gaussian_weight=0, fused_recipe="none", augment=augment)
 
 
 def _drop_key(value, key: str) -> None:

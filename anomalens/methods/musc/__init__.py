@@ -89,8 +89,8 @@ Paper vs. official code (xrli-U/MuSc) vs. this implementation:
   `patchknn` (its own defaults: the embedded backbone, its model side, coreset; flipped references until
   session 34, unflipped since: `reference_augment`) on them, and each image's score and map are
   `reference_knn_weight` (0.375 in sessions 13-34, 0.5 since) x patchknn's plus the rest x the mutual
-  score's. Both are distances on similar scales (map medians 0.5-0.6 on our data), so they are added as they are, with
-  no batch statistics.
+  score's. Both are distances on similar scales (map medians 0.5-0.6 on our data), so they are added as
+  they are, with no batch statistics.
   `reference_knn_weight=0` gives the rule before (references only join the partners).
 * Not in the paper (session 13, README "Pseudo-references"): the tenth of the batch the mutual
   score ranks lowest (`pseudo_reference_share`) become `patchknn`'s references too: without
