@@ -72,6 +72,7 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|---|")
         for shots, size in runs:
             method.settings.coreset_size = size
+            method.use_rank_for(shots)  # `few_shot_k` as fit resolves it for this many references
             start = time.perf_counter()
             chosen = per_reference[reference_augmentation(method.settings, shots)][:shots]
             bank = method.build_bank(chosen)

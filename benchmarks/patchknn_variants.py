@@ -175,6 +175,7 @@ PATCH_MAPS: dict[tuple, torch.Tensor] = {}
 
 
 def evaluate(method: PatchKnn, cache: FeatureCache, split, refs: list[Path]) -> dict:
+    method.use_rank_for(len(refs))  # as fit resolves `few_shot_k` for this many references
     s = method.settings
     aug = reference_augmentation(s, len(refs))
     bank = None

@@ -159,7 +159,10 @@ def test_fit_then_detect_with_model_gives_identical_results(data, tmp_path):
     bank = load_file(str(model / "detector.safetensors"))
     # the default fuses the texture recipe: both banks and the two levels (median, spread each)
     assert {"bank.patches", "partner.bank.patches"} <= set(bank) and bank["fusion.levels"].shape == (4,)
-    assert all(t.ndim == 2 and t.shape[0] > 0 for k, t in bank.items() if k != "fusion.levels")
+    # and the few-shot rank each was fitted with (4 references: the 3rd nearest; `few_shot_k` in the settings too)
+    assert int(bank["few_shot_k"]) == int(bank["partner.few_shot_k"]) == config["settings"]["few_shot_k"] == 3
+    not_banks = {"few_shot_k", "partner.few_shot_k", "fusion.levels"}
+    assert all(t.ndim == 2 and t.shape[0] > 0 for k, t in bank.items() if k not in not_banks)
     run(["fit", "--refs", data / "refs", "--out", model, *FAST], code=2)  # never overwritten silently
 
     run(["detect", data / "queries", "--model", model, "--out", tmp_path / "a"])

@@ -52,7 +52,7 @@ def model(data, tmp_path_factory) -> Path:
         (["--set", "neighbourhood=1"], "--set neighbourhood=1 (saved: 3)"),
         (["--image-size", "96"], "--image-size 96 (saved: 64)"),
         (["--backbone", "test-tiny"], "--backbone test-tiny"),
-        (["--set", "neighbourhood=1", "--set", "few_shot_k=2"], "--set few_shot_k=2 (saved: 1)"),
+        (["--set", "neighbourhood=1", "--set", "few_shot_k=2"], "--set few_shot_k=2 (saved: 3)"),
     ],
 )
 def test_model_refuses_options_that_would_change_it(data, model, tmp_path, extra, named):

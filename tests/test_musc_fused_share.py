@@ -94,7 +94,7 @@ def test_with_references_and_no_pseudo_references_it_is_patchknns_fusion_in_the_
     refs, queries = _images([40, 41, 42], "r"), _images([3, 4, 5, 6], defect=2)  # 4 images: no pseudo-references
     method = create_method("musc", **FUSED, reference_knn_weight=1.0).fit(refs)
     # as musc builds it (its references unflipped: `reference_augment`)
-    knn = create_method("patchknn", gaussian_weight=0, fused_recipe=RECIPE, augment="none").fit(refs)
+    knn = create_method("patchknn", gaussian_weight=0, few_shot_k=1, fused_recipe=RECIPE, augment="none").fit(refs)
     first = knn.fusion_levels_[0]
     assert method.reference_knn_.fusion_levels_ == knn.fusion_levels_
     outputs = method.predict(queries)

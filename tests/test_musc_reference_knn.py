@@ -148,8 +148,8 @@ def test_a_model_saved_before_session_34_keeps_its_flipped_unfused_share(tmp_pat
 
 def _patchknn_as_musc_builds_it(augment: str = "none"):
     """patchknn built here as `musc_references_knn_settings` builds it: no bank Gaussian, no second recipe (FAST's
-    knn_fused none), the references entering as `reference_augment` says (none by default)."""
-    return create_method("patchknn", gaussian_weight=0, fused_recipe="none", augment=augment)
+    knn_fused none), the nearest bank patch, the references entering as `reference_augment` says (none by default)."""
+    return create_method("patchknn", gaussian_weight=0, few_shot_k=1, fused_recipe="none", augment=augment)
 
 
 def _drop_key(value, key: str) -> None:

@@ -262,7 +262,8 @@ def test_coreset_ratio_keeps_that_share_of_the_references_patches_and_they_score
     ]
     # 2 references x 8 x 8 patches x 4 flips = 512: their own 128 are below the floor, all are kept
     # the kNN alone: the bank's Gaussian (fitted on each bank) would differ between the two banks
-    alone = {"gaussian_weight": 0, "fused_recipe": "none"}  # (and the recipe alone: distances, not standardised)
+    # (and the recipe alone: distances, not standardised; the nearest bank patch, which for a reference is itself)
+    alone = {"gaussian_weight": 0, "fused_recipe": "none", "few_shot_k": 1}
     whole = create_method("patchknn", image_size=64, **alone).fit(refs)
     quarter = create_method("patchknn", image_size=64, coreset_ratio=0.25, coreset_floor=1, **alone).fit(refs)
     n = whole.bank_.banks["patches"].shape[0]

@@ -48,7 +48,7 @@ def test_detect_resume_refuses_other_effective_settings_naming_them(data, tmp_pa
     cases = [
         (["--refs", data / "refs", "--bit-depth", "12"], ['bit_depth: "auto" -> 12']),
         (["--refs", data / "other_refs"], ["model: ", "references: 3 images -> 2 images"]),
-        (["--refs", data / "refs", "--set", "few_shot_k=2"], ["settings.few_shot_k: 1 -> 2"]),
+        (["--refs", data / "refs", "--set", "few_shot_k=2"], ["settings.few_shot_k: 3 -> 2"]),
         (["--refs", data / "refs", "--pixel-threshold", "0.7"], ["pixel_threshold.value: 0.5 -> 0.7"]),
     ]
     for extra, named in cases:

@@ -17,6 +17,7 @@ from torch import nn
 from ..backbones.cnn import coarse_cells
 from ..methods.patch_distances import (
     distance_metric,
+    few_shot_rank,
     gaussian_weight,
     length_channels,
     pooling_window,
@@ -56,7 +57,7 @@ class PatchKnnGraph(nn.Module):
         super().__init__()
         self.backbone = method.backbone
         self.image_size = method.settings.image_size
-        self.few_shot_k = method.settings.few_shot_k
+        self.few_shot_k = few_shot_rank(method.settings)
         self.zero_shot_k = method.settings.zero_shot_k
         self.zero_shot_quantile = method.settings.zero_shot_quantile
         # as patch_distances.zero_shot_score_patches: the score may read the nearest-neighbour map
@@ -202,7 +203,8 @@ def _require_exportable(method) -> None:
         "patchknn zero-shot with an exclusion window (zero_shot_exclusion > 0) cannot be exported",
     )
     if patches is not None:
-        require(patches.shape[0] >= s.few_shot_k, f"memory bank has fewer than few_shot_k={s.few_shot_k} patches")
+        k = few_shot_rank(s)
+        require(patches.shape[0] >= k, f"memory bank has fewer than few_shot_k={k} patches")
 
 
 @register_exporter("patchknn")

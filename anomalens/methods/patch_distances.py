@@ -17,6 +17,7 @@ from ..backbones.ensemble import direction_blocks, ensemble_members, is_efficien
 from ..geometry import valid_grid_region
 from ..inspection_region import NOTHING_COUNTS
 from ..scoring import (
+    FEW_SHOT_K,
     edge_weights,
     image_score,
     image_score_in_map,
@@ -109,6 +110,25 @@ def gaussian_weight(settings: PatchKnnSettings) -> float:
     return DEFAULT_GAUSSIAN_WEIGHT if is_efficientnet(settings.backbone) and not settings.magnitudes else 0.0
 
 
+# Few-shot, EfficientNet, at most this many references: the distance to the 3rd nearest bank patch instead of
+# the nearest (issue 17 session 36, README "The third-nearest reference patch"): every mean of the dev cells and
+# the demo's AUPRO rose at 1 and 4 references (3 draws); with many references the coreset is sparse and its
+# 3rd nearest too far (magnetic_tile, one recipe, one draw: 8 and 16 references even, 48 -2.0 pixel AUROC,
+# 200 -2.9 image AUROC)
+FEW_REFERENCES_FEW_SHOT_K = 3
+FEW_REFERENCES = 16
+
+
+def few_shot_rank(settings: PatchKnnSettings, references: int | None = None) -> int:
+    """Which nearest bank patch gives a patch's few-shot distance: `few_shot_k`, or when unset 3 on
+    EfficientNet with at most `FEW_REFERENCES` references, else 1. `fit` resolves it for its references
+    (a fitted model's settings hold the number); unresolved, with no count, it is the nearest."""
+    if settings.few_shot_k is not None:
+        return settings.few_shot_k
+    few = references is not None and 0 < references <= FEW_REFERENCES
+    return FEW_REFERENCES_FEW_SHOT_K if few and is_efficientnet(settings.backbone) else FEW_SHOT_K
+
+
 def gaussian_distances(feats: torch.Tensor, bank: torch.Tensor, settings: PatchKnnSettings) -> torch.Tensor:
     """(T, h, w, C) stride-8 features -> (T, h, w) Mahalanobis distances to the Gaussian of the bank's first
     C channels beyond what the bank's own patches reach (`PatchGaussian.excess`; the coarse map's trailing
@@ -191,15 +211,16 @@ def patch_anomalies(
     if bank is None:
         compared = zero_shot_features(feats, s)
         return patch_scores(
-            compared, None, s.few_shot_k, s.zero_shot_k, s.zero_shot_exclusion, metric, s.zero_shot_quantile
+            compared, None, FEW_SHOT_K, s.zero_shot_k, s.zero_shot_exclusion, metric, s.zero_shot_quantile
         )
     full_bank = bank
     bank, coarse_bank = split_coarse(bank, coarse)
-    scores = patch_scores(feats, bank, s.few_shot_k, s.zero_shot_k, s.zero_shot_exclusion, metric)
+    k = few_shot_rank(s)
+    scores = patch_scores(feats, bank, k, s.zero_shot_k, s.zero_shot_exclusion, metric)
     if gaussian_weight(s) > 0:  # fitted on the whole bank tensor's leading channels: cached across images
         scores = scores + gaussian_weight(s) * gaussian_distances(feats, full_bank, s)
     if coarse_feats is not None and s.coarse_weight > 0:
-        scores = scores + s.coarse_weight * coarse_scores(coarse_feats, coarse_bank, coarse.grid, s.few_shot_k, metric)
+        scores = scores + s.coarse_weight * coarse_scores(coarse_feats, coarse_bank, coarse.grid, k, metric)
     return scores
 
 

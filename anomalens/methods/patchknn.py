@@ -50,6 +50,7 @@ from .patch_distances import (
     CoarseLayout,
     coarse_blocks,
     distance_metric,
+    few_shot_rank,
     length_weight,
     score_image,
 )
@@ -78,6 +79,10 @@ __all__ = [  # the settings' names stay importable from here, where the method i
     "score_image",
     "side_up_to",
 ]
+
+
+# the state's entry for the few-shot rank `fit` resolved (`few_shot_rank`): the bank is scored with it
+RANK_KEY = "few_shot_k"
 
 
 @dataclass
@@ -223,6 +228,7 @@ class PatchKnn(Method):
         # indexing, not iterating: a ReportingList reports progress when it is iterated
         short_sides = [min(references[i].size_hw) for i in range(len(references))]
         self.use_image_size(model_side(self.requested_settings, short_sides))
+        self.use_rank_for(len(references))
         self.bank_ = MemoryBank()
         self.num_references = len(references)
         self._bank_source = None
@@ -251,6 +257,12 @@ class PatchKnn(Method):
         """Run at model side `side` (the settings a saved model keeps say so); the backbone reads any size."""
         self.settings = replace(self.requested_settings, image_size=side)
         self.backbone.image_size = side
+
+    def use_rank_for(self, references: int) -> None:
+        """Score against the bank with the rank `few_shot_k` resolves to for this many references (kept in
+        the settings, so a saved model holds it); zero-shot leaves it as asked."""
+        if references:
+            self.settings = replace(self.settings, few_shot_k=few_shot_rank(self.requested_settings, references))
 
     def describe_fit(self) -> str | None:
         side, requested = self.settings.image_size, self.requested_settings
@@ -367,12 +379,15 @@ class PatchKnn(Method):
         if isinstance(per_reference, torch.Tensor):
             per_reference = list(per_reference)
         self.num_references = len(per_reference)
+        self.use_rank_for(len(per_reference))
         self.bank_ = MemoryBank()
         self._bank_source = None
         self.bank_.banks["patches"] = self.build_bank([p.reshape(-1, p.shape[-1]) for p in per_reference])
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = self.bank_.state_dict()
+        if "patches" in self.bank_ and self.settings.few_shot_k is not None:  # the rank fit resolved
+            state[RANK_KEY] = torch.tensor(self.settings.few_shot_k)
         if self.partner is not None and self.fusion_levels_ is not None:
             state.update(fusion.partner_state(self.partner.state_dict(), self.fusion_levels_))
         return state
@@ -380,6 +395,9 @@ class PatchKnn(Method):
     def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self._bank_source = None
         own, partner, levels = fusion.split_state(state)
+        rank = own.pop(RANK_KEY, None)
+        if rank is not None and self.settings.few_shot_k is None:  # a rank given in the settings wins
+            self.settings = replace(self.settings, few_shot_k=int(rank))
         self.bank_.load_state_dict(own)
         self.fusion_levels_ = levels if self.partner is not None else None
         if self._fits_partner() or self._fuses_zero_shot():

@@ -13,7 +13,7 @@ from ..geometry import RESIZE_POLICIES
 from ..scoring import FEW_SHOT_K, MAP_IMAGE_MODES, ZERO_SHOT_K
 from ..settings import MethodSettings, setting
 from ..tiling import TILE_BLENDS
-from .patch_distances import DEFAULT_LENGTH_WEIGHT
+from .patch_distances import DEFAULT_LENGTH_WEIGHT, FEW_REFERENCES, FEW_REFERENCES_FEW_SHOT_K
 from .patch_gaussian import DEFAULT_GAUSSIAN_SHRINKAGE, DEFAULT_GAUSSIAN_WEIGHT
 
 DEFAULT_IMAGE_SIZE = 256
@@ -144,7 +144,13 @@ class PatchKnnSettings(MethodSettings):
         minimum=0,
     )
     clip_layers: tuple[int, ...] = setting((6, 9), "CLIP blocks whose tokens are used (1-based)", minimum=1)
-    few_shot_k: int = setting(FEW_SHOT_K, "nearest reference patch used (few-shot)", minimum=1)
+    few_shot_k: int | None = setting(
+        None,
+        "few-shot: a patch's distance is to its k-th nearest bank patch; unset = "
+        f"{FEW_REFERENCES_FEW_SHOT_K} on EfficientNet with at most {FEW_REFERENCES} references, else "
+        f"{FEW_SHOT_K} (the nearest: FADE's and PatchCore's)",
+        minimum=1,
+    )
     zero_shot_k: int = setting(
         ZERO_SHOT_K, "k-th nearest patch of the image itself (zero-shot; the 1st is the patch)", minimum=2
     )

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from ...images import LoadedImage
 from ...inspection_region import counted_patches
+from ...scoring import FEW_SHOT_K
 from ..base import MethodOutput
 from ..patchknn import PatchKnn, PatchKnnSettings
 from ..patchknn_settings import KNN_RECIPES, model_side, side_up_to
@@ -108,7 +109,15 @@ def musc_references_knn_settings(
     fuses the two recipes itself and brings them back to those units (`fused_share`). The recipe fused
     beside itself would only repeat the share: then there is no second one."""
     fused = "none" if fused == recipe else fused
-    changes = {"gaussian_weight": 0.0, **KNN_RECIPES[recipe], "fused_recipe": fused, "augment": augment}
+    # the nearest bank patch (`few_shot_k` 1), as musc's shares were measured: patchknn's 3rd nearest with few
+    # references (issue 17 session 36) was not measured inside musc
+    changes = {
+        "gaussian_weight": 0.0,
+        "few_shot_k": FEW_SHOT_K,
+        **KNN_RECIPES[recipe],
+        "fused_recipe": fused,
+        "augment": augment,
+    }
     return replace(PatchKnnSettings(), **changes)
 
 
