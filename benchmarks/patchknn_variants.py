@@ -122,6 +122,9 @@ VARIANTS = {
         {"length_weight": 4.0, "length_log": True},
         {"length_weight": 4.0, "length_log": True, "length_blocks": (4, 10, 14)},
     ],
+    # issue 17, session 36: the k-th nearest bank patch (unset resolves to 3 with up to 16 references; README
+    # "The third-nearest reference patch" measured it with `anomalens benchmark --set few_shot_k=K`)
+    "rank": [{"few_shot_k": 1}, {"few_shot_k": 2}, {"few_shot_k": 5}, {"few_shot_k": 9}],
     # issue 17, session 17: the image score joins each pixel of the map (pixel metrics pool all images)
     "image_in_map": [
         {"map_image_share": 0.0},
