@@ -1,31 +1,16 @@
 """`patchknn`: FADE's vision guidance alone, on any backbone with patch features, with PatchCore's scoring.
 
-Few-shot: patches of the k reference images (by default also mirrored and half-turned, and reduced
-by a greedy k-centre coreset to a share of the references' own patches) form the memory bank and
-each query patch scores its distance to the nearest one. Zero-shot: each query patch against the
-query's own patches, second nearest neighbour (the first is itself). The patch map is upsampled to
-the model input, smoothed with a Gaussian (PatchCore: sigma 4), and the image score is its maximum
-(or the mean of its top fraction), optionally reweighted by PatchCore's neighbourhood density.
-Elongated images can be covered by square tiles instead of being squashed (`anomalens.tiling`).
-With references the model side follows their resolution (`model_side`: 256 px, larger in steps of
-64 px up to `image_size_up_to` while the references fill it), so large parts keep their small defects.
-
-`magnitudes` compares per-image layer-normalised features by Euclidean distance instead of unit features
-by cosine (brighter or darker patches of a texture count): it wins on textures with intensity defects and
-loses on parts whose normal lighting varies (README "Keeping the magnitudes"), an opt-in.
-
-With references, the EfficientNet default adds each block's log length to the cosine's unit directions as
-one more channel (`length_weight`, `length_log`), compared by Euclidean distance against the bank: a patch
-whose texture is right but too strong or too weak counts (README "Lengths beside the directions").
-Zero-shot compares the directions alone: a part's own highlights are unique lengths in the image.
-
-`fused_recipe`: a second patchknn with a named recipe (`KNN_RECIPES`), the two maps fused per pixel in units
-of their normal spread on the references, or zero-shot of each image's own (`recipe_fusion`; README "Both
-recipes at once").
-
-`coarse_weight` > 0 adds, with references, the stride-32 block's distance map on its own coarse grid
-(`patch_distances.patch_anomalies`): it lifts magnetic_tile's large defects and costs small ones, so it
-is an opt-in (README "A coarse map beside the fine one").
+Few-shot: patches of the reference images (by default also mirrored and half-turned, and reduced by a greedy
+k-centre coreset to a share of the references' own patches) form the memory bank and each query patch scores
+its distance to its k-th nearest one (`few_shot_k`: the 3rd with a few references on EfficientNet, else the
+nearest; `patch_distances.few_shot_rank`). Zero-shot: each query patch against the query's own patches. The
+patch map is upsampled to the model input and smoothed with a Gaussian (PatchCore: sigma 4); the image score
+is its maximum (or the mean of its top fraction), optionally reweighted by PatchCore's neighbourhood density.
+Elongated images are covered by square tiles (`anomalens.tiling`); with references the model side follows
+their resolution (`model_side`). The EfficientNet default adds each block's log length beside the unit
+directions with references (`length_weight`); `magnitudes` and `coarse_weight` are opt-ins for textures and
+large defects; `fused_recipe` runs a second recipe and fuses the two maps in units of their normal spread
+(`recipe_fusion`). Each is measured in the README ("`patchknn` on `../shared/data`").
 """
 
 from __future__ import annotations

@@ -109,8 +109,9 @@ def musc_references_knn_settings(
     fuses the two recipes itself and brings them back to those units (`fused_share`). The recipe fused
     beside itself would only repeat the share: then there is no second one."""
     fused = "none" if fused == recipe else fused
-    # the nearest bank patch (`few_shot_k` 1), as musc's shares were measured: patchknn's 3rd nearest with few
-    # references (issue 17 session 36) was not measured inside musc
+    # the nearest bank patch (`few_shot_k` 1), as musc's shares were measured: patchknn's 3rd nearest (issue 17
+    # session 36) on the pseudo-references cost magnetic_tile zero-shot 1.9 / 2.7 / 0.7 (README "The
+    # third-nearest reference patch")
     changes = {
         "gaussian_weight": 0.0,
         "few_shot_k": FEW_SHOT_K,
