@@ -98,11 +98,28 @@ def test_leave_one_out_after_fit_on_the_same_references_reuses_the_bank(monkeypa
     copy = pickle.loads(pickle.dumps(method))  # a copy does not carry the reference images
     assert copy._bank_source is None and torch.equal(copy.bank_.banks["patches"], method.bank_.banks["patches"])
     calls = []
-    monkeypatch.setattr(method, "reference_patches", lambda img, augment=None: calls.append(img) or 1 / 0)
-    again = method.leave_one_out(refs, [0, 1, 2])  # no reference features, no second coreset
+    monkeypatch.setattr(method, "_encoded_reference", lambda img, *a, **k: calls.append(img) or 1 / 0)
+    monkeypatch.setattr(method, "_encode", lambda inputs: calls.append(inputs) or 1 / 0)
+    again = method.leave_one_out(refs, [0, 1, 2])  # no backbone pass (fit kept the features), no second coreset
     assert calls == []
     for a, b in zip(fresh, again):
         assert a.score == pytest.approx(b.score, abs=1e-6)
         np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, atol=1e-6)
     with pytest.raises(ZeroDivisionError):  # other reference objects: features are computed again
         method.leave_one_out(_images(3), [0])
+
+
+def test_kept_leave_one_out_maps_follow_the_settings_and_are_handed_out_as_copies():
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    refs = _images(3)
+    method = create_method("patchknn", image_size=32, fused_recipe="none").fit(refs)
+    first = method.leave_one_out(refs, [0, 1])
+    first[0].anomaly_map[:] = 0  # a caller changing its map does not change what is kept
+    assert method.leave_one_out(refs, [0])[0].anomaly_map.max() > 0
+    method.settings = replace(method.settings, smoothing_sigma=0.0)  # e.g. a benchmark's variant on a fitted method
+    unsmoothed = method.leave_one_out(refs, [1])[0]
+    fresh = create_method("patchknn", image_size=32, fused_recipe="none", smoothing_sigma=0.0).fit(refs)
+    np.testing.assert_allclose(unsmoothed.anomaly_map, fresh.leave_one_out(refs, [1])[0].anomaly_map, atol=1e-6)
+    assert not np.allclose(unsmoothed.anomaly_map, first[1].anomaly_map, atol=1e-4)

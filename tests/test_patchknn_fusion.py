@@ -87,6 +87,34 @@ def test_a_fused_detector_equals_the_two_recipes_fitted_apart_and_fused_by_hand(
     assert results[1].score > results[0].score + 3  # the defect stands out in units of the normal spread
 
 
+def _counting(run, passes: list):
+    """`run`, recording the batch size of each call in `passes`."""
+    return lambda x: passes.append(len(x)) or run(x)
+
+
+def test_a_fused_fit_and_its_calibration_pass_each_reference_copy_through_the_backbone_once(monkeypatch):
+    refs = [image(1), image(2), image(5)]
+    fitted = {}
+    for shared in (True, False):
+        det = Detector("patchknn", image_size=64, fused_recipe="textured-surface")
+        det.method._shared_pass = shared  # False: each recipe its own passes
+        passes = []
+        for backbone in (det.method.backbone, det.method.partner.backbone):
+            counted = _counting(backbone._run_until_last_block, passes)
+            monkeypatch.setattr(backbone, "_run_until_last_block", counted)
+        det.fit(refs).calibrate()
+        fitted[shared] = det, sum(passes)
+    (shared, shared_passes), (apart, apart_passes) = fitted[True], fitted[False]
+    # 3 references x 4 copies (flips), once: the partner's features, the levels' and the calibration's
+    # leave-one-out maps come from that pass (apart: 12 per recipe; before session 37 also 3 per recipe for
+    # the levels and 3 more for the calibration, 36)
+    assert (shared_passes, apart_passes) == (12, 24)
+    for a, b in ((shared.method, apart.method), (shared.method.partner, apart.method.partner)):
+        assert torch.equal(a.bank_.banks["patches"], b.bank_.banks["patches"])
+    assert shared.method.fusion_levels_ == apart.method.fusion_levels_
+    assert shared.threshold.value == apart.threshold.value
+
+
 def test_one_reference_is_levelled_against_its_own_mirrored_copies():
     ref, queries = image(1), [image(3), image(4, defect=True)]
     det = Detector("patchknn", image_size=64, fused_recipe="textured-surface").fit([ref])
