@@ -1,4 +1,4 @@
-"""Time and size of the overlay and mask PNGs: Pillow's encoder against `anomalens.png_encoding`.
+"""Time and size of the overlay and mask PNGs: Pillow's encoder against `anomalens.png_encoding` (zlib, ISA-L).
 
 Overlays are made as `anomalens detect` makes them (the image, a smooth random map on a run's
 colour scale with its bar, a mask outline) from the first N images of a folder, then encoded
@@ -63,8 +63,14 @@ def main() -> None:
     encoders = {
         "Pillow, zlib level 1, Huffman only (before)": lambda a: pillow(a, zlib.Z_HUFFMAN_ONLY),
         "Pillow, zlib level 1, deflate (before, masks)": lambda a: pillow(a, zlib.Z_DEFAULT_STRATEGY),
-        "encode_png, Up filter, Huffman only (overlays)": lambda a: encode_png(a, 1, zlib.Z_HUFFMAN_ONLY),
-        "encode_png, Up filter, deflate (masks)": lambda a: encode_png(a, 1, zlib.Z_DEFAULT_STRATEGY),
+        "encode_png, Up filter, zlib level 1, Huffman only (overlays before session 37)": lambda a: encode_png(
+            a, 1, zlib.Z_HUFFMAN_ONLY, deflate="zlib"
+        ),
+        "encode_png, Up filter, zlib level 1, deflate (masks before session 37)": lambda a: encode_png(
+            a, 1, zlib.Z_DEFAULT_STRATEGY, deflate="zlib"
+        ),
+        "encode_png, Up filter, ISA-L level 0": lambda a: encode_png(a, 0, deflate="isal"),
+        "encode_png, Up filter, ISA-L level 1 (overlays and masks)": lambda a: encode_png(a, 1, deflate="isal"),
     }
     print(f"{len(files)} images from {args.images}; ms per file (best of 3) and KB per file, mean over the files\n")
     print("| encoder | overlay ms | overlay KB | mask ms | mask KB |")

@@ -20,10 +20,19 @@ def decoded(data: bytes) -> np.ndarray:
 
 
 @pytest.mark.parametrize("shape", [(37, 53, 3), (37, 53), (1, 9, 3), (9, 1), (1, 1), (1, 1, 3)])
-@pytest.mark.parametrize("strategy", [zlib.Z_DEFAULT_STRATEGY, zlib.Z_HUFFMAN_ONLY])
-def test_pillow_reads_back_the_same_pixels(shape, strategy):
+@pytest.mark.parametrize(
+    ("deflate", "level", "strategy"),
+    [
+        ("zlib", 1, zlib.Z_DEFAULT_STRATEGY),
+        ("zlib", 1, zlib.Z_HUFFMAN_ONLY),
+        ("isal", 0, zlib.Z_DEFAULT_STRATEGY),
+        ("isal", 1, zlib.Z_DEFAULT_STRATEGY),
+        ("isal", 3, zlib.Z_DEFAULT_STRATEGY),
+    ],
+)
+def test_pillow_reads_back_the_same_pixels(shape, deflate, level, strategy):
     array = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
-    data = encode_png(array, strategy=strategy)
+    data = encode_png(array, level, strategy, deflate=deflate)
     assert data.startswith(PNG_SIGNATURE)
     img = Image.open(io.BytesIO(data))
     assert img.mode == ("RGB" if array.ndim == 3 else "L")
@@ -36,9 +45,10 @@ def test_up_filter_wraps_modulo_256():
     np.testing.assert_array_equal(decoded(encode_png(array)), array)
 
 
-def test_header_and_filtered_rows_by_hand():
+@pytest.mark.parametrize("deflate", ["isal", "zlib"])
+def test_header_and_filtered_rows_by_hand(deflate):
     array = np.array([[10, 20], [15, 5]], dtype=np.uint8)
-    data = encode_png(array)
+    data = encode_png(array, deflate=deflate)
     length, kind = struct.unpack(">I4s", data[8:16])
     assert (length, kind) == (13, b"IHDR")
     assert struct.unpack(">IIBBBBB", data[16:29]) == (2, 2, 8, 0, 0, 0, 0)  # 2 x 2, 8 bit, grey
@@ -62,3 +72,11 @@ def test_a_non_contiguous_view_is_encoded_as_its_pixels():
 def test_other_arrays_are_refused(array):
     with pytest.raises(ValueError, match="encode_png"):
         encode_png(array)
+
+
+def test_the_default_deflate_is_isal_and_an_unknown_one_is_refused():
+    from anomalens.png_encoding import DEFAULT_DEFLATE
+
+    assert DEFAULT_DEFLATE == "isal"  # a dependency: its absence would make every run's PNGs ~3x slower
+    with pytest.raises(ValueError, match="deflate must be one of"):
+        encode_png(np.zeros((2, 2), np.uint8), deflate="gzip")
