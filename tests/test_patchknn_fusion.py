@@ -115,6 +115,19 @@ def test_a_fused_fit_and_its_calibration_pass_each_reference_copy_through_the_ba
     assert shared.threshold.value == apart.threshold.value
 
 
+@pytest.mark.parametrize(("share", "kept"), [(0.5, 20), (1.0, 40), (0.3, 12)])
+def test_the_two_fused_banks_share_the_coreset_size(share, kept):
+    refs = [image(i) for i in range(1, 7)]  # 6 x 4 copies x 64 patches at 64 px: both banks far above 40
+    settings = {"image_size": 64, "coreset_size": 40, "fused_coreset_share": share}
+    det = Detector("patchknn", fused_recipe="textured-surface", **settings).fit(refs)
+    method = det.method
+    assert method.bank_.banks["patches"].shape[0] == kept  # ceil(share x 40)
+    assert method.partner.bank_.banks["patches"].shape[0] == kept
+    assert method.partner.settings.coreset_size == kept  # the partner holds its share as its own cap
+    alone = Detector("patchknn", fused_recipe="none", **settings).fit(refs)
+    assert alone.method.bank_.banks["patches"].shape[0] == 40  # without a partner the share does not apply
+
+
 def test_one_reference_is_levelled_against_its_own_mirrored_copies():
     ref, queries = image(1), [image(3), image(4, defect=True)]
     det = Detector("patchknn", image_size=64, fused_recipe="textured-surface").fit([ref])

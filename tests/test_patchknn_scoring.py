@@ -228,8 +228,28 @@ def test_patch_scores_with_magnitudes_see_a_brighter_copy_of_a_normal_patch():
 def test_coreset_target_by_hand(ratio, floor, size, patches, kept, augment):
     from anomalens.methods.patchknn import coreset_target
 
-    settings = PatchKnnSettings(coreset_ratio=ratio, coreset_floor=floor, coreset_size=size, augment=augment)
+    settings = PatchKnnSettings(
+        coreset_ratio=ratio, coreset_floor=floor, coreset_size=size, augment=augment, fused_recipe="none"
+    )
     assert coreset_target(settings, patches) == kept
+
+
+@pytest.mark.parametrize(
+    ("share", "patches", "kept"),
+    [
+        (0.5, 204800, 4096),  # 200 references: each fused bank half of coreset_size
+        (1.0, 204800, 8192),  # models saved before session 37: each up to coreset_size
+        (0.5, 16384, 1639),  # 16 references keep 10 % of theirs, below the share anyway
+        (0.3, 204800, 2458),  # ceil(0.3 x 8192)
+    ],
+)
+def test_fused_banks_share_coreset_size_by_hand(share, patches, kept):
+    from anomalens.methods.patchknn import coreset_target
+    from anomalens.methods.recipe_fusion import partner_settings
+
+    settings = PatchKnnSettings(fused_coreset_share=share, augment="none")  # fused_recipe auto: the texture recipe
+    assert coreset_target(settings, patches) == kept
+    assert coreset_target(partner_settings(settings), patches) == kept
 
 
 def test_many_references_are_not_augmented():
@@ -242,7 +262,7 @@ def test_many_references_are_not_augmented():
     assert reference_augmentation(PatchKnnSettings(augment_max_references=0), 500) == "flips"  # 0: always
     assert coreset_target(s, 16 * 1024 * 4, references=16) == 1639  # 10 % of their own 16,384
     assert coreset_target(s, 20 * 1024, references=20) == 2048  # no copies: 10 % of the bank itself
-    assert coreset_target(s, 200 * 1024, references=200) == 8192  # coreset_size caps
+    assert coreset_target(s, 200 * 1024, references=200) == 4096  # coreset_size caps (half: the fused partner's)
     g = torch.Generator().manual_seed(0)
     refs = [
         LoadedImage(f"ref{i}.png", (torch.rand(32, 32, 3, generator=g) * 255).to(torch.uint8).numpy()) for i in range(3)

@@ -24,7 +24,7 @@ from ..augment import augment_input
 from ..backbones.cnn import EfficientNetPatchBackbone
 from ..inspection_region import apply_to_map
 from .base import MethodOutput
-from .patchknn_settings import KNN_RECIPES, PatchKnnSettings, fused_partner_recipe
+from .patchknn_settings import KNN_RECIPES, PatchKnnSettings, fused_partner_recipe, recipe_coreset_size
 
 # Every 4th pixel of each reference map along both axes: ~4,000 pixels of a 256 px map, more than
 # enough for a median and a MAD, and the references' maps are not kept.
@@ -219,6 +219,7 @@ def partner_settings(settings: PatchKnnSettings) -> PatchKnnSettings:
         **recipe,
         "fused_recipe": "none",
         "zero_shot_score": "map",
+        "coreset_size": recipe_coreset_size(settings),  # its share of the kNN's work (`fused_coreset_share`)
     }
     return replace(settings, **changes)
 

@@ -112,9 +112,11 @@ def musc_references_knn_settings(
     # the nearest bank patch (`few_shot_k` 1), as musc's shares were measured: patchknn's 3rd nearest (issue 17
     # session 36) on the pseudo-references cost magnetic_tile zero-shot 1.9 / 2.7 / 0.7 (README "The
     # third-nearest reference patch")
+    # and each recipe's bank up to coreset_size, as measured (patchknn's fused banks share it since session 37)
     changes = {
         "gaussian_weight": 0.0,
         "few_shot_k": FEW_SHOT_K,
+        "fused_coreset_share": 1.0,
         **KNN_RECIPES[recipe],
         "fused_recipe": fused,
         "augment": augment,
