@@ -266,7 +266,8 @@ class PatchKnn(Method):
         self.fusion_levels_ = None
         with ThreadPoolExecutor(1) as pool:
             # the coreset is memory-bound and the partner's is independent of ours: both are chosen at once
-            # (4 references, one torch thread each: 0.84 -> 0.49 s)
+            # (4 references, one torch thread each: fit 1.5 -> 0.8-1.0 s with the shared pass, README
+            # "`anomalens detect` end to end", benchmarks/detect_startup.py)
             inference = torch.is_inference_mode_enabled()  # thread-local: the pool's thread takes the caller's
 
             def choose_bank():
