@@ -217,8 +217,11 @@ class PatchKnn(Method):
         firsts = torch.tensor([0, *np.cumsum([len(c) for c in copies[:-1]])], dtype=torch.long)
         flat = [y for c in copies for y in c]
         encoded = fusion.encode_both(self, flat) if both else (self._encode(flat),)
+        alone = len(flat) == len(inputs)  # no copies: the features are the encoded inputs (no second tensor)
         return [
-            EncodedReference(counted_patches(e, layout.input_regions, augment, img.path), e[firsts], layout)
+            EncodedReference(
+                counted_patches(e, layout.input_regions, augment, img.path), e if alone else e[firsts], layout
+            )
             for e in encoded
         ]
 
