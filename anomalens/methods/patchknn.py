@@ -16,30 +16,27 @@ large defects; `fused_recipe` runs a second recipe and fuses the two maps in uni
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..augment import augment_input
 from ..backbones import create_patch_backbone
-from ..coreset import greedy_coreset
 from ..geometry import to_model_input
 from ..images import LoadedImage
-from ..inspection_region import apply_to_map, counted_patches, counted_pixels
+from ..inspection_region import apply_to_map, counted_pixels
 from ..scoring import MemoryBank
-from ..tiling import Box, assemble, crop, tile_boxes
+from ..tiling import assemble, crop, tile_boxes
+from . import patchknn_references as reference_bank
 from . import recipe_fusion as fusion
 from .base import Method, MethodOutput, register_method
 from .patch_distances import (
     CoarseLayout,
     coarse_blocks,
-    distance_metric,
     few_shot_rank,
     length_weight,
     score_image,
 )
+from .patchknn_references import REUSED_REFERENCES, EncodedReference, Layout
 from .patchknn_settings import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_SIDE_UP_TO,
@@ -69,35 +66,6 @@ __all__ = [  # the settings' names stay importable from here, where the method i
 
 # the state's entry for the few-shot rank `fit` resolved (`few_shot_rank`): the bank is scored with it
 RANK_KEY = "few_shot_k"
-
-
-@dataclass
-class Layout:
-    """How one image was fed to the model: its tiles (image pixels) and where each sits on the input."""
-
-    size_hw: tuple[int, int]
-    tiles: list[Box]
-    input_boxes: list[Box]
-    # with an inspection region: the image's pixels that count ((H, W) bool) and the same on each
-    # input ((S, S) bool); None: the whole image counts
-    inspected: np.ndarray | None = None
-    input_regions: list[torch.Tensor] | None = None
-
-
-# With at most this many references `fit` keeps each one's unaugmented features (~2 MB per 256 px input with the
-# fused recipe): its fused levels and a threshold's leave-one-out calibration (which holds out at most 32) read
-# them instead of passing the references through the backbone again
-REUSED_REFERENCES = 32
-
-
-@dataclass
-class EncodedReference:
-    """One reference through the backbone: its bank patches (augmented copies, counted cells) and its
-    unaugmented (T, h, w, C) features with the layout they were made in."""
-
-    patches: torch.Tensor
-    features: torch.Tensor
-    layout: Layout
 
 
 @register_method
@@ -130,7 +98,7 @@ class PatchKnn(Method):
         self.bank_ = MemoryBank()
         # after fit: the references, each bank patch's reference, and with a few references their features
         self._bank_source: tuple[list[LoadedImage], torch.Tensor, list | None] | None = None
-        self._held_out_maps: dict = {}  # leave-one-out maps by reference index (and the settings they had)
+        self._held_out_maps: tuple = (None, {})  # the settings they were made with, maps by reference index
         # what was asked for: `fit` may raise the model side (`model_side`) and always starts from this
         self.requested_settings = settings
         # `fused_recipe`: the second patchknn (built now, so a recipe the backbone cannot run is refused
@@ -209,21 +177,7 @@ class PatchKnn(Method):
         return self._encoded_reference(img, mode)[0].patches
 
     def _encoded_reference(self, img: LoadedImage, augment: str, both: bool = False) -> list[EncodedReference]:
-        """One backbone pass over a reference's augmented inputs -> its bank patches (`reference_patches`) and
-        its unaugmented features (`image_features`'s: the identity copy comes first), for this recipe and,
-        with `both`, also for the partner from the same pass (its inputs are ours: the same side and region)."""
-        inputs, layout = self.model_inputs(img)
-        copies = [augment_input(x, augment) for x in inputs]
-        firsts = torch.tensor([0, *np.cumsum([len(c) for c in copies[:-1]])], dtype=torch.long)
-        flat = [y for c in copies for y in c]
-        encoded = fusion.encode_both(self, flat) if both else (self._encode(flat),)
-        alone = len(flat) == len(inputs)  # no copies: the features are the encoded inputs (no second tensor)
-        return [
-            EncodedReference(
-                counted_patches(e, layout.input_regions, augment, img.path), e if alone else e[firsts], layout
-            )
-            for e in encoded
-        ]
+        return reference_bank.encode_reference(self, img, augment, both)
 
     def build_bank(self, per_reference: list[torch.Tensor]) -> torch.Tensor:
         """All references' patches as one bank, reduced by greedy k-centre (`coreset_target`)."""
@@ -231,17 +185,7 @@ class PatchKnn(Method):
 
     def bank_with_origin(self, per_reference: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The bank of `build_bank` and, per bank patch, the index of the reference it came from."""
-        bank = torch.cat(per_reference).float()
-        if distance_metric(self.settings) == "cosine":
-            bank = F.normalize(bank, dim=-1)
-        origin = torch.repeat_interleave(
-            torch.arange(len(per_reference)), torch.tensor([p.shape[0] for p in per_reference])
-        )
-        size = coreset_target(self.settings, bank.shape[0], len(per_reference))
-        if size:
-            indices, _ = greedy_coreset(bank, size)
-            bank, origin = bank[indices], origin[indices]
-        return bank, origin
+        return reference_bank.bank_with_origin(self.settings, per_reference)
 
     def _fit(self, references: list[LoadedImage], encoded: list[EncodedReference] | None = None) -> None:
         """`encoded`: the references already through the backbone (the partner's, from our pass)."""
@@ -252,9 +196,9 @@ class PatchKnn(Method):
         self.bank_ = MemoryBank()
         self.num_references = len(references)
         self._bank_source = None
-        self._held_out_maps = {}
+        self._held_out_maps = (None, {})
         augment = reference_augmentation(self.settings, len(references))
-        both = encoded is None and self._fit_shares_pass(short_sides, augment)
+        both = encoded is None and reference_bank.fit_shares_pass(self, short_sides, augment)
         if both:
             self._read_partner_blocks()
         kept, ours, theirs = [], [], []
@@ -294,15 +238,6 @@ class PatchKnn(Method):
                 fusion.map_level(fusion.normal_maps(self, kept)),
                 fusion.map_level(fusion.normal_maps(self.partner, kept)),
             )
-
-    def _fit_shares_pass(self, short_sides: list[int], augment: str) -> bool:
-        """Whether fitting the partner can take its reference features from our backbone pass: it reads the same
-        network at the same side with the same copies of the references (the default fused recipe does)."""
-        if self.partner is None or not self._shared_pass or not short_sides:
-            return False
-        partner = self.partner.requested_settings
-        same_side = model_side(partner, short_sides) == self.settings.image_size
-        return same_side and reference_augmentation(partner, len(short_sides)) == augment
 
     def use_image_size(self, side: int) -> None:
         """Run at model side `side` (the settings a saved model keeps say so); the backbone reads any size."""
@@ -397,40 +332,13 @@ class PatchKnn(Method):
     def leave_one_out_maps(
         self, references: list[LoadedImage], held_out: list[int]
     ) -> list[tuple[torch.Tensor, float, Layout]]:
-        """Features and bank once; each held-out reference's (maps on its inputs, score, layout) against the
-        bank without its own patches. Without a coreset that is the bank of the other references; with one,
-        it is chosen once over all references and r's chosen patches are dropped for r (others' patches
-        were picked with r present, so held-out scores can come out slightly higher than with a refit:
-        README "Choosing a threshold"), so `fit` with 64 references takes ~19 s, not over 15 minutes."""
-        source = getattr(self, "_bank_source", None)
-        fitted_on_these = source is not None and len(source[0]) == len(references)
-        if not (fitted_on_these and all(a is b for a, b in zip(source[0], references)) and "patches" in self.bank_):
-            self._fit(references)  # not fitted on these: fit on them (the bank, origins and features below)
-        _, origin, reused = self._bank_source
-        bank = self.bank_.banks["patches"].cpu()
-        # a few references' maps are kept: `fit`'s fused levels and a threshold's calibration ask for the same
-        # ones (for the settings they were made with: a benchmark may change them on a fitted method)
-        done = self._held_out_maps if reused is not None else {}
-        if done.get("settings") is not self.settings:
-            done.clear()
-            done["settings"] = self.settings
-        missing = [i for i in dict.fromkeys(held_out) if i not in done]
-        if reused is not None:
-            feats, layouts = [reused[i][0] for i in missing], [reused[i][1] for i in missing]
-        else:
-            feats, layouts = self._features([references[i] for i in missing])
-        for i, f, layout in zip(missing, feats, layouts):
-            others = bank[origin != i]
-            if others.shape[0] == 0:  # every chosen patch was r's (a degenerate bank): refit without r
-                augment = reference_augmentation(self.settings, len(references) - 1)
-                rest = [r for j, r in enumerate(references) if j != i]
-                others = self.build_bank([self.reference_patches(r, augment) for r in rest])
-            done[i] = (*self.input_maps(f, layout, others), layout)
-        return [(done[i][0].clone(), *done[i][1:]) for i in held_out]  # copies: callers may change a map
+        """Each held-out reference's (maps on its inputs, score, layout) against the bank without its own
+        patches (`patchknn_references.held_out_maps`: features and bank once, a few kept)."""
+        return reference_bank.held_out_maps(self, references, held_out)
 
     def __getstate__(self) -> dict:
         # a copy (pickled for another process) does not carry the reference images along
-        return {**self.__dict__, "_bank_source": None, "_held_out_maps": {}}
+        return {**self.__dict__, "_bank_source": None, "_held_out_maps": (None, {})}
 
     def fit_features(self, per_reference: list[torch.Tensor] | torch.Tensor) -> None:
         """Fit from precomputed bank patches: a list of (P, C) (or (..., C)) tensors, one per reference
@@ -441,7 +349,7 @@ class PatchKnn(Method):
         self.use_rank_for(len(per_reference))
         self.bank_ = MemoryBank()
         self._bank_source = None
-        self._held_out_maps = {}
+        self._held_out_maps = (None, {})
         self.bank_.banks["patches"] = self.build_bank([p.reshape(-1, p.shape[-1]) for p in per_reference])
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -454,7 +362,7 @@ class PatchKnn(Method):
 
     def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self._bank_source = None
-        self._held_out_maps = {}
+        self._held_out_maps = (None, {})
         own, partner, levels = fusion.split_state(state)
         rank = own.pop(RANK_KEY, None)
         if rank is not None and self.settings.few_shot_k is None:  # a rank given in the settings wins
