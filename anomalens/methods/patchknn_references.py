@@ -119,16 +119,15 @@ def held_out_maps(
     # a few references' maps are kept: `fit`'s fused levels and a threshold's calibration ask for the same
     # ones (for the settings they were made with: a benchmark may change them on a fitted method)
     if reused is None:
-        done = {}
+        done: dict = {}
+        missing = list(dict.fromkeys(held_out))
+        feats, layouts = method._features([references[i] for i in missing])
     else:
         if method._held_out_maps[0] is not method.settings:
             method._held_out_maps = (method.settings, {})
         done = method._held_out_maps[1]
-    missing = [i for i in dict.fromkeys(held_out) if i not in done]
-    if reused is not None:
+        missing = [i for i in dict.fromkeys(held_out) if i not in done]
         feats, layouts = [reused[i][0] for i in missing], [reused[i][1] for i in missing]
-    else:
-        feats, layouts = method._features([references[i] for i in missing])
     for i, f, layout in zip(missing, feats, layouts):
         others = bank[origin != i]
         if others.shape[0] == 0:  # every chosen patch was r's (a degenerate bank): refit without r
